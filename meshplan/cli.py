@@ -1,0 +1,233 @@
+"""The `meshplan` command line. The only module that imports typer: each command parses its arguments, calls one
+function, presents the result and returns an exit code."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+import yaml
+from rich.console import Console
+
+from meshplan import pki
+from meshplan.errors import LoadError, MeshplanError
+from meshplan.model import ProxyConfig
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+
+app = typer.Typer(
+    help="Plan and apply Envoy configuration for a Kuma-style service mesh, from a directory of mesh resources.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+sandbox_app = typer.Typer(help="A local mesh of real Envoys on loopback, for rehearsing a desired directory.", no_args_is_help=True)
+app.add_typer(sandbox_app, name="sandbox")
+
+DirArg = Annotated[Path, typer.Argument(help="The desired directory: YAML files of mesh resources (searched recursively).")]
+StateOpt = Annotated[
+    Path,
+    typer.Option("--state", envvar="MESHPLAN_STATE", help="The state directory (PKI, bootstrap and xDS files, sandbox PIDs)."),
+]
+
+
+def _err() -> Console:
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _run(action: Callable[[], int]) -> None:
+    """Run a command body; map every meshplan error to a message on stderr and exit code 1, never a traceback."""
+    try:
+        code = action()
+    except LoadError as e:
+        console = _err()
+        for violation in e.violations:
+            console.print(str(violation), markup=False)
+        count = len(e.violations)
+        console.print(f"Error: {count} problem{'s' if count != 1 else ''} found; nothing was applied or written.", markup=False)
+        code = EXIT_ERROR
+    except MeshplanError as e:
+        _err().print(f"Error: {e}", markup=False)
+        code = EXIT_ERROR
+    raise typer.Exit(code)
+
+
+def _load(directory: Path) -> Any:
+    from meshplan.validate import load_and_parse
+
+    return load_and_parse(directory)
+
+
+def _select(proxies: list[ProxyConfig], name: str | None) -> list[ProxyConfig]:
+    if name is None:
+        return proxies
+    chosen = [p for p in proxies if p.name == name]
+    if not chosen:
+        raise MeshplanError(f"no proxy named {name!r} (proxies: {', '.join(p.name for p in proxies)})")
+    return chosen
+
+
+@app.command()
+def validate(
+    directory: DirArg,
+    envoy: Annotated[bool, typer.Option("--envoy", help="Also run `envoy --mode validate` on every proxy's rendered configuration.")] = False,
+) -> None:
+    """Check a desired directory and report every problem as FILE:LINE: PATH: MESSAGE (exit 1 if any).
+
+    Nothing is written: with --envoy, throwaway certificates are made in a temporary directory.
+    """
+
+    def body() -> int:
+        desired = _load(directory)
+        console = _err()
+        if envoy:
+            from meshplan.envoy import validate_configs
+            from meshplan.render import render_all
+
+            with tempfile.TemporaryDirectory(prefix="meshplan-validate-") as tmp:
+                state = Path(tmp)
+                pki.ensure(desired, state)
+                proxies = render_all(desired, state)
+                results = validate_configs(proxies, state / "validate")
+            failed = {name: message for name, message in results.items() if message}
+            for proxy in proxies:
+                if proxy.name in failed:
+                    console.print(f"{proxy.name} [{proxy.type}]: Envoy rejects the configuration:", markup=False)
+                    for line in str(failed[proxy.name]).splitlines():
+                        console.print(f"  {line}", markup=False)
+                else:
+                    console.print(f"{proxy.name} [{proxy.type}]: Envoy accepts the configuration", markup=False)
+            if failed:
+                console.print(f"Error: Envoy rejected {len(failed)} of {len(proxies)} proxies.", markup=False)
+                return EXIT_ERROR
+        count = len(desired.dataplanes) + len(desired.egresses)
+        console.print(
+            f"{directory}: valid ({count} proxies, {len(desired.external_services)} external services, "
+            f"{len(desired.policies)} policies)",
+            markup=False,
+        )
+        return EXIT_OK
+
+    _run(body)
+
+
+@app.command()
+def render(
+    directory: DirArg,
+    proxy: Annotated[Optional[str], typer.Option("--proxy", help="Only this proxy.")] = None,
+    output: Annotated[str, typer.Option("--output", "-o", help="json or yaml.")] = "json",
+    state: StateOpt = Path("state"),
+) -> None:
+    """Print the Envoy clusters and listeners every proxy should run (certificates are referenced by path under --state)."""
+
+    def body() -> int:
+        from meshplan.render import render_all
+
+        if output not in ("json", "yaml"):
+            raise MeshplanError(f"--output must be json or yaml, got {output!r}")
+        proxies = _select(render_all(_load(directory), state), proxy)
+        document = {
+            p.name: {"type": p.type, "mesh": p.mesh, "admin": p.admin_url, "clusters": list(p.clusters), "listeners": list(p.listeners)}
+            for p in proxies
+        }
+        if output == "json":
+            sys.stdout.write(json.dumps(document, indent=2) + "\n")
+        else:
+            sys.stdout.write(yaml.safe_dump(document, sort_keys=False))
+        return EXIT_OK
+
+    _run(body)
+
+
+@app.command()
+def bootstrap(
+    directory: DirArg,
+    proxy: Annotated[str, typer.Argument(help="The Dataplane or ZoneEgress name.")],
+    state: StateOpt = Path("state"),
+) -> None:
+    """Print the Envoy bootstrap of one proxy: its node id, admin address, and CDS/LDS files under --state."""
+
+    def body() -> int:
+        from meshplan.envoy import bootstrap as make_bootstrap
+        from meshplan.render import render_all
+
+        (chosen,) = _select(render_all(_load(directory), state), proxy)
+        sys.stdout.write(json.dumps(make_bootstrap(chosen, state.absolute()), indent=2) + "\n")
+        return EXIT_OK
+
+    _run(body)
+
+
+@sandbox_app.command("up")
+def sandbox_up(directory: DirArg, state: StateOpt = Path("state")) -> None:
+    """Start a real Envoy per proxy, a demo app per inbound and a stand-in per external endpoint, all on loopback,
+    and wait until every Envoy runs its rendered configuration."""
+
+    def body() -> int:
+        from meshplan import sandbox
+        from meshplan.render import render_all
+
+        desired = _load(directory)
+        console = _err()
+        pki.ensure(desired, state)
+        proxies = render_all(desired, state)
+        info = sandbox.up(desired, proxies, state, log=lambda m: console.print(m, markup=False))
+        for proxy in proxies:
+            console.print(f"  {proxy.name:<16} [{proxy.type}] admin {proxy.admin_url}", markup=False)
+        console.print(f"Sandbox up: {len(proxies)} Envoys. Stop it with: meshplan sandbox down --state {state}", markup=False)
+        del info
+        return EXIT_OK
+
+    _run(body)
+
+
+@sandbox_app.command("status")
+def sandbox_status(state: StateOpt = Path("state")) -> None:
+    """List the sandbox's processes and whether each is alive (exit 1 if any is not)."""
+
+    def body() -> int:
+        from meshplan import sandbox
+
+        processes = sandbox.status(state)
+        if not processes:
+            _err().print("No sandbox is recorded in this state directory.", markup=False)
+            return EXIT_OK
+        dead = 0
+        for p in processes:
+            alive = "running" if p.alive else "DEAD"
+            dead += 0 if p.alive else 1
+            sys.stdout.write(f"{p.role:<8} {p.name:<28} pid {p.pid:<8} {alive}{'  ' + p.admin_url if p.admin_url else ''}\n")
+        return EXIT_ERROR if dead else EXIT_OK
+
+    _run(body)
+
+
+@sandbox_app.command("down")
+def sandbox_down(state: StateOpt = Path("state")) -> None:
+    """Stop exactly the processes the sandbox started (by PID) and forget them."""
+
+    def body() -> int:
+        from meshplan import sandbox
+
+        stopped = sandbox.down(state)
+        _err().print(f"Sandbox down: stopped {len(stopped)} processes.", markup=False)
+        return EXIT_OK
+
+    _run(body)
+
+
+def main() -> None:
+    if os.environ.get("NO_COLOR") is not None:
+        os.environ.setdefault("TERM", "dumb")
+    app()
+
+
+if __name__ == "__main__":
+    main()

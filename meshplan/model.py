@@ -1,0 +1,181 @@
+"""The desired mesh as typed, validated data (what `validate.parse` returns and `render` consumes)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from meshplan.errors import Source
+
+SERVICE_TAG = "kuma.io/service"
+PROTOCOL_TAG = "kuma.io/protocol"
+
+SIDECAR = "sidecar"
+GATEWAY = "gateway"
+EGRESS = "egress"
+
+
+@dataclass(frozen=True)
+class Mesh:
+    name: str
+    mtls: bool
+    source: Source | None  # None for the implicit `default` mesh
+    zone_egress: bool = True
+    forbid_external_by_default: bool = False
+
+
+@dataclass(frozen=True)
+class Inbound:
+    address: str
+    port: int
+    service_address: str
+    service_port: int
+    tags: dict[str, str]
+
+    @property
+    def service(self) -> str:
+        return self.tags[SERVICE_TAG]
+
+    @property
+    def protocol(self) -> str:
+        return self.tags.get(PROTOCOL_TAG, "tcp")
+
+
+@dataclass(frozen=True)
+class Outbound:
+    address: str
+    port: int
+    service: str | None = None  # a mesh service (kuma.io/service)
+    external: str | None = None  # or a MeshExternalService by name
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Dataplane:
+    name: str
+    mesh: str
+    address: str
+    admin_port: int
+    inbounds: tuple[Inbound, ...]
+    outbounds: tuple[Outbound, ...]
+    source: Source
+
+    @property
+    def services(self) -> list[str]:
+        return sorted({i.service for i in self.inbounds})
+
+
+@dataclass(frozen=True)
+class ZoneEgress:
+    name: str
+    address: str
+    port: int
+    admin_port: int
+    source: Source
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    address: str
+    port: int
+
+
+@dataclass(frozen=True)
+class ExternalTLS:
+    enabled: bool
+    server_name: str | None = None
+    verification: str = "Secured"  # Secured | SkipSAN | SkipCA | SkipAll
+    ca_cert_file: str | None = None
+    subject_alt_names: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class MeshExternalService:
+    name: str
+    mesh: str
+    port: int
+    protocol: str  # tcp | http | http2 | grpc
+    endpoints: tuple[Endpoint, ...]
+    tls: ExternalTLS
+    source: Source
+
+
+@dataclass(frozen=True)
+class TargetRef:
+    kind: str
+    name: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    proxy_types: frozenset[str] = frozenset()  # lower-case; empty means sidecars and gateways
+
+
+@dataclass(frozen=True)
+class PolicyItem:
+    """One `to` or `from` entry of a policy."""
+
+    target_ref: TargetRef
+    default: dict[str, Any]
+    index: int
+
+
+@dataclass(frozen=True)
+class Policy:
+    kind: str
+    name: str
+    mesh: str
+    target_ref: TargetRef
+    to: tuple[PolicyItem, ...]
+    from_: tuple[PolicyItem, ...]
+    spec: dict[str, Any]
+    source: Source
+    spec_path: str  # how the spec is spelled in the file, "spec"
+    lines: dict[str, int] = field(default_factory=dict, compare=False, repr=False)  # field path -> line
+
+
+@dataclass
+class Desired:
+    """Everything in a desired directory, validated."""
+
+    meshes: dict[str, Mesh]
+    dataplanes: list[Dataplane]
+    egresses: list[ZoneEgress]
+    external_services: list[MeshExternalService]
+    policies: list[Policy]
+
+    def mesh(self, name: str) -> Mesh:
+        return self.meshes[name]
+
+    def external_service(self, mesh: str, name: str) -> MeshExternalService:
+        for mes in self.external_services:
+            if mes.mesh == mesh and mes.name == name:
+                return mes
+        raise KeyError((mesh, name))
+
+    def instances(self, mesh: str, service: str) -> list[tuple[Dataplane, Inbound]]:
+        return [
+            (dp, inbound)
+            for dp in self.dataplanes
+            if dp.mesh == mesh
+            for inbound in dp.inbounds
+            if inbound.service == service
+        ]
+
+    def proxy_names(self) -> list[str]:
+        return [dp.name for dp in self.dataplanes] + [eg.name for eg in self.egresses]
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    """What one proxy should run: Envoy v3 resources in proto-JSON form, each with its `@type`."""
+
+    name: str
+    type: str  # sidecar | egress
+    mesh: str | None  # None for the egress, which serves every mesh
+    address: str  # where the admin API and the listeners live
+    admin_port: int
+    clusters: tuple[dict[str, Any], ...]
+    listeners: tuple[dict[str, Any], ...]
+    origins: dict[str, list[str]] = field(default_factory=dict, compare=False)  # "cluster/<name>/<path>" -> origins
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://{self.address}:{self.admin_port}"

@@ -1,0 +1,152 @@
+"""Mesh mTLS material: one CA per mesh, one certificate per proxy with SPIFFE URI SANs.
+
+`paths` is pure (render uses it to reference files); `ensure` creates what is missing under state/.
+Private keys are written 0600 and are never read back into any output.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from meshplan.model import Desired
+from meshplan import names
+
+CA_LIFETIME = datetime.timedelta(days=3650)
+CERT_LIFETIME = datetime.timedelta(days=365)
+
+
+@dataclass(frozen=True)
+class CertPaths:
+    ca: Path
+    cert: Path
+    key: Path
+
+
+def ca_paths(state_dir: Path, mesh: str) -> tuple[Path, Path]:
+    base = state_dir / "pki" / mesh
+    return base / "ca.crt", base / "ca.key"
+
+
+def paths(state_dir: Path, mesh: str, proxy: str) -> CertPaths:
+    ca_cert, _ = ca_paths(state_dir, mesh)
+    base = state_dir / "pki" / mesh / "proxies"
+    return CertPaths(ca_cert, base / f"{proxy}.crt", base / f"{proxy}.key")
+
+
+def identities(desired: Desired) -> dict[tuple[str, str], list[str]]:
+    """(mesh, proxy) -> the SPIFFE IDs its certificate carries, for every proxy in a mesh with mTLS."""
+    out: dict[tuple[str, str], list[str]] = {}
+    for dp in desired.dataplanes:
+        if desired.mesh(dp.mesh).mtls:
+            out[(dp.mesh, dp.name)] = [names.spiffe_id(dp.mesh, s) for s in dp.services]
+    meshes_with_externals = sorted({m.mesh for m in desired.external_services if desired.mesh(m.mesh).mtls})
+    for egress in desired.egresses:
+        for mesh in meshes_with_externals:
+            out[(mesh, egress.name)] = [names.spiffe_id(mesh, names.EGRESS_IDENTITY)]
+    return out
+
+
+def ensure(desired: Desired, state_dir: Path) -> list[Path]:
+    """Create every missing CA and certificate (or one whose identities changed); return the files written."""
+    written: list[Path] = []
+    cas: dict[str, tuple[x509.Certificate, ec.EllipticCurvePrivateKey]] = {}
+    for (mesh, proxy), spiffe_ids in sorted(identities(desired).items()):
+        if mesh not in cas:
+            cas[mesh] = _ensure_ca(state_dir, mesh, written)
+        ca_cert, ca_key = cas[mesh]
+        target = paths(state_dir, mesh, proxy)
+        if _current(target, ca_cert, spiffe_ids):
+            continue
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.datetime.now(datetime.timezone.utc)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, proxy)]))
+            .issuer_name(ca_cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + CERT_LIFETIME)
+            .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(i) for i in spiffe_ids]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH, x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]),
+                critical=False,
+            )
+            .sign(ca_key, hashes.SHA256())
+        )
+        _write_key(target.key, key)
+        _write(target.cert, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+        written += [target.cert, target.key]
+    return written
+
+
+def _ensure_ca(state_dir: Path, mesh: str, written: list[Path]) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    cert_path, key_path = ca_paths(state_dir, mesh)
+    if cert_path.exists() and key_path.exists():
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+        assert isinstance(key, ec.EllipticCurvePrivateKey)
+        return x509.load_pem_x509_certificate(cert_path.read_bytes()), key
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "meshplan"), x509.NameAttribute(NameOID.COMMON_NAME, f"{mesh} CA")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + CA_LIFETIME)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
+                                     key_encipherment=False, data_encipherment=False, key_agreement=False,
+                                     encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(f"spiffe://{mesh}")]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    _write_key(key_path, key)
+    _write(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    written += [cert_path, key_path]
+    return cert, key
+
+
+def _current(target: CertPaths, ca_cert: x509.Certificate, spiffe_ids: list[str]) -> bool:
+    if not (target.cert.exists() and target.key.exists()):
+        return False
+    cert = x509.load_pem_x509_certificate(target.cert.read_bytes())
+    if cert.issuer != ca_cert.subject:
+        return False
+    try:
+        ca_cert.public_key().verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(cert.signature_hash_algorithm))  # type: ignore[arg-type, union-attr]
+    except Exception:
+        return False
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    return sorted(sans.get_values_for_type(x509.UniformResourceIdentifier)) == sorted(spiffe_ids)
+
+
+def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    _write(path, pem, 0o600)
+
+
+def _write(path: Path, data: bytes, mode: int) -> None:
+    """Write atomically, creating the file with its final mode so a key is never readable by others, even briefly."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)

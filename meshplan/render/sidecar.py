@@ -1,0 +1,124 @@
+"""The base resources of a sidecar: an inbound listener per inbound, an outbound listener and cluster per outbound."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from meshplan import pki
+from meshplan.model import SIDECAR, Dataplane, Desired, Inbound, Outbound, ProxyConfig
+from meshplan.render import envoy_types as t
+from meshplan import names
+
+CONNECT_TIMEOUT = "5s"  # Kuma's default connectionTimeout
+
+
+def render_sidecar(desired: Desired, dp: Dataplane, state_dir: Path) -> ProxyConfig:
+    mtls = desired.mesh(dp.mesh).mtls
+    certs = pki.paths(state_dir, dp.mesh, dp.name) if mtls else None
+    clusters: dict[str, t.Json] = {}
+    listeners: list[t.Json] = []
+    for inbound in dp.inbounds:
+        local = names.local_cluster(inbound.service_address, inbound.service_port)
+        clusters[local] = _cluster(local, [(inbound.service_address, inbound.service_port)])
+        listeners.append(_inbound_listener(dp, inbound, local, certs))
+    for outbound in dp.outbounds:
+        cluster, protocol = _outbound_cluster(desired, dp, outbound, certs)
+        clusters[cluster["name"]] = cluster
+        listeners.append(_outbound_listener(outbound, cluster["name"], protocol))
+    return ProxyConfig(
+        name=dp.name,
+        type=SIDECAR,
+        mesh=dp.mesh,
+        address=dp.address,
+        admin_port=dp.admin_port,
+        clusters=tuple(clusters[name] for name in sorted(clusters)),
+        listeners=tuple(sorted(listeners, key=lambda listener: str(listener["name"]))),
+    )
+
+
+def _cluster(name: str, endpoints: list[tuple[str, int]]) -> t.Json:
+    return {
+        "@type": t.CLUSTER,
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": CONNECT_TIMEOUT,
+        "load_assignment": t.load_assignment(name, endpoints),
+    }
+
+
+def _inbound_listener(dp: Dataplane, inbound: Inbound, local: str, certs: pki.CertPaths | None) -> t.Json:
+    name = names.inbound_listener(inbound.address, inbound.port)
+    chain: t.Json = {
+        "filters": [t.network_filter(inbound.protocol, t.stat_name(name), f"inbound:{inbound.service}", local)]
+    }
+    if certs is not None:
+        chain["transport_socket"] = t.tls_socket(
+            {
+                "@type": t.DOWNSTREAM_TLS,
+                "require_client_certificate": True,
+                "common_tls_context": {
+                    "tls_certificates": [t.certificate(str(certs.cert), str(certs.key))],
+                    "validation_context": {
+                        "trusted_ca": {"filename": str(certs.ca)},
+                        # Any workload of this mesh may connect; who may is MeshTrafficPermission's job.
+                        "match_typed_subject_alt_names": t.uri_sans(prefix=f"spiffe://{dp.mesh}/"),
+                    },
+                },
+            }
+        )
+    return {
+        "@type": t.LISTENER,
+        "name": name,
+        "address": t.socket_address(inbound.address, inbound.port),
+        "traffic_direction": "INBOUND",
+        "filter_chains": [chain],
+    }
+
+
+def _outbound_cluster(
+    desired: Desired, dp: Dataplane, outbound: Outbound, certs: pki.CertPaths | None
+) -> tuple[t.Json, str]:
+    if outbound.external is not None:
+        mes = desired.external_service(dp.mesh, outbound.external)
+        name = names.external_cluster(dp.mesh, mes.name)
+        # Seed: external traffic always goes sidecar -> egress -> external service, over mesh mTLS.
+        endpoints = [(eg.address, eg.port) for eg in sorted(desired.egresses, key=lambda e: e.name)]
+        sni = names.external_sni(dp.mesh, mes.name)
+        peer = [names.spiffe_id(dp.mesh, names.EGRESS_IDENTITY)]
+        protocol = mes.protocol
+    else:
+        assert outbound.service is not None
+        name = names.service_cluster(outbound.service)
+        instances = desired.instances(dp.mesh, outbound.service)
+        endpoints = [(inbound.address, inbound.port) for _, inbound in sorted(instances, key=lambda i: (i[0].name, i[1].port))]
+        sni = names.service_sni(dp.mesh, outbound.service)
+        peer = [names.spiffe_id(dp.mesh, outbound.service)]
+        protocol = instances[0][1].protocol if instances else "tcp"
+    cluster = _cluster(name, endpoints)
+    cluster.update(t.upstream_protocol_options(protocol))
+    if certs is not None:
+        cluster["transport_socket"] = t.tls_socket(
+            {
+                "@type": t.UPSTREAM_TLS,
+                "sni": sni,
+                "common_tls_context": {
+                    "tls_certificates": [t.certificate(str(certs.cert), str(certs.key))],
+                    "validation_context": {
+                        "trusted_ca": {"filename": str(certs.ca)},
+                        "match_typed_subject_alt_names": t.uri_sans(exact=peer),
+                    },
+                },
+            }
+        )
+    return cluster, protocol
+
+
+def _outbound_listener(outbound: Outbound, cluster: str, protocol: str) -> t.Json:
+    name = names.outbound_listener(outbound.address, outbound.port)
+    return {
+        "@type": t.LISTENER,
+        "name": name,
+        "address": t.socket_address(outbound.address, outbound.port),
+        "traffic_direction": "OUTBOUND",
+        "filter_chains": [{"filters": [t.network_filter(protocol, t.stat_name(name), f"outbound:{cluster}", cluster)]}],
+    }

@@ -1,0 +1,560 @@
+"""Check loaded resources and turn them into the typed model, reporting every violation at once.
+
+`parse` is the one entry point: it never stops at the first problem, and it returns a `Desired` only when there are
+none. Rules shared by all policies (targetRef, proxyType, the seed's placement table) live here; a policy kind's own
+fields are checked by its module in `meshplan/policies/`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from meshplan.errors import LoadError, Source, Violation
+from meshplan.load import PathKey, RawResource, format_path, load_dir
+from meshplan.model import (
+    EGRESS,
+    GATEWAY,
+    PROTOCOL_TAG,
+    SERVICE_TAG,
+    SIDECAR,
+    Dataplane,
+    Desired,
+    Endpoint,
+    ExternalTLS,
+    Inbound,
+    Mesh,
+    MeshExternalService,
+    Outbound,
+    Policy,
+    PolicyItem,
+    TargetRef,
+    ZoneEgress,
+)
+from meshplan.policies import FROM, KINDS, ROUTE_KINDS, SINGLE, TO
+
+INFRA_KINDS = ("Mesh", "Dataplane", "ZoneEgress", "MeshExternalService")
+PROTOCOLS = ("tcp", "http", "http2", "grpc")
+PROXY_TYPES = (SIDECAR, GATEWAY, EGRESS)
+TARGET_KINDS = ("Mesh", "MeshSubset", "MeshService", "MeshServiceSubset", "Dataplane", "MeshExternalService")
+TLS_MODES = ("Secured", "SkipSAN", "SkipCA", "SkipAll")
+DEFAULT_MESH = "default"
+DEFAULT_ADMIN_PORT = 9901
+
+# Names become file and directory names under state/: keep them to one safe path segment.
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
+
+T = TypeVar("T")
+
+
+def load_and_parse(root: Path) -> Desired:
+    """Load a desired directory and validate it; raise LoadError with every violation."""
+    raws, violations = load_dir(root)
+    desired, more = parse(raws)
+    violations += more
+    if violations or desired is None:
+        raise LoadError(violations)
+    return desired
+
+
+class _Check:
+    """Typed access to a resource's fields that records a violation for every wrong or missing one."""
+
+    def __init__(self, res: RawResource, out: list[Violation]) -> None:
+        self.res = res
+        self.out = out
+
+    def fail(self, path: PathKey, message: str) -> None:
+        self.out.append(self.res.violation(path, message))
+
+    def field(
+        self,
+        obj: dict[str, Any],
+        path: PathKey,
+        key: str,
+        kind: type[T] | tuple[type, ...],
+        *,
+        required: bool = False,
+        default: Any = None,
+    ) -> Any:
+        if key not in obj or obj[key] is None:
+            if required:
+                self.fail(path, f"`{key}` is required")
+            return default
+        value = obj[key]
+        types = kind if isinstance(kind, tuple) else (kind,)
+        # YAML booleans are ints to Python; never accept one where a number is asked for.
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            self.fail(path + (key,), f"must be {_describe(types)}, got {_describe((type(value),))}")
+            return default
+        return value
+
+    def port(self, obj: dict[str, Any], path: PathKey, key: str, *, required: bool = True, default: int | None = None) -> int | None:
+        value = self.field(obj, path, key, int, required=required, default=default)
+        if value is not None and not 1 <= value <= 65535:
+            self.fail(path + (key,), f"must be a port between 1 and 65535, got {value}")
+            return None
+        return value  # type: ignore[no-any-return]
+
+    def address(self, obj: dict[str, Any], path: PathKey, key: str, *, required: bool = True, default: str | None = None) -> str | None:
+        value = self.field(obj, path, key, str, required=required, default=default)
+        if value is None:
+            return None
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            self.fail(path + (key,), f"must be an IP address, got {value!r}")
+            return None
+        return value  # type: ignore[no-any-return]
+
+    def tags(self, obj: dict[str, Any], path: PathKey, key: str, *, required: bool = False) -> dict[str, str]:
+        value = self.field(obj, path, key, dict, required=required, default={})
+        good: dict[str, str] = {}
+        for tag, tag_value in value.items():
+            if not isinstance(tag_value, str):
+                self.fail(path + (key, tag), f"tag values must be strings, got {_describe((type(tag_value),))}")
+            else:
+                good[tag] = tag_value
+        return good
+
+    def unknown(self, obj: dict[str, Any], path: PathKey, known: tuple[str, ...]) -> None:
+        for key in obj:
+            if key not in known:
+                self.fail(path + (key,), f"unknown field (expected one of: {', '.join(known)})")
+
+
+def _describe(types: tuple[type, ...]) -> str:
+    names = {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", int: "an integer",
+             float: "a number", type(None): "nothing"}
+    return " or ".join(names.get(t, t.__name__) for t in types)
+
+
+def parse(raws: list[RawResource]) -> tuple[Desired | None, list[Violation]]:
+    out: list[Violation] = []
+    meshes: dict[str, Mesh] = {}
+    dataplanes: list[Dataplane] = []
+    egresses: list[ZoneEgress] = []
+    externals: list[MeshExternalService] = []
+    policies: list[Policy] = []
+    seen: dict[tuple[str, str | None, str], RawResource] = {}
+    kept: list[tuple[RawResource, Any]] = []
+
+    for res in raws:
+        check = _Check(res, out)
+        if res.kind not in INFRA_KINDS and res.kind not in KINDS:
+            known = ", ".join(list(INFRA_KINDS) + sorted(KINDS))
+            out.append(Violation(res.source, "kind" if res.form == "kubernetes" else "type",
+                                 f"unknown kind {res.kind!r} (known: {known})"))
+            continue
+        if res.name is None:
+            continue  # already reported by load
+        if not SAFE_NAME.match(res.name) or res.name in (".", ".."):
+            out.append(Violation(res.source, "metadata.name" if res.form == "kubernetes" else "name",
+                                 f"name {res.name!r} could escape a directory when used in a path: "
+                                 "use letters, digits, '.', '-' and '_', starting with a letter or digit"))
+            continue
+        mesh_name = None if res.kind in ("Mesh", "ZoneEgress") else (res.mesh or DEFAULT_MESH)
+        if mesh_name is not None and (not SAFE_NAME.match(mesh_name) or mesh_name in (".", "..")):
+            out.append(Violation(res.source, "mesh", f"mesh name {mesh_name!r} could escape a directory when used in a path"))
+            continue
+        key = (res.kind, mesh_name, res.name)
+        if key in seen:
+            first = seen[key]
+            out.append(Violation(res.source, "", f"duplicate {res.kind} {res.name!r}"
+                                 f"{' in mesh ' + repr(mesh_name) if mesh_name else ''}: first defined at {first.source}"))
+            continue
+        seen[key] = res
+        if res.kind == "Mesh":
+            mesh = _mesh(check, res)
+            if mesh is not None:
+                meshes[mesh.name] = mesh
+        elif res.kind == "Dataplane":
+            dp = _dataplane(check, res, mesh_name or DEFAULT_MESH)
+            if dp is not None:
+                dataplanes.append(dp)
+                kept.append((res, dp))
+        elif res.kind == "ZoneEgress":
+            eg = _egress(check, res)
+            if eg is not None:
+                egresses.append(eg)
+                kept.append((res, eg))
+        elif res.kind == "MeshExternalService":
+            mes = _external(check, res, mesh_name or DEFAULT_MESH)
+            if mes is not None:
+                externals.append(mes)
+                kept.append((res, mes))
+        else:
+            policy = _policy(check, res, mesh_name or DEFAULT_MESH)
+            if policy is not None:
+                policies.append(policy)
+                kept.append((res, policy))
+
+    meshes.setdefault(DEFAULT_MESH, Mesh(DEFAULT_MESH, mtls=False, source=None))
+    desired = Desired(meshes, dataplanes, egresses, externals, policies)
+    _check_references(desired, kept, out)
+    return (None if out else desired), out
+
+
+# --- infrastructure kinds -------------------------------------------------------------------------------------
+
+
+def _mesh(check: _Check, res: RawResource) -> Mesh | None:
+    body = res.body
+    check.unknown(body, (), ("mtls", "routing", "networking", "skipCreatingInitialPolicies", "meshServices",
+                             "logging", "tracing", "metrics", "constraints"))
+    mtls = check.field(body, (), "mtls", dict, default={})
+    enabled = check.field(mtls, ("mtls",), "enabledBackend", str)
+    backends = check.field(mtls, ("mtls",), "backends", list, default=[])
+    names = []
+    for i, backend in enumerate(backends):
+        path = ("mtls", "backends", i)
+        if not isinstance(backend, dict):
+            check.fail(path, "must be a mapping")
+            continue
+        name = check.field(backend, path, "name", str, required=True)
+        kind = check.field(backend, path, "type", str, required=True)
+        if kind is not None and kind != "builtin":
+            check.fail(path + ("type",), f"unsupported CA backend type {kind!r}: meshplan supports `builtin`")
+        names.append(name)
+    if enabled and enabled not in names:
+        check.fail(("mtls", "enabledBackend"), f"no backend named {enabled!r} in mtls.backends")
+    routing = check.field(body, (), "routing", dict, default={})
+    zone_egress = check.field(routing, ("routing",), "zoneEgress", bool, default=True)
+    forbid = check.field(routing, ("routing",), "defaultForbidMeshExternalServiceAccess", bool, default=False)
+    assert res.name is not None
+    return Mesh(res.name, mtls=bool(enabled), source=res.source, zone_egress=zone_egress, forbid_external_by_default=forbid)
+
+
+def _dataplane(check: _Check, res: RawResource, mesh: str) -> Dataplane | None:
+    before = len(check.out)
+    net = check.field(res.body, (), "networking", dict, required=True, default={})
+    np: PathKey = ("networking",)
+    check.unknown(net, np, ("address", "advertisedAddress", "admin", "inbound", "outbound", "transparentProxying", "gateway"))
+    address = check.address(net, np, "address")
+    admin = check.field(net, np, "admin", dict, default={})
+    admin_port = check.port(admin, np + ("admin",), "port", required=False, default=DEFAULT_ADMIN_PORT)
+    inbounds: list[Inbound] = []
+    raw_inbounds = check.field(net, np, "inbound", list, default=[])
+    if not raw_inbounds:
+        check.fail(np + ("inbound",) if "inbound" in net else np, "a Dataplane needs at least one inbound with a `kuma.io/service` tag")
+    for i, item in enumerate(raw_inbounds):
+        path = np + ("inbound", i)
+        if not isinstance(item, dict):
+            check.fail(path, "must be a mapping")
+            continue
+        check.unknown(item, path, ("port", "servicePort", "serviceAddress", "address", "tags", "state", "health", "name"))
+        port = check.port(item, path, "port")
+        service_port = check.port(item, path, "servicePort", required=False, default=port)
+        service_address = check.address(item, path, "serviceAddress", required=False, default="127.0.0.1")
+        inbound_address = check.address(item, path, "address", required=False, default=address)
+        tags = check.tags(item, path, "tags", required=True)
+        if "tags" in item and isinstance(item["tags"], dict) and SERVICE_TAG not in item["tags"]:
+            check.fail(path + ("tags",), f"an inbound needs a `{SERVICE_TAG}` tag")
+        protocol = tags.get(PROTOCOL_TAG)
+        if protocol is not None and protocol not in PROTOCOLS:
+            check.fail(path + ("tags", PROTOCOL_TAG), f"unknown protocol {protocol!r} (expected one of: {', '.join(PROTOCOLS)})")
+        if None not in (port, service_port, service_address, inbound_address) and SERVICE_TAG in tags:
+            inbounds.append(Inbound(inbound_address, port, service_address, service_port, tags))  # type: ignore[arg-type]
+    outbounds: list[Outbound] = []
+    for i, item in enumerate(check.field(net, np, "outbound", list, default=[])):
+        path = np + ("outbound", i)
+        if not isinstance(item, dict):
+            check.fail(path, "must be a mapping")
+            continue
+        check.unknown(item, path, ("port", "address", "tags", "backendRef"))
+        port = check.port(item, path, "port")
+        out_address = check.address(item, path, "address", required=False, default="127.0.0.1")
+        tags = check.tags(item, path, "tags")
+        ref = check.field(item, path, "backendRef", dict)
+        service = external = None
+        if ref is not None and tags:
+            check.fail(path, "set either `tags` or `backendRef`, not both")
+        elif ref is not None:
+            kind = check.field(ref, path + ("backendRef",), "kind", str, required=True)
+            name = check.field(ref, path + ("backendRef",), "name", str, required=True)
+            if kind == "MeshExternalService":
+                external = name
+            elif kind == "MeshService":
+                service = name
+            elif kind is not None:
+                check.fail(path + ("backendRef", "kind"), f"must be MeshService or MeshExternalService, got {kind!r}")
+        elif SERVICE_TAG in tags:
+            service = tags[SERVICE_TAG]
+        else:
+            check.fail(path, f"an outbound needs `tags` with `{SERVICE_TAG}` or a `backendRef`")
+        if port is not None and out_address is not None and (service or external):
+            outbounds.append(Outbound(out_address, port, service, external, tags))
+    if len(check.out) > before or address is None or admin_port is None:
+        return None
+    assert res.name is not None
+    dp = Dataplane(res.name, mesh, address, admin_port, tuple(inbounds), tuple(outbounds), res.source)
+    _check_sockets(check, _dataplane_sockets(dp))
+    return dp if len(check.out) == before else None
+
+
+def _dataplane_sockets(dp: Dataplane) -> list[tuple[str, int, PathKey, str]]:
+    np: PathKey = ("networking",)
+    sockets: list[tuple[str, int, PathKey, str]] = [(dp.address, dp.admin_port, np + ("admin", "port"), "the admin API")]
+    for i, inbound in enumerate(dp.inbounds):
+        sockets.append((inbound.address, inbound.port, np + ("inbound", i, "port"), f"inbound[{i}]"))
+    for i, inbound in enumerate(dp.inbounds):
+        sockets.append((inbound.service_address, inbound.service_port, np + ("inbound", i, "servicePort"),
+                        f"the application of inbound[{i}]"))
+    for i, outbound in enumerate(dp.outbounds):
+        sockets.append((outbound.address, outbound.port, np + ("outbound", i, "port"), f"outbound[{i}]"))
+    return sockets
+
+
+def _check_sockets(check: _Check, sockets: list[tuple[str, int, PathKey, str]]) -> None:
+    """A port may be used once per address on a proxy; 0.0.0.0 overlaps every address."""
+    taken: list[tuple[str, int, str]] = []
+    apps: set[tuple[str, int]] = set()
+    for address, port, path, what in sockets:
+        if what.startswith("the application"):
+            if (address, port) in apps:
+                continue  # two inbounds may front the same application
+            apps.add((address, port))
+        for other_address, other_port, other in taken:
+            if port == other_port and (address == other_address or "0.0.0.0" in (address, other_address)):
+                check.fail(path, f"port {port} on {address} is used twice on this proxy: already by {other}")
+                break
+        else:
+            taken.append((address, port, what))
+
+
+def _egress(check: _Check, res: RawResource) -> ZoneEgress | None:
+    before = len(check.out)
+    net = check.field(res.body, (), "networking", dict, required=True, default={})
+    np: PathKey = ("networking",)
+    check.unknown(net, np, ("address", "advertisedAddress", "port", "advertisedPort", "admin"))
+    address = check.address(net, np, "address")
+    port = check.port(net, np, "port")
+    admin = check.field(net, np, "admin", dict, default={})
+    admin_port = check.port(admin, np + ("admin",), "port", required=False, default=DEFAULT_ADMIN_PORT)
+    if port is not None and port == admin_port:
+        check.fail(np + ("port",), f"port {port} is used twice on this proxy: already by the admin API")
+    if len(check.out) > before:
+        return None
+    assert res.name is not None and address is not None and port is not None and admin_port is not None
+    return ZoneEgress(res.name, address, port, admin_port, res.source)
+
+
+def _external(check: _Check, res: RawResource, mesh: str) -> MeshExternalService | None:
+    before = len(check.out)
+    body = res.body
+    check.unknown(body, (), ("match", "endpoints", "tls", "extension"))
+    match = check.field(body, (), "match", dict, required=True, default={})
+    check.unknown(match, ("match",), ("type", "port", "protocol"))
+    match_type = check.field(match, ("match",), "type", str, default="HostnameGenerator")
+    if match_type != "HostnameGenerator":
+        check.fail(("match", "type"), f"must be HostnameGenerator, got {match_type!r}")
+    port = check.port(match, ("match",), "port")
+    protocol = check.field(match, ("match",), "protocol", str, default="tcp")
+    if protocol not in PROTOCOLS:
+        check.fail(("match", "protocol"), f"unknown protocol {protocol!r} (expected one of: {', '.join(PROTOCOLS)})")
+    endpoints: list[Endpoint] = []
+    raw_endpoints = check.field(body, (), "endpoints", list, required=True, default=[])
+    if "endpoints" in body and not raw_endpoints:
+        check.fail(("endpoints",), "needs at least one endpoint")
+    for i, item in enumerate(raw_endpoints):
+        path: PathKey = ("endpoints", i)
+        if not isinstance(item, dict):
+            check.fail(path, "must be a mapping")
+            continue
+        check.unknown(item, path, ("address", "port"))
+        address = check.field(item, path, "address", str, required=True)
+        ep_port = check.port(item, path, "port", required=False, default=port)
+        if address is not None and ep_port is not None:
+            endpoints.append(Endpoint(address, ep_port))
+    tls = _external_tls(check, check.field(body, (), "tls", dict, default={}))
+    if len(check.out) > before:
+        return None
+    assert res.name is not None and port is not None
+    return MeshExternalService(res.name, mesh, port, protocol, tuple(endpoints), tls, res.source)
+
+
+def _external_tls(check: _Check, tls: dict[str, Any]) -> ExternalTLS:
+    path: PathKey = ("tls",)
+    check.unknown(tls, path, ("enabled", "version", "allowRenegotiation", "verification"))
+    enabled = check.field(tls, path, "enabled", bool, default=False)
+    verification = check.field(tls, path, "verification", dict, default={})
+    vpath = path + ("verification",)
+    check.unknown(verification, vpath, ("mode", "serverName", "subjectAltNames", "caCert", "clientCert", "clientKey"))
+    mode = check.field(verification, vpath, "mode", str, default="Secured")
+    if mode not in TLS_MODES:
+        check.fail(vpath + ("mode",), f"must be one of {', '.join(TLS_MODES)}, got {mode!r}")
+    server_name = check.field(verification, vpath, "serverName", str)
+    sans: list[str] = []
+    for i, san in enumerate(check.field(verification, vpath, "subjectAltNames", list, default=[])):
+        if isinstance(san, dict) and isinstance(san.get("value"), str):
+            sans.append(san["value"])
+        else:
+            check.fail(vpath + ("subjectAltNames", i), "must be a mapping with a string `value`")
+    ca_file = None
+    ca = check.field(verification, vpath, "caCert", dict)
+    if ca is not None:
+        ca_file = check.field(ca, vpath + ("caCert",), "file", str)
+        if ca_file is None:
+            check.fail(vpath + ("caCert",), "meshplan reads the CA bundle from a file: set `caCert.file` to its path")
+    for key in ("clientCert", "clientKey"):
+        if key in verification:
+            check.fail(vpath + (key,), "client certificates towards external services are not supported yet")
+    return ExternalTLS(enabled, server_name, mode, ca_file, tuple(sans))
+
+
+# --- policies -------------------------------------------------------------------------------------------------
+
+
+def _target_ref(check: _Check, obj: dict[str, Any], path: PathKey, *, top: bool) -> TargetRef | None:
+    ref = check.field(obj, path, "targetRef", dict, required=not top)
+    if ref is None:
+        return TargetRef("Mesh") if top else None
+    rp = path + ("targetRef",)
+    check.unknown(ref, rp, ("kind", "name", "tags", "proxyType", "proxyTypes", "mesh", "namespace", "labels", "sectionName"))
+    kind = check.field(ref, rp, "kind", str, required=True)
+    if kind is None:
+        return None
+    if kind not in TARGET_KINDS:
+        check.fail(rp + ("kind",), f"unknown targetRef kind {kind!r} (expected one of: {', '.join(TARGET_KINDS)})")
+        return None
+    name = check.field(ref, rp, "name", str, required=kind in ("MeshService", "MeshServiceSubset", "Dataplane", "MeshExternalService"))
+    tags = check.tags(ref, rp, "tags", required=kind in ("MeshSubset", "MeshServiceSubset"))
+    proxy_types: set[str] = set()
+    keys = [k for k in ("proxyType", "proxyTypes") if k in ref]
+    if len(keys) == 2:
+        check.fail(rp, "set `proxyType` or `proxyTypes`, not both")
+    for key in keys:
+        if not top:
+            check.fail(rp + (key,), "proxyType is only allowed on the top-level targetRef")
+            continue
+        values = check.field(ref, rp, key, list, default=[])
+        for i, value in enumerate(values):
+            if not isinstance(value, str) or value.lower() not in PROXY_TYPES:
+                check.fail(rp + (key, i), f"unknown proxy type {value!r} (expected one of: Sidecar, Gateway, Egress)")
+            else:
+                proxy_types.add(value.lower())
+    return TargetRef(kind, name, tags, frozenset(proxy_types))
+
+
+def _policy(check: _Check, res: RawResource, mesh: str) -> Policy | None:
+    before = len(check.out)
+    kind = KINDS[res.kind]
+    body = res.body
+    top = _target_ref(check, body, (), top=True)
+    known = ["targetRef"] + [s for s in (TO, FROM) if s in kind.sections] + (["default"] if SINGLE in kind.sections else [])
+    if res.kind == "MeshHTTPRoute" or res.kind == "MeshTCPRoute":
+        known.append("rules")
+    for section in (TO, FROM):
+        if section in body and section not in kind.sections:
+            only = " and ".join(f"`{s}`" for s in sorted(kind.sections & {TO, FROM})) or "a single `default`"
+            why = " (the seeds make it outbound-only)" if res.kind in ("MeshCircuitBreaker", "MeshRetry") else ""
+            check.fail((section,), f"{res.kind} does not support `{section}`: use {only}{why}")
+    check.unknown(body, (), tuple(known + [s for s in (TO, FROM) if s not in known]))
+    items: dict[str, list[PolicyItem]] = {TO: [], FROM: []}
+    for section in (TO, FROM):
+        if section not in kind.sections:
+            continue
+        for i, item in enumerate(check.field(body, (), section, list, default=[])):
+            path: PathKey = (section, i)
+            if not isinstance(item, dict):
+                check.fail(path, "must be a mapping")
+                continue
+            ref = _target_ref(check, item, path, top=False)
+            payload_key = "rules" if res.kind in ROUTE_KINDS else "default"
+            check.unknown(item, path, ("targetRef", payload_key))
+            if res.kind in ROUTE_KINDS:
+                rules = check.field(item, path, "rules", list, required=True, default=[])
+                payload: dict[str, Any] = {"rules": rules}
+            else:
+                payload = check.field(item, path, "default", dict, required=True, default={})
+            if ref is not None:
+                items[section].append(PolicyItem(ref, payload, i))
+    if top is not None:
+        _check_placement(check, res.kind, top, items[TO], items[FROM])
+    if SINGLE in kind.sections:
+        check.field(body, (), "default", dict, default={})
+    if len(check.out) > before or top is None:
+        return None
+    assert res.name is not None
+    lines = {format_path(k): v for k, v in res.lines.items()}
+    return Policy(res.kind, res.name, mesh, top, tuple(items[TO]), tuple(items[FROM]), body, res.source,
+                  format_path(res.body_path), lines)
+
+
+def _check_placement(check: _Check, kind_name: str, top: TargetRef, to: list[PolicyItem], from_: list[PolicyItem]) -> None:
+    """The seed: name the proxy type whenever a MeshExternalService is referenced, and only where the table allows."""
+    kind = KINDS[kind_name]
+    answer = f"the placement table says {kind_name} for a MeshExternalService is implemented on: {kind.placement}"
+    named = top.proxy_types or {SIDECAR, GATEWAY}  # what the policy selects
+    if top.kind == "MeshExternalService":
+        if not top.proxy_types:
+            check.fail(("targetRef",), f"a policy that references a MeshExternalService must set proxyType; {answer}")
+        elif not kind.external_from or top.proxy_types != {EGRESS}:
+            check.fail(("targetRef",), f"targetRef kind MeshExternalService selects the egress's inbound: {answer}")
+        if to:
+            check.fail((TO,), f"targetRef kind MeshExternalService takes `from` items only; {answer}")
+    for item in to:
+        if item.target_ref.kind != "MeshExternalService":
+            continue
+        path: PathKey = (TO, item.index, "targetRef")
+        if not top.proxy_types:
+            check.fail(path, f"a policy that references a MeshExternalService must set proxyType in its top-level targetRef; {answer}")
+            continue
+        wrong = sorted(named - kind.external_to - {GATEWAY})
+        if not kind.external_to or wrong:
+            where = f" not on the {' or '.join(wrong)}" if kind.external_to else ""
+            check.fail(path, f"{kind_name} to a MeshExternalService is{where or ' not implemented'}; {answer}")
+    for item in from_:
+        if item.target_ref.kind == "MeshExternalService":
+            check.fail((FROM, item.index, "targetRef"), f"a `from` item selects clients, and a MeshExternalService is never a client; {answer}")
+    if top.kind != "MeshExternalService" and EGRESS in top.proxy_types and kind.external_from and from_:
+        check.fail(("targetRef",), f"on the egress, {kind_name} applies per external service: {answer}")
+
+
+# --- references across resources ------------------------------------------------------------------------------
+
+
+def _check_references(desired: Desired, kept: list[tuple[RawResource, Any]], out: list[Violation]) -> None:
+    services: dict[tuple[str, str], set[str]] = {}
+    for dp in desired.dataplanes:
+        for inbound in dp.inbounds:
+            services.setdefault((dp.mesh, inbound.service), set()).add(inbound.protocol)
+    externals = {(m.mesh, m.name) for m in desired.external_services}
+    proxies: dict[str, RawResource] = {}
+    for res, obj in kept:
+        check = _Check(res, out)
+        mesh_name = getattr(obj, "mesh", None)
+        if isinstance(obj, (Dataplane, MeshExternalService, Policy)) and mesh_name not in desired.meshes:
+            check.fail((), f"mesh {mesh_name!r} is not defined: add a Mesh resource named {mesh_name!r}")
+            continue
+        if isinstance(obj, (Dataplane, ZoneEgress)):
+            if obj.name in proxies:
+                out.append(Violation(res.source, "", f"proxy name {obj.name!r} is already used by {proxies[obj.name].ref} "
+                                     f"at {proxies[obj.name].source}: proxy names must be unique"))
+            proxies[obj.name] = res
+        if isinstance(obj, Dataplane):
+            for i, outbound in enumerate(obj.outbounds):
+                path: PathKey = ("networking", "outbound", i)
+                if outbound.service is not None and (obj.mesh, outbound.service) not in services:
+                    check.fail(path, f"no Dataplane in mesh {obj.mesh!r} has an inbound for service {outbound.service!r}")
+                if outbound.external is not None and (obj.mesh, outbound.external) not in externals:
+                    check.fail(path + ("backendRef", "name"),
+                               f"no MeshExternalService {outbound.external!r} in mesh {obj.mesh!r}")
+            for i, inbound in enumerate(obj.inbounds):
+                protocols = services[(obj.mesh, inbound.service)]
+                if len(protocols) > 1:
+                    check.fail(("networking", "inbound", i, "tags"),
+                               f"service {inbound.service!r} is declared with different protocols: {', '.join(sorted(protocols))}")
+        if isinstance(obj, MeshExternalService):
+            mesh = desired.meshes[obj.mesh]
+            if not mesh.mtls:
+                check.fail((), f"mesh {obj.mesh!r} has no mTLS: external services go through the ZoneEgress, "
+                           "which needs mesh mTLS (set mtls.enabledBackend on the Mesh)")
+            if not desired.egresses:
+                check.fail((), "external services go through a ZoneEgress, and there is none: add a ZoneEgress")
+            if not mesh.zone_egress:
+                check.fail((), f"mesh {obj.mesh!r} sets routing.zoneEgress: false, but external services always go "
+                           "through the ZoneEgress")
