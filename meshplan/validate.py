@@ -230,6 +230,7 @@ def _mesh(check: _Check, res: RawResource) -> Mesh | None:
 
 def _dataplane(check: _Check, res: RawResource, mesh: str) -> Dataplane | None:
     before = len(check.out)
+    check.unknown(res.body, (), ("networking",))
     net = check.field(res.body, (), "networking", dict, required=True, default={})
     np: PathKey = ("networking",)
     check.unknown(net, np, ("address", "advertisedAddress", "admin", "inbound", "outbound", "transparentProxying", "gateway"))
@@ -327,6 +328,7 @@ def _check_sockets(check: _Check, sockets: list[tuple[str, int, PathKey, str]]) 
 
 def _egress(check: _Check, res: RawResource) -> ZoneEgress | None:
     before = len(check.out)
+    check.unknown(res.body, (), ("networking",))
     net = check.field(res.body, (), "networking", dict, required=True, default={})
     np: PathKey = ("networking",)
     check.unknown(net, np, ("address", "advertisedAddress", "port", "advertisedPort", "admin"))
@@ -528,7 +530,9 @@ def _check_references(desired: Desired, kept: list[tuple[RawResource, Any]], out
         check = _Check(res, out)
         mesh_name = getattr(obj, "mesh", None)
         if isinstance(obj, (Dataplane, MeshExternalService, Policy)) and mesh_name not in desired.meshes:
-            check.fail((), f"mesh {mesh_name!r} is not defined: add a Mesh resource named {mesh_name!r}")
+            field = ("metadata", "labels", "kuma.io/mesh") if res.form == "kubernetes" else ("mesh",)
+            out.append(Violation(Source(res.source.file, res.lines.get(field, res.source.line)), format_path(field),
+                                 f"mesh {mesh_name!r} is not defined: add a Mesh resource named {mesh_name!r}"))
             continue
         if isinstance(obj, (Dataplane, ZoneEgress)):
             if obj.name in proxies:
