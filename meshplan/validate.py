@@ -11,9 +11,10 @@ import ipaddress
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from meshplan.errors import LoadError, Source, Violation
+from meshplan.check import FieldCheck
 from meshplan.load import PathKey, RawResource, format_path, load_dir
 from meshplan.model import (
     EGRESS,
@@ -35,6 +36,7 @@ from meshplan.model import (
     ZoneEgress,
 )
 from meshplan.policies import FROM, KINDS, ROUTE_KINDS, SINGLE, TO
+from meshplan.policies.registry import BY_KIND
 
 INFRA_KINDS = ("Mesh", "Dataplane", "ZoneEgress", "MeshExternalService")
 PROTOCOLS = ("tcp", "http", "http2", "grpc")
@@ -47,9 +49,6 @@ DEFAULT_ADMIN_PORT = 9901
 # Names become file and directory names under state/: keep them to one safe path segment.
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
 
-T = TypeVar("T")
-
-
 def load_and_parse(root: Path) -> Desired:
     """Load a desired directory and validate it; raise LoadError with every violation."""
     raws, violations = load_dir(root)
@@ -58,78 +57,6 @@ def load_and_parse(root: Path) -> Desired:
     if violations or desired is None:
         raise LoadError(violations)
     return desired
-
-
-class _Check:
-    """Typed access to a resource's fields that records a violation for every wrong or missing one."""
-
-    def __init__(self, res: RawResource, out: list[Violation]) -> None:
-        self.res = res
-        self.out = out
-
-    def fail(self, path: PathKey, message: str) -> None:
-        self.out.append(self.res.violation(path, message))
-
-    def field(
-        self,
-        obj: dict[str, Any],
-        path: PathKey,
-        key: str,
-        kind: type[T] | tuple[type, ...],
-        *,
-        required: bool = False,
-        default: Any = None,
-    ) -> Any:
-        if key not in obj or obj[key] is None:
-            if required:
-                self.fail(path, f"`{key}` is required")
-            return default
-        value = obj[key]
-        types = kind if isinstance(kind, tuple) else (kind,)
-        # YAML booleans are ints to Python; never accept one where a number is asked for.
-        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
-            self.fail(path + (key,), f"must be {_describe(types)}, got {_describe((type(value),))}")
-            return default
-        return value
-
-    def port(self, obj: dict[str, Any], path: PathKey, key: str, *, required: bool = True, default: int | None = None) -> int | None:
-        value = self.field(obj, path, key, int, required=required, default=default)
-        if value is not None and not 1 <= value <= 65535:
-            self.fail(path + (key,), f"must be a port between 1 and 65535, got {value}")
-            return None
-        return value  # type: ignore[no-any-return]
-
-    def address(self, obj: dict[str, Any], path: PathKey, key: str, *, required: bool = True, default: str | None = None) -> str | None:
-        value = self.field(obj, path, key, str, required=required, default=default)
-        if value is None:
-            return None
-        try:
-            ipaddress.ip_address(value)
-        except ValueError:
-            self.fail(path + (key,), f"must be an IP address, got {value!r}")
-            return None
-        return value  # type: ignore[no-any-return]
-
-    def tags(self, obj: dict[str, Any], path: PathKey, key: str, *, required: bool = False) -> dict[str, str]:
-        value = self.field(obj, path, key, dict, required=required, default={})
-        good: dict[str, str] = {}
-        for tag, tag_value in value.items():
-            if not isinstance(tag_value, str):
-                self.fail(path + (key, tag), f"tag values must be strings, got {_describe((type(tag_value),))}")
-            else:
-                good[tag] = tag_value
-        return good
-
-    def unknown(self, obj: dict[str, Any], path: PathKey, known: tuple[str, ...]) -> None:
-        for key in obj:
-            if key not in known:
-                self.fail(path + (key,), f"unknown field (expected one of: {', '.join(known)})")
-
-
-def _describe(types: tuple[type, ...]) -> str:
-    names = {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", int: "an integer",
-             float: "a number", type(None): "nothing"}
-    return " or ".join(names.get(t, t.__name__) for t in types)
 
 
 def parse(raws: list[RawResource]) -> tuple[Desired | None, list[Violation]]:
@@ -143,7 +70,7 @@ def parse(raws: list[RawResource]) -> tuple[Desired | None, list[Violation]]:
     kept: list[tuple[RawResource, Any]] = []
 
     for res in raws:
-        check = _Check(res, out)
+        check = FieldCheck(res, out)
         if res.kind not in INFRA_KINDS and res.kind not in KINDS:
             known = ", ".join(list(INFRA_KINDS) + sorted(KINDS))
             out.append(Violation(res.source, "kind" if res.form == "kubernetes" else "type",
@@ -201,7 +128,7 @@ def parse(raws: list[RawResource]) -> tuple[Desired | None, list[Violation]]:
 # --- infrastructure kinds -------------------------------------------------------------------------------------
 
 
-def _mesh(check: _Check, res: RawResource) -> Mesh | None:
+def _mesh(check: FieldCheck, res: RawResource) -> Mesh | None:
     body = res.body
     check.unknown(body, (), ("mtls", "routing", "networking", "skipCreatingInitialPolicies", "meshServices",
                              "logging", "tracing", "metrics", "constraints"))
@@ -228,7 +155,7 @@ def _mesh(check: _Check, res: RawResource) -> Mesh | None:
     return Mesh(res.name, mtls=bool(enabled), source=res.source, zone_egress=zone_egress, forbid_external_by_default=forbid)
 
 
-def _dataplane(check: _Check, res: RawResource, mesh: str) -> Dataplane | None:
+def _dataplane(check: FieldCheck, res: RawResource, mesh: str) -> Dataplane | None:
     before = len(check.out)
     check.unknown(res.body, (), ("networking",))
     net = check.field(res.body, (), "networking", dict, required=True, default={})
@@ -309,7 +236,7 @@ def _dataplane_sockets(dp: Dataplane) -> list[tuple[str, int, PathKey, str]]:
     return sockets
 
 
-def _check_sockets(check: _Check, sockets: list[tuple[str, int, PathKey, str]]) -> None:
+def _check_sockets(check: FieldCheck, sockets: list[tuple[str, int, PathKey, str]]) -> None:
     """A port may be used once per address on a proxy; 0.0.0.0 overlaps every address."""
     taken: list[tuple[str, int, str]] = []
     apps: set[tuple[str, int]] = set()
@@ -326,7 +253,7 @@ def _check_sockets(check: _Check, sockets: list[tuple[str, int, PathKey, str]]) 
             taken.append((address, port, what))
 
 
-def _egress(check: _Check, res: RawResource) -> ZoneEgress | None:
+def _egress(check: FieldCheck, res: RawResource) -> ZoneEgress | None:
     before = len(check.out)
     check.unknown(res.body, (), ("networking",))
     net = check.field(res.body, (), "networking", dict, required=True, default={})
@@ -344,7 +271,7 @@ def _egress(check: _Check, res: RawResource) -> ZoneEgress | None:
     return ZoneEgress(res.name, address, port, admin_port, res.source)
 
 
-def _external(check: _Check, res: RawResource, mesh: str) -> MeshExternalService | None:
+def _external(check: FieldCheck, res: RawResource, mesh: str) -> MeshExternalService | None:
     before = len(check.out)
     body = res.body
     check.unknown(body, (), ("match", "endpoints", "tls", "extension"))
@@ -378,7 +305,7 @@ def _external(check: _Check, res: RawResource, mesh: str) -> MeshExternalService
     return MeshExternalService(res.name, mesh, port, protocol, tuple(endpoints), tls, res.source)
 
 
-def _external_tls(check: _Check, tls: dict[str, Any]) -> ExternalTLS:
+def _external_tls(check: FieldCheck, tls: dict[str, Any]) -> ExternalTLS:
     path: PathKey = ("tls",)
     check.unknown(tls, path, ("enabled", "version", "allowRenegotiation", "verification"))
     enabled = check.field(tls, path, "enabled", bool, default=False)
@@ -410,7 +337,7 @@ def _external_tls(check: _Check, tls: dict[str, Any]) -> ExternalTLS:
 # --- policies -------------------------------------------------------------------------------------------------
 
 
-def _target_ref(check: _Check, obj: dict[str, Any], path: PathKey, *, top: bool) -> TargetRef | None:
+def _target_ref(check: FieldCheck, obj: dict[str, Any], path: PathKey, *, top: bool) -> TargetRef | None:
     ref = check.field(obj, path, "targetRef", dict, required=not top)
     if ref is None:
         return TargetRef("Mesh") if top else None
@@ -441,7 +368,7 @@ def _target_ref(check: _Check, obj: dict[str, Any], path: PathKey, *, top: bool)
     return TargetRef(kind, name, tags, frozenset(proxy_types))
 
 
-def _policy(check: _Check, res: RawResource, mesh: str) -> Policy | None:
+def _policy(check: FieldCheck, res: RawResource, mesh: str) -> Policy | None:
     before = len(check.out)
     kind = KINDS[res.kind]
     body = res.body
@@ -472,6 +399,9 @@ def _policy(check: _Check, res: RawResource, mesh: str) -> Policy | None:
                 payload: dict[str, Any] = {"rules": rules}
             else:
                 payload = check.field(item, path, "default", dict, required=True, default={})
+            module = BY_KIND.get(res.kind)
+            if module is not None and isinstance(payload, dict):
+                module.validate(payload, path if res.kind in ROUTE_KINDS else path + ("default",), check, section)
             if ref is not None:
                 items[section].append(PolicyItem(ref, payload, i))
     if top is not None:
@@ -486,7 +416,7 @@ def _policy(check: _Check, res: RawResource, mesh: str) -> Policy | None:
                   format_path(res.body_path), lines)
 
 
-def _check_placement(check: _Check, kind_name: str, top: TargetRef, to: list[PolicyItem], from_: list[PolicyItem]) -> None:
+def _check_placement(check: FieldCheck, kind_name: str, top: TargetRef, to: list[PolicyItem], from_: list[PolicyItem]) -> None:
     """The seed: name the proxy type whenever a MeshExternalService is referenced, and only where the table allows."""
     kind = KINDS[kind_name]
     answer = f"the placement table says {kind_name} for a MeshExternalService is implemented on: {kind.placement}"
@@ -527,7 +457,7 @@ def _check_references(desired: Desired, kept: list[tuple[RawResource, Any]], out
     externals = {(m.mesh, m.name) for m in desired.external_services}
     proxies: dict[str, RawResource] = {}
     for res, obj in kept:
-        check = _Check(res, out)
+        check = FieldCheck(res, out)
         mesh_name = getattr(obj, "mesh", None)
         if isinstance(obj, (Dataplane, MeshExternalService, Policy)) and mesh_name not in desired.meshes:
             field = ("metadata", "labels", "kuma.io/mesh") if res.form == "kubernetes" else ("mesh",)

@@ -1,20 +1,34 @@
-"""Desired mesh -> the Envoy resources every proxy should run (pure: paths under state/ are only referenced)."""
+"""Desired mesh -> the Envoy resources every proxy should run (pure: paths under state/ are only referenced).
+
+Each proxy is built in two steps: the base resources (render/sidecar.py, render/egress.py), then every policy module
+in the registry's order, each changing only what is already there and remembering which policy set which field.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from meshplan.model import Desired, ProxyConfig
-from meshplan.render.egress import render_egress
-from meshplan.render.sidecar import render_sidecar
+from meshplan.policies.base import ProxyBuild
+from meshplan.policies.registry import MODULES
+from meshplan.render.egress import build_egress
+from meshplan.render.sidecar import build_sidecar
+
+
+def apply_policies(build: ProxyBuild) -> ProxyConfig:
+    for module in MODULES:
+        policies = [p for p in build.desired.policies if p.kind == module.KIND]
+        if policies:
+            module.apply(build, policies)
+    return build.finish()
 
 
 def render_all(desired: Desired, state_dir: Path) -> list[ProxyConfig]:
     """Every proxy of the desired mesh, sidecars first then egresses, each in name order."""
     state_dir = state_dir.absolute()
-    sidecars = [render_sidecar(desired, dp, state_dir) for dp in sorted(desired.dataplanes, key=lambda d: d.name)]
-    egresses = [render_egress(desired, eg, state_dir) for eg in sorted(desired.egresses, key=lambda e: e.name)]
-    return sidecars + egresses
+    builds = [build_sidecar(desired, dp, state_dir) for dp in sorted(desired.dataplanes, key=lambda d: d.name)]
+    builds += [build_egress(desired, eg, state_dir) for eg in sorted(desired.egresses, key=lambda e: e.name)]
+    return [apply_policies(build) for build in builds]
 
 
-__all__ = ["render_all", "render_sidecar", "render_egress"]
+__all__ = ["render_all", "apply_policies", "build_sidecar", "build_egress"]

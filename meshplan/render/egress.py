@@ -7,7 +7,9 @@ import ipaddress
 from pathlib import Path
 
 from meshplan import pki
-from meshplan.model import EGRESS, Desired, MeshExternalService, ProxyConfig, ZoneEgress
+from meshplan.match import Destination
+from meshplan.model import EGRESS, Desired, MeshExternalService, ZoneEgress
+from meshplan.policies.base import InboundPoint, OutboundPoint, ProxyBuild
 from meshplan.render import envoy_types as t
 from meshplan import names
 from meshplan.render.sidecar import CONNECT_TIMEOUT
@@ -15,34 +17,31 @@ from meshplan.render.sidecar import CONNECT_TIMEOUT
 SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 
 
-def render_egress(desired: Desired, egress: ZoneEgress, state_dir: Path) -> ProxyConfig:
+def build_egress(desired: Desired, egress: ZoneEgress, state_dir: Path) -> ProxyBuild:
+    build = ProxyBuild(egress, desired, EGRESS, clusters={}, listeners={})
     externals = sorted(desired.external_services, key=lambda m: (m.mesh, m.name))
-    clusters = [_external_cluster(mes) for mes in externals]
-    chains = [_filter_chain(mes, pki.paths(state_dir, mes.mesh, egress.name)) for mes in externals]
+    if not externals:
+        return build  # Envoy refuses a listener with no filter chain
     name = names.egress_listener(egress.address, egress.port)
-    listeners = []
-    if chains:  # Envoy refuses a listener with no filter chain
-        listeners.append(
-            {
-                "@type": t.LISTENER,
-                "name": name,
-                "address": t.socket_address(egress.address, egress.port),
-                "traffic_direction": "INBOUND",
-                "listener_filters": [
-                    {"name": "envoy.filters.listener.tls_inspector", "typed_config": {"@type": t.TLS_INSPECTOR}}
-                ],
-                "filter_chains": chains,
-            }
-        )
-    return ProxyConfig(
-        name=egress.name,
-        type=EGRESS,
-        mesh=None,
-        address=egress.address,
-        admin_port=egress.admin_port,
-        clusters=tuple(clusters),
-        listeners=tuple(listeners),
-    )
+    listener: t.Json = {
+        "@type": t.LISTENER,
+        "name": name,
+        "address": t.socket_address(egress.address, egress.port),
+        "traffic_direction": "INBOUND",
+        "listener_filters": [{"name": "envoy.filters.listener.tls_inspector", "typed_config": {"@type": t.TLS_INSPECTOR}}],
+        "filter_chains": [],
+    }
+    build.listeners[name] = listener
+    for mes in externals:
+        cluster = _external_cluster(mes)
+        chain = _filter_chain(mes, pki.paths(state_dir, mes.mesh, egress.name))
+        build.clusters[cluster["name"]] = cluster
+        listener["filter_chains"].append(chain)
+        destination = Destination.of_external(mes)
+        # The egress is both ends for an external service: its inbound (from policies) and its outbound (to policies).
+        build.inbounds.append(InboundPoint(destination, chain, name, mes.protocol))
+        build.outbounds.append(OutboundPoint(destination, cluster, chain, name, mes.protocol))
+    return build
 
 
 def _filter_chain(mes: MeshExternalService, certs: pki.CertPaths) -> t.Json:

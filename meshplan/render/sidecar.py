@@ -5,35 +5,34 @@ from __future__ import annotations
 from pathlib import Path
 
 from meshplan import pki
-from meshplan.model import SIDECAR, Dataplane, Desired, Inbound, Outbound, ProxyConfig
+from meshplan.match import Destination
+from meshplan.model import SIDECAR, Dataplane, Desired, Inbound, Outbound
+from meshplan.policies.base import InboundPoint, OutboundPoint, ProxyBuild
 from meshplan.render import envoy_types as t
 from meshplan import names
 
 CONNECT_TIMEOUT = "5s"  # Kuma's default connectionTimeout
 
 
-def render_sidecar(desired: Desired, dp: Dataplane, state_dir: Path) -> ProxyConfig:
+def build_sidecar(desired: Desired, dp: Dataplane, state_dir: Path) -> ProxyBuild:
     mtls = desired.mesh(dp.mesh).mtls
     certs = pki.paths(state_dir, dp.mesh, dp.name) if mtls else None
-    clusters: dict[str, t.Json] = {}
-    listeners: list[t.Json] = []
+    build = ProxyBuild(dp, desired, SIDECAR, clusters={}, listeners={})
     for inbound in dp.inbounds:
         local = names.local_cluster(inbound.service_address, inbound.service_port)
-        clusters[local] = _cluster(local, [(inbound.service_address, inbound.service_port)])
-        listeners.append(_inbound_listener(dp, inbound, local, certs))
+        build.clusters[local] = _cluster(local, [(inbound.service_address, inbound.service_port)])
+        listener = _inbound_listener(dp, inbound, local, certs)
+        build.listeners[listener["name"]] = listener
+        build.inbounds.append(InboundPoint(inbound, listener["filter_chains"][0], listener["name"], inbound.protocol))
     for outbound in dp.outbounds:
         cluster, protocol = _outbound_cluster(desired, dp, outbound, certs)
-        clusters[cluster["name"]] = cluster
-        listeners.append(_outbound_listener(outbound, cluster["name"], protocol))
-    return ProxyConfig(
-        name=dp.name,
-        type=SIDECAR,
-        mesh=dp.mesh,
-        address=dp.address,
-        admin_port=dp.admin_port,
-        clusters=tuple(clusters[name] for name in sorted(clusters)),
-        listeners=tuple(sorted(listeners, key=lambda listener: str(listener["name"]))),
-    )
+        build.clusters[cluster["name"]] = cluster
+        listener = _outbound_listener(outbound, cluster["name"], protocol)
+        build.listeners[listener["name"]] = listener
+        build.outbounds.append(
+            OutboundPoint(Destination.of_outbound(dp, outbound), cluster, listener["filter_chains"][0], listener["name"], protocol)
+        )
+    return build
 
 
 def _cluster(name: str, endpoints: list[tuple[str, int]]) -> t.Json:

@@ -1,0 +1,151 @@
+"""What a policy module sees: the proxy being built, the points where `to` and `from` sections attach, and a way to
+set a field that remembers which policy set it.
+
+A policy module (one per kind, registered in `policies/registry.py`) has:
+    KIND: str                      the policy kind it implements
+    def validate(default, path, check, section) -> None
+                                   check one `to`/`from` item's `default` (or a route kind's item), every violation
+    def apply(build, policies) -> None
+                                   change the proxy's resources for the policies of its kind (all of them: the module
+                                   asks `match` which apply where)
+Modules run in the registry's order and only change resources the base render or an earlier module created.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from meshplan.check import FieldCheck
+from meshplan.load import PathKey
+from meshplan.match import Destination, Merged
+from meshplan.model import Dataplane, Desired, Inbound, Policy, ProxyConfig, ZoneEgress
+
+Json = dict[str, Any]
+
+
+class PolicyModule(Protocol):
+    KIND: str
+
+    def validate(self, default: Json, path: PathKey, check: FieldCheck, section: str) -> None: ...
+
+    def apply(self, build: ProxyBuild, policies: list[Policy]) -> None: ...
+
+
+@dataclass
+class OutboundPoint:
+    """Traffic from this proxy to one destination: the cluster, and the filter chain whose filter routes to it."""
+
+    destination: Destination
+    cluster: Json
+    chain: Json
+    listener: str
+    protocol: str
+
+
+@dataclass
+class InboundPoint:
+    """Traffic into this proxy: a sidecar inbound, or on the egress the filter chain of one external service."""
+
+    target: Inbound | Destination
+    chain: Json
+    listener: str
+    protocol: str
+
+
+@dataclass
+class ProxyBuild:
+    proxy: Dataplane | ZoneEgress
+    desired: Desired
+    type: str
+    clusters: dict[str, Json]
+    listeners: dict[str, Json]
+    outbounds: list[OutboundPoint] = field(default_factory=list)
+    inbounds: list[InboundPoint] = field(default_factory=list)
+    # (id of a dict inside a resource, key) -> origins; turned into field paths by `finish`
+    _marks: dict[tuple[int, str], list[str]] = field(default_factory=dict)
+    _keep: list[Any] = field(default_factory=list)  # keeps marked dicts alive, so their ids stay theirs
+
+    def set(self, container: Json, key: str, value: Any, origins: Iterable[str]) -> None:
+        """Set `container[key]` and remember who set it (shown beside the field in a plan)."""
+        container[key] = value
+        self.mark(container, key, origins)
+
+    def mark(self, container: Json, key: str, origins: Iterable[str]) -> None:
+        self._marks[(id(container), key)] = sorted(set(self._marks.get((id(container), key), [])) | set(origins))
+        self._keep.append(container)
+
+    def finish(self) -> ProxyConfig:
+        origins: dict[str, dict[str, dict[str, list[str]]]] = {"cluster": {}, "listener": {}}
+        for kind, resources in (("cluster", self.clusters), ("listener", self.listeners)):
+            for name, resource in resources.items():
+                found = dict(self._paths(resource, ""))
+                if found:
+                    origins[kind][name] = found
+        return ProxyConfig(
+            name=self.proxy.name,
+            type=self.type,
+            mesh=getattr(self.proxy, "mesh", None),
+            address=self.proxy.address,
+            admin_port=self.proxy.admin_port,
+            clusters=tuple(self.clusters[n] for n in sorted(self.clusters)),
+            listeners=tuple(self.listeners[n] for n in sorted(self.listeners)),
+            origins=origins,
+        )
+
+    def _paths(self, node: Any, prefix: str) -> Iterator[tuple[str, list[str]]]:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                path = f"{prefix}.{key}" if prefix else key
+                marked = self._marks.get((id(node), key))
+                if marked:
+                    yield path, marked
+                yield from self._paths(value, path)
+        elif isinstance(node, list):
+            for i, item in enumerate(node):
+                yield from self._paths(item, f"{prefix}[{i}]")
+
+
+def origins_of(merged: Merged, *keys: str) -> list[str]:
+    """The policies that set any of these fields (dotted paths in the merged conf), or any field below them."""
+    out: set[str] = set()
+    for path, origin in merged.origins.items():
+        if any(path == key or path.startswith(key + ".") for key in keys):
+            out.add(str(origin.set_by))
+    return sorted(out)
+
+
+def network_filter(chain: Json, name: str) -> Json | None:
+    """The typed_config of the named network filter in a filter chain."""
+    for f in chain.get("filters", []):
+        if f.get("name") == name:
+            config: Json = f["typed_config"]
+            return config
+    return None
+
+
+HCM_NAME = "envoy.filters.network.http_connection_manager"
+TCP_PROXY_NAME = "envoy.filters.network.tcp_proxy"
+
+
+def hcm(chain: Json) -> Json | None:
+    return network_filter(chain, HCM_NAME)
+
+
+def tcp_proxy(chain: Json) -> Json | None:
+    return network_filter(chain, TCP_PROXY_NAME)
+
+
+def routes(chain: Json) -> list[Json]:
+    """Every route of the inline route configuration of a chain's HTTP connection manager."""
+    manager = hcm(chain)
+    if manager is None:
+        return []
+    return [route for vhost in manager["route_config"]["virtual_hosts"] for route in vhost["routes"]]
+
+
+def insert_http_filter(manager: Json, http_filter: Json) -> None:
+    """Add an HTTP filter before the router (which must stay last)."""
+    filters: list[Json] = manager["http_filters"]
+    filters.insert(len(filters) - 1, http_filter)
