@@ -1,0 +1,166 @@
+"""What a local sandbox will listen on, and whether this machine lets it: loopback only, one owner per socket, free.
+
+Checked before anything starts, and every problem reported at once: a half-started sandbox that fails on its third
+Envoy teaches less than a list of the three addresses to change.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from meshplan.errors import SandboxError
+from meshplan.model import Desired, ProxyConfig
+
+APP = "app"
+EXTERNAL = "external"
+
+LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
+# Inotify instances left to everything else of this user (editors, other sandboxes, test runs).
+INOTIFY_HEADROOM = 16
+
+
+@dataclass(frozen=True)
+class LocalApp:
+    """A demo app (behind an inbound) or an external-service stand-in that the sandbox runs."""
+
+    role: str  # app | external
+    service: str
+    instance: str
+    address: str  # always a loopback IP, even when the desired state names `localhost`
+    port: int
+    owner: str  # what asked for it, for messages
+
+    @property
+    def name(self) -> str:
+        return f"{self.service}/{self.instance}"
+
+
+def is_loopback_ip(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host) in LOOPBACK
+    except ValueError:
+        return False
+
+
+def _loopback_ip(host: str) -> str | None:
+    """The loopback IPv4 address to listen on for `host`, or None if it is (or resolves to) anything else."""
+    if is_loopback_ip(host):
+        return host
+    try:
+        ipaddress.ip_address(host)
+        return None  # an IP, not loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None, family=socket.AF_INET, type=socket.SOCK_STREAM)
+    except socket.gaierror:
+        return None
+    ips = sorted({str(info[4][0]) for info in infos})
+    return ips[0] if ips and all(is_loopback_ip(ip) for ip in ips) else None
+
+
+def _local_apps(desired: Desired, problems: list[str]) -> list[LocalApp]:
+    apps: dict[tuple[str, int], LocalApp] = {}
+
+    def want(role: str, service: str, instance: str, host: str, port: int, owner: str) -> None:
+        ip = _loopback_ip(host)
+        if ip is None:
+            problems.append(f"{owner}: {host}:{port} is not a loopback address (127.0.0.0/8)")
+            return
+        app = LocalApp(role, service, instance, ip, port, owner)
+        other = apps.setdefault((ip, port), app)
+        # Two inbounds on one address:port share the app they both declare; two services cannot.
+        if other.service != app.service:
+            problems.append(f"{app.owner} and {other.owner} both need an app on {ip}:{port}")
+
+    for dp in desired.dataplanes:
+        for inbound in dp.inbounds:
+            owner = f"dataplane {dp.name} inbound {inbound.port} ({inbound.service})"
+            want(APP, inbound.service, dp.name, inbound.service_address, inbound.service_port, owner)
+    for mes in desired.external_services:
+        for endpoint in mes.endpoints:
+            instance = f"{endpoint.address}:{endpoint.port}"
+            owner = f"external service {mes.name} endpoint {instance}"
+            want(EXTERNAL, mes.name, instance, endpoint.address, endpoint.port, owner)
+    return list(apps.values())
+
+
+def _socket_addresses(resource: dict[str, Any]) -> list[tuple[str, int]]:
+    found = []
+    for holder in [resource, *resource.get("additional_addresses", [])]:
+        socket_address = holder.get("address", {}).get("socket_address")
+        if socket_address is not None:
+            found.append((str(socket_address.get("address", "")), int(socket_address.get("port_value", 0))))
+    return found
+
+
+def _check_sockets(proxies: list[ProxyConfig], apps: list[LocalApp], problems: list[str]) -> None:
+    owners: dict[tuple[str, int], str] = {}
+
+    def claim(address: str, port: int, owner: str) -> None:
+        if not is_loopback_ip(address):
+            problems.append(f"{owner}: {address}:{port} is not a loopback address (127.0.0.0/8)")
+            return
+        if port == 0:
+            return
+        # Envoy listeners set SO_REUSEPORT, so a second Envoy on the same address would share it without an error.
+        if (address, port) in owners:
+            problems.append(f"{owner} and {owners[(address, port)]} both use {address}:{port}")
+            return
+        owners[(address, port)] = owner
+
+    names = [p.name for p in proxies]
+    for name in sorted({n for n in names if names.count(n) > 1}):
+        problems.append(f"proxy name {name} is used more than once")
+    for proxy in proxies:
+        claim(proxy.address, proxy.admin_port, f"admin of proxy {proxy.name}")
+        for listener in proxy.listeners:
+            for address, port in _socket_addresses(listener):
+                claim(address, port, f"listener {listener.get('name')} of proxy {proxy.name}")
+    for app in apps:
+        claim(app.address, app.port, app.owner)
+    if problems:
+        return  # a taken port is worth reporting only once the plan itself is sound
+    for (address, port), owner in owners.items():
+        if not _port_free(address, port):
+            problems.append(f"{owner}: {address}:{port} is already in use on this machine")
+
+
+def _port_free(address: str, port: int) -> bool:
+    # SO_REUSEADDR as Envoy and the demo app use it: a TIME_WAIT left by an earlier sandbox is no obstacle,
+    # a listening socket is.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((address, port))
+        except OSError:
+            return False
+    return True
+
+
+def _check_inotify(envoys: int, problems: list[str]) -> None:
+    # Each file-watching Envoy holds 2 inotify instances; past the per-user limit the next Envoy aborts at start.
+    try:
+        limit = int(Path("/proc/sys/fs/inotify/max_user_instances").read_text())
+    except (OSError, ValueError):
+        return
+    if 2 * envoys > limit - INOTIFY_HEADROOM:
+        problems.append(
+            f"{envoys} Envoys need {2 * envoys} inotify instances; this machine allows {limit} per user"
+            " (fs.inotify.max_user_instances) and others need some: use fewer proxies or raise the limit"
+        )
+
+
+def preflight(desired: Desired, proxies: list[ProxyConfig]) -> list[LocalApp]:
+    """The apps a sandbox of these proxies needs, once every socket it will open is known to be possible."""
+    problems: list[str] = []
+    apps = _local_apps(desired, problems)
+    _check_sockets(proxies, apps, problems)
+    _check_inotify(len(proxies), problems)
+    if problems:
+        raise SandboxError("cannot start the sandbox:\n" + "\n".join(f"  {p}" for p in problems))
+    return apps

@@ -1,0 +1,302 @@
+"""Fixtures that start real processes (Envoys, demo apps) on loopback, and make sure every one of them is stopped.
+
+Tests build meshes by hand with `mesh` (a MeshBuilder) until the renderer exists; `sandbox_state` is a state
+directory whose sandbox is torn down after the test however it ended, and which fails the test if any process
+started under it is still running afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from meshplan import sandbox
+from meshplan.errors import Source
+from meshplan.model import (
+    EGRESS,
+    PROTOCOL_TAG,
+    SERVICE_TAG,
+    SIDECAR,
+    Dataplane,
+    Desired,
+    Endpoint,
+    ExternalTLS,
+    Inbound,
+    Mesh,
+    MeshExternalService,
+    ProxyConfig,
+)
+
+CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
+HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+SOURCE = Source("tests/conftest.py", 1)
+
+
+class Loopback:
+    """Loopback addresses and free ports, none handed out twice in a session.
+
+    Each session draws its own random 127.x.y.0/24, so two sessions running at once (two checkouts, two engineers)
+    are unlikely to meet; x is 240 or more, apart from the 127.40-239 networks of tests/meshes.py. Binding to
+    port 0 can return a port it returned before; those are skipped.
+    """
+
+    def __init__(self) -> None:
+        rng = random.Random()
+        self._network = (rng.randint(240, 254), rng.randint(0, 250))
+        self._host = 1
+        self._given: set[tuple[str, int]] = set()
+
+    def ip(self) -> str:
+        self._host += 1
+        if self._host > 254:
+            self._network, self._host = (self._network[0], (self._network[1] + 1) % 256), 2
+        return f"127.{self._network[0]}.{self._network[1]}.{self._host}"
+
+    def port(self, ip: str) -> int:
+        for _ in range(100):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                probe.bind((ip, 0))
+                port = int(probe.getsockname()[1])
+            if (ip, port) not in self._given:
+                self._given.add((ip, port))
+                return port
+        raise RuntimeError(f"no free port on {ip}")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--update-goldens", action="store_true", help="rewrite golden files from the current output")
+
+
+@pytest.fixture(scope="session")
+def loopback() -> Loopback:
+    return Loopback()
+
+
+def static_cluster(name: str, address: str, port: int, **extra: Any) -> dict[str, Any]:
+    endpoint = {"endpoint": {"address": {"socket_address": {"address": address, "port_value": port}}}}
+    return {
+        "@type": CLUSTER,
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [endpoint]}]},
+        **extra,
+    }
+
+
+def http_listener(name: str, address: str, port: int, cluster: str) -> dict[str, Any]:
+    route = {"match": {"prefix": "/"}, "route": {"cluster": cluster}}
+    manager = {
+        "@type": HCM,
+        "stat_prefix": name.replace(":", "_"),
+        "route_config": {"name": name, "virtual_hosts": [{"name": name, "domains": ["*"], "routes": [route]}]},
+        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}],
+    }
+    return {
+        "@type": LISTENER,
+        "name": name,
+        "address": {"socket_address": {"address": address, "port_value": port}},
+        "filter_chains": [
+            {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": manager}]}
+        ],
+    }
+
+
+@dataclass
+class MeshBuilder:
+    """A hand-made mesh: each sidecar has its own loopback address, one HTTP inbound and the demo app behind it."""
+
+    loopback: Loopback
+    dataplanes: list[Dataplane] = field(default_factory=list)
+    proxies: list[ProxyConfig] = field(default_factory=list)
+    external_services: list[MeshExternalService] = field(default_factory=list)
+
+    def sidecar(self, name: str, service: str = "web") -> ProxyConfig:
+        ip = self.loopback.ip()
+        admin, inbound, app = (self.loopback.port(ip) for _ in range(3))
+        tags = {SERVICE_TAG: service, PROTOCOL_TAG: "http"}
+        self.dataplanes.append(
+            Dataplane(name, "default", ip, admin, (Inbound(ip, inbound, ip, app, tags),), (), SOURCE)
+        )
+        cluster = f"localhost:{app}"
+        proxy = ProxyConfig(
+            name=name,
+            type=SIDECAR,
+            mesh="default",
+            address=ip,
+            admin_port=admin,
+            clusters=(static_cluster(cluster, ip, app),),
+            listeners=(http_listener(f"inbound:{ip}:{inbound}", ip, inbound, cluster),),
+        )
+        self.proxies.append(proxy)
+        return proxy
+
+    def external(self, name: str) -> Endpoint:
+        ip = self.loopback.ip()
+        endpoint = Endpoint(ip, self.loopback.port(ip))
+        tls = ExternalTLS(enabled=False)
+        self.external_services.append(MeshExternalService(name, "default", 80, "http", (endpoint,), tls, SOURCE))
+        return endpoint
+
+    def egress(self, name: str, to: Endpoint) -> ProxyConfig:
+        """A stand-in egress: one plain-text HTTP listener forwarding to one external endpoint."""
+        ip = self.loopback.ip()
+        admin, port = self.loopback.port(ip), self.loopback.port(ip)
+        cluster = f"external:{to.address}:{to.port}"
+        proxy = ProxyConfig(
+            name=name,
+            type=EGRESS,
+            mesh=None,
+            address=ip,
+            admin_port=admin,
+            clusters=(static_cluster(cluster, to.address, to.port),),
+            listeners=(http_listener(f"egress:{ip}:{port}", ip, port, cluster),),
+        )
+        self.proxies.append(proxy)
+        return proxy
+
+    def change(self, proxy: str, /, **changes: Any) -> ProxyConfig:
+        """Replace fields of the proxy named `proxy` (e.g. its clusters) in place; returns the new proxy."""
+        index = next(i for i, p in enumerate(self.proxies) if p.name == proxy)
+        self.proxies[index] = replace(self.proxies[index], **changes)
+        return self.proxies[index]
+
+    def desired(self) -> Desired:
+        mesh = Mesh("default", mtls=False, source=None)
+        return Desired({"default": mesh}, list(self.dataplanes), [], list(self.external_services), [])
+
+
+@pytest.fixture
+def mesh(loopback: Loopback) -> MeshBuilder:
+    return MeshBuilder(loopback)
+
+
+def listener_url(proxy: ProxyConfig, index: int = 0) -> str:
+    socket_address = proxy.listeners[index]["address"]["socket_address"]
+    return f"http://{socket_address['address']}:{socket_address['port_value']}"
+
+
+@pytest.fixture
+def http() -> Iterator[httpx.Client]:
+    # trust_env=False: a proxy configured in the environment must not intercept loopback traffic.
+    with httpx.Client(trust_env=False, timeout=5.0) as client:
+        yield client
+
+
+def pid_running(pid: int) -> bool:
+    """Running, as opposed to gone or a zombie waiting for this (parent) process to reap it."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat[stat.rindex(")") + 2] not in "ZX"
+
+
+def _processes_under(directory: Path) -> list[int]:
+    """PIDs whose working directory or command line lies in `directory`: what a sandbox there could have started."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cwd = os.readlink(entry / "cwd")
+            cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        mine = (cwd + "/").startswith(f"{directory}/") or str(directory) in cmdline
+        if mine and pid_running(int(entry.name)):
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.fixture
+def sandbox_state(tmp_path: Path) -> Iterator[Path]:
+    """A state directory; afterwards its sandbox is brought down and nothing started under it may still run."""
+    state = tmp_path / "state"
+    state.mkdir()
+    try:
+        yield state
+    finally:
+        recorded = [p.pid for p in sandbox.status(state)] if (state / sandbox.SANDBOX_FILE).exists() else []
+        try:
+            sandbox.down(state)
+        finally:
+            leaked = [pid for pid in recorded if pid_running(pid)] + _processes_under(state)
+            for pid in set(leaked):
+                os.kill(pid, signal.SIGKILL)
+            assert not leaked, f"processes left running after the test: {sorted(set(leaked))}"
+
+
+@dataclass
+class RunningApp:
+    url: str
+    address: str
+    port: int
+    process: subprocess.Popen[bytes]
+
+
+@pytest.fixture
+def demoapp(loopback: Loopback) -> Iterator[Callable[..., RunningApp]]:
+    """Start `python -m meshplan.demoapp` processes; each is stopped (and, if need be, killed) afterwards."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(service: str = "web", instance: str = "web-1") -> RunningApp:
+        ip = loopback.ip()
+        port = loopback.port(ip)
+        argv = [sys.executable, "-m", "meshplan.demoapp", "--address", ip, "--port", str(port)]
+        child = subprocess.Popen(
+            [*argv, "--service", service, "--instance", instance],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        started.append(child)
+        app = RunningApp(f"http://{ip}:{port}", ip, port, child)
+        wait_until_answers(app.url, child)
+        return app
+
+    try:
+        yield start
+    finally:
+        for child in started:
+            if child.poll() is None:
+                child.terminate()
+        for child in started:
+            try:
+                child.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait(timeout=5)
+
+
+def wait_until_answers(url: str, child: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    with httpx.Client(trust_env=False, timeout=1.0) as client:
+        for _ in range(int(timeout / 0.02)):
+            if child.poll() is not None:
+                raise AssertionError(f"{url}: process exited with code {child.returncode}")
+            try:
+                client.get(url)
+                return
+            except httpx.TransportError:
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.02)
+    raise AssertionError(f"{url} did not answer within {timeout}s")
