@@ -21,6 +21,7 @@ from meshplan.model import ProxyConfig
 
 EXIT_OK = 0
 EXIT_ERROR = 1
+EXIT_CHANGES = 2
 
 app = typer.Typer(
     help="Plan and apply Envoy configuration for a Kuma-style service mesh, from a directory of mesh resources.",
@@ -165,6 +166,94 @@ def bootstrap(
     _run(body)
 
 
+ProxyOpt = Annotated[list[str], typer.Option("--proxy", help="Only proxies whose name matches this glob (repeatable).")]
+ExcludeOpt = Annotated[list[str], typer.Option("--exclude-proxy", help="Leave out proxies matching this glob (repeatable).")]
+ParallelismOpt = Annotated[int, typer.Option("--parallelism", min=1, help="Proxies fetched at once.")]
+TimeoutOpt = Annotated[float, typer.Option("--timeout", min=0.1, help="Seconds to connect and for each read, per request.")]
+
+
+def _console(stderr: bool = False) -> Console:
+    # rich turns colour off for NO_COLOR and for output that is not a terminal.
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+
+
+@app.command()
+def plan(
+    directory: DirArg,
+    proxy: ProxyOpt = [],  # noqa: B006 - typer reads the default
+    exclude_proxy: ExcludeOpt = [],  # noqa: B006
+    json_output: Annotated[bool, typer.Option("--json", help="Print the plan as JSON (docs/plan-json.md).")] = False,
+    summary: Annotated[bool, typer.Option("--summary", help="One line per changed resource.")] = False,
+    detailed_exitcode: Annotated[
+        bool, typer.Option("--detailed-exitcode", help="Exit 0 when nothing would change, 2 when something would, 1 on error.")
+    ] = False,
+    live_from: Annotated[Optional[Path], typer.Option("--live-from", help="Read saved dumps (meshplan snapshot) instead of the admin APIs.")] = None,
+    allow_incomplete: Annotated[bool, typer.Option("--allow-incomplete", help="A proxy that cannot be read does not make the plan fail.")] = False,
+    out: Annotated[Optional[Path], typer.Option("--out", "-out", help="Also save the plan to this file, for `meshplan apply PLANFILE`.")] = None,
+    parallelism: ParallelismOpt = 32,
+    timeout: TimeoutOpt = 5.0,
+    state: StateOpt = Path("state"),
+) -> None:
+    """Show, per proxy, which clusters and listeners applying would create, change or destroy, field by field, and
+    which policy caused each change.
+
+    Exit codes: 0 success (with --detailed-exitcode: no changes); 1 error, or a proxy could not be read (unless
+    --allow-incomplete); 2 with --detailed-exitcode: there are changes.
+    """
+
+    def body() -> int:
+        from meshplan.plan import to_json
+        from meshplan.present.human import render_plan
+        from meshplan.workflow import Selection, compute_plan
+
+        result = compute_plan(directory, state, selection=Selection(proxy, exclude_proxy), live_from=live_from,
+                              parallelism=parallelism, timeout=timeout)
+        document = to_json(result)
+        if out is not None:
+            from meshplan.fsutil import write_atomic
+
+            write_atomic(out, (json.dumps(document, indent=2) + "\n").encode())
+        if json_output:
+            sys.stdout.write(json.dumps(document, indent=2) + "\n")
+        else:
+            render_plan(_console(), result, summary=summary)
+        if not result.complete and not allow_incomplete:
+            return EXIT_ERROR
+        return EXIT_CHANGES if detailed_exitcode and result.has_changes else EXIT_OK
+
+    _run(body)
+
+
+@app.command()
+def snapshot(
+    directory: DirArg,
+    out: Annotated[Path, typer.Argument(help="The directory to write one JSON dump per proxy into.")],
+    proxy: ProxyOpt = [],  # noqa: B006
+    exclude_proxy: ExcludeOpt = [],  # noqa: B006
+    parallelism: ParallelismOpt = 32,
+    timeout: TimeoutOpt = 5.0,
+    state: StateOpt = Path("state"),
+) -> None:
+    """Save what every proxy of DIR runs now (its managed clusters and listeners), for `plan --live-from OUT`.
+    Exit 1 if a proxy could not be read (the others are saved)."""
+
+    def body() -> int:
+        from meshplan import live
+        from meshplan.workflow import Selection, desired_proxies, fetch_live
+
+        proxies = desired_proxies(directory, state, Selection(proxy, exclude_proxy))
+        results = fetch_live(proxies, parallelism=parallelism, timeout=timeout)
+        written = live.save_snapshot(results.values(), out)
+        console = _err()
+        for result in results.values():
+            if not result.ok:
+                console.print(f"{result}", markup=False)
+        console.print(f"Saved {len(written)} of {len(results)} proxies to {out}", markup=False)
+        return EXIT_OK if all(r.ok for r in results.values()) else EXIT_ERROR
+
+    _run(body)
+
+
 @sandbox_app.command("up")
 def sandbox_up(directory: DirArg, state: StateOpt = Path("state")) -> None:
     """Start a real Envoy per proxy, a demo app per inbound and a stand-in per external endpoint, all on loopback,
@@ -219,6 +308,21 @@ def sandbox_down(state: StateOpt = Path("state")) -> None:
         stopped = sandbox.down(state)
         _err().print(f"Sandbox down: stopped {len(stopped)} processes.", markup=False)
         return EXIT_OK
+
+    _run(body)
+
+
+@app.command()
+def demo(
+    example: Annotated[Optional[Path], typer.Option("--example", help="The desired directory to run (default: the bundled examples/demo).")] = None,
+) -> None:
+    """Run the whole story on the bundled example: start a local mesh of real Envoys, plan, send traffic through it,
+    change the desired directory and plan again, then stop every process it started."""
+
+    def body() -> int:
+        from meshplan.demo import EXAMPLE, run_demo
+
+        return run_demo(_console(), example or EXAMPLE)
 
     _run(body)
 

@@ -174,7 +174,8 @@ class ProxyConfig:
     admin_port: int
     clusters: tuple[dict[str, Any], ...]
     listeners: tuple[dict[str, Any], ...]
-    origins: dict[str, list[str]] = field(default_factory=dict, compare=False)  # "cluster/<name>/<path>" -> origins
+    # "cluster"|"listener" -> resource name -> steps to a field (keys and list positions) -> the policies that set it
+    origins: dict[str, dict[str, dict[tuple[str | int, ...], list[str]]]] = field(default_factory=dict, compare=False)
 
     @property
     def admin_url(self) -> str:

@@ -145,3 +145,13 @@ def test_pki_one_ca_per_mesh_spiffe_sans_and_private_keys_0600(tmp_path: Path) -
     ca = x509.load_pem_x509_certificate(web.ca.read_bytes())
     assert cert.issuer == ca.subject
     assert pki.ensure(desired, tmp_path) == []  # idempotent: nothing rewritten
+
+
+def test_every_rendered_resource_round_trips_through_the_envoy_protos() -> None:
+    from meshplan.canonical import canonical
+
+    for config in render_demo().values():
+        for resource in config.clusters + config.listeners:
+            once = canonical(resource)
+            assert canonical(once) == once
+            assert once["name"] == resource["name"] and once["@type"] == resource["@type"]

@@ -23,6 +23,7 @@ from meshplan.match import Destination, Merged
 from meshplan.model import Dataplane, Desired, Inbound, Policy, ProxyConfig, ZoneEgress
 
 Json = dict[str, Any]
+Steps = tuple[str | int, ...]  # keys and list positions from a resource's top to one of its fields
 
 
 class PolicyModule(Protocol):
@@ -77,10 +78,10 @@ class ProxyBuild:
         self._keep.append(container)
 
     def finish(self) -> ProxyConfig:
-        origins: dict[str, dict[str, dict[str, list[str]]]] = {"cluster": {}, "listener": {}}
+        origins: dict[str, dict[str, dict[Steps, list[str]]]] = {"cluster": {}, "listener": {}}
         for kind, resources in (("cluster", self.clusters), ("listener", self.listeners)):
             for name, resource in resources.items():
-                found = dict(self._paths(resource, ""))
+                found = dict(self._paths(resource, ()))
                 if found:
                     origins[kind][name] = found
         return ProxyConfig(
@@ -94,17 +95,17 @@ class ProxyBuild:
             origins=origins,
         )
 
-    def _paths(self, node: Any, prefix: str) -> Iterator[tuple[str, list[str]]]:
+    def _paths(self, node: Any, prefix: Steps) -> Iterator[tuple[Steps, list[str]]]:
+        """Every marked field, as the steps (keys and list positions) that lead to it inside the resource."""
         if isinstance(node, dict):
             for key, value in node.items():
-                path = f"{prefix}.{key}" if prefix else key
                 marked = self._marks.get((id(node), key))
                 if marked:
-                    yield path, marked
-                yield from self._paths(value, path)
+                    yield prefix + (key,), marked
+                yield from self._paths(value, prefix + (key,))
         elif isinstance(node, list):
             for i, item in enumerate(node):
-                yield from self._paths(item, f"{prefix}[{i}]")
+                yield from self._paths(item, prefix + (i,))
 
 
 def origins_of(merged: Merged, *keys: str) -> list[str]:

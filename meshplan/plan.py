@@ -1,0 +1,250 @@
+"""The Plan: plain data saying, per proxy, which resources and fields applying would change, and which policy
+caused each change. Presenters and `apply` read it; nothing downstream recomputes it.
+
+JSON form (docs/plan-json.md) carries `format_version`; `from_json(to_json(plan)) == plan`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from meshplan.canonical import fingerprint
+from meshplan.diff import Action, FieldChange, ResourceChange, diff_resources
+from meshplan.live import LiveResult
+from meshplan.model import EGRESS, SIDECAR, ProxyConfig
+
+FORMAT_VERSION = "1.0"
+BASE = "base"  # the origin of whatever no policy set: the mesh's structure
+
+OK = "ok"
+
+
+@dataclass(frozen=True)
+class FieldPlan:
+    path: str
+    before: Any
+    after: Any
+    origins: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ResourcePlan:
+    type: str  # cluster | listener
+    name: str
+    action: Action
+    fields: tuple[FieldPlan, ...] = ()  # for an update
+    origins: tuple[str, ...] = ()  # every policy that set something in this resource (desired side)
+
+
+@dataclass(frozen=True)
+class ProxyPlan:
+    name: str
+    type: str  # sidecar | egress
+    mesh: str | None
+    admin_url: str
+    status: str  # ok, or why the live side is unknown: unreachable, timeout, bad response, wrong proxy
+    detail: str = ""
+    desired_fingerprint: str = ""
+    live_fingerprint: str | None = None  # None when the live side is unknown
+    changes: tuple[ResourcePlan, ...] = ()
+    warnings: tuple[str, ...] = ()
+    desired: Mapping[str, tuple[dict[str, Any], ...]] = field(default_factory=dict)  # what apply delivers
+
+    @property
+    def reachable(self) -> bool:
+        return self.status == OK
+
+
+@dataclass(frozen=True)
+class Plan:
+    proxies: tuple[ProxyPlan, ...]
+    created_at: str = ""
+    desired_dir: str = ""
+    format_version: str = FORMAT_VERSION
+
+    @property
+    def complete(self) -> bool:
+        return all(p.reachable for p in self.proxies)
+
+    @property
+    def unreachable(self) -> list[ProxyPlan]:
+        return [p for p in self.proxies if not p.reachable]
+
+    def count(self, action: Action) -> int:
+        return sum(1 for p in self.proxies for c in p.changes if c.action is action)
+
+    @property
+    def changed_proxies(self) -> list[ProxyPlan]:
+        return [p for p in self.proxies if p.changes]
+
+    @property
+    def has_changes(self) -> bool:
+        return bool(self.changed_proxies)
+
+
+def make_plan(proxies: list[ProxyConfig], live: Mapping[str, LiveResult], *, desired_dir: str = "") -> Plan:
+    """Compare every proxy's desired resources with what its Envoy reported."""
+    plans = []
+    for proxy in proxies:
+        desired = {"clusters": proxy.clusters, "listeners": proxy.listeners}
+        desired_fp = fingerprint(proxy.clusters + proxy.listeners)
+        base = dict(name=proxy.name, type=proxy.type, mesh=proxy.mesh, admin_url=proxy.admin_url,
+                    desired_fingerprint=desired_fp, desired=desired)
+        result = live.get(proxy.name)
+        if result is None or not result.ok or result.resources is None:
+            status = result.outcome.value if result is not None else "not fetched"
+            plans.append(ProxyPlan(status=status, detail=result.detail if result else "", **base))  # type: ignore[arg-type]
+            continue
+        running = result.resources
+        changes = [
+            _resource_plan(proxy, change)
+            for kind, wanted, have in (("cluster", proxy.clusters, running.clusters), ("listener", proxy.listeners, running.listeners))
+            for change in diff_resources(wanted, have, kind)  # type: ignore[arg-type]
+        ]
+        warnings = [f'cluster "{n}" is warming' for n in running.warming_clusters]
+        warnings += [f'listener "{n}" is warming' for n in running.warming_listeners]
+        warnings += [f'listener "{e.name}" was rejected by Envoy: {e.details}' for e in running.errored_listeners]
+        plans.append(ProxyPlan(status=OK, live_fingerprint=fingerprint(running.clusters + running.listeners),
+                               changes=tuple(changes), warnings=tuple(warnings), **base))  # type: ignore[arg-type]
+    created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return Plan(tuple(plans), created_at=created, desired_dir=desired_dir)
+
+
+def _resource_plan(proxy: ProxyConfig, change: ResourceChange) -> ResourcePlan:
+    recorded = proxy.origins.get(change.kind, {}).get(change.name, {})
+    everyone = tuple(sorted({o for origins in recorded.values() for o in origins}))
+    fields = tuple(
+        FieldPlan(f.path, f.before, f.after, _field_origins(f, change.after, recorded)) for f in change.fields
+    )
+    return ResourcePlan(change.kind, change.name, change.action, fields, everyone)
+
+
+_STEP = re.compile(r'\.?([A-Za-z_@][\w@]*)|\[(\d+)\]|\[("(?:[^"\\]|\\.)*")\]')
+
+
+def steps_of(path: str, resource: Mapping[str, Any] | None) -> tuple[str | int, ...] | None:
+    """A diff path (`filter_chains["inbound:..."].filters[0]`) as keys and positions in `resource`: a `["name"]`
+    step names a list element by its `name` (or a map key)."""
+    node: Any = resource
+    steps: list[str | int] = []
+    pos = 0
+    while pos < len(path):
+        m = _STEP.match(path, pos)
+        if m is None:
+            return None
+        pos = m.end()
+        if m.group(1) is not None:
+            step: str | int = m.group(1)
+        elif m.group(2) is not None:
+            step = int(m.group(2))
+        else:
+            key = json.loads(m.group(3))
+            step = key
+            if isinstance(node, list):
+                index = next((i for i, item in enumerate(node) if isinstance(item, dict) and item.get("name") == key), None)
+                if index is None:
+                    return None
+                step = index
+        steps.append(step)
+        try:
+            node = node[step] if node is not None else None
+        except (KeyError, IndexError, TypeError):
+            node = None
+    return tuple(steps)
+
+
+def _field_origins(change: FieldChange, after: Mapping[str, Any] | None, recorded: Mapping[tuple[str | int, ...], list[str]]) -> tuple[str, ...]:
+    """Who set a changed field: the policy that set it or a field above it, else the policies that set fields inside
+    it, else the mesh's structure."""
+    steps = steps_of(change.path, after)
+    if steps is None:
+        return (BASE,)
+    above = [o for path, origins in recorded.items() if steps[: len(path)] == path for o in origins]
+    if above:
+        return tuple(sorted(set(above)))
+    below = [o for path, origins in recorded.items() if path[: len(steps)] == steps for o in origins]
+    return tuple(sorted(set(below))) or (BASE,)
+
+
+# --- JSON ------------------------------------------------------------------------------------------------------
+
+
+def to_json(plan: Plan) -> dict[str, Any]:
+    sidecars = sum(1 for p in plan.changed_proxies if p.type == SIDECAR)
+    egresses = sum(1 for p in plan.changed_proxies if p.type == EGRESS)
+    return {
+        "format_version": plan.format_version,
+        "created_at": plan.created_at,
+        "desired_dir": plan.desired_dir,
+        "complete": plan.complete,
+        "summary": {
+            "add": plan.count(Action.CREATE),
+            "change": plan.count(Action.UPDATE),
+            "destroy": plan.count(Action.DELETE),
+            "proxies_changed": len(plan.changed_proxies),
+            "sidecars_changed": sidecars,
+            "egresses_changed": egresses,
+            "unreachable": [p.name for p in plan.unreachable],
+        },
+        "proxies": [
+            {
+                "name": p.name,
+                "type": p.type,
+                "mesh": p.mesh,
+                "admin_url": p.admin_url,
+                "status": p.status,
+                "detail": p.detail,
+                "desired_fingerprint": p.desired_fingerprint,
+                "live_fingerprint": p.live_fingerprint,
+                "warnings": list(p.warnings),
+                "changes": [
+                    {
+                        "type": c.type,
+                        "name": c.name,
+                        "action": _ACTION_WORDS[c.action],
+                        "origins": list(c.origins),
+                        "fields": [
+                            {"path": f.path, "before": f.before, "after": f.after, "origins": list(f.origins)}
+                            for f in c.fields
+                        ],
+                    }
+                    for c in p.changes
+                ],
+                "desired": {k: list(v) for k, v in p.desired.items()},
+            }
+            for p in plan.proxies
+        ],
+    }
+
+
+_ACTION_WORDS = {Action.CREATE: "create", Action.UPDATE: "update", Action.DELETE: "delete"}
+_WORD_ACTIONS = {v: k for k, v in _ACTION_WORDS.items()}
+
+
+def from_json(document: Mapping[str, Any]) -> Plan:
+    version = str(document.get("format_version", ""))
+    if version.split(".")[0] != FORMAT_VERSION.split(".")[0]:
+        raise ValueError(f"plan format_version {version!r} is not supported (this meshplan writes {FORMAT_VERSION})")
+    proxies = []
+    for p in document["proxies"]:
+        changes = tuple(
+            ResourcePlan(
+                c["type"], c["name"], _WORD_ACTIONS[c["action"]],
+                tuple(FieldPlan(f["path"], f["before"], f["after"], tuple(f["origins"])) for f in c["fields"]),
+                tuple(c["origins"]),
+            )
+            for c in p["changes"]
+        )
+        proxies.append(ProxyPlan(
+            name=p["name"], type=p["type"], mesh=p["mesh"], admin_url=p["admin_url"], status=p["status"],
+            detail=p["detail"], desired_fingerprint=p["desired_fingerprint"], live_fingerprint=p["live_fingerprint"],
+            changes=changes, warnings=tuple(p["warnings"]),
+            desired={k: tuple(v) for k, v in p["desired"].items()},
+        ))
+    return Plan(tuple(proxies), created_at=document.get("created_at", ""), desired_dir=document.get("desired_dir", ""),
+                format_version=version)

@@ -1,0 +1,85 @@
+"""The command line as a user meets it: help, render, bootstrap, and `validate --envoy` with the real binary."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from meshplan.cli import app
+
+DEMO = Path(__file__).parent.parent / "examples" / "demo"
+runner = CliRunner()
+
+
+@pytest.mark.parametrize(
+    "command, words",
+    [
+        ([], "Plan and apply Envoy configuration"),
+        (["validate"], "report every problem"),
+        (["render"], "clusters and listeners every proxy should run"),
+        (["bootstrap"], "Envoy bootstrap of one proxy"),
+        (["plan"], "Exit codes: 0"),
+        (["snapshot"], "plan --live-from"),
+        (["sandbox"], "local mesh of real Envoys"),
+        (["sandbox", "up"], "real Envoy per proxy"),
+        (["sandbox", "down"], "by PID"),
+        (["demo"], "whole story"),
+    ],
+)
+def test_help_says_what_each_command_does(command: list[str], words: str) -> None:
+    result = CliRunner(env={"COLUMNS": "300"}).invoke(app, [*command, "--help"])
+    assert result.exit_code == 0
+    assert words in " ".join(result.stdout.split())
+
+
+def test_every_demo_proxy_passes_envoy_validate_mode(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["validate", str(DEMO), "--envoy"])
+    assert result.exit_code == 0, result.stderr
+    for proxy in ("backend-1 [sidecar]", "backend-2 [sidecar]", "web [sidecar]", "egress [egress]"):
+        assert f"{proxy}: Envoy accepts the configuration" in result.stderr
+
+
+def test_envoy_rejection_is_reported_per_proxy(tmp_path: Path) -> None:
+    desired = tmp_path / "desired"
+    desired.mkdir()
+    for name in ("mesh.yaml", "dataplanes.yaml", "egress.yaml"):
+        (desired / name).write_text((DEMO / name).read_text())
+    (desired / "external.yaml").write_text(
+        (DEMO / "external.yaml").read_text()
+        + "  tls:\n    enabled: true\n    verification:\n      caCert:\n        file: /nonexistent/ca.pem\n"
+    )
+    result = runner.invoke(app, ["validate", str(desired), "--envoy"])
+    assert result.exit_code == 1
+    assert "egress [egress]: Envoy rejects the configuration:" in result.stderr
+    assert "/nonexistent/ca.pem" in result.stderr
+    assert "web [sidecar]: Envoy accepts the configuration" in result.stderr
+    assert "Error: Envoy rejected 1 of 4 proxies." in result.stderr
+
+
+def test_render_one_proxy_as_yaml() -> None:
+    result = runner.invoke(app, ["render", str(DEMO), "--proxy", "egress", "-o", "yaml", "--state", "/STATE"])
+    assert result.exit_code == 0, result.stderr
+    document = yaml.safe_load(result.stdout)
+    assert list(document) == ["egress"]
+    assert [c["name"] for c in document["egress"]["clusters"]] == ["mes:default:httpbin"]
+
+
+def test_render_unknown_proxy_is_an_error() -> None:
+    result = runner.invoke(app, ["render", str(DEMO), "--proxy", "nope"])
+    assert result.exit_code == 1
+    assert "no proxy named 'nope' (proxies: backend-1, backend-2, web, egress)" in result.stderr
+
+
+def test_bootstrap_watches_the_proxys_own_directory(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["bootstrap", str(DEMO), "web", "--state", str(tmp_path)])
+    assert result.exit_code == 0, result.stderr
+    boot = json.loads(result.stdout)
+    assert boot["node"]["id"] == "web"
+    assert boot["admin"]["address"]["socket_address"] == {"address": "127.0.1.1", "port_value": 9901}
+    cds = boot["dynamic_resources"]["cds_config"]["path_config_source"]
+    assert cds == {"path": f"{tmp_path}/proxies/web/xds/cds.json", "watched_directory": {"path": f"{tmp_path}/proxies/web/xds"}}
+    assert not (tmp_path / "proxies").exists()  # printing a bootstrap writes nothing
