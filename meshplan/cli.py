@@ -313,11 +313,103 @@ def sandbox_down(state: StateOpt = Path("state")) -> None:
 
 
 @app.command()
+def apply(
+    target: Annotated[Path, typer.Argument(help="A desired directory (plan now), or a plan saved with `plan --out`.")],
+    auto_approve: Annotated[bool, typer.Option("--auto-approve", help="Apply without asking.")] = False,
+    on_failure: Annotated[str, typer.Option("--on-failure", help="stop: skip the remaining waves after a failure; continue: go on.")] = "stop",
+    proxy: ProxyOpt = [],  # noqa: B006
+    exclude_proxy: ExcludeOpt = [],  # noqa: B006
+    parallelism: Annotated[int, typer.Option("--parallelism", min=1, help="Proxies delivered and verified at once (a wave).")] = 10,
+    wait: Annotated[float, typer.Option("--wait", min=0.1, help="Seconds to wait for each proxy to take its update.")] = 10.0,
+    timeout: TimeoutOpt = 5.0,
+    lock_timeout: Annotated[float, typer.Option("--lock-timeout", min=0.0, help="Seconds to wait for the state lock.")] = 0.0,
+    state: StateOpt = Path("state"),
+) -> None:
+    """Deliver the plan to the running Envoys, verify each took it, roll back any that refused it, and record state.
+
+    Every changed proxy is checked with `envoy --mode validate` first; if one fails nothing is written anywhere.
+    A saved plan is refused when the state or a proxy's running configuration changed since it was made.
+
+    Exit codes: 0 every proxy applied (or had nothing to change); 1 error, or a proxy ended unreachable, timed out or
+    failed to roll back; 3 Envoy refused an update and the proxy was rolled back to its previous configuration, or
+    proxies were skipped after a failure (every proxy runs a known configuration, not all the desired one).
+    """
+
+    def body() -> int:
+        from meshplan.apply_command import run_apply
+
+        if on_failure not in ("stop", "continue"):
+            raise MeshplanError(f"--on-failure must be stop or continue, got {on_failure!r}")
+        return run_apply(
+            target, state, out=_console(), err=_err(), auto_approve=auto_approve, stop_on_failure=on_failure == "stop",
+            include=proxy, exclude=exclude_proxy, parallelism=parallelism, wait=wait, timeout=timeout,
+            lock_timeout=lock_timeout,
+        )
+
+    _run(body)
+
+
+@app.command()
+def drift(
+    directory: DirArg,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    textfile: Annotated[Optional[Path], typer.Option("--textfile", help="Also write Prometheus gauges here (node_exporter's textfile collector).")] = None,
+    proxy: ProxyOpt = [],  # noqa: B006
+    exclude_proxy: ExcludeOpt = [],  # noqa: B006
+    parallelism: ParallelismOpt = 32,
+    timeout: TimeoutOpt = 5.0,
+    state: StateOpt = Path("state"),
+) -> None:
+    """For cron: compare each proxy's desired, last-applied and running configuration. No prompts, no colour, and
+    nothing written to the state directory.
+
+    Exit codes (the highest wins): 0 every proxy in sync; 2 pending (the desired directory changed since the last
+    apply); 3 drifted (a proxy runs something meshplan did not deliver); 4 rejected or unreachable; 1 meshplan failed.
+    """
+
+    def body() -> int:
+        from meshplan import drift as drift_module
+        from meshplan import state as state_module
+        from meshplan.workflow import Selection, desired_proxies, fetch_live
+
+        proxies = desired_proxies(directory, state, Selection(proxy, exclude_proxy))
+        report = drift_module.classify(proxies, state_module.read(state), fetch_live(proxies, parallelism=parallelism, timeout=timeout))
+        if textfile is not None:
+            drift_module.write_textfile(textfile, report)
+        if json_output:
+            sys.stdout.write(json.dumps(drift_module.to_json(report), indent=2) + "\n")
+        else:
+            for d in report:
+                sys.stdout.write(f"{d.status.value:<12} {d.name} [{d.type}]{': ' + d.detail if d.detail else ''}\n")
+        return drift_module.exit_code(report)
+
+    _run(body)
+
+
+@app.command("force-unlock")
+def force_unlock(
+    lock_id: Annotated[str, typer.Argument(help="The lock ID, as the error that names the holder says.")],
+    state: StateOpt = Path("state"),
+) -> None:
+    """Remove the state lock left by a meshplan that is gone. Only with the ID of the lock held now."""
+
+    def body() -> int:
+        from meshplan import state as state_module
+
+        removed = state_module.force_unlock(state, lock_id)
+        _err().print(f"Removed the lock {removed.describe()}", markup=False)
+        return EXIT_OK
+
+    _run(body)
+
+
+@app.command()
 def demo(
     example: Annotated[Optional[Path], typer.Option("--example", help="The desired directory to run (default: the bundled examples/demo).")] = None,
 ) -> None:
-    """Run the whole story on the bundled example: start a local mesh of real Envoys, plan, send traffic through it,
-    change the desired directory and plan again, then stop every process it started."""
+    """Run the whole story on the bundled example: start a local mesh of real Envoys, plan and apply, send traffic
+    through it, change the desired directory and apply again, change a proxy behind meshplan's back and detect the
+    drift, then stop every process it started."""
 
     def body() -> int:
         from meshplan.demo import EXAMPLE, run_demo

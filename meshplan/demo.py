@@ -1,63 +1,70 @@
-"""`meshplan demo`: the whole story on the bundled example, on real Envoys, then everything torn down."""
+"""`meshplan demo`: the whole story on the bundled example, on real Envoys, then everything torn down.
+
+validate -> a sandbox of Envoys with nothing delivered -> plan -> apply -> traffic -> change the desired directory,
+plan and apply again -> change a proxy behind meshplan's back -> drift -> teardown.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import tempfile
+import time
 from collections import Counter
 from pathlib import Path
 
 import httpx
 from rich.console import Console
 
-from meshplan import pki, sandbox
-from meshplan.diff import Action
+from meshplan import drift, pki, sandbox, state
+from meshplan.apply import Outcome, apply_plan, record
+from meshplan.envoy import write_xds
 from meshplan.errors import MeshplanError
+from meshplan.model import Desired
 from meshplan.present.human import render_plan
 from meshplan.render import render_all
 from meshplan.validate import load_and_parse
-from meshplan.workflow import compute_plan
+from meshplan.workflow import compute_plan, desired_proxies, fetch_live
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "demo"
 REQUESTS = 6
 
 
-def run_demo(console: Console, example: Path = EXAMPLE, state_dir: Path | None = None) -> int:
+def run_demo(console: Console, example: Path = EXAMPLE) -> int:
     if not example.is_dir():
         raise MeshplanError(f"the example directory {example} is missing (run from a checkout, or pass --example)")
     with tempfile.TemporaryDirectory(prefix="meshplan-demo-") as tmp:
-        work = Path(tmp)
-        desired_dir = work / "desired"
+        desired_dir = Path(tmp) / "desired"
         shutil.copytree(example, desired_dir)
-        state = state_dir or work / "state"
+        state_dir = Path(tmp) / "state"
         try:
-            return _story(console, desired_dir, state)
+            return _story(console, desired_dir, state_dir)
         finally:
-            stopped = sandbox.down(state)
+            stopped = sandbox.down(state_dir)
             console.rule("teardown")
             console.print(f"Stopped {len(stopped)} processes; nothing left running.")
 
 
-def _story(console: Console, desired_dir: Path, state: Path) -> int:
-    console.rule("1. validate and render")
-    desired = load_and_parse(desired_dir)
-    pki.ensure(desired, state)
-    proxies = render_all(desired, state)
-    for proxy in proxies:
-        console.print(f"  {proxy.name:<10} [{proxy.type}] {len(proxy.clusters)} clusters, {len(proxy.listeners)} listeners",
-                      markup=False)
+def _step(console: Console, title: str) -> None:
+    console.print()
+    console.rule(title)
 
-    console.rule("2. a local mesh of real Envoys (sandbox)")
-    info = sandbox.up(desired, proxies, state)
-    console.print(f"  {len(proxies)} Envoys and their apps ready in {info.seconds:.2f}s", markup=False)
 
-    console.rule("3. plan: the running Envoys match the desired directory")
-    plan = compute_plan(desired_dir, state)
-    render_plan(console, plan)
-    if plan.has_changes or not plan.complete:
-        raise MeshplanError("the sandbox does not run what was rendered")
+def _apply(console: Console, desired_dir: Path, state_dir: Path) -> None:
+    with state.lock(state_dir, "apply"):
+        plan = compute_plan(desired_dir, state_dir)
+        render_plan(console, plan)
+        results = apply_plan(plan, state_dir)
+        written = record(state_dir, results, plan)
+    for r in results:
+        if r.outcome is not Outcome.UNCHANGED:
+            console.print(f"  {r.outcome.value} {r.name} [{r.type}] in {r.seconds * 1000:.0f} ms", markup=False)
+    if any(r.outcome not in (Outcome.APPLIED, Outcome.UNCHANGED) for r in results):
+        raise MeshplanError("the apply did not go through")
+    console.print(f"  state serial {written.serial}")
 
-    console.rule("4. traffic")
+
+def _traffic(console: Console, desired: Desired) -> None:
     web = next(dp for dp in desired.dataplanes if dp.name == "web")
     to_backend = next(o for o in web.outbounds if o.service == "backend")
     to_external = next(o for o in web.outbounds if o.external is not None)
@@ -69,21 +76,59 @@ def _story(console: Console, desired_dir: Path, state: Path) -> int:
         answer = client.get(f"http://{to_external.address}:{to_external.port}/get").json()
         console.print(f"  web -> {to_external.external} (through the egress): answered by {answer['service']} "
                       f"at {answer['instance']}", markup=False)
-    backend = next(dp for dp in desired.dataplanes if dp.name == "backend-1")
-    inbound = backend.inbounds[0]
+    inbound = next(dp for dp in desired.dataplanes if dp.name == "backend-1").inbounds[0]
     try:
         httpx.get(f"http://{inbound.address}:{inbound.port}/", timeout=2, trust_env=False)
-        raise MeshplanError("a plain-text request to a sidecar's inbound was answered: mTLS is not enforced")
     except httpx.HTTPError as e:
         console.print(f"  plain text straight to backend-1's inbound: refused ({type(e).__name__})", markup=False)
+    else:
+        raise MeshplanError("a plain-text request to a sidecar's inbound was answered: mTLS is not enforced")
 
-    console.rule("5. change an external endpoint in the desired directory, and plan again")
+
+def _story(console: Console, desired_dir: Path, state_dir: Path) -> int:
+    _step(console, "1. validate the desired directory")
+    desired = load_and_parse(desired_dir)
+    pki.ensure(desired, state_dir)
+    proxies = render_all(desired, state_dir)
+    for proxy in proxies:
+        console.print(f"  {proxy.name:<10} [{proxy.type}] {len(proxy.clusters)} clusters, {len(proxy.listeners)} listeners",
+                      markup=False)
+
+    _step(console, "2. a local mesh of real Envoys, started with nothing delivered")
+    info = sandbox.up(desired, [dataclasses.replace(p, clusters=(), listeners=()) for p in proxies], state_dir)
+    console.print(f"  {len(proxies)} Envoys and their apps ready in {info.seconds:.2f}s", markup=False)
+
+    _step(console, "3. plan and apply")
+    _apply(console, desired_dir, state_dir)
+
+    _step(console, "4. traffic")
+    _traffic(console, desired)
+
+    _step(console, "5. point the external service at a port where nothing listens; plan, apply, and put it back")
     external = desired_dir / "external.yaml"
-    text = external.read_text()
-    external.write_text(text.replace("port: 18080", "port: 18081"))
-    plan = compute_plan(desired_dir, state)
-    render_plan(console, plan)
-    external.write_text(text)
-    if plan.count(Action.UPDATE) != 1:
-        raise MeshplanError("expected the endpoint change to show as one updated cluster")
+    web = next(dp for dp in desired.dataplanes if dp.name == "web")
+    to_external = next(o for o in web.outbounds if o.external is not None)
+    url = f"http://{to_external.address}:{to_external.port}/get"
+    external.write_text(external.read_text().replace("port: 18080", "port: 18081"))
+    _apply(console, desired_dir, state_dir)
+    console.print(f"  web -> httpbin now: HTTP {httpx.get(url, timeout=5, trust_env=False).status_code} (the egress "
+                  "cannot reach the new endpoint)", markup=False)
+    external.write_text(external.read_text().replace("port: 18081", "port: 18080"))
+    _apply(console, desired_dir, state_dir)
+    console.print(f"  web -> httpbin again: HTTP {httpx.get(url, timeout=5, trust_env=False).status_code}", markup=False)
+    if compute_plan(desired_dir, state_dir).has_changes:
+        raise MeshplanError("a plan right after apply should be empty")
+
+    _step(console, "6. someone changes backend-1 behind meshplan's back; drift notices")
+    backend = next(p for p in proxies if p.name == "backend-1")
+    write_xds(state_dir, dataclasses.replace(backend, clusters=()), "out-of-band")
+    time.sleep(0.2)  # Envoy picks up a renamed file within milliseconds
+    checked = desired_proxies(desired_dir, state_dir)
+    report = drift.classify(checked, state.read(state_dir), fetch_live(checked))
+    for d in report:
+        console.print(f"  {d.status.value:<12} {d.name} [{d.type}]{': ' + d.detail if d.detail else ''}", markup=False)
+    code = drift.exit_code(report)
+    console.print(f"  meshplan drift would exit {code} (3: drifted)", markup=False)
+    if code != drift.EXIT_CODES[drift.Status.DRIFTED]:
+        raise MeshplanError("expected drift to report backend-1 as drifted")
     return 0

@@ -97,11 +97,28 @@ def _discovery_response(version: str, resources: Iterable[dict[str, Any]]) -> by
 
 def write_xds(state_dir: Path, proxy: ProxyConfig, version: str) -> None:
     """Deliver a proxy's clusters and listeners to the files its Envoy watches."""
-    target = xds_dir(state_dir, proxy.name)
+    write_xds_files(state_dir, proxy.name, version, proxy.clusters, proxy.listeners)
+
+
+def write_xds_files(
+    state_dir: Path, name: str, version: str, clusters: Iterable[dict[str, Any]], listeners: Iterable[dict[str, Any]]
+) -> None:
+    target = xds_dir(state_dir, name)
     # Clusters first: a listener naming a cluster Envoy does not have yet is rejected.
     # Atomic: Envoy reloads only on a rename into the watched directory, and must never read half a file.
-    write_atomic(target / "cds.json", _discovery_response(version, proxy.clusters))
-    write_atomic(target / "lds.json", _discovery_response(version, proxy.listeners))
+    write_atomic(target / "cds.json", _discovery_response(version, clusters))
+    write_atomic(target / "lds.json", _discovery_response(version, listeners))
+
+
+def read_xds_files(state_dir: Path, name: str) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]]] | None:
+    """What a proxy's watched files hold now: (version, clusters, listeners), or None if nothing was delivered."""
+    target = xds_dir(state_dir, name)
+    try:
+        cds = json.loads((target / "cds.json").read_text())
+        lds = json.loads((target / "lds.json").read_text())
+    except FileNotFoundError:
+        return None
+    return str(cds.get("version_info", "")), list(cds.get("resources", [])), list(lds.get("resources", []))
 
 
 def _static_bootstrap(proxy: ProxyConfig) -> dict[str, Any]:

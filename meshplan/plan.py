@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import json
 import re
+from urllib.parse import urlsplit
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,6 +60,12 @@ class ProxyPlan:
     def reachable(self) -> bool:
         return self.status == OK
 
+    def config(self) -> ProxyConfig:
+        """The desired configuration as a ProxyConfig (for validation and delivery)."""
+        url = urlsplit(self.admin_url)
+        return ProxyConfig(self.name, self.type, self.mesh, url.hostname or "", url.port or 0,
+                           tuple(self.desired.get("clusters", ())), tuple(self.desired.get("listeners", ())))
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -66,6 +73,8 @@ class Plan:
     created_at: str = ""
     desired_dir: str = ""
     format_version: str = FORMAT_VERSION
+    state_serial: int = 0  # the state file this plan was made against (a saved plan is stale once it moves on)
+    state_lineage: str = ""
 
     @property
     def complete(self) -> bool:
@@ -87,7 +96,10 @@ class Plan:
         return bool(self.changed_proxies)
 
 
-def make_plan(proxies: list[ProxyConfig], live: Mapping[str, LiveResult], *, desired_dir: str = "") -> Plan:
+def make_plan(
+    proxies: list[ProxyConfig], live: Mapping[str, LiveResult], *, desired_dir: str = "", state_serial: int = 0,
+    state_lineage: str = "",
+) -> Plan:
     """Compare every proxy's desired resources with what its Envoy reported."""
     plans = []
     for proxy in proxies:
@@ -112,7 +124,8 @@ def make_plan(proxies: list[ProxyConfig], live: Mapping[str, LiveResult], *, des
         plans.append(ProxyPlan(status=OK, live_fingerprint=fingerprint(running.clusters + running.listeners),
                                changes=tuple(changes), warnings=tuple(warnings), **base))  # type: ignore[arg-type]
     created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    return Plan(tuple(plans), created_at=created, desired_dir=desired_dir)
+    return Plan(tuple(plans), created_at=created, desired_dir=desired_dir, state_serial=state_serial,
+                state_lineage=state_lineage)
 
 
 def _resource_plan(proxy: ProxyConfig, change: ResourceChange) -> ResourcePlan:
@@ -181,6 +194,7 @@ def to_json(plan: Plan) -> dict[str, Any]:
         "format_version": plan.format_version,
         "created_at": plan.created_at,
         "desired_dir": plan.desired_dir,
+        "state": {"serial": plan.state_serial, "lineage": plan.state_lineage},
         "complete": plan.complete,
         "summary": {
             "add": plan.count(Action.CREATE),
@@ -246,5 +260,7 @@ def from_json(document: Mapping[str, Any]) -> Plan:
             changes=changes, warnings=tuple(p["warnings"]),
             desired={k: tuple(v) for k, v in p["desired"].items()},
         ))
+    recorded = document.get("state", {})
     return Plan(tuple(proxies), created_at=document.get("created_at", ""), desired_dir=document.get("desired_dir", ""),
-                format_version=version)
+                format_version=version, state_serial=int(recorded.get("serial", 0)),
+                state_lineage=str(recorded.get("lineage", "")))

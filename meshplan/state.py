@@ -34,7 +34,8 @@ class ProxyRecord:
     fingerprint: str
     version: str
     applied_at: str
-    outcome: str  # applied | rejected | rolled-back | unreachable | timed-out
+    outcome: str  # the last apply's outcome for this proxy: applied, rolled back, unreachable, ...
+    detail: str = ""  # why, when it is not applied
     resources: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # "clusters"/"listeners" -> resources
 
 

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from meshplan import live
+from meshplan import live, state
 from meshplan.errors import MeshplanError
 from meshplan.model import ProxyConfig
 from meshplan.plan import Plan, make_plan
@@ -62,4 +62,6 @@ def compute_plan(
         results = live.load_snapshot(live_from, [(p.name, p.admin_url) for p in proxies])
     else:
         results = fetch_live(proxies, parallelism=parallelism, timeout=timeout)
-    return make_plan(proxies, results, desired_dir=str(directory))
+    recorded = state.read(state_dir)
+    return make_plan(proxies, results, desired_dir=str(directory), state_serial=recorded.serial,
+                     state_lineage=recorded.lineage if recorded.serial else "")

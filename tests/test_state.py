@@ -16,7 +16,7 @@ from meshplan.errors import LockError
 def test_serial_grows_lineage_stays_backup_kept(tmp_path: Path) -> None:
     first = state.read(tmp_path)
     assert first.serial == 0
-    first.proxies["web"] = state.ProxyRecord("abc", "v1", state.now(), "applied", {"clusters": [], "listeners": []})
+    first.proxies["web"] = state.ProxyRecord("abc", "v1", state.now(), "applied", resources={"clusters": [], "listeners": []})
     written = state.write(tmp_path, first)
     assert written.serial == 1
     again = state.read(tmp_path)

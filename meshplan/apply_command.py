@@ -1,0 +1,141 @@
+"""The steps of `meshplan apply`: lock, plan (or read a saved plan and check it is fresh), show, confirm,
+pre-flight with the real Envoy, deliver in waves, record state, summarise."""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+
+from meshplan import pki, state
+from meshplan.apply import Outcome, ProxyResult, apply_plan, record, stale
+from meshplan.envoy import validate_configs
+from meshplan.errors import ApplyError, MeshplanError
+from meshplan.plan import Plan, from_json
+from meshplan.present.human import render_plan
+from meshplan.validate import load_and_parse
+from meshplan.workflow import Selection, compute_plan, fetch_live
+
+EXIT_OK, EXIT_ERROR, EXIT_PARTIAL = 0, 1, 3
+_STYLE = {Outcome.APPLIED: "green", Outcome.UNCHANGED: "dim", Outcome.ROLLED_BACK: "yellow", Outcome.SKIPPED: "yellow"}
+
+
+def read_plan_file(path: Path) -> Plan:
+    try:
+        return from_json(json.loads(path.read_text()))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise MeshplanError(f"{path}: not a meshplan plan file: {e}") from e
+
+
+def run_apply(
+    target: Path,
+    state_dir: Path,
+    *,
+    out: Console,
+    err: Console,
+    auto_approve: bool,
+    stop_on_failure: bool,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    parallelism: int = 10,
+    wait: float = 10.0,
+    timeout: float = 5.0,
+    lock_timeout: float = 0.0,
+) -> int:
+    saved = target.is_file()
+    if not saved and not auto_approve and not sys.stdin.isatty():
+        raise MeshplanError("refusing to ask for confirmation: standard input is not a terminal; use --auto-approve")
+    with state.lock(state_dir, "apply", timeout=lock_timeout):
+        if saved:
+            plan = read_plan_file(target)
+            changed = [p.config() for p in plan.proxies if p.changes]
+            reasons = stale(plan, state_dir, fetch_live(changed, timeout=timeout)) if changed else []
+            if reasons:
+                raise ApplyError(
+                    f"the saved plan {target} is stale, nothing was applied:\n"
+                    + "\n".join(f"  {r}" for r in reasons)
+                    + f"\nMake a new one: meshplan plan {plan.desired_dir or 'DIR'} --out {target}"
+                )
+        else:
+            pki.ensure(load_and_parse(target), state_dir)
+            plan = compute_plan(target, state_dir, selection=Selection(include, exclude), timeout=timeout)
+            render_plan(out, plan)
+        if not plan.complete:
+            names = ", ".join(p.name for p in plan.unreachable)
+            raise ApplyError(f"the plan is incomplete ({names} could not be read): nothing was applied; "
+                             "leave them out with --exclude-proxy to apply the rest")
+        if not plan.has_changes:
+            err.print("Nothing to apply.")
+            return EXIT_OK
+        if not saved and not auto_approve:
+            answer = input("Do you want to perform these actions? Only 'yes' will be accepted: ")
+            if answer.strip() != "yes":
+                err.print("Apply cancelled.")
+                return EXIT_ERROR
+        _preflight(plan, err)
+        results = apply_plan(plan, state_dir, parallelism=parallelism, wait=wait, timeout=timeout,
+                             stop_on_failure=stop_on_failure, progress=lambda r: _progress(err, r))
+        written = record(state_dir, results, plan)
+    return _summary(err, results, written.serial)
+
+
+def _preflight(plan: Plan, err: Console) -> None:
+    """Every proxy about to change must pass `envoy --mode validate`; one failure stops the apply, nothing written."""
+    proxies = [p.config() for p in plan.proxies if p.changes]
+    missing = sorted({path for proxy in proxies for path in _files(proxy.clusters + proxy.listeners) if not Path(path).exists()})
+    if missing:
+        raise ApplyError("files the configuration references do not exist (nothing was applied): " + ", ".join(missing))
+    with tempfile.TemporaryDirectory(prefix="meshplan-preflight-") as tmp:
+        verdicts = validate_configs(proxies, Path(tmp))
+    rejected = {name: message for name, message in verdicts.items() if message}
+    if rejected:
+        lines = [f"  {name}: {message}" for name, message in sorted(rejected.items())]
+        raise ApplyError("pre-flight: Envoy rejects the configuration of "
+                         f"{len(rejected)} prox{'y' if len(rejected) == 1 else 'ies'}; nothing was applied:\n" + "\n".join(lines))
+    err.print(f"Pre-flight: Envoy accepts the configuration of all {len(proxies)} changed proxies.")
+
+
+def _files(resources: Sequence[object]) -> list[str]:
+    found: list[str] = []
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "filename" and isinstance(value, str):
+                    found.append(value)
+                else:
+                    walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(list(resources))
+    return found
+
+
+def _progress(err: Console, result: ProxyResult) -> None:
+    style = _STYLE.get(result.outcome, "red")
+    detail = f": {result.detail}" if result.detail else ""
+    err.print(f"  [{style}]{result.outcome.value}[/{style}] {result.name} \\[{result.type}] "
+              f"({result.seconds * 1000:.0f} ms){detail}", markup=True, highlight=False)
+
+
+def _summary(err: Console, results: Sequence[ProxyResult], serial: int) -> int:
+    counts: dict[Outcome, int] = {}
+    for r in results:
+        counts[r.outcome] = counts.get(r.outcome, 0) + 1
+    for r in results:
+        if r.outcome is Outcome.SKIPPED:
+            _progress(err, r)
+    words = ", ".join(f"{n} {o.value}" for o, n in counts.items())
+    bad = [r for r in results if not r.outcome.good]
+    partial = [r for r in results if r.outcome in (Outcome.ROLLED_BACK, Outcome.SKIPPED)]
+    head = "Apply complete" if not bad and not partial else "Apply finished with problems"
+    err.print(f"{head}: {words}. State serial {serial}.")
+    if bad:
+        return EXIT_ERROR
+    return EXIT_PARTIAL if partial else EXIT_OK

@@ -1,0 +1,131 @@
+"""drift: for cron. Classify every proxy by comparing three fingerprints — what the desired directory renders to,
+what meshplan last delivered (the state file), and what the Envoy runs (its admin API) — and say it with an exit code,
+JSON and Prometheus gauges. Reads state, never writes it.
+
+    in-sync      live = delivered = desired
+    pending      live = delivered, desired differs: a change waits for `meshplan apply`
+    drifted      live differs from what was delivered: someone or something changed the proxy behind meshplan's back
+    rejected     the last apply was refused by this Envoy (rolled back or failed), or it reports a listener in error
+    unreachable  the admin API did not answer as this proxy
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+from meshplan import state
+from meshplan.canonical import fingerprint
+from meshplan.fsutil import write_atomic
+from meshplan.live import LiveResult
+from meshplan.model import ProxyConfig
+
+
+class Status(str, Enum):
+    IN_SYNC = "in-sync"
+    PENDING = "pending"
+    DRIFTED = "drifted"
+    REJECTED = "rejected"
+    UNREACHABLE = "unreachable"
+
+
+# Exit codes, highest wins. 1 stays "meshplan itself failed" (bad input, no state lock...), as everywhere.
+EXIT_CODES = {Status.IN_SYNC: 0, Status.PENDING: 2, Status.DRIFTED: 3, Status.REJECTED: 4, Status.UNREACHABLE: 4}
+REJECTED_OUTCOMES = ("rolled back", "failed")
+
+
+@dataclass(frozen=True)
+class ProxyDrift:
+    name: str
+    type: str
+    status: Status
+    detail: str
+    desired: str
+    delivered: str | None
+    live: str | None
+
+
+def classify(proxies: list[ProxyConfig], recorded: state.State, results: Mapping[str, LiveResult]) -> list[ProxyDrift]:
+    out = []
+    for proxy in proxies:
+        desired = fingerprint(proxy.clusters + proxy.listeners)
+        record = recorded.proxies.get(proxy.name)
+        delivered = (record.fingerprint or None) if record else None  # "": an attempt that wrote nothing
+        result = results.get(proxy.name)
+        if result is None or not result.ok or result.resources is None:
+            detail = str(result) if result else "not fetched"
+            out.append(ProxyDrift(proxy.name, proxy.type, Status.UNREACHABLE, detail, desired, delivered, None))
+            continue
+        running = fingerprint(result.resources.clusters + result.resources.listeners)
+        errored = "; ".join(f"listener {e.name}: {e.details}" for e in result.resources.errored_listeners)
+        if errored:
+            status, detail = Status.REJECTED, errored
+        elif record is not None and record.outcome in REJECTED_OUTCOMES:
+            status, detail = Status.REJECTED, f"the last apply was {record.outcome}: {record.detail}"
+        elif delivered is None:
+            # never delivered by meshplan: in sync if it happens to run the desired config, else a change waits
+            status = Status.IN_SYNC if running == desired else Status.PENDING
+            detail = "" if running == desired else "never applied by meshplan"
+        elif running != delivered:
+            status, detail = Status.DRIFTED, "the running configuration is not what meshplan delivered"
+        elif desired != delivered:
+            status, detail = Status.PENDING, "the desired directory changed since the last apply"
+        else:
+            status, detail = Status.IN_SYNC, ""
+        out.append(ProxyDrift(proxy.name, proxy.type, status, detail, desired, delivered, running))
+    return out
+
+
+def exit_code(report: list[ProxyDrift]) -> int:
+    return max((EXIT_CODES[d.status] for d in report), default=0)
+
+
+def to_json(report: list[ProxyDrift]) -> dict[str, object]:
+    counts = {s.value: sum(1 for d in report if d.status is s) for s in Status}
+    return {
+        "format_version": "1.0",
+        "exit_code": exit_code(report),
+        "counts": counts,
+        "proxies": [
+            {"name": d.name, "type": d.type, "status": d.status.value, "detail": d.detail,
+             "fingerprints": {"desired": d.desired, "delivered": d.delivered, "live": d.live}}
+            for d in report
+        ],
+    }
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def textfile(report: list[ProxyDrift], now: float | None = None) -> str:
+    """Prometheus text format for node_exporter's textfile collector: one gauge per proxy and status (1 for the
+    proxy's status, 0 for the others, so alerts can match `== 1`), plus counts and the time of the run."""
+    lines = [
+        "# HELP meshplan_proxy_status 1 when the proxy is in this drift status, else 0.",
+        "# TYPE meshplan_proxy_status gauge",
+    ]
+    for d in report:
+        for s in Status:
+            lines.append(f'meshplan_proxy_status{{proxy="{_label(d.name)}",type="{d.type}",status="{s.value}"}} '
+                         f"{1 if d.status is s else 0}")
+    lines += ["# HELP meshplan_proxies Proxies in each drift status.", "# TYPE meshplan_proxies gauge"]
+    for s in Status:
+        lines.append(f'meshplan_proxies{{status="{s.value}"}} {sum(1 for d in report if d.status is s)}')
+    lines += [
+        "# HELP meshplan_drift_exit_code The exit code of the last drift run.",
+        "# TYPE meshplan_drift_exit_code gauge",
+        f"meshplan_drift_exit_code {exit_code(report)}",
+        "# HELP meshplan_drift_last_run_timestamp_seconds When drift last ran.",
+        "# TYPE meshplan_drift_last_run_timestamp_seconds gauge",
+        f"meshplan_drift_last_run_timestamp_seconds {now if now is not None else time.time():.3f}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_textfile(path: Path, report: list[ProxyDrift]) -> None:
+    # node_exporter reads *.prom files: the rename makes it see the old file or the new one, never half of one.
+    write_atomic(path, textfile(report).encode())

@@ -1,0 +1,235 @@
+"""`meshplan apply` and `meshplan drift` on real Envoys in the sandbox: apply then plan is quiet; pre-flight stops a
+config Envoy rejects; a proxy that refuses its update is rolled back and still carries traffic; a dead proxy is
+reported while the others are applied; the lock keeps two applies apart; a stale saved plan is refused; and every
+drift class gets its exit code and its gauge."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from meshplan import apply as apply_module
+from meshplan import envoy, pki, sandbox, state
+from meshplan.cli import app
+from meshplan.render import render_all
+from meshplan.validate import load_and_parse
+from tests.meshes import DemoCopy, copy_demo
+
+runner = CliRunner(env={"COLUMNS": "200", "NO_COLOR": "1"})
+
+
+def start_empty(demo: DemoCopy, state_dir: Path) -> None:
+    """Every proxy's Envoy up from its bootstrap with nothing delivered yet, as before a first apply."""
+    desired = load_and_parse(demo.path)
+    pki.ensure(desired, state_dir)
+    sandbox.up(desired, [dataclasses.replace(p, clusters=(), listeners=()) for p in render_all(desired, state_dir)], state_dir)
+
+
+def meshplan(*args: str) -> tuple[int, str, str]:
+    result = runner.invoke(app, list(args))
+    assert "Traceback" not in result.output, result.output
+    return result.exit_code, result.stdout, result.stderr
+
+
+def apply(demo: DemoCopy, state_dir: Path, *args: str) -> tuple[int, str, str]:
+    return meshplan("apply", str(demo.path), "--state", str(state_dir), "--auto-approve", *args)
+
+
+def plan_exit(demo: DemoCopy, state_dir: Path) -> int:
+    return meshplan("plan", str(demo.path), "--state", str(state_dir), "--detailed-exitcode")[0]
+
+
+def drift(demo: DemoCopy, state_dir: Path, tmp_path: Path) -> tuple[int, dict[str, str], str]:
+    prom = tmp_path / "drift.prom"
+    code, out, _ = meshplan("drift", str(demo.path), "--state", str(state_dir), "--json", "--textfile", str(prom),
+                            "--timeout", "1")
+    return code, {p["name"]: p["status"] for p in json.loads(out)["proxies"]}, prom.read_text()
+
+
+@pytest.fixture
+def demo(tmp_path: Path) -> DemoCopy:
+    return copy_demo(tmp_path / "demo")
+
+
+def get(demo: DemoCopy, address: str, port: int, path: str = "/") -> httpx.Response:
+    return httpx.get(f"http://{demo.addr(address)}:{port}{path}", timeout=5, trust_env=False)
+
+
+def test_apply_then_plan_shows_no_changes_and_traffic_flows(demo: DemoCopy, sandbox_state: Path, tmp_path: Path) -> None:
+    start_empty(demo, sandbox_state)
+    assert plan_exit(demo, sandbox_state) == 2
+    code, out, err = apply(demo, sandbox_state)
+    assert code == 0, err
+    assert "Plan: 12 to add, 0 to change, 0 to destroy across 4 proxies (3 sidecars, 1 egress)." in out
+    assert "Apply complete: 4 applied. State serial 1." in err
+    assert plan_exit(demo, sandbox_state) == 0
+    instances = {get(demo, "127.0.1.1", 10001).json()["instance"] for _ in range(6)}
+    assert instances == {"backend-1", "backend-2"}
+    assert get(demo, "127.0.1.1", 10002).json()["service"] == "httpbin"
+    recorded = state.read(sandbox_state)
+    assert recorded.serial == 1
+    assert {name: r.outcome for name, r in recorded.proxies.items()} == dict.fromkeys(["backend-1", "backend-2", "web", "egress"], "applied")
+    code, statuses, prom = drift(demo, sandbox_state, tmp_path)
+    assert code == 0 and set(statuses.values()) == {"in-sync"}
+    assert 'meshplan_proxy_status{proxy="web",type="sidecar",status="in-sync"} 1' in prom
+    assert "meshplan_drift_exit_code 0" in prom
+    assert apply(demo, sandbox_state)[0] == 0  # nothing to apply is a success, and writes no new state
+    assert state.read(sandbox_state).serial == 1
+
+
+def test_preflight_stops_a_config_envoy_rejects_and_writes_nothing(demo: DemoCopy, sandbox_state: Path, tmp_path: Path) -> None:
+    start_empty(demo, sandbox_state)
+    assert apply(demo, sandbox_state)[0] == 0
+    before = {p: envoy.read_xds_files(sandbox_state, p) for p in ("web", "egress")}
+    garbage = tmp_path / "not-a-ca.pem"
+    garbage.write_text("this is not a certificate\n")
+    external = demo.path / "external.yaml"
+    external.write_text(external.read_text() + f"  tls:\n    enabled: true\n    verification:\n      caCert:\n        file: {garbage}\n")
+
+    code, _, err = apply(demo, sandbox_state)
+    assert code == 1
+    assert "pre-flight: Envoy rejects the configuration of 1 proxy; nothing was applied:" in err
+    assert "egress:" in err and str(garbage) in err
+    assert {p: envoy.read_xds_files(sandbox_state, p) for p in ("web", "egress")} == before
+    assert state.read(sandbox_state).serial == 1
+
+
+@pytest.fixture
+def occupied(demo: DemoCopy) -> Iterator[int]:
+    """A port on web's address held by a plain socket: Envoy cannot bind a listener there (validate mode can't tell)."""
+    with socket.socket() as holder:
+        holder.bind((demo.addr("127.0.1.1"), 0))
+        holder.listen()
+        yield int(holder.getsockname()[1])
+
+
+def test_a_proxy_that_refuses_its_update_is_rolled_back_and_still_carries_traffic(
+    demo: DemoCopy, sandbox_state: Path, tmp_path: Path, occupied: int
+) -> None:
+    start_empty(demo, sandbox_state)
+    assert apply(demo, sandbox_state)[0] == 0
+    dataplanes = demo.path / "dataplanes.yaml"
+    extra = f"    - address: {demo.addr('127.0.1.1')}\n      port: {occupied}\n      tags:\n        kuma.io/service: web\n"
+    dataplanes.write_text(dataplanes.read_text().replace("  outbound:\n", "  outbound:\n" + extra, 1))
+
+    code, _, err = apply(demo, sandbox_state)
+    assert code == 3, err
+    assert "Pre-flight: Envoy accepts the configuration of all 1 changed proxies." in err
+    assert "rolled back web [sidecar]" in err and "listener_manager.lds.update_rejected grew" in err
+    assert "Apply finished with problems: 3 unchanged, 1 rolled back." in err
+    assert {get(demo, "127.0.1.1", 10001).json()["instance"] for _ in range(4)} == {"backend-1", "backend-2"}
+    web = state.read(sandbox_state).proxies["web"]
+    assert web.outcome == "rolled back"
+    code, statuses, prom = drift(demo, sandbox_state, tmp_path)
+    assert code == 4 and statuses["web"] == "rejected"
+    assert 'meshplan_proxy_status{proxy="web",type="sidecar",status="rejected"} 1' in prom
+
+
+def test_an_envoy_killed_mid_apply_is_unreachable_and_the_others_are_applied(
+    demo: DemoCopy, sandbox_state: Path, tmp_path: Path
+) -> None:
+    start_empty(demo, sandbox_state)
+    (victim,) = [p for p in sandbox.status(sandbox_state) if p.role == "envoy" and p.name == "backend-2"]
+    from meshplan.workflow import compute_plan
+
+    plan = compute_plan(demo.path, sandbox_state)
+    killed = []
+
+    def kill_after_first(result: apply_module.ProxyResult) -> None:
+        if not killed:
+            os.kill(victim.pid, signal.SIGKILL)
+            killed.append(result.name)
+
+    results = apply_module.apply_plan(plan, sandbox_state, parallelism=1, stop_on_failure=False, timeout=1,
+                                      progress=kill_after_first)
+    outcomes = {r.name: r.outcome for r in results}
+    assert killed == ["backend-1"]
+    assert outcomes == {"backend-1": apply_module.Outcome.APPLIED, "backend-2": apply_module.Outcome.UNREACHABLE,
+                        "web": apply_module.Outcome.APPLIED, "egress": apply_module.Outcome.APPLIED}
+    with state.lock(sandbox_state, "apply"):
+        recorded = apply_module.record(sandbox_state, results, plan)
+    assert {n: (r.outcome, bool(r.fingerprint)) for n, r in recorded.proxies.items()} == {
+        "backend-1": ("applied", True), "backend-2": ("unreachable", False), "web": ("applied", True), "egress": ("applied", True)
+    }
+    assert "before delivery" in recorded.proxies["backend-2"].detail
+    assert envoy.read_xds_files(sandbox_state, "backend-2") is not None  # the sandbox's own empty delivery, untouched
+    code, statuses, prom = drift(demo, sandbox_state, tmp_path)
+    assert code == 4 and statuses == {"backend-1": "in-sync", "backend-2": "unreachable", "web": "in-sync", "egress": "in-sync"}
+    assert 'meshplan_proxies{status="unreachable"} 1' in prom
+
+
+def test_a_second_apply_fails_with_the_holders_info(demo: DemoCopy, sandbox_state: Path) -> None:
+    start_empty(demo, sandbox_state)
+    with state.lock(sandbox_state, "apply") as held:
+        code, _, err = apply(demo, sandbox_state, "--lock-timeout", "0.3")
+    assert code == 1
+    assert f"ID {held.id}" in err and f"pid {os.getpid()}" in err and "for apply since" in err
+    assert not (sandbox_state / "state.json").exists()
+    code, _, err = apply(demo, sandbox_state)  # the lock is free again
+    assert code == 0, err
+
+
+def test_a_stale_saved_plan_is_refused(demo: DemoCopy, sandbox_state: Path, tmp_path: Path) -> None:
+    start_empty(demo, sandbox_state)
+    saved = tmp_path / "plan.json"
+    code, _, _ = meshplan("plan", str(demo.path), "--state", str(sandbox_state), "--out", str(saved))
+    assert code == 0
+    web = next(p for p in render_all(load_and_parse(demo.path), sandbox_state) if p.name == "web")
+    envoy.write_xds(sandbox_state, dataclasses.replace(web, listeners=()), "out-of-band")  # someone else was here
+    _wait_version(web.admin_url, "out-of-band")
+
+    code, _, err = meshplan("apply", str(saved), "--state", str(sandbox_state))
+    assert code == 1
+    assert "is stale, nothing was applied" in err
+    assert "web: its running configuration changed since the plan was made" in err
+    assert "backend-1" not in err
+    assert f"meshplan plan {demo.path} --out {saved}" in err
+    assert not (sandbox_state / "state.json").exists()
+
+    code, _, _ = meshplan("plan", str(demo.path), "--state", str(sandbox_state), "--out", str(saved))
+    code, _, err = meshplan("apply", str(saved), "--state", str(sandbox_state))  # a fresh one goes through, unprompted
+    assert code == 0, err
+    assert plan_exit(demo, sandbox_state) == 0
+
+
+def test_drift_classes_exit_codes_and_gauges(demo: DemoCopy, sandbox_state: Path, tmp_path: Path) -> None:
+    start_empty(demo, sandbox_state)
+    code, statuses, _ = drift(demo, sandbox_state, tmp_path)
+    assert code == 2 and set(statuses.values()) == {"pending"}  # nothing applied yet
+    assert apply(demo, sandbox_state)[0] == 0
+    assert drift(demo, sandbox_state, tmp_path)[0] == 0
+
+    external = demo.path / "external.yaml"
+    external.write_text(external.read_text().replace("port: 18080", "port: 18081"))
+    code, statuses, prom = drift(demo, sandbox_state, tmp_path)
+    assert code == 2 and statuses["egress"] == "pending" and statuses["web"] == "in-sync"
+    assert 'meshplan_proxy_status{proxy="egress",type="egress",status="pending"} 1' in prom
+
+    backend = next(p for p in render_all(load_and_parse(demo.path), sandbox_state) if p.name == "backend-1")
+    envoy.write_xds(sandbox_state, dataclasses.replace(backend, clusters=()), "out-of-band")
+    _wait_version(backend.admin_url, "out-of-band")
+    code, statuses, prom = drift(demo, sandbox_state, tmp_path)
+    assert code == 3 and statuses["backend-1"] == "drifted" and statuses["egress"] == "pending"
+    assert "meshplan_drift_exit_code 3" in prom
+
+    (victim,) = [p for p in sandbox.status(sandbox_state) if p.role == "envoy" and p.name == "web"]
+    os.kill(victim.pid, signal.SIGKILL)
+    code, statuses, prom = drift(demo, sandbox_state, tmp_path)
+    assert code == 4 and statuses["web"] == "unreachable"
+    assert 'meshplan_proxies{status="drifted"} 1' in prom
+    assert state.read(sandbox_state).serial == 1  # drift never writes state
+
+
+def _wait_version(admin_url: str, version: str) -> None:
+    from tests.test_plan_e2e import _wait_for_version
+
+    _wait_for_version(admin_url, version)
