@@ -83,3 +83,21 @@ def test_bootstrap_watches_the_proxys_own_directory(tmp_path: Path) -> None:
     cds = boot["dynamic_resources"]["cds_config"]["path_config_source"]
     assert cds == {"path": f"{tmp_path}/proxies/web/xds/cds.json", "watched_directory": {"path": f"{tmp_path}/proxies/web/xds"}}
     assert not (tmp_path / "proxies").exists()  # printing a bootstrap writes nothing
+
+
+def test_apply_refuses_to_prompt_without_a_terminal(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["apply", str(DEMO), "--state", str(tmp_path / "state")], input="yes\n")
+    assert result.exit_code == 1
+    assert "standard input is not a terminal; use --auto-approve" in result.stderr
+    assert not (tmp_path / "state").exists()
+
+
+def test_force_unlock_needs_the_lock_id(tmp_path: Path) -> None:
+    from meshplan import state
+
+    with state.lock(tmp_path, "apply") as held:
+        wrong = runner.invoke(app, ["force-unlock", "nope", "--state", str(tmp_path)])
+        assert wrong.exit_code == 1 and f"held with ID {held.id}" in wrong.stderr
+        right = runner.invoke(app, ["force-unlock", held.id, "--state", str(tmp_path)])
+        assert right.exit_code == 0
+    assert state.holder(tmp_path) is None
