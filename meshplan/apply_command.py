@@ -77,8 +77,14 @@ def run_apply(
                 err.print("Apply cancelled.")
                 return EXIT_ERROR
         _preflight(plan, err)
+        total, done = len(plan.changed_proxies), [0]
+
+        def progress(result: ProxyResult) -> None:
+            done[0] += 1
+            _progress(err, result, f"[{done[0]}/{total}] ")
+
         results = apply_plan(plan, state_dir, parallelism=parallelism, wait=wait, timeout=timeout,
-                             stop_on_failure=stop_on_failure, progress=lambda r: _progress(err, r))
+                             stop_on_failure=stop_on_failure, progress=progress)
         written = record(state_dir, results, plan)
     return _summary(err, results, written.serial)
 
@@ -117,10 +123,10 @@ def _files(resources: Sequence[object]) -> list[str]:
     return found
 
 
-def _progress(err: Console, result: ProxyResult) -> None:
+def _progress(err: Console, result: ProxyResult, counter: str = "") -> None:
     style = _STYLE.get(result.outcome, "red")
     detail = f": {result.detail}" if result.detail else ""
-    err.print(f"  [{style}]{result.outcome.value}[/{style}] {result.name} \\[{result.type}] "
+    err.print(f"  {counter}[{style}]{result.outcome.value}[/{style}] {result.name} \\[{result.type}] "
               f"({result.seconds * 1000:.0f} ms){detail}", markup=True, highlight=False)
 
 

@@ -75,6 +75,8 @@ def test_apply_then_plan_shows_no_changes_and_traffic_flows(demo: DemoCopy, sand
     instances = {get(demo, "127.0.1.1", 10001).json()["instance"] for _ in range(6)}
     assert instances == {"backend-1", "backend-2"}
     assert get(demo, "127.0.1.1", 10002).json()["service"] == "httpbin"
+    with pytest.raises(httpx.HTTPError):  # straight to a sidecar's inbound without a mesh certificate: refused
+        get(demo, "127.0.1.2", 8080)
     recorded = state.read(sandbox_state)
     assert recorded.serial == 1
     assert {name: r.outcome for name, r in recorded.proxies.items()} == dict.fromkeys(["backend-1", "backend-2", "web", "egress"], "applied")
@@ -124,7 +126,7 @@ def test_a_proxy_that_refuses_its_update_is_rolled_back_and_still_carries_traffi
     code, _, err = apply(demo, sandbox_state)
     assert code == 3, err
     assert "Pre-flight: Envoy accepts the configuration of all 1 changed proxies." in err
-    assert "rolled back web [sidecar]" in err and "listener_manager.lds.update_rejected grew" in err
+    assert "[1/1] rolled back web [sidecar]" in err and "listener_manager.lds.update_rejected grew" in err
     assert "Apply finished with problems: 3 unchanged, 1 rolled back." in err
     assert {get(demo, "127.0.1.1", 10001).json()["instance"] for _ in range(4)} == {"backend-1", "backend-2"}
     web = state.read(sandbox_state).proxies["web"]
