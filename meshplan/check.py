@@ -104,14 +104,14 @@ def _describe(types: tuple[type, ...]) -> str:
             bound = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
             self.fail(path + (key,), f"must be {bound}, got {value}")
             return None
-        return value  # type: ignore[no-any-return]
+        return value
 
     def choice(self, obj: dict[str, Any], path: PathKey, key: str, choices: tuple[str, ...], *, required: bool = False) -> str | None:
         value = self.field(obj, path, key, str, required=required)
         if value is not None and value not in choices:
             self.fail(path + (key,), f"must be one of {', '.join(choices)}, got {value!r}")
             return None
-        return value  # type: ignore[no-any-return]
+        return value
 
 
 _UNITS = {"ns": Decimal("1e-9"), "us": Decimal("1e-6"), "µs": Decimal("1e-6"), "ms": Decimal("0.001"), "s": Decimal(1),

@@ -172,6 +172,7 @@ def _classify(data: Any, start: Source, lines: dict[PathKey, int]) -> tuple[RawR
         problems.append(Violation(at(("mesh",)), "mesh", f"must be a string, got {_type_name(mesh)}"))
         mesh = None
 
+    body_path: PathKey
     if "spec" in data:
         body, body_path = data["spec"], ("spec",)
     else:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
@@ -123,11 +124,9 @@ def _current(target: CertPaths, ca_cert: x509.Certificate, spiffe_ids: list[str]
     if not (target.cert.exists() and target.key.exists()):
         return False
     cert = x509.load_pem_x509_certificate(target.cert.read_bytes())
-    if cert.issuer != ca_cert.subject:
-        return False
     try:
-        ca_cert.public_key().verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(cert.signature_hash_algorithm))  # type: ignore[arg-type, union-attr]
-    except Exception:
+        cert.verify_directly_issued_by(ca_cert)
+    except (ValueError, TypeError, InvalidSignature):
         return False
     sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     return sorted(sans.get_values_for_type(x509.UniformResourceIdentifier)) == sorted(spiffe_ids)
