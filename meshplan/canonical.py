@@ -57,6 +57,8 @@ EXTENSION_MODULES: tuple[str, ...] = (
     "envoy.extensions.load_balancing_policies.round_robin.v3.round_robin_pb2",
     "envoy.extensions.load_balancing_policies.wrr_locality.v3.wrr_locality_pb2",
     "envoy.extensions.retry.host.previous_hosts.v3.previous_hosts_pb2",
+    "envoy.extensions.retry.host.omit_host_metadata.v3.omit_host_metadata_config_pb2",
+    "envoy.extensions.retry.priority.previous_priorities.v3.previous_priorities_config_pb2",
     "envoy.extensions.transport_sockets.raw_buffer.v3.raw_buffer_pb2",
     "envoy.extensions.transport_sockets.tls.v3.tls_pb2",
     "envoy.extensions.transport_sockets.tls.v3.tls_spiffe_validator_config_pb2",

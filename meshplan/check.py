@@ -78,11 +78,6 @@ class FieldCheck:
                 self.fail(path + (key,), f"unknown field (expected one of: {', '.join(known)})")
 
 
-def _describe(types: tuple[type, ...]) -> str:
-    names = {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", int: "an integer",
-             float: "a number", type(None): "nothing"}
-    return " or ".join(names.get(t, t.__name__) for t in types)
-
 
     def duration(self, obj: dict[str, Any], path: PathKey, key: str, *, required: bool = False) -> str | None:
         """A Go-style duration (`5s`, `1m30s`, `250ms`) as Envoy's proto-JSON Duration (`90s`, `0.250s`)."""
@@ -112,6 +107,12 @@ def _describe(types: tuple[type, ...]) -> str:
             self.fail(path + (key,), f"must be one of {', '.join(choices)}, got {value!r}")
             return None
         return value
+
+
+def _describe(types: tuple[type, ...]) -> str:
+    names = {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", int: "an integer",
+             float: "a number", type(None): "nothing"}
+    return " or ".join(names.get(t, t.__name__) for t in types)
 
 
 _UNITS = {"ns": Decimal("1e-9"), "us": Decimal("1e-6"), "µs": Decimal("1e-6"), "ms": Decimal("0.001"), "s": Decimal(1),

@@ -1,18 +1,190 @@
-"""MeshTimeout: not implemented yet (its fields are not checked and it changes nothing)."""
+"""MeshTimeout: connection, idle and HTTP timeouts, outbound (`to`) and inbound (`from`).
+
+Where (the seed's placement table): `to` on sidecars, and on the egress (`proxyType: ["egress"]`) for external
+services, where the egress's cluster and filter chain for that service take the `to` settings. `from` applies to
+sidecar inbounds only: the egress's inbound for an external service is not a MeshTimeout placement.
+
+Policy field -> Envoy field (proto names), on the outbound's cluster and filter chain, or for `from` on the local
+cluster (`local:<address>:<port>`) and the inbound's filter chain:
+
+    connectionTimeout           cluster.connect_timeout
+    idleTimeout                 HTTP: cluster typed_extension_protocol_options
+                                      [envoy.extensions.upstreams.http.v3.HttpProtocolOptions]
+                                      .common_http_protocol_options.idle_timeout
+                                TCP:  tcp_proxy.idle_timeout
+    http.requestTimeout         route.timeout        (every route of the chain that forwards: `route` action)
+    http.streamIdleTimeout      route.idle_timeout   (likewise)
+    http.maxStreamDuration      ...common_http_protocol_options.max_stream_duration
+    http.maxConnectionDuration  ...common_http_protocol_options.max_connection_duration
+    http.requestHeadersTimeout  http_connection_manager.request_headers_timeout
+
+The HttpProtocolOptions keep any `explicit_http_config` already there (HTTP/2 for http2 and gRPC); for plain HTTP
+one is added as `explicit_http_config: {http_protocol_options: {}}` (HTTP/1.1, what the cluster spoke before),
+since Envoy requires one. The `http` section does nothing on TCP traffic.
+
+Defaults: only what the merged conf holds is set. Kuma fills in, whenever any MeshTimeout applies, connectionTimeout
+5s, idleTimeout 1h, http.requestTimeout 15s, http.streamIdleTimeout 30m, and 0 (disabled) for maxStreamDuration,
+maxConnectionDuration and requestHeadersTimeout; meshplan does not, so that a plan shows only what a policy says.
+Envoy's own defaults then hold for the rest (connect_timeout is rendered as 5s by the base, Envoy's route timeout is
+15s, its idle timeouts 1h), which matches Kuma's for every field but the stream idle timeout (Envoy: 5m).
+
+Validation (as Kuma): a `default` sets at least one timeout, and an `http` section at least one of its own;
+connectionTimeout is greater than zero; every other timeout is zero (disabled) or more; `from` items select every
+client (`targetRef.kind: Mesh`), since Envoy's inbound settings cannot depend on the client. Unlike Kuma,
+requestHeadersTimeout alone makes a valid `http` section.
+"""
 
 from __future__ import annotations
 
-from meshplan.check import FieldCheck
+from decimal import Decimal
+from typing import Any
+
+from meshplan import names
+from meshplan.check import FieldCheck, duration_json, parse_duration
 from meshplan.load import PathKey
-from meshplan.model import Policy
-from meshplan.policies.base import Json, ProxyBuild
+from meshplan.match import Merged, merge_from, merge_to, rule_for
+from meshplan.model import Inbound, Policy
+from meshplan.policies.base import Json, ProxyBuild, hcm, origins_of, routes, tcp_proxy
 
 KIND = "MeshTimeout"
 
+HTTP_PROTOCOLS = ("http", "http2", "grpc")
+HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+HTTP_PROTOCOL_OPTIONS_TYPE = "type.googleapis.com/" + HTTP_PROTOCOL_OPTIONS
+
+CONF_FIELDS = ("connectionTimeout", "idleTimeout", "http")
+HTTP_FIELDS = ("requestTimeout", "streamIdleTimeout", "maxStreamDuration", "maxConnectionDuration",
+               "requestHeadersTimeout")
+# google.protobuf.Duration cannot hold more (about 10,000 years); Envoy rejects the resource beyond it.
+MAX_DURATION_SECONDS = Decimal(315_576_000_000)
+
+
+# --- validation -----------------------------------------------------------------------------------------------
+
 
 def validate(default: Json, path: PathKey, check: FieldCheck, section: str) -> None:
-    pass
+    check.unknown(default, path, CONF_FIELDS)
+    if section == "from":
+        _check_from_kind(check, path)
+    if not any(default.get(key) is not None for key in CONF_FIELDS):
+        check.fail(path, "at least one timeout should be configured "
+                   f"(one of: {', '.join(CONF_FIELDS)})")
+        return
+    _duration(check, default, path, "connectionTimeout", positive=True)
+    _duration(check, default, path, "idleTimeout")
+    http = check.field(default, path, "http", dict)
+    if http is None:
+        return
+    hpath = path + ("http",)
+    check.unknown(http, hpath, HTTP_FIELDS)
+    if not any(http.get(key) is not None for key in HTTP_FIELDS):
+        check.fail(hpath, "at least one timeout in this section should be configured "
+                   f"(one of: {', '.join(HTTP_FIELDS)})")
+    for key in HTTP_FIELDS:
+        _duration(check, http, hpath, key)
+
+
+def _check_from_kind(check: FieldCheck, path: PathKey) -> None:
+    # The item's own targetRef: Envoy's inbound timeouts are per listener, not per client.
+    item: Any = check.res.body
+    for key in path[:-1]:
+        try:
+            item = item[key]
+        except (KeyError, IndexError, TypeError):
+            return
+    ref = item.get("targetRef") if isinstance(item, dict) else None
+    kind = ref.get("kind") if isinstance(ref, dict) else None
+    if isinstance(kind, str) and kind != "Mesh":
+        check.fail(path[:-1] + ("targetRef", "kind"),
+                   f"MeshTimeout `from` items must target kind Mesh, got {kind!r}: inbound timeouts apply to every "
+                   "client of the inbound")
+
+
+def _duration(check: FieldCheck, obj: Json, path: PathKey, key: str, *, positive: bool = False) -> str | None:
+    """A Go duration (`5s`, `250ms`, `1m30s`) as proto-JSON, or None after recording why it is not one."""
+    text = check.field(obj, path, key, str)
+    if text is None:
+        return None
+    if text.strip().startswith("-"):
+        check.fail(path + (key,), f"must not be negative, got {text!r}")
+        return None
+    seconds = parse_duration(text)
+    if seconds is None:
+        check.fail(path + (key,), f"must be a duration like 500ms, 5s or 1m30s, got {text!r}")
+        return None
+    if positive and seconds == 0:
+        check.fail(path + (key,), f"must be greater than 0, got {text!r}")
+        return None
+    if seconds > MAX_DURATION_SECONDS:
+        check.fail(path + (key,), f"must be at most {MAX_DURATION_SECONDS}s, got {text!r}")
+        return None
+    return duration_json(seconds)
+
+
+def _proto_duration(text: str) -> str:
+    seconds = parse_duration(text)
+    assert seconds is not None, f"unvalidated duration {text!r}"
+    return duration_json(seconds)
+
+
+# --- rendering ------------------------------------------------------------------------------------------------
 
 
 def apply(build: ProxyBuild, policies: list[Policy]) -> None:
-    pass
+    for out in build.outbounds:
+        merged = merge_to(policies, build.proxy, out.destination)
+        if not merged.empty:
+            _configure(build, merged, out.cluster, out.chain, out.protocol)
+    for point in build.inbounds:
+        # On the egress an inbound is an external service: the seed places MeshTimeout there as `to` only.
+        if not isinstance(point.target, Inbound):
+            continue
+        inbound = point.target
+        # `from` items all target Mesh (validated), so the rule for a client without tags is the one rule.
+        rule = rule_for(merge_from(policies, build.proxy, inbound), {})
+        if rule is None or rule.merged.empty:
+            continue
+        local = build.clusters.get(names.local_cluster(inbound.service_address, inbound.service_port))
+        _configure(build, rule.merged, local, point.chain, point.protocol)
+
+
+def _configure(build: ProxyBuild, merged: Merged, cluster: Json | None, chain: Json, protocol: str) -> None:
+    conf = merged.conf
+    http: dict[str, Any] = conf.get("http") or {}
+    if cluster is not None and "connectionTimeout" in conf:
+        build.set(cluster, "connect_timeout", _proto_duration(conf["connectionTimeout"]),
+                  origins_of(merged, "connectionTimeout"))
+    if protocol not in HTTP_PROTOCOLS:
+        proxy = tcp_proxy(chain)
+        if proxy is not None and "idleTimeout" in conf:
+            build.set(proxy, "idle_timeout", _proto_duration(conf["idleTimeout"]), origins_of(merged, "idleTimeout"))
+        return
+    if cluster is not None:
+        for key, value, envoy_key in (("idleTimeout", conf.get("idleTimeout"), "idle_timeout"),
+                                      ("http.maxStreamDuration", http.get("maxStreamDuration"), "max_stream_duration"),
+                                      ("http.maxConnectionDuration", http.get("maxConnectionDuration"),
+                                       "max_connection_duration")):
+            if value is not None:
+                build.set(_common_http_options(cluster), envoy_key, _proto_duration(value), origins_of(merged, key))
+    for route in routes(chain):
+        action = route.get("route")
+        if action is None:
+            continue  # a redirect or a direct response forwards nothing, so has no upstream timeout
+        for key, envoy_key in (("requestTimeout", "timeout"), ("streamIdleTimeout", "idle_timeout")):
+            if key in http:
+                build.set(action, envoy_key, _proto_duration(http[key]), origins_of(merged, f"http.{key}"))
+    manager = hcm(chain)
+    if manager is not None and "requestHeadersTimeout" in http:
+        build.set(manager, "request_headers_timeout", _proto_duration(http["requestHeadersTimeout"]),
+                  origins_of(merged, "http.requestHeadersTimeout"))
+
+
+def _common_http_options(cluster: Json) -> Json:
+    """The cluster's HttpProtocolOptions.common_http_protocol_options, created if need be."""
+    extensions = cluster.setdefault("typed_extension_protocol_options", {})
+    options = extensions.setdefault(HTTP_PROTOCOL_OPTIONS, {"@type": HTTP_PROTOCOL_OPTIONS_TYPE})
+    # Envoy requires one way of choosing the upstream protocol; keep the one there (HTTP/2), else HTTP/1.1 as before.
+    if not any(key in options for key in ("explicit_http_config", "use_downstream_protocol_config", "auto_config")):
+        options["explicit_http_config"] = {"http_protocol_options": {}}
+    common: Json = options.setdefault("common_http_protocol_options", {})
+    return common
