@@ -386,6 +386,26 @@ def drift(
     _run(body)
 
 
+@app.command()
+def explain(
+    directory: DirArg,
+    proxy: Annotated[str, typer.Argument(help="The Dataplane or ZoneEgress name.")],
+    policy: Annotated[Optional[str], typer.Option("--policy", help="KIND/NAME: where this policy lands on the proxy, and why not elsewhere.")] = None,
+) -> None:
+    """For one proxy: each outbound and inbound with the policies that matched, in merge order, the merged result
+    with every field's origin and what it overrode. With --policy, where that policy lands and, where not, why."""
+
+    def body() -> int:
+        from meshplan.explain import explain_policy, explain_proxy, render_text
+
+        desired = _load(directory)
+        result = explain_policy(desired, proxy, policy) if policy else explain_proxy(desired, proxy)
+        sys.stdout.write(render_text(result))
+        return EXIT_OK
+
+    _run(body)
+
+
 @app.command("force-unlock")
 def force_unlock(
     lock_id: Annotated[str, typer.Argument(help="The lock ID, as the error that names the holder says.")],

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meshplan.errors import Source
+from meshplan.policies import KINDS
 from meshplan.model import (
     EGRESS,
     SERVICE_TAG,
@@ -212,6 +213,12 @@ def why_not_to(policy: Policy, proxy: Proxy, destination: Destination) -> str | 
         return "targetRef kind MeshExternalService configures the egress's inbound (`from`), not a destination"
     if not policy.to:
         return f"{policy.kind} {policy.name!r} has no `to` items"
+    placement = KINDS.get(policy.kind)
+    here = EGRESS if isinstance(proxy, ZoneEgress) else SIDECAR
+    if destination.external and placement is not None and here not in placement.external_to:
+        # Seed placement table: e.g. a circuit breaker to an external service lives on the egress, never the sidecar.
+        return (f"for a MeshExternalService, {policy.kind} is implemented on: {placement.placement} "
+                f"(not on the {here})")
     if any(_targets(item.target_ref, destination) for item in policy.to):
         return None
     misses = "; ".join(f"to[{i.index}] targets {_describe(i.target_ref)}{_subset_note(i.target_ref, destination)}"

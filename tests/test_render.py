@@ -61,7 +61,13 @@ def test_sidecar_outbound_to_mesh_service_uses_mtls_to_every_instance() -> None:
     ]
     listener = by_name(web.listeners)["outbound:127.0.1.1:10001"]
     hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
-    assert hcm["route_config"]["virtual_hosts"][0]["routes"][0]["route"] == {"cluster": "backend"}
+    route = hcm["route_config"]["virtual_hosts"][0]["routes"][0]["route"]
+    assert route["cluster"] == "backend"
+    assert route["timeout"] == "5s"  # MeshTimeout web-to-backend overrides mesh-defaults' 15s
+    assert route["retry_policy"]["num_retries"] == 3
+    assert web.origins["listener"][listener["name"]][
+        ("filter_chains", 0, "filters", 0, "typed_config", "route_config", "virtual_hosts", 0, "routes", 0, "route", "timeout")
+    ] == [f"MeshTimeout/web-to-backend ({DEMO}/policies/timeout.yaml:30)"]
 
 
 def test_outbound_to_external_service_goes_to_the_egress() -> None:
