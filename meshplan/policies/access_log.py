@@ -1,18 +1,280 @@
-"""MeshAccessLog: not implemented yet (its fields are not checked and it changes nothing)."""
+"""MeshAccessLog (`to` and `from`): a line per request (HTTP) or connection (TCP), written by Envoy to a file.
+
+Where (the seed's placement table: "Sidecar (to), Egress (to + proxyType: ["egress"])"):
+- `to`: a sidecar's outbound listener for the destination; on the egress (proxyType Egress), the filter chain of
+  each external service a `to` item names.
+- `from`: a sidecar's inbound listeners. As in Kuma, a `from` item selects `kind: Mesh` (every client): the log is
+  one per listener, not per client. `from` on the egress is not in the table and is refused.
+
+Envoy fields: `access_log[]` of the chain's HTTP connection manager, or of its tcp_proxy for a TCP destination or
+inbound, one entry per backend:
+
+    backends[].file.path                  access_log[i] {name: envoy.access_loggers.file,
+                                            typed_config: FileAccessLog {path, log_format}}
+    file.format.plain                     log_format.text_format_source.inline_string (a newline appended, as Kuma)
+    file.format.json [{key, value}]       log_format.json_format {key: value, ...}
+    file.format.omitEmptyValues           log_format.omit_empty_values
+
+Defaults: without `format`, Kuma's default line for the protocol (HTTP_FORMAT or TCP_FORMAT below). Kuma's own
+placeholders are filled in at render time, as Kuma does, because Envoy does not know them: %KUMA_MESH%,
+%KUMA_SOURCE_SERVICE% (the sidecar's first service on an outbound, `unknown` on an inbound or the egress),
+%KUMA_DESTINATION_SERVICE% (the service or external service, the inbound's service on an inbound),
+%KUMA_SOURCE_ADDRESS% (`<proxy address>:0`), %KUMA_SOURCE_ADDRESS_WITHOUT_PORT%, %KUMA_TRAFFIC_DIRECTION%
+(INBOUND | OUTBOUND) and %KUMA_ZONE% / %KUMA_WORKLOAD% (empty: meshplan has no zones or workloads). Any other %...%
+operator is Envoy's own (its validation catches a misspelt one).
+
+Envoy opens each file when it loads the listener: a path whose directory does not exist where the proxy runs makes
+Envoy reject the listener (and `envoy --mode validate` fail), so meshplan only checks that the path is absolute.
+
+`type` on a backend (File | Tcp | OpenTelemetry) and on a format (Plain | Json) may be left out, as in Kuma before
+2.3; when given it must match the block. `tcp` and `openTelemetry` backends are not supported: Kuma implements them
+with kuma-dp (a log forwarder on a unix socket, an OTel collector pipe), which plain Envoy does not have.
+"""
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 from meshplan.check import FieldCheck
 from meshplan.load import PathKey
-from meshplan.model import Policy
-from meshplan.policies.base import Json, ProxyBuild
+from meshplan.match import FromRule, Merged, merge_from, merge_to, rule_for
+from meshplan.model import EGRESS, SIDECAR, Dataplane, Inbound, Policy
+from meshplan.policies import FROM
+from meshplan.policies.base import Json, ProxyBuild, hcm, origins_of, tcp_proxy
 
 KIND = "MeshAccessLog"
 
+FILE_LOGGER = "envoy.access_loggers.file"
+FILE_LOGGER_TYPE = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
+
+# Kuma's default formats (pkg/plugins/policies/meshaccesslog/plugin/xds/configurer.go).
+HTTP_FORMAT = (
+    '[%START_TIME%] %KUMA_MESH% "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" %RESPONSE_CODE% '
+    "%RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% %DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% "
+    '"%REQ(X-FORWARDED-FOR)%" "%REQ(USER-AGENT)%" "%REQ(X-B3-TRACEID?X-DATADOG-TRACEID)%" "%REQ(X-REQUEST-ID)%" '
+    '"%REQ(:AUTHORITY)%" "%KUMA_SOURCE_SERVICE%" "%KUMA_DESTINATION_SERVICE%" "%KUMA_SOURCE_ADDRESS_WITHOUT_PORT%" '
+    '"%UPSTREAM_HOST%"'
+)
+TCP_FORMAT = (
+    "[%START_TIME%] %RESPONSE_FLAGS% %KUMA_MESH% %KUMA_SOURCE_ADDRESS_WITHOUT_PORT%(%KUMA_SOURCE_SERVICE%)->"
+    "%UPSTREAM_HOST%(%KUMA_DESTINATION_SERVICE%) took %DURATION%ms, sent %BYTES_SENT% bytes, "
+    "received: %BYTES_RECEIVED% bytes"
+)
+HTTP_PROTOCOLS = ("http", "http2", "grpc")
+UNKNOWN = "unknown"  # Kuma's name for a service it cannot tell
+
+KUMA_PLACEHOLDERS = (
+    "KUMA_SOURCE_ADDRESS_WITHOUT_PORT", "KUMA_SOURCE_ADDRESS", "KUMA_SOURCE_SERVICE", "KUMA_DESTINATION_SERVICE",
+    "KUMA_MESH", "KUMA_TRAFFIC_DIRECTION", "KUMA_ZONE", "KUMA_WORKLOAD",
+)  # fmt: skip
+_KUMA_PLACEHOLDER = re.compile(r"%(KUMA_[A-Z_]*)%")
+BACKEND_TYPES = {"File": "file", "Tcp": "tcp", "OpenTelemetry": "openTelemetry"}
+FORMAT_TYPES = {"Plain": "plain", "Json": "json"}
+
+
+# --- validation -------------------------------------------------------------------------------------------------
+
 
 def validate(default: Json, path: PathKey, check: FieldCheck, section: str) -> None:
-    pass
+    check.unknown(default, path, ("backends",))
+    if section == FROM:
+        _validate_from_item(check, path)
+    backends = check.field(default, path, "backends", list, required=True)
+    for i, backend in enumerate(backends or []):
+        bp = path + ("backends", i)
+        if not isinstance(backend, dict):
+            check.fail(bp, "must be a mapping with one of `file`, `tcp` or `openTelemetry`")
+            continue
+        _validate_backend(check, backend, bp)
+
+
+def _validate_from_item(check: FieldCheck, path: PathKey) -> None:
+    """Kuma's rule for `from` (clients are all of the mesh), and the seed's (no `from` on the egress).
+
+    A module sees only the item's `default`; the item's targetRef and the policy's are read from the resource."""
+    item = _at(check.res.body, path[:-1])
+    ref = item.get("targetRef") if isinstance(item, dict) else None
+    if isinstance(ref, dict) and isinstance(ref.get("kind"), str) and ref["kind"] != "Mesh":
+        check.fail(path[:-1] + ("targetRef", "kind"),
+                   f"MeshAccessLog `from` items select every client (kind Mesh), got {ref['kind']!r}: the access log "
+                   "belongs to the inbound listener, not to one client")  # fmt: skip
+    top = check.res.body.get("targetRef")
+    types = top.get("proxyType", top.get("proxyTypes")) if isinstance(top, dict) else None
+    if isinstance(types, list) and any(isinstance(t, str) and t.lower() == EGRESS for t in types):
+        check.fail(path[:-1], 'MeshAccessLog `from` is not implemented on the egress; the placement table says '
+                              'MeshAccessLog is implemented on: Sidecar (to), Egress (to + proxyType: ["egress"])')
+
+
+def _validate_backend(check: FieldCheck, backend: Json, bp: PathKey) -> None:
+    check.unknown(backend, bp, ("type",) + tuple(BACKEND_TYPES.values()))
+    blocks = [b for b in BACKEND_TYPES.values() if b in backend]
+    kind = check.field(backend, bp, "type", str)
+    if kind is not None and kind not in BACKEND_TYPES:
+        check.fail(bp + ("type",), f"must be one of {', '.join(BACKEND_TYPES)}, got {kind!r}")
+        return
+    block = BACKEND_TYPES[kind] if kind is not None else (blocks[0] if len(blocks) == 1 else None)
+    if block is None:
+        got = f", got {len(blocks)}" if blocks else ""
+        check.fail(bp, f"must have exactly one of `file`, `tcp` or `openTelemetry`{got}")
+        return
+    for other in blocks:
+        if other != block:
+            check.fail(bp + (other,), f"`{other}` is not used by a backend of type {kind}")
+    if block != "file":
+        check.fail(bp + (block,), f"`{block}` backends are not supported: Kuma implements them with kuma-dp (a log "
+                                  "forwarder and an OpenTelemetry pipe), which plain Envoy has not; use a `file` "
+                                  "backend")  # fmt: skip
+        return
+    file = check.field(backend, bp, "file", dict, required=True)
+    if file is None:
+        return
+    fp = bp + ("file",)
+    check.unknown(file, fp, ("path", "format"))
+    file_path = check.field(file, fp, "path", str, required=True)
+    if file_path is not None and (not file_path.startswith("/") or "\x00" in file_path or "\n" in file_path):
+        check.fail(fp + ("path",), f"must be an absolute file path, got {file_path!r}")
+    fmt = check.field(file, fp, "format", dict)
+    if fmt is not None:
+        _validate_format(check, fmt, fp + ("format",))
+
+
+def _validate_format(check: FieldCheck, fmt: Json, fp: PathKey) -> None:
+    check.unknown(fmt, fp, ("type", "plain", "json", "omitEmptyValues"))
+    check.field(fmt, fp, "omitEmptyValues", bool)
+    blocks = [b for b in FORMAT_TYPES.values() if b in fmt]
+    kind = check.field(fmt, fp, "type", str)
+    if kind is not None and kind not in FORMAT_TYPES:
+        check.fail(fp + ("type",), f"must be one of {', '.join(FORMAT_TYPES)}, got {kind!r}")
+        return
+    block = FORMAT_TYPES[kind] if kind is not None else (blocks[0] if len(blocks) == 1 else None)
+    if block is None:
+        got = f", got {len(blocks)}" if blocks else ""
+        check.fail(fp, f"must have exactly one of `plain` or `json`{got}")
+        return
+    for other in blocks:
+        if other != block:
+            check.fail(fp + (other,), f"`{other}` is not used by a format of type {kind}")
+    if block == "plain":
+        plain = check.field(fmt, fp, "plain", str, required=True)
+        if plain is not None:
+            if not plain.strip():
+                check.fail(fp + ("plain",), "must not be empty")
+            _placeholders(check, plain, fp + ("plain",))
+        return
+    fields = check.field(fmt, fp, "json", list, required=True)
+    if fields is None:
+        return
+    if not fields:
+        check.fail(fp + ("json",), "must not be empty")
+    seen: set[str] = set()
+    for i, field in enumerate(fields):
+        jp = fp + ("json", i)
+        if not isinstance(field, dict):
+            check.fail(jp, "must be a mapping with `key` and `value`")
+            continue
+        check.unknown(field, jp, ("key", "value"))
+        key = check.field(field, jp, "key", str, required=True)
+        value = check.field(field, jp, "value", str, required=True)
+        if key is not None:
+            if not key:
+                check.fail(jp + ("key",), "must not be empty")
+            elif key in seen:
+                check.fail(jp + ("key",), f"key {key!r} is listed twice")
+            seen.add(key)
+        if value is not None:
+            if not value:
+                check.fail(jp + ("value",), "must not be empty")
+            _placeholders(check, value, jp + ("value",))
+
+
+def _placeholders(check: FieldCheck, text: str, path: PathKey) -> None:
+    for name in _KUMA_PLACEHOLDER.findall(text):
+        if name not in KUMA_PLACEHOLDERS:
+            check.fail(path, f"unknown placeholder %{name}% (Kuma's are: "
+                             f"{', '.join('%' + p + '%' for p in sorted(KUMA_PLACEHOLDERS))})")  # fmt: skip
+
+
+def _at(node: Any, path: PathKey) -> Any:
+    for key in path:
+        if isinstance(key, int) and isinstance(node, list) and key < len(node):
+            node = node[key]
+        elif isinstance(key, str) and isinstance(node, dict):
+            node = node.get(key)
+        else:
+            return None
+    return node
+
+
+# --- rendering --------------------------------------------------------------------------------------------------
 
 
 def apply(build: ProxyBuild, policies: list[Policy]) -> None:
-    pass
+    proxy = build.proxy
+    source_service = proxy.services[0] if isinstance(proxy, Dataplane) and proxy.services else UNKNOWN
+    for out in build.outbounds:
+        merged = merge_to(policies, proxy, out.destination)
+        if merged.empty:
+            continue
+        values = {
+            "KUMA_MESH": out.destination.mesh,
+            "KUMA_SOURCE_SERVICE": source_service if build.type == SIDECAR else UNKNOWN,
+            "KUMA_DESTINATION_SERVICE": out.destination.name,
+            "KUMA_TRAFFIC_DIRECTION": "OUTBOUND",
+        }
+        _configure_chain(build, out.chain, out.protocol, merged, values)
+    if not isinstance(proxy, Dataplane):
+        return  # `from` on the egress is refused by validation (not in the seed's table)
+    for inbound_point in build.inbounds:
+        inbound = inbound_point.target
+        assert isinstance(inbound, Inbound)
+        rule = _mesh_rule(merge_from(policies, proxy, inbound))
+        if rule is None:
+            continue
+        values = {
+            "KUMA_MESH": proxy.mesh,
+            "KUMA_SOURCE_SERVICE": UNKNOWN,
+            "KUMA_DESTINATION_SERVICE": inbound.service,
+            "KUMA_TRAFFIC_DIRECTION": "INBOUND",
+        }
+        _configure_chain(build, inbound_point.chain, inbound_point.protocol, rule.merged, values)
+
+
+def _mesh_rule(rules: list[FromRule]) -> FromRule | None:
+    # `from` items are all kind Mesh (validation), so the rule for a client without tags is the only one.
+    rule = rule_for(rules, {})
+    return None if rule is None or rule.merged.empty else rule
+
+
+def _configure_chain(build: ProxyBuild, chain: Json, protocol: str, merged: Merged, values: dict[str, str]) -> None:
+    backends = merged.conf.get("backends")
+    if not isinstance(backends, list) or not backends:
+        return  # `backends: []` from a more specific policy turns the log off
+    address = build.proxy.address
+    values = {**values, "KUMA_SOURCE_ADDRESS": f"{address}:0", "KUMA_SOURCE_ADDRESS_WITHOUT_PORT": address,
+              "KUMA_ZONE": "", "KUMA_WORKLOAD": ""}  # fmt: skip
+    default_format = HTTP_FORMAT if protocol in HTTP_PROTOCOLS else TCP_FORMAT
+    loggers = [_file_logger(backend["file"], default_format, values) for backend in backends]
+    manager = hcm(chain) or tcp_proxy(chain)
+    if manager is None:
+        return  # a chain without a filter that logs (none is rendered today)
+    build.set(manager, "access_log", loggers, origins_of(merged, "backends"))
+
+
+def _file_logger(file: Json, default_format: str, values: dict[str, str]) -> Json:
+    fmt = file.get("format") or {}
+    log_format: Json
+    if "json" in fmt:
+        log_format = {"json_format": {f["key"]: _interpolate(f["value"], values) for f in fmt["json"]}}
+    else:
+        # Envoy writes a text format as is: the newline ends the line (Kuma appends it too).
+        text = _interpolate(fmt.get("plain", default_format), values) + "\n"
+        log_format = {"text_format_source": {"inline_string": text}}
+    if fmt.get("omitEmptyValues"):
+        log_format["omit_empty_values"] = True
+    config = {"@type": FILE_LOGGER_TYPE, "path": file["path"], "log_format": log_format}
+    return {"name": FILE_LOGGER, "typed_config": config}
+
+
+def _interpolate(text: str, values: dict[str, str]) -> str:
+    return _KUMA_PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), text)

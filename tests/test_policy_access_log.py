@@ -1,0 +1,467 @@
+"""MeshAccessLog: its validation table, its render (golden), Envoy's acceptance, and real requests that Envoy logs
+to files: on a sidecar's outbound (HTTP and TCP), its inbound (`from`), and on the egress."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from conftest import Loopback, pid_running
+
+from meshplan import pki, sandbox
+from meshplan.canonical import canonical
+from meshplan.envoy import validate_configs
+from meshplan.errors import LoadError, Violation
+from meshplan.model import ProxyConfig
+from meshplan.render import render_all
+from meshplan.validate import load_and_parse
+from tests.golden import check_golden
+
+KIND = "MeshAccessLog"
+STATE = Path("/STATE")  # render is pure: the state directory only appears in file paths
+
+
+# --- a small mesh: web -> backend (HTTP), web -> db (TCP), web -> httpbin (an external service, via the egress) ----
+
+
+class Net:
+    """Addresses and ports for a mesh: fixed ones for goldens, or the `loopback` fixture's for real Envoys."""
+
+    def __init__(self, ip: Callable[[], str], port: Callable[[str], int]) -> None:
+        self.web, self.backend, self.db, self.egress, self.ext = (ip() for _ in range(5))
+        self.ports = {name: port(self.web) for name in ("web_admin", "web_in", "web_app", "web_backend", "web_db", "web_httpbin")}
+        self.ports |= {f"backend_{what}": port(self.backend) for what in ("admin", "in", "app")}
+        self.ports |= {f"db_{what}": port(self.db) for what in ("admin", "in", "app")}
+        self.ports |= {"eg_admin": port(self.egress), "eg_port": port(self.egress), "ext": port(self.ext)}
+
+    @classmethod
+    def fixed(cls) -> Net:
+        hosts = itertools.count(1)
+        ports = itertools.count(10001)
+        return cls(lambda: f"127.0.1.{next(hosts)}", lambda _: next(ports))
+
+    def url(self, outbound: str) -> str:
+        return f"http://{self.web}:{self.ports[outbound]}"
+
+
+def _sidecar(name: str, addr: str, admin: int, inbound: int, app: int, service: str, protocol: str) -> str:
+    return textwrap.dedent(f"""
+        type: Dataplane
+        mesh: default
+        name: {name}
+        networking:
+          address: {addr}
+          admin:
+            port: {admin}
+          inbound:
+            - port: {inbound}
+              serviceAddress: {addr}
+              servicePort: {app}
+              tags:
+                kuma.io/service: {service}
+                kuma.io/protocol: {protocol}
+        """).lstrip()
+
+
+def mesh_files(net: Net) -> dict[str, str]:
+    p = net.ports
+    outbounds = textwrap.indent(textwrap.dedent(f"""
+        outbound:
+          - address: {net.web}
+            port: {p["web_backend"]}
+            tags:
+              kuma.io/service: backend
+          - address: {net.web}
+            port: {p["web_db"]}
+            tags:
+              kuma.io/service: db
+          - address: {net.web}
+            port: {p["web_httpbin"]}
+            backendRef:
+              kind: MeshExternalService
+              name: httpbin
+        """).lstrip("\n"), "  ")
+    dataplanes = [
+        _sidecar("web", net.web, p["web_admin"], p["web_in"], p["web_app"], "web", "http") + outbounds,
+        _sidecar("backend-1", net.backend, p["backend_admin"], p["backend_in"], p["backend_app"], "backend", "http"),
+        # The demo app speaks HTTP, but declared as TCP its traffic goes through tcp_proxy: a TCP access log.
+        _sidecar("db-1", net.db, p["db_admin"], p["db_in"], p["db_app"], "db", "tcp"),
+    ]
+    return {
+        "mesh.yaml": "type: Mesh\nname: default\nmtls:\n  enabledBackend: ca-1\n  backends:\n    - name: ca-1\n      type: builtin\n",
+        "dataplanes.yaml": "---\n".join(dataplanes),
+        "egress.yaml": f"type: ZoneEgress\nname: egress\nnetworking:\n  address: {net.egress}\n  port: {p['eg_port']}\n"
+                       f"  admin:\n    port: {p['eg_admin']}\n",  # fmt: skip
+        "external.yaml": "type: MeshExternalService\nmesh: default\nname: httpbin\nspec:\n  match:\n"
+                         "    type: HostnameGenerator\n    port: 80\n    protocol: http\n  endpoints:\n"
+                         f"    - address: {net.ext}\n      port: {p['ext']}\n",  # fmt: skip
+    }
+
+
+def write(directory: Path, files: dict[str, str]) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (directory / name).write_text(text)
+    return directory
+
+
+def policy(default: str, *, name: str = "log", section: str = "to", ref: str = "kind: MeshService\n        name: backend",
+           top: str = "kind: Mesh") -> str:  # fmt: skip
+    body = textwrap.indent(textwrap.dedent(default).strip(), " " * 8)
+    return (
+        f"type: {KIND}\nmesh: default\nname: {name}\nspec:\n  targetRef:\n    {top}\n  {section}:\n"
+        f"    - targetRef:\n        {ref}\n      default:\n{body}\n"
+    )
+
+
+def file_backend(path: str, fmt: str = "") -> str:
+    return f"backends:\n  - type: File\n    file:\n      path: {path}\n" + textwrap.indent(textwrap.dedent(fmt).strip(), " " * 6) + "\n"
+
+
+EGRESS_TOP = "kind: Mesh\n    proxyType: [Egress]"
+TO_HTTPBIN = "kind: MeshExternalService\n        name: httpbin"
+FROM_MESH = "kind: Mesh"
+
+
+def load_violations(directory: Path) -> list[Violation]:
+    try:
+        load_and_parse(directory)
+    except LoadError as e:
+        return e.violations
+    return []
+
+
+# --- validation -------------------------------------------------------------------------------------------------
+
+GOOD = {
+    "file, default format": "backends:\n  - file:\n      path: /var/log/access.log",
+    "file, plain": file_backend("/tmp/a.log", "format:\n  type: Plain\n  plain: '%START_TIME% %KUMA_MESH% %RESPONSE_CODE%'"),
+    "file, json": file_backend("/tmp/a.log", """
+        format:
+          type: Json
+          omitEmptyValues: true
+          json:
+            - key: path
+              value: "%REQ(:PATH)%"
+            - key: source
+              value: "%KUMA_SOURCE_SERVICE%"
+        """),
+    "format without type": file_backend("/tmp/a.log", "format:\n  plain: '%RESPONSE_CODE%'"),
+    "two backends": "backends:\n  - file:\n      path: /tmp/a.log\n  - file:\n      path: /tmp/b.log",
+    "no backends (turns logging off)": "backends: []",
+}
+
+# (case, default, [(path under spec.to[0].default, message fragment, text on the line the violation points at)])
+BAD: list[tuple[str, str, list[tuple[str, str, str]]]] = [
+    ("no backends", "backend: []", [
+        ("", "`backends` is required", "default:"),
+        (".backend", "unknown field", "backend:"),
+    ]),
+    ("not a mapping", "backends:\n  - /tmp/a.log", [(".backends[0]", "must be a mapping", "- /tmp/a.log")]),
+    ("no block", "backends:\n  - {}", [(".backends[0]", "exactly one of `file`, `tcp` or `openTelemetry`", "- {}")]),
+    ("two blocks", "backends:\n  - file:\n      path: /tmp/a.log\n    tcp:\n      address: 127.0.0.1:5000",
+     [(".backends[0]", "exactly one of `file`, `tcp` or `openTelemetry`, got 2", "- file:")]),
+    ("tcp", "backends:\n  - type: Tcp\n    tcp:\n      address: 127.0.0.1:5000",
+     [(".backends[0].tcp", "`tcp` backends are not supported", "tcp:")]),
+    ("open telemetry", "backends:\n  - openTelemetry:\n      endpoint: otel:4317",
+     [(".backends[0].openTelemetry", "`openTelemetry` backends are not supported", "openTelemetry:")]),
+    ("type and block differ", "backends:\n  - type: File\n    tcp:\n      address: 127.0.0.1:5000", [
+        (".backends[0].tcp", "`tcp` is not used by a backend of type File", "tcp:"),
+        (".backends[0]", "`file` is required", "- type: File"),
+    ]),
+    ("unknown type", "backends:\n  - type: Syslog", [(".backends[0].type", "must be one of File, Tcp, OpenTelemetry", "type: Syslog")]),
+    ("relative path", "backends:\n  - file:\n      path: access.log\n      rotate: true", [
+        (".backends[0].file.path", "must be an absolute file path", "path: access.log"),
+        (".backends[0].file.rotate", "unknown field", "rotate: true"),
+    ]),
+    ("format with two blocks", file_backend("/tmp/a.log", "format:\n  plain: x\n  json: []"),
+     [(".backends[0].file.format", "exactly one of `plain` or `json`, got 2", "format:")]),
+    ("plain", file_backend("/tmp/a.log", "format:\n  type: Plain\n  plain: ' '\n  omitEmptyValues: sure"), [
+        (".backends[0].file.format.plain", "must not be empty", "plain:"),
+        (".backends[0].file.format.omitEmptyValues", "must be a boolean", "omitEmptyValues:"),
+    ]),
+    ("json", file_backend("/tmp/a.log", """
+        format:
+          type: Json
+          json:
+            - key: path
+              value: "%REQ(:PATH)%"
+            - key: path
+              value: "%RESPONSE_CODE%"
+            - key: empty
+              value: ""
+            - key: zone
+              value: "%KUMA_REGION%"
+            - value: x
+        """), [
+        (".backends[0].file.format.json[1].key", "key 'path' is listed twice", "- key: path"),
+        (".backends[0].file.format.json[2].value", "must not be empty", 'value: ""'),
+        (".backends[0].file.format.json[3].value", "unknown placeholder %KUMA_REGION%", "value: \"%KUMA_REGION%\""),
+        (".backends[0].file.format.json[4]", "`key` is required", "- value: x"),
+    ]),
+    ("empty json", file_backend("/tmp/a.log", "format:\n  type: Json\n  json: []"),
+     [(".backends[0].file.format.json", "must not be empty", "json: []")]),
+]
+
+
+@pytest.mark.parametrize("case", sorted(GOOD))
+def test_good_specs_pass(tmp_path: Path, case: str) -> None:
+    files = mesh_files(Net.fixed()) | {
+        "to.yaml": policy(GOOD[case]),
+        "from.yaml": policy(GOOD[case], name="inbound", section="from", ref=FROM_MESH),
+    }
+    assert load_violations(write(tmp_path, files)) == []
+
+
+@pytest.mark.parametrize(("case", "default", "expected"), BAD, ids=[c[0] for c in BAD])
+def test_bad_specs_report_every_violation_with_file_line_and_path(
+    tmp_path: Path, case: str, default: str, expected: list[tuple[str, str, str]]
+) -> None:
+    directory = write(tmp_path, mesh_files(Net.fixed()) | {"policy.yaml": policy(default)})
+    lines = (directory / "policy.yaml").read_text().splitlines()
+    found = load_violations(directory)
+    assert len(found) == len(expected), "\n".join(map(str, found))
+    for path, fragment, on_line in expected:
+        want = f"spec.to[0].default{path}"
+        matching = [v for v in found if v.path == want and fragment in v.message]
+        assert matching, f"no violation at {want} saying {fragment!r} in:\n" + "\n".join(map(str, found))
+        violation = matching[0]
+        assert violation.source.file == str(directory / "policy.yaml")
+        assert on_line in lines[violation.source.line - 1], (violation, lines[violation.source.line - 1])
+
+
+def test_from_selects_every_client_and_never_the_egress(tmp_path: Path) -> None:
+    default = GOOD["file, default format"]
+    files = mesh_files(Net.fixed()) | {
+        "by-service.yaml": policy(default, section="from", ref="kind: MeshService\n        name: web"),
+        "on-egress.yaml": policy(default, name="egress-from", section="from", ref=FROM_MESH, top=EGRESS_TOP),
+    }
+    directory = write(tmp_path, files)
+    found = {(Path(v.source.file).name, v.source.line, v.path): v.message for v in load_violations(directory)}
+    assert list(found) == [("by-service.yaml", 9, "spec.from[0].targetRef.kind"), ("on-egress.yaml", 9, "spec.from[0]")]
+    assert "`from` items select every client (kind Mesh), got 'MeshService'" in found[list(found)[0]]
+    assert 'Sidecar (to), Egress (to + proxyType: ["egress"])' in found[list(found)[1]]
+
+
+# --- render -----------------------------------------------------------------------------------------------------
+
+def rendered(logs: str = "/var/log/mesh") -> dict[str, str]:
+    return {"policy.yaml": "---\n".join([
+        # Every destination of the sidecars, with Kuma's default format (HTTP or TCP by the destination).
+        policy(f"backends:\n  - file:\n      path: {logs}/outbound.log", name="all-outbound", ref="kind: Mesh"),
+        # Inbound, as JSON.
+        policy(file_backend(f"{logs}/inbound.log", """
+            format:
+              json:
+                - key: path
+                  value: "%REQ(:PATH)%"
+                - key: status
+                  value: "%RESPONSE_CODE%"
+                - key: into
+                  value: "%KUMA_DESTINATION_SERVICE% (%KUMA_TRAFFIC_DIRECTION%)"
+              omitEmptyValues: true
+            """), name="all-inbound", section="from", ref=FROM_MESH),
+        # On the egress, for one external service.
+        policy(file_backend(f"{logs}/egress.log", "format:\n  plain: '%KUMA_MESH% %KUMA_SOURCE_SERVICE% -> "
+                                                        "%KUMA_DESTINATION_SERVICE% %REQ(:PATH)% %RESPONSE_CODE%'"),
+               name="egress-httpbin", ref=TO_HTTPBIN, top=EGRESS_TOP),  # fmt: skip
+    ])}
+
+
+def render(directory: Path, state: Path = STATE) -> dict[str, ProxyConfig]:
+    return {p.name: p for p in render_all(load_and_parse(directory), state)}
+
+
+def touched(proxy: ProxyConfig, directory: Path) -> dict[str, Any]:
+    """The resources a policy changed, with the origin of every field it set (paths inside the desired dir)."""
+    out: dict[str, Any] = {}
+    for kind, resources in (("cluster", proxy.clusters), ("listener", proxy.listeners)):
+        origins = proxy.origins.get(kind, {})
+        for resource in resources:
+            marked = origins.get(resource["name"])
+            if marked:
+                out[f"{kind}/{resource['name']}"] = {
+                    "resource": resource,
+                    "origins": {_dotted(p): [o.replace(str(directory), "<desired>") for o in who] for p, who in marked.items()},
+                }
+    return out
+
+
+def _dotted(path: Any) -> str:
+    if isinstance(path, str):
+        return path
+    return "".join(f"[{step}]" if isinstance(step, int) else f".{step}" for step in path).lstrip(".")
+
+
+def _loggers(proxy: ProxyConfig, listener_prefix: str) -> list[dict[str, Any]]:
+    listener = next(item for item in proxy.listeners if item["name"].startswith(listener_prefix))
+    loggers: list[dict[str, Any]] = listener["filter_chains"][0]["filters"][0]["typed_config"].get("access_log", [])
+    return [logger["typed_config"] for logger in loggers]
+
+
+def test_golden_render(request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    net = Net.fixed()
+    directory = write(tmp_path / "desired", mesh_files(net) | rendered())
+    proxies = render(directory)
+    text = json.dumps({name: touched(p, directory) for name, p in proxies.items()}, indent=2) + "\n"
+    check_golden(request, "policies/access_log/mesh-and-egress.json", text)
+
+    web = proxies["web"]
+    [http] = _loggers(web, f"outbound:{net.web}:{net.ports['web_backend']}")
+    line = http["log_format"]["text_format_source"]["inline_string"]
+    assert line.startswith('[%START_TIME%] default "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%"')
+    assert line.endswith(f'"web" "backend" "{net.web}" "%UPSTREAM_HOST%"\n')
+    [tcp] = _loggers(web, f"outbound:{net.web}:{net.ports['web_db']}")  # on the tcp_proxy
+    assert f"{net.web}(web)->%UPSTREAM_HOST%(db) took %DURATION%ms" in tcp["log_format"]["text_format_source"]["inline_string"]
+    [inbound] = _loggers(proxies["backend-1"], "inbound:")
+    assert inbound["log_format"] == {
+        "json_format": {"path": "%REQ(:PATH)%", "status": "%RESPONSE_CODE%", "into": "backend (INBOUND)"},
+        "omit_empty_values": True,
+    }
+    # The seed's row: logging on the sidecar (to every destination, the external one included) and on the egress.
+    assert [t["path"] for t in _loggers(web, f"outbound:{net.web}:{net.ports['web_httpbin']}")] == ["/var/log/mesh/outbound.log"]
+    [egress] = _loggers(proxies["egress"], "egress:")
+    assert egress["log_format"]["text_format_source"]["inline_string"] == (
+        "default unknown -> httpbin %REQ(:PATH)% %RESPONSE_CODE%\n"
+    )
+
+
+@pytest.mark.envoy
+def test_every_proxy_passes_envoy_validation(tmp_path: Path) -> None:
+    # Envoy opens every log file when it loads the listener: the directory must exist where the proxy runs.
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    directory = write(tmp_path / "desired", mesh_files(Net.fixed()) | rendered(str(logs)))
+    desired = load_and_parse(directory)
+    state = tmp_path / "state"
+    pki.ensure(desired, state)
+    proxies = render_all(desired, state)
+    for proxy in proxies:
+        for resource in proxy.clusters + proxy.listeners:
+            canonical(resource)  # parses with the xds protos
+    assert validate_configs(proxies, tmp_path / "validate") == {p.name: None for p in proxies}
+
+
+# --- real traffic -----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Running:
+    net: Net
+    logs: Path
+    client: httpx.Client
+
+
+def _traffic_policies(logs: Path) -> str:
+    return "---\n".join([
+        policy(f"backends:\n  - file:\n      path: {logs}/web-to-backend.log", name="to-backend"),
+        policy(f"backends:\n  - file:\n      path: {logs}/web-to-db.log", name="to-db", ref="kind: MeshService\n        name: db"),
+        policy(f"backends:\n  - file:\n      path: {logs}/web-to-httpbin.log", name="to-httpbin", ref=TO_HTTPBIN,
+               top="kind: Mesh\n    proxyType: [Sidecar]"),
+        policy(file_backend(f"{logs}/backend-inbound.log", """
+            format:
+              json:
+                - key: path
+                  value: "%REQ(:PATH)%"
+                - key: status
+                  value: "%RESPONSE_CODE%"
+                - key: direction
+                  value: "%KUMA_TRAFFIC_DIRECTION%"
+                - key: service
+                  value: "%KUMA_DESTINATION_SERVICE%"
+            """), name="inbound", section="from", ref=FROM_MESH, top="kind: MeshService\n    name: backend"),
+        policy(file_backend(f"{logs}/egress.log", "format:\n  plain: 'egress %KUMA_DESTINATION_SERVICE% %REQ(:PATH)% %RESPONSE_CODE%'"),
+               name="egress-httpbin", ref=TO_HTTPBIN, top=EGRESS_TOP),
+    ])  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def running(loopback: Loopback, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    """One sandbox for the module's traffic tests; brought down, and checked for leftovers, however they end."""
+    root = tmp_path_factory.mktemp("access-log")
+    logs = root / "logs"
+    logs.mkdir()
+    net = Net(loopback.ip, loopback.port)
+    directory = write(root / "desired", mesh_files(net) | {"policy.yaml": _traffic_policies(logs)})
+    state = root / "state"
+    state.mkdir()
+    desired = load_and_parse(directory)
+    pki.ensure(desired, state)
+    proxies = render_all(desired, state)
+    try:
+        sandbox.up(desired, proxies, state)
+        with httpx.Client(trust_env=False, timeout=5.0) as client:
+            yield Running(net, logs, client)
+    finally:
+        recorded = [p.pid for p in sandbox.status(state)]
+        try:
+            sandbox.down(state)
+        finally:
+            leaked = [pid for pid in recorded if pid_running(pid)]
+            for pid in leaked:
+                os.kill(pid, signal.SIGKILL)
+            assert not leaked, f"processes left running: {leaked}"
+
+
+def _line_with(log: Path, text: str, timeout: float = 5.0) -> str:
+    """The first line of `log` containing `text`, once Envoy has written it (it flushes every 100 ms here)."""
+    deadline = time.monotonic() + timeout
+    for _ in range(int(timeout / 0.05) + 1):
+        if log.exists():
+            found = [line for line in log.read_text().splitlines() if text in line]
+            if found:
+                return found[0]
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    content = log.read_text() if log.exists() else "(no file)"
+    raise AssertionError(f"no line with {text!r} in {log} within {timeout:g}s:\n{content}")
+
+
+@pytest.mark.envoy
+def test_outbound_request_is_logged_in_kumas_default_format(running: Running) -> None:
+    answer = running.client.get(f"{running.net.url('web_backend')}/status/201", headers={"user-agent": "probe/1"})
+    assert answer.status_code == 201
+    line = _line_with(running.logs / "web-to-backend.log", "/status/201 ")
+    assert ' default "GET /status/201 HTTP/1.1" 201 ' in line
+    assert '"probe/1"' in line and f'"web" "backend" "{running.net.web}"' in line
+    assert f'"{running.net.backend}:{running.net.ports["backend_in"]}"' in line  # %UPSTREAM_HOST%: backend's inbound
+
+
+@pytest.mark.envoy
+def test_inbound_request_is_logged_as_json(running: Running) -> None:
+    answer = running.client.get(f"{running.net.url('web_backend')}/status/418")
+    assert answer.status_code == 418
+    record = json.loads(_line_with(running.logs / "backend-inbound.log", '"/status/418"'))
+    assert record == {"path": "/status/418", "status": 418, "direction": "INBOUND", "service": "backend"}
+
+
+@pytest.mark.envoy
+def test_external_request_is_logged_on_the_sidecar_and_on_the_egress(running: Running) -> None:
+    answer = running.client.get(f"{running.net.url('web_httpbin')}/status/202")
+    assert (answer.status_code, answer.json()["service"]) == (202, "httpbin")
+    assert '"GET /status/202 HTTP/1.1" 202 ' in _line_with(running.logs / "web-to-httpbin.log", "/status/202")
+    assert _line_with(running.logs / "egress.log", "/status/202") == "egress httpbin /status/202 202"
+
+
+@pytest.mark.envoy
+def test_tcp_connection_is_logged_when_it_closes(running: Running) -> None:
+    # tcp_proxy logs a connection when it ends: ask the app to close it.
+    with httpx.Client(trust_env=False, timeout=5.0) as once:
+        answer = once.get(f"{running.net.url('web_db')}/tcp-probe", headers={"connection": "close"})
+    assert (answer.status_code, answer.json()["service"]) == (200, "db")
+    line = _line_with(running.logs / "web-to-db.log", "(db) took")
+    assert f" default {running.net.web}(web)->{running.net.db}:{running.net.ports['db_in']}(db) took " in line
+    sent = int(line.split("sent ")[1].split(" bytes")[0])
+    received = int(line.split("received: ")[1].split(" bytes")[0])
+    assert sent >= len(answer.content) and received > len("GET /tcp-probe HTTP/1.1\r\n")

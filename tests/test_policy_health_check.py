@@ -1,0 +1,493 @@
+"""MeshHealthCheck: its validation table, its render (golden), Envoy's acceptance, and real health checks taking a
+dead instance out of the load balancer, on a sidecar and on the egress."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from conftest import Loopback, pid_running
+
+from meshplan import pki, sandbox
+from meshplan.canonical import canonical
+from meshplan.envoy import validate_configs
+from meshplan.errors import LoadError, Violation
+from meshplan.model import ProxyConfig
+from meshplan.render import render_all
+from meshplan.validate import load_and_parse
+from tests.golden import check_golden
+
+KIND = "MeshHealthCheck"
+STATE = Path("/STATE")  # render is pure: the state directory only appears in file paths
+
+
+# --- a small mesh: web -> backend (2 instances) and web -> httpbin (an external service with 2 endpoints) ---------
+
+
+class Net:
+    """Addresses and ports for a mesh: fixed ones for goldens, or the `loopback` fixture's for real Envoys."""
+
+    def __init__(self, ip: Callable[[], str], port: Callable[[str], int]) -> None:
+        self.web, self.backend1, self.backend2, self.egress, self.ext = (ip() for _ in range(5))
+        self.ports = {name: port(addr) for name, addr in (
+            ("web_admin", self.web), ("web_in", self.web), ("web_app", self.web), ("web_backend", self.web),
+            ("web_httpbin", self.web), ("b1_admin", self.backend1), ("b1_in", self.backend1),
+            ("b1_app", self.backend1), ("b2_admin", self.backend2), ("b2_in", self.backend2),
+            ("b2_app", self.backend2), ("eg_admin", self.egress), ("eg_port", self.egress), ("ext1", self.ext),
+            ("ext2", self.ext),
+        )}  # fmt: skip
+
+    @classmethod
+    def fixed(cls) -> Net:
+        hosts = itertools.count(1)
+        ports = itertools.count(10001)
+        return cls(lambda: f"127.0.1.{next(hosts)}", lambda _: next(ports))
+
+    @classmethod
+    def loopback(cls, loopback: Loopback) -> Net:
+        return cls(loopback.ip, loopback.port)
+
+    def url(self, outbound: str) -> str:
+        return f"http://{self.web}:{self.ports[outbound]}"
+
+
+def mesh_files(net: Net) -> dict[str, str]:
+    p = net.ports
+
+    def sidecar(name: str, addr: str, admin: int, inbound: int, app: int, service: str) -> str:
+        return f"""
+            type: Dataplane
+            mesh: default
+            name: {name}
+            networking:
+              address: {addr}
+              admin:
+                port: {admin}
+              inbound:
+                - port: {inbound}
+                  serviceAddress: {addr}
+                  servicePort: {app}
+                  tags:
+                    kuma.io/service: {service}
+                    kuma.io/protocol: http
+            """
+
+    web = sidecar("web", net.web, p["web_admin"], p["web_in"], p["web_app"], "web") + f"""
+              outbound:
+                - address: {net.web}
+                  port: {p["web_backend"]}
+                  tags:
+                    kuma.io/service: backend
+                - address: {net.web}
+                  port: {p["web_httpbin"]}
+                  backendRef:
+                    kind: MeshExternalService
+                    name: httpbin
+            """
+    return {
+        "mesh.yaml": """
+            type: Mesh
+            name: default
+            mtls:
+              enabledBackend: ca-1
+              backends:
+                - name: ca-1
+                  type: builtin
+            """,
+        "dataplanes.yaml": "---\n".join(textwrap.dedent(doc).lstrip() for doc in [
+            web,
+            sidecar("backend-1", net.backend1, p["b1_admin"], p["b1_in"], p["b1_app"], "backend"),
+            sidecar("backend-2", net.backend2, p["b2_admin"], p["b2_in"], p["b2_app"], "backend"),
+        ]),  # fmt: skip
+        "egress.yaml": f"""
+            type: ZoneEgress
+            name: egress
+            networking:
+              address: {net.egress}
+              port: {p["eg_port"]}
+              admin:
+                port: {p["eg_admin"]}
+            """,
+        "external.yaml": f"""
+            type: MeshExternalService
+            mesh: default
+            name: httpbin
+            spec:
+              match:
+                type: HostnameGenerator
+                port: 80
+                protocol: http
+              endpoints:
+                - address: {net.ext}
+                  port: {p["ext1"]}
+                - address: {net.ext}
+                  port: {p["ext2"]}
+            """,
+    }
+
+
+def write(directory: Path, files: dict[str, str]) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (directory / name).write_text(textwrap.dedent(text).lstrip())
+    return directory
+
+
+def policy(default: str, *, name: str = "hc", to: str = "kind: MeshService\n        name: backend",
+           top: str = "kind: Mesh") -> str:  # fmt: skip
+    """A MeshHealthCheck with one `to` item whose `default` is `default` (YAML, indented by the caller's dedent)."""
+    body = textwrap.indent(textwrap.dedent(default).strip(), " " * 8)
+    return (
+        f"type: {KIND}\nmesh: default\nname: {name}\nspec:\n  targetRef:\n    {top}\n  to:\n"
+        f"    - targetRef:\n        {to}\n      default:\n{body}\n"
+    )
+
+
+def load_violations(directory: Path) -> list[Violation]:
+    try:
+        load_and_parse(directory)
+    except LoadError as e:
+        return e.violations
+    return []
+
+
+# --- validation -------------------------------------------------------------------------------------------------
+
+GOOD = {
+    "http-only": "http: {}",
+    "tcp-only": "tcp: {}",
+    "grpc-only": "grpc:\n  serviceName: health\n  authority: backend.local",
+    "everything": """
+        interval: 10s
+        timeout: 2s
+        unhealthyThreshold: 3
+        healthyThreshold: 2
+        initialJitter: 100ms
+        intervalJitter: 1s
+        intervalJitterPercent: 10
+        healthyPanicThreshold: "62.5"
+        failTrafficOnPanic: true
+        eventLogPath: /tmp/hc-events.log
+        alwaysLogHealthCheckFailures: true
+        noTrafficInterval: 30s
+        reuseConnection: false
+        http:
+          disabled: false
+          path: /health
+          expectedStatuses: [200, 204]
+          requestHeadersToAdd:
+            add:
+              - name: x-probe
+                value: meshplan
+            set:
+              - name: x-kind
+                value: active
+        tcp:
+          disabled: true
+          send: aGVsbG8=
+          receive: [d29ybGQ=]
+        grpc:
+          disabled: true
+        """,
+    "panic-as-integer": "healthyPanicThreshold: 0\nhttp: {}",
+}
+
+# (case, default, [(path under spec.to[0].default, message fragment, text on the line the violation points at)])
+BAD: list[tuple[str, str, list[tuple[str, str, str]]]] = [
+    ("no checker", "interval: 1s", [("", "at least one of `http`, `tcp` or `grpc`", "default:")]),
+    ("unknown field", "http: {}\nintervall: 1s", [(".intervall", "unknown field", "intervall:")]),
+    ("bad durations", "interval: soon\ntimeout: 0s\nnoTrafficInterval: 5\nhttp: {}", [
+        (".interval", "must be a duration like 500ms", "interval: soon"),
+        (".timeout", "must be greater than 0", "timeout: 0s"),
+        (".noTrafficInterval", "must be a duration", "noTrafficInterval: 5"),
+    ]),
+    ("thresholds", "unhealthyThreshold: 0\nhealthyThreshold: two\nhttp: {}", [
+        (".unhealthyThreshold", "must be between 1 and 4294967295, got 0", "unhealthyThreshold: 0"),
+        (".healthyThreshold", "must be an integer", "healthyThreshold: two"),
+    ]),
+    ("jitter percent", "intervalJitterPercent: 101\nhttp: {}",
+     [(".intervalJitterPercent", "must be between 0 and 100", "intervalJitterPercent:")]),
+    ("panic threshold", "healthyPanicThreshold: \"101\"\nhttp: {}",
+     [(".healthyPanicThreshold", "must be a percentage between 0 and 100", "healthyPanicThreshold:")]),
+    ("booleans", "failTrafficOnPanic: yes please\nreuseConnection: 1\nhttp: {}", [
+        (".failTrafficOnPanic", "must be a boolean", "failTrafficOnPanic:"),
+        (".reuseConnection", "must be a boolean", "reuseConnection:"),
+    ]),
+    ("relative event log", "eventLogPath: logs/hc.log\nhttp: {}",
+     [(".eventLogPath", "must be an absolute file path", "eventLogPath:")]),
+    ("http", """
+        http:
+          path: health
+          expectedStatuses: [200, 99, "ok"]
+          requestHeadersToAdd:
+            add:
+              - name: ":path"
+                value: /x
+              - value: no-name
+            replace: []
+        """, [
+        (".http.path", "must be an HTTP path starting with `/`", "path: health"),
+        (".http.expectedStatuses[1]", "between 100 and 599, got 99", "expectedStatuses:"),
+        (".http.expectedStatuses[2]", "between 100 and 599, got 'ok'", "expectedStatuses:"),
+        (".http.requestHeadersToAdd.add[0].name", "must be an HTTP header name", 'name: ":path"'),
+        (".http.requestHeadersToAdd.add[1]", "`name` is required", "value: no-name"),
+        (".http.requestHeadersToAdd.replace", "unknown field", "replace:"),
+    ]),
+    ("tcp payloads", "tcp:\n  send: not base64!\n  receive: [\"\", 7]", [
+        (".tcp.send", "must be base64-encoded bytes", "send:"),
+        (".tcp.receive[0]", "must not be empty", "receive:"),
+        (".tcp.receive[1]", "must be a base64 string", "receive:"),
+    ]),
+    ("grpc", "grpc:\n  serviceName: 5\n  authority: ''\n  disabled: no way", [
+        (".grpc.serviceName", "must be a string", "serviceName:"),
+        (".grpc.authority", "must not be empty", "authority:"),
+        (".grpc.disabled", "must be a boolean", "disabled:"),
+    ]),
+]
+
+
+@pytest.mark.parametrize("case", sorted(GOOD))
+def test_good_specs_pass(tmp_path: Path, case: str) -> None:
+    files = mesh_files(Net.fixed()) | {"policy.yaml": policy(GOOD[case])}
+    assert load_violations(write(tmp_path, files)) == []
+
+
+@pytest.mark.parametrize(("case", "default", "expected"), BAD, ids=[c[0] for c in BAD])
+def test_bad_specs_report_every_violation_with_file_line_and_path(
+    tmp_path: Path, case: str, default: str, expected: list[tuple[str, str, str]]
+) -> None:
+    text = policy(default)
+    directory = write(tmp_path, mesh_files(Net.fixed()) | {"policy.yaml": text})
+    lines = (directory / "policy.yaml").read_text().splitlines()
+    found = load_violations(directory)
+    assert len(found) == len(expected), "\n".join(map(str, found))
+    for path, fragment, on_line in expected:
+        want = f"spec.to[0].default{path}"
+        matching = [v for v in found if v.path == want and fragment in v.message]
+        assert matching, f"no violation at {want} saying {fragment!r} in:\n" + "\n".join(map(str, found))
+        violation = matching[0]
+        assert violation.source.file == str(directory / "policy.yaml")
+        assert on_line in lines[violation.source.line - 1], (violation, lines[violation.source.line - 1])
+
+
+def test_placement_external_service_needs_the_egress(tmp_path: Path) -> None:
+    # The seed: MeshHealthCheck for a MeshExternalService lives on the egress only.
+    on_sidecar = policy("http: {}", to="kind: MeshExternalService\n        name: httpbin", top="kind: Mesh\n    proxyType: [Sidecar]")
+    directory = write(tmp_path, mesh_files(Net.fixed()) | {"policy.yaml": on_sidecar})
+    [violation] = load_violations(directory)
+    assert violation.path == "spec.to[0].targetRef"
+    assert 'Egress (to + proxyType: ["egress"])' in violation.message
+
+
+# --- render -----------------------------------------------------------------------------------------------------
+
+RENDERED = {
+    "policy.yaml": policy("""
+        interval: 10s
+        unhealthyThreshold: 3
+        intervalJitterPercent: 10
+        healthyPanicThreshold: 0
+        failTrafficOnPanic: true
+        eventLogPath: /tmp/hc-events.log
+        http:
+          path: /health
+          expectedStatuses: [200, 204]
+          requestHeadersToAdd:
+            add:
+              - name: x-probe
+                value: meshplan
+        tcp:
+          send: aGVsbG8=
+          receive: [d29ybGQ=]
+        """) + "---\n" + policy("""
+        timeout: 1s
+        http:
+          path: /ready
+        """, name="web-override", top="kind: MeshService\n    name: web") + "---\n" + policy("""
+        interval: 5s
+        http:
+          disabled: true
+        tcp:
+          send: cGluZw==
+        """, name="hc-egress", to="kind: MeshExternalService\n        name: httpbin",
+        top="kind: Mesh\n    proxyType: [Egress]"),  # fmt: skip
+}
+
+
+def render(directory: Path, state: Path = STATE) -> dict[str, ProxyConfig]:
+    return {p.name: p for p in render_all(load_and_parse(directory), state)}
+
+
+def touched(proxy: ProxyConfig, directory: Path) -> dict[str, Any]:
+    """The resources a policy changed, with the origin of every field it set (paths inside the desired dir)."""
+    out: dict[str, Any] = {}
+    for kind, resources in (("cluster", proxy.clusters), ("listener", proxy.listeners)):
+        origins = proxy.origins.get(kind, {})
+        for resource in resources:
+            marked = origins.get(resource["name"])
+            if marked:
+                out[f"{kind}/{resource['name']}"] = {
+                    "resource": resource,
+                    "origins": {_dotted(p): [o.replace(str(directory), "<desired>") for o in who] for p, who in marked.items()},
+                }
+    return out
+
+
+def _dotted(path: Any) -> str:
+    if isinstance(path, str):
+        return path
+    return "".join(f"[{step}]" if isinstance(step, int) else f".{step}" for step in path).lstrip(".")
+
+
+def test_golden_render(request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    directory = write(tmp_path / "desired", mesh_files(Net.fixed()) | RENDERED)
+    proxies = render(directory)
+    text = json.dumps({name: touched(p, directory) for name, p in proxies.items()}, indent=2) + "\n"
+    check_golden(request, "policies/health_check/mesh-and-egress.json", text)
+    # Merged: web's own policy (more specific) sets timeout and path over the mesh-wide one's other fields.
+    backend = next(c for c in proxies["web"].clusters if c["name"] == "backend")
+    [check] = backend["health_checks"]
+    assert (check["timeout"], check["interval"], check["unhealthy_threshold"]) == ("1s", "10s", 3)
+    assert check["http_health_check"]["path"] == "/ready"
+    assert check["http_health_check"]["expected_statuses"] == [{"start": 200, "end": 201}, {"start": 204, "end": 205}]
+    assert backend["common_lb_config"] == {"healthy_panic_threshold": {"value": 0.0},
+                                           "zone_aware_lb_config": {"fail_traffic_on_panic": True}}  # fmt: skip
+    # The seed's row: the external service is health-checked on the egress, never by the sidecar.
+    web_httpbin = next(c for c in proxies["web"].clusters if c["name"] == "mes:default:httpbin")
+    assert "health_checks" not in web_httpbin
+    egress_httpbin = next(c for c in proxies["egress"].clusters if c["name"] == "mes:default:httpbin")
+    [egress_check] = egress_httpbin["health_checks"]
+    # http disabled on an HTTP service: Kuma falls back to the tcp checker; `ping` as hex.
+    assert egress_check["tcp_health_check"] == {"send": {"text": "70696E67"}}
+    assert egress_check["interval"] == "5s" and egress_check["timeout"] == "15s"  # Kuma's default timeout
+    for name in ("backend-1", "backend-2"):
+        assert touched(proxies[name], directory) == {}  # nothing sends to a backend from there
+
+
+def test_checker_follows_the_destination_protocol(tmp_path: Path) -> None:
+    # Kuma: only `tcp` for an HTTP destination sets no health check at all (the panic settings still apply).
+    files = mesh_files(Net.fixed()) | {"policy.yaml": policy("healthyPanicThreshold: 10\ntcp: {}")}
+    backend = next(c for c in render(write(tmp_path, files))["web"].clusters if c["name"] == "backend")
+    assert "health_checks" not in backend
+    assert backend["common_lb_config"] == {"healthy_panic_threshold": {"value": 10.0}}
+
+
+def test_a_mesh_wide_check_leaves_the_sidecars_cluster_to_the_egress_alone(tmp_path: Path) -> None:
+    # The seed: "we don't want to be health checking Egress but the underlying MeshExternalServices".
+    files = mesh_files(Net.fixed()) | {"policy.yaml": policy("http: {}", to="kind: Mesh")}
+    clusters = {c["name"]: c for c in render(write(tmp_path, files))["web"].clusters}
+    assert "health_checks" in clusters["backend"]
+    assert "health_checks" not in clusters["mes:default:httpbin"]
+
+
+@pytest.mark.envoy
+def test_every_proxy_passes_envoy_validation(tmp_path: Path) -> None:
+    directory = write(tmp_path / "desired", mesh_files(Net.fixed()) | RENDERED)
+    desired = load_and_parse(directory)
+    state = tmp_path / "state"
+    pki.ensure(desired, state)
+    proxies = render_all(desired, state)
+    for proxy in proxies:
+        for resource in proxy.clusters + proxy.listeners:
+            canonical(resource)  # parses with the xds protos
+    assert validate_configs(proxies, tmp_path / "validate") == {p.name: None for p in proxies}
+
+
+# --- real traffic -----------------------------------------------------------------------------------------------
+
+TRAFFIC_POLICIES = policy("""
+    interval: 300ms
+    noTrafficInterval: 300ms
+    timeout: 250ms
+    unhealthyThreshold: 1
+    healthyThreshold: 1
+    healthyPanicThreshold: 0
+    http:
+      path: /health
+    """) + "---\n" + policy("""
+    interval: 300ms
+    noTrafficInterval: 300ms
+    timeout: 250ms
+    unhealthyThreshold: 1
+    healthyPanicThreshold: 0
+    http:
+      path: /health
+    """, name="hc-egress", to="kind: MeshExternalService\n        name: httpbin", top="kind: Mesh\n    proxyType: [Egress]")
+
+
+def _stat(client: httpx.Client, admin: str, name: str) -> int:
+    answer = client.get(f"{admin}/stats", params={"format": "json", "filter": f"^{name}$"})
+    answer.raise_for_status()
+    values = [s["value"] for s in answer.json()["stats"] if s.get("name") == name]
+    assert values, f"no stat {name} at {admin}"
+    return int(values[0])
+
+
+def _wait_for(what: str, ready: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    for _ in range(int(timeout / 0.1) + 1):
+        if ready():
+            return
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    raise AssertionError(f"{what}: not within {timeout:g}s")
+
+
+def _kill(state: Path, role: str, name: str) -> None:
+    [process] = [p for p in sandbox.status(state) if p.role == role and p.name == name]
+    os.kill(process.pid, signal.SIGTERM)
+    _wait_for(f"{role} {name} (pid {process.pid}) to exit", lambda: not pid_running(process.pid), timeout=5.0)
+
+
+def _instances(client: httpx.Client, url: str, count: int) -> list[tuple[int, str]]:
+    answers = [client.get(f"{url}/hello") for _ in range(count)]
+    return [(a.status_code, a.json()["instance"] if a.status_code == 200 else a.text) for a in answers]
+
+
+@pytest.mark.envoy
+def test_a_dead_instance_is_marked_unhealthy_and_traffic_avoids_it(
+    tmp_path: Path, loopback: Loopback, sandbox_state: Path
+) -> None:
+    net = Net.loopback(loopback)
+    directory = write(tmp_path / "desired", mesh_files(net) | {"policy.yaml": TRAFFIC_POLICIES})
+    desired = load_and_parse(directory)
+    pki.ensure(desired, sandbox_state)
+    proxies = {p.name: p for p in render_all(desired, sandbox_state)}
+    sandbox.up(desired, list(proxies.values()), sandbox_state)
+    web_admin, egress_admin = proxies["web"].admin_url, proxies["egress"].admin_url
+    ext1, ext2 = (f"{net.ext}:{net.ports[k]}" for k in ("ext1", "ext2"))
+
+    with httpx.Client(trust_env=False, timeout=5.0) as client:
+        # Healthy: round robin over both instances, and over both endpoints behind the egress.
+        assert sorted(set(_instances(client, net.url("web_backend"), 10))) == [(200, "backend-1"), (200, "backend-2")]
+        assert sorted(set(_instances(client, net.url("web_httpbin"), 10))) == sorted([(200, ext1), (200, ext2)])
+        assert _stat(client, web_admin, "cluster.backend.membership_healthy") == 2
+        assert _stat(client, web_admin, "cluster.backend.health_check.success") > 0
+
+        # backend-1's app and one external endpoint die; their checks fail on the next round.
+        began = time.monotonic()
+        _kill(sandbox_state, "app", "backend/backend-1")
+        _kill(sandbox_state, "external", f"httpbin/{ext1}")
+        _wait_for("web to see backend-1 unhealthy",
+                  lambda: _stat(client, web_admin, "cluster.backend.membership_healthy") == 1)  # fmt: skip
+        # Envoy writes the `:` of a cluster name as `_` in stat names.
+        _wait_for("the egress to see one httpbin endpoint unhealthy",
+                  lambda: _stat(client, egress_admin, "cluster.mes_default_httpbin.membership_healthy") == 1)  # fmt: skip
+        detected = time.monotonic() - began
+
+        # Every request now reaches the live instance: none is sent to the dead one (no 503).
+        assert set(_instances(client, net.url("web_backend"), 20)) == {(200, "backend-2")}
+        assert set(_instances(client, net.url("web_httpbin"), 20)) == {(200, ext2)}
+        assert _stat(client, web_admin, "cluster.backend.health_check.failure") >= 1
+        assert _stat(client, egress_admin, "cluster.mes_default_httpbin.health_check.failure") >= 1
+        assert detected < 5.0  # the apps take up to 1 s to exit on SIGTERM; the checks run every 300 ms

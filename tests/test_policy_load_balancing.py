@@ -1,0 +1,458 @@
+"""MeshLoadBalancingStrategy: its validation table, its render (golden), Envoy's acceptance, and real requests
+hashed onto one instance by a header, on a sidecar and on the egress."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import textwrap
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from conftest import Loopback, pid_running
+
+from meshplan import pki, sandbox
+from meshplan.canonical import canonical
+from meshplan.envoy import validate_configs
+from meshplan.errors import LoadError, Violation
+from meshplan.model import ProxyConfig
+from meshplan.render import render_all
+from meshplan.validate import load_and_parse
+from tests.golden import check_golden
+
+KIND = "MeshLoadBalancingStrategy"
+STATE = Path("/STATE")  # render is pure: the state directory only appears in file paths
+INSTANCES = 3
+
+
+# --- a small mesh: web -> backend (3 instances) and web -> httpbin (an external service with 3 endpoints) ---------
+
+
+class Net:
+    """Addresses and ports for a mesh: fixed ones for goldens, or the `loopback` fixture's for real Envoys."""
+
+    def __init__(self, ip: Callable[[], str], port: Callable[[str], int]) -> None:
+        self.web, self.egress, self.ext = ip(), ip(), ip()
+        self.backends = [ip() for _ in range(INSTANCES)]
+        self.ports = {name: port(self.web) for name in ("web_admin", "web_in", "web_app", "web_backend", "web_httpbin")}
+        for i, addr in enumerate(self.backends):
+            self.ports |= {f"b{i}_{what}": port(addr) for what in ("admin", "in", "app")}
+        self.ports |= {"eg_admin": port(self.egress), "eg_port": port(self.egress)}
+        self.ports |= {f"ext{i}": port(self.ext) for i in range(INSTANCES)}
+
+    @classmethod
+    def fixed(cls) -> Net:
+        hosts = itertools.count(1)
+        ports = itertools.count(10001)
+        return cls(lambda: f"127.0.1.{next(hosts)}", lambda _: next(ports))
+
+    def url(self, outbound: str) -> str:
+        return f"http://{self.web}:{self.ports[outbound]}"
+
+
+def _sidecar(name: str, addr: str, admin: int, inbound: int, app: int, service: str) -> str:
+    return textwrap.dedent(f"""
+        type: Dataplane
+        mesh: default
+        name: {name}
+        networking:
+          address: {addr}
+          admin:
+            port: {admin}
+          inbound:
+            - port: {inbound}
+              serviceAddress: {addr}
+              servicePort: {app}
+              tags:
+                kuma.io/service: {service}
+                kuma.io/protocol: http
+        """).lstrip()
+
+
+def mesh_files(net: Net) -> dict[str, str]:
+    p = net.ports
+    web = _sidecar("web", net.web, p["web_admin"], p["web_in"], p["web_app"], "web") + textwrap.indent(textwrap.dedent(f"""
+          outbound:
+            - address: {net.web}
+              port: {p["web_backend"]}
+              tags:
+                kuma.io/service: backend
+            - address: {net.web}
+              port: {p["web_httpbin"]}
+              backendRef:
+                kind: MeshExternalService
+                name: httpbin
+        """).lstrip("\n"), "  ")
+    backends = [_sidecar(f"backend-{i + 1}", addr, p[f"b{i}_admin"], p[f"b{i}_in"], p[f"b{i}_app"], "backend")
+                for i, addr in enumerate(net.backends)]  # fmt: skip
+    endpoints = "".join(f"    - address: {net.ext}\n      port: {p[f'ext{i}']}\n" for i in range(INSTANCES))
+    return {
+        "mesh.yaml": "type: Mesh\nname: default\nmtls:\n  enabledBackend: ca-1\n  backends:\n    - name: ca-1\n      type: builtin\n",
+        "dataplanes.yaml": "---\n".join([web, *backends]),
+        "egress.yaml": f"type: ZoneEgress\nname: egress\nnetworking:\n  address: {net.egress}\n  port: {p['eg_port']}\n"
+                       f"  admin:\n    port: {p['eg_admin']}\n",  # fmt: skip
+        "external.yaml": "type: MeshExternalService\nmesh: default\nname: httpbin\nspec:\n  match:\n"
+                         "    type: HostnameGenerator\n    port: 80\n    protocol: http\n  endpoints:\n" + endpoints,
+    }
+
+
+def write(directory: Path, files: dict[str, str]) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (directory / name).write_text(text)
+    return directory
+
+
+def policy(default: str, *, name: str = "lb", to: str = "kind: MeshService\n        name: backend",
+           top: str = "kind: Mesh") -> str:  # fmt: skip
+    body = textwrap.indent(textwrap.dedent(default).strip(), " " * 8)
+    return (
+        f"type: {KIND}\nmesh: default\nname: {name}\nspec:\n  targetRef:\n    {top}\n  to:\n"
+        f"    - targetRef:\n        {to}\n      default:\n{body}\n"
+    )
+
+
+EGRESS_TOP = "kind: Mesh\n    proxyType: [Egress]"
+TO_HTTPBIN = "kind: MeshExternalService\n        name: httpbin"
+
+
+def load_violations(directory: Path) -> list[Violation]:
+    try:
+        load_and_parse(directory)
+    except LoadError as e:
+        return e.violations
+    return []
+
+
+# --- validation -------------------------------------------------------------------------------------------------
+
+GOOD = {
+    "round-robin": "loadBalancer:\n  type: RoundRobin",
+    "random": "loadBalancer:\n  type: Random\n  random: {}",
+    "least-request": "loadBalancer:\n  type: LeastRequest\n  leastRequest:\n    choiceCount: 5\n    activeRequestBias: \"0.5\"",
+    "ring-hash": """
+        loadBalancer:
+          type: RingHash
+          ringHash:
+            hashFunction: XXHash
+            minRingSize: 64
+            maxRingSize: 64
+            hashPolicies:
+              - type: Header
+                header:
+                  name: x-user
+                terminal: true
+              - type: Cookie
+                cookie:
+                  name: session
+                  ttl: 1h
+                  path: /
+              - type: Connection
+                connection:
+                  sourceIP: true
+              - type: SourceIP
+              - type: QueryParameter
+                queryParameter:
+                  name: user
+              - type: FilterState
+                filterState:
+                  key: io.example.key
+        """,
+    "maglev": "loadBalancer:\n  type: Maglev\n  maglev:\n    tableSize: 65537\n    hashPolicies:\n      - type: SourceIP",
+    "top-level-hash-policies": "hashPolicies:\n  - type: Header\n    header:\n      name: x-user\nloadBalancer:\n  type: RingHash",
+    "locality-disabled": "localityAwareness:\n  disabled: true",
+}
+
+# (case, default, [(path under spec.to[0].default, message fragment, text on the line the violation points at)])
+BAD: list[tuple[str, str, list[tuple[str, str, str]]]] = [
+    ("unknown field", "loadbalancer:\n  type: Random", [(".loadbalancer", "unknown field", "loadbalancer:")]),
+    ("type", "loadBalancer:\n  ringHash: {}", [(".loadBalancer", "`type` is required", "loadBalancer:")]),
+    ("unknown type", "loadBalancer:\n  type: Sticky", [(".loadBalancer.type", "must be one of RoundRobin", "type: Sticky")]),
+    ("block of another type", "loadBalancer:\n  type: RoundRobin\n  ringHash:\n    minRingSize: 8",
+     [(".loadBalancer.ringHash", "configures type RingHash, but type is RoundRobin", "ringHash:")]),
+    ("least request", "loadBalancer:\n  type: LeastRequest\n  leastRequest:\n    choiceCount: 1\n    activeRequestBias: -1", [
+        (".loadBalancer.leastRequest.choiceCount", "must be between 2 and", "choiceCount: 1"),
+        (".loadBalancer.leastRequest.activeRequestBias", "must be a number at least 0", "activeRequestBias: -1"),
+    ]),
+    ("ring hash", """
+        loadBalancer:
+          type: RingHash
+          ringHash:
+            hashFunction: SHA1
+            minRingSize: 2048
+            maxRingSize: 1024
+        """, [
+        (".loadBalancer.ringHash.hashFunction", "must be one of XXHash, MurmurHash2", "hashFunction: SHA1"),
+        (".loadBalancer.ringHash.minRingSize", "must not be greater than maxRingSize (2048 > 1024)", "minRingSize:"),
+    ]),
+    ("ring sizes", "loadBalancer:\n  type: RingHash\n  ringHash:\n    minRingSize: 0\n    maxRingSize: 9000000", [
+        (".loadBalancer.ringHash.minRingSize", "must be between 1 and 8000000, got 0", "minRingSize: 0"),
+        (".loadBalancer.ringHash.maxRingSize", "must be between 1 and 8000000, got 9000000", "maxRingSize:"),
+    ]),
+    ("maglev table", "loadBalancer:\n  type: Maglev\n  maglev:\n    tableSize: 65536",
+     [(".loadBalancer.maglev.tableSize", "must be a prime number", "tableSize: 65536")]),
+    ("hash policies", """
+        hashPolicies:
+          - header:
+              name: x-user
+          - type: Header
+          - type: Cookie
+            cookie:
+              name: session
+              ttl: forever
+              path: session
+          - type: QueryParameter
+            queryParameter:
+              name: ""
+          - type: Header
+            cookie:
+              name: session
+            header:
+              name: x-user
+          - type: Random
+          - type: Connection
+        """, [
+        (".hashPolicies[0]", "`type` is required", "- header:"),
+        (".hashPolicies[1]", "`header` is required", "- type: Header"),
+        (".hashPolicies[2].cookie.ttl", "must be a duration", "ttl: forever"),
+        (".hashPolicies[2].cookie.path", "must be an absolute path", "path: session"),
+        (".hashPolicies[3].queryParameter.name", "must not be empty", "name: \"\""),
+        (".hashPolicies[4].cookie", "is not used by a hash policy of type Header", "cookie:"),
+        (".hashPolicies[5].type", "must be one of Header, Cookie", "type: Random"),
+        (".hashPolicies[6]", "`connection` is required", "- type: Connection"),
+    ]),
+    ("hash policies twice", """
+        hashPolicies:
+          - type: SourceIP
+        loadBalancer:
+          type: RingHash
+          ringHash:
+            hashPolicies:
+              - type: SourceIP
+        """, [(".loadBalancer.ringHash.hashPolicies", "already specified in the root level", "hashPolicies:")]),
+    ("locality", "localityAwareness:\n  disabled: maybe\n  localZone:\n    affinityTags:\n      - key: k8s.io/node", [
+        (".localityAwareness.disabled", "must be a boolean", "disabled: maybe"),
+        (".localityAwareness.localZone", "`localZone` is not supported", "localZone:"),
+    ]),
+]
+
+
+@pytest.mark.parametrize("case", sorted(GOOD))
+def test_good_specs_pass(tmp_path: Path, case: str) -> None:
+    files = mesh_files(Net.fixed()) | {"policy.yaml": policy(GOOD[case])}
+    assert load_violations(write(tmp_path, files)) == []
+
+
+@pytest.mark.parametrize(("case", "default", "expected"), BAD, ids=[c[0] for c in BAD])
+def test_bad_specs_report_every_violation_with_file_line_and_path(
+    tmp_path: Path, case: str, default: str, expected: list[tuple[str, str, str]]
+) -> None:
+    directory = write(tmp_path, mesh_files(Net.fixed()) | {"policy.yaml": policy(default)})
+    lines = (directory / "policy.yaml").read_text().splitlines()
+    found = load_violations(directory)
+    assert len(found) == len(expected), "\n".join(map(str, found))
+    for path, fragment, on_line in expected:
+        want = f"spec.to[0].default{path}"
+        matching = [v for v in found if v.path == want and fragment in v.message]
+        assert matching, f"no violation at {want} saying {fragment!r} in:\n" + "\n".join(map(str, found))
+        violation = matching[0]
+        assert violation.source.file == str(directory / "policy.yaml")
+        assert on_line in lines[violation.source.line - 1], (violation, lines[violation.source.line - 1])
+
+
+def test_placement_external_service_needs_the_egress(tmp_path: Path) -> None:
+    on_sidecar = policy("loadBalancer:\n  type: Random", to=TO_HTTPBIN, top="kind: Mesh\n    proxyType: [Sidecar]")
+    [violation] = load_violations(write(tmp_path, mesh_files(Net.fixed()) | {"policy.yaml": on_sidecar}))
+    assert violation.path == "spec.to[0].targetRef"
+    assert 'MeshLoadBalancingStrategy for a MeshExternalService is implemented on: Egress (to + proxyType: ["egress"])' in violation.message
+
+
+# --- render -----------------------------------------------------------------------------------------------------
+
+RENDERED = {
+    "policy.yaml": "---\n".join([
+        policy("""
+            loadBalancer:
+              type: LeastRequest
+              leastRequest:
+                choiceCount: 3
+                activeRequestBias: "1.5"
+            """, name="mesh-wide", to="kind: Mesh"),
+        policy(GOOD["ring-hash"], name="backend-ring"),
+        policy("""
+            hashPolicies:
+              - type: Header
+                header:
+                  name: x-user
+            loadBalancer:
+              type: Maglev
+              maglev:
+                tableSize: 1031
+            """, name="httpbin-maglev", to=TO_HTTPBIN, top=EGRESS_TOP),
+    ]),  # fmt: skip
+}
+
+
+def render(directory: Path, state: Path = STATE) -> dict[str, ProxyConfig]:
+    return {p.name: p for p in render_all(load_and_parse(directory), state)}
+
+
+def touched(proxy: ProxyConfig, directory: Path) -> dict[str, Any]:
+    """The resources a policy changed, with the origin of every field it set (paths inside the desired dir)."""
+    out: dict[str, Any] = {}
+    for kind, resources in (("cluster", proxy.clusters), ("listener", proxy.listeners)):
+        origins = proxy.origins.get(kind, {})
+        for resource in resources:
+            marked = origins.get(resource["name"])
+            if marked:
+                out[f"{kind}/{resource['name']}"] = {
+                    "resource": resource,
+                    "origins": {_dotted(p): [o.replace(str(directory), "<desired>") for o in who] for p, who in marked.items()},
+                }
+    return out
+
+
+def _dotted(path: Any) -> str:
+    if isinstance(path, str):
+        return path
+    return "".join(f"[{step}]" if isinstance(step, int) else f".{step}" for step in path).lstrip(".")
+
+
+def _route_action(proxy: ProxyConfig, listener_prefix: str) -> dict[str, Any]:
+    listener = next(item for item in proxy.listeners if item["name"].startswith(listener_prefix))
+    manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    action: dict[str, Any] = manager["route_config"]["virtual_hosts"][0]["routes"][0]["route"]
+    return action
+
+
+def test_golden_render(request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    net = Net.fixed()
+    directory = write(tmp_path / "desired", mesh_files(net) | RENDERED)
+    proxies = render(directory)
+    text = json.dumps({name: touched(p, directory) for name, p in proxies.items()}, indent=2) + "\n"
+    check_golden(request, "policies/load_balancing/mesh-and-egress.json", text)
+
+    web = {c["name"]: c for c in proxies["web"].clusters}
+    # The MeshService item wins over the Mesh one for backend: ring hash, and the hash on the route to it.
+    assert web["backend"]["lb_policy"] == "RING_HASH"
+    assert "least_request_lb_config" not in web["backend"]
+    assert web["backend"]["ring_hash_lb_config"] == {"minimum_ring_size": "64", "maximum_ring_size": "64",
+                                                     "hash_function": "XX_HASH"}  # fmt: skip
+    assert _route_action(proxies["web"], f"outbound:{net.web}:{net.ports['web_backend']}")["hash_policy"] == [
+        {"header": {"header_name": "x-user"}, "terminal": True},
+        {"cookie": {"name": "session", "ttl": "3600s", "path": "/"}},
+        {"connection_properties": {"source_ip": True}},
+        {"connection_properties": {"source_ip": True}},
+        {"query_parameter": {"name": "user"}},
+        {"filter_state": {"key": "io.example.key"}},
+    ]
+    # The seed: the sidecar's cluster to the egress keeps its balancing, the egress balances the external endpoints.
+    assert "lb_policy" not in web["mes:default:httpbin"]
+    assert "hash_policy" not in _route_action(proxies["web"], f"outbound:{net.web}:{net.ports['web_httpbin']}")
+    egress = {c["name"]: c for c in proxies["egress"].clusters}
+    assert egress["mes:default:httpbin"]["lb_policy"] == "MAGLEV"
+    assert egress["mes:default:httpbin"]["maglev_lb_config"] == {"table_size": "1031"}
+    assert _route_action(proxies["egress"], "egress:")["hash_policy"] == [{"header": {"header_name": "x-user"}}]
+
+
+@pytest.mark.envoy
+def test_every_proxy_passes_envoy_validation(tmp_path: Path) -> None:
+    directory = write(tmp_path / "desired", mesh_files(Net.fixed()) | RENDERED)
+    desired = load_and_parse(directory)
+    state = tmp_path / "state"
+    pki.ensure(desired, state)
+    proxies = render_all(desired, state)
+    for proxy in proxies:
+        for resource in proxy.clusters + proxy.listeners:
+            canonical(resource)  # parses with the xds protos
+    assert validate_configs(proxies, tmp_path / "validate") == {p.name: None for p in proxies}
+
+
+@pytest.mark.envoy
+@pytest.mark.parametrize("case", sorted(GOOD))
+def test_each_good_spec_passes_envoy_validation(tmp_path: Path, case: str) -> None:
+    directory = write(tmp_path / "desired", mesh_files(Net.fixed()) | {"policy.yaml": policy(GOOD[case])})
+    desired = load_and_parse(directory)
+    pki.ensure(desired, tmp_path / "state")
+    web = [p for p in render_all(desired, tmp_path / "state") if p.name == "web"]
+    assert validate_configs(web, tmp_path / "validate") == {"web": None}
+
+
+# --- real traffic -----------------------------------------------------------------------------------------------
+
+RING_HASH_ON_USER = """
+    loadBalancer:
+      type: RingHash
+      ringHash:
+        hashPolicies:
+          - type: Header
+            header:
+              name: x-user
+    """
+TRAFFIC_POLICIES = policy(RING_HASH_ON_USER) + "---\n" + policy(RING_HASH_ON_USER, name="lb-egress", to=TO_HTTPBIN, top=EGRESS_TOP)
+
+
+@dataclass(frozen=True)
+class Running:
+    net: Net
+    proxies: dict[str, ProxyConfig]
+    client: httpx.Client
+
+
+@pytest.fixture(scope="module")
+def running(loopback: Loopback, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    """One sandbox for the module's traffic tests; brought down, and checked for leftovers, however they end."""
+    root = tmp_path_factory.mktemp("load-balancing")
+    net = Net(loopback.ip, loopback.port)
+    directory = write(root / "desired", mesh_files(net) | {"policy.yaml": TRAFFIC_POLICIES})
+    state = root / "state"
+    state.mkdir()
+    desired = load_and_parse(directory)
+    pki.ensure(desired, state)
+    proxies = {p.name: p for p in render_all(desired, state)}
+    try:
+        sandbox.up(desired, list(proxies.values()), state)
+        with httpx.Client(trust_env=False, timeout=5.0) as client:
+            yield Running(net, proxies, client)
+    finally:
+        recorded = [p.pid for p in sandbox.status(state)]
+        try:
+            sandbox.down(state)
+        finally:
+            leaked = [pid for pid in recorded if pid_running(pid)]
+            for pid in leaked:
+                os.kill(pid, signal.SIGKILL)
+            assert not leaked, f"processes left running: {leaked}"
+
+
+def _hits(running: Running, outbound: str, users: list[str]) -> Counter[str]:
+    seen: Counter[str] = Counter()
+    for user in users:
+        answer = running.client.get(f"{running.net.url(outbound)}/whoami", headers={"x-user": user})
+        assert answer.status_code == 200, answer.text
+        seen[answer.json()["instance"]] += 1
+    return seen
+
+
+@pytest.mark.envoy
+@pytest.mark.parametrize("outbound", ["web_backend", "web_httpbin"])
+def test_one_header_value_always_reaches_the_same_instance(running: Running, outbound: str) -> None:
+    for user in ("alice", "bob"):
+        seen = _hits(running, outbound, [user] * 20)
+        assert len(seen) == 1 and sum(seen.values()) == 20, seen
+
+
+@pytest.mark.envoy
+@pytest.mark.parametrize("outbound", ["web_backend", "web_httpbin"])
+def test_different_header_values_spread_over_instances(running: Running, outbound: str) -> None:
+    users = [f"user-{i}" for i in range(20)]
+    first = _hits(running, outbound, users)
+    assert len(first) >= 2, first  # 3 instances: all 20 users on one would be a 1 in 3**19 chance
+    assert _hits(running, outbound, users) == first  # and each user stays where it went
