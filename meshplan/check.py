@@ -99,14 +99,14 @@ class FieldCheck:
             bound = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
             self.fail(path + (key,), f"must be {bound}, got {value}")
             return None
-        return value
+        return int(value)
 
     def choice(self, obj: dict[str, Any], path: PathKey, key: str, choices: tuple[str, ...], *, required: bool = False) -> str | None:
         value = self.field(obj, path, key, str, required=required)
         if value is not None and value not in choices:
             self.fail(path + (key,), f"must be one of {', '.join(choices)}, got {value!r}")
             return None
-        return value
+        return None if value is None else str(value)
 
 
 def _describe(types: tuple[type, ...]) -> str:

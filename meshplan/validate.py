@@ -444,8 +444,8 @@ def _check_placement(check: FieldCheck, kind_name: str, top: TargetRef, to: list
             check.fail((FROM, item.index, "targetRef"), f"a `from` item selects clients, and a MeshExternalService is never a client; {answer}")
     if top.kind != "MeshExternalService" and EGRESS in top.proxy_types and kind.external_from and from_:
         check.fail(("targetRef",), f"on the egress, {kind_name} applies per external service: {answer}")
-    if top.proxy_types == {EGRESS} and from_ and not kind.external_from and TO in kind.sections:
-        check.fail((FROM,), f"on the egress, {kind_name} takes `to` items only; {answer}")
+    if EGRESS in top.proxy_types and from_ and not kind.external_from and TO in kind.sections:
+        check.fail((FROM,), f"{kind_name} `from` is not implemented on the egress; {answer}")
 
 
 # --- references across resources ------------------------------------------------------------------------------

@@ -248,7 +248,7 @@ def test_from_selects_every_client_and_never_the_egress(tmp_path: Path) -> None:
     }
     directory = write(tmp_path, files)
     found = {(Path(v.source.file).name, v.source.line, v.path): v.message for v in load_violations(directory)}
-    assert list(found) == [("by-service.yaml", 9, "spec.from[0].targetRef.kind"), ("on-egress.yaml", 9, "spec.from[0]")]
+    assert list(found) == [("by-service.yaml", 9, "spec.from[0].targetRef.kind"), ("on-egress.yaml", 8, "spec.from")]
     assert "`from` items select every client (kind Mesh), got 'MeshService'" in found[list(found)[0]]
     assert 'Sidecar (to), Egress (to + proxyType: ["egress"])' in found[list(found)[1]]
 

@@ -90,20 +90,15 @@ def validate(default: Json, path: PathKey, check: FieldCheck, section: str) -> N
 
 
 def _validate_from_item(check: FieldCheck, path: PathKey) -> None:
-    """Kuma's rule for `from` (clients are all of the mesh), and the seed's (no `from` on the egress).
+    """Kuma's rule for `from`: clients are all of the mesh. (No `from` on the egress is validate.py's generic rule.)
 
-    A module sees only the item's `default`; the item's targetRef and the policy's are read from the resource."""
+    A module sees only the item's `default`; the item's targetRef is read from the resource."""
     item = _at(check.res.body, path[:-1])
     ref = item.get("targetRef") if isinstance(item, dict) else None
     if isinstance(ref, dict) and isinstance(ref.get("kind"), str) and ref["kind"] != "Mesh":
         check.fail(path[:-1] + ("targetRef", "kind"),
                    f"MeshAccessLog `from` items select every client (kind Mesh), got {ref['kind']!r}: the access log "
                    "belongs to the inbound listener, not to one client")  # fmt: skip
-    top = check.res.body.get("targetRef")
-    types = top.get("proxyType", top.get("proxyTypes")) if isinstance(top, dict) else None
-    if isinstance(types, list) and any(isinstance(t, str) and t.lower() == EGRESS for t in types):
-        check.fail(path[:-1], 'MeshAccessLog `from` is not implemented on the egress; the placement table says '
-                              'MeshAccessLog is implemented on: Sidecar (to), Egress (to + proxyType: ["egress"])')
 
 
 def _validate_backend(check: FieldCheck, backend: Json, bp: PathKey) -> None:
