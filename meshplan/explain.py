@@ -4,6 +4,7 @@ Reads the desired model only: what it says is what render will do."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,7 +48,8 @@ class Explanation:
 
 
 def _find_proxy(desired: Desired, name: str) -> Proxy:
-    for proxy in [*desired.dataplanes, *desired.egresses]:
+    proxies: list[Proxy] = [*desired.dataplanes, *desired.egresses]
+    for proxy in proxies:
         if proxy.name == name:
             return proxy
     raise MeshplanError(f"no proxy named {name!r} (proxies: {', '.join(desired.proxy_names())})")
@@ -165,6 +167,4 @@ def render_text(e: Explanation) -> str:
 
 
 def _value(value: Any) -> str:
-    import json
-
     return json.dumps(value, sort_keys=True)
