@@ -58,7 +58,8 @@ def _apply(console: Console, desired_dir: Path, state_dir: Path) -> None:
         written = record(state_dir, results, plan)
     for r in results:
         if r.outcome is not Outcome.UNCHANGED:
-            console.print(f"  {r.outcome.value} {r.name} [{r.type}] in {r.seconds * 1000:.0f} ms", markup=False)
+            detail = f": {r.detail}" if r.detail else ""
+            console.print(f"  {r.outcome.value} {r.name} [{r.type}] in {r.seconds * 1000:.0f} ms{detail}", markup=False)
     if any(r.outcome not in (Outcome.APPLIED, Outcome.UNCHANGED) for r in results):
         raise MeshplanError("the apply did not go through")
     console.print(f"  state serial {written.serial}")

@@ -130,7 +130,8 @@ def make_plan(
 
 def _resource_plan(proxy: ProxyConfig, change: ResourceChange) -> ResourcePlan:
     recorded = proxy.origins.get(change.kind, {}).get(change.name, {})
-    everyone = tuple(sorted({o for origins in recorded.values() for o in origins}))
+    # Per resource, who touched it: the policies by kind/name (each field line says file:line).
+    everyone = tuple(sorted({o.split(" (", 1)[0] for origins in recorded.values() for o in origins}))
     fields = tuple(
         FieldPlan(f.path, f.before, f.after, _field_origins(f, change.after, recorded)) for f in change.fields
     )
