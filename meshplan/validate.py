@@ -466,6 +466,12 @@ def _check_references(desired: Desired, kept: list[tuple[RawResource, Any]], out
             out.append(Violation(Source(res.source.file, res.lines.get(field, res.source.line)), format_path(field),
                                  f"mesh {mesh_name!r} is not defined: add a Mesh resource named {mesh_name!r}"))
             continue
+        if isinstance(obj, Policy):
+            # A kind's own references to other resources (a route's backendRefs), checked once all are known.
+            module = BY_KIND.get(obj.kind)
+            check_references = getattr(module, "check_references", None)
+            if check_references is not None:
+                check_references(obj, desired, check)
         if isinstance(obj, (Dataplane, ZoneEgress)):
             if obj.name in proxies:
                 out.append(Violation(res.source, "", f"proxy name {obj.name!r} is already used by {proxies[obj.name].ref} "

@@ -8,6 +8,9 @@ A policy module (one per kind, registered in `policies/registry.py`) has:
     def apply(build, policies) -> None
                                    change the proxy's resources for the policies of its kind (all of them: the module
                                    asks `match` which apply where)
+    def check_references(policy, desired, check) -> None      (optional)
+                                   check what the policy names in other resources (a route's backendRefs), once
+                                   every resource is loaded
 Modules run in the registry's order and only change resources the base render or an earlier module created.
 """
 

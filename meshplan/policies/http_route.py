@@ -1,18 +1,392 @@
-"""MeshHTTPRoute: not implemented yet (its fields are not checked and it changes nothing)."""
+"""MeshHTTPRoute (`to`, sidecars only): which requests of an HTTP outbound go where, and what happens to them on
+the way.
+
+    to:
+      - targetRef: {kind: MeshService, name: backend}      # or MeshExternalService (with proxyType, seed)
+        rules:
+          - matches: [{path: {type: PathPrefix, value: /admin}}]
+            default:
+              backendRefs: [{kind: MeshService, name: other, weight: 1}]
+              filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-a, value: b}]}}]
+
+Envoy (the outbound listener's inline route configuration, `virtual_hosts[0].routes`), per rule and match:
+- `match`: Exact -> `path`; PathPrefix `/p` -> two routes, `path: /p` and `prefix: /p/` (a prefix matches whole path
+  segments only, as Gateway API says); PathPrefix `/` -> `prefix: /`; RegularExpression -> `safe_regex.regex`;
+  no path -> `prefix: /`; `method` -> header `:method` exact; headers Exact / Prefix / RegularExpression ->
+  `string_match` `exact` / `prefix` / `safe_regex`, Present -> `present_match: true`, Absent -> `present_match: false`
+  (Prefix with an empty value -> present, as Kuma); queryParams -> `query_parameters[].string_match` exact / safe_regex.
+- `backendRefs` -> `route.cluster` (one backend) or `route.weighted_clusters.clusters[{name, weight}]`; no
+  backendRefs -> the outbound's own cluster. A backend the proxy has no cluster for gets one (backend_refs.py).
+- RequestHeaderModifier / ResponseHeaderModifier -> `request_headers_to_add` / `response_headers_to_add`
+  (`set`: `append_action: OVERWRITE_IF_EXISTS_OR_ADD`; `add`: `APPEND_IF_EXISTS_OR_ADD`) and
+  `request_headers_to_remove` / `response_headers_to_remove`.
+- RequestRedirect -> `redirect` instead of `route`: `scheme_redirect`, `host_redirect`, `port_redirect`,
+  `response_code`, and the path: ReplaceFullPath -> `path_redirect`; ReplacePrefixMatch -> `path_redirect` on the
+  exact-path route of a prefix, `prefix_rewrite` on its `/p/` route.
+- URLRewrite -> `route.host_rewrite_literal`; path ReplaceFullPath -> `route.regex_rewrite` (`^.*$` -> the path);
+  ReplacePrefixMatch -> `regex_rewrite` on the exact-path route, `prefix_rewrite` on the `/p/` route.
+- RequestMirror -> `route.request_mirror_policies[{cluster, runtime_fraction.default_value}]`.
+
+Order of the routes: Kuma's (Gateway API's) match precedence, a stable sort: Exact paths, then prefixes (longer
+first), then regular expressions (longer first), then no path; then a method before none; then more headers, then
+more query parameters. The base render's catch-all `prefix: /` to the outbound's own destination stays last. A rule
+whose match has no condition at all (`{}` or only PathPrefix `/`) does not add a route: it changes that catch-all
+(Kuma would place it before regular-expression routes, which it then shadows).
+
+Merging (Kuma's, not match.py's whole-list replacement): every `to` item that applies contributes its rules; rules
+with equal `matches` are one rule whose `default`s merge as RFC 7396 patches in policy order (a more specific policy
+wins field by field; `backendRefs` and `filters` are lists, replaced whole); a rule keeps the place of its most
+specific writer, and rules of more specific policies come first among equally specific matches.
+
+Defaults (Kuma's): header match type Exact; backendRef weight 1 (weight 0 drops the backend from the split);
+redirect statusCode 302; mirror percentage 100 (no `runtime_fraction`). The `to` targetRef must be a MeshService or
+MeshExternalService (Kuma 2.x). An HTTP route on an outbound whose protocol is TCP changes nothing (Kuma ignores it
+there too); on the egress it changes nothing (seed: routes live on the sidecar).
+"""
 
 from __future__ import annotations
 
+import copy
+import json
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
 from meshplan.check import FieldCheck
 from meshplan.load import PathKey
-from meshplan.model import Policy
-from meshplan.policies.base import Json, ProxyBuild
+from meshplan.match import Contribution, Merged, merge_patch, merge_to
+from meshplan.model import SIDECAR, Dataplane, Desired, Policy
+from meshplan.policies import backend_refs as refs
+from meshplan.policies.backend_refs import Backend
+from meshplan.policies.base import Json, OutboundPoint, ProxyBuild, hcm
+from meshplan.policies.http_route_checks import (
+    FILTER_FIELDS,
+    MIRROR,
+    REDIRECT,
+    REQUEST_HEADERS,
+    RESPONSE_HEADERS,
+    REWRITE,
+    validate_rule,
+)
 
 KIND = "MeshHTTPRoute"
 
+_REGEX_WHOLE_PATH = "^.*$"  # one match per path, so the substitution replaces the path exactly once
+_STATUS = {301: "MOVED_PERMANENTLY", 302: "FOUND", 303: "SEE_OTHER", 307: "TEMPORARY_REDIRECT",
+           308: "PERMANENT_REDIRECT"}
+DEFAULT_STATUS = 302
+
+# Which Envoy route a match became: a prefix `/p` is two routes, its exact path and its `/p/` prefix, and a
+# ReplacePrefixMatch rewrite differs between the two.
+PLAIN, PREFIX_PATH, PREFIX = "plain", "prefix-path", "prefix"
+
 
 def validate(default: Json, path: PathKey, check: FieldCheck, section: str) -> None:
-    pass
+    """`default` is the item's `{"rules": [...]}`; `path` the item (`spec.to[0]`)."""
+    refs.validate_to_target(check, path, KIND)
+    rules = default.get("rules")
+    if not isinstance(rules, list):
+        return  # the generic check has reported it
+    for i, rule in enumerate(rules):
+        validate_rule(rule, path + ("rules", i), check)
+
+
+def check_references(policy: Policy, desired: Desired, check: FieldCheck) -> None:
+    """Every backend a rule names (its backendRefs and its mirrors) exists in the policy's mesh."""
+    for item in policy.to:
+        for ri, rule in enumerate(_list(item.default.get("rules"))):
+            conf = rule.get("default") if isinstance(rule, dict) else None
+            if not isinstance(conf, dict):
+                continue
+            base: PathKey = ("to", item.index, "rules", ri, "default")
+            for bi, ref in enumerate(_list(conf.get("backendRefs"))):
+                refs.check_reference(ref, base + ("backendRefs", bi), policy, desired, check)
+            for fi, flt in enumerate(_list(conf.get("filters"))):
+                mirror = flt.get(FILTER_FIELDS[MIRROR]) if isinstance(flt, dict) else None
+                if isinstance(mirror, dict):
+                    path = base + ("filters", fi, FILTER_FIELDS[MIRROR], "backendRef")
+                    refs.check_reference(mirror.get("backendRef"), path, policy, desired, check)
 
 
 def apply(build: ProxyBuild, policies: list[Policy]) -> None:
-    pass
+    if build.type != SIDECAR or not isinstance(build.proxy, Dataplane):
+        return
+    # A snapshot: backends add OutboundPoints of their own, whose (detached) chains hold no routes.
+    for point in list(build.outbounds):
+        manager = hcm(point.chain)
+        if manager is None:
+            continue  # a TCP outbound: Kuma leaves it to MeshTCPRoute
+        merged = merge_to(policies, build.proxy, point.destination)
+        if merged.empty:
+            continue
+        _route(build, point, manager, merge_rules(merged))
+
+
+# --- merging rules by their matches ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A rule after merging: its matches, its merged `default`, and the items that wrote it (least specific first)."""
+
+    matches: tuple[Json, ...]
+    default: Json
+    writers: tuple[tuple[Contribution, int], ...]  # (item, index of the rule in its `rules`)
+
+    def origins(self, key: str | None = None) -> list[str]:
+        """Who set `default.<key>` (the last writer that wrote it), or, without a key or when none did, every
+        writer of the rule."""
+        if key is not None:
+            for c, ri in reversed(self.writers):
+                conf = c.item.default["rules"][ri].get("default")
+                if isinstance(conf, dict) and conf.get(key) is not None:
+                    return [str(c.origin((f"rules[{ri}]", "default", key)))]
+        return sorted({str(c.origin((f"rules[{ri}]", "matches"))) for c, ri in self.writers})
+
+
+def merge_rules(merged: Merged) -> list[Rule]:
+    """Kuma's merge of route rules across the `to` items that apply (least to most specific in `merged`).
+
+    Each item's rules go in reversed; a rule whose matches equal an earlier one's takes that one's writers and its
+    place moves to the later (more specific) writer; the list is reversed at the end, so the most specific policy's
+    rules lead, in the order they were written.
+    """
+    pending: list[tuple[str, list[tuple[Contribution, int]]] | None] = []
+    for c in merged.contributions:
+        rules = _list(c.item.default.get("rules"))
+        for ri in reversed(range(len(rules))):
+            key = json.dumps(rules[ri].get("matches"), sort_keys=True)
+            writers = [(c, ri)]
+            for j, entry in enumerate(pending):
+                if entry is not None and entry[0] == key:
+                    writers = entry[1] + writers
+                    pending[j] = None
+            pending.append((key, writers))
+    out = []
+    for entry in reversed(pending):
+        if entry is None:
+            continue
+        conf: Json = {}
+        for c, ri in entry[1]:
+            conf = merge_patch(conf, c.item.default["rules"][ri].get("default") or {})
+        first, index = entry[1][-1]
+        matches = tuple(first.item.default["rules"][index].get("matches") or ())
+        out.append(Rule(matches, conf, tuple(entry[1])))
+    return out
+
+
+# --- rendering ------------------------------------------------------------------------------------------------
+
+
+def _route(build: ProxyBuild, point: OutboundPoint, manager: Json, rules: list[Rule]) -> None:
+    vhost = manager["route_config"]["virtual_hosts"][0]
+    catch_all: Json = vhost["routes"][-1]  # the base render's `prefix: /` to the outbound's own cluster
+    pairs = sorted(((m, rule) for rule in rules for m in rule.matches), key=lambda pair: specificity(pair[0]))
+    routes: list[Json] = []
+    catch_all_rule: Rule | None = None
+    for match, rule in pairs:
+        if _is_catch_all(match):
+            # Later unconditional matches can never be reached: the first one decides the catch-all.
+            catch_all_rule = catch_all_rule or rule
+            continue
+        for envoy_match, part in envoy_matches(match):
+            route: Json = {}
+            build.set(route, "match", envoy_match, rule.origins())
+            if _act(build, point, route, rule, part):
+                routes.append(route)
+    if catch_all_rule is not None:
+        _act(build, point, catch_all, catch_all_rule, PREFIX)
+    routes.append(catch_all)
+    build.set(vhost, "routes", routes, sorted({o for rule in rules for o in rule.origins()}))
+
+
+def _act(build: ProxyBuild, point: OutboundPoint, route: Json, rule: Rule, part: str) -> bool:
+    """Give a route its action and filters; False when it sends nowhere (every backend weighed 0)."""
+    conf = rule.default
+    filters = {f["type"]: f[FILTER_FIELDS[f["type"]]] for f in _list(conf.get("filters")) if f.get("type") != MIRROR}
+    mirrors = [f[FILTER_FIELDS[MIRROR]] for f in _list(conf.get("filters")) if f.get("type") == MIRROR]
+    filter_origins = rule.origins("filters")
+    action = None if REDIRECT in filters else _forward(build, point, conf, rule)
+    if action is None and REDIRECT not in filters:
+        return False  # leave the route as it was: the caller drops a new one, and the catch-all keeps its action
+    # `route` and `redirect` are one choice in Envoy (a oneof): the catch-all may trade one for the other.
+    route.pop("route", None)
+    route.pop("redirect", None)
+    if action is None:
+        build.set(route, "redirect", _redirect(filters[REDIRECT], part), filter_origins)
+    else:
+        build.set(route, "route", action, rule.origins("backendRefs"))
+        if REWRITE in filters:
+            _rewrite(build, action, filters[REWRITE], part, filter_origins)
+        if mirrors:
+            policies = [_mirror(build, point, m, filter_origins) for m in mirrors]
+            build.set(action, "request_mirror_policies", policies, filter_origins)
+    for kind, direction in ((REQUEST_HEADERS, "request"), (RESPONSE_HEADERS, "response")):
+        if kind in filters:
+            to_add, to_remove = _header_changes(filters[kind])
+            if to_add:
+                build.set(route, f"{direction}_headers_to_add", to_add, filter_origins)
+            if to_remove:
+                build.set(route, f"{direction}_headers_to_remove", to_remove, filter_origins)
+    return True
+
+
+def _forward(build: ProxyBuild, point: OutboundPoint, conf: Json, rule: Rule) -> Json | None:
+    backends = [Backend.of(ref) for ref in _list(conf.get("backendRefs"))]
+    if not backends:
+        return {"cluster": point.cluster["name"]}
+    targets = refs.split(build, backends, point, rule.origins("backendRefs"))
+    if not targets:
+        return None
+    if len(targets) == 1:
+        return {"cluster": targets[0][0]}
+    return {"weighted_clusters": {"clusters": [{"name": name, "weight": weight} for name, weight in targets]}}
+
+
+def _redirect(spec: Json, part: str) -> Json:
+    out: Json = {}
+    if spec.get("scheme") is not None:
+        out["scheme_redirect"] = spec["scheme"]
+    if spec.get("hostname") is not None:
+        out["host_redirect"] = spec["hostname"]
+    if spec.get("port") is not None:
+        out["port_redirect"] = spec["port"]
+    path = spec.get("path")
+    if isinstance(path, dict):
+        if path.get("type") == "ReplaceFullPath":
+            out["path_redirect"] = path["replaceFullPath"]
+        elif part == PREFIX_PATH:
+            out["path_redirect"] = path["replacePrefixMatch"]
+        elif part == PREFIX:
+            out["prefix_rewrite"] = _prefix_replacement(path["replacePrefixMatch"])
+    out["response_code"] = _STATUS[int(spec.get("statusCode") or DEFAULT_STATUS)]
+    return out
+
+
+def _rewrite(build: ProxyBuild, action: Json, spec: Json, part: str, origins: list[str]) -> None:
+    if spec.get("hostname") is not None:
+        build.set(action, "host_rewrite_literal", spec["hostname"], origins)
+    path = spec.get("path")
+    if not isinstance(path, dict):
+        return
+    if path.get("type") == "ReplaceFullPath":
+        build.set(action, "regex_rewrite", _whole_path(path["replaceFullPath"]), origins)
+    elif part == PREFIX_PATH:
+        build.set(action, "regex_rewrite", _whole_path(path["replacePrefixMatch"]), origins)
+    elif part == PREFIX:
+        build.set(action, "prefix_rewrite", _prefix_replacement(path["replacePrefixMatch"]), origins)
+
+
+def _whole_path(substitution: str) -> Json:
+    return {"pattern": {"regex": _REGEX_WHOLE_PATH}, "substitution": substitution}
+
+
+def _prefix_replacement(replacement: str) -> str:
+    # Envoy replaces the matched `/p/` whole, slash included; Gateway API keeps the segment boundary, so
+    # `/p/x` with replacement `/v2` must become `/v2/x`, and with `/` must become `/x`.
+    return replacement.rstrip("/") + "/"
+
+
+def _mirror(build: ProxyBuild, point: OutboundPoint, spec: Json, origins: list[str]) -> Json:
+    cluster = refs.backend_cluster(build, Backend.of(spec["backendRef"]), point, origins)
+    policy: Json = {"cluster": cluster}
+    if spec.get("percentage") is not None:
+        policy["runtime_fraction"] = {"default_value": fractional_percent(spec["percentage"])}
+    return policy
+
+
+def fractional_percent(percentage: int | float | str) -> Json:
+    """A percentage (0-100, decimals allowed) as Envoy's FractionalPercent, with the smallest exact denominator."""
+    value = Decimal(str(percentage))
+    for denominator, scale in (("HUNDRED", 1), ("TEN_THOUSAND", 100), ("MILLION", 10_000)):
+        scaled = value * scale
+        if scaled == scaled.to_integral_value():
+            return {"numerator": int(scaled), "denominator": denominator}
+    return {"numerator": int((value * 10_000).to_integral_value()), "denominator": "MILLION"}
+
+
+def _header_changes(spec: Json) -> tuple[list[Json], list[str]]:
+    to_add = [{"header": {"key": h["name"], "value": h["value"]}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+              for h in _list(spec.get("set"))]
+    to_add += [{"header": {"key": h["name"], "value": h["value"]}, "append_action": "APPEND_IF_EXISTS_OR_ADD"}
+               for h in _list(spec.get("add"))]
+    return to_add, [str(name) for name in _list(spec.get("remove"))]
+
+
+# --- matches --------------------------------------------------------------------------------------------------
+
+
+def specificity(match: Json) -> tuple[int, int, int, int, int]:
+    """A sort key, most specific first (Kuma's CompareMatch)."""
+    path = match.get("path")
+    if not isinstance(path, dict):
+        kind, length = 3, 0
+    else:
+        kind = {"Exact": 0, "PathPrefix": 1}.get(path.get("type", ""), 2)
+        length = 0 if kind == 0 else -len(str(path.get("value", "")))
+    return (kind, length, 0 if match.get("method") else 1, -len(match.get("headers") or []),
+            -len(match.get("queryParams") or []))
+
+
+def _is_catch_all(match: Json) -> bool:
+    path = match.get("path")
+    unconditional_path = path is None or path == {"type": "PathPrefix", "value": "/"}
+    return unconditional_path and not match.get("method") and not match.get("headers") and not match.get("queryParams")
+
+
+def envoy_matches(match: Json) -> list[tuple[Json, str]]:
+    """The Envoy RouteMatches of one MeshHTTPRoute match, each with the part of a prefix it stands for."""
+    headers: list[Json] = []
+    if match.get("method"):
+        headers.append({"name": ":method", "string_match": {"exact": match["method"]}})
+    headers += [_header_matcher(h) for h in _list(match.get("headers"))]
+    query = [{"name": q["name"], "string_match": _string_match(q.get("type", "Exact"), q["value"])}
+             for q in _list(match.get("queryParams"))]
+
+    def with_conditions(path_spec: Json) -> Json:
+        out = dict(path_spec)
+        # Copies: the two routes of a prefix must not share objects that a later module might change in one.
+        if headers:
+            out["headers"] = copy.deepcopy(headers)
+        if query:
+            out["query_parameters"] = copy.deepcopy(query)
+        return out
+
+    path = match.get("path")
+    if not isinstance(path, dict):
+        return [(with_conditions({"prefix": "/"}), PLAIN)]
+    value = str(path["value"])
+    if path["type"] == "Exact":
+        return [(with_conditions({"path": value}), PLAIN)]
+    if path["type"] == "RegularExpression":
+        return [(with_conditions({"safe_regex": {"regex": value}}), PLAIN)]
+    if value == "/":
+        return [(with_conditions({"prefix": "/"}), PREFIX)]
+    trimmed = value.rstrip("/")
+    return [(with_conditions({"path": trimmed}), PREFIX_PATH), (with_conditions({"prefix": trimmed + "/"}), PREFIX)]
+
+
+def _header_matcher(header: Json) -> Json:
+    kind = header.get("type") or "Exact"
+    value = header.get("value")
+    if kind == "Present" or (kind == "Prefix" and not value):
+        return {"name": header["name"], "present_match": True}
+    if kind == "Absent":
+        return {"name": header["name"], "present_match": False}
+    return {"name": header["name"], "string_match": _string_match(kind, str(value or ""))}
+
+
+def _string_match(kind: str, value: str) -> Json:
+    if kind == "RegularExpression":
+        return {"safe_regex": {"regex": value}}
+    if kind == "Prefix":
+        return {"prefix": value}
+    return {"exact": value}
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+__all__ = ["KIND", "Rule", "apply", "check_references", "envoy_matches", "fractional_percent", "merge_rules",
+           "specificity", "validate"]

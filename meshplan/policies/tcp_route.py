@@ -1,18 +1,120 @@
-"""MeshTCPRoute: not implemented yet (its fields are not checked and it changes nothing)."""
+"""MeshTCPRoute (`to`, sidecars only): where the connections of an outbound go.
+
+    to:
+      - targetRef: {kind: MeshService, name: db}          # or MeshExternalService (with proxyType, seed)
+        rules:
+          - default:
+              backendRefs:
+                - {kind: MeshService, name: db-v2, weight: 90}
+                - {kind: MeshServiceSubset, name: db, tags: {version: v1}, weight: 10}
+
+Envoy: the outbound's `envoy.filters.network.tcp_proxy` gets `cluster` (one backend) or
+`weighted_clusters.clusters[{name, weight}]` (several). A backend the proxy has no cluster for gets one, and an
+OutboundPoint, as described in backend_refs.py.
+
+Kuma 2.x semantics, where the seeds are silent:
+- at most one rule (there are no matches to tell rules apart); no rules means the `to` destination itself;
+- `backendRefs` is required in a rule; weight defaults to 1, and a backend of weight 0 is left out (Envoy's TCP
+  weights start at 1); merging across policies replaces the rule whole, the most specific policy winning;
+- on an HTTP outbound, a MeshTCPRoute applies only when no MeshHTTPRoute does; it then turns the outbound into a
+  plain TCP proxy (the HTTP connection manager is replaced by a tcp_proxy with the same stat prefix, and the
+  OutboundPoint's protocol becomes `tcp`), as Kuma generates a TCP listener for it;
+- the `to` targetRef must be a MeshService or MeshExternalService.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 from meshplan.check import FieldCheck
 from meshplan.load import PathKey
-from meshplan.model import Policy
-from meshplan.policies.base import Json, ProxyBuild
+from meshplan.match import merge_to
+from meshplan.model import SIDECAR, Dataplane, Desired, Policy
+from meshplan.policies import backend_refs as refs
+from meshplan.policies.backend_refs import Backend
+from meshplan.policies.base import HCM_NAME, TCP_PROXY_NAME, Json, OutboundPoint, ProxyBuild, hcm, origins_of, tcp_proxy
 
 KIND = "MeshTCPRoute"
+HTTP_ROUTE_KIND = "MeshHTTPRoute"
+
+TCP_PROXY_TYPE = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
 
 
 def validate(default: Json, path: PathKey, check: FieldCheck, section: str) -> None:
-    pass
+    """`default` is the item's `{"rules": [...]}`; `path` the item (`spec.to[0]`)."""
+    refs.validate_to_target(check, path, KIND)
+    rules = default.get("rules")
+    if not isinstance(rules, list):
+        return  # the generic check has reported it
+    if len(rules) > 1:
+        check.fail(path + ("rules",), f"takes at most one rule (a TCP route has no matches to choose between rules), "
+                                      f"got {len(rules)}")
+    for i, rule in enumerate(rules):
+        rp = path + ("rules", i)
+        if not isinstance(rule, dict):
+            check.fail(rp, "must be a mapping with a `default`")
+            continue
+        check.unknown(rule, rp, ("default",))
+        conf = check.field(rule, rp, "default", dict, required=True)
+        if conf is None:
+            continue
+        check.unknown(conf, rp + ("default",), ("backendRefs",))
+        refs.validate_backend_refs(conf.get("backendRefs"), rp + ("default", "backendRefs"), check, KIND, required=True)
+
+
+def check_references(policy: Policy, desired: Desired, check: FieldCheck) -> None:
+    """Every backend a rule names exists in the policy's mesh."""
+    for item in policy.to:
+        for ri, rule in enumerate(_list(item.default.get("rules"))):
+            conf = rule.get("default") if isinstance(rule, dict) else None
+            if isinstance(conf, dict):
+                for bi, ref in enumerate(_list(conf.get("backendRefs"))):
+                    path: PathKey = ("to", item.index, "rules", ri, "default", "backendRefs", bi)
+                    refs.check_reference(ref, path, policy, desired, check)
 
 
 def apply(build: ProxyBuild, policies: list[Policy]) -> None:
-    pass
+    if build.type != SIDECAR or not isinstance(build.proxy, Dataplane):
+        return
+    http_routes = [p for p in build.desired.policies if p.kind == HTTP_ROUTE_KIND]
+    for point in list(build.outbounds):  # a snapshot: backends append points of their own
+        if not point.chain.get("filters"):
+            continue  # a backend's detached point: no listener of its own
+        merged = merge_to(policies, build.proxy, point.destination)
+        if merged.empty:
+            continue
+        if hcm(point.chain) is not None and not merge_to(http_routes, build.proxy, point.destination).empty:
+            continue  # Kuma: on an HTTP outbound an HTTP route wins over a TCP route
+        origins = origins_of(merged, "rules")
+        rules = _list(merged.conf.get("rules"))
+        backends = [Backend.of(ref) for ref in _list(rules[0].get("default", {}).get("backendRefs"))] if rules else []
+        targets = refs.split(build, backends, point, origins) if backends else [(point.cluster["name"], 1)]
+        if not targets:
+            continue  # every weight 0: validation refuses it; nothing sensible to send to
+        proxy = _tcp_proxy_of(build, point, origins)
+        proxy.pop("cluster", None)
+        proxy.pop("weighted_clusters", None)
+        if len(targets) == 1:
+            build.set(proxy, "cluster", targets[0][0], origins)
+        else:
+            clusters = [{"name": name, "weight": weight} for name, weight in targets]
+            build.set(proxy, "weighted_clusters", {"clusters": clusters}, origins)
+
+
+def _tcp_proxy_of(build: ProxyBuild, point: OutboundPoint, origins: list[str]) -> Json:
+    """The outbound's tcp_proxy config; an HTTP outbound's connection manager is replaced by one."""
+    existing = tcp_proxy(point.chain)
+    if existing is not None:
+        return existing
+    filters: list[Json] = point.chain["filters"]
+    index = next(i for i, f in enumerate(filters) if f.get("name") == HCM_NAME)
+    config: Json = {"@type": TCP_PROXY_TYPE, "stat_prefix": filters[index]["typed_config"]["stat_prefix"]}
+    replacement: Json = {"name": TCP_PROXY_NAME, "typed_config": config}
+    filters[index] = replacement
+    build.mark(replacement, "name", origins)
+    point.protocol = "tcp"
+    return config
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
