@@ -31,7 +31,11 @@ from meshplan.plan import Plan, ProxyPlan
 
 COUNTERS = tuple(f"{p}.{c}" for p in ("cluster_manager.cds", "listener_manager.lds") for c in ("update_rejected", "update_failure"))
 VERSIONS = ("cluster_manager.cds.version_text", "listener_manager.lds.version_text")
-_STATS_FILTER = r"^(cluster_manager\.cds|listener_manager\.lds)\.(version_text|update_rejected|update_failure)$"
+WARMING = ("cluster_manager.warming_clusters", "listener_manager.total_listeners_warming")
+_STATS_FILTER = (
+    r"^(cluster_manager\.cds|listener_manager\.lds)\.(version_text|update_rejected|update_failure)$"
+    r"|^cluster_manager\.warming_clusters$|^listener_manager\.total_listeners_warming$"
+)
 POLL = 0.02  # seconds between two looks at a proxy's stats
 
 
@@ -97,10 +101,11 @@ async def _await_version(
         grown = [c for c in COUNTERS if int(stats.get(c, 0)) > int(baseline.get(c, 0))]
         if grown:
             return "Envoy refused the update (" + ", ".join(f"{c} grew" for c in grown) + ")"
-        if all(stats.get(v) == version for v in VERSIONS):
+        # A new cluster with health checks (or a listener) warms before it is active: not applied until it is.
+        if all(stats.get(v) == version for v in VERSIONS) and not any(int(stats.get(w, 0)) for w in WARMING):
             return None
         if time.monotonic() >= deadline:
-            seen = ", ".join(f"{v}={stats.get(v)!r}" for v in VERSIONS)
+            seen = ", ".join(f"{v}={stats.get(v)!r}" for v in VERSIONS + WARMING)
             return f"timed out: Envoy still reports {seen}"
         await asyncio.sleep(POLL)
 

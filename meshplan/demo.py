@@ -74,6 +74,11 @@ def _traffic(console: Console, desired: Desired) -> None:
         console.print(f"  web -> backend (mTLS through two sidecars): {dict(seen)}", markup=False)
         if len(seen) < 2:
             raise MeshplanError("expected both backend instances to answer")
+        canary = Counter(client.get(f"http://{to_backend.address}:{to_backend.port}/v2/hello").json()["instance"]
+                         for _ in range(REQUESTS))
+        console.print(f"  web -> backend /v2/... (MeshHTTPRoute to version=v2 only): {dict(canary)}", markup=False)
+        if set(canary) != {"backend-2"}:
+            raise MeshplanError("expected /v2 to reach backend-2 (version v2) only")
         answer = client.get(f"http://{to_external.address}:{to_external.port}/get").json()
         console.print(f"  web -> {to_external.external} (through the egress): answered by {answer['service']} "
                       f"at {answer['instance']}", markup=False)

@@ -69,7 +69,7 @@ def test_apply_then_plan_shows_no_changes_and_traffic_flows(demo: DemoCopy, sand
     assert plan_exit(demo, sandbox_state) == 2
     code, out, err = apply(demo, sandbox_state)
     assert code == 0, err
-    assert "Plan: 12 to add, 0 to change, 0 to destroy across 4 proxies (3 sidecars, 1 egress)." in out
+    assert "Plan: 13 to add, 0 to change, 0 to destroy across 4 proxies (3 sidecars, 1 egress)." in out
     assert "Apply complete: 4 applied. State serial 1." in err
     assert plan_exit(demo, sandbox_state) == 0
     instances = {get(demo, "127.0.1.1", 10001).json()["instance"] for _ in range(6)}

@@ -61,12 +61,15 @@ def test_sidecar_outbound_to_mesh_service_uses_mtls_to_every_instance() -> None:
     ]
     listener = by_name(web.listeners)["outbound:127.0.1.1:10001"]
     hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
-    route = hcm["route_config"]["virtual_hosts"][0]["routes"][0]["route"]
+    routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
+    assert [r["match"] for r in routes] == [{"path": "/v2"}, {"prefix": "/v2/"}, {"prefix": "/"}]  # MeshHTTPRoute first
+    assert {r["route"]["cluster"] for r in routes[:2]} == {"backend:version=v2"}
+    route = routes[-1]["route"]
     assert route["cluster"] == "backend"
     assert route["timeout"] == "5s"  # MeshTimeout web-to-backend overrides mesh-defaults' 15s
     assert route["retry_policy"]["num_retries"] == 3
     assert web.origins["listener"][listener["name"]][
-        ("filter_chains", 0, "filters", 0, "typed_config", "route_config", "virtual_hosts", 0, "routes", 0, "route", "timeout")
+        ("filter_chains", 0, "filters", 0, "typed_config", "route_config", "virtual_hosts", 0, "routes", 2, "route", "timeout")
     ] == [f"MeshTimeout/web-to-backend ({DEMO}/policies/timeout.yaml:30)"]
 
 
