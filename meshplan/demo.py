@@ -28,6 +28,7 @@ from meshplan.workflow import compute_plan, desired_proxies, fetch_live
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "demo"
 REQUESTS = 6
+HEALTHY_WAIT = 5.0  # seconds: more than two health-check intervals of the demo's MeshHealthCheck
 
 
 def run_demo(console: Console, example: Path = EXAMPLE) -> int:
@@ -70,7 +71,15 @@ def _traffic(console: Console, desired: Desired) -> None:
     to_backend = next(o for o in web.outbounds if o.service == "backend")
     to_external = next(o for o in web.outbounds if o.external is not None)
     with httpx.Client(trust_env=False, timeout=5) as client:
-        seen = Counter(client.get(f"http://{to_backend.address}:{to_backend.port}/hello").json()["instance"] for _ in range(REQUESTS))
+        # All sidecars were updated at once, so web's first health check of a backend may have beaten that backend's
+        # inbound listener: the instance then counts as unhealthy until the next check (2s). Give it that long.
+        deadline = time.monotonic() + HEALTHY_WAIT
+        while True:
+            seen = Counter(client.get(f"http://{to_backend.address}:{to_backend.port}/hello").json()["instance"]
+                           for _ in range(REQUESTS))
+            if len(seen) == 2 or time.monotonic() > deadline:
+                break
+            time.sleep(0.25)
         console.print(f"  web -> backend (mTLS through two sidecars): {dict(seen)}", markup=False)
         if len(seen) < 2:
             raise MeshplanError("expected both backend instances to answer")

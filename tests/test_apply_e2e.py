@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -64,6 +65,18 @@ def get(demo: DemoCopy, address: str, port: int, path: str = "/") -> httpx.Respo
     return httpx.get(f"http://{demo.addr(address)}:{port}{path}", timeout=5, trust_env=False)
 
 
+def both_backends_answer(demo: DemoCopy, seconds: float = 5.0) -> bool:
+    """Both backend instances answer web within `seconds`: every sidecar is updated at once, so web's first health
+    check of a backend can beat that backend's listener, and the instance is unhealthy until the next check (2s)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        if {get(demo, "127.0.1.1", 10001).json()["instance"] for _ in range(6)} == {"backend-1", "backend-2"}:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.25)
+
+
 def test_apply_then_plan_shows_no_changes_and_traffic_flows(demo: DemoCopy, sandbox_state: Path, tmp_path: Path) -> None:
     start_empty(demo, sandbox_state)
     assert plan_exit(demo, sandbox_state) == 2
@@ -72,8 +85,7 @@ def test_apply_then_plan_shows_no_changes_and_traffic_flows(demo: DemoCopy, sand
     assert "Plan: 13 to add, 0 to change, 0 to destroy across 4 proxies (3 sidecars, 1 egress)." in out
     assert "Apply complete: 4 applied. State serial 1." in err
     assert plan_exit(demo, sandbox_state) == 0
-    instances = {get(demo, "127.0.1.1", 10001).json()["instance"] for _ in range(6)}
-    assert instances == {"backend-1", "backend-2"}
+    assert both_backends_answer(demo)
     assert get(demo, "127.0.1.1", 10002).json()["service"] == "httpbin"
     with pytest.raises(httpx.HTTPError):  # straight to a sidecar's inbound without a mesh certificate: refused
         get(demo, "127.0.1.2", 8080)
@@ -128,7 +140,7 @@ def test_a_proxy_that_refuses_its_update_is_rolled_back_and_still_carries_traffi
     assert "Pre-flight: Envoy accepts the configuration of all 1 changed proxies." in err
     assert "[1/1] rolled back web [sidecar]" in err and "listener_manager.lds.update_rejected grew" in err
     assert "Apply finished with problems: 3 unchanged, 1 rolled back." in err
-    assert {get(demo, "127.0.1.1", 10001).json()["instance"] for _ in range(4)} == {"backend-1", "backend-2"}
+    assert both_backends_answer(demo)
     web = state.read(sandbox_state).proxies["web"]
     assert web.outcome == "rolled back"
     code, statuses, prom = drift(demo, sandbox_state, tmp_path)
