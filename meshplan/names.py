@@ -39,3 +39,8 @@ def external_sni(mesh: str, name: str) -> str:
 
 def spiffe_id(mesh: str, service: str) -> str:
     return f"spiffe://{mesh}/{service}"
+
+
+def tag_id(tag: str, value: str) -> str:
+    """A URI SAN naming one tag of a workload, so that a client's tags can be matched from its certificate."""
+    return f"kuma://{tag}/{value}"

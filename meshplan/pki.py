@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from meshplan.model import Desired
+from meshplan.model import SERVICE_TAG, Desired
 from meshplan import names
 from meshplan.fsutil import write_atomic
 
@@ -47,7 +47,8 @@ def identities(desired: Desired) -> dict[tuple[str, str], list[str]]:
     out: dict[tuple[str, str], list[str]] = {}
     for dp in desired.dataplanes:
         if desired.mesh(dp.mesh).mtls:
-            out[(dp.mesh, dp.name)] = [names.spiffe_id(dp.mesh, s) for s in dp.services]
+            tags = sorted({(k, v) for i in dp.inbounds for k, v in i.tags.items() if k != SERVICE_TAG})
+            out[(dp.mesh, dp.name)] = [names.spiffe_id(dp.mesh, s) for s in dp.services] + [names.tag_id(k, v) for k, v in tags]
     meshes_with_externals = sorted({m.mesh for m in desired.external_services if desired.mesh(m.mesh).mtls})
     for egress in desired.egresses:
         for mesh in meshes_with_externals:

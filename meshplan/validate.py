@@ -47,6 +47,7 @@ DEFAULT_MESH = "default"
 DEFAULT_ADMIN_PORT = 9901
 
 # Names become file and directory names under state/: keep them to one safe path segment.
+TAG_VALUE = re.compile(r"^[A-Za-z0-9.\-_:]+$")
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
 
 def load_and_parse(root: Path) -> Desired:
@@ -181,6 +182,10 @@ def _dataplane(check: FieldCheck, res: RawResource, mesh: str) -> Dataplane | No
         tags = check.tags(item, path, "tags", required=True)
         if "tags" in item and isinstance(item["tags"], dict) and SERVICE_TAG not in item["tags"]:
             check.fail(path + ("tags",), f"an inbound needs a `{SERVICE_TAG}` tag")
+        for tag, value in tags.items():
+            if not TAG_VALUE.match(value):
+                # tags go into certificates as kuma://<tag>/<value> URI SANs
+                check.fail(path + ("tags", tag), f"tag value {value!r} may hold only letters, digits, '.', '-', '_' and ':'")
         protocol = tags.get(PROTOCOL_TAG)
         if protocol is not None and protocol not in PROTOCOLS:
             check.fail(path + ("tags", PROTOCOL_TAG), f"unknown protocol {protocol!r} (expected one of: {', '.join(PROTOCOLS)})")

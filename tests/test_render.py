@@ -150,7 +150,11 @@ def test_pki_one_ca_per_mesh_spiffe_sans_and_private_keys_0600(tmp_path: Path) -
     web = pki.paths(tmp_path, "default", "web")
     cert = x509.load_pem_x509_certificate(web.cert.read_bytes())
     sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert sans.get_values_for_type(x509.UniformResourceIdentifier) == ["spiffe://default/web"]
+    assert sans.get_values_for_type(x509.UniformResourceIdentifier) == ["spiffe://default/web", "kuma://kuma.io/protocol/http"]
+    backend = x509.load_pem_x509_certificate(pki.paths(tmp_path, "default", "backend-2").cert.read_bytes())
+    assert backend.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+        x509.UniformResourceIdentifier
+    ) == ["spiffe://default/backend", "kuma://kuma.io/protocol/http", "kuma://version/v2"]
     ca = x509.load_pem_x509_certificate(web.ca.read_bytes())
     assert cert.issuer == ca.subject
     assert pki.ensure(desired, tmp_path) == []  # idempotent: nothing rewritten

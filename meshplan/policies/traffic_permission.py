@@ -1,18 +1,131 @@
-"""MeshTrafficPermission: not implemented yet (its fields are not checked and it changes nothing)."""
+"""MeshTrafficPermission (`from`): which clients may reach an inbound, enforced by Envoy RBAC on its filter chain.
+
+Where: every sidecar inbound the top-level targetRef selects, and on the egress the filter chain of one external
+service (top-level `kind: MeshExternalService`, `proxyType: ["Egress"]`: the seed's placement table). An HTTP chain
+gets `envoy.filters.http.rbac` first among its HTTP filters (before the router); any other chain gets
+`envoy.filters.network.rbac` first among its network filters (before tcp_proxy). A denied HTTP request is answered
+403 `RBAC: access denied` (stat `http.<hcm stat prefix>.rbac.denied`); a denied TCP connection is closed (stat
+`<chain>.rbac.denied`).
+
+Fields of `from[].default`:
+    action: Allow | Deny | AllowWithShadowDeny      required, as in Kuma
+
+Clients are identified by the peer certificate (policies/clients.py): `principal_name` exact matches of URI SANs,
+combined with `and_ids` / `or_ids` / `not_id`. Every `from` rule is a client subset; a client takes the first rule
+it matches, most specific first (match.merge_from), so that a Deny for `MeshService web` beats an Allow for `Mesh`
+in the same policy, and between policies the ordering decides (DESIGN.md: top-level kind, then the from-item's kind,
+then name; the alphabetically smallest name wins a tie).
+
+Defaults (issue 6, item 3):
+- An inbound no MeshTrafficPermission selects is open: no RBAC filter, as Kuma's default `allow-all` policy gives.
+- A client that no `from` rule selects is treated as if that `allow-all` policy (`from: Mesh, action: Allow`) were
+  the least specific rule: allowed. To admit only some clients, add a `from` item of kind Mesh with action Deny (the
+  seed's own example does).
+- On the egress, for an external service whose mesh sets `routing.defaultForbidMeshExternalServiceAccess: true`,
+  that implicit rule denies instead: the external service is closed to every client that no permission allows, and
+  to all of them when no permission selects it. (Rendering it needs `apply` to run even when the desired mesh has no
+  MeshTrafficPermission at all; see render.apply_policies.)
+- AllowWithShadowDeny allows; the shadow rules (`shadow_rules`, same construction with it counted as Deny) record
+  what a Deny would do: stat `rbac.shadow_denied`, as Kuma does.
+- A mesh without mTLS has no client identity to check: the policy changes nothing there, as in Kuma.
+
+Rendering: with the default Allow, `rules.action: DENY` lists one policy per rule whose action denies, each
+principal being that rule's clients minus those an earlier (more specific) allowing rule took; with the default
+Deny, `rules.action: ALLOW` lists the allowing rules the same way. Policies are named `<action> <clients>`
+(`Deny MeshService:web`); every `permissions` is `any: true`.
+"""
 
 from __future__ import annotations
 
 from meshplan.check import FieldCheck
 from meshplan.load import PathKey
-from meshplan.model import Policy
-from meshplan.policies.base import Json, ProxyBuild
+from meshplan.match import Destination, FromRule, merge_from
+from meshplan.model import Desired, Policy
+from meshplan.policies.base import InboundPoint, Json, ProxyBuild, hcm, origins_of
+from meshplan.policies.clients import (
+    NONE,
+    Clients,
+    all_of,
+    any_of,
+    label,
+    mesh_of,
+    negate,
+    principal,
+    rule_clients,
+    stat_scope,
+)
 
 KIND = "MeshTrafficPermission"
 
+ALLOW = "Allow"
+DENY = "Deny"
+ALLOW_WITH_SHADOW_DENY = "AllowWithShadowDeny"
+ACTIONS = (ALLOW, DENY, ALLOW_WITH_SHADOW_DENY)
+
+HTTP_RBAC_NAME = "envoy.filters.http.rbac"
+NETWORK_RBAC_NAME = "envoy.filters.network.rbac"
+HTTP_RBAC = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
+NETWORK_RBAC = "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC"
+
 
 def validate(default: Json, path: PathKey, check: FieldCheck, section: str) -> None:
-    pass
+    check.unknown(default, path, ("action",))
+    check.choice(default, path, "action", ACTIONS, required=True)
 
 
 def apply(build: ProxyBuild, policies: list[Policy]) -> None:
-    pass
+    for point in build.inbounds:
+        mesh = mesh_of(build.proxy, point.target)
+        if not build.desired.mesh(mesh).mtls:
+            continue  # no client certificate, no identity to permit or deny
+        rules = merge_from(policies, build.proxy, point.target)
+        forbidding = isinstance(point.target, Destination) and build.desired.mesh(mesh).forbid_external_by_default
+        if not rules and not forbidding:
+            continue
+        _permit(build, point, mesh, rules, DENY if forbidding else ALLOW)
+
+
+def _permit(build: ProxyBuild, point: InboundPoint, mesh: str, rules: list[FromRule], default: str) -> None:
+    clients = rule_clients(build.desired, mesh, rules)
+    origins = sorted({o for rule in rules for o in origins_of(rule.merged, "action")})
+    if default == DENY:
+        origins = sorted({*origins, _forbid_origin(build.desired, mesh)})
+    config: Json = {"@type": HTTP_RBAC}
+    manager = hcm(point.chain)
+    if manager is None:
+        config = {"@type": NETWORK_RBAC, "stat_prefix": f"{stat_scope(point.chain, point.listener)}."}
+    build.set(config, "rules", _rbac(build, rules, clients, default, denying={DENY}), origins)
+    if any(rule.merged.conf.get("action") == ALLOW_WITH_SHADOW_DENY for rule in rules):
+        shadow = _rbac(build, rules, clients, default, denying={DENY, ALLOW_WITH_SHADOW_DENY})
+        build.set(config, "shadow_rules", shadow, origins)
+    # First: a request or connection that is not permitted should cost nothing else (no fault, no rate-limit token).
+    if manager is not None:
+        manager["http_filters"].insert(0, {"name": HTTP_RBAC_NAME, "typed_config": config})
+    else:
+        point.chain["filters"].insert(0, {"name": NETWORK_RBAC_NAME, "typed_config": config})
+
+
+def _rbac(build: ProxyBuild, rules: list[FromRule], clients: list[Clients], default: str, denying: set[str]) -> Json:
+    """An RBAC (envoy.config.rbac.v3.RBAC) listing the rules whose effect differs from the default."""
+    denies = [rule.merged.conf.get("action", default) in denying for rule in rules]
+    default_denies = default in denying
+    policies: Json = {}
+    for i, rule in enumerate(rules):
+        if denies[i] == default_denies:
+            continue
+        # The clients this rule is the first match for. Earlier rules with the same effect need not be taken out:
+        # the union over the listed rules is the same either way, and the principals stay short.
+        taken = any_of(clients[j] for j in range(i) if denies[j] != denies[i])
+        who = all_of([clients[i], negate(taken)])
+        if who == NONE:
+            continue
+        name = f"{rule.merged.conf.get('action')} {label(rule.client)}"
+        policy = {"permissions": [{"any": True}], "principals": [principal(who)]}
+        build.set(policies, name, policy, origins_of(rule.merged, "action"))
+    return {"action": "ALLOW" if default_denies else "DENY", "policies": policies}
+
+
+def _forbid_origin(desired: Desired, mesh: str) -> str:
+    source = desired.mesh(mesh).source
+    where = f" ({source})" if source is not None else ""
+    return f"Mesh/{mesh} routing.defaultForbidMeshExternalServiceAccess{where}"

@@ -17,9 +17,9 @@ from meshplan.render.sidecar import build_sidecar
 
 def apply_policies(build: ProxyBuild) -> ProxyConfig:
     for module in MODULES:
-        policies = [p for p in build.desired.policies if p.kind == module.KIND]
-        if policies:
-            module.apply(build, policies)
+        # Every module runs, with or without policies of its kind: some defaults need none (the egress's
+        # defaultForbidMeshExternalServiceAccess).
+        module.apply(build, [p for p in build.desired.policies if p.kind == module.KIND])
     return build.finish()
 
 

@@ -1,0 +1,352 @@
+"""MeshRateLimit: validation, local rate limit rendering (per client on HTTP, per inbound on TCP, per external
+service on the egress), `envoy --mode validate`, and real requests: N pass, the next get the configured answer."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from conftest import Loopback
+from inbound_mesh import (
+    Addresses,
+    FixedAddresses,
+    MeshFiles,
+    Service,
+    envoy_validates,
+    inbound_golden,
+    load,
+    running_sandbox,
+    stats,
+    violations,
+    write_mesh,
+)
+
+from meshplan.model import ProxyConfig
+from meshplan.render import render_all
+from tests.golden import check_golden
+
+STATE = Path("/STATE")
+
+CALLS = ("backend", "ledger", "mes:httpbin")
+SERVICES = [
+    Service("web", calls=CALLS),
+    Service("admin", calls=CALLS),
+    Service("backend"),
+    Service("ledger", protocol="tcp"),
+]
+EXTERNALS = {"httpbin": "http"}
+
+# Intervals of an hour: no token comes back while a test runs.
+POLICIES = """\
+    type: MeshRateLimit
+    name: backend
+    mesh: default
+    spec:
+      targetRef:
+        kind: MeshService
+        name: backend
+      from:
+        - targetRef:
+            kind: Mesh
+          default:
+            local:
+              http:
+                requestRate:
+                  num: 3
+                  interval: 1h
+                onRateLimit:
+                  status: 503
+                  headers:
+                    set:
+                      - name: x-rate-limited
+                        value: "true"
+                    add:
+                      - name: x-limit
+                        value: 3-per-hour
+        - targetRef:
+            kind: MeshService
+            name: admin
+          default:
+            local:
+              http:
+                requestRate:
+                  num: 2
+                  interval: 1h
+                onRateLimit:
+                  status: 429
+    ---
+    type: MeshRateLimit
+    name: ledger
+    mesh: default
+    spec:
+      targetRef:
+        kind: MeshService
+        name: ledger
+      from:
+        - targetRef:
+            kind: Mesh
+          default:
+            local:
+              tcp:
+                connectionRate:
+                  num: 2
+                  interval: 1h
+    ---
+    type: MeshRateLimit
+    name: httpbin
+    mesh: default
+    spec:
+      targetRef:
+        kind: MeshExternalService
+        name: httpbin
+        proxyType: ["Egress"]
+      from:
+        - targetRef:
+            kind: Mesh
+          default:
+            local:
+              http:
+                requestRate:
+                  num: 4
+                  interval: 1h
+                onRateLimit:
+                  headers:
+                    set:
+                      - name: x-egress-limited
+                        value: "true"
+    """
+
+
+def demo_mesh(root: Path, addresses: Addresses, policies: str = POLICIES) -> MeshFiles:
+    return write_mesh(root, addresses, SERVICES, externals=EXTERNALS, policies=policies)
+
+
+def policy(body: str, name: str = "p") -> str:
+    return f"type: MeshRateLimit\nmesh: default\nname: {name}\nspec:\n" + body
+
+
+def proxies_of(root: Path, policies: str = POLICIES) -> dict[str, ProxyConfig]:
+    return {p.name: p for p in render_all(load(demo_mesh(root, FixedAddresses(), policies)), STATE)}
+
+
+def chain_filters(proxy: ProxyConfig) -> list[dict[str, Any]]:
+    (listener,) = [item for item in proxy.listeners if item.get("traffic_direction") == "INBOUND"]
+    filters: list[dict[str, Any]] = listener["filter_chains"][0]["filters"]
+    return filters
+
+
+# --- validation -------------------------------------------------------------------------------------------------
+
+HEAD = "  targetRef:\n    kind: MeshService\n    name: backend\n  from:\n    - targetRef:\n        kind: Mesh\n      default:\n"
+CLIENT = HEAD.replace("        kind: Mesh\n", "        kind: MeshService\n        name: web\n")
+
+
+def local(text: str, head: str = HEAD) -> str:
+    return head + "        local:\n" + "".join(f"          {line}\n" for line in text.splitlines())
+
+
+GOOD = {
+    "http and tcp": local("http:\n  requestRate: {num: 10, interval: 1s}\n  onRateLimit:\n    status: 429\n"
+                          "    headers:\n      set: [{name: x-a, value: b}]\n      add: [{name: x-c, value: d}]\n"
+                          "tcp:\n  connectionRate: {num: 5, interval: 51ms}\n"),
+    "only onRateLimit for a client": local("http:\n  onRateLimit: {status: 503}\n", CLIENT),
+    "disabled for a client": local("http:\n  disabled: true\n", CLIENT),
+    "tcp disabled": local("tcp:\n  disabled: true\n"),
+}
+
+BAD: list[tuple[str, str, list[str]]] = [
+    ("local missing", HEAD.replace("      default:\n", "      default: {}\n"),
+     ["policies.yaml:11: spec.from[0].default: `local` is required"]),
+    ("local empty", HEAD + "        local: {}\n",
+     ["policies.yaml:12: spec.from[0].default.local: needs `http`, `tcp` or both"]),
+    ("http empty", local("http: {}"),
+     ["policies.yaml:13: spec.from[0].default.local.http: needs at least one of `disabled`, `requestRate`, `onRateLimit`"]),
+    ("num zero", local("http:\n  requestRate: {num: 0, interval: 1s}"),
+     ["policies.yaml:14: spec.from[0].default.local.http.requestRate.num: must be between 1 and 4294967295, got 0"]),
+    ("num missing", local("http:\n  requestRate: {interval: 1s}"),
+     ["policies.yaml:14: spec.from[0].default.local.http.requestRate: `num` is required"]),
+    ("interval too short", local("http:\n  requestRate: {num: 1, interval: 50ms}"),
+     ["policies.yaml:14: spec.from[0].default.local.http.requestRate.interval: must be greater than 50ms, got '50ms'"]),
+    ("interval not a duration", local("tcp:\n  connectionRate: {num: 1, interval: soon}"),
+     ["policies.yaml:14: spec.from[0].default.local.tcp.connectionRate.interval: must be a duration like 500ms, "
+      "1s or 1m, got 'soon'"]),
+    ("status below 400", local("http:\n  onRateLimit: {status: 200}"),
+     ["policies.yaml:14: spec.from[0].default.local.http.onRateLimit.status: must be an HTTP error status between "
+      "400 and 599 (Envoy answers 429 for any status below 400), got 200"]),
+    ("status unknown to Envoy", local("http:\n  onRateLimit: {status: 451}"),
+     ["policies.yaml:14: spec.from[0].default.local.http.onRateLimit.status: must be an HTTP error status between "
+      "400 and 599 (Envoy knows no such status code), got 451"]),
+    ("header name", local("http:\n  onRateLimit:\n    headers:\n      set: [{name: X-Upper, value: v}]"),
+     ["policies.yaml:16: spec.from[0].default.local.http.onRateLimit.headers.set[0].name: must be a lower-case HTTP "
+      "header name (an RFC 7230 token), got 'X-Upper'"]),
+    ("header twice", local("http:\n  onRateLimit:\n    headers:\n      add: [{name: x-a, value: '1'}, {name: x-a, value: '2'}]"),
+     ["policies.yaml:16: spec.from[0].default.local.http.onRateLimit.headers.add[1].name: header 'x-a' is listed twice "
+      "in `add`: join the values with a comma"]),
+    ("too many headers",
+     local("http:\n  onRateLimit:\n    headers:\n      set: [" + ", ".join(f"{{name: x-{i}, value: v}}" for i in range(17))
+           + "]"),
+     ["policies.yaml:16: spec.from[0].default.local.http.onRateLimit.headers.set: at most 16 headers, got 17"]),
+    ("tcp for one client", local("tcp:\n  connectionRate: {num: 1, interval: 1s}", CLIENT),
+     ["policies.yaml:14: spec.from[0].default.local.tcp: a TCP connection is limited when it is accepted, before its "
+      "client is known, so it cannot depend on the client: set `local.tcp` in a `from` item of kind Mesh, not MeshService"]),
+    ("tcp empty", local("tcp: {}"),
+     ["policies.yaml:13: spec.from[0].default.local.tcp: needs at least one of `disabled`, `connectionRate`"]),
+    ("every violation at once", local("http:\n  disabled: 'no'\n  requestRate: {num: -1, interval: 1s, burst: 2}\n"
+                                      "udp: {}"),
+     ["policies.yaml:14: spec.from[0].default.local.http.disabled: must be a boolean, got a string",
+      "policies.yaml:15: spec.from[0].default.local.http.requestRate.burst: unknown field (expected one of: num, interval)",
+      "policies.yaml:15: spec.from[0].default.local.http.requestRate.num: must be between 1 and 4294967295, got -1",
+      "policies.yaml:16: spec.from[0].default.local.udp: unknown field (expected one of: http, tcp)"]),
+]
+
+
+@pytest.mark.parametrize("body", GOOD.values(), ids=GOOD.keys())
+def test_good_specs_pass(tmp_path: Path, body: str) -> None:
+    demo_mesh(tmp_path, FixedAddresses(), policy(body))
+    assert violations(tmp_path) == []
+
+
+@pytest.mark.parametrize(("body", "expected"), [(b, e) for _, b, e in BAD], ids=[c for c, _, _ in BAD])
+def test_bad_specs_report_each_violation_with_file_line_and_path(tmp_path: Path, body: str, expected: list[str]) -> None:
+    demo_mesh(tmp_path, FixedAddresses(), policy(body))
+    found = violations(tmp_path)
+    assert len(found) == len(expected), found
+    for line, want in zip(found, expected, strict=True):
+        assert line.startswith(want), found
+
+
+# --- render -----------------------------------------------------------------------------------------------------
+
+
+def test_golden_render(request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    proxies = render_all(load(demo_mesh(tmp_path, FixedAddresses())), STATE)
+    check_golden(request, "policies/rate_limit/demo.json", inbound_golden(proxies, ["backend", "ledger", "egress"], tmp_path))
+
+
+def test_every_proxy_passes_envoy_validate(tmp_path: Path) -> None:
+    desired = load(demo_mesh(tmp_path / "desired", FixedAddresses()))
+    assert envoy_validates(desired, tmp_path / "state") == dict.fromkeys(["admin", "backend", "ledger", "web", "egress"])
+
+
+def test_each_client_rule_gets_its_own_bucket_and_skips_the_others(tmp_path: Path) -> None:
+    manager = chain_filters(proxies_of(tmp_path)["backend"])[-1]["typed_config"]
+    admin, mesh, router = manager["http_filters"]
+    assert router["name"] == "envoy.filters.http.router"
+    assert (admin["name"], mesh["name"]) == ("envoy.filters.http.local_ratelimit:MeshService:admin",
+                                             "envoy.filters.http.local_ratelimit:Mesh")
+    admin_limit = admin["typed_config"]["extension_config"]["typed_config"]
+    assert admin_limit["token_bucket"] == {"max_tokens": 2, "tokens_per_fill": 2, "fill_interval": "3600s"}
+    # admin's own status, and the headers it inherits from the Mesh item (RFC 7396 merge).
+    assert admin_limit["status"] == {"code": 429}
+    assert [h["header"]["key"] for h in admin_limit["response_headers_to_add"]] == ["x-rate-limited", "x-limit"]
+    sans = {"single_predicate": {
+        "input": {"name": "envoy.matching.inputs.uri_san",
+                  "typed_config": {"@type": "type.googleapis.com/envoy.extensions.matching.common_inputs.ssl.v3.UriSanInput"}},
+        "value_match": {"safe_regex": {"google_re2": {}, "regex": "(.*,)?spiffe://default/admin(,.*)?"}}}}
+    (skip_admin,) = admin["typed_config"]["xds_matcher"]["matcher_list"]["matchers"]
+    assert skip_admin["predicate"] == {"not_matcher": sans}  # skipped for everyone but admin
+    (skip_mesh,) = mesh["typed_config"]["xds_matcher"]["matcher_list"]["matchers"]
+    assert skip_mesh["predicate"] == sans  # skipped for admin, which has its own
+    assert skip_mesh["on_match"]["action"]["typed_config"]["@type"].endswith("SkipFilter")
+
+
+def test_a_rule_for_every_client_alone_is_not_wrapped(tmp_path: Path) -> None:
+    egress = proxies_of(tmp_path)["egress"]
+    chain = {c["name"]: c for c in egress.listeners[0]["filter_chains"]}["mes:default:httpbin"]
+    first = chain["filters"][0]["typed_config"]["http_filters"][0]
+    assert first["name"] == "envoy.filters.http.local_ratelimit:Mesh"
+    config = first["typed_config"]
+    assert config["@type"].endswith("local_ratelimit.v3.LocalRateLimit")
+    assert config["stat_prefix"] == "mes_default_httpbin.rate_limit.mesh"
+    every_request = {"default_value": {"numerator": 100, "denominator": "HUNDRED"}}
+    assert config["filter_enabled"] == config["filter_enforced"] == every_request
+    assert "status" not in config  # Envoy's 429
+
+
+def test_disabled_for_a_client_removes_its_limit(tmp_path: Path) -> None:
+    body = local("http:\n  requestRate: {num: 5, interval: 1s}") + (
+        "    - targetRef:\n        kind: MeshService\n        name: web\n      default:\n"
+        "        local:\n          http:\n            disabled: true\n")
+    manager = chain_filters(proxies_of(tmp_path, policy(body))["backend"])[-1]["typed_config"]
+    (mesh, _router) = manager["http_filters"]
+    assert mesh["name"] == "envoy.filters.http.local_ratelimit:Mesh"
+    (skip,) = mesh["typed_config"]["xds_matcher"]["matcher_list"]["matchers"]
+    assert "spiffe://default/web" in skip["predicate"]["single_predicate"]["value_match"]["safe_regex"]["regex"]
+
+
+def test_tcp_connection_rate_goes_before_the_terminal_filter(tmp_path: Path) -> None:
+    body = local("http:\n  requestRate: {num: 5, interval: 1s}\ntcp:\n  connectionRate: {num: 7, interval: 1s}")
+    backend = chain_filters(proxies_of(tmp_path, policy(body))["backend"])
+    assert [f["name"] for f in backend] == ["envoy.filters.network.local_ratelimit",
+                                            "envoy.filters.network.http_connection_manager"]
+    assert backend[0]["typed_config"]["token_bucket"] == {"max_tokens": 7, "tokens_per_fill": 7, "fill_interval": "1s"}
+    ledger = chain_filters(proxies_of(tmp_path / "2")["ledger"])
+    assert [f["name"] for f in ledger] == ["envoy.filters.network.local_ratelimit", "envoy.filters.network.tcp_proxy"]
+
+
+# --- real traffic -----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def running(tmp_path_factory: pytest.TempPathFactory, loopback: Loopback) -> Iterator[MeshFiles]:
+    root = tmp_path_factory.mktemp("rate_limit")
+    files = demo_mesh(root / "desired", loopback)
+    with running_sandbox(load(files), root / "state"):
+        yield files
+
+
+@pytest.fixture(scope="module")
+def http() -> Iterator[httpx.Client]:
+    with httpx.Client(trust_env=False, timeout=5.0) as client:
+        yield client
+
+
+def limited(http: httpx.Client, admin: str, prefix: str) -> dict[str, int]:
+    found = stats(http, admin, rf"^{prefix}\.http_local_rate_limit\.(ok|rate_limited)$")
+    return {name.rsplit(".", 1)[-1]: value for name, value in found.items()}
+
+
+@pytest.mark.envoy
+def test_on_a_sidecar_n_pass_then_the_configured_status_and_headers(running: MeshFiles, http: httpx.Client) -> None:
+    web = [http.get(running.url("web", "backend", f"/web/{i}")) for i in range(5)]
+    assert [a.status_code for a in web] == [200, 200, 200, 503, 503]
+    assert [a.json()["path"] for a in web[:3]] == ["/web/0", "/web/1", "/web/2"]
+    assert web[3].headers["x-rate-limited"] == "true" and web[3].headers["x-limit"] == "3-per-hour"
+    # admin has a bucket of its own: web emptied the Mesh one, admin's two still pass.
+    admin = [http.get(running.url("admin", "backend", f"/admin/{i}")) for i in range(3)]
+    assert [a.status_code for a in admin] == [200, 200, 429]
+    assert admin[2].headers["x-rate-limited"] == "true"
+    scope = next(n for n in stats(http, running.admin["backend"], r"rate_limit\.mesh\.http_local_rate_limit\.ok$"))
+    prefix = scope.removesuffix(".mesh.http_local_rate_limit.ok").replace(".", r"\.")
+    assert limited(http, running.admin["backend"], prefix + r"\.mesh") == {"ok": 3, "rate_limited": 2}
+    assert limited(http, running.admin["backend"], prefix + r"\.meshservice_admin") == {"ok": 2, "rate_limited": 1}
+
+
+@pytest.mark.envoy
+def test_on_the_egress_the_limit_is_shared_by_every_client(running: MeshFiles, http: httpx.Client) -> None:
+    before = limited(http, running.admin["egress"], r"mes_default_httpbin\.rate_limit\.mesh")
+    passed = [http.get(running.url(client, "mes:httpbin", f"/{client}")) for client in ("web", "admin", "web", "admin")]
+    assert [(a.status_code, a.json()["service"]) for a in passed] == [(200, "httpbin")] * 4
+    over = [http.get(running.url(client, "mes:httpbin", "/")) for client in ("web", "admin")]
+    assert [(a.status_code, a.headers.get("x-egress-limited")) for a in over] == [(429, "true"), (429, "true")]
+    after = limited(http, running.admin["egress"], r"mes_default_httpbin\.rate_limit\.mesh")
+    assert (after["ok"] - before["ok"], after["rate_limited"] - before["rate_limited"]) == (4, 2)
+
+
+@pytest.mark.envoy
+def test_tcp_connection_rate(running: MeshFiles, http: httpx.Client) -> None:
+    outcomes = []
+    for _ in range(3):
+        # A connection each: the client's tcp_proxy opens one upstream connection per downstream connection.
+        with httpx.Client(trust_env=False, timeout=5.0) as fresh:
+            try:
+                outcomes.append(fresh.get(running.url("web", "ledger", "/")).json()["service"])
+            except httpx.TransportError as e:
+                outcomes.append(type(e).__name__)
+    assert outcomes[:2] == ["ledger", "ledger"]
+    assert outcomes[2] in ("RemoteProtocolError", "ReadError", "ConnectError")
+    (count,) = stats(http, running.admin["ledger"], r"\.tcp_rate_limit\.rate_limited$").values()
+    assert count == 1
