@@ -91,6 +91,15 @@ def _traffic(console: Console, desired: Desired) -> None:
         answer = client.get(f"http://{to_external.address}:{to_external.port}/get").json()
         console.print(f"  web -> {to_external.external} (through the egress): answered by {answer['service']} "
                       f"at {answer['instance']}", markup=False)
+    admin = next(dp for dp in desired.dataplanes if dp.name == "admin")
+    with httpx.Client(trust_env=False, timeout=5) as client:
+        for outbound in admin.outbounds:
+            answer = client.get(f"http://{outbound.address}:{outbound.port}/")
+            target = outbound.service or outbound.external
+            console.print(f"  admin -> {target}: HTTP {answer.status_code} {answer.text.strip()!r} (MeshTrafficPermission"
+                          f"{' on the egress' if outbound.external else ''})", markup=False)
+            if answer.status_code != 403:
+                raise MeshplanError(f"expected admin to be denied {target}")
     inbound = next(dp for dp in desired.dataplanes if dp.name == "backend-1").inbounds[0]
     try:
         httpx.get(f"http://{inbound.address}:{inbound.port}/", timeout=2, trust_env=False)

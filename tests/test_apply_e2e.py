@@ -82,8 +82,8 @@ def test_apply_then_plan_shows_no_changes_and_traffic_flows(demo: DemoCopy, sand
     assert plan_exit(demo, sandbox_state) == 2
     code, out, err = apply(demo, sandbox_state)
     assert code == 0, err
-    assert "Plan: 13 to add, 0 to change, 0 to destroy across 4 proxies (3 sidecars, 1 egress)." in out
-    assert "Apply complete: 4 applied. State serial 1." in err
+    assert "Plan: 19 to add, 0 to change, 0 to destroy across 5 proxies (4 sidecars, 1 egress)." in out
+    assert "Apply complete: 5 applied. State serial 1." in err
     assert plan_exit(demo, sandbox_state) == 0
     assert both_backends_answer(demo)
     assert get(demo, "127.0.1.1", 10002).json()["service"] == "httpbin"
@@ -91,7 +91,7 @@ def test_apply_then_plan_shows_no_changes_and_traffic_flows(demo: DemoCopy, sand
         get(demo, "127.0.1.2", 8080)
     recorded = state.read(sandbox_state)
     assert recorded.serial == 1
-    assert {name: r.outcome for name, r in recorded.proxies.items()} == dict.fromkeys(["backend-1", "backend-2", "web", "egress"], "applied")
+    assert {name: r.outcome for name, r in recorded.proxies.items()} == dict.fromkeys(["admin", "backend-1", "backend-2", "web", "egress"], "applied")
     code, statuses, prom = drift(demo, sandbox_state, tmp_path)
     assert code == 0 and set(statuses.values()) == {"in-sync"}
     assert 'meshplan_proxy_status{proxy="web",type="sidecar",status="in-sync"} 1' in prom
@@ -139,7 +139,7 @@ def test_a_proxy_that_refuses_its_update_is_rolled_back_and_still_carries_traffi
     assert code == 3, err
     assert "Pre-flight: Envoy accepts the configuration of all 1 changed proxies." in err
     assert "[1/1] rolled back web [sidecar]" in err and "listener_manager.lds.update_rejected grew" in err
-    assert "Apply finished with problems: 3 unchanged, 1 rolled back." in err
+    assert "Apply finished with problems: 4 unchanged, 1 rolled back." in err
     assert both_backends_answer(demo)
     web = state.read(sandbox_state).proxies["web"]
     assert web.outcome == "rolled back"
@@ -166,18 +166,19 @@ def test_an_envoy_killed_mid_apply_is_unreachable_and_the_others_are_applied(
     results = apply_module.apply_plan(plan, sandbox_state, parallelism=1, stop_on_failure=False, timeout=1,
                                       progress=kill_after_first)
     outcomes = {r.name: r.outcome for r in results}
-    assert killed == ["backend-1"]
-    assert outcomes == {"backend-1": apply_module.Outcome.APPLIED, "backend-2": apply_module.Outcome.UNREACHABLE,
+    assert killed == ["admin"]
+    assert outcomes == {"admin": apply_module.Outcome.APPLIED, "backend-1": apply_module.Outcome.APPLIED, "backend-2": apply_module.Outcome.UNREACHABLE,
                         "web": apply_module.Outcome.APPLIED, "egress": apply_module.Outcome.APPLIED}
     with state.lock(sandbox_state, "apply"):
         recorded = apply_module.record(sandbox_state, results, plan)
     assert {n: (r.outcome, bool(r.fingerprint)) for n, r in recorded.proxies.items()} == {
-        "backend-1": ("applied", True), "backend-2": ("unreachable", False), "web": ("applied", True), "egress": ("applied", True)
+        "admin": ("applied", True), "backend-1": ("applied", True), "backend-2": ("unreachable", False), "web": ("applied", True), "egress": ("applied", True)
     }
     assert "before delivery" in recorded.proxies["backend-2"].detail
     assert envoy.read_xds_files(sandbox_state, "backend-2") is not None  # the sandbox's own empty delivery, untouched
     code, statuses, prom = drift(demo, sandbox_state, tmp_path)
-    assert code == 4 and statuses == {"backend-1": "in-sync", "backend-2": "unreachable", "web": "in-sync", "egress": "in-sync"}
+    assert code == 4 and statuses == {"admin": "in-sync", "backend-1": "in-sync", "backend-2": "unreachable", "web": "in-sync",
+                                      "egress": "in-sync"}
     assert 'meshplan_proxies{status="unreachable"} 1' in prom
 
 

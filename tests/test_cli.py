@@ -57,7 +57,7 @@ def test_envoy_rejection_is_reported_per_proxy(tmp_path: Path) -> None:
     assert "egress [egress]: Envoy rejects the configuration:" in result.stderr
     assert "/nonexistent/ca.pem" in result.stderr
     assert "web [sidecar]: Envoy accepts the configuration" in result.stderr
-    assert "Error: Envoy rejected 1 of 4 proxies." in result.stderr
+    assert "Error: Envoy rejected 1 of 5 proxies." in result.stderr
 
 
 def test_render_one_proxy_as_yaml() -> None:
@@ -71,7 +71,7 @@ def test_render_one_proxy_as_yaml() -> None:
 def test_render_unknown_proxy_is_an_error() -> None:
     result = runner.invoke(app, ["render", str(DEMO), "--proxy", "nope"])
     assert result.exit_code == 1
-    assert "no proxy named 'nope' (proxies: backend-1, backend-2, web, egress)" in result.stderr
+    assert "no proxy named 'nope' (proxies: admin, backend-1, backend-2, web, egress)" in result.stderr
 
 
 def test_bootstrap_watches_the_proxys_own_directory(tmp_path: Path) -> None:

@@ -68,7 +68,7 @@ def test_sandbox_running_the_rendered_config_plans_no_changes(tmp_path: Path, sa
     jsonschema.validate(document, SCHEMA)
     assert code == 0
     assert [(p["name"], p["status"], p["changes"]) for p in document["proxies"]] == [
-        ("backend-1", "ok", []), ("backend-2", "ok", []), ("web", "ok", []), ("egress", "ok", [])
+        ("admin", "ok", []), ("backend-1", "ok", []), ("backend-2", "ok", []), ("web", "ok", []), ("egress", "ok", [])
     ]
     for proxy in document["proxies"]:  # the same config on both sides has the same fingerprint
         assert proxy["desired_fingerprint"] == proxy["live_fingerprint"]
@@ -108,6 +108,7 @@ def test_edits_show_exactly_the_changed_resources_and_fields(tmp_path: Path, san
     }
     web_listener = f"outbound:{demo.addr('127.0.1.1')}:10002"
     assert changes == {
+        "admin": [("update", "cluster", "backend")],  # every client of backend sees the new instance
         "backend-1": [],
         "backend-2": [],
         "backend-3": [
@@ -128,19 +129,19 @@ def test_edits_show_exactly_the_changed_resources_and_fields(tmp_path: Path, san
     assert added[0] == "load_assignment.endpoints[0].lb_endpoints[2]" and added[1] is None
     assert added[2]["endpoint"]["address"]["socket_address"] == {"address": demo.addr("127.0.1.4"), "port_value": 8080}
     assert document["summary"] == {
-        "add": 2, "change": 2, "destroy": 2, "proxies_changed": 3, "sidecars_changed": 2, "egresses_changed": 1,
+        "add": 2, "change": 3, "destroy": 2, "proxies_changed": 4, "sidecars_changed": 3, "egresses_changed": 1,
         "unreachable": [],
     }
 
     code, human, _ = plan(demo, sandbox_state, "--detailed-exitcode")
     assert code == 2
-    assert human.rstrip().endswith("Plan: 2 to add, 2 to change, 2 to destroy across 3 proxies (2 sidecars, 1 egress).")
+    assert human.rstrip().endswith("Plan: 2 to add, 3 to change, 2 to destroy across 4 proxies (3 sidecars, 1 egress).")
     text = human.replace(demo.proxies, "127.0.1.").replace(demo.externals, "127.0.2.")
     check_golden(request, "plan/edits.txt", text)
     code, summary, _ = plan(demo, sandbox_state, "--summary")
     assert code == 0
     assert f'- web [sidecar] listener "{web_listener}"' in summary
-    assert len([line for line in summary.splitlines() if line[:2] in ("+ ", "~ ", "- ")]) == 6
+    assert len([line for line in summary.splitlines() if line[:2] in ("+ ", "~ ", "- ")]) == 7
 
 
 def test_a_change_behind_meshplans_back_shows_in_the_plan(tmp_path: Path, sandbox_state: Path) -> None:
@@ -175,7 +176,7 @@ def test_a_dead_proxy_is_reported_and_the_others_are_planned(tmp_path: Path, san
     assert document["summary"]["unreachable"] == ["backend-2"]
     status = {p["name"]: (p["status"], p["detail"]) for p in document["proxies"]}
     assert status["backend-2"][0] == "unreachable" and "refused" in status["backend-2"][1].lower()
-    assert {name for name, (s, _) in status.items() if s == "ok"} == {"backend-1", "web", "egress"}
+    assert {name for name, (s, _) in status.items() if s == "ok"} == {"admin", "backend-1", "web", "egress"}
 
     code, human, _ = plan(demo, sandbox_state, "--timeout", "1")
     assert code == 1
