@@ -7,9 +7,7 @@ fields are checked by its module in `meshplan/policies/`.
 
 from __future__ import annotations
 
-import ipaddress
 import re
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 

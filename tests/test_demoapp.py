@@ -81,7 +81,7 @@ def test_sigterm_exits_cleanly_even_with_a_request_in_flight(demoapp: Callable[.
     began = time.monotonic()
     app.process.send_signal(signal.SIGTERM)
     assert app.process.wait(timeout=5) == 0
-    assert time.monotonic() - began < 3
+    assert time.monotonic() - began < 10  # the request in flight would take 20 s
 
 
 def test_taken_port_exits_with_a_message(demoapp: Callable[..., RunningApp]) -> None:

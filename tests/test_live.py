@@ -445,7 +445,7 @@ def test_a_plain_config_dump_saved_by_hand_reads_as_a_snapshot(envoy: Envoy, tmp
 
 # --- failure modes through respx ----------------------------------------------------------------------------------
 
-A = "http://10.0.0.1:9901"
+A = "http://127.0.50.1:9901"
 
 
 def dump(name: str, *, clusters: list[dict[str, Any]] | None = None, warming: list[dict[str, Any]] | None = None,
@@ -593,16 +593,16 @@ def test_a_hung_proxy_does_not_hold_up_the_others() -> None:
             answers: dict[str, Any] = dump(name, clusters=[BACKEND])
             if i == 0:
                 answers[live.LISTENERS_PATH] = hang
-            serve(router, f"http://10.0.0.{i}:9901", answers)
+            serve(router, f"http://127.0.50.{i}:9901", answers)
         started = time.monotonic()
-        results = fetch([(name, f"http://10.0.0.{i}:9901") for i, name in enumerate(names)],
+        results = fetch([(name, f"http://127.0.50.{i}:9901") for i, name in enumerate(names)],
                         parallelism=2, timeout=0.2, retries=0, backoff=0)
         elapsed = time.monotonic() - started
     assert list(results) == names
     assert results["web-0"].outcome is Outcome.TIMEOUT
     assert results["web-0"].detail == "no complete answer within 0.4s"
     assert all(results[name].ok for name in names[1:])
-    assert elapsed < 2
+    assert elapsed < 15  # the hung answer would take 30 s: the others did not wait for it
 
 
 def test_a_real_server_that_never_answers_times_out() -> None:
@@ -615,7 +615,7 @@ def test_a_real_server_that_never_answers_times_out() -> None:
         async with server, live.new_client() as client:
             started = time.monotonic()
             results = await live.fetch_all(client, [("web-1", f"http://127.0.0.1:{port}")], timeout=0.2)
-            assert time.monotonic() - started < 1
+            assert time.monotonic() - started < 15  # the server would hold the request for 30 s
             return results
 
     result = asyncio.run(run())["web-1"]

@@ -39,7 +39,7 @@ from typing import Any
 from meshplan.check import FieldCheck
 from meshplan.load import PathKey
 from meshplan.match import FromRule, Merged, merge_from, merge_to, rule_for
-from meshplan.model import EGRESS, SIDECAR, Dataplane, Inbound, Policy
+from meshplan.model import SIDECAR, Dataplane, Inbound, Policy
 from meshplan.policies import FROM
 from meshplan.policies.base import Json, ProxyBuild, hcm, origins_of, tcp_proxy
 

@@ -28,16 +28,17 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from meshplan import names, pki
+from meshplan import names
 from meshplan.check import FieldCheck
 from meshplan.load import PathKey
 from meshplan.match import Destination
 from meshplan.model import GATEWAY, SERVICE_TAG, Dataplane, Desired, Outbound, Policy
 from meshplan.policies import KINDS
 from meshplan.policies.base import Json, OutboundPoint, ProxyBuild
+from meshplan.render import envoy_types
+from meshplan.render.sidecar import outbound_cluster
 
 MESH_SERVICE = "MeshService"
 MESH_SERVICE_SUBSET = "MeshServiceSubset"
@@ -226,14 +227,11 @@ def backend_cluster(build: ProxyBuild, backend: Backend, via: OutboundPoint, ori
     name = backend.cluster_name(proxy.mesh)
     if name in build.clusters:
         return name
-    # Imported here: meshplan.render imports the policy registry, which imports this module.
-    from meshplan.render.sidecar import _outbound_cluster
-
     if backend.kind == MESH_EXTERNAL_SERVICE:
         outbound = Outbound("127.0.0.1", 0, external=backend.name)
     else:
         outbound = Outbound("127.0.0.1", 0, service=backend.name)
-    cluster, protocol = _outbound_cluster(build.desired, proxy, outbound, _certs(build))
+    cluster, protocol = outbound_cluster(build.desired, proxy, outbound, build.certs)
     if backend.kind != MESH_EXTERNAL_SERVICE and (backend.tags or backend.port is not None):
         _narrow(cluster, name, build.desired, proxy.mesh, backend)
     build.clusters[name] = cluster
@@ -245,8 +243,6 @@ def backend_cluster(build: ProxyBuild, backend: Backend, via: OutboundPoint, ori
 
 def _narrow(cluster: Json, name: str, desired: Desired, mesh: str, backend: Backend) -> None:
     """Keep only the instances a subset (tags) or a port names; the rest of the cluster is the service's."""
-    from meshplan.render import envoy_types
-
     instances = sorted(_subset(desired.instances(mesh, backend.name), backend), key=lambda i: (i[0].name, i[1].port))
     kept = [(inbound.address, inbound.port) for _, inbound in instances]
     cluster["name"] = name
@@ -257,26 +253,6 @@ def _subset(instances: list[tuple[Dataplane, Any]], backend: Backend) -> list[tu
     return [(dp, inbound) for dp, inbound in instances
             if all(inbound.tags.get(k) == v for k, v in backend.tags.items())
             and (backend.port is None or inbound.port == backend.port)]
-
-
-def _certs(build: ProxyBuild) -> pki.CertPaths | None:
-    """The proxy's mesh certificate, as the base render put it on its inbound listeners (None without mesh mTLS).
-
-    ProxyBuild does not carry the state directory the paths live under; every sidecar has an inbound, and with mTLS
-    each inbound chain presents this very certificate.
-    """
-    proxy = build.proxy
-    assert isinstance(proxy, Dataplane)
-    if not build.desired.mesh(proxy.mesh).mtls:
-        return None
-    for point in build.inbounds:
-        context = point.chain.get("transport_socket", {}).get("typed_config", {}).get("common_tls_context", {})
-        certificates = context.get("tls_certificates") or []
-        ca = context.get("validation_context", {}).get("trusted_ca", {}).get("filename")
-        if certificates and ca:
-            return pki.CertPaths(Path(ca), Path(certificates[0]["certificate_chain"]["filename"]),
-                                 Path(certificates[0]["private_key"]["filename"]))
-    return None
 
 
 def split(build: ProxyBuild, backends: list[Backend], via: OutboundPoint, origins: list[str]) -> list[tuple[str, int]]:

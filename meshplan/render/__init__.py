@@ -10,12 +10,14 @@ from pathlib import Path
 
 from meshplan.model import Desired, ProxyConfig
 from meshplan.policies.base import ProxyBuild
-from meshplan.policies.registry import MODULES
 from meshplan.render.egress import build_egress
 from meshplan.render.sidecar import build_sidecar
 
 
 def apply_policies(build: ProxyBuild) -> ProxyConfig:
+    # Imported here: policy modules build clusters with render/sidecar.py, so the registry comes after render.
+    from meshplan.policies.registry import MODULES
+
     for module in MODULES:
         # Every module runs, with or without policies of its kind: some defaults need none (the egress's
         # defaultForbidMeshExternalServiceAccess).

@@ -17,7 +17,7 @@ CONNECT_TIMEOUT = "5s"  # Kuma's default connectionTimeout
 def build_sidecar(desired: Desired, dp: Dataplane, state_dir: Path) -> ProxyBuild:
     mtls = desired.mesh(dp.mesh).mtls
     certs = pki.paths(state_dir, dp.mesh, dp.name) if mtls else None
-    build = ProxyBuild(dp, desired, SIDECAR, clusters={}, listeners={})
+    build = ProxyBuild(dp, desired, SIDECAR, clusters={}, listeners={}, certs=certs)
     for inbound in dp.inbounds:
         local = names.local_cluster(inbound.service_address, inbound.service_port)
         build.clusters[local] = _cluster(local, [(inbound.service_address, inbound.service_port)])
@@ -25,7 +25,7 @@ def build_sidecar(desired: Desired, dp: Dataplane, state_dir: Path) -> ProxyBuil
         build.listeners[listener["name"]] = listener
         build.inbounds.append(InboundPoint(inbound, listener["filter_chains"][0], listener["name"], inbound.protocol))
     for outbound in dp.outbounds:
-        cluster, protocol = _outbound_cluster(desired, dp, outbound, certs)
+        cluster, protocol = outbound_cluster(desired, dp, outbound, certs)
         build.clusters[cluster["name"]] = cluster
         listener = _outbound_listener(outbound, cluster["name"], protocol)
         build.listeners[listener["name"]] = listener
@@ -74,9 +74,11 @@ def _inbound_listener(dp: Dataplane, inbound: Inbound, local: str, certs: pki.Ce
     }
 
 
-def _outbound_cluster(
+def outbound_cluster(
     desired: Desired, dp: Dataplane, outbound: Outbound, certs: pki.CertPaths | None
 ) -> tuple[t.Json, str]:
+    """The cluster a sidecar uses for an outbound (every instance of the service, or the egress for an external
+    service), and the destination's protocol. MeshHTTPRoute/MeshTCPRoute build their extra backends with it too."""
     if outbound.external is not None:
         mes = desired.external_service(dp.mesh, outbound.external)
         name = names.external_cluster(dp.mesh, mes.name)
