@@ -79,14 +79,24 @@ class FieldCheck:
 
 
 
-    def duration(self, obj: dict[str, Any], path: PathKey, key: str, *, required: bool = False) -> str | None:
+    def duration(self, obj: dict[str, Any], path: PathKey, key: str, *, required: bool = False,
+                 positive: bool = False) -> str | None:
         """A Go-style duration (`5s`, `1m30s`, `250ms`) as Envoy's proto-JSON Duration (`90s`, `0.250s`)."""
         value = self.field(obj, path, key, str, required=required)
         if value is None:
             return None
+        if value.strip().startswith("-"):
+            self.fail(path + (key,), f"must not be negative, got {value!r}")
+            return None
         seconds = parse_duration(value)
         if seconds is None:
             self.fail(path + (key,), f"must be a duration like 500ms, 5s or 1m30s, got {value!r}")
+            return None
+        if positive and seconds == 0:
+            self.fail(path + (key,), f"must be greater than 0, got {value!r}")
+            return None
+        if seconds > MAX_DURATION_SECONDS:
+            self.fail(path + (key,), f"must be at most {MAX_DURATION_SECONDS}s, got {value!r}")
             return None
         return duration_json(seconds)
 
@@ -115,6 +125,7 @@ def _describe(types: tuple[type, ...]) -> str:
     return " or ".join(names.get(t, t.__name__) for t in types)
 
 
+MAX_DURATION_SECONDS = Decimal(315_576_000_000)  # the most a google.protobuf.Duration holds
 _UNITS = {"ns": Decimal("1e-9"), "us": Decimal("1e-6"), "µs": Decimal("1e-6"), "ms": Decimal("0.001"), "s": Decimal(1),
           "m": Decimal(60), "h": Decimal(3600)}
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
@@ -135,6 +146,13 @@ def parse_duration(text: str) -> Decimal | None:
             return None
         pos = m.end()
     return total if pos == len(text) and pos > 0 else None
+
+
+def proto_duration(text: str) -> str:
+    """A duration `FieldCheck.duration` already accepted, as proto-JSON."""
+    seconds = parse_duration(text)
+    assert seconds is not None, f"unvalidated duration {text!r}"
+    return duration_json(seconds)
 
 
 def duration_json(seconds: Decimal) -> str:

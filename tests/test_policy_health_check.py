@@ -208,7 +208,7 @@ BAD: list[tuple[str, str, list[tuple[str, str, str]]]] = [
     ("bad durations", "interval: soon\ntimeout: 0s\nnoTrafficInterval: 5\nhttp: {}", [
         (".interval", "must be a duration like 500ms", "interval: soon"),
         (".timeout", "must be greater than 0", "timeout: 0s"),
-        (".noTrafficInterval", "must be a duration", "noTrafficInterval: 5"),
+        (".noTrafficInterval", "must be a string, got an integer", "noTrafficInterval: 5"),
     ]),
     ("thresholds", "unhealthyThreshold: 0\nhealthyThreshold: two\nhttp: {}", [
         (".unhealthyThreshold", "must be between 1 and 4294967295, got 0", "unhealthyThreshold: 0"),

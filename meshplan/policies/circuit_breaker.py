@@ -57,7 +57,7 @@ from dataclasses import replace
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from meshplan.check import FieldCheck, duration_json, parse_duration
+from meshplan.check import FieldCheck, proto_duration
 from meshplan.load import PathKey
 from meshplan.match import Merged, merge_to
 from meshplan.model import SIDECAR, Policy
@@ -100,7 +100,6 @@ RATE_DETECTORS = {  # detector -> its fields -> Envoy fields, and its enforcing 
 DETECTORS = tuple(CONSECUTIVE_DETECTORS) + tuple(DETECTOR_ALIASES) + tuple(RATE_DETECTORS)
 ENFORCED = 100
 UINT32_MAX = 2**32 - 1
-MAX_DURATION_SECONDS = Decimal(315_576_000_000)  # the most a google.protobuf.Duration holds
 
 
 # --- validation -----------------------------------------------------------------------------------------------
@@ -126,8 +125,8 @@ def validate(default: Json, path: PathKey, check: FieldCheck, section: str) -> N
 def _check_outlier(check: FieldCheck, outlier: Json, path: PathKey) -> None:
     check.unknown(outlier, path, OUTLIER_FIELDS)
     check.field(outlier, path, "disabled", bool)
-    _duration(check, outlier, path, "interval", positive=True)
-    _duration(check, outlier, path, "baseEjectionTime", positive=True)
+    check.duration(outlier, path, "interval", positive=True)
+    check.duration(outlier, path, "baseEjectionTime", positive=True)
     _uint(check, outlier, path, "maxEjectionPercent", maximum=100)
     check.field(outlier, path, "splitExternalAndLocalErrors", bool)
     _decimal(check, outlier, path, "healthyPanicThreshold", minimum=Decimal(0), maximum=Decimal(100))
@@ -198,33 +197,6 @@ def _decimal(check: FieldCheck, obj: Json, path: PathKey, key: str, *, minimum: 
         check.fail(path + (key,), f"must be {low} and at most {maximum}, got {value!r}")
         return None
     return number
-
-
-def _duration(check: FieldCheck, obj: Json, path: PathKey, key: str, *, positive: bool = False) -> str | None:
-    """A Go duration (`5s`, `250ms`, `1m30s`) as proto-JSON, or None after recording why it is not one."""
-    text = check.field(obj, path, key, str)
-    if text is None:
-        return None
-    if text.strip().startswith("-"):
-        check.fail(path + (key,), f"must not be negative, got {text!r}")
-        return None
-    seconds = parse_duration(text)
-    if seconds is None:
-        check.fail(path + (key,), f"must be a duration like 500ms, 5s or 1m30s, got {text!r}")
-        return None
-    if positive and seconds == 0:
-        check.fail(path + (key,), f"must be greater than 0, got {text!r}")
-        return None
-    if seconds > MAX_DURATION_SECONDS:
-        check.fail(path + (key,), f"must be at most {MAX_DURATION_SECONDS}s, got {text!r}")
-        return None
-    return duration_json(seconds)
-
-
-def _proto_duration(text: str) -> str:
-    seconds = parse_duration(text)
-    assert seconds is not None, f"unvalidated duration {text!r}"
-    return duration_json(seconds)
 
 
 # --- one spelling ---------------------------------------------------------------------------------------------
@@ -322,7 +294,7 @@ def _outlier_detection(build: ProxyBuild, merged: Merged, cluster: Json) -> None
     cluster["outlier_detection"] = detection
     for key, envoy_key in (("interval", "interval"), ("baseEjectionTime", "base_ejection_time")):
         if key in conf:
-            build.set(detection, envoy_key, _proto_duration(conf[key]), origins(key))
+            build.set(detection, envoy_key, proto_duration(conf[key]), origins(key))
     if "maxEjectionPercent" in conf:
         build.set(detection, "max_ejection_percent", conf["maxEjectionPercent"], origins("maxEjectionPercent"))
     if "splitExternalAndLocalErrors" in conf:

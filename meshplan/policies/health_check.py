@@ -49,7 +49,7 @@ import re
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from meshplan.check import FieldCheck, duration_json, parse_duration
+from meshplan.check import FieldCheck, proto_duration
 from meshplan.load import PathKey
 from meshplan.match import Merged, merge_to
 from meshplan.model import Policy
@@ -87,7 +87,7 @@ HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+\-.^_`|~]+$")
 def validate(default: Json, path: PathKey, check: FieldCheck, section: str) -> None:
     check.unknown(default, path, FIELDS)
     for key in DURATIONS:
-        _duration(check, default, path, key)
+        check.duration(default, path, key, positive=True)
     for key in ("unhealthyThreshold", "healthyThreshold"):
         _integer(check, default, path, key, minimum=1, maximum=MAX_UINT32)
     _integer(check, default, path, "intervalJitterPercent", minimum=0, maximum=100)
@@ -181,17 +181,6 @@ def _base64(check: FieldCheck, text: str, path: PathKey) -> None:
         check.fail(path, "must not be empty (Envoy needs at least one byte)")
 
 
-def _duration(check: FieldCheck, obj: Json, path: PathKey, key: str) -> None:
-    if key not in obj or obj[key] is None:
-        return
-    value = obj[key]
-    seconds = parse_duration(value) if isinstance(value, str) else None
-    if seconds is None:
-        check.fail(path + (key,), f"must be a duration like 500ms, 5s or 1m30s, got {value!r}")
-    elif seconds <= 0:
-        check.fail(path + (key,), f"must be greater than 0, got {value!r}")
-
-
 def _integer(check: FieldCheck, obj: Json, path: PathKey, key: str, *, minimum: int, maximum: int) -> None:
     value = check.field(obj, path, key, int)
     if value is not None and not minimum <= value <= maximum:
@@ -281,7 +270,7 @@ def _health_check(build: ProxyBuild, merged: Merged) -> Json:
     }
     for name, envoy in fields.items():
         if name in conf:
-            build.set(health_check, envoy, _duration_json(conf[name]), origins_of(merged, name))
+            build.set(health_check, envoy, proto_duration(conf[name]), origins_of(merged, name))
     scalars = {
         "unhealthyThreshold": "unhealthy_threshold",
         "healthyThreshold": "healthy_threshold",
@@ -358,9 +347,3 @@ def _grpc(grpc: Json) -> Json:
 
 def _hex(text: str) -> str:
     return base64.b64decode(text).hex().upper()
-
-
-def _duration_json(text: str) -> str:
-    seconds = parse_duration(text)
-    assert seconds is not None, text  # validated
-    return duration_json(seconds)

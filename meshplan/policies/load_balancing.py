@@ -181,7 +181,7 @@ def _validate_hash_policies(check: FieldCheck, policies: list[Any], path: PathKe
         elif kind == "Cookie":
             check.unknown(body, bp, ("name", "ttl", "path"))
             _name(check, body, bp, "name")
-            _duration(check, body, bp, "ttl")
+            check.duration(body, bp, "ttl")
             cookie_path = check.field(body, bp, "path", str)
             if cookie_path is not None and not cookie_path.startswith("/"):
                 check.fail(bp + ("path",), f"must be an absolute path, got {cookie_path!r}")
@@ -210,15 +210,6 @@ def _integer(check: FieldCheck, obj: Json, path: PathKey, key: str, *, minimum: 
         check.fail(path + (key,), f"must be between {minimum} and {maximum}, got {value}")
         return None
     return int(value)
-
-
-def _duration(check: FieldCheck, obj: Json, path: PathKey, key: str) -> None:
-    if key not in obj or obj[key] is None:
-        return
-    value = obj[key]
-    seconds = parse_duration(value) if isinstance(value, str) else None
-    if seconds is None:
-        check.fail(path + (key,), f"must be a duration like 500ms, 5s or 1m30s, got {value!r}")
 
 
 def _decimal(value: Any) -> Decimal | None:

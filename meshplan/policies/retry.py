@@ -39,12 +39,12 @@ OmitPreviousPriorities an updateFrequency above zero and appears once.
 
 from __future__ import annotations
 
-import re
 from decimal import Decimal
+import re
 from http import HTTPStatus
 from typing import Any
 
-from meshplan.check import FieldCheck, duration_json, parse_duration
+from meshplan.check import FieldCheck, proto_duration
 from meshplan.load import PathKey
 from meshplan.match import Merged, merge_to
 from meshplan.model import SIDECAR, Policy
@@ -98,7 +98,6 @@ HTTP_FIELDS = COMMON_FIELDS + ("retriableResponseHeaders", "retriableRequestHead
                                "hostSelectionMaxAttempts")
 UINT32_MAX = 2**32 - 1
 INT64_MAX = 2**63 - 1
-MAX_DURATION_SECONDS = Decimal(315_576_000_000)  # the most a google.protobuf.Duration holds
 
 
 # --- validation -----------------------------------------------------------------------------------------------
@@ -129,25 +128,25 @@ def _check_common(check: FieldCheck, conf: Json, path: PathKey, fields: tuple[st
     if not any(conf.get(key) is not None for key in fields):
         check.fail(path, f"must not be empty: set at least one of {', '.join(fields)}")
     _uint(check, conf, path, "numRetries")
-    _duration(check, conf, path, "perTryTimeout")
+    check.duration(conf, path, "perTryTimeout")
     back_off = check.field(conf, path, "backOff", dict)
     if back_off is not None:
         bpath = path + ("backOff",)
         check.unknown(back_off, bpath, ("baseInterval", "maxInterval"))
         if back_off.get("baseInterval") is None and back_off.get("maxInterval") is None:
             check.fail(bpath, "must not be empty: set baseInterval, maxInterval or both")
-        base = _duration(check, back_off, bpath, "baseInterval", positive=True)
-        most = _duration(check, back_off, bpath, "maxInterval", positive=True)
+        base = check.duration(back_off, bpath, "baseInterval", positive=True)
+        most = check.duration(back_off, bpath, "maxInterval", positive=True)
         base_known = base is not None or back_off.get("baseInterval") is None  # a wrong one is already reported
         # Envoy rejects a max_interval below base_interval (whose default is 25ms).
-        if most is not None and base_known and _seconds(most) < _seconds(base or DEFAULT_BASE_INTERVAL):
+        if most is not None and base_known and Decimal(most.rstrip("s")) < Decimal((base or DEFAULT_BASE_INTERVAL).rstrip("s")):
             check.fail(bpath + ("maxInterval",),
                        f"must not be less than baseInterval ({back_off.get('baseInterval') or '25ms'})")
     limited = check.field(conf, path, "rateLimitedBackOff", dict)
     if limited is not None:
         lpath = path + ("rateLimitedBackOff",)
         check.unknown(limited, lpath, ("resetHeaders", "maxInterval"))
-        _duration(check, limited, lpath, "maxInterval", positive=True)
+        check.duration(limited, lpath, "maxInterval", positive=True)
         headers = check.field(limited, lpath, "resetHeaders", list)
         if headers is None:
             if "resetHeaders" not in limited or limited["resetHeaders"] is None:
@@ -240,37 +239,6 @@ def _uint(check: FieldCheck, obj: Json, path: PathKey, key: str, *, minimum: int
     return value  # type: ignore[no-any-return]
 
 
-def _duration(check: FieldCheck, obj: Json, path: PathKey, key: str, *, positive: bool = False) -> str | None:
-    """A Go duration (`5s`, `250ms`, `1m30s`) as proto-JSON, or None after recording why it is not one."""
-    text = check.field(obj, path, key, str)
-    if text is None:
-        return None
-    if text.strip().startswith("-"):
-        check.fail(path + (key,), f"must not be negative, got {text!r}")
-        return None
-    seconds = parse_duration(text)
-    if seconds is None:
-        check.fail(path + (key,), f"must be a duration like 500ms, 5s or 1m30s, got {text!r}")
-        return None
-    if positive and seconds == 0:
-        check.fail(path + (key,), f"must be greater than 0, got {text!r}")
-        return None
-    if seconds > MAX_DURATION_SECONDS:
-        check.fail(path + (key,), f"must be at most {MAX_DURATION_SECONDS}s, got {text!r}")
-        return None
-    return duration_json(seconds)
-
-
-def _seconds(proto_duration: str) -> Decimal:
-    return Decimal(proto_duration.rstrip("s"))
-
-
-def _proto_duration(text: str) -> str:
-    seconds = parse_duration(text)
-    assert seconds is not None, f"unvalidated duration {text!r}"
-    return duration_json(seconds)
-
-
 def _http_retry_on(item: str | int) -> tuple[str, str] | None:
     """What one `retryOn` item is: ("on", condition), ("status", code) or ("method", METHOD); None if nothing."""
     text = str(item)
@@ -335,17 +303,17 @@ def _configure_route(build: ProxyBuild, merged: Merged, section: str, action: Js
     if "numRetries" in conf:
         build.set(policy, "num_retries", conf["numRetries"], origins("numRetries"))
     if "perTryTimeout" in conf:
-        build.set(policy, "per_try_timeout", _proto_duration(conf["perTryTimeout"]), origins("perTryTimeout"))
+        build.set(policy, "per_try_timeout", proto_duration(conf["perTryTimeout"]), origins("perTryTimeout"))
     back_off = conf.get("backOff")
     if back_off:
         envoy_back_off: Json = {}
         if "baseInterval" in back_off:
-            build.set(envoy_back_off, "base_interval", _proto_duration(back_off["baseInterval"]),
+            build.set(envoy_back_off, "base_interval", proto_duration(back_off["baseInterval"]),
                       origins("backOff.baseInterval"))
         else:  # Envoy requires a base interval; Kuma's default
             build.set(envoy_back_off, "base_interval", DEFAULT_BASE_INTERVAL, _written_by(merged, (section, "backOff")))
         if "maxInterval" in back_off:
-            build.set(envoy_back_off, "max_interval", _proto_duration(back_off["maxInterval"]),
+            build.set(envoy_back_off, "max_interval", proto_duration(back_off["maxInterval"]),
                       origins("backOff.maxInterval"))
         policy["retry_back_off"] = envoy_back_off
     limited = conf.get("rateLimitedBackOff")
@@ -355,7 +323,7 @@ def _configure_route(build: ProxyBuild, merged: Merged, section: str, action: Js
                   [{"name": h["name"], "format": RESET_FORMATS[h["format"]]} for h in limited.get("resetHeaders", [])],
                   origins("rateLimitedBackOff.resetHeaders"))
         if "maxInterval" in limited:
-            build.set(envoy_limited, "max_interval", _proto_duration(limited["maxInterval"]),
+            build.set(envoy_limited, "max_interval", proto_duration(limited["maxInterval"]),
                       origins("rateLimitedBackOff.maxInterval"))
         policy["rate_limited_retry_back_off"] = envoy_limited
     if codes:

@@ -36,11 +36,10 @@ requestHeadersTimeout alone makes a valid `http` section.
 
 from __future__ import annotations
 
-from decimal import Decimal
 from typing import Any
 
 from meshplan import names
-from meshplan.check import FieldCheck, duration_json, parse_duration
+from meshplan.check import FieldCheck, proto_duration
 from meshplan.load import PathKey
 from meshplan.match import Merged, merge_from, merge_to, rule_for
 from meshplan.model import Inbound, Policy
@@ -56,7 +55,6 @@ CONF_FIELDS = ("connectionTimeout", "idleTimeout", "http")
 HTTP_FIELDS = ("requestTimeout", "streamIdleTimeout", "maxStreamDuration", "maxConnectionDuration",
                "requestHeadersTimeout")
 # google.protobuf.Duration cannot hold more (about 10,000 years); Envoy rejects the resource beyond it.
-MAX_DURATION_SECONDS = Decimal(315_576_000_000)
 
 
 # --- validation -----------------------------------------------------------------------------------------------
@@ -70,8 +68,8 @@ def validate(default: Json, path: PathKey, check: FieldCheck, section: str) -> N
         check.fail(path, "at least one timeout should be configured "
                    f"(one of: {', '.join(CONF_FIELDS)})")
         return
-    _duration(check, default, path, "connectionTimeout", positive=True)
-    _duration(check, default, path, "idleTimeout")
+    check.duration(default, path, "connectionTimeout", positive=True)
+    check.duration(default, path, "idleTimeout")
     http = check.field(default, path, "http", dict)
     if http is None:
         return
@@ -81,7 +79,7 @@ def validate(default: Json, path: PathKey, check: FieldCheck, section: str) -> N
         check.fail(hpath, "at least one timeout in this section should be configured "
                    f"(one of: {', '.join(HTTP_FIELDS)})")
     for key in HTTP_FIELDS:
-        _duration(check, http, hpath, key)
+        check.duration(http, hpath, key)
 
 
 def _check_from_kind(check: FieldCheck, path: PathKey) -> None:
@@ -98,33 +96,6 @@ def _check_from_kind(check: FieldCheck, path: PathKey) -> None:
         check.fail(path[:-1] + ("targetRef", "kind"),
                    f"MeshTimeout `from` items must target kind Mesh, got {kind!r}: inbound timeouts apply to every "
                    "client of the inbound")
-
-
-def _duration(check: FieldCheck, obj: Json, path: PathKey, key: str, *, positive: bool = False) -> str | None:
-    """A Go duration (`5s`, `250ms`, `1m30s`) as proto-JSON, or None after recording why it is not one."""
-    text = check.field(obj, path, key, str)
-    if text is None:
-        return None
-    if text.strip().startswith("-"):
-        check.fail(path + (key,), f"must not be negative, got {text!r}")
-        return None
-    seconds = parse_duration(text)
-    if seconds is None:
-        check.fail(path + (key,), f"must be a duration like 500ms, 5s or 1m30s, got {text!r}")
-        return None
-    if positive and seconds == 0:
-        check.fail(path + (key,), f"must be greater than 0, got {text!r}")
-        return None
-    if seconds > MAX_DURATION_SECONDS:
-        check.fail(path + (key,), f"must be at most {MAX_DURATION_SECONDS}s, got {text!r}")
-        return None
-    return duration_json(seconds)
-
-
-def _proto_duration(text: str) -> str:
-    seconds = parse_duration(text)
-    assert seconds is not None, f"unvalidated duration {text!r}"
-    return duration_json(seconds)
 
 
 # --- rendering ------------------------------------------------------------------------------------------------
@@ -152,12 +123,12 @@ def _configure(build: ProxyBuild, merged: Merged, cluster: Json | None, chain: J
     conf = merged.conf
     http: dict[str, Any] = conf.get("http") or {}
     if cluster is not None and "connectionTimeout" in conf:
-        build.set(cluster, "connect_timeout", _proto_duration(conf["connectionTimeout"]),
+        build.set(cluster, "connect_timeout", proto_duration(conf["connectionTimeout"]),
                   origins_of(merged, "connectionTimeout"))
     if protocol not in HTTP_PROTOCOLS:
         proxy = tcp_proxy(chain)
         if proxy is not None and "idleTimeout" in conf:
-            build.set(proxy, "idle_timeout", _proto_duration(conf["idleTimeout"]), origins_of(merged, "idleTimeout"))
+            build.set(proxy, "idle_timeout", proto_duration(conf["idleTimeout"]), origins_of(merged, "idleTimeout"))
         return
     if cluster is not None:
         for key, value, envoy_key in (("idleTimeout", conf.get("idleTimeout"), "idle_timeout"),
@@ -165,17 +136,17 @@ def _configure(build: ProxyBuild, merged: Merged, cluster: Json | None, chain: J
                                       ("http.maxConnectionDuration", http.get("maxConnectionDuration"),
                                        "max_connection_duration")):
             if value is not None:
-                build.set(_common_http_options(cluster), envoy_key, _proto_duration(value), origins_of(merged, key))
+                build.set(_common_http_options(cluster), envoy_key, proto_duration(value), origins_of(merged, key))
     for route in routes(chain):
         action = route.get("route")
         if action is None:
             continue  # a redirect or a direct response forwards nothing, so has no upstream timeout
         for key, envoy_key in (("requestTimeout", "timeout"), ("streamIdleTimeout", "idle_timeout")):
             if key in http:
-                build.set(action, envoy_key, _proto_duration(http[key]), origins_of(merged, f"http.{key}"))
+                build.set(action, envoy_key, proto_duration(http[key]), origins_of(merged, f"http.{key}"))
     manager = hcm(chain)
     if manager is not None and "requestHeadersTimeout" in http:
-        build.set(manager, "request_headers_timeout", _proto_duration(http["requestHeadersTimeout"]),
+        build.set(manager, "request_headers_timeout", proto_duration(http["requestHeadersTimeout"]),
                   origins_of(merged, "http.requestHeadersTimeout"))
 
 
