@@ -148,6 +148,21 @@ def parse_duration(text: str) -> Decimal | None:
     return total if pos == len(text) and pos > 0 else None
 
 
+def as_decimal(value: Any) -> Decimal | None:
+    """An int, a float or a decimal string (Kuma's IntOrString numbers) as a finite Decimal; None for anything else."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return Decimal(str(value))
+    if isinstance(value, str):
+        try:
+            parsed = Decimal(value.strip())
+        except InvalidOperation:
+            return None
+        return parsed if parsed.is_finite() else None
+    return None
+
+
 def proto_duration(text: str) -> str:
     """A duration `FieldCheck.duration` already accepted, as proto-JSON."""
     seconds = parse_duration(text)

@@ -46,10 +46,8 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from decimal import Decimal, InvalidOperation
-from typing import Any
 
-from meshplan.check import FieldCheck, proto_duration
+from meshplan.check import FieldCheck, as_decimal, proto_duration
 from meshplan.load import PathKey
 from meshplan.match import Merged, merge_to
 from meshplan.model import Policy
@@ -190,7 +188,7 @@ def _integer(check: FieldCheck, obj: Json, path: PathKey, key: str, *, minimum: 
 def _percent(check: FieldCheck, obj: Json, path: PathKey, key: str) -> None:
     if key not in obj or obj[key] is None:
         return
-    value = _decimal(obj[key])
+    value = as_decimal(obj[key])
     if value is None or not 0 <= value <= 100:
         check.fail(path + (key,), f"must be a percentage between 0 and 100 (a number or a decimal string like "
                                   f"\"99.9\"), got {obj[key]!r}")
@@ -200,21 +198,6 @@ def _absolute_path(check: FieldCheck, obj: Json, path: PathKey, key: str) -> Non
     value = check.field(obj, path, key, str)
     if value is not None and (not value.startswith("/") or "\x00" in value or "\n" in value):
         check.fail(path + (key,), f"must be an absolute file path, got {value!r}")
-
-
-def _decimal(value: Any) -> Decimal | None:
-    """An int, a float or a decimal string (Kuma's IntOrString percentages) as a Decimal."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        return Decimal(str(value))
-    if isinstance(value, str):
-        try:
-            parsed = Decimal(value.strip())
-        except InvalidOperation:
-            return None
-        return parsed if parsed.is_finite() else None
-    return None
 
 
 # --- rendering --------------------------------------------------------------------------------------------------
@@ -236,7 +219,7 @@ def _configure_cluster(build: ProxyBuild, cluster: Json, protocol: str, merged: 
         # Another policy (MeshCircuitBreaker) may already have started common_lb_config: add to it.
         lb = cluster.setdefault("common_lb_config", {})
         if "healthyPanicThreshold" in conf:
-            value = float(_decimal(conf["healthyPanicThreshold"]) or 0)
+            value = float(as_decimal(conf["healthyPanicThreshold"]) or 0)
             build.set(lb, "healthy_panic_threshold", {"value": value}, origins_of(merged, "healthyPanicThreshold"))
         if "failTrafficOnPanic" in conf:
             zone = lb.setdefault("zone_aware_lb_config", {})

@@ -35,10 +35,9 @@ and changes nothing; `localZone` and `crossZone` are rejected as not supported.
 from __future__ import annotations
 
 import math
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from meshplan.check import FieldCheck, duration_json, parse_duration
+from meshplan.check import FieldCheck, as_decimal, duration_json, parse_duration
 from meshplan.load import PathKey
 from meshplan.match import Merged, merge_to
 from meshplan.model import Policy
@@ -117,7 +116,7 @@ def _validate_load_balancer(check: FieldCheck, lb: Json, lp: PathKey, *, top_lev
         check.unknown(least, p, ("choiceCount", "activeRequestBias"))
         _integer(check, least, p, "choiceCount", minimum=2, maximum=2**32 - 1)
         if "activeRequestBias" in least:
-            bias = _decimal(least["activeRequestBias"])
+            bias = as_decimal(least["activeRequestBias"])
             if bias is None or bias < 0:
                 check.fail(p + ("activeRequestBias",), "must be a number at least 0 (an integer or a decimal string "
                                                        f"like \"1.5\"), got {least['activeRequestBias']!r}")
@@ -212,20 +211,6 @@ def _integer(check: FieldCheck, obj: Json, path: PathKey, key: str, *, minimum: 
     return int(value)
 
 
-def _decimal(value: Any) -> Decimal | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        return Decimal(str(value))
-    if isinstance(value, str):
-        try:
-            parsed = Decimal(value.strip())
-        except InvalidOperation:
-            return None
-        return parsed if parsed.is_finite() else None
-    return None
-
-
 def _is_prime(n: int) -> bool:
     if n < 2:
         return False
@@ -278,7 +263,7 @@ def _configure_cluster(build: ProxyBuild, cluster: Json, lb: Json, merged: Merge
         if "choiceCount" in conf:
             build.set(least, "choice_count", conf["choiceCount"], origins_of(merged, f"{prefix}.choiceCount"))
         if "activeRequestBias" in conf:
-            bias = {"default_value": float(_decimal(conf["activeRequestBias"]) or 0)}
+            bias = {"default_value": float(as_decimal(conf["activeRequestBias"]) or 0)}
             build.set(least, "active_request_bias", bias, origins_of(merged, f"{prefix}.activeRequestBias"))
         if least:
             build.set(cluster, "least_request_lb_config", least, origins_of(merged, "loadBalancer.leastRequest"))
