@@ -82,8 +82,12 @@ def diff_resources(
     desired: Iterable[Mapping[str, Any]], live: Iterable[Mapping[str, Any]], kind: Kind
 ) -> list[ResourceChange]:
     """Every resource that differs, by name, in name order; resources that are the same are left out."""
-    wanted = _by_name(desired, "desired")
-    running = _by_name(live, "live")
+    wanted = canonical_by_name(desired, "desired")
+    return diff_canonical(wanted, canonical_by_name(live, "live", expected=wanted), kind)
+
+
+def diff_canonical(wanted: Mapping[str, str], running: Mapping[str, str], kind: Kind) -> list[ResourceChange]:
+    """`diff_resources` of resources already in canonical form: their canonical JSON texts by name."""
     changes = []
     for name in sorted(wanted.keys() | running.keys()):
         after_text, before_text = wanted.get(name), running.get(name)
@@ -119,12 +123,16 @@ def diff_fields(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[Fie
     return [change for _, change in changes]
 
 
-def _by_name(resources: Iterable[Mapping[str, Any]], side: str) -> dict[str, str]:
-    """Canonical JSON text by resource name (a name is a plain string field: canonicalising keeps it)."""
+def canonical_by_name(
+    resources: Iterable[Mapping[str, Any]], side: str, *, expected: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """Canonical JSON text by resource name (a name is a plain string field: canonicalising keeps it). A live
+    resource that is already its desired canonical form (`expected`, by name), as Envoy prints most, needs no
+    proto round trip: a canonical form is its own."""
     by_name: dict[str, str] = {}
     for resource in resources:
-        text = canonical_json(resource)
-        name = str(resource.get("name", ""))
+        name = str(resource.get("name", "")) if isinstance(resource, Mapping) else ""
+        text = canonical_json(resource, expected=expected.get(name) if expected is not None else None)
         if name in by_name:
             raise ValueError(f"two {side} resources are named {name!r}")
         by_name[name] = text

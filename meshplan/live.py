@@ -90,10 +90,15 @@ class _Failed(Exception):
 
 def new_client(parallelism: int = DEFAULT_PARALLELISM) -> httpx.AsyncClient:
     """An admin-API client fit for `fetch_all`: no proxy settings from the environment, and no pool limit that
-    would keep a fetch waiting for a connection (the semaphore in `fetch_all` bounds the work instead)."""
+    would keep a fetch waiting for a connection (the semaphore in `fetch_all` bounds the work instead).
+
+    No connection is kept alive: `fetch_all` asks each proxy once, its three requests at once, so a connection
+    serves one request and is never reused; and httpcore's pool scans every connection for each idle one it keeps
+    (quadratic), which with 96 kept cost twice the CPU of the requests themselves (benchmarks/plan_fleet.py).
+    `parallelism` is accepted for callers that size the client by it."""
     return httpx.AsyncClient(
         trust_env=False,
-        limits=httpx.Limits(max_connections=None, max_keepalive_connections=3 * parallelism),
+        limits=httpx.Limits(max_connections=None, max_keepalive_connections=0),
     )
 
 

@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from meshplan.canonical import fingerprint
-from meshplan.diff import Action, FieldChange, ResourceChange, diff_resources
+from meshplan.canonical import fingerprint, fingerprint_canonical
+from meshplan.diff import Action, FieldChange, ResourceChange, canonical_by_name, diff_canonical
 from meshplan.live import LiveResult
 from meshplan.model import EGRESS, SIDECAR, ProxyConfig
 
@@ -113,15 +113,18 @@ def make_plan(
             plans.append(ProxyPlan(status=status, detail=result.detail if result else "", **base))  # type: ignore[arg-type]
             continue
         running = result.resources
-        changes = [
-            _resource_plan(proxy, change)
-            for kind, wanted, have in (("cluster", proxy.clusters, running.clusters), ("listener", proxy.listeners, running.listeners))
-            for change in diff_resources(wanted, have, kind)  # type: ignore[arg-type]
-        ]
+        changes = []
+        live_texts: list[str] = []  # the live fingerprint's, from the diff's canonical forms
+        for kind, wanted, have in (("cluster", proxy.clusters, running.clusters), ("listener", proxy.listeners, running.listeners)):
+            wanted_texts = canonical_by_name(wanted, "desired")
+            running_texts = canonical_by_name(have, "live", expected=wanted_texts)
+            for change in diff_canonical(wanted_texts, running_texts, kind):  # type: ignore[arg-type]
+                changes.append(_resource_plan(proxy, change))
+            live_texts += running_texts.values()
         warnings = [f'cluster "{n}" is warming' for n in running.warming_clusters]
         warnings += [f'listener "{n}" is warming' for n in running.warming_listeners]
         warnings += [f'listener "{e.name}" was rejected by Envoy: {e.details}' for e in running.errored_listeners]
-        plans.append(ProxyPlan(status=OK, live_fingerprint=fingerprint(running.clusters + running.listeners),
+        plans.append(ProxyPlan(status=OK, live_fingerprint=fingerprint_canonical(live_texts),
                                changes=tuple(changes), warnings=tuple(warnings), **base))  # type: ignore[arg-type]
     created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     return Plan(tuple(plans), created_at=created, desired_dir=desired_dir, state_serial=state_serial,
