@@ -16,6 +16,8 @@ from meshplan.errors import Source, Violation
 PathKey = tuple[str | int, ...]
 
 KUMA_API_GROUP = "kuma.io/"
+# libyaml's parser when PyYAML was built with it (about ten times faster on a large directory); marks are the same.
+_Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 MESH_LABEL = "kuma.io/mesh"
 
 
@@ -66,7 +68,7 @@ def format_path(path: PathKey) -> str:
 class _Document:
     """A YAML node tree turned into plain data, remembering the line of every key and item."""
 
-    def __init__(self, loader: yaml.SafeLoader, file: str) -> None:
+    def __init__(self, loader: Any, file: str) -> None:
         self.loader = loader
         self.file = file
         self.lines: dict[PathKey, int] = {}
@@ -109,7 +111,7 @@ def load_file(path: Path, display: str) -> tuple[list[RawResource], list[Violati
 
     resources: list[RawResource] = []
     violations: list[Violation] = []
-    loader = yaml.SafeLoader(text)
+    loader = _Loader(text)
     try:
         while loader.check_node():
             node = loader.get_node()

@@ -140,6 +140,9 @@ class Desired:
     egresses: list[ZoneEgress]
     external_services: list[MeshExternalService]
     policies: list[Policy]
+    _instances: dict[tuple[str, str], list[tuple[Dataplane, Inbound]]] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     def mesh(self, name: str) -> Mesh:
         return self.meshes[name]
@@ -151,13 +154,14 @@ class Desired:
         raise KeyError((mesh, name))
 
     def instances(self, mesh: str, service: str) -> list[tuple[Dataplane, Inbound]]:
-        return [
-            (dp, inbound)
-            for dp in self.dataplanes
-            if dp.mesh == mesh
-            for inbound in dp.inbounds
-            if inbound.service == service
-        ]
+        """Every inbound of the service in the mesh, with its dataplane (indexed once: render asks per outbound)."""
+        if self._instances is None:
+            index: dict[tuple[str, str], list[tuple[Dataplane, Inbound]]] = {}
+            for dp in self.dataplanes:
+                for inbound in dp.inbounds:
+                    index.setdefault((dp.mesh, inbound.service), []).append((dp, inbound))
+            self._instances = index
+        return list(self._instances.get((mesh, service), []))
 
     def proxy_names(self) -> list[str]:
         return [dp.name for dp in self.dataplanes] + [eg.name for eg in self.egresses]
