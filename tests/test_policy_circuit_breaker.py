@@ -419,11 +419,6 @@ def slow_requests_at_once(url: str) -> list[httpx.Response]:
         return list(pool.map(one, range(CONCURRENT)))
 
 
-@pytest.fixture
-def http() -> Iterator[httpx.Client]:
-    with httpx.Client(trust_env=False, timeout=5.0) as client:
-        yield client
-
 
 @pytest.mark.envoy
 def test_limits_overflow_with_envoy_overloaded(traffic: PolicyMesh, http: httpx.Client) -> None:

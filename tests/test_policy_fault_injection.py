@@ -271,11 +271,6 @@ def running(tmp_path_factory: pytest.TempPathFactory, loopback: Loopback) -> Ite
         yield files
 
 
-@pytest.fixture(scope="module")
-def http() -> Iterator[httpx.Client]:
-    with httpx.Client(trust_env=False, timeout=5.0) as client:
-        yield client
-
 
 def fault_stats(http: httpx.Client, admin: str) -> dict[str, int]:
     found = stats(http, admin, r"^http\..*\.fault\.(aborts|delays)_injected$")

@@ -11,7 +11,6 @@ import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -20,11 +19,10 @@ from conftest import Loopback, pid_running
 from meshplan import pki, sandbox
 from meshplan.canonical import canonical
 from meshplan.envoy import validate_configs
-from meshplan.errors import LoadError, Violation
-from meshplan.model import ProxyConfig
 from meshplan.render import render_all
 from meshplan.validate import load_and_parse
 from tests.golden import check_golden
+from tests.policy_render import load_violations, render, touched
 
 KIND = "MeshHealthCheck"
 STATE = Path("/STATE")  # render is pure: the state directory only appears in file paths
@@ -151,13 +149,6 @@ def policy(default: str, *, name: str = "hc", to: str = "kind: MeshService\n    
         f"    - targetRef:\n        {to}\n      default:\n{body}\n"
     )
 
-
-def load_violations(directory: Path) -> list[Violation]:
-    try:
-        load_and_parse(directory)
-    except LoadError as e:
-        return e.violations
-    return []
 
 
 # --- validation -------------------------------------------------------------------------------------------------
@@ -322,30 +313,6 @@ RENDERED = {
         top="kind: Mesh\n    proxyType: [Egress]"),  # fmt: skip
 }
 
-
-def render(directory: Path, state: Path = STATE) -> dict[str, ProxyConfig]:
-    return {p.name: p for p in render_all(load_and_parse(directory), state)}
-
-
-def touched(proxy: ProxyConfig, directory: Path) -> dict[str, Any]:
-    """The resources a policy changed, with the origin of every field it set (paths inside the desired dir)."""
-    out: dict[str, Any] = {}
-    for kind, resources in (("cluster", proxy.clusters), ("listener", proxy.listeners)):
-        origins = proxy.origins.get(kind, {})
-        for resource in resources:
-            marked = origins.get(resource["name"])
-            if marked:
-                out[f"{kind}/{resource['name']}"] = {
-                    "resource": resource,
-                    "origins": {_dotted(p): [o.replace(str(directory), "<desired>") for o in who] for p, who in marked.items()},
-                }
-    return out
-
-
-def _dotted(path: Any) -> str:
-    if isinstance(path, str):
-        return path
-    return "".join(f"[{step}]" if isinstance(step, int) else f".{step}" for step in path).lstrip(".")
 
 
 def test_golden_render(request: pytest.FixtureRequest, tmp_path: Path) -> None:

@@ -21,11 +21,11 @@ from conftest import Loopback, pid_running
 from meshplan import pki, sandbox
 from meshplan.canonical import canonical
 from meshplan.envoy import validate_configs
-from meshplan.errors import LoadError, Violation
 from meshplan.model import ProxyConfig
 from meshplan.render import render_all
 from meshplan.validate import load_and_parse
 from tests.golden import check_golden
+from tests.policy_render import load_violations, render, touched
 
 KIND = "MeshLoadBalancingStrategy"
 STATE = Path("/STATE")  # render is pure: the state directory only appears in file paths
@@ -122,13 +122,6 @@ def policy(default: str, *, name: str = "lb", to: str = "kind: MeshService\n    
 EGRESS_TOP = "kind: Mesh\n    proxyType: [Egress]"
 TO_HTTPBIN = "kind: MeshExternalService\n        name: httpbin"
 
-
-def load_violations(directory: Path) -> list[Violation]:
-    try:
-        load_and_parse(directory)
-    except LoadError as e:
-        return e.violations
-    return []
 
 
 # --- validation -------------------------------------------------------------------------------------------------
@@ -299,30 +292,6 @@ RENDERED = {
     ]),  # fmt: skip
 }
 
-
-def render(directory: Path, state: Path = STATE) -> dict[str, ProxyConfig]:
-    return {p.name: p for p in render_all(load_and_parse(directory), state)}
-
-
-def touched(proxy: ProxyConfig, directory: Path) -> dict[str, Any]:
-    """The resources a policy changed, with the origin of every field it set (paths inside the desired dir)."""
-    out: dict[str, Any] = {}
-    for kind, resources in (("cluster", proxy.clusters), ("listener", proxy.listeners)):
-        origins = proxy.origins.get(kind, {})
-        for resource in resources:
-            marked = origins.get(resource["name"])
-            if marked:
-                out[f"{kind}/{resource['name']}"] = {
-                    "resource": resource,
-                    "origins": {_dotted(p): [o.replace(str(directory), "<desired>") for o in who] for p, who in marked.items()},
-                }
-    return out
-
-
-def _dotted(path: Any) -> str:
-    if isinstance(path, str):
-        return path
-    return "".join(f"[{step}]" if isinstance(step, int) else f".{step}" for step in path).lstrip(".")
 
 
 def _route_action(proxy: ProxyConfig, listener_prefix: str) -> dict[str, Any]:

@@ -298,11 +298,6 @@ def running(tmp_path_factory: pytest.TempPathFactory, loopback: Loopback) -> Ite
         yield files
 
 
-@pytest.fixture(scope="module")
-def http() -> Iterator[httpx.Client]:
-    with httpx.Client(trust_env=False, timeout=5.0) as client:
-        yield client
-
 
 def limited(http: httpx.Client, admin: str, prefix: str) -> dict[str, int]:
     found = stats(http, admin, rf"^{prefix}\.http_local_rate_limit\.(ok|rate_limited)$")

@@ -355,11 +355,6 @@ def traffic(tmp_path_factory: pytest.TempPathFactory, loopback: Addresses) -> It
         yield mesh
 
 
-@pytest.fixture
-def http() -> Iterator[httpx.Client]:
-    with httpx.Client(trust_env=False, timeout=5.0) as client:
-        yield client
-
 
 @pytest.mark.envoy
 def test_a_request_that_fails_twice_succeeds_on_the_third_attempt(traffic: PolicyMesh, http: httpx.Client) -> None:

@@ -347,11 +347,6 @@ def traffic(tmp_path_factory: pytest.TempPathFactory, loopback: Addresses) -> It
         yield mesh, {p.name: p for p in proxies}
 
 
-@pytest.fixture
-def http() -> Iterator[httpx.Client]:
-    with httpx.Client(trust_env=False, timeout=5.0) as client:
-        yield client
-
 
 def timed_get(http: httpx.Client, url: str) -> tuple[httpx.Response, float]:
     began = time.monotonic()

@@ -374,11 +374,6 @@ def running(tmp_path_factory: pytest.TempPathFactory, loopback: Loopback) -> Ite
         yield files
 
 
-@pytest.fixture(scope="module")
-def http() -> Iterator[httpx.Client]:
-    with httpx.Client(trust_env=False, timeout=5.0) as client:
-        yield client
-
 
 def rbac_stats(http: httpx.Client, running: MeshFiles, proxy: str) -> dict[str, int]:
     found = stats(http, running.admin[proxy], r"rbac\.(allowed|denied|shadow_denied)$")

@@ -1,0 +1,47 @@
+"""Helpers the policy tests share: load a desired directory for its violations, render it, and show what a policy
+changed with the origin of every field it set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from meshplan.errors import LoadError, Violation
+from meshplan.model import ProxyConfig
+from meshplan.render import render_all
+from meshplan.validate import load_and_parse
+
+STATE = Path("/STATE")
+
+
+def load_violations(directory: Path) -> list[Violation]:
+    try:
+        load_and_parse(directory)
+    except LoadError as e:
+        return e.violations
+    return []
+
+
+def render(directory: Path, state: Path = STATE) -> dict[str, ProxyConfig]:
+    return {p.name: p for p in render_all(load_and_parse(directory), state)}
+
+
+def touched(proxy: ProxyConfig, directory: Path) -> dict[str, Any]:
+    """The resources a policy changed, with the origin of every field it set (paths inside the desired dir)."""
+    out: dict[str, Any] = {}
+    for kind, resources in (("cluster", proxy.clusters), ("listener", proxy.listeners)):
+        origins = proxy.origins.get(kind, {})
+        for resource in resources:
+            marked = origins.get(resource["name"])
+            if marked:
+                out[f"{kind}/{resource['name']}"] = {
+                    "resource": resource,
+                    "origins": {_dotted(p): [o.replace(str(directory), "<desired>") for o in who] for p, who in marked.items()},
+                }
+    return out
+
+
+def _dotted(path: Any) -> str:
+    if isinstance(path, str):
+        return path
+    return "".join(f"[{step}]" if isinstance(step, int) else f".{step}" for step in path).lstrip(".")
