@@ -46,6 +46,16 @@ def run_demo(console: Console, example: Path = EXAMPLE) -> int:
             console.print(f"Stopped {len(stopped)} processes; nothing left running.")
 
 
+def _wait_for_version(admin_url: str, version: str, seconds: float = 5.0) -> None:
+    """Until the Envoy reports `version` for its clusters (a renamed file is picked up within milliseconds)."""
+    deadline = time.monotonic() + seconds
+    with httpx.Client(trust_env=False, timeout=2) as client:
+        while version not in client.get(f"{admin_url}/stats", params={"filter": "cds.version_text"}).text:
+            if time.monotonic() > deadline:
+                raise MeshplanError(f"{admin_url} did not take the out-of-band change within {seconds:g}s")
+            time.sleep(0.02)
+
+
 def _step(console: Console, title: str) -> None:
     console.print()
     console.rule(title)
@@ -146,7 +156,7 @@ def _story(console: Console, desired_dir: Path, state_dir: Path) -> int:
     _step(console, "6. someone changes backend-1 behind meshplan's back; drift notices")
     backend = next(p for p in proxies if p.name == "backend-1")
     write_xds(state_dir, dataclasses.replace(backend, clusters=()), "out-of-band")
-    time.sleep(0.2)  # Envoy picks up a renamed file within milliseconds
+    _wait_for_version(backend.admin_url, "out-of-band")
     checked = desired_proxies(desired_dir, state_dir)
     report = drift.classify(checked, state.read(state_dir), fetch_live(checked))
     for d in report:
