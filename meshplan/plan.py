@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from meshplan.canonical import fingerprint, fingerprint_canonical
+from meshplan.canonical import fingerprint_canonical
 from meshplan.diff import Action, FieldChange, ResourceChange, canonical_by_name, diff_canonical
 from meshplan.live import LiveResult
 from meshplan.model import EGRESS, SIDECAR, ProxyConfig
@@ -96,15 +96,25 @@ class Plan:
         return bool(self.changed_proxies)
 
 
+DesiredForms = Mapping[str, Mapping[str, str]]  # "cluster"|"listener" -> resource name -> canonical JSON text
+
+
+def desired_forms(proxy: ProxyConfig) -> DesiredForms:
+    """The canonical form of every resource a proxy should run (what `make_plan` compares the live side with)."""
+    return {"cluster": canonical_by_name(proxy.clusters, "desired"), "listener": canonical_by_name(proxy.listeners, "desired")}
+
+
 def make_plan(
     proxies: list[ProxyConfig], live: Mapping[str, LiveResult], *, desired_dir: str = "", state_serial: int = 0,
-    state_lineage: str = "",
+    state_lineage: str = "", forms: Mapping[str, DesiredForms] | None = None,
 ) -> Plan:
-    """Compare every proxy's desired resources with what its Envoy reported."""
+    """Compare every proxy's desired resources with what its Envoy reported. `forms` (by proxy name) are the desired
+    canonical forms when the caller already has them (`desired_forms`)."""
     plans = []
     for proxy in proxies:
         desired = {"clusters": proxy.clusters, "listeners": proxy.listeners}
-        desired_fp = fingerprint(proxy.clusters + proxy.listeners)
+        wanted_forms = forms[proxy.name] if forms is not None and proxy.name in forms else desired_forms(proxy)
+        desired_fp = fingerprint_canonical([t for texts in wanted_forms.values() for t in texts.values()])
         base = dict(name=proxy.name, type=proxy.type, mesh=proxy.mesh, admin_url=proxy.admin_url,
                     desired_fingerprint=desired_fp, desired=desired)
         result = live.get(proxy.name)
@@ -115,8 +125,8 @@ def make_plan(
         running = result.resources
         changes = []
         live_texts: list[str] = []  # the live fingerprint's, from the diff's canonical forms
-        for kind, wanted, have in (("cluster", proxy.clusters, running.clusters), ("listener", proxy.listeners, running.listeners)):
-            wanted_texts = canonical_by_name(wanted, "desired")
+        for kind, have in (("cluster", running.clusters), ("listener", running.listeners)):
+            wanted_texts = wanted_forms[kind]
             running_texts = canonical_by_name(have, "live", expected=wanted_texts)
             for change in diff_canonical(wanted_texts, running_texts, kind):  # type: ignore[arg-type]
                 changes.append(_resource_plan(proxy, change))

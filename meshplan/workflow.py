@@ -6,6 +6,8 @@ import asyncio
 import fnmatch
 import gc
 from collections.abc import Iterator, Sequence
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +15,7 @@ from pathlib import Path
 from meshplan import live, state
 from meshplan.errors import MeshplanError
 from meshplan.model import Dataplane, Desired, ProxyConfig, ZoneEgress
-from meshplan.plan import Plan, make_plan
+from meshplan.plan import DesiredForms, Plan, desired_forms, make_plan
 from meshplan.render import render_all
 from meshplan.validate import load_and_parse
 
@@ -63,6 +65,30 @@ def fetch_live(
     return fetch_targets([(p.name, p.admin_url) for p in proxies], parallelism=parallelism, timeout=timeout)
 
 
+# Rendering a fleet is CPU work and fetching it mostly waiting: a forked process renders while this one fetches.
+# (A thread does not help: both would hold the interpreter.) Small meshes are rendered here, a fork costs more.
+FORK_AT = 200
+
+
+def _render(desired: Desired, state_dir: Path) -> tuple[list[ProxyConfig], dict[str, DesiredForms]]:
+    """Every proxy's resources and their canonical forms: the CPU half of a plan."""
+    proxies = render_all(desired, state_dir)
+    return proxies, {p.name: desired_forms(p) for p in proxies}
+
+
+def _render_while_fetching(
+    desired: Desired, state_dir: Path, targets: list[tuple[str, str]], parallelism: int, timeout: float
+) -> tuple[list[ProxyConfig], dict[str, DesiredForms], dict[str, live.LiveResult]]:
+    if len(targets) < FORK_AT or "fork" not in multiprocessing.get_all_start_methods():
+        proxies, forms = _render(desired, state_dir)
+        return proxies, forms, fetch_targets(targets, parallelism=parallelism, timeout=timeout)
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork")) as pool:
+        rendering = pool.submit(_render, desired, state_dir)
+        results = fetch_targets(targets, parallelism=parallelism, timeout=timeout)
+        proxies, forms = rendering.result()
+        return proxies, forms, results
+
+
 @contextmanager
 def _fewer_collections() -> Iterator[None]:
     """A plan holds the whole desired mesh while it fetches and diffs; with the default thresholds the collector
@@ -90,12 +116,11 @@ def compute_plan(
         targets = _select(desired, selection)
         if live_from is not None:
             results = live.load_snapshot(live_from, targets)
-            proxies = render_all(desired, state_dir)
+            proxies, forms = _render(desired, state_dir)
         else:
-            # (Fetching in a thread while rendering was measured: no faster, both hold the interpreter.)
-            proxies = render_all(desired, state_dir)
-            results = fetch_targets(targets, parallelism=parallelism, timeout=timeout)
+            proxies, forms, results = _render_while_fetching(desired, state_dir, targets, parallelism, timeout)
         names = {name for name, _ in targets}
         recorded = state.read(state_dir)
         return make_plan([p for p in proxies if p.name in names], results, desired_dir=str(directory),
-                         state_serial=recorded.serial, state_lineage=recorded.lineage if recorded.serial else "")
+                         state_serial=recorded.serial, state_lineage=recorded.lineage if recorded.serial else "",
+                         forms=forms)

@@ -208,3 +208,21 @@ def _wait_for_version(admin_url: str, version: str, seconds: float = 10.0) -> No
                 return
             time.sleep(0.02)
     raise AssertionError(f"{admin_url} never reported version {version}")
+
+
+def test_rendering_in_a_fork_while_fetching_gives_the_same_plan(
+    tmp_path: Path, sandbox_state: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from meshplan import workflow
+    from meshplan.plan import to_json
+
+    demo = copy_demo(tmp_path / "demo")
+    start(demo.path, sandbox_state)
+    external = demo.path / "external.yaml"
+    external.write_text(external.read_text().replace("port: 18080", "port: 18081"))
+    here = to_json(workflow.compute_plan(demo.path, sandbox_state))
+    monkeypatch.setattr(workflow, "FORK_AT", 0)  # large fleets render in a forked process
+    forked = to_json(workflow.compute_plan(demo.path, sandbox_state))
+    assert [p["changes"] for p in forked["proxies"]] == [p["changes"] for p in here["proxies"]]
+    assert forked["summary"] == here["summary"] and forked["summary"]["change"] == 1
+    assert [p["desired_fingerprint"] for p in forked["proxies"]] == [p["desired_fingerprint"] for p in here["proxies"]]
