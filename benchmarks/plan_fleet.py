@@ -532,7 +532,8 @@ def print_table(fleets: list[str], rows: list[tuple[int, str, list[dict[str, Any
     print()
     imports = statistics.median(r["imports"] for _, _, plans, _ in rows for r in plans)
     baseline = statistics.median(r["baseline_kb"] for _, _, plans, _ in rows for r in plans) / 1024
-    print("plan: load+validate, render, fetch, canonicalise+diff+Plan, as workflow.compute_plan does them; floor: the "
+    print("plan: workflow.compute_plan, as `meshplan plan` runs it (from N=200 it renders in a fork while it fetches); "
+          "load..diff: the\nsame steps one after the other, to show where the time goes; floor: the "
           "same three\nrequests per proxy with the same client and parallelism, JSON-parsed, nothing else; ratio = "
           f"plan / floor.\nNot counted: imports ({imports:.2f}s; RSS after them {baseline:.0f} MB). "
           "peak RSS: ru_maxrss "
