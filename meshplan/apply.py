@@ -26,7 +26,7 @@ import httpx
 
 from meshplan import live, state
 from meshplan.canonical import fingerprint
-from meshplan.envoy import read_xds_files, write_xds_files
+from meshplan.envoy import read_xds_files, write_xds_file
 from meshplan.plan import Plan, ProxyPlan
 
 COUNTERS = tuple(f"{p}.{c}" for p in ("cluster_manager.cds", "listener_manager.lds") for c in ("update_rejected", "update_failure"))
@@ -92,22 +92,62 @@ async def _live_fingerprint(client: httpx.AsyncClient, name: str, admin: str, ti
     return fingerprint(result.resources.clusters + result.resources.listeners), errors
 
 
+CDS = ("cluster_manager.cds.version_text",)
+LDS = ("listener_manager.lds.version_text",)
+
+
 async def _await_version(
-    client: httpx.AsyncClient, admin: str, version: str, baseline: dict[str, Any], deadline: float, timeout: float
+    client: httpx.AsyncClient, admin: str, version: str, baseline: dict[str, Any], deadline: float, timeout: float,
+    subscriptions: tuple[str, ...] = VERSIONS,
 ) -> str | None:
-    """None once both subscriptions report `version`; else what Envoy said instead (a rejection, or the wait ran out)."""
+    """None once the subscriptions report `version` with nothing warming; else what Envoy said instead (a rejection,
+    or the wait ran out)."""
     while True:
         stats = await _stats(client, admin, timeout)
         grown = [c for c in COUNTERS if int(stats.get(c, 0)) > int(baseline.get(c, 0))]
         if grown:
             return "Envoy refused the update (" + ", ".join(f"{c} grew" for c in grown) + ")"
         # A new cluster with health checks (or a listener) warms before it is active: not applied until it is.
-        if all(stats.get(v) == version for v in VERSIONS) and not any(int(stats.get(w, 0)) for w in WARMING):
+        if all(stats.get(v) == version for v in subscriptions) and not any(int(stats.get(w, 0)) for w in WARMING):
             return None
         if time.monotonic() >= deadline:
             seen = ", ".join(f"{v}={stats.get(v)!r}" for v in VERSIONS + WARMING)
             return f"timed out: Envoy still reports {seen}"
         await asyncio.sleep(POLL)
+
+
+async def _deliver(
+    client: httpx.AsyncClient,
+    state_dir: Path,
+    name: str,
+    admin: str,
+    version: str,
+    clusters: list[dict[str, Any]],
+    listeners: list[dict[str, Any]],
+    deadline: float,
+    timeout: float,
+) -> str | None:
+    """Make before break, as a control plane orders xDS: first the clusters, the new ones and any old one a current
+    listener may still route to; once they are active (a cluster with health checks warms first, and a listener that
+    names a cluster Envoy does not have yet is rejected) the listeners; then the clusters alone. Each file waits for
+    the one before it: Envoy watches them independently. None when every step took, else what went wrong."""
+    baseline = await _stats(client, admin, timeout)
+    previous = read_xds_files(state_dir, name)
+    wanted = {c["name"] for c in clusters}
+    lingering = [c for c in (previous[1] if previous else []) if c.get("name") not in wanted]
+    steps: list[tuple[str, list[dict[str, Any]], tuple[str, ...]]] = [
+        ("cds.json", clusters + lingering, CDS), ("lds.json", listeners, LDS)
+    ]
+    if lingering:
+        steps.append(("cds.json", clusters, CDS))
+    for i, (file, resources, subscription) in enumerate(steps):
+        # the first clusters carry a version of their own when the last step rewrites them
+        step_version = f"{version}-make" if i == 0 and lingering else version
+        write_xds_file(state_dir, name, file, step_version, resources)
+        problem = await _await_version(client, admin, step_version, baseline, deadline, timeout, subscription)
+        if problem is not None:
+            return problem
+    return await _await_version(client, admin, version, baseline, deadline, timeout)
 
 
 async def _deliver_and_verify(
@@ -121,13 +161,13 @@ async def _deliver_and_verify(
         return ProxyResult(proxy.name, proxy.type, outcome, detail, version, fp, delivered, time.monotonic() - began)
 
     try:
-        baseline = await _stats(client, proxy.admin_url, timeout)
+        await _stats(client, proxy.admin_url, timeout)
     except _Unreachable as e:
         return result(Outcome.UNREACHABLE, f"before delivery: {e}", delivered=False)
     previous = read_xds_files(state_dir, proxy.name)
-    write_xds_files(state_dir, proxy.name, version, desired_clusters, desired_listeners)
     try:
-        problem = await _await_version(client, proxy.admin_url, version, baseline, time.monotonic() + wait, timeout)
+        problem = await _deliver(client, state_dir, proxy.name, proxy.admin_url, version, desired_clusters,
+                                 desired_listeners, time.monotonic() + wait, timeout)
         # What Envoy runs now also says why it refused: a listener in error_state carries Envoy's message.
         running, errors = await _live_fingerprint(client, proxy.name, proxy.admin_url, timeout)
         if problem is None:
@@ -154,12 +194,10 @@ async def _rollback(
     """Put back the files the proxy had (none: an empty configuration) under a fresh version, and verify it."""
     _, clusters, listeners = previous or ("", [], [])
     restore = f"rollback-{version_of(proxy)}-{int(time.time() * 1000)}"
-    write_xds_files(state_dir, proxy.name, restore, clusters, listeners)
     restored_fp = fingerprint(clusters + listeners)
     try:
-        baseline = await _stats(client, proxy.admin_url, timeout)
-        baseline = {c: 0 for c in COUNTERS} | {c: baseline.get(c, 0) for c in COUNTERS}
-        failure = await _await_version(client, proxy.admin_url, restore, baseline, time.monotonic() + wait, timeout)
+        failure = await _deliver(client, state_dir, proxy.name, proxy.admin_url, restore, clusters, listeners,
+                                 time.monotonic() + wait, timeout)
         if failure is None:
             running, _ = await _live_fingerprint(client, proxy.name, proxy.admin_url, timeout)
             if running == restored_fp:

@@ -65,6 +65,12 @@ def xds_dir(state_dir: Path, name: str) -> Path:
     return proxy_dir(state_dir, name) / "xds"
 
 
+def xds_file(state_dir: Path, name: str, file: str) -> Path:
+    """`cds.json` or `lds.json` of a proxy, each in a watched directory of its own: a rename in a watched directory
+    re-reads every subscription watching it, so writing the clusters would re-apply (or re-reject) the listeners."""
+    return xds_dir(state_dir, name) / file.removesuffix(".json") / file
+
+
 def _node(proxy: ProxyConfig) -> dict[str, Any]:
     metadata: dict[str, Any] = {"type": proxy.type}
     if proxy.mesh is not None:
@@ -74,13 +80,11 @@ def _node(proxy: ProxyConfig) -> dict[str, Any]:
 
 def bootstrap(proxy: ProxyConfig, state_dir: Path) -> dict[str, Any]:
     """The bootstrap of a proxy whose clusters and listeners come from the files `write_xds` writes."""
-    watched = str(xds_dir(state_dir, proxy.name))
-
     def source(file: str) -> dict[str, Any]:
-        # Each proxy gets its own watched directory: a shared one would re-trigger every subscription in it.
+        path = xds_file(state_dir, proxy.name, file)
         return {
             "resource_api_version": "V3",
-            "path_config_source": {"path": f"{watched}/{file}", "watched_directory": {"path": watched}},
+            "path_config_source": {"path": str(path), "watched_directory": {"path": str(path.parent)}},
         }
 
     return {
@@ -103,19 +107,23 @@ def write_xds(state_dir: Path, proxy: ProxyConfig, version: str) -> None:
 def write_xds_files(
     state_dir: Path, name: str, version: str, clusters: Iterable[dict[str, Any]], listeners: Iterable[dict[str, Any]]
 ) -> None:
-    target = xds_dir(state_dir, name)
-    # Clusters first: a listener naming a cluster Envoy does not have yet is rejected.
-    # Atomic: Envoy reloads only on a rename into the watched directory, and must never read half a file.
-    write_atomic(target / "cds.json", _discovery_response(version, clusters))
-    write_atomic(target / "lds.json", _discovery_response(version, listeners))
+    # Clusters first: a listener naming a cluster Envoy does not have yet is rejected. (Both files at once suit an
+    # Envoy that is starting, which waits for its clusters before its listeners; a running one needs apply's steps.)
+    write_xds_file(state_dir, name, "cds.json", version, clusters)
+    write_xds_file(state_dir, name, "lds.json", version, listeners)
+
+
+def write_xds_file(state_dir: Path, name: str, file: str, version: str, resources: Iterable[dict[str, Any]]) -> None:
+    """One of a proxy's watched files, atomically: Envoy reloads only on a rename into the watched directory, and
+    must never read half a file."""
+    write_atomic(xds_file(state_dir, name, file), _discovery_response(version, resources))
 
 
 def read_xds_files(state_dir: Path, name: str) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]]] | None:
     """What a proxy's watched files hold now: (version, clusters, listeners), or None if nothing was delivered."""
-    target = xds_dir(state_dir, name)
     try:
-        cds = json.loads((target / "cds.json").read_text())
-        lds = json.loads((target / "lds.json").read_text())
+        cds = json.loads(xds_file(state_dir, name, "cds.json").read_text())
+        lds = json.loads(xds_file(state_dir, name, "lds.json").read_text())
     except FileNotFoundError:
         return None
     return str(cds.get("version_info", "")), list(cds.get("resources", [])), list(lds.get("resources", []))

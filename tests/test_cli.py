@@ -81,7 +81,7 @@ def test_bootstrap_watches_the_proxys_own_directory(tmp_path: Path) -> None:
     assert boot["node"]["id"] == "web"
     assert boot["admin"]["address"]["socket_address"] == {"address": "127.0.1.1", "port_value": 9901}
     cds = boot["dynamic_resources"]["cds_config"]["path_config_source"]
-    assert cds == {"path": f"{tmp_path}/proxies/web/xds/cds.json", "watched_directory": {"path": f"{tmp_path}/proxies/web/xds"}}
+    assert cds == {"path": f"{tmp_path}/proxies/web/xds/cds/cds.json", "watched_directory": {"path": f"{tmp_path}/proxies/web/xds/cds"}}
     assert not (tmp_path / "proxies").exists()  # printing a bootstrap writes nothing
 
 

@@ -54,19 +54,22 @@ def test_bootstrap_watches_the_proxys_own_directory(mesh: MeshBuilder, tmp_path:
     cds = config["dynamic_resources"]["cds_config"]
     watched = Path.cwd() / "relative-state" / "proxies" / "web-1" / "xds"
     assert cds["resource_api_version"] == "V3"
-    assert cds["path_config_source"] == {"path": f"{watched}/cds.json", "watched_directory": {"path": str(watched)}}
-    assert config["dynamic_resources"]["lds_config"]["path_config_source"]["path"] == f"{watched}/lds.json"
+    # each file in a watched directory of its own: writing the clusters must not re-read the listeners
+    assert cds["path_config_source"] == {"path": f"{watched}/cds/cds.json", "watched_directory": {"path": f"{watched}/cds"}}
+    lds = config["dynamic_resources"]["lds_config"]["path_config_source"]
+    assert lds == {"path": f"{watched}/lds/lds.json", "watched_directory": {"path": f"{watched}/lds"}}
 
 
 def test_write_xds_writes_discovery_responses(mesh: MeshBuilder, tmp_path: Path) -> None:
     proxy = mesh.sidecar("web-1")
     write_xds(tmp_path, proxy, "v7")
     directory = xds_dir(tmp_path, "web-1")
-    cds = json.loads((directory / "cds.json").read_text())
-    lds = json.loads((directory / "lds.json").read_text())
+    cds = json.loads((directory / "cds" / "cds.json").read_text())
+    lds = json.loads((directory / "lds" / "lds.json").read_text())
     assert cds == {"version_info": "v7", "resources": list(proxy.clusters)}
     assert lds == {"version_info": "v7", "resources": list(proxy.listeners)}
-    assert sorted(p.name for p in directory.iterdir()) == ["cds.json", "lds.json"]  # no temp files left
+    assert sorted(str(p.relative_to(directory)) for p in directory.rglob("*")) == [
+        "cds", "cds/cds.json", "lds", "lds/lds.json"]  # no temp files left
 
 
 def test_a_proxy_name_cannot_leave_the_state_directory(tmp_path: Path, mesh: MeshBuilder) -> None:
