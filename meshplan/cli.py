@@ -17,7 +17,7 @@ from rich.console import Console
 
 from meshplan import pki
 from meshplan.errors import LoadError, MeshplanError
-from meshplan.model import ProxyConfig
+from meshplan.model import Desired, ProxyConfig
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -60,7 +60,7 @@ def _run(action: Callable[[], int]) -> None:
     raise typer.Exit(code)
 
 
-def _load(directory: Path) -> Any:
+def _load(directory: Path) -> Desired:
     from meshplan.validate import load_and_parse
 
     return load_and_parse(directory)
@@ -267,11 +267,10 @@ def sandbox_up(directory: DirArg, state: StateOpt = Path("state")) -> None:
         console = _err()
         pki.ensure(desired, state)
         proxies = render_all(desired, state)
-        info = sandbox.up(desired, proxies, state, log=lambda m: console.print(m, markup=False))
+        sandbox.up(desired, proxies, state, log=lambda m: console.print(m, markup=False))
         for proxy in proxies:
             console.print(f"  {proxy.name:<16} [{proxy.type}] admin {proxy.admin_url}", markup=False)
         console.print(f"Sandbox up: {len(proxies)} Envoys. Stop it with: meshplan sandbox down --state {state}", markup=False)
-        del info
         return EXIT_OK
 
     _run(body)
