@@ -90,7 +90,7 @@ def validate(default: Json, path: PathKey, check: FieldCheck, section: str) -> N
 
 
 def _validate_from_item(check: FieldCheck, path: PathKey) -> None:
-    """Kuma's rule for `from`: clients are all of the mesh. (No `from` on the egress is validate.py's generic rule.)
+    """Kuma's rule for `from`: clients are all of the mesh. (No `from` on the egress is a rule of policy_rules.py.)
 
     A module sees only the item's `default`; the item's targetRef is read from the resource."""
     item = _at(check.res.body, path[:-1])
