@@ -208,6 +208,49 @@ async def _rollback(
     return result(Outcome.FAILED, f"{problem}; rollback failed: {failure}", fp=restored_fp)
 
 
+def _socket_addresses(resources: Sequence[dict[str, Any]], key: str) -> set[tuple[str, int]]:
+    """Every socket address (address, port) under `key` in some resources (listeners' own, clusters' endpoints)."""
+    found: set[tuple[str, int]] = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for k, value in node.items():
+                if k == key and isinstance(value, dict):
+                    socket = value.get("socket_address", {})
+                    if "address" in socket and "port_value" in socket:
+                        found.add((socket["address"], int(socket["port_value"])))
+                walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(list(resources))
+    return found
+
+
+def delivery_order(proxies: Sequence[ProxyPlan]) -> list[list[ProxyPlan]]:
+    """Levels of proxies, each level's proxies sending only to proxies of earlier levels (or to none of these).
+
+    A client updated with its server would start sending, and health checking, before the server listens: the
+    first check fails and the instance is shunned until the next one (up to Envoy's `no_traffic_interval`, 60 s by
+    default). Read from the plan's own resources: a proxy sends to another when one of its clusters' endpoints is one
+    of the other's listener addresses. Proxies in a cycle share the last level, in plan order."""
+    listens = {p.name: _socket_addresses(p.desired.get("listeners", ()), "address") for p in proxies}
+    sends = {p.name: _socket_addresses(p.desired.get("clusters", ()), "address") for p in proxies}
+    after = {p.name: {q.name for q in proxies if q.name != p.name and sends[p.name] & listens[q.name]} for p in proxies}
+    levels: list[list[ProxyPlan]] = []
+    placed: set[str] = set()
+    left = list(proxies)
+    while left:
+        ready = [p for p in left if after[p.name] <= placed]
+        if not ready:  # a cycle: nothing to gain from an order
+            ready = left
+        levels.append(ready)
+        placed |= {p.name for p in ready}
+        left = [p for p in left if p.name not in placed]
+    return levels
+
+
 def apply_plan(
     plan: Plan,
     state_dir: Path,
@@ -218,15 +261,16 @@ def apply_plan(
     stop_on_failure: bool = True,
     progress: Callable[[ProxyResult], None] | None = None,
 ) -> list[ProxyResult]:
-    """Deliver every changed proxy of `plan`, `parallelism` proxies per wave; return every proxy's outcome."""
+    """Deliver every changed proxy of `plan`, `parallelism` proxies per wave, the proxies a proxy sends to before it
+    (`delivery_order`); return every proxy's outcome."""
     changed = [p for p in plan.proxies if p.changes]
+    waves = [level[i : i + parallelism] for level in delivery_order(changed) for i in range(0, len(level), parallelism)]
     results = [ProxyResult(p.name, p.type, Outcome.UNCHANGED, fingerprint=p.desired_fingerprint) for p in plan.proxies if not p.changes]
 
     async def run() -> list[ProxyResult]:
         done: list[ProxyResult] = []
         async with live.new_client(parallelism) as client:
-            for start in range(0, len(changed), parallelism):
-                wave = changed[start : start + parallelism]
+            for wave in waves:
                 if stop_on_failure and any(r.outcome is not Outcome.APPLIED for r in done):
                     done += [ProxyResult(p.name, p.type, Outcome.SKIPPED, "an earlier wave failed (--on-failure stop)",
                                          version_of(p), delivered=False) for p in wave]

@@ -23,7 +23,7 @@ from meshplan import envoy, pki, sandbox, state
 from meshplan.cli import app
 from meshplan.render import render_all
 from meshplan.validate import load_and_parse
-from tests.meshes import DemoCopy, copy_demo
+from tests.meshes import DEMO, DemoCopy, copy_demo
 
 runner = CliRunner(env={"COLUMNS": "200", "NO_COLOR": "1"})
 
@@ -166,7 +166,7 @@ def test_an_envoy_killed_mid_apply_is_unreachable_and_the_others_are_applied(
     results = apply_module.apply_plan(plan, sandbox_state, parallelism=1, stop_on_failure=False, timeout=1,
                                       progress=kill_after_first)
     outcomes = {r.name: r.outcome for r in results}
-    assert killed == ["admin"]
+    assert killed == ["backend-1"]  # servers are delivered before their clients
     assert outcomes == {"admin": apply_module.Outcome.APPLIED, "backend-1": apply_module.Outcome.APPLIED, "backend-2": apply_module.Outcome.UNREACHABLE,
                         "web": apply_module.Outcome.APPLIED, "egress": apply_module.Outcome.APPLIED}
     with state.lock(sandbox_state, "apply"):
@@ -180,6 +180,20 @@ def test_an_envoy_killed_mid_apply_is_unreachable_and_the_others_are_applied(
     assert code == 4 and statuses == {"admin": "in-sync", "backend-1": "in-sync", "backend-2": "unreachable", "web": "in-sync",
                                       "egress": "in-sync"}
     assert 'meshplan_proxies{status="unreachable"} 1' in prom
+
+
+def test_servers_are_delivered_before_their_clients() -> None:
+    from meshplan.plan import make_plan
+    from meshplan.workflow import desired_proxies
+
+    plan = make_plan(desired_proxies(DEMO, Path("/STATE")), {})
+    levels = [[p.name for p in level] for level in apply_module.delivery_order(list(plan.proxies))]
+    assert levels == [["backend-1", "backend-2", "egress"], ["admin", "web"]]
+    # two proxies that send to each other: no order helps, both go together
+    by_name = {p.name: p for p in plan.proxies}
+    web, backend = by_name["web"], by_name["backend-1"]
+    backend_calls_web = dataclasses.replace(backend, desired={**backend.desired, "clusters": web.desired["listeners"]})
+    assert [[p.name for p in level] for level in apply_module.delivery_order([web, backend_calls_web])] == [["web", "backend-1"]]
 
 
 def test_a_second_apply_fails_with_the_holders_info(demo: DemoCopy, sandbox_state: Path) -> None:
