@@ -22,8 +22,6 @@ import httpx
 from conftest import _processes_under, pid_running
 
 from meshplan import pki, sandbox
-from meshplan.canonical import canonical
-from meshplan.envoy import validate_configs
 from meshplan.errors import LoadError
 from meshplan.load import format_path
 from meshplan.model import Desired, ProxyConfig
@@ -194,13 +192,3 @@ def inbound_golden(proxies: list[ProxyConfig], names: list[str], root: Path) -> 
         }
         out[proxy.name] = {"listeners": listeners, "origins": origins}
     return json.dumps(out, indent=2) + "\n"
-
-
-def envoy_validates(desired: Desired, state: Path) -> dict[str, str | None]:
-    """`envoy --mode validate` of every proxy, with real certificates under `state`."""
-    pki.ensure(desired, state)
-    proxies = render_all(desired, state)
-    for proxy in proxies:
-        for resource in proxy.clusters + proxy.listeners:
-            canonical(resource)  # parses with the xds-protos types, or raises
-    return validate_configs(proxies, state / "validate")

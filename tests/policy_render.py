@@ -6,8 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from meshplan import pki
+from meshplan.canonical import canonical
+from meshplan.envoy import validate_configs
 from meshplan.errors import LoadError, Violation
-from meshplan.model import ProxyConfig
+from meshplan.model import Desired, ProxyConfig
 from meshplan.render import render_all
 from meshplan.validate import load_and_parse
 
@@ -45,3 +48,14 @@ def _dotted(path: Any) -> str:
     if isinstance(path, str):
         return path
     return "".join(f"[{step}]" if isinstance(step, int) else f".{step}" for step in path).lstrip(".")
+
+
+def envoy_validates(desired: Desired, state: Path) -> dict[str, str | None]:
+    """`envoy --mode validate` of every proxy (None: accepted), with real certificates under `state`; every resource
+    first parses with the xds-protos types, or this raises."""
+    pki.ensure(desired, state)
+    proxies = render_all(desired, state)
+    for proxy in proxies:
+        for resource in proxy.clusters + proxy.listeners:
+            canonical(resource)
+    return validate_configs(proxies, state / "validate")

@@ -19,12 +19,12 @@ from conftest import _processes_under, pid_running
 
 from meshplan import pki, sandbox
 from meshplan.check import FieldCheck
-from meshplan.envoy import validate_configs
 from meshplan.errors import LoadError, Violation
 from meshplan.load import load_dir
 from meshplan.model import Desired, ProxyConfig
 from meshplan.render import render_all
 from meshplan.validate import load_and_parse
+from tests.policy_render import envoy_validates
 
 MESH = """
     type: Mesh
@@ -90,10 +90,7 @@ def violations(root: Path, module: ModuleType) -> list[str]:
 
 def envoy_problems(desired: Desired, state: Path) -> dict[str, str]:
     """`envoy --mode validate` on every proxy: only those Envoy refuses, with its message."""
-    pki.ensure(desired, state)
-    proxies = render_all(desired, state)
-    results = validate_configs(proxies, state / "validate")
-    return {name: message for name, message in results.items() if message is not None}
+    return {name: message for name, message in envoy_validates(desired, state).items() if message is not None}
 
 
 @contextmanager

@@ -12,9 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from meshplan import pki
 from meshplan.canonical import canonical
-from meshplan.envoy import validate_configs
 from meshplan.model import ProxyConfig
 from meshplan.validate import load_and_parse
 from tests.golden import check_golden
@@ -32,6 +30,7 @@ from tests.policy_mesh import (
     violations,
     wait_for_stat,
 )
+from tests.policy_render import envoy_validates
 
 KIND = "MeshCircuitBreaker"
 
@@ -356,9 +355,8 @@ def test_an_egress_only_breaker_touches_no_sidecar(tmp_path: Path) -> None:
 def test_every_proxy_passes_envoy_validate(tmp_path: Path) -> None:
     state = tmp_path / "state"
     mesh, _ = render_mesh(tmp_path / "desired", state)
-    pki.ensure(load_and_parse(mesh.root), state)
-    proxies = mesh.render(state)
-    assert validate_configs(proxies, tmp_path / "validate") == {p.name: None for p in proxies}
+    desired = load_and_parse(mesh.root)
+    assert envoy_validates(desired, state) == dict.fromkeys(desired.proxy_names())
 
 
 # --- real traffic ---------------------------------------------------------------------------------------------

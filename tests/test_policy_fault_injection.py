@@ -17,7 +17,6 @@ from inbound_mesh import (
     FixedAddresses,
     MeshFiles,
     Service,
-    envoy_validates,
     inbound_golden,
     load,
     running_sandbox,
@@ -25,6 +24,7 @@ from inbound_mesh import (
     violations,
     write_mesh,
 )
+from tests.policy_render import envoy_validates
 
 from meshplan.model import ProxyConfig
 from meshplan.render import render_all

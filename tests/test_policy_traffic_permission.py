@@ -16,7 +16,6 @@ from inbound_mesh import (
     FixedAddresses,
     MeshFiles,
     Service,
-    envoy_validates,
     inbound_golden,
     load,
     running_sandbox,
@@ -24,6 +23,7 @@ from inbound_mesh import (
     violations,
     write_mesh,
 )
+from tests.policy_render import envoy_validates
 
 from meshplan import pki
 from meshplan.match import Destination
