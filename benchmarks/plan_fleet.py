@@ -292,7 +292,7 @@ def serve(root: Path) -> None:
     from meshplan.render import render_all
     from meshplan.validate import load_and_parse
 
-    proxies = render_all(load_and_parse(root / "desired"), root / "state")
+    proxies = render_all(load_and_parse(root / "desired"))
     plain: dict[bytes, bytes] = {}
     unchanged: list[dict[bytes, bytes]] = []
     changed: list[dict[bytes, bytes]] = []
@@ -381,7 +381,7 @@ def measure_plan(root: Path, parallelism: int) -> dict[str, Any]:
         t0 = time.perf_counter()
         desired = load_and_parse(root / "desired")
         t1 = time.perf_counter()
-        proxies = render_all(desired, root / "state")
+        proxies = render_all(desired)
         t2 = time.perf_counter()
         results = workflow.fetch_live(proxies, parallelism=parallelism)
         t3 = time.perf_counter()
@@ -556,7 +556,7 @@ def check_against_envoy(policies: bool) -> None:
         write_fleet(root / "desired", 11, subnet=CHECK_SUBNET, services=5, loopback_externals=True, policies=policies)
         desired = load_and_parse(root / "desired")
         state = root / "state"
-        proxies = render_all(desired, state)
+        proxies = render_all(desired)
         pki.ensure(desired, state)
         sandbox.up(desired, proxies, state)
         try:

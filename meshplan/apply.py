@@ -1,13 +1,15 @@
-"""apply: deliver a Plan to running Envoys, verify each one took it, roll back the ones that did not, record state.
+"""apply: deliver a Plan through `meshplan serve`, learn from it whether each Envoy took it, verify what can be
+verified, roll back the ones that refused it, record state.
 
-Envoy gives no transaction (ENVOY-NOTES.md): an update can be rejected whole, rejected yet partly applied, or left
-warming. So every changed proxy goes through the same steps, a wave of proxies at a time:
+`apply` never talks to an Envoy to change it. Per changed proxy, a wave of proxies at a time:
 
-  baseline  read the update counters (`/stats`) before anything is written
-  deliver   the plan's resources into the proxy's watched files, atomically, with a version derived from the plan
-  verify    the counters show that version and no new rejection or failure, and the live config canonicalises
-            to exactly the desired one — within a bounded wait
-  rollback  on any other result the files it had before go back (a fresh version), and that is verified too
+  deliver   write the proxy's snapshot (its clusters, listeners and secrets, under a new version) to the store
+  wait      for the server's status of that version, bounded: acked (every make-before-break step ACKed),
+            nacked (Envoy refused a step; its message comes along), or nothing (timed out)
+  verify    acked: where the admin API answers, the live config must canonicalise to exactly the desired one
+            (`applied`); where it does not, the ACK is all there is (`acknowledged`)
+  rollback  nacked, or verified to differ: the snapshot the proxy last ACKed whole goes back under a fresh version,
+            and is waited for and verified the same way
 
 The caller holds the state lock; `record` writes what happened into the state file.
 """
@@ -26,32 +28,29 @@ import httpx
 
 from meshplan import live, state
 from meshplan.canonical import fingerprint
-from meshplan.envoy import read_xds_files, write_xds_file
+from meshplan.errors import ApplyError
 from meshplan.plan import Plan, ProxyPlan
+from meshplan.xds import snapshot as snapshots
+from meshplan.xds.snapshot import Snapshot
+from meshplan.xds.store import DirectoryStore, ProxyStatus, Store
 
-COUNTERS = tuple(f"{p}.{c}" for p in ("cluster_manager.cds", "listener_manager.lds") for c in ("update_rejected", "update_failure"))
-VERSIONS = ("cluster_manager.cds.version_text", "listener_manager.lds.version_text")
-WARMING = ("cluster_manager.warming_clusters", "listener_manager.total_listeners_warming")
-_STATS_FILTER = (
-    r"^(cluster_manager\.cds|listener_manager\.lds)\.(version_text|update_rejected|update_failure)$"
-    r"|^cluster_manager\.warming_clusters$|^listener_manager\.total_listeners_warming$"
-)
-POLL = 0.02  # seconds between two looks at a proxy's stats
+POLL = 0.02  # seconds between two looks at the store's statuses
+SETTLE = 2.0  # seconds an ACKed proxy may take to show it in /config_dump (listeners warm while SDS secrets arrive)
 
 
 class Outcome(str, Enum):
-    APPLIED = "applied"
+    APPLIED = "applied"  # ACKed, and the live config is verified to be the desired one
+    ACKNOWLEDGED = "acknowledged"  # ACKed; the admin API did not answer, so not verified
     UNCHANGED = "unchanged"  # nothing to do for this proxy
     ROLLED_BACK = "rolled back"  # Envoy refused the update; its previous config is back and verified
-    UNREACHABLE = "unreachable"
-    TIMED_OUT = "timed out"
+    TIMED_OUT = "timed out"  # no ACK or NACK in time: the snapshot waits in the store for the proxy
     SKIPPED = "skipped"  # an earlier wave failed and --on-failure stop
-    FAILED = "failed"  # refused, and the rollback could not be verified either
+    FAILED = "failed"  # refused, and the rollback could not be confirmed either
 
     @property
     def good(self) -> bool:
         """Did the proxy end in its desired or its previous config?"""
-        return self in (Outcome.APPLIED, Outcome.UNCHANGED, Outcome.ROLLED_BACK, Outcome.SKIPPED)
+        return self in (Outcome.APPLIED, Outcome.ACKNOWLEDGED, Outcome.UNCHANGED, Outcome.ROLLED_BACK, Outcome.SKIPPED)
 
 
 @dataclass(frozen=True)
@@ -61,151 +60,192 @@ class ProxyResult:
     outcome: Outcome
     detail: str = ""
     version: str = ""
-    fingerprint: str = ""  # what the proxy's files hold now
-    delivered: bool = False  # whether its files were written
+    fingerprint: str = ""  # what the proxy's snapshot in the store holds now
+    delivered: bool = False  # whether a snapshot was written
     seconds: float = 0.0
+    resources: dict[str, list[dict[str, Any]]] | None = None  # the clusters and listeners of that snapshot
 
 
-def version_of(proxy: ProxyPlan) -> str:
-    """Derived from the plan, so the same desired config always carries the same version."""
-    return f"meshplan-{proxy.desired_fingerprint[:16]}"
+def version_of(proxy: ProxyPlan, now: float | None = None) -> str:
+    """The plan's fingerprint, and the time: every write is a new version, so a re-apply of a configuration that was
+    once refused is a new snapshot for the server, not the NACKed one again."""
+    return f"meshplan-{proxy.desired_fingerprint[:12]}-{int((now or time.time()) * 1000)}"
 
 
-class _Unreachable(Exception):
-    pass
+class StatusWatch:
+    """One poll of the store's statuses for every proxy waiting on one: each `outcome` call waits for its own."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.statuses: dict[str, ProxyStatus] = {}
+        self._cursor: object | None = None
+        self._changed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def _poll(self) -> None:
+        while True:
+            self._cursor, changed = await asyncio.to_thread(self.store.changes, "status", self._cursor)
+            for proxy in changed:
+                status = await asyncio.to_thread(self.store.read_status, proxy)
+                if status is not None:
+                    self.statuses[proxy] = status
+            if changed:
+                self._changed.set()
+                self._changed = asyncio.Event()
+            await asyncio.sleep(POLL)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._poll())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    async def outcome(self, proxy: str, version: str, deadline: float) -> ProxyStatus | None:
+        """The proxy's status once `version` is acked or nacked; None if neither by the deadline."""
+        while True:
+            status = self.statuses.get(proxy)
+            if status is not None and version in (status.acked, status.nacked):
+                return status
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            try:
+                await asyncio.wait_for(self._changed.wait(), timeout=left)
+            except TimeoutError:
+                pass
+
+    def waiting_detail(self, proxy: str) -> str:
+        status = self.statuses.get(proxy)
+        if status is None or not status.connected:
+            return "not connected to meshplan serve: its snapshot waits in the store and is delivered when it connects"
+        return f"connected, but no ACK or NACK of the new snapshot yet (the server is at {status.target or 'nothing'})"
 
 
-async def _stats(client: httpx.AsyncClient, admin: str, timeout: float) -> dict[str, Any]:
-    try:
-        answer = await client.get(f"{admin}/stats", params={"format": "json", "filter": _STATS_FILTER}, timeout=timeout)
-        answer.raise_for_status()
-        return {s["name"]: s["value"] for s in answer.json()["stats"] if "name" in s}
-    except (httpx.TransportError, httpx.HTTPStatusError, ValueError, KeyError) as e:
-        raise _Unreachable(f"{admin}/stats: {type(e).__name__}: {e}") from None
+@dataclass
+class _Delivery:
+    """What one proxy's delivery needs: the store, the watch, the admin client and the bounds."""
+
+    store: Store
+    watch: StatusWatch
+    client: httpx.AsyncClient
+    wait: float
+    timeout: float
 
 
-async def _live_fingerprint(client: httpx.AsyncClient, name: str, admin: str, timeout: float) -> tuple[str | None, str]:
-    result = await live.fetch_proxy(client, name, admin, timeout=timeout, retries=1, backoff=0.05)
+async def _live_fingerprint(d: _Delivery, proxy: ProxyPlan) -> tuple[str | None, bool, str]:
+    """(fingerprint of what the proxy runs, whether something is still warming, errors Envoy reports) — or
+    (None, False, why) when its admin API does not answer as that proxy."""
+    result = await live.fetch_proxy(d.client, proxy.name, proxy.admin_url, timeout=d.timeout, retries=1, backoff=0.05)
     if not result.ok or result.resources is None:
-        raise _Unreachable(str(result))
-    errors = "; ".join(f"listener {e.name}: {e.details}" for e in result.resources.errored_listeners)
-    return fingerprint(result.resources.clusters + result.resources.listeners), errors
+        return None, False, str(result)
+    running = result.resources
+    errors = "; ".join(f"listener {e.name}: {e.details}" for e in running.errored_listeners)
+    warming = bool(running.warming_clusters or running.warming_listeners)
+    return fingerprint(running.clusters + running.listeners), warming, errors
 
 
-CDS = ("cluster_manager.cds.version_text",)
-LDS = ("listener_manager.lds.version_text",)
-
-
-async def _await_version(
-    client: httpx.AsyncClient, admin: str, version: str, baseline: dict[str, Any], deadline: float, timeout: float,
-    subscriptions: tuple[str, ...] = VERSIONS,
-) -> str | None:
-    """None once the subscriptions report `version` with nothing warming; else what Envoy said instead (a rejection,
-    or the wait ran out)."""
+async def _settled(d: _Delivery, proxy: ProxyPlan, expected: str) -> tuple[str | None, str]:
+    """After an ACK: ("", "") when the proxy runs `expected`; (None, why) when it cannot be read; else what it
+    runs instead — bounded by SETTLE, since warming listeners (waiting for their SDS secrets) are not active yet."""
+    deadline = time.monotonic() + SETTLE
     while True:
-        stats = await _stats(client, admin, timeout)
-        grown = [c for c in COUNTERS if int(stats.get(c, 0)) > int(baseline.get(c, 0))]
-        if grown:
-            return "Envoy refused the update (" + ", ".join(f"{c} grew" for c in grown) + ")"
-        # A new cluster with health checks (or a listener) warms before it is active: not applied until it is.
-        if all(stats.get(v) == version for v in subscriptions) and not any(int(stats.get(w, 0)) for w in WARMING):
-            return None
-        if time.monotonic() >= deadline:
-            seen = ", ".join(f"{v}={stats.get(v)!r}" for v in VERSIONS + WARMING)
-            return f"timed out: Envoy still reports {seen}"
+        running, warming, errors = await _live_fingerprint(d, proxy)
+        if running is None:
+            return None, errors
+        if running == expected:
+            return "", ""
+        if not warming or time.monotonic() >= deadline:
+            return running, errors
         await asyncio.sleep(POLL)
 
 
-async def _deliver(
-    client: httpx.AsyncClient,
-    state_dir: Path,
-    name: str,
-    admin: str,
-    version: str,
-    clusters: list[dict[str, Any]],
-    listeners: list[dict[str, Any]],
-    deadline: float,
-    timeout: float,
-) -> str | None:
-    """Make before break, as a control plane orders xDS: first the clusters, the new ones and any old one a current
-    listener may still route to; once they are active (a cluster with health checks warms first, and a listener that
-    names a cluster Envoy does not have yet is rejected) the listeners; then the clusters alone. Each file waits for
-    the one before it: Envoy watches them independently. None when every step took, else what went wrong."""
-    baseline = await _stats(client, admin, timeout)
-    previous = read_xds_files(state_dir, name)
-    wanted = {c["name"] for c in clusters}
-    lingering = [c for c in (previous[1] if previous else []) if c.get("name") not in wanted]
-    steps: list[tuple[str, list[dict[str, Any]], tuple[str, ...]]] = [
-        ("cds.json", clusters + lingering, CDS), ("lds.json", listeners, LDS)
-    ]
-    if lingering:
-        steps.append(("cds.json", clusters, CDS))
-    for i, (file, resources, subscription) in enumerate(steps):
-        # the first clusters carry a version of their own when the last step rewrites them
-        step_version = f"{version}-make" if i == 0 and lingering else version
-        write_xds_file(state_dir, name, file, step_version, resources)
-        problem = await _await_version(client, admin, step_version, baseline, deadline, timeout, subscription)
-        if problem is not None:
-            return problem
-    return await _await_version(client, admin, version, baseline, deadline, timeout)
+async def _deliver(d: _Delivery, proxy: ProxyPlan, snapshot: Snapshot) -> tuple[ProxyStatus | None, str]:
+    """Write the snapshot and wait for its outcome: (status, "") once acked or nacked, (None, why) if neither."""
+    await asyncio.to_thread(d.store.write_snapshot, proxy.name, snapshot)
+    status = await d.watch.outcome(proxy.name, snapshot.version, time.monotonic() + d.wait)
+    if status is None:
+        return None, f"{d.wait:g}s without an ACK or NACK: {d.watch.waiting_detail(proxy.name)}"
+    return status, ""
 
 
-async def _deliver_and_verify(
-    client: httpx.AsyncClient, state_dir: Path, proxy: ProxyPlan, wait: float, timeout: float
-) -> ProxyResult:
+def build_snapshots(plan: Plan, state_dir: Path) -> dict[str, Snapshot]:
+    """The snapshot of every proxy the plan changes, each under a new version: the protobuf conversion happens here,
+    once. Raises ApplyError naming every proxy whose snapshot cannot be made (nothing is written)."""
+    built: dict[str, Snapshot] = {}
+    problems: list[str] = []
+    now = time.time()
+    for proxy in plan.changed_proxies:
+        try:
+            built[proxy.name] = snapshots.build(state_dir, proxy.name, version_of(proxy, now),
+                                                proxy.desired["clusters"], proxy.desired["listeners"])
+        except snapshots.SnapshotError as e:
+            problems.append(f"  {e}")
+    if problems:
+        raise ApplyError("cannot make the snapshots to deliver; nothing was applied:\n" + "\n".join(problems))
+    return built
+
+
+async def _deliver_and_verify(d: _Delivery, proxy: ProxyPlan, snapshot: Snapshot) -> ProxyResult:
     began = time.monotonic()
-    version = version_of(proxy)
-    desired_clusters, desired_listeners = list(proxy.desired["clusters"]), list(proxy.desired["listeners"])
+    desired = {"clusters": list(proxy.desired["clusters"]), "listeners": list(proxy.desired["listeners"])}
+    version = snapshot.version
 
-    def result(outcome: Outcome, detail: str = "", *, delivered: bool = True, fp: str = "") -> ProxyResult:
-        return ProxyResult(proxy.name, proxy.type, outcome, detail, version, fp, delivered, time.monotonic() - began)
+    def result(outcome: Outcome, detail: str = "", *, fp: str = proxy.desired_fingerprint,
+               resources: dict[str, list[dict[str, Any]]] | None = desired, version: str = version) -> ProxyResult:
+        return ProxyResult(proxy.name, proxy.type, outcome, detail, version, fp, True, time.monotonic() - began, resources)
 
-    try:
-        await _stats(client, proxy.admin_url, timeout)
-    except _Unreachable as e:
-        return result(Outcome.UNREACHABLE, f"before delivery: {e}", delivered=False)
-    previous = read_xds_files(state_dir, proxy.name)
-    try:
-        problem = await _deliver(client, state_dir, proxy.name, proxy.admin_url, version, desired_clusters,
-                                 desired_listeners, time.monotonic() + wait, timeout)
-        # What Envoy runs now also says why it refused: a listener in error_state carries Envoy's message.
-        running, errors = await _live_fingerprint(client, proxy.name, proxy.admin_url, timeout)
-        if problem is None:
-            if running == proxy.desired_fingerprint:
-                return result(Outcome.APPLIED, fp=proxy.desired_fingerprint)
-            problem = "Envoy reports the version but runs a different configuration (partly applied)"
-        if errors:
-            problem += f": {errors}"
-    except _Unreachable as e:
-        return result(Outcome.UNREACHABLE, f"after delivery, not verified: {e}", fp=proxy.desired_fingerprint)
-    return await _rollback(client, state_dir, proxy, previous, problem, wait, timeout, result)
+    previous = await asyncio.to_thread(d.store.read_acked, proxy.name)
+    status, why = await _deliver(d, proxy, snapshot)
+    if status is None:
+        return result(Outcome.TIMED_OUT, why)
+    if status.acked == version:
+        running, errors = await _settled(d, proxy, proxy.desired_fingerprint)
+        if running == "":
+            return result(Outcome.APPLIED)
+        if running is None:
+            return result(Outcome.ACKNOWLEDGED, f"ACKed; not verified: {errors}")
+        problem = "Envoy ACKed the update but runs a different configuration" + (f": {errors}" if errors else "")
+    else:
+        problem = f"Envoy refused the {status.error_type}s: {status.error}"
+    return await _rollback(d, proxy, previous, problem, result)
 
 
 async def _rollback(
-    client: httpx.AsyncClient,
-    state_dir: Path,
-    proxy: ProxyPlan,
-    previous: tuple[str, list[dict[str, Any]], list[dict[str, Any]]] | None,
-    problem: str,
-    wait: float,
-    timeout: float,
-    result: Callable[..., ProxyResult],
+    d: _Delivery, proxy: ProxyPlan, previous: Snapshot | None, problem: str, result: Callable[..., ProxyResult]
 ) -> ProxyResult:
-    """Put back the files the proxy had (none: an empty configuration) under a fresh version, and verify it."""
-    _, clusters, listeners = previous or ("", [], [])
-    restore = f"rollback-{version_of(proxy)}-{int(time.time() * 1000)}"
-    restored_fp = fingerprint(clusters + listeners)
-    try:
-        failure = await _deliver(client, state_dir, proxy.name, proxy.admin_url, restore, clusters, listeners,
-                                 time.monotonic() + wait, timeout)
-        if failure is None:
-            running, _ = await _live_fingerprint(client, proxy.name, proxy.admin_url, timeout)
-            if running == restored_fp:
-                return result(Outcome.ROLLED_BACK, f"{problem}; the previous configuration is back", fp=restored_fp)
-            failure = "the previous configuration did not come back whole"
-    except _Unreachable as e:
-        failure = str(e)
-    return result(Outcome.FAILED, f"{problem}; rollback failed: {failure}", fp=restored_fp)
+    """Put back the snapshot the proxy last ACKed whole (none: an empty configuration) under a fresh version, and
+    verify it."""
+    version = f"rollback-{version_of(proxy)}"  # a fresh version: the server delivers it like any new snapshot
+    restore = (previous or Snapshot("")).with_version(version)
+    resources = {"clusters": [], "listeners": []} if previous is None else _resources_of(previous)
+    restored_fp = fingerprint(resources["clusters"] + resources["listeners"])
+    status, why = await _deliver(d, proxy, restore)
+    if status is None:
+        failure = why
+    elif status.nacked == version:
+        failure = f"Envoy refused the previous configuration too: {status.error}"
+    else:
+        running, errors = await _settled(d, proxy, restored_fp)
+        if running == "":
+            return result(Outcome.ROLLED_BACK, f"{problem}; the previous configuration is back", fp=restored_fp,
+                          resources=resources, version=version)
+        if running is None:
+            return result(Outcome.ROLLED_BACK, f"{problem}; the previous configuration is back (ACKed; not verified: "
+                          f"{errors})", fp=restored_fp, resources=resources, version=version)
+        failure = "the previous configuration did not come back whole"
+    return result(Outcome.FAILED, f"{problem}; rollback failed: {failure}", fp=restored_fp, resources=resources,
+                  version=version)
+
+
+def _resources_of(snapshot: Snapshot) -> dict[str, list[dict[str, Any]]]:
+    found = list(snapshots.to_json(snapshot))
+    return {"clusters": [r for r in found if r["@type"].endswith(".Cluster")],
+            "listeners": [r for r in found if r["@type"].endswith(".Listener")]}
 
 
 def _socket_addresses(resources: Sequence[dict[str, Any]], key: str) -> set[tuple[str, int]]:
@@ -237,7 +277,11 @@ def delivery_order(proxies: Sequence[ProxyPlan]) -> list[list[ProxyPlan]]:
     of the other's listener addresses. Proxies in a cycle share the last level, in plan order."""
     listens = {p.name: _socket_addresses(p.desired.get("listeners", ()), "address") for p in proxies}
     sends = {p.name: _socket_addresses(p.desired.get("clusters", ()), "address") for p in proxies}
-    after = {p.name: {q.name for q in proxies if q.name != p.name and sends[p.name] & listens[q.name]} for p in proxies}
+    owners: dict[tuple[str, int], set[str]] = {}
+    for name, addresses in listens.items():
+        for address in addresses:
+            owners.setdefault(address, set()).add(name)
+    after = {p.name: {o for a in sends[p.name] for o in owners.get(a, ()) if o != p.name} for p in proxies}
     levels: list[list[ProxyPlan]] = []
     placed: set[str] = set()
     left = list(proxies)
@@ -251,6 +295,14 @@ def delivery_order(proxies: Sequence[ProxyPlan]) -> list[list[ProxyPlan]]:
     return levels
 
 
+def check_server(store: Store) -> None:
+    """Refuse to deliver when no server serves this store: nothing would take the snapshots."""
+    if not any(s.alive() for s in store.servers()):
+        raise ApplyError("no `meshplan serve` is running for this state directory, so nothing would deliver the "
+                         "snapshots; nothing was applied. Start one where the Envoys can reach it: "
+                         "meshplan serve --listen HOST:PORT --state DIR")
+
+
 def apply_plan(
     plan: Plan,
     state_dir: Path,
@@ -260,29 +312,44 @@ def apply_plan(
     timeout: float = 5.0,
     stop_on_failure: bool = True,
     progress: Callable[[ProxyResult], None] | None = None,
+    on_wave: Callable[[list[ProxyResult]], None] | None = None,
+    store: Store | None = None,
 ) -> list[ProxyResult]:
     """Deliver every changed proxy of `plan`, `parallelism` proxies per wave, the proxies a proxy sends to before it
-    (`delivery_order`); return every proxy's outcome."""
+    (`delivery_order`); return every proxy's outcome. `on_wave` gets each wave's results as soon as it ends."""
+    store = store or DirectoryStore.under(state_dir)
     changed = [p for p in plan.proxies if p.changes]
     waves = [level[i : i + parallelism] for level in delivery_order(changed) for i in range(0, len(level), parallelism)]
     results = [ProxyResult(p.name, p.type, Outcome.UNCHANGED, fingerprint=p.desired_fingerprint) for p in plan.proxies if not p.changes]
+    if not changed:
+        return results
+    check_server(store)
+    built = build_snapshots(plan, state_dir)
 
     async def run() -> list[ProxyResult]:
         done: list[ProxyResult] = []
-        async with live.new_client(parallelism) as client:
-            for wave in waves:
-                if stop_on_failure and any(r.outcome is not Outcome.APPLIED for r in done):
-                    done += [ProxyResult(p.name, p.type, Outcome.SKIPPED, "an earlier wave failed (--on-failure stop)",
-                                         version_of(p), delivered=False) for p in wave]
-                    continue
-                outcomes = await asyncio.gather(*(_deliver_and_verify(client, state_dir, p, wait, timeout) for p in wave))
-                for outcome in outcomes:
-                    if progress is not None:
-                        progress(outcome)
-                done += outcomes
+        watch = StatusWatch(store)
+        watch.start()
+        try:
+            async with live.new_client(parallelism) as client:
+                delivery = _Delivery(store, watch, client, wait, timeout)
+                for wave in waves:
+                    if stop_on_failure and any(r.outcome not in (Outcome.APPLIED, Outcome.ACKNOWLEDGED) for r in done):
+                        outcomes = [ProxyResult(p.name, p.type, Outcome.SKIPPED, "an earlier wave failed (--on-failure stop)",
+                                                delivered=False) for p in wave]
+                    else:
+                        outcomes = list(await asyncio.gather(*(_deliver_and_verify(delivery, p, built[p.name]) for p in wave)))
+                        for outcome in outcomes:
+                            if progress is not None:
+                                progress(outcome)
+                    done += outcomes
+                    if on_wave is not None:
+                        on_wave(outcomes)
+        finally:
+            await watch.stop()
         return done
 
-    return results + asyncio.run(run()) if changed else results
+    return results + asyncio.run(run())
 
 
 def record(state_dir: Path, results: Sequence[ProxyResult], plan: Plan) -> state.State:
@@ -298,19 +365,18 @@ def record(state_dir: Path, results: Sequence[ProxyResult], plan: Plan) -> state
                                                             resources={k: list(v) for k, v in p.desired.items()})
             continue
         if not r.delivered:
-            # nothing was written: keep what the files hold, note the attempt
+            # nothing was written: keep what the store holds, note the attempt
             old = current.proxies.get(r.name) or state.ProxyRecord("", "", "", "")
             old.outcome, old.detail = r.outcome.value, r.detail
             current.proxies[r.name] = old
             continue
-        resources = read_xds_files(state_dir, r.name)
         current.proxies[r.name] = state.ProxyRecord(
             fingerprint=r.fingerprint,
             version=r.version,
             applied_at=now,
             outcome=r.outcome.value,
             detail=r.detail,
-            resources={"clusters": resources[1], "listeners": resources[2]} if resources else {},
+            resources=r.resources or {},
         )
     return state.write(state_dir, current)
 

@@ -52,6 +52,8 @@ def run_apply(
     with state.lock(state_dir, "apply", timeout=lock_timeout):
         if saved:
             plan = read_plan_file(target)
+            if plan.desired_dir and Path(plan.desired_dir).is_dir():
+                pki.ensure(load_and_parse(Path(plan.desired_dir)), state_dir)
             changed = [p.config() for p in plan.proxies if p.changes]
             reasons = stale(plan, state_dir, fetch_live(changed, timeout=timeout)) if changed else []
             if reasons:
@@ -83,10 +85,18 @@ def run_apply(
             done[0] += 1
             _progress(err, result, f"[{done[0]}/{total}] ")
 
+        # State is written as each wave ends, not once at the end: an interrupted apply leaves a true record.
+        serial = [state.read(state_dir).serial]
+
+        def recorded(wave: list[ProxyResult]) -> None:
+            serial[0] = record(state_dir, wave, plan).serial
+
         results = apply_plan(plan, state_dir, parallelism=parallelism, wait=wait, timeout=timeout,
-                             stop_on_failure=stop_on_failure, progress=progress)
-        written = record(state_dir, results, plan)
-    return _summary(err, results, written.serial)
+                             stop_on_failure=stop_on_failure, progress=progress, on_wave=recorded)
+        unchanged = [r for r in results if r.outcome is Outcome.UNCHANGED]
+        if unchanged:
+            serial[0] = record(state_dir, unchanged, plan).serial
+    return _summary(err, results, serial[0])
 
 
 def _preflight(plan: Plan, err: Console) -> None:

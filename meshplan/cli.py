@@ -95,7 +95,7 @@ def validate(
             with tempfile.TemporaryDirectory(prefix="meshplan-validate-") as tmp:
                 state = Path(tmp)
                 pki.ensure(desired, state)
-                proxies = render_all(desired, state)
+                proxies = render_all(desired)
                 results = validate_configs(proxies, state / "validate")
             failed = {name: message for name, message in results.items() if message}
             for proxy in proxies:
@@ -133,7 +133,7 @@ def render(
 
         if output not in ("json", "yaml"):
             raise MeshplanError(f"--output must be json or yaml, got {output!r}")
-        proxies = _select(render_all(_load(directory), state), proxy)
+        proxies = _select(render_all(_load(directory)), proxy)
         document = {
             p.name: {"type": p.type, "mesh": p.mesh, "admin": p.admin_url, "clusters": list(p.clusters), "listeners": list(p.listeners)}
             for p in proxies
@@ -151,16 +151,41 @@ def render(
 def bootstrap(
     directory: DirArg,
     proxy: Annotated[str, typer.Argument(help="The Dataplane or ZoneEgress name.")],
+    xds: Annotated[str, typer.Option("--xds", help="HOST:PORT where this proxy's host reaches `meshplan serve`.")],
+    out: Annotated[Path, typer.Option("--out", help="The directory to write the host's files into (created if missing).")],
+    host_dir: Annotated[Optional[Path], typer.Option("--host-dir", help="Where OUT will be on the proxy's host, if elsewhere: the bootstrap names its files by that path.")] = None,
     state: StateOpt = Path("state"),
 ) -> None:
-    """Print the Envoy bootstrap of one proxy: its node id, admin address, and CDS/LDS files under --state."""
+    """Write what one proxy's host needs to be configured by `meshplan serve`: OUT/bootstrap.json (ADS over mTLS to
+    --xds, the proxy's node id and admin address) and the proxy's xDS client certificate and key (0600). Copy OUT to
+    the host and run `envoy -c bootstrap.json --reject-unknown-dynamic-fields` there."""
 
     def body() -> int:
-        from meshplan.envoy import bootstrap as make_bootstrap
         from meshplan.render import render_all
+        from meshplan.xds.bootstrap import write_host_dir
 
-        (chosen,) = _select(render_all(_load(directory), state), proxy)
-        sys.stdout.write(json.dumps(make_bootstrap(chosen, state.absolute()), indent=2) + "\n")
+        (chosen,) = _select(render_all(_load(directory)), proxy)
+        written = write_host_dir(state, chosen, xds, out, host_dir)
+        _err().print(f"Wrote {', '.join(str(p) for p in written)}", markup=False)
+        return EXIT_OK
+
+    _run(body)
+
+
+@app.command()
+def serve(
+    listen: Annotated[str, typer.Option("--listen", help="HOST:PORT to serve ADS on (port 0: any free port).")],
+    state: StateOpt = Path("state"),
+) -> None:
+    """Serve every proxy its snapshot over ADS (gRPC, mTLS with the xDS CA under --state), make-before-break, and
+    record each proxy's ACKs and NACKs for `apply` and `drift`. Runs until SIGINT or SIGTERM."""
+
+    def body() -> int:
+        import asyncio
+
+        from meshplan.xds.server import main_log, serve as run_server
+
+        asyncio.run(run_server(state, listen, log=main_log))
         return EXIT_OK
 
     _run(body)
@@ -241,7 +266,7 @@ def snapshot(
         from meshplan import live
         from meshplan.workflow import Selection, desired_proxies, fetch_live
 
-        proxies = desired_proxies(directory, state, Selection(proxy, exclude_proxy))
+        proxies = desired_proxies(directory, Selection(proxy, exclude_proxy))
         results = fetch_live(proxies, parallelism=parallelism, timeout=timeout)
         written = live.save_snapshot(results.values(), out)
         console = _err()
@@ -266,7 +291,7 @@ def sandbox_up(directory: DirArg, state: StateOpt = Path("state")) -> None:
         desired = _load(directory)
         console = _err()
         pki.ensure(desired, state)
-        proxies = render_all(desired, state)
+        proxies = render_all(desired)
         sandbox.up(desired, proxies, state, log=lambda m: console.print(m, markup=False))
         for proxy in proxies:
             console.print(f"  {proxy.name:<16} [{proxy.type}] admin {proxy.admin_url}", markup=False)
@@ -371,8 +396,13 @@ def drift(
         from meshplan import state as state_module
         from meshplan.workflow import Selection, desired_proxies, fetch_live
 
-        proxies = desired_proxies(directory, state, Selection(proxy, exclude_proxy))
-        report = drift_module.classify(proxies, state_module.read(state), fetch_live(proxies, parallelism=parallelism, timeout=timeout))
+        from meshplan.xds.store import DirectoryStore
+
+        proxies = desired_proxies(directory, Selection(proxy, exclude_proxy))
+        store = DirectoryStore.under(state)
+        statuses = {p.name: store.read_status(p.name) for p in proxies}
+        results = fetch_live(proxies, parallelism=parallelism, timeout=timeout)
+        report = drift_module.classify(proxies, state_module.read(state), results, statuses)
         if textfile is not None:
             drift_module.write_textfile(textfile, report)
         if json_output:

@@ -18,13 +18,14 @@ from rich.console import Console
 
 from meshplan import drift, pki, sandbox, state
 from meshplan.apply import Outcome, apply_plan, record
-from meshplan.envoy import write_xds
 from meshplan.errors import MeshplanError
 from meshplan.model import Desired
 from meshplan.present.human import render_plan
 from meshplan.render import render_all
 from meshplan.validate import load_and_parse
 from meshplan.workflow import compute_plan, desired_proxies, fetch_live
+from meshplan.xds import snapshot
+from meshplan.xds.store import DirectoryStore
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "demo"
 REQUESTS = 6
@@ -46,14 +47,13 @@ def run_demo(console: Console, example: Path = EXAMPLE) -> int:
             console.print(f"Stopped {len(stopped)} processes; nothing left running.")
 
 
-def _wait_for_version(admin_url: str, version: str, seconds: float = 5.0) -> None:
-    """Until the Envoy reports `version` for its clusters (a renamed file is picked up within milliseconds)."""
+def _wait_for_ack(store: DirectoryStore, proxy: str, version: str, seconds: float = 5.0) -> None:
+    """Until the server says the proxy ACKed `version` whole."""
     deadline = time.monotonic() + seconds
-    with httpx.Client(trust_env=False, timeout=2) as client:
-        while version not in client.get(f"{admin_url}/stats", params={"filter": "cds.version_text"}).text:
-            if time.monotonic() > deadline:
-                raise MeshplanError(f"{admin_url} did not take the out-of-band change within {seconds:g}s")
-            time.sleep(0.02)
+    while (status := store.read_status(proxy)) is None or status.acked != version:
+        if time.monotonic() > deadline:
+            raise MeshplanError(f"{proxy} did not take the out-of-band change within {seconds:g}s")
+        time.sleep(0.02)
 
 
 def _step(console: Console, title: str) -> None:
@@ -123,14 +123,15 @@ def _story(console: Console, desired_dir: Path, state_dir: Path) -> int:
     _step(console, "1. validate the desired directory")
     desired = load_and_parse(desired_dir)
     pki.ensure(desired, state_dir)
-    proxies = render_all(desired, state_dir)
+    proxies = render_all(desired)
     for proxy in proxies:
         console.print(f"  {proxy.name:<10} [{proxy.type}] {len(proxy.clusters)} clusters, {len(proxy.listeners)} listeners",
                       markup=False)
 
-    _step(console, "2. a local mesh of real Envoys, started with nothing delivered")
+    _step(console, "2. a local mesh of real Envoys and meshplan serve, the Envoys started with nothing delivered")
     info = sandbox.up(desired, [dataclasses.replace(p, clusters=(), listeners=()) for p in proxies], state_dir)
-    console.print(f"  {len(proxies)} Envoys and their apps ready in {info.seconds:.2f}s", markup=False)
+    console.print(f"  {len(proxies)} Envoys, each from its own bootstrap --xds host directory, connected to meshplan "
+                  f"serve at {sandbox.server_address(state_dir)}; their apps ready in {info.seconds:.2f}s", markup=False)
 
     _step(console, "3. plan and apply")
     _apply(console, desired_dir, state_dir)
@@ -155,10 +156,13 @@ def _story(console: Console, desired_dir: Path, state_dir: Path) -> int:
 
     _step(console, "6. someone changes backend-1 behind meshplan's back; drift notices")
     backend = next(p for p in proxies if p.name == "backend-1")
-    write_xds(state_dir, dataclasses.replace(backend, clusters=()), "out-of-band")
-    _wait_for_version(backend.admin_url, "out-of-band")
-    checked = desired_proxies(desired_dir, state_dir)
-    report = drift.classify(checked, state.read(state_dir), fetch_live(checked))
+    # Another tool writes the server's store directly: the server delivers it, meshplan's state knows nothing of it.
+    store = DirectoryStore.under(state_dir)
+    store.write_snapshot(backend.name, snapshot.build(state_dir, backend.name, "out-of-band", (), backend.listeners))
+    _wait_for_ack(store, backend.name, "out-of-band")
+    checked = desired_proxies(desired_dir)
+    report = drift.classify(checked, state.read(state_dir), fetch_live(checked),
+                            {p.name: store.read_status(p.name) for p in checked})
     for d in report:
         console.print(f"  {d.status.value:<12} {d.name} [{d.type}]{': ' + d.detail if d.detail else ''}", markup=False)
     code = drift.exit_code(report)

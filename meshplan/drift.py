@@ -1,11 +1,14 @@
 """drift: for cron. Classify every proxy by comparing three fingerprints — what the desired directory renders to,
-what meshplan last delivered (the state file), and what the Envoy runs (its admin API) — and say it with an exit code,
-JSON and Prometheus gauges. Reads state, never writes it.
+what meshplan last delivered (the state file), and what the Envoy runs (its admin API) — with what `meshplan serve`
+says of it (the store's status), and say it with an exit code, JSON and Prometheus gauges. Reads state, never writes.
 
     in-sync      live = delivered = desired
-    pending      live = delivered, desired differs: a change waits for `meshplan apply`
-    drifted      live differs from what was delivered: someone or something changed the proxy behind meshplan's back
-    rejected     the last apply was refused by this Envoy (rolled back or failed), or it reports a listener in error
+    pending      live = delivered, desired differs: a change waits for `meshplan apply`; or the server holds a
+                 snapshot the proxy has not taken yet (it is not connected, or has not ACKed it yet)
+    drifted      live differs from what was delivered, and the proxy took the server's latest snapshot: someone or
+                 something changed the proxy (or the store) behind meshplan's back
+    rejected     Envoy refused the server's latest snapshot, the last apply was rolled back or failed, or it reports
+                 a listener in error
     unreachable  the admin API did not answer as this proxy
 """
 
@@ -22,6 +25,7 @@ from meshplan.canonical import fingerprint
 from meshplan.fsutil import write_atomic
 from meshplan.live import LiveResult
 from meshplan.model import ProxyConfig
+from meshplan.xds.store import ProxyStatus
 
 
 class Status(str, Enum):
@@ -48,9 +52,15 @@ class ProxyDrift:
     live: str | None
 
 
-def classify(proxies: list[ProxyConfig], recorded: state.State, results: Mapping[str, LiveResult]) -> list[ProxyDrift]:
+def classify(
+    proxies: list[ProxyConfig],
+    recorded: state.State,
+    results: Mapping[str, LiveResult],
+    statuses: Mapping[str, ProxyStatus | None] | None = None,
+) -> list[ProxyDrift]:
     out = []
     for proxy in proxies:
+        served = (statuses or {}).get(proxy.name)
         desired = fingerprint(proxy.clusters + proxy.listeners)
         record = recorded.proxies.get(proxy.name)
         delivered = (record.fingerprint or None) if record else None  # "": an attempt that wrote nothing
@@ -63,12 +73,18 @@ def classify(proxies: list[ProxyConfig], recorded: state.State, results: Mapping
         errored = "; ".join(f"listener {e.name}: {e.details}" for e in result.resources.errored_listeners)
         if errored:
             status, detail = Status.REJECTED, errored
+        elif served is not None and served.nacked and served.nacked == served.target:
+            status, detail = Status.REJECTED, f"Envoy refused the {served.error_type}s of {served.nacked}: {served.error}"
         elif record is not None and record.outcome in REJECTED_OUTCOMES:
             status, detail = Status.REJECTED, f"the last apply was {record.outcome}: {record.detail}"
         elif delivered is None:
             # never delivered by meshplan: in sync if it happens to run the desired config, else a change waits
             status = Status.IN_SYNC if running == desired else Status.PENDING
             detail = "" if running == desired else "never applied by meshplan"
+        elif running != delivered and served is not None and served.target != served.acked:
+            status = Status.PENDING
+            detail = (f"the server holds {served.target}, not taken yet: "
+                      + ("not connected to meshplan serve" if not served.connected else "no ACK yet"))
         elif running != delivered:
             status, detail = Status.DRIFTED, "the running configuration is not what meshplan delivered"
         elif desired != delivered:

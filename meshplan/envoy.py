@@ -1,25 +1,32 @@
-"""Finding and running the real Envoy binary: bootstraps, xDS files on disk, offline validation.
+"""Finding and running the real Envoy binary, and validating configurations offline with it.
 
-The facts this module builds on (reload on rename only, `--reject-unknown-dynamic-fields`, validate mode ignoring
-xDS files) are measured in ENVOY-NOTES.md.
+The facts this module builds on (`--reject-unknown-dynamic-fields`, validate mode reading only static resources)
+are measured in ENVOY-NOTES.md.
 """
 
 from __future__ import annotations
 
+import datetime
+import functools
 import importlib.util
 import json
 import os
 import re
 import shutil
 import subprocess
-from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from meshplan import names
 from meshplan.errors import EnvoyError
-from meshplan.fsutil import write_atomic
 from meshplan.model import ProxyConfig
+from meshplan.render.envoy_types import secret_names
 
 ENVOY_ENV = "MESHPLAN_ENVOY"
 
@@ -61,16 +68,6 @@ def proxy_dir(state_dir: Path, name: str) -> Path:
     return (state_dir / "proxies" / name).absolute()
 
 
-def xds_dir(state_dir: Path, name: str) -> Path:
-    return proxy_dir(state_dir, name) / "xds"
-
-
-def xds_file(state_dir: Path, name: str, file: str) -> Path:
-    """`cds.json` or `lds.json` of a proxy, each in a watched directory of its own: a rename in a watched directory
-    re-reads every subscription watching it, so writing the clusters would re-apply (or re-reject) the listeners."""
-    return xds_dir(state_dir, name) / file.removesuffix(".json") / file
-
-
 def _node(proxy: ProxyConfig) -> dict[str, Any]:
     metadata: dict[str, Any] = {"type": proxy.type}
     if proxy.mesh is not None:
@@ -78,70 +75,64 @@ def _node(proxy: ProxyConfig) -> dict[str, Any]:
     return {"id": proxy.name, "cluster": proxy.name, "metadata": metadata}
 
 
-def bootstrap(proxy: ProxyConfig, state_dir: Path) -> dict[str, Any]:
-    """The bootstrap of a proxy whose clusters and listeners come from the files `write_xds` writes."""
-    def source(file: str) -> dict[str, Any]:
-        path = xds_file(state_dir, proxy.name, file)
-        return {
-            "resource_api_version": "V3",
-            "path_config_source": {"path": str(path), "watched_directory": {"path": str(path.parent)}},
-        }
-
-    return {
-        "node": _node(proxy),
-        "admin": {"address": {"socket_address": {"address": proxy.address, "port_value": proxy.admin_port}}},
-        "dynamic_resources": {"cds_config": source("cds.json"), "lds_config": source("lds.json")},
-    }
-
-
-def _discovery_response(version: str, resources: Iterable[dict[str, Any]]) -> bytes:
-    text = json.dumps({"version_info": version, "resources": list(resources)}, indent=1, sort_keys=True)
-    return text.encode() + b"\n"
-
-
-def write_xds(state_dir: Path, proxy: ProxyConfig, version: str) -> None:
-    """Deliver a proxy's clusters and listeners to the files its Envoy watches."""
-    write_xds_files(state_dir, proxy.name, version, proxy.clusters, proxy.listeners)
-
-
-def write_xds_files(
-    state_dir: Path, name: str, version: str, clusters: Iterable[dict[str, Any]], listeners: Iterable[dict[str, Any]]
-) -> None:
-    # Clusters first: a listener naming a cluster Envoy does not have yet is rejected. (Both files at once suit an
-    # Envoy that is starting, which waits for its clusters before its listeners; a running one needs apply's steps.)
-    write_xds_file(state_dir, name, "cds.json", version, clusters)
-    write_xds_file(state_dir, name, "lds.json", version, listeners)
-
-
-def write_xds_file(state_dir: Path, name: str, file: str, version: str, resources: Iterable[dict[str, Any]]) -> None:
-    """One of a proxy's watched files, atomically: Envoy reloads only on a rename into the watched directory, and
-    must never read half a file."""
-    write_atomic(xds_file(state_dir, name, file), _discovery_response(version, resources))
-
-
-def read_xds_files(state_dir: Path, name: str) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]]] | None:
-    """What a proxy's watched files hold now: (version, clusters, listeners), or None if nothing was delivered."""
-    try:
-        cds = json.loads(xds_file(state_dir, name, "cds.json").read_text())
-        lds = json.loads(xds_file(state_dir, name, "lds.json").read_text())
-    except FileNotFoundError:
-        return None
-    return str(cds.get("version_info", "")), list(cds.get("resources", [])), list(lds.get("resources", []))
-
-
 def _static_bootstrap(proxy: ProxyConfig) -> dict[str, Any]:
-    # Validate mode never reads xDS files, so the rendered resources go into static_resources; there they are typed
-    # fields, not `Any`, and a top-level `@type` would be an unknown field.
+    """A bootstrap that holds the proxy's resources as static ones: validate mode reads nothing else.
+
+    There they are typed fields, not `Any`, so a top-level `@type` would be an unknown field. SDS secrets become
+    static secrets of the same names, holding a throwaway certificate: validate mode crashes on SDS over ADS (Envoy
+    1.40), and the real keys have no business in a temporary file."""
+
     def strip(resource: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in resource.items() if k != "@type"}
 
+    resources = [*proxy.clusters, *proxy.listeners]
+    secrets = sorted(secret_names(resources))
+    resources = json.loads(json.dumps(resources))
+    _drop_sds_config(resources)
     return {
         "node": _node(proxy),
         "static_resources": {
-            "clusters": [strip(c) for c in proxy.clusters],
-            "listeners": [strip(listener) for listener in proxy.listeners],
+            "clusters": [strip(c) for c in resources[: len(proxy.clusters)]],
+            "listeners": [strip(listener) for listener in resources[len(proxy.clusters) :]],
+            "secrets": [_throwaway_secret(name) for name in secrets],
         },
     }
+
+
+def _drop_sds_config(node: Any) -> None:
+    """An SDS secret reference without `sds_config` names a static secret."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in ("tls_certificate_sds_secret_configs", "validation_context_sds_secret_config"):
+                for ref in value if isinstance(value, list) else [value]:
+                    if isinstance(ref, dict):
+                        ref.pop("sds_config", None)
+            else:
+                _drop_sds_config(value)
+    elif isinstance(node, list):
+        for item in node:
+            _drop_sds_config(item)
+
+
+@functools.cache
+def _throwaway_pem() -> tuple[str, str]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "meshplan validate")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return cert.public_bytes(serialization.Encoding.PEM).decode(), key_pem.decode()
+
+
+def _throwaway_secret(name: str) -> dict[str, Any]:
+    cert, key = _throwaway_pem()
+    if (names.secret_mesh(name) or ("",))[0] == "ca":
+        return {"name": name, "validation_context": {"trusted_ca": {"inline_string": cert}}}
+    return {"name": name, "tls_certificate": {"certificate_chain": {"inline_string": cert}, "private_key": {"inline_string": key}}}
 
 
 def envoy_error_message(log: str) -> str:

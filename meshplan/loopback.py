@@ -9,7 +9,6 @@ from __future__ import annotations
 import ipaddress
 import socket
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from meshplan.errors import SandboxError
@@ -19,8 +18,6 @@ APP = "app"
 EXTERNAL = "external"
 
 LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
-# Inotify instances left to everything else of this user (editors, other sandboxes, test runs).
-INOTIFY_HEADROOM = 16
 
 
 @dataclass(frozen=True)
@@ -142,17 +139,11 @@ def _port_free(address: str, port: int) -> bool:
     return True
 
 
-def _check_inotify(envoys: int, problems: list[str]) -> None:
-    # Each file-watching Envoy holds 2 inotify instances; past the per-user limit the next Envoy aborts at start.
-    try:
-        limit = int(Path("/proc/sys/fs/inotify/max_user_instances").read_text())
-    except (OSError, ValueError):
-        return
-    if 2 * envoys > limit - INOTIFY_HEADROOM:
-        problems.append(
-            f"{envoys} Envoys need {2 * envoys} inotify instances; this machine allows {limit} per user"
-            " (fs.inotify.max_user_instances) and others need some: use fewer proxies or raise the limit"
-        )
+def free_port(address: str) -> int:
+    """A port nothing listens on at `address` now (the caller binds it soon after)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((address, 0))
+        return int(probe.getsockname()[1])
 
 
 def preflight(desired: Desired, proxies: list[ProxyConfig]) -> list[LocalApp]:
@@ -160,7 +151,6 @@ def preflight(desired: Desired, proxies: list[ProxyConfig]) -> list[LocalApp]:
     problems: list[str] = []
     apps = _local_apps(desired, problems)
     _check_sockets(proxies, apps, problems)
-    _check_inotify(len(proxies), problems)
     if problems:
         raise SandboxError("cannot start the sandbox:\n" + "\n".join(f"  {p}" for p in problems))
     return apps

@@ -41,6 +41,34 @@ def spiffe_id(mesh: str, service: str) -> str:
     return f"spiffe://{mesh}/{service}"
 
 
+def identity_secret(mesh: str) -> str:
+    """The SDS secret holding a proxy's own certificate and key in `mesh` (each proxy gets its own under this name)."""
+    return f"identity:{mesh}"
+
+
+def ca_secret(mesh: str) -> str:
+    """The SDS secret holding `mesh`'s CA certificate, which peers' certificates are checked against."""
+    return f"ca:{mesh}"
+
+
+def secret_mesh(secret: str) -> tuple[str, str] | None:
+    """("identity" or "ca", mesh) for a name `identity_secret` or `ca_secret` made, else None."""
+    kind, sep, mesh = secret.partition(":")
+    return (kind, mesh) if sep and mesh and kind in ("identity", "ca") else None
+
+
+XDS_PROXY_PREFIX = "spiffe://meshplan-xds/proxy/"
+
+
+def xds_proxy_id(proxy: str) -> str:
+    """The URI SAN of the client certificate that identifies a proxy to `meshplan serve`."""
+    return XDS_PROXY_PREFIX + proxy
+
+
+def proxy_of_xds_id(uri: str) -> str | None:
+    return uri[len(XDS_PROXY_PREFIX):] or None if uri.startswith(XDS_PROXY_PREFIX) else None
+
+
 def tag_id(tag: str, value: str) -> str:
     """A URI SAN naming one tag of a workload, so that a client's tags can be matched from its certificate."""
     return f"kuma://{tag}/{value}"

@@ -1,7 +1,8 @@
 """Mesh mTLS material: one CA per mesh, one certificate per proxy with SPIFFE URI SANs.
 
-`paths` is pure (render uses it to reference files); `ensure` creates what is missing under state/.
-Private keys are written 0600 and are never read back into any output.
+`paths` says where each file lives under state/; `ensure` creates what is missing. Rendered config names them as
+SDS secrets (docs/names.md) and `meshplan serve` sends each proxy its own (meshplan/xds/snapshot.py). Private keys
+are written 0600 and are never read back into any output.
 """
 
 from __future__ import annotations
@@ -62,43 +63,55 @@ def ensure(desired: Desired, state_dir: Path) -> list[Path]:
     cas: dict[str, tuple[x509.Certificate, ec.EllipticCurvePrivateKey]] = {}
     for (mesh, proxy), spiffe_ids in sorted(identities(desired).items()):
         if mesh not in cas:
-            cas[mesh] = _ensure_ca(state_dir, mesh, written)
-        ca_cert, ca_key = cas[mesh]
+            cert_path, key_path = ca_paths(state_dir, mesh)
+            cas[mesh] = load_or_create_ca(cert_path, key_path, f"{mesh} CA", f"spiffe://{mesh}", written)
         target = paths(state_dir, mesh, proxy)
-        if _current(target, ca_cert, spiffe_ids):
-            continue
-        key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.timezone.utc)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, proxy)]))
-            .issuer_name(ca_cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + CERT_LIFETIME)
-            .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(i) for i in spiffe_ids]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH, x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]),
-                critical=False,
-            )
-            .sign(ca_key, hashes.SHA256())
-        )
-        _write_key(target.key, key)
-        _write(target.cert, cert.public_bytes(serialization.Encoding.PEM), 0o644)
-        written += [target.cert, target.key]
+        if not current(target, cas[mesh][0], spiffe_ids):
+            issue(target, *cas[mesh], proxy, spiffe_ids, written)
     return written
 
 
-def _ensure_ca(state_dir: Path, mesh: str, written: list[Path]) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    cert_path, key_path = ca_paths(state_dir, mesh)
+def issue(
+    target: CertPaths,
+    ca_cert: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    common_name: str,
+    uris: list[str],
+    written: list[Path],
+) -> None:
+    """Write a new key and a certificate for it, signed by the CA, with these URI SANs, for both ends of mTLS."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + CERT_LIFETIME)
+        .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(i) for i in uris]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH, x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    _write_key(target.key, key)
+    _write(target.cert, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    written += [target.cert, target.key]
+
+
+def load_or_create_ca(
+    cert_path: Path, key_path: Path, common_name: str, uri: str, written: list[Path]
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     if cert_path.exists() and key_path.exists():
         key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
         assert isinstance(key, ec.EllipticCurvePrivateKey)
         return x509.load_pem_x509_certificate(cert_path.read_bytes()), key
     key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "meshplan"), x509.NameAttribute(NameOID.COMMON_NAME, f"{mesh} CA")])
+    subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "meshplan"), x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     now = datetime.datetime.now(datetime.timezone.utc)
     cert = (
         x509.CertificateBuilder()
@@ -112,7 +125,7 @@ def _ensure_ca(state_dir: Path, mesh: str, written: list[Path]) -> tuple[x509.Ce
         .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
                                      key_encipherment=False, data_encipherment=False, key_agreement=False,
                                      encipher_only=False, decipher_only=False), critical=True)
-        .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(f"spiffe://{mesh}")]), critical=False)
+        .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri)]), critical=False)
         .sign(key, hashes.SHA256())
     )
     _write_key(key_path, key)
@@ -121,7 +134,8 @@ def _ensure_ca(state_dir: Path, mesh: str, written: list[Path]) -> tuple[x509.Ce
     return cert, key
 
 
-def _current(target: CertPaths, ca_cert: x509.Certificate, spiffe_ids: list[str]) -> bool:
+def current(target: CertPaths, ca_cert: x509.Certificate, spiffe_ids: list[str]) -> bool:
+    """Whether `target` holds a certificate and key, issued by this CA, with exactly these URI SANs."""
     if not (target.cert.exists() and target.key.exists()):
         return False
     cert = x509.load_pem_x509_certificate(target.cert.read_bytes())

@@ -1,8 +1,11 @@
 """A local mesh of real Envoys and demo apps on loopback: the embedded default for trying meshplan.
 
-`up` starts one demo app per inbound, one stand-in per external-service endpoint and one Envoy per proxy, records
-each PID in <state>/sandbox.json the moment it exists, and returns only once every Envoy reports the pushed
-configuration as applied. `down` stops exactly the recorded processes. Nothing binds outside 127.0.0.0/8.
+`up` starts one demo app per inbound, one stand-in per external-service endpoint, a `meshplan serve` on the state
+directory, and one Envoy per proxy from a host directory of its own (`meshplan bootstrap --xds`), exactly as a real
+fleet runs: the Envoys get their configuration from the server and nothing else. It records each PID in
+<state>/sandbox.json the moment it exists, and returns once every Envoy is connected and runs what it was given (a
+proxy given no resources waits for its first `apply`). `down` stops exactly the recorded processes. Nothing binds
+outside 127.0.0.0/8.
 """
 
 from __future__ import annotations
@@ -21,18 +24,23 @@ from typing import Any
 import httpx
 
 import meshplan
-from meshplan.envoy import bootstrap, envoy_binary, proxy_dir, write_xds
+from meshplan.envoy import envoy_binary, proxy_dir
 from meshplan.errors import SandboxError
 from meshplan.fsutil import write_atomic
-from meshplan.loopback import LocalApp, preflight
+from meshplan.loopback import LocalApp, free_port, preflight
 from meshplan.model import Desired, ProxyConfig
 from meshplan.processes import Liveness, StopOutcome, Stopped, TrackedProcess, liveness, spawn, stop
+from meshplan.xds import snapshot
+from meshplan.xds.bootstrap import write_host_dir
+from meshplan.xds.store import DirectoryStore
 
 SANDBOX_FILE = "sandbox.json"
 FORMAT_VERSION = 1
-SANDBOX_VERSION = "sandbox-1"  # the version_info of the xDS files `up` writes
+SANDBOX_VERSION = "sandbox-1"  # the version of the snapshots `up` writes
 
 ENVOY = "envoy"
+SERVER = "server"
+SERVER_ADDRESS = "127.0.0.1"
 
 _POLL_INTERVAL = 0.05
 # Log lines every Envoy writes that say nothing about why this one failed.
@@ -115,11 +123,21 @@ def _start_app(state_dir: Path, app: LocalApp) -> tuple[TrackedProcess, subproce
                  env=_env_for_apps())  # fmt: skip
 
 
-def _start_envoy(binary: str, state_dir: Path, proxy: ProxyConfig) -> tuple[TrackedProcess, subprocess.Popen[bytes]]:
-    here = proxy_dir(state_dir, proxy.name)
-    write_atomic(here / "bootstrap.json", (json.dumps(bootstrap(proxy, state_dir), indent=2) + "\n").encode())
-    # The files must be in place before Envoy starts: it reads them once at start, then on each rename.
-    write_xds(state_dir, proxy, SANDBOX_VERSION)
+def _start_server(state_dir: Path, port: int) -> tuple[TrackedProcess, subprocess.Popen[bytes]]:
+    argv = [sys.executable, "-m", "meshplan.cli", "serve", "--listen", f"{SERVER_ADDRESS}:{port}", "--state", str(state_dir)]
+    output = state_dir / "sandbox" / "serve.log"
+    return spawn(SERVER, "meshplan-serve", argv, output=output, address=SERVER_ADDRESS, port=port, cwd=state_dir,
+                 env=_env_for_apps())  # fmt: skip
+
+
+def host_dir(state_dir: Path, proxy: str) -> Path:
+    """The sandbox's stand-in for the host of one proxy: what `meshplan bootstrap --xds` writes, and its logs."""
+    return proxy_dir(state_dir, proxy)
+
+
+def _start_envoy(binary: str, state_dir: Path, proxy: ProxyConfig, xds: str) -> tuple[TrackedProcess, subprocess.Popen[bytes]]:
+    here = host_dir(state_dir, proxy.name)
+    write_host_dir(state_dir, proxy, xds, here)
     log = here / "envoy.log"
     log.unlink(missing_ok=True)  # Envoy appends; only this run's lines explain a failure
     argv = [
@@ -152,6 +170,8 @@ def _stats(client: httpx.Client, admin: str) -> dict[str, Any]:
 
 
 def _is_ours(client: httpx.Client, process: TrackedProcess) -> bool:
+    if process.role != ENVOY:
+        return False
     # A second Envoy with a taken admin port exits, while the first keeps answering at that address; its node id
     # and bootstrap path say whose it is.
     info = client.get(f"http://{process.address}:{process.port}/server_info").json()
@@ -159,38 +179,36 @@ def _is_ours(client: httpx.Client, process: TrackedProcess) -> bool:
     return bool(info.get("node", {}).get("id") == process.name and options.get("config_path") == _config_path(process))
 
 
-def _envoy_state(client: httpx.Client, process: TrackedProcess, version: str) -> str | None:
-    """None once this Envoy serves `version`; else why not yet. Raises SandboxError if it never will."""
+def _envoy_state(client: httpx.Client, store: DirectoryStore, process: TrackedProcess, version: str | None) -> str | None:
+    """None once this Envoy is connected to the server and runs `version` (None: was given nothing, and waits);
+    else why not yet. Raises SandboxError if it never will."""
     admin = f"http://{process.address}:{process.port}"
+    status = store.read_status(process.name)
+    if version is not None and status is not None and status.nacked == version:
+        raise SandboxError(f"Envoy refused the {status.error_type}s of proxy {process.name}: {status.error}")
     try:
-        ready = client.get(f"{admin}/ready")
-        if ready.status_code != 200:
-            return f"/ready says {ready.text.strip()!r}"
-        stats = _stats(client, admin)
-        rejected = [
-            "clusters" if prefix.startswith("cluster") else "listeners"
-            for prefix in ("cluster_manager.cds", "listener_manager.lds")
-            if stats.get(f"{prefix}.update_rejected", 0) or stats.get(f"{prefix}.update_failure", 0)
-        ]
-        pending = _pending(stats, version)
-        # /server_info is large (it lists every extension): asked once, when the answer would be final.
-        if (rejected or pending is None) and not _is_ours(client, process):
+        answer = client.get(f"{admin}/server_info")
+        if answer.status_code != 200:
+            return f"admin API answers HTTP {answer.status_code}"
+        if not _is_ours(client, process):
             raise SandboxError(f"{admin} is answered by another Envoy")
+        if status is None or not status.connected:
+            return "not connected to meshplan serve yet"
+        if version is None:
+            return None
+        if status.acked != version:
+            return f"the server has not had {version!r} ACKed yet"
+        warming = sum(int(v) for k, v in _stats(client, admin).items() if "warming" in k)
     except (httpx.HTTPError, ValueError) as e:
         return f"admin API not answering yet ({type(e).__name__})"
-    if rejected:
-        raise SandboxError(f"Envoy rejected the {' and the '.join(rejected)} of proxy {process.name}")
-    return pending
-
-
-def _pending(stats: dict[str, Any], version: str) -> str | None:
-    for prefix in ("cluster_manager.cds", "listener_manager.lds"):
-        if stats.get(f"{prefix}.version_text") != version:
-            return f"{prefix}.version_text is {stats.get(f'{prefix}.version_text')!r}, not {version!r}"
-    # A warming listener does not serve traffic yet, though its version is already counted as applied.
-    warming = int(stats.get("listener_manager.total_listeners_warming", 0))
-    warming += int(stats.get("cluster_manager.warming_clusters", 0))
+    # A warming listener does not serve traffic yet, though its update is already ACKed.
     return f"{warming} clusters or listeners still warming" if warming else None
+
+
+def _server_state(store: DirectoryStore, process: TrackedProcess) -> str | None:
+    if any(s.pid == process.pid and s.alive() for s in store.servers()):
+        return None
+    return "not serving yet"
 
 
 def _app_state(client: httpx.Client, process: TrackedProcess) -> str | None:
@@ -206,8 +224,9 @@ def _app_state(client: httpx.Client, process: TrackedProcess) -> str | None:
 
 def _wait_ready(
     client: httpx.Client,
+    store: DirectoryStore,
     started: dict[TrackedProcess, subprocess.Popen[bytes]],
-    version: str,
+    versions: dict[str, str | None],
     timeout: float,
 ) -> None:
     waiting = dict(started)
@@ -219,7 +238,12 @@ def _wait_ready(
             if code is not None:
                 raise _failed(process, f"exited with code {code}")
             try:
-                state = _envoy_state(client, process, version) if process.role == ENVOY else _app_state(client, process)
+                if process.role == ENVOY:
+                    state = _envoy_state(client, store, process, versions.get(process.name))
+                elif process.role == SERVER:
+                    state = _server_state(store, process)
+                else:
+                    state = _app_state(client, process)
             except SandboxError as e:
                 raise _failed(process, str(e)) from None
             if state is None:
@@ -288,6 +312,16 @@ def up(
 
     apps = preflight(desired, proxies)
     binary = envoy_binary()
+    store = DirectoryStore.under(state_dir)
+    # What each Envoy starts with: a snapshot for a proxy given resources; none (it waits for `apply`) otherwise.
+    versions: dict[str, str | None] = {}
+    for proxy in proxies:
+        store.forget(proxy.name)
+        if proxy.clusters or proxy.listeners:
+            store.write_snapshot(proxy.name, snapshot.build(state_dir, proxy.name, SANDBOX_VERSION, proxy.clusters, proxy.listeners))
+            versions[proxy.name] = SANDBOX_VERSION
+        else:
+            versions[proxy.name] = None
 
     started: dict[TrackedProcess, subprocess.Popen[bytes]] = {}
     with _client() as client:
@@ -297,12 +331,18 @@ def up(
                 started[process] = child
                 _write_state(state_dir, SANDBOX_VERSION, list(started))
                 say(f"started {app.role} {app.name} on {app.address}:{app.port} (pid {process.pid})")
+            port = free_port(SERVER_ADDRESS)
+            process, child = _start_server(state_dir, port)
+            started[process] = child
+            _write_state(state_dir, SANDBOX_VERSION, list(started))
+            xds = f"{SERVER_ADDRESS}:{port}"
+            say(f"started meshplan serve on {xds} (pid {process.pid})")
             for proxy in proxies:
-                process, child = _start_envoy(binary, state_dir, proxy)
+                process, child = _start_envoy(binary, state_dir, proxy, xds)
                 started[process] = child
                 _write_state(state_dir, SANDBOX_VERSION, list(started))
                 say(f"started envoy {proxy.name}, admin {proxy.admin_url} (pid {process.pid})")
-            _wait_ready(client, started, SANDBOX_VERSION, ready_timeout)
+            _wait_ready(client, store, started, versions, ready_timeout)
         except BaseException:
             # BaseException: a Ctrl-C while waiting must not leave half a sandbox behind either.
             survivors = [s.process for s in _stop_all(client, list(started)) if s.outcome is StopOutcome.STILL_RUNNING]
@@ -314,6 +354,14 @@ def up(
     seconds = time.monotonic() - began
     say(f"sandbox ready: {len(proxies)} envoys, {len(apps)} apps in {seconds:.2f}s")
     return SandboxInfo(state_dir / SANDBOX_FILE, SANDBOX_VERSION, tuple(started), seconds)
+
+
+def server_address(state_dir: Path) -> str | None:
+    """HOST:PORT of the sandbox's `meshplan serve`, if one is recorded."""
+    for process in _read_state(state_dir.absolute()):
+        if process.role == SERVER:
+            return f"{process.address}:{process.port}"
+    return None
 
 
 def status(state_dir: Path) -> list[ProcessStatus]:

@@ -43,10 +43,10 @@ def _select(desired: Desired, selection: Selection) -> list[tuple[str, str]]:
     return chosen
 
 
-def desired_proxies(directory: Path, state_dir: Path, selection: Selection = Selection()) -> list[ProxyConfig]:
+def desired_proxies(directory: Path, selection: Selection = Selection()) -> list[ProxyConfig]:
     desired = load_and_parse(directory)
     names = {name for name, _ in _select(desired, selection)}
-    return [p for p in render_all(desired, state_dir) if p.name in names]
+    return [p for p in render_all(desired) if p.name in names]
 
 
 def fetch_targets(
@@ -70,20 +70,20 @@ def fetch_live(
 FORK_AT = 200
 
 
-def _render(desired: Desired, state_dir: Path) -> tuple[list[ProxyConfig], dict[str, DesiredForms]]:
+def _render(desired: Desired) -> tuple[list[ProxyConfig], dict[str, DesiredForms]]:
     """Every proxy's resources and their canonical forms: the CPU half of a plan."""
-    proxies = render_all(desired, state_dir)
+    proxies = render_all(desired)
     return proxies, {p.name: desired_forms(p) for p in proxies}
 
 
 def _render_while_fetching(
-    desired: Desired, state_dir: Path, targets: list[tuple[str, str]], parallelism: int, timeout: float
+    desired: Desired, targets: list[tuple[str, str]], parallelism: int, timeout: float
 ) -> tuple[list[ProxyConfig], dict[str, DesiredForms], dict[str, live.LiveResult]]:
     if len(targets) < FORK_AT or "fork" not in multiprocessing.get_all_start_methods():
-        proxies, forms = _render(desired, state_dir)
+        proxies, forms = _render(desired)
         return proxies, forms, fetch_targets(targets, parallelism=parallelism, timeout=timeout)
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork")) as pool:
-        rendering = pool.submit(_render, desired, state_dir)
+        rendering = pool.submit(_render, desired)
         results = fetch_targets(targets, parallelism=parallelism, timeout=timeout)
         proxies, forms = rendering.result()
         return proxies, forms, results
@@ -116,9 +116,9 @@ def compute_plan(
         targets = _select(desired, selection)
         if live_from is not None:
             results = live.load_snapshot(live_from, targets)
-            proxies, forms = _render(desired, state_dir)
+            proxies, forms = _render(desired)
         else:
-            proxies, forms, results = _render_while_fetching(desired, state_dir, targets, parallelism, timeout)
+            proxies, forms, results = _render_while_fetching(desired, targets, parallelism, timeout)
         names = {name for name, _ in targets}
         recorded = state.read(state_dir)
         return make_plan([p for p in proxies if p.name in names], results, desired_dir=str(directory),

@@ -140,7 +140,7 @@ def running_sandbox(desired: Desired, state: Path) -> Iterator[list[ProxyConfig]
     """The mesh's Envoys and apps on loopback; afterwards nothing started under `state` may still run."""
     state.mkdir(parents=True, exist_ok=True)
     pki.ensure(desired, state)
-    proxies = render_all(desired, state)
+    proxies = render_all(desired)
     try:
         sandbox.up(desired, proxies, state)
         yield proxies

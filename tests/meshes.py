@@ -51,6 +51,6 @@ def start(directory: Path, state: Path) -> list[ProxyConfig]:
     """Bring up a sandbox running exactly what `directory` renders to."""
     desired = load_and_parse(directory)
     pki.ensure(desired, state)
-    proxies = render_all(desired, state)
+    proxies = render_all(desired)
     sandbox.up(desired, proxies, state)
     return proxies

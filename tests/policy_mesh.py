@@ -85,7 +85,7 @@ class PolicyMesh:
         (self.root / "policies.yaml").write_text(textwrap.dedent(text).lstrip("\n"))
 
     def render(self, state: Path) -> list[ProxyConfig]:
-        return render_all(load_and_parse(self.root), state)
+        return render_all(load_and_parse(self.root))
 
 
 def build_mesh(root: Path, addresses: Addresses, services: tuple[str, ...] = ("backend",),
@@ -187,7 +187,7 @@ def running(mesh: PolicyMesh, state: Path) -> Iterator[list[ProxyConfig]]:
     """A sandbox of the mesh; stopped afterwards however the tests ended, and nothing it started left running."""
     desired = load_and_parse(mesh.root)
     pki.ensure(desired, state)
-    proxies = render_all(desired, state)
+    proxies = render_all(desired)
     try:
         sandbox.up(desired, proxies, state)
         yield proxies

@@ -26,7 +26,7 @@ def load_violations(directory: Path) -> list[Violation]:
 
 
 def render(directory: Path, state: Path = STATE) -> dict[str, ProxyConfig]:
-    return {p.name: p for p in render_all(load_and_parse(directory), state)}
+    return {p.name: p for p in render_all(load_and_parse(directory))}
 
 
 def touched(proxy: ProxyConfig, directory: Path) -> dict[str, Any]:
@@ -54,7 +54,7 @@ def envoy_validates(desired: Desired, state: Path) -> dict[str, str | None]:
     """`envoy --mode validate` of every proxy (None: accepted), with real certificates under `state`; every resource
     first parses with the xds-protos types, or this raises."""
     pki.ensure(desired, state)
-    proxies = render_all(desired, state)
+    proxies = render_all(desired)
     for proxy in proxies:
         for resource in proxy.clusters + proxy.listeners:
             canonical(resource)

@@ -98,7 +98,7 @@ def running_sandbox(desired: Desired, state: Path) -> Iterator[dict[str, ProxyCo
     """The desired mesh on real Envoys; brought down afterwards however the tests ended, and nothing may survive."""
     state.mkdir(parents=True, exist_ok=True)
     pki.ensure(desired, state)
-    proxies = render_all(desired, state)
+    proxies = render_all(desired)
     try:
         sandbox.up(desired, proxies, state)
         yield {p.name: p for p in proxies}

@@ -32,7 +32,7 @@ def start_empty(demo: DemoCopy, state_dir: Path) -> None:
     """Every proxy's Envoy up from its bootstrap with nothing delivered yet, as before a first apply."""
     desired = load_and_parse(demo.path)
     pki.ensure(desired, state_dir)
-    sandbox.up(desired, [dataclasses.replace(p, clusters=(), listeners=()) for p in render_all(desired, state_dir)], state_dir)
+    sandbox.up(desired, [dataclasses.replace(p, clusters=(), listeners=()) for p in render_all(desired)], state_dir)
 
 
 def meshplan(*args: str) -> tuple[int, str, str]:
@@ -186,7 +186,7 @@ def test_servers_are_delivered_before_their_clients() -> None:
     from meshplan.plan import make_plan
     from meshplan.workflow import desired_proxies
 
-    plan = make_plan(desired_proxies(DEMO, Path("/STATE")), {})
+    plan = make_plan(desired_proxies(DEMO), {})
     levels = [[p.name for p in level] for level in apply_module.delivery_order(list(plan.proxies))]
     assert levels == [["backend-1", "backend-2", "egress"], ["admin", "web"]]
     # two proxies that send to each other: no order helps, both go together
@@ -212,7 +212,7 @@ def test_a_stale_saved_plan_is_refused(demo: DemoCopy, sandbox_state: Path, tmp_
     saved = tmp_path / "plan.json"
     code, _, _ = meshplan("plan", str(demo.path), "--state", str(sandbox_state), "--out", str(saved))
     assert code == 0
-    web = next(p for p in render_all(load_and_parse(demo.path), sandbox_state) if p.name == "web")
+    web = next(p for p in render_all(load_and_parse(demo.path)) if p.name == "web")
     envoy.write_xds(sandbox_state, dataclasses.replace(web, listeners=()), "out-of-band")  # someone else was here
     _wait_version(web.admin_url, "out-of-band")
 
@@ -243,7 +243,7 @@ def test_drift_classes_exit_codes_and_gauges(demo: DemoCopy, sandbox_state: Path
     assert code == 2 and statuses["egress"] == "pending" and statuses["web"] == "in-sync"
     assert 'meshplan_proxy_status{proxy="egress",type="egress",status="pending"} 1' in prom
 
-    backend = next(p for p in render_all(load_and_parse(demo.path), sandbox_state) if p.name == "backend-1")
+    backend = next(p for p in render_all(load_and_parse(demo.path)) if p.name == "backend-1")
     envoy.write_xds(sandbox_state, dataclasses.replace(backend, clusters=()), "out-of-band")
     _wait_version(backend.admin_url, "out-of-band")
     code, statuses, prom = drift(demo, sandbox_state, tmp_path)

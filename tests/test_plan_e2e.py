@@ -80,9 +80,9 @@ def _start_before_edit(demo: DemoCopy, state: Path) -> None:
     (demo.path / "new.yaml").write_text(demo.addr(NEW_DATAPLANE))
     after = load_and_parse(demo.path)
     (demo.path / "new.yaml").unlink()
-    before = {p.name: p for p in render_all(load_and_parse(demo.path), state)}
+    before = {p.name: p for p in render_all(load_and_parse(demo.path))}
     pki.ensure(after, state)
-    proxies = [before.get(p.name) or dataclasses.replace(p, clusters=(), listeners=()) for p in render_all(after, state)]
+    proxies = [before.get(p.name) or dataclasses.replace(p, clusters=(), listeners=()) for p in render_all(after)]
     sandbox.up(after, proxies, state)
 
 

@@ -28,7 +28,7 @@ SCHEMA = json.loads((Path(__file__).parent.parent / "docs" / "plan.schema.json")
 
 
 def test_500_garbage_and_a_hang_are_reported_while_the_others_are_planned() -> None:
-    proxies = render_all(load_and_parse(DEMO), Path("/STATE"))
+    proxies = render_all(load_and_parse(DEMO))
     by_name = {p.name: p for p in proxies}
 
     async def hang(request: httpx.Request) -> httpx.Response:

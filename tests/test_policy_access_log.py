@@ -358,7 +358,7 @@ def running(loopback: Loopback, tmp_path_factory: pytest.TempPathFactory) -> Ite
     state.mkdir()
     desired = load_and_parse(directory)
     pki.ensure(desired, state)
-    proxies = render_all(desired, state)
+    proxies = render_all(desired)
     try:
         sandbox.up(desired, proxies, state)
         with httpx.Client(trust_env=False, timeout=5.0) as client:

@@ -421,7 +421,7 @@ def test_a_dead_instance_is_marked_unhealthy_and_traffic_avoids_it(
     directory = write(tmp_path / "desired", mesh_files(net) | {"policy.yaml": TRAFFIC_POLICIES})
     desired = load_and_parse(directory)
     pki.ensure(desired, sandbox_state)
-    proxies = {p.name: p for p in render_all(desired, sandbox_state)}
+    proxies = {p.name: p for p in render_all(desired)}
     sandbox.up(desired, list(proxies.values()), sandbox_state)
     web_admin, egress_admin = proxies["web"].admin_url, proxies["egress"].admin_url
     ext1, ext2 = (f"{net.ext}:{net.ports[k]}" for k in ("ext1", "ext2"))

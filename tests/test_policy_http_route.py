@@ -509,7 +509,7 @@ SECOND_POLICY = """
 
 def render(tmp_path: Path, files: dict[str, str]) -> dict[str, ProxyConfig]:
     root = write_desired(tmp_path / "desired", {**BASE, **files})
-    return {p.name: p for p in render_all(load_and_parse(root), STATE)}
+    return {p.name: p for p in render_all(load_and_parse(root))}
 
 
 def outbound_routes(proxy: ProxyConfig, port: int = 10001) -> list[dict]:  # type: ignore[type-arg]
@@ -594,7 +594,7 @@ def test_backends_get_clusters_and_outbound_points(tmp_path: Path) -> None:
     desired = load_and_parse(root)
     from meshplan.render import sidecar
 
-    build = sidecar.build_sidecar(desired, next(d for d in desired.dataplanes if d.name == "web"), STATE)
+    build = sidecar.build_sidecar(desired, next(d for d in desired.dataplanes if d.name == "web"))
     http_route.apply(build, [p for p in desired.policies if p.kind == "MeshHTTPRoute"])
     clusters = build.clusters
     # The split's weight-0 `backend` on port 8080 takes no traffic and gets no cluster; /api's one does.

@@ -343,7 +343,7 @@ def test_each_good_spec_passes_envoy_validation(tmp_path: Path, case: str) -> No
     directory = write(tmp_path / "desired", mesh_files(Net.fixed()) | {"policy.yaml": policy(GOOD[case])})
     desired = load_and_parse(directory)
     pki.ensure(desired, tmp_path / "state")
-    web = [p for p in render_all(desired, tmp_path / "state") if p.name == "web"]
+    web = [p for p in render_all(desired) if p.name == "web"]
     assert validate_configs(web, tmp_path / "validate") == {"web": None}
 
 
@@ -378,7 +378,7 @@ def running(loopback: Loopback, tmp_path_factory: pytest.TempPathFactory) -> Ite
     state.mkdir()
     desired = load_and_parse(directory)
     pki.ensure(desired, state)
-    proxies = {p.name: p for p in render_all(desired, state)}
+    proxies = {p.name: p for p in render_all(desired)}
     try:
         sandbox.up(desired, list(proxies.values()), state)
         with httpx.Client(trust_env=False, timeout=5.0) as client:

@@ -129,7 +129,7 @@ def policy(body: str, name: str = "p") -> str:
 
 
 def proxies_of(root: Path, policies: str = POLICIES) -> dict[str, ProxyConfig]:
-    return {p.name: p for p in render_all(load(demo_mesh(root, FixedAddresses(), policies)), STATE)}
+    return {p.name: p for p in render_all(load(demo_mesh(root, FixedAddresses(), policies)))}
 
 
 def chain_filters(proxy: ProxyConfig) -> list[dict[str, Any]]:
@@ -222,7 +222,7 @@ def test_bad_specs_report_each_violation_with_file_line_and_path(tmp_path: Path,
 
 
 def test_golden_render(request: pytest.FixtureRequest, tmp_path: Path) -> None:
-    proxies = render_all(load(demo_mesh(tmp_path, FixedAddresses())), STATE)
+    proxies = render_all(load(demo_mesh(tmp_path, FixedAddresses())))
     check_golden(request, "policies/rate_limit/demo.json", inbound_golden(proxies, ["backend", "ledger", "egress"], tmp_path))
 
 

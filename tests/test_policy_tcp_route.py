@@ -225,7 +225,7 @@ def test_good_specs_pass(tmp_path: Path, files: dict[str, str]) -> None:
 
 def render(tmp_path: Path, files: dict[str, str]) -> dict[str, ProxyConfig]:
     root = write_desired(tmp_path / "desired", {**BASE, **files})
-    return {p.name: p for p in render_all(load_and_parse(root), STATE)}
+    return {p.name: p for p in render_all(load_and_parse(root))}
 
 
 def outbound_filter(proxy: ProxyConfig, port: int) -> dict:  # type: ignore[type-arg]

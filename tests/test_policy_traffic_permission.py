@@ -205,7 +205,7 @@ def test_bad_specs_report_each_violation_with_file_line_and_path(tmp_path: Path,
 
 
 def test_golden_render(request: pytest.FixtureRequest, tmp_path: Path) -> None:
-    proxies = render_all(load(demo_mesh(tmp_path, FixedAddresses())), STATE)
+    proxies = render_all(load(demo_mesh(tmp_path, FixedAddresses())))
     text = inbound_golden(proxies, ["backend", "reports", "ledger", "egress"], tmp_path)
     check_golden(request, "policies/traffic_permission/demo.json", text)
 
@@ -218,12 +218,12 @@ def test_every_proxy_passes_envoy_validate(tmp_path: Path) -> None:
 
 
 def test_no_permission_means_no_rbac(tmp_path: Path) -> None:
-    proxies = render_all(load(demo_mesh(tmp_path, FixedAddresses(), policies="", forbid=False)), STATE)
+    proxies = render_all(load(demo_mesh(tmp_path, FixedAddresses(), policies="", forbid=False)))
     assert "rbac" not in json.dumps([p.listeners for p in proxies])
 
 
 def test_first_match_per_client_with_and_not(tmp_path: Path) -> None:
-    proxies = {p.name: p for p in render_all(load(demo_mesh(tmp_path, FixedAddresses())), STATE)}
+    proxies = {p.name: p for p in render_all(load(demo_mesh(tmp_path, FixedAddresses())))}
     reports = rbac(proxies["reports"])
     assert reports is not None
     web = {"authenticated": {"principal_name": {"exact": "spiffe://default/web"}}}
@@ -254,7 +254,7 @@ def test_first_match_per_client_with_and_not(tmp_path: Path) -> None:
 
 
 def test_tcp_inbound_gets_network_rbac_before_tcp_proxy(tmp_path: Path) -> None:
-    proxies = {p.name: p for p in render_all(load(demo_mesh(tmp_path, FixedAddresses())), STATE)}
+    proxies = {p.name: p for p in render_all(load(demo_mesh(tmp_path, FixedAddresses())))}
     filters = listener(proxies["ledger"])["filter_chains"][0]["filters"]
     assert [f["name"] for f in filters] == ["envoy.filters.network.rbac", "envoy.filters.network.tcp_proxy"]
     assert filters[0]["typed_config"]["stat_prefix"].endswith(".")
@@ -267,7 +267,7 @@ def test_same_specificity_the_smallest_name_wins(tmp_path: Path, first: str, sec
                       f"        kind: MeshService\n        name: web\n      default:\n        action: {action}\n", name=name)
 
     demo_mesh(tmp_path, FixedAddresses(), policies=one(first, "Allow") + "---\n" + one(second, "Deny"), forbid=False)
-    proxies = {p.name: p for p in render_all(load(MeshFiles(tmp_path)), STATE)}
+    proxies = {p.name: p for p in render_all(load(MeshFiles(tmp_path)))}
     backend = rbac(proxies["backend"])
     assert backend is not None
     assert ("Deny MeshService:web" in backend["rules"]["policies"]) is web_denied
@@ -278,11 +278,11 @@ def test_mesh_without_mtls_has_no_identity_to_check(tmp_path: Path) -> None:
     deny = policy(FROM_MESH + "      default:\n        action: Deny\n")
     files = write_mesh(tmp_path, FixedAddresses(), services, policies=deny)
     (tmp_path / "mesh.yaml").write_text("type: Mesh\nname: default\n")
-    assert "rbac" not in json.dumps([p.listeners for p in render_all(load(files), STATE)])
+    assert "rbac" not in json.dumps([p.listeners for p in render_all(load(files))])
 
 
 def test_default_forbid_denies_external_service_without_permission(tmp_path: Path) -> None:
-    proxies = {p.name: p for p in render_all(load(demo_mesh(tmp_path, FixedAddresses())), STATE)}
+    proxies = {p.name: p for p in render_all(load(demo_mesh(tmp_path, FixedAddresses())))}
     chains = {c["name"]: c for c in proxies["egress"].listeners[0]["filter_chains"]}
     closed = [f for f in chains["mes:default:closed"]["filters"][0]["typed_config"]["http_filters"] if "rbac" in f["name"]]
     assert closed[0]["typed_config"]["rules"] == {"action": "ALLOW", "policies": {}}
@@ -292,7 +292,7 @@ def test_default_forbid_denies_external_service_without_permission(tmp_path: Pat
 
 
 def test_without_forbid_an_external_service_without_permission_is_open(tmp_path: Path) -> None:
-    proxies = {p.name: p for p in render_all(load(demo_mesh(tmp_path, FixedAddresses(), forbid=False)), STATE)}
+    proxies = {p.name: p for p in render_all(load(demo_mesh(tmp_path, FixedAddresses(), forbid=False)))}
     chains = {c["name"]: c for c in proxies["egress"].listeners[0]["filter_chains"]}
     assert "rbac" not in json.dumps(chains["mes:default:closed"])
     httpbin = [f for f in chains["mes:default:httpbin"]["filters"][0]["typed_config"]["http_filters"] if "rbac" in f["name"]]
@@ -302,7 +302,7 @@ def test_without_forbid_an_external_service_without_permission_is_open(tmp_path:
 def test_default_forbid_applies_with_no_permission_in_the_mesh_at_all(tmp_path: Path) -> None:
     # The module denies on its own (render.apply_policies skips a kind with no policies: see the report).
     desired = load(demo_mesh(tmp_path, FixedAddresses(), policies=""))
-    build = build_egress(desired, desired.egresses[0], STATE)
+    build = build_egress(desired, desired.egresses[0])
     traffic_permission.apply(build, [])
     for chain in build.listeners[next(iter(build.listeners))]["filter_chains"]:
         manager = chain["filters"][0]["typed_config"]
@@ -310,7 +310,7 @@ def test_default_forbid_applies_with_no_permission_in_the_mesh_at_all(tmp_path: 
 
 
 def test_default_forbid_renders_with_no_permission_in_the_mesh_at_all(tmp_path: Path) -> None:
-    proxies = {p.name: p for p in render_all(load(demo_mesh(tmp_path, FixedAddresses(), policies="")), STATE)}
+    proxies = {p.name: p for p in render_all(load(demo_mesh(tmp_path, FixedAddresses(), policies="")))}
     assert "envoy.filters.http.rbac" in json.dumps(proxies["egress"].listeners)
 
 
@@ -347,7 +347,7 @@ def test_tags_match_kuma_sans_once_certificates_carry_them(tmp_path: Path, monke
 
 def test_egress_inbound_is_per_external_service(tmp_path: Path) -> None:
     desired = load(demo_mesh(tmp_path, FixedAddresses()))
-    build = build_egress(desired, desired.egresses[0], STATE)
+    build = build_egress(desired, desired.egresses[0])
     traffic_permission.apply(build, [p for p in desired.policies if p.name == "httpbin"])
     by_target = {p.target.name: p.chain for p in build.inbounds if isinstance(p.target, Destination)}
     manager = by_target["httpbin"]["filters"][0]["typed_config"]

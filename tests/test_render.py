@@ -23,7 +23,7 @@ STATE = Path("/STATE")  # render is pure: the state directory only appears in pa
 
 
 def render_demo(path: Path = DEMO) -> dict[str, ProxyConfig]:
-    return {p.name: p for p in render_all(load_and_parse(path), STATE)}
+    return {p.name: p for p in render_all(load_and_parse(path))}
 
 
 def by_name(resources: tuple[dict, ...]) -> dict[str, dict]:  # type: ignore[type-arg]
@@ -114,7 +114,7 @@ def test_mesh_without_mtls_renders_plaintext(tmp_path: Path) -> None:
     assert removed == 2
     (tmp_path / "dataplanes.yaml").write_text(dataplanes)
     (tmp_path / "mesh.yaml").write_text("type: Mesh\nname: default\n")
-    proxies = render_all(load_and_parse(tmp_path), STATE)
+    proxies = render_all(load_and_parse(tmp_path))
     assert [p.name for p in proxies] == ["admin", "backend-1", "backend-2", "web"]
     assert "transport_socket" not in json.dumps([p.clusters + p.listeners for p in proxies])
 
@@ -126,7 +126,7 @@ def test_external_tls_origination(tmp_path: Path) -> None:
         "type: MeshExternalService\nname: api\nmesh: default\nspec:\n  match: {port: 443, protocol: http}\n"
         "  endpoints: [{address: api.example.com, port: 443}]\n  tls:\n    enabled: true\n"
     )
-    egress = {p.name: p for p in render_all(load_and_parse(tmp_path), STATE)}["egress"]
+    egress = {p.name: p for p in render_all(load_and_parse(tmp_path))}["egress"]
     cluster = by_name(egress.clusters)["mes:default:api"]
     assert cluster["type"] == "STRICT_DNS"
     tls = cluster["transport_socket"]["typed_config"]

@@ -231,7 +231,7 @@ def backend_cluster(build: ProxyBuild, backend: Backend, via: OutboundPoint, ori
         outbound = Outbound("127.0.0.1", 0, external=backend.name)
     else:
         outbound = Outbound("127.0.0.1", 0, service=backend.name)
-    cluster, protocol = outbound_cluster(build.desired, proxy, outbound, build.certs)
+    cluster, protocol = outbound_cluster(build.desired, proxy, outbound, build.mtls)
     if backend.kind != MESH_EXTERNAL_SERVICE and (backend.tags or backend.port is not None):
         _narrow(cluster, name, build.desired, proxy.mesh, backend)
     build.clusters[name] = cluster

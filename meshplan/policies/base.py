@@ -24,7 +24,6 @@ from meshplan.check import FieldCheck
 from meshplan.load import PathKey
 from meshplan.match import Destination, Merged
 from meshplan.model import Dataplane, Desired, Inbound, Policy, ProxyConfig, ZoneEgress
-from meshplan.pki import CertPaths
 
 Json = dict[str, Any]
 Steps = tuple[str | int, ...]  # keys and list positions from a resource's top to one of its fields
@@ -68,7 +67,7 @@ class ProxyBuild:
     listeners: dict[str, Json]
     outbounds: list[OutboundPoint] = field(default_factory=list)
     inbounds: list[InboundPoint] = field(default_factory=list)
-    certs: CertPaths | None = None  # a sidecar's mesh certificate (None without mesh mTLS, and for the egress)
+    mtls: bool = False  # whether a sidecar's mesh has mTLS (its certificates are SDS secrets, docs/names.md)
     # (id of a dict inside a resource, key) -> origins; turned into field paths by `finish`
     _marks: dict[tuple[int, str], list[str]] = field(default_factory=dict)
     _keep: list[Any] = field(default_factory=list)  # keeps marked dicts alive, so their ids stay theirs

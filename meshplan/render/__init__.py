@@ -1,12 +1,10 @@
-"""Desired mesh -> the Envoy resources every proxy should run (pure: paths under state/ are only referenced).
+"""Desired mesh -> the Envoy resources every proxy should run (pure: certificates are SDS secrets, named only).
 
 Each proxy is built in two steps: the base resources (render/sidecar.py, render/egress.py), then every policy module
 in the registry's order, each changing only what is already there and remembering which policy set which field.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 from meshplan.model import Desired, ProxyConfig
 from meshplan.policies.base import ProxyBuild
@@ -25,11 +23,10 @@ def apply_policies(build: ProxyBuild) -> ProxyConfig:
     return build.finish()
 
 
-def render_all(desired: Desired, state_dir: Path) -> list[ProxyConfig]:
+def render_all(desired: Desired) -> list[ProxyConfig]:
     """Every proxy of the desired mesh, sidecars first then egresses, each in name order."""
-    state_dir = state_dir.absolute()
-    builds = [build_sidecar(desired, dp, state_dir) for dp in sorted(desired.dataplanes, key=lambda d: d.name)]
-    builds += [build_egress(desired, eg, state_dir) for eg in sorted(desired.egresses, key=lambda e: e.name)]
+    builds = [build_sidecar(desired, dp) for dp in sorted(desired.dataplanes, key=lambda d: d.name)]
+    builds += [build_egress(desired, eg) for eg in sorted(desired.egresses, key=lambda e: e.name)]
     return [apply_policies(build) for build in builds]
 
 

@@ -4,9 +4,7 @@ external service, chosen by SNI."""
 from __future__ import annotations
 
 import ipaddress
-from pathlib import Path
 
-from meshplan import pki
 from meshplan.match import Destination
 from meshplan.model import EGRESS, Desired, MeshExternalService, ZoneEgress
 from meshplan.policies.base import InboundPoint, OutboundPoint, ProxyBuild
@@ -17,7 +15,7 @@ from meshplan.render.sidecar import CONNECT_TIMEOUT
 SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 
 
-def build_egress(desired: Desired, egress: ZoneEgress, state_dir: Path) -> ProxyBuild:
+def build_egress(desired: Desired, egress: ZoneEgress) -> ProxyBuild:
     build = ProxyBuild(egress, desired, EGRESS, clusters={}, listeners={})
     externals = sorted(desired.external_services, key=lambda m: (m.mesh, m.name))
     if not externals:
@@ -34,7 +32,7 @@ def build_egress(desired: Desired, egress: ZoneEgress, state_dir: Path) -> Proxy
     build.listeners[name] = listener
     for mes in externals:
         cluster = _external_cluster(mes)
-        chain = _filter_chain(mes, pki.paths(state_dir, mes.mesh, egress.name))
+        chain = _filter_chain(mes)
         build.clusters[cluster["name"]] = cluster
         listener["filter_chains"].append(chain)
         destination = Destination.of_external(mes)
@@ -44,7 +42,7 @@ def build_egress(desired: Desired, egress: ZoneEgress, state_dir: Path) -> Proxy
     return build
 
 
-def _filter_chain(mes: MeshExternalService, certs: pki.CertPaths) -> t.Json:
+def _filter_chain(mes: MeshExternalService) -> t.Json:
     cluster = names.external_cluster(mes.mesh, mes.name)
     return {
         "name": cluster,
@@ -54,13 +52,7 @@ def _filter_chain(mes: MeshExternalService, certs: pki.CertPaths) -> t.Json:
             {
                 "@type": t.DOWNSTREAM_TLS,
                 "require_client_certificate": True,
-                "common_tls_context": {
-                    "tls_certificates": [t.certificate(str(certs.cert), str(certs.key))],
-                    "validation_context": {
-                        "trusted_ca": {"filename": str(certs.ca)},
-                        "match_typed_subject_alt_names": t.uri_sans(prefix=f"spiffe://{mes.mesh}/"),
-                    },
-                },
+                "common_tls_context": t.mesh_tls_context(mes.mesh, t.uri_sans(prefix=f"spiffe://{mes.mesh}/")),
             }
         ),
     }

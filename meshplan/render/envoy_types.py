@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
+
+from meshplan import names
 
 _PREFIX = "type.googleapis.com/"
 CLUSTER = _PREFIX + "envoy.config.cluster.v3.Cluster"
 LISTENER = _PREFIX + "envoy.config.listener.v3.Listener"
+SECRET = _PREFIX + "envoy.extensions.transport_sockets.tls.v3.Secret"
 HCM = _PREFIX + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 ROUTER = _PREFIX + "envoy.extensions.filters.http.router.v3.Router"
 TCP_PROXY = _PREFIX + "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
@@ -33,8 +37,43 @@ def tls_socket(context: Json) -> Json:
     return {"name": "envoy.transport_sockets.tls", "typed_config": context}
 
 
-def certificate(cert: str, key: str) -> Json:
-    return {"certificate_chain": {"filename": cert}, "private_key": {"filename": key}}
+def _sds(name: str) -> Json:
+    # Secrets come over the same ADS stream as the clusters and listeners that use them (meshplan serve).
+    return {"name": name, "sds_config": {"ads": {}, "resource_api_version": "V3"}}
+
+
+def mesh_tls_context(mesh: str, peers: list[Json]) -> Json:
+    """The common TLS context of mesh mTLS: this proxy's identity, and peers checked against the mesh CA and `peers`
+    (SAN matchers). Both secrets are SDS secrets, by name (docs/names.md)."""
+    return {
+        "tls_certificate_sds_secret_configs": [_sds(names.identity_secret(mesh))],
+        "combined_validation_context": {
+            "default_validation_context": {"match_typed_subject_alt_names": peers},
+            "validation_context_sds_secret_config": _sds(names.ca_secret(mesh)),
+        },
+    }
+
+
+def secret_names(resources: Iterable[Json]) -> set[str]:
+    """The SDS secrets some resources refer to (by name)."""
+    found: set[str] = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "tls_certificate_sds_secret_configs" and isinstance(value, list):
+                    found.update(v["name"] for v in value if isinstance(v, dict) and isinstance(v.get("name"), str))
+                elif key == "validation_context_sds_secret_config" and isinstance(value, dict):
+                    if isinstance(value.get("name"), str):
+                        found.add(value["name"])
+                else:
+                    walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(list(resources))
+    return found
 
 
 def uri_sans(exact: list[str] | None = None, prefix: str | None = None) -> list[Json]:

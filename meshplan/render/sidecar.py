@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from meshplan import pki
 from meshplan.match import Destination
 from meshplan.model import SIDECAR, Dataplane, Desired, Inbound, Outbound
 from meshplan.policies.base import InboundPoint, OutboundPoint, ProxyBuild
@@ -14,18 +11,17 @@ from meshplan import names
 CONNECT_TIMEOUT = "5s"  # Kuma's default connectionTimeout
 
 
-def build_sidecar(desired: Desired, dp: Dataplane, state_dir: Path) -> ProxyBuild:
+def build_sidecar(desired: Desired, dp: Dataplane) -> ProxyBuild:
     mtls = desired.mesh(dp.mesh).mtls
-    certs = pki.paths(state_dir, dp.mesh, dp.name) if mtls else None
-    build = ProxyBuild(dp, desired, SIDECAR, clusters={}, listeners={}, certs=certs)
+    build = ProxyBuild(dp, desired, SIDECAR, clusters={}, listeners={}, mtls=mtls)
     for inbound in dp.inbounds:
         local = names.local_cluster(inbound.service_address, inbound.service_port)
         build.clusters[local] = _cluster(local, [(inbound.service_address, inbound.service_port)])
-        listener = _inbound_listener(dp, inbound, local, certs)
+        listener = _inbound_listener(dp, inbound, local, mtls)
         build.listeners[listener["name"]] = listener
         build.inbounds.append(InboundPoint(inbound, listener["filter_chains"][0], listener["name"], inbound.protocol))
     for outbound in dp.outbounds:
-        cluster, protocol = outbound_cluster(desired, dp, outbound, certs)
+        cluster, protocol = outbound_cluster(desired, dp, outbound, mtls)
         build.clusters[cluster["name"]] = cluster
         listener = _outbound_listener(outbound, cluster["name"], protocol)
         build.listeners[listener["name"]] = listener
@@ -45,24 +41,18 @@ def _cluster(name: str, endpoints: list[tuple[str, int]]) -> t.Json:
     }
 
 
-def _inbound_listener(dp: Dataplane, inbound: Inbound, local: str, certs: pki.CertPaths | None) -> t.Json:
+def _inbound_listener(dp: Dataplane, inbound: Inbound, local: str, mtls: bool) -> t.Json:
     name = names.inbound_listener(inbound.address, inbound.port)
     chain: t.Json = {
         "filters": [t.network_filter(inbound.protocol, t.stat_name(name), f"inbound:{inbound.service}", local)]
     }
-    if certs is not None:
+    if mtls:
         chain["transport_socket"] = t.tls_socket(
             {
                 "@type": t.DOWNSTREAM_TLS,
                 "require_client_certificate": True,
-                "common_tls_context": {
-                    "tls_certificates": [t.certificate(str(certs.cert), str(certs.key))],
-                    "validation_context": {
-                        "trusted_ca": {"filename": str(certs.ca)},
-                        # Any workload of this mesh may connect; who may is MeshTrafficPermission's job.
-                        "match_typed_subject_alt_names": t.uri_sans(prefix=f"spiffe://{dp.mesh}/"),
-                    },
-                },
+                # Any workload of this mesh may connect; who may is MeshTrafficPermission's job.
+                "common_tls_context": t.mesh_tls_context(dp.mesh, t.uri_sans(prefix=f"spiffe://{dp.mesh}/")),
             }
         )
     return {
@@ -75,7 +65,7 @@ def _inbound_listener(dp: Dataplane, inbound: Inbound, local: str, certs: pki.Ce
 
 
 def outbound_cluster(
-    desired: Desired, dp: Dataplane, outbound: Outbound, certs: pki.CertPaths | None
+    desired: Desired, dp: Dataplane, outbound: Outbound, mtls: bool
 ) -> tuple[t.Json, str]:
     """The cluster a sidecar uses for an outbound (every instance of the service, or the egress for an external
     service), and the destination's protocol. MeshHTTPRoute/MeshTCPRoute build their extra backends with it too."""
@@ -97,19 +87,9 @@ def outbound_cluster(
         protocol = instances[0][1].protocol if instances else "tcp"
     cluster = _cluster(name, endpoints)
     cluster.update(t.upstream_protocol_options(protocol))
-    if certs is not None:
+    if mtls:
         cluster["transport_socket"] = t.tls_socket(
-            {
-                "@type": t.UPSTREAM_TLS,
-                "sni": sni,
-                "common_tls_context": {
-                    "tls_certificates": [t.certificate(str(certs.cert), str(certs.key))],
-                    "validation_context": {
-                        "trusted_ca": {"filename": str(certs.ca)},
-                        "match_typed_subject_alt_names": t.uri_sans(exact=peer),
-                    },
-                },
-            }
+            {"@type": t.UPSTREAM_TLS, "sni": sni, "common_tls_context": t.mesh_tls_context(dp.mesh, t.uri_sans(exact=peer))}
         )
     return cluster, protocol
 
