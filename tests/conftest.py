@@ -227,6 +227,21 @@ def _processes_under(directory: Path) -> list[int]:
     return found
 
 
+def deliver(state_dir: Path, proxy: ProxyConfig, version: str, timeout: float = 10.0) -> None:
+    """Hand a proxy new clusters and listeners behind meshplan's back, as another tool writing the server's store
+    would, and wait (bounded) until the server says the Envoy ACKed them."""
+    from meshplan.xds import snapshot
+    from meshplan.xds.store import DirectoryStore
+
+    store = DirectoryStore.under(state_dir)
+    store.write_snapshot(proxy.name, snapshot.build(state_dir, proxy.name, version, proxy.clusters, proxy.listeners))
+    deadline = time.monotonic() + timeout
+    while (status := store.read_status(proxy.name)) is None or version not in (status.acked, status.nacked):
+        assert time.monotonic() < deadline, f"{proxy.name} did not take {version} within {timeout:g}s: {status}"
+        time.sleep(0.02)
+    assert status.acked == version, f"{proxy.name} refused {version}: {status.error}"
+
+
 @pytest.fixture
 def sandbox_state(tmp_path: Path) -> Iterator[Path]:
     """A state directory; afterwards its sandbox is brought down and nothing started under it may still run."""

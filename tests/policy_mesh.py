@@ -84,7 +84,7 @@ class PolicyMesh:
     def write_policies(self, text: str) -> None:
         (self.root / "policies.yaml").write_text(textwrap.dedent(text).lstrip("\n"))
 
-    def render(self, state: Path) -> list[ProxyConfig]:
+    def render(self) -> list[ProxyConfig]:
         return render_all(load_and_parse(self.root))
 
 

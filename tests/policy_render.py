@@ -14,7 +14,6 @@ from meshplan.model import Desired, ProxyConfig
 from meshplan.render import render_all
 from meshplan.validate import load_and_parse
 
-STATE = Path("/STATE")
 
 
 def load_violations(directory: Path) -> list[Violation]:
@@ -25,7 +24,7 @@ def load_violations(directory: Path) -> list[Violation]:
     return []
 
 
-def render(directory: Path, state: Path = STATE) -> dict[str, ProxyConfig]:
+def render(directory: Path) -> dict[str, ProxyConfig]:
     return {p.name: p for p in render_all(load_and_parse(directory))}
 
 

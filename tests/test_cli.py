@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,8 @@ runner = CliRunner()
         ([], "Plan and apply Envoy configuration"),
         (["validate"], "report every problem"),
         (["render"], "clusters and listeners every proxy should run"),
-        (["bootstrap"], "Envoy bootstrap of one proxy"),
+        (["bootstrap"], "what one proxy's host needs"),
+        (["serve"], "Serve every proxy its snapshot over ADS"),
         (["plan"], "Exit codes: 0"),
         (["snapshot"], "plan --live-from"),
         (["sandbox"], "local mesh of real Envoys"),
@@ -72,17 +72,6 @@ def test_render_unknown_proxy_is_an_error() -> None:
     result = runner.invoke(app, ["render", str(DEMO), "--proxy", "nope"])
     assert result.exit_code == 1
     assert "no proxy named 'nope' (proxies: admin, backend-1, backend-2, web, egress)" in result.stderr
-
-
-def test_bootstrap_watches_the_proxys_own_directory(tmp_path: Path) -> None:
-    result = runner.invoke(app, ["bootstrap", str(DEMO), "web", "--state", str(tmp_path)])
-    assert result.exit_code == 0, result.stderr
-    boot = json.loads(result.stdout)
-    assert boot["node"]["id"] == "web"
-    assert boot["admin"]["address"]["socket_address"] == {"address": "127.0.1.1", "port_value": 9901}
-    cds = boot["dynamic_resources"]["cds_config"]["path_config_source"]
-    assert cds == {"path": f"{tmp_path}/proxies/web/xds/cds/cds.json", "watched_directory": {"path": f"{tmp_path}/proxies/web/xds/cds"}}
-    assert not (tmp_path / "proxies").exists()  # printing a bootstrap writes nothing
 
 
 def test_apply_refuses_to_prompt_without_a_terminal(tmp_path: Path) -> None:

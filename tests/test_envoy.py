@@ -1,8 +1,7 @@
-"""Finding Envoy, bootstraps, xDS files and offline validation, against the real binary."""
+"""Finding Envoy and offline validation, against the real binary."""
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 from pathlib import Path
@@ -10,15 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import MeshBuilder, http_listener, static_cluster
 
-from meshplan.envoy import (
-    ENVOY_ENV,
-    bootstrap,
-    envoy_binary,
-    envoy_error_message,
-    validate_configs,
-    write_xds,
-    xds_dir,
-)
+from meshplan.envoy import ENVOY_ENV, envoy_binary, envoy_error_message, validate_configs
 from meshplan.errors import EnvoyError
 
 pytestmark = pytest.mark.envoy
@@ -40,42 +31,6 @@ def test_binary_override(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Non
     monkeypatch.setenv(ENVOY_ENV, str(tmp_path / "missing"))
     with pytest.raises(EnvoyError, match=ENVOY_ENV):
         envoy_binary()
-
-
-def test_bootstrap_watches_the_proxys_own_directory(mesh: MeshBuilder, tmp_path: Path) -> None:
-    proxy = mesh.sidecar("web-1")
-    config = bootstrap(proxy, Path("relative-state"))
-    assert config["node"] == {
-        "id": "web-1",
-        "cluster": "web-1",
-        "metadata": {"mesh": "default", "type": "sidecar"},
-    }
-    assert config["admin"]["address"]["socket_address"] == {"address": proxy.address, "port_value": proxy.admin_port}
-    cds = config["dynamic_resources"]["cds_config"]
-    watched = Path.cwd() / "relative-state" / "proxies" / "web-1" / "xds"
-    assert cds["resource_api_version"] == "V3"
-    # each file in a watched directory of its own: writing the clusters must not re-read the listeners
-    assert cds["path_config_source"] == {"path": f"{watched}/cds/cds.json", "watched_directory": {"path": f"{watched}/cds"}}
-    lds = config["dynamic_resources"]["lds_config"]["path_config_source"]
-    assert lds == {"path": f"{watched}/lds/lds.json", "watched_directory": {"path": f"{watched}/lds"}}
-
-
-def test_write_xds_writes_discovery_responses(mesh: MeshBuilder, tmp_path: Path) -> None:
-    proxy = mesh.sidecar("web-1")
-    write_xds(tmp_path, proxy, "v7")
-    directory = xds_dir(tmp_path, "web-1")
-    cds = json.loads((directory / "cds" / "cds.json").read_text())
-    lds = json.loads((directory / "lds" / "lds.json").read_text())
-    assert cds == {"version_info": "v7", "resources": list(proxy.clusters)}
-    assert lds == {"version_info": "v7", "resources": list(proxy.listeners)}
-    assert sorted(str(p.relative_to(directory)) for p in directory.rglob("*")) == [
-        "cds", "cds/cds.json", "lds", "lds/lds.json"]  # no temp files left
-
-
-def test_a_proxy_name_cannot_leave_the_state_directory(tmp_path: Path, mesh: MeshBuilder) -> None:
-    proxy = mesh.change(mesh.sidecar("web-1").name, name="../escape")
-    with pytest.raises(EnvoyError, match="directory name"):
-        write_xds(tmp_path, proxy, "v1")
 
 
 def test_validate_passes_good_and_names_what_is_wrong_with_bad(mesh: MeshBuilder, tmp_path: Path) -> None:

@@ -7,18 +7,17 @@ import dataclasses
 import json
 import os
 import signal
-import time
 from pathlib import Path
 
-import httpx
 import jsonschema
 import pytest
 from typer.testing import CliRunner
 
-from meshplan import envoy, pki, sandbox
+from meshplan import pki, sandbox
 from meshplan.cli import app
 from meshplan.render import render_all
 from meshplan.validate import load_and_parse
+from conftest import deliver
 from tests.golden import check_golden
 from tests.meshes import DemoCopy, copy_demo, start
 
@@ -150,8 +149,7 @@ def test_a_change_behind_meshplans_back_shows_in_the_plan(tmp_path: Path, sandbo
     backend = proxies["backend-1"]
     (local,) = [c for c in backend.clusters if c["name"].startswith("local:")]
     tampered = dataclasses.replace(backend, clusters=({**local, "connect_timeout": "0.250s"},))
-    envoy.write_xds(sandbox_state, tampered, "out-of-band")
-    _wait_for_version(backend.admin_url, "out-of-band")
+    deliver(sandbox_state, tampered, "out-of-band")
 
     code, out, _ = plan(demo, sandbox_state, "--json", "--detailed-exitcode")
     assert code == 2
@@ -197,17 +195,6 @@ def test_snapshot_then_plan_from_it(tmp_path: Path, sandbox_state: Path) -> None
     code, out, _ = plan(demo, sandbox_state, "--live-from", str(tmp_path / "snap"), "--summary", "--detailed-exitcode")
     assert code == 2
     assert out.splitlines()[0] == '~ egress [egress] cluster "mes:default:httpbin"'
-
-
-def _wait_for_version(admin_url: str, version: str, seconds: float = 10.0) -> None:
-    deadline = time.monotonic() + seconds
-    with httpx.Client(trust_env=False, timeout=2) as client:
-        while time.monotonic() < deadline:
-            stats = client.get(f"{admin_url}/stats", params={"filter": "cds.version_text"}).text
-            if version in stats:
-                return
-            time.sleep(0.02)
-    raise AssertionError(f"{admin_url} never reported version {version}")
 
 
 def test_rendering_in_a_fork_while_fetching_gives_the_same_plan(

@@ -26,7 +26,6 @@ from tests.golden import check_golden
 from tests.policy_render import envoy_validates, load_violations, render, touched
 
 KIND = "MeshAccessLog"
-STATE = Path("/STATE")  # render is pure: the state directory only appears in file paths
 
 
 # --- a small mesh: web -> backend (HTTP), web -> db (TCP), web -> httpbin (an external service, via the egress) ----

@@ -247,11 +247,11 @@ POLICIES = """
     """
 
 
-def render_mesh(root: Path, state: Path, policies: str = POLICIES) -> tuple[PolicyMesh, dict[str, ProxyConfig]]:
+def render_mesh(root: Path, policies: str = POLICIES) -> tuple[PolicyMesh, dict[str, ProxyConfig]]:
     mesh = build_mesh(root, FixedAddresses(), services=("backend", "other", "quiet"), externals=("httpbin",))
     extensive = "".join(f"            {line[4:]}\n" for line in SEED_EXTENSIVE.strip("\n").splitlines())
     mesh.write_policies(policies.replace("    {extensive}\n", extensive))
-    return mesh, {p.name: p for p in mesh.render(state)}
+    return mesh, {p.name: p for p in mesh.render()}
 
 
 def clusters(proxy: ProxyConfig) -> dict[str, dict[str, Any]]:
@@ -259,7 +259,7 @@ def clusters(proxy: ProxyConfig) -> dict[str, dict[str, Any]]:
 
 
 def test_golden_render(request: pytest.FixtureRequest, tmp_path: Path) -> None:
-    mesh, proxies = render_mesh(tmp_path / "desired", Path("/STATE"))
+    mesh, proxies = render_mesh(tmp_path / "desired")
     out = {name: {"clusters": [{k: v for k, v in c.items() if k not in ("load_assignment", "transport_socket")}
                                for c in proxy.clusters],
                   "origins": {res: {".".join(map(str, k)): v for k, v in fields.items()}
@@ -270,7 +270,7 @@ def test_golden_render(request: pytest.FixtureRequest, tmp_path: Path) -> None:
 
 
 def test_the_seed_extensive_policy(tmp_path: Path) -> None:
-    _, proxies = render_mesh(tmp_path / "desired", Path("/STATE"))
+    _, proxies = render_mesh(tmp_path / "desired")
     backend = clusters(proxies["web"])["backend"]
     assert backend["circuit_breakers"] == {"thresholds": [{
         "priority": "DEFAULT", "max_connections": 1024, "max_pending_requests": 1024, "max_requests": 1024,
@@ -300,7 +300,7 @@ def test_the_seed_extensive_policy(tmp_path: Path) -> None:
 
 
 def test_both_spellings_merge_field_by_field(tmp_path: Path) -> None:
-    mesh, proxies = render_mesh(tmp_path / "desired", Path("/STATE"))
+    mesh, proxies = render_mesh(tmp_path / "desired")
     web = proxies["web"]
     other = clusters(web)["other"]
     (threshold,) = other["circuit_breakers"]["thresholds"]
@@ -330,7 +330,7 @@ def test_both_spellings_merge_field_by_field(tmp_path: Path) -> None:
 
 
 def test_external_service_breaker_is_on_the_egress_and_on_no_sidecar(tmp_path: Path) -> None:
-    _, proxies = render_mesh(tmp_path / "desired", Path("/STATE"))
+    _, proxies = render_mesh(tmp_path / "desired")
     (on_egress,) = proxies["egress"].clusters
     assert on_egress["name"] == "mes:default:httpbin"
     assert on_egress["circuit_breakers"]["thresholds"][0]["max_connections"] == 10
@@ -342,7 +342,7 @@ def test_external_service_breaker_is_on_the_egress_and_on_no_sidecar(tmp_path: P
 
 def test_an_egress_only_breaker_touches_no_sidecar(tmp_path: Path) -> None:
     egress_only = POLICIES[POLICIES.index("    # The seed's egress example"):]
-    _, proxies = render_mesh(tmp_path / "desired", Path("/STATE"), egress_only)
+    _, proxies = render_mesh(tmp_path / "desired", egress_only)
     for name, proxy in proxies.items():
         for cluster in proxy.clusters:
             on = "circuit_breakers" in cluster
@@ -354,7 +354,7 @@ def test_an_egress_only_breaker_touches_no_sidecar(tmp_path: Path) -> None:
 @pytest.mark.envoy
 def test_every_proxy_passes_envoy_validate(tmp_path: Path) -> None:
     state = tmp_path / "state"
-    mesh, _ = render_mesh(tmp_path / "desired", state)
+    mesh, _ = render_mesh(tmp_path / "desired")
     desired = load_and_parse(mesh.root)
     assert envoy_validates(desired, state) == dict.fromkeys(desired.proxy_names())
 

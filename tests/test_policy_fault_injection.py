@@ -30,7 +30,6 @@ from meshplan.model import ProxyConfig
 from meshplan.render import render_all
 from tests.golden import check_golden
 
-STATE = Path("/STATE")
 
 CALLS = ("backend", "reports", "ledger", "mes:httpbin", "mes:quiet")
 SERVICES = [

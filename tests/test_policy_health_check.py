@@ -23,7 +23,6 @@ from tests.golden import check_golden
 from tests.policy_render import envoy_validates, load_violations, render, touched
 
 KIND = "MeshHealthCheck"
-STATE = Path("/STATE")  # render is pure: the state directory only appears in file paths
 
 
 # --- a small mesh: web -> backend (2 instances) and web -> httpbin (an external service with 2 endpoints) ---------

@@ -32,7 +32,6 @@ from meshplan.render import render_all
 from meshplan.validate import load_and_parse
 from tests.golden import check_golden
 
-STATE = Path("/STATE")  # render is pure: the state directory only appears in paths
 
 # A fixed mesh for the validation table and the goldens: web calls backend (and httpbin, outside the mesh).
 WEB_OUTBOUNDS = """
@@ -607,10 +606,8 @@ def test_backends_get_clusters_and_outbound_points(tmp_path: Path) -> None:
     assert endpoints["other"] == ["127.0.9.4"]
     assert endpoints["backend:port=8080"] == ["127.0.9.2", "127.0.9.3"]
     assert clusters["other"]["transport_socket"]["typed_config"]["sni"] == "other.default.mesh"
-    assert clusters["other"]["transport_socket"]["typed_config"]["common_tls_context"]["tls_certificates"][0] == {
-        "certificate_chain": {"filename": "/STATE/pki/default/proxies/web.crt"},
-        "private_key": {"filename": "/STATE/pki/default/proxies/web.key"},
-    }
+    assert clusters["other"]["transport_socket"]["typed_config"]["common_tls_context"][
+        "tls_certificate_sds_secret_configs"] == [{"name": "identity:default", "sds_config": {"ads": {}, "resource_api_version": "V3"}}]
     added = {p.cluster["name"]: p for p in build.outbounds[2:]}
     assert sorted(added) == ["backend:port=8080", "backend:version=v1", "backend:version=v2", "other"]
     assert str(added["backend:version=v1"].destination) == "MeshService 'backend' {version=v1}"  # the mirror's

@@ -27,7 +27,6 @@ from tests.golden import check_golden
 from tests.policy_render import envoy_validates, load_violations, render, touched
 
 KIND = "MeshLoadBalancingStrategy"
-STATE = Path("/STATE")  # render is pure: the state directory only appears in file paths
 INSTANCES = 3
 
 

@@ -241,11 +241,11 @@ POLICIES = """
     """
 
 
-def render_mesh(root: Path, state: Path) -> tuple[PolicyMesh, dict[str, ProxyConfig]]:
+def render_mesh(root: Path) -> tuple[PolicyMesh, dict[str, ProxyConfig]]:
     mesh = build_mesh(root, FixedAddresses(), services=("backend", "other"), tcp_services=("db",),
                       grpc_services=("rpc",), externals=("httpbin",))
     mesh.write_policies(POLICIES)
-    return mesh, {p.name: p for p in mesh.render(state)}
+    return mesh, {p.name: p for p in mesh.render()}
 
 
 def outbound_filter(proxy: ProxyConfig, cluster: str) -> dict[str, Any]:
@@ -265,7 +265,7 @@ def retry_policy(proxy: ProxyConfig, cluster: str) -> dict[str, Any] | None:
 
 
 def test_golden_render(request: pytest.FixtureRequest, tmp_path: Path) -> None:
-    mesh, proxies = render_mesh(tmp_path / "desired", Path("/STATE"))
+    mesh, proxies = render_mesh(tmp_path / "desired")
     web = proxies["web"]
     text = json.dumps({"listeners": list(web.listeners),
                        "origins": {name: {".".join(map(str, k)): v for k, v in fields.items()}
@@ -274,7 +274,7 @@ def test_golden_render(request: pytest.FixtureRequest, tmp_path: Path) -> None:
 
 
 def test_where_each_field_lands(tmp_path: Path) -> None:
-    _, proxies = render_mesh(tmp_path / "desired", Path("/STATE"))
+    _, proxies = render_mesh(tmp_path / "desired")
     web = proxies["web"]
     assert retry_policy(web, "backend") == {
         "retry_on": "gateway-error,retriable-status-codes",
@@ -310,7 +310,7 @@ def test_where_each_field_lands(tmp_path: Path) -> None:
 @pytest.mark.envoy
 def test_every_proxy_passes_envoy_validate(tmp_path: Path) -> None:
     state = tmp_path / "state"
-    mesh, _ = render_mesh(tmp_path / "desired", state)
+    mesh, _ = render_mesh(tmp_path / "desired")
     desired = load_and_parse(mesh.root)
     assert envoy_validates(desired, state) == dict.fromkeys(desired.proxy_names())
 

@@ -21,7 +21,6 @@ from meshplan.render import render_all
 from meshplan.validate import load_and_parse
 from tests.golden import check_golden
 
-STATE = Path("/STATE")
 
 # web calls db (TCP), api (HTTP) and cache (HTTP); each has a second version to route to.
 WEB_OUTBOUNDS = """

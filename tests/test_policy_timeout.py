@@ -193,10 +193,10 @@ POLICIES = """
     """
 
 
-def render_mesh(root: Path, state: Path) -> tuple[PolicyMesh, dict[str, ProxyConfig]]:
+def render_mesh(root: Path) -> tuple[PolicyMesh, dict[str, ProxyConfig]]:
     mesh = build_mesh(root, FixedAddresses(), services=("backend",), tcp_services=("db",), externals=("httpbin",))
     mesh.write_policies(POLICIES)
-    return mesh, {p.name: p for p in mesh.render(state)}
+    return mesh, {p.name: p for p in mesh.render()}
 
 
 def golden_text(mesh: PolicyMesh, proxies: dict[str, ProxyConfig]) -> str:
@@ -225,12 +225,12 @@ def route_of(listener: dict) -> dict:  # type: ignore[type-arg]
 
 
 def test_golden_render(request: pytest.FixtureRequest, tmp_path: Path) -> None:
-    mesh, proxies = render_mesh(tmp_path / "desired", Path("/STATE"))
+    mesh, proxies = render_mesh(tmp_path / "desired")
     check_golden(request, "policies/timeout/render.json", golden_text(mesh, proxies))
 
 
 def test_where_each_field_lands(tmp_path: Path) -> None:
-    mesh, proxies = render_mesh(tmp_path / "desired", Path("/STATE"))
+    mesh, proxies = render_mesh(tmp_path / "desired")
     web, backend, egress = proxies["web"], proxies["backend-1"], proxies["egress"]
     clusters = by_name(web.clusters)
     options = clusters["backend"]["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
@@ -281,7 +281,7 @@ def tcp_cluster(listener: dict) -> str | None:  # type: ignore[type-arg]
 @pytest.mark.envoy
 def test_every_proxy_passes_envoy_validate(tmp_path: Path) -> None:
     state = tmp_path / "state"
-    mesh, _ = render_mesh(tmp_path / "desired", state)
+    mesh, _ = render_mesh(tmp_path / "desired")
     desired = load_and_parse(mesh.root)
     assert envoy_validates(desired, state) == dict.fromkeys(desired.proxy_names())
 

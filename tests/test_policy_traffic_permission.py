@@ -32,7 +32,6 @@ from meshplan.policies import clients, traffic_permission
 from meshplan.render import build_egress, render_all
 from tests.golden import check_golden
 
-STATE = Path("/STATE")  # render is pure: the state directory only appears in paths
 
 CALLS = ("backend", "reports", "ledger", "mes:httpbin", "mes:closed")
 SERVICES = [

@@ -19,7 +19,6 @@ from tests.golden import check_golden
 ROOT = Path(__file__).parent.parent
 DEMO = ROOT / "examples" / "demo"
 DEMO_K8S = Path(__file__).parent / "data" / "demo-k8s"
-STATE = Path("/STATE")  # render is pure: the state directory only appears in paths
 
 
 def render_demo(path: Path = DEMO) -> dict[str, ProxyConfig]:
@@ -56,8 +55,12 @@ def test_sidecar_outbound_to_mesh_service_uses_mtls_to_every_instance() -> None:
     tls = backend["transport_socket"]["typed_config"]
     assert tls["sni"] == "backend.default.mesh"
     context = tls["common_tls_context"]
-    assert context["tls_certificates"][0]["private_key"] == {"filename": "/STATE/pki/default/proxies/web.key"}
-    assert context["validation_context"]["match_typed_subject_alt_names"] == [
+    # certificates are SDS secrets, by name: the render knows no file of any host
+    ads = {"ads": {}, "resource_api_version": "V3"}
+    assert context["tls_certificate_sds_secret_configs"] == [{"name": "identity:default", "sds_config": ads}]
+    validation = context["combined_validation_context"]
+    assert validation["validation_context_sds_secret_config"] == {"name": "ca:default", "sds_config": ads}
+    assert validation["default_validation_context"]["match_typed_subject_alt_names"] == [
         {"san_type": "URI", "matcher": {"exact": "spiffe://default/backend"}}
     ]
     listener = by_name(web.listeners)["outbound:127.0.1.1:10001"]
@@ -81,9 +84,8 @@ def test_outbound_to_external_service_goes_to_the_egress() -> None:
     assert address == {"address": "127.0.1.10", "port_value": 10002}
     tls = cluster["transport_socket"]["typed_config"]
     assert tls["sni"] == "httpbin.default.mes"
-    assert tls["common_tls_context"]["validation_context"]["match_typed_subject_alt_names"][0]["matcher"] == {
-        "exact": "spiffe://default/zone-egress"
-    }
+    peers = tls["common_tls_context"]["combined_validation_context"]["default_validation_context"]
+    assert peers["match_typed_subject_alt_names"][0]["matcher"] == {"exact": "spiffe://default/zone-egress"}
 
 
 def test_egress_picks_a_filter_chain_per_external_service_by_sni() -> None:

@@ -13,11 +13,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import MeshBuilder, http_listener, listener_url, pid_running
+from conftest import MeshBuilder, deliver, http_listener, listener_url, pid_running
 
 from meshplan import sandbox
-from meshplan.envoy import write_xds
-from meshplan.errors import SandboxError
+from meshplan.errors import MeshplanError, SandboxError
 from meshplan.model import Endpoint
 from meshplan.processes import StopOutcome, TrackedProcess
 
@@ -37,7 +36,7 @@ def test_up_serves_traffic_and_down_stops_every_process(
         body = answer.json()
         assert (body["service"], body["instance"], body["path"]) == (service, proxy.name, "/hello")
         assert "x-request-id" in body["headers"]  # added by Envoy on the way: the request went through it
-        assert (sandbox_state / "proxies" / proxy.name / "bootstrap.json").is_file()
+        assert (sandbox.host_dir(sandbox_state, proxy.name) / "bootstrap.json").is_file()
     recorded = json.loads((sandbox_state / sandbox.SANDBOX_FILE).read_text())
     assert sorted(p["pid"] for p in recorded["processes"]) == sorted(p.pid for p in info.processes)
     assert sorted((p.role, p.name) for p in info.processes) == [
@@ -45,6 +44,7 @@ def test_up_serves_traffic_and_down_stops_every_process(
         ("app", "web/web-1"),
         ("envoy", "web-1"),
         ("envoy", "web-2"),
+        ("server", "meshplan-serve"),
     ]
     pids = [p.pid for p in info.processes]
     assert all(pid_running(pid) for pid in pids)
@@ -64,7 +64,8 @@ def test_status_reports_each_process(mesh: MeshBuilder, sandbox_state: Path) -> 
     info = sandbox.up(mesh.desired(), mesh.proxies, sandbox_state)
     app = next(p for p in info.processes if p.role == "app")
 
-    app_status, envoy_status = sorted(sandbox.status(sandbox_state), key=lambda s: s.role)
+    app_status, envoy_status, server_status = sorted(sandbox.status(sandbox_state), key=lambda s: s.role)
+    assert (server_status.role, server_status.name, server_status.alive) == ("server", "meshplan-serve", True)
     assert (envoy_status.role, envoy_status.name, envoy_status.alive) == ("envoy", "web-1", True)
     assert envoy_status.admin_url == proxy.admin_url
     assert (app_status.role, app_status.name, app_status.alive, app_status.admin_url) == (
@@ -80,9 +81,10 @@ def test_status_reports_each_process(mesh: MeshBuilder, sandbox_state: Path) -> 
             break
         time.sleep(0.02)
     alive = {s.name: s.alive for s in sandbox.status(sandbox_state)}
-    assert alive == {"web/web-1": False, "web-1": True}
+    assert alive == {"web/web-1": False, "web-1": True, "meshplan-serve": True}
     outcomes = {s.process.name: s.outcome for s in sandbox.down(sandbox_state)}
-    assert outcomes == {"web/web-1": StopOutcome.NOT_RUNNING, "web-1": StopOutcome.STOPPED}
+    assert outcomes == {"web/web-1": StopOutcome.NOT_RUNNING, "web-1": StopOutcome.STOPPED,
+                        "meshplan-serve": StopOutcome.STOPPED}
 
 
 def test_external_service_stand_in_answers_through_an_envoy(
@@ -113,7 +115,7 @@ def test_a_stale_record_does_not_block_up(mesh: MeshBuilder, sandbox_state: Path
     (sandbox_state / sandbox.SANDBOX_FILE).write_text(record)  # as if the machine had rebooted
 
     info = sandbox.up(mesh.desired(), mesh.proxies, sandbox_state)
-    assert len(info.processes) == 2
+    assert sorted(p.role for p in info.processes) == ["app", "envoy", "server"]
 
 
 def _pids_from(messages: list[str]) -> list[int]:
@@ -125,7 +127,6 @@ def _pids_from(messages: list[str]) -> list[int]:
     [
         ("negative duration", "Invalid duration"),
         ("route to a missing cluster", "unknown cluster 'nowhere'"),
-        ("unknown field", "no such field: 'colour'"),
     ],
 )
 def test_a_rejected_config_stops_everything_and_says_why(
@@ -147,7 +148,7 @@ def test_a_rejected_config_stops_everything_and_says_why(
 
     assert "web-2" in str(failure.value) and message in str(failure.value)
     pids = _pids_from(said)
-    assert len(pids) == 4  # two apps and two Envoys had started
+    assert len(pids) == 5  # two apps, the server and two Envoys had started
     assert not [pid for pid in pids if pid_running(pid)]
     assert not (sandbox_state / sandbox.SANDBOX_FILE).exists()
 
@@ -159,8 +160,19 @@ def test_not_ready_in_time_stops_everything(mesh: MeshBuilder, sandbox_state: Pa
     with pytest.raises(SandboxError, match=r"not ready within 0s:(\n.*)*\n  envoy web-1 \(pid \d+\): admin API not"):
         sandbox.up(mesh.desired(), mesh.proxies, sandbox_state, log=said.append, ready_timeout=0)
     pids = _pids_from(said)
-    assert len(pids) == 2
+    assert len(pids) == 3
     assert not [pid for pid in pids if pid_running(pid)]
+    assert not (sandbox_state / sandbox.SANDBOX_FILE).exists()
+
+
+def test_an_unknown_field_is_refused_before_anything_starts(mesh: MeshBuilder, sandbox_state: Path) -> None:
+    broken = mesh.sidecar("web-1")
+    mesh.change("web-1", clusters=(dict(broken.clusters[0], colour="blue"),))
+    said: list[str] = []
+    # Snapshots are protobuf: a field Envoy's schema does not have cannot even be written down.
+    with pytest.raises(MeshplanError, match='has no field named "colour"'):
+        sandbox.up(mesh.desired(), mesh.proxies, sandbox_state, log=said.append)
+    assert said == []
     assert not (sandbox_state / sandbox.SANDBOX_FILE).exists()
 
 
@@ -208,7 +220,7 @@ def test_down_leaves_a_reused_pid_alone(sandbox_state: Path) -> None:
         stranger.wait(timeout=5)
 
 
-def test_new_xds_files_are_picked_up_by_the_running_envoy(
+def test_a_new_snapshot_is_picked_up_by_the_running_envoy(
     mesh: MeshBuilder, sandbox_state: Path, http: httpx.Client
 ) -> None:
     proxy = mesh.sidecar("web-1")
@@ -218,13 +230,9 @@ def test_new_xds_files_are_picked_up_by_the_running_envoy(
     second = http_listener("second", proxy.address, port, cluster)
     changed = mesh.change("web-1", listeners=(*proxy.listeners, second))
 
-    write_xds(sandbox_state, changed, "v2")
+    deliver(sandbox_state, changed, "v2")
 
-    for _ in range(100):
-        stats = http.get(f"{proxy.admin_url}/stats", params={"filter": "lds.version_text"}).text
-        if '"v2"' in stats:
-            break
-        time.sleep(0.02)
+    stats = http.get(f"{proxy.admin_url}/stats", params={"filter": "lds.version_text"}).text
     assert 'listener_manager.lds.version_text: "v2"' in stats
     assert http.get(f"{listener_url(changed, 1)}/via-second").json()["path"] == "/via-second"
 
@@ -239,6 +247,6 @@ def test_a_localhost_endpoint_gets_its_stand_in_on_loopback(
     info = sandbox.up(mesh.desired(), [], sandbox_state)
 
     assert [(p.role, p.name, p.address) for p in info.processes] == [
-        ("external", f"httpbin/localhost:{port}", "127.0.0.1")
+        ("external", f"httpbin/localhost:{port}", "127.0.0.1"), ("server", "meshplan-serve", "127.0.0.1")
     ]
     assert http.get(f"http://127.0.0.1:{port}/").json()["instance"] == f"localhost:{port}"
