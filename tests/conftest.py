@@ -260,6 +260,23 @@ def sandbox_state(tmp_path: Path) -> Iterator[Path]:
             assert not leaked, f"processes left running after the test: {sorted(set(leaked))}"
 
 
+@pytest.fixture
+def fleet(tmp_path: Path) -> Iterator[Any]:
+    """Processes (and, as root, network namespaces) the test starts itself, as an operator would on real hosts;
+    all stopped by PID and deleted afterwards (tests/fleet.py)."""
+    from tests.fleet import Fleet
+
+    started = Fleet(tmp_path / "fleet")
+    try:
+        yield started
+    finally:
+        started.close()
+        leaked = [p.pid for p in started.processes if pid_running(p.pid)]
+        left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout if started.hosts else ""
+        assert not leaked, f"processes left running after the test: {leaked}"
+        assert not (started.hosts and started.hosts.tag in left), f"network namespaces left behind: {left}"
+
+
 @dataclass
 class RunningApp:
     url: str

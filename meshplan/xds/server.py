@@ -54,7 +54,7 @@ def clean_error(message: str, limit: int = 600) -> str:
     """Envoy's NACK message, readable: without the `goo.gle/debugonly` links, the protobuf text of the whole resource
     it embeds, PEM blocks, and the random runs of spaces protobuf pads its errors with."""
     text = re.sub(r"-----BEGIN [A-Z ]+-----.*?(-----END [A-Z ]+-----|$)", "[pem]", message, flags=re.S)
-    text = re.sub(r"goo\.gle/debugonly\S*", "", text)
+    text = re.sub(r"goo\.gle/debug\S*", "", text)
     # "Proto constraint validation failed (...): <the resource as text>": the resource says nothing new
     text = re.sub(r"(Proto constraint validation failed \([^)]*\)):.*", r"\1", text, flags=re.S)
     text = re.sub(r"\s+", " ", text).strip()
