@@ -124,9 +124,8 @@ def render(
     directory: DirArg,
     proxy: Annotated[Optional[str], typer.Option("--proxy", help="Only this proxy.")] = None,
     output: Annotated[str, typer.Option("--output", "-o", help="json or yaml.")] = "json",
-    state: StateOpt = Path("state"),
 ) -> None:
-    """Print the Envoy clusters and listeners every proxy should run (certificates are referenced by path under --state)."""
+    """Print the Envoy clusters and listeners every proxy should run (certificates are SDS secrets, by name)."""
 
     def body() -> int:
         from meshplan.render import render_all
@@ -257,7 +256,6 @@ def snapshot(
     exclude_proxy: ExcludeOpt = [],  # noqa: B006
     parallelism: ParallelismOpt = 32,
     timeout: TimeoutOpt = 5.0,
-    state: StateOpt = Path("state"),
 ) -> None:
     """Save what every proxy of DIR runs now (its managed clusters and listeners), for `plan --live-from OUT`.
     Exit 1 if a proxy could not be read (the others are saved)."""

@@ -61,7 +61,7 @@ def test_envoy_rejection_is_reported_per_proxy(tmp_path: Path) -> None:
 
 
 def test_render_one_proxy_as_yaml() -> None:
-    result = runner.invoke(app, ["render", str(DEMO), "--proxy", "egress", "-o", "yaml", "--state", "/STATE"])
+    result = runner.invoke(app, ["render", str(DEMO), "--proxy", "egress", "-o", "yaml"])
     assert result.exit_code == 0, result.stderr
     document = yaml.safe_load(result.stdout)
     assert list(document) == ["egress"]

@@ -187,7 +187,7 @@ def test_a_dead_proxy_is_reported_and_the_others_are_planned(tmp_path: Path, san
 def test_snapshot_then_plan_from_it(tmp_path: Path, sandbox_state: Path) -> None:
     demo = copy_demo(tmp_path / "demo")
     start(demo.path, sandbox_state)
-    result = CliRunner().invoke(app, ["snapshot", str(demo.path), str(tmp_path / "snap"), "--state", str(sandbox_state)])
+    result = CliRunner().invoke(app, ["snapshot", str(demo.path), str(tmp_path / "snap")])
     assert result.exit_code == 0, result.output
     sandbox.down(sandbox_state)
     external = demo.path / "external.yaml"

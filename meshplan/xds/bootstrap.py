@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -103,7 +102,3 @@ def write_host_dir(state_dir: Path, proxy: ProxyConfig, xds: str, out: Path, hos
     write_atomic(written[2], files.key.read_bytes(), 0o600)
     write_atomic(written[3], files.ca.read_bytes())
     return written
-
-
-def remove_host_dir(out: Path) -> None:
-    shutil.rmtree(out, ignore_errors=True)
