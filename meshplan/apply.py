@@ -17,9 +17,12 @@ The caller holds the state lock; `record` writes what happened into the state fi
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
+import os
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -30,11 +33,12 @@ from meshplan import live, state
 from meshplan.canonical import fingerprint
 from meshplan.errors import ApplyError
 from meshplan.plan import Plan, ProxyPlan
+from meshplan.render.envoy_types import cluster_endpoints, listener_addresses
 from meshplan.xds import snapshot as snapshots
 from meshplan.xds.snapshot import Snapshot
 from meshplan.xds.store import DirectoryStore, ProxyStatus, Store
 
-POLL = 0.02  # seconds between two looks at the store's statuses
+POLL = 0.02  # seconds between two looks at the server's status journal
 SETTLE = 2.0  # seconds an ACKed proxy may take to show it in /config_dump (listeners warm while SDS secrets arrive)
 
 
@@ -64,6 +68,8 @@ class ProxyResult:
     delivered: bool = False  # whether a snapshot was written
     seconds: float = 0.0
     resources: dict[str, list[dict[str, Any]]] | None = None  # the clusters and listeners of that snapshot
+    written_at: float = 0.0  # time.time() when its snapshot went to the store (0: never)
+    answered_at: float = 0.0  # time.time() when apply learnt of the ACK or NACK of that snapshot (0: never)
 
 
 def version_of(proxy: ProxyPlan, now: float | None = None) -> str:
@@ -73,28 +79,33 @@ def version_of(proxy: ProxyPlan, now: float | None = None) -> str:
 
 
 class StatusWatch:
-    """One poll of the store's statuses for every proxy waiting on one: each `outcome` call waits for its own."""
+    """One poll of the store's statuses for every proxy waiting on one; each waiter is woken for its own proxy only
+    (a wave of thousands must not wake every waiter for every status that changes)."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
         self.statuses: dict[str, ProxyStatus] = {}
         self._cursor: object | None = None
-        self._changed = asyncio.Event()
+        self._waiters: dict[str, tuple[str, asyncio.Future[ProxyStatus]]] = {}
         self._task: asyncio.Task[None] | None = None
+
+    def _read(self) -> dict[str, ProxyStatus]:
+        self._cursor, changed = self.store.status_changes(self._cursor)
+        return {status.proxy: status for status in changed}  # the last of each proxy's wins
 
     async def _poll(self) -> None:
         while True:
-            self._cursor, changed = await asyncio.to_thread(self.store.changes, "status", self._cursor)
-            for proxy in changed:
-                status = await asyncio.to_thread(self.store.read_status, proxy)
-                if status is not None:
-                    self.statuses[proxy] = status
-            if changed:
-                self._changed.set()
-                self._changed = asyncio.Event()
+            found = await asyncio.to_thread(self._read)
+            self.statuses.update(found)
+            for proxy, status in found.items():
+                version, future = self._waiters.get(proxy, ("", None))
+                if future is not None and not future.done() and version in (status.acked, status.nacked):
+                    future.set_result(status)
             await asyncio.sleep(POLL)
 
     def start(self) -> None:
+        """From now on: call before writing what to wait for."""
+        self._cursor, _ = self.store.status_changes(None)
         self._task = asyncio.create_task(self._poll())
 
     async def stop(self) -> None:
@@ -107,40 +118,49 @@ class StatusWatch:
 
     async def outcome(self, proxy: str, version: str, deadline: float) -> ProxyStatus | None:
         """The proxy's status once `version` is acked or nacked; None if neither by the deadline."""
-        while True:
-            status = self.statuses.get(proxy)
-            if status is not None and version in (status.acked, status.nacked):
-                return status
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return None
-            try:
-                await asyncio.wait_for(self._changed.wait(), timeout=left)
-            except TimeoutError:
-                pass
+        status = self.statuses.get(proxy)
+        if status is not None and version in (status.acked, status.nacked):
+            return status
+        future: asyncio.Future[ProxyStatus] = asyncio.get_running_loop().create_future()
+        self._waiters[proxy] = (version, future)
+        try:
+            return await asyncio.wait_for(future, timeout=max(deadline - time.monotonic(), 0.0))
+        except TimeoutError:
+            return None
+        finally:
+            if self._waiters.get(proxy, ("", None))[1] is future:
+                del self._waiters[proxy]
 
     def waiting_detail(self, proxy: str) -> str:
-        status = self.statuses.get(proxy)
+        status = self.statuses.get(proxy) or self.store.read_status(proxy)
         if status is None or not status.connected:
             return "not connected to meshplan serve: its snapshot waits in the store and is delivered when it connects"
-        return f"connected, but no ACK or NACK of the new snapshot yet (the server is at {status.target or 'nothing'})"
+        return "connected, but no ACK or NACK of the new snapshot yet"
 
 
 @dataclass
 class _Delivery:
-    """What one proxy's delivery needs: the store, the watch, the admin client and the bounds."""
+    """What one proxy's delivery needs: the store, the watch, the admin client (and how many may use it at once)
+    and the bounds."""
 
     store: Store
     watch: StatusWatch
     client: httpx.AsyncClient
+    admin_slots: asyncio.Semaphore
     wait: float
     timeout: float
+    # proxy -> when its (first) snapshot was written, and answered: how long delivery itself took
+    written: dict[str, float] = field(default_factory=dict)
+    answered: dict[str, float] = field(default_factory=dict)
+    delivered_in: dict[str, float] = field(default_factory=dict)  # seconds from write to answer (or to giving up)
 
 
 async def _live_fingerprint(d: _Delivery, proxy: ProxyPlan) -> tuple[str | None, bool, str]:
     """(fingerprint of what the proxy runs, whether something is still warming, errors Envoy reports) — or
     (None, False, why) when its admin API does not answer as that proxy."""
-    result = await live.fetch_proxy(d.client, proxy.name, proxy.admin_url, timeout=d.timeout, retries=1, backoff=0.05)
+    async with d.admin_slots:
+        result = await live.fetch_proxy(d.client, proxy.name, proxy.admin_url, timeout=d.timeout, retries=1,
+                                        backoff=0.05)
     if not result.ok or result.resources is None:
         return None, False, str(result)
     running = result.resources
@@ -164,46 +184,72 @@ async def _settled(d: _Delivery, proxy: ProxyPlan, expected: str) -> tuple[str |
         await asyncio.sleep(POLL)
 
 
-async def _deliver(d: _Delivery, proxy: ProxyPlan, snapshot: Snapshot) -> tuple[ProxyStatus | None, str]:
-    """Write the snapshot and wait for its outcome: (status, "") once acked or nacked, (None, why) if neither."""
-    await asyncio.to_thread(d.store.write_snapshot, proxy.name, snapshot)
+async def _deliver(
+    d: _Delivery, proxy: ProxyPlan, snapshot: Snapshot, written: bool = False
+) -> tuple[ProxyStatus | None, str]:
+    """Write the snapshot (unless it is `written` already) and wait for its outcome: (status, "") once acked or
+    nacked, (None, why) if neither."""
+    began = time.monotonic()
+    d.written.setdefault(proxy.name, time.time())
+    if not written:
+        await asyncio.to_thread(d.store.write_snapshot, proxy.name, snapshot)
     status = await d.watch.outcome(proxy.name, snapshot.version, time.monotonic() + d.wait)
+    d.delivered_in.setdefault(proxy.name, time.monotonic() - began)
     if status is None:
         return None, f"{d.wait:g}s without an ACK or NACK: {d.watch.waiting_detail(proxy.name)}"
+    d.answered.setdefault(proxy.name, time.time())
     return status, ""
+
+
+# Converting a fleet's resources to protobuf is CPU work (~0.5 ms a resource in json_format): from this many proxies
+# it is shared among processes forked for it, as many as there are CPUs.
+FORK_AT = 200
+
+
+def _build(state_dir: Path, proxies: Sequence[ProxyPlan], now: float) -> tuple[dict[str, bytes], list[str]]:
+    built: dict[str, bytes] = {}
+    problems: list[str] = []
+    for proxy in proxies:
+        try:
+            built[proxy.name] = snapshots.build(state_dir, proxy.name, version_of(proxy, now),
+                                                proxy.desired["clusters"], proxy.desired["listeners"]).encode()
+        except snapshots.SnapshotError as e:
+            problems.append(f"  {e}")
+    return built, problems
 
 
 def build_snapshots(plan: Plan, state_dir: Path) -> dict[str, Snapshot]:
     """The snapshot of every proxy the plan changes, each under a new version: the protobuf conversion happens here,
     once. Raises ApplyError naming every proxy whose snapshot cannot be made (nothing is written)."""
-    built: dict[str, Snapshot] = {}
-    problems: list[str] = []
-    now = time.time()
-    for proxy in plan.changed_proxies:
-        try:
-            built[proxy.name] = snapshots.build(state_dir, proxy.name, version_of(proxy, now),
-                                                proxy.desired["clusters"], proxy.desired["listeners"])
-        except snapshots.SnapshotError as e:
-            problems.append(f"  {e}")
+    changed, now = plan.changed_proxies, time.time()
+    workers = min(os.cpu_count() or 1, len(changed) // (FORK_AT // 2) or 1)
+    if len(changed) < FORK_AT or workers < 2 or "fork" not in multiprocessing.get_all_start_methods():
+        parts = [_build(state_dir, changed, now)]
+    else:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            parts = list(pool.map(_build, [state_dir] * workers, [changed[i::workers] for i in range(workers)],
+                                  [now] * workers))
+    problems = [p for _, found in parts for p in found]
     if problems:
         raise ApplyError("cannot make the snapshots to deliver; nothing was applied:\n" + "\n".join(problems))
-    return built
+    return {name: Snapshot.decode(data) for built, _ in parts for name, data in built.items()}
 
 
-async def _deliver_and_verify(d: _Delivery, proxy: ProxyPlan, snapshot: Snapshot) -> ProxyResult:
+async def _conclude(
+    d: _Delivery, proxy: ProxyPlan, snapshot: Snapshot, previous: Snapshot | None, status: ProxyStatus | None, why: str
+) -> ProxyResult:
+    """What became of one proxy's snapshot: verified, acknowledged only, timed out, or rolled back."""
     began = time.monotonic()
     desired = {"clusters": list(proxy.desired["clusters"]), "listeners": list(proxy.desired["listeners"])}
-    version = snapshot.version
 
     def result(outcome: Outcome, detail: str = "", *, fp: str = proxy.desired_fingerprint,
-               resources: dict[str, list[dict[str, Any]]] | None = desired, version: str = version) -> ProxyResult:
-        return ProxyResult(proxy.name, proxy.type, outcome, detail, version, fp, True, time.monotonic() - began, resources)
+               resources: dict[str, list[dict[str, Any]]] | None = desired, version: str = snapshot.version) -> ProxyResult:
+        return ProxyResult(proxy.name, proxy.type, outcome, detail, version, fp, True,
+                           time.monotonic() - began + d.delivered_in.get(proxy.name, 0.0), resources)
 
-    previous = await asyncio.to_thread(d.store.read_acked, proxy.name)
-    status, why = await _deliver(d, proxy, snapshot)
     if status is None:
         return result(Outcome.TIMED_OUT, why)
-    if status.acked == version:
+    if status.acked == snapshot.version:
         running, errors = await _settled(d, proxy, proxy.desired_fingerprint)
         if running == "":
             return result(Outcome.APPLIED)
@@ -213,6 +259,31 @@ async def _deliver_and_verify(d: _Delivery, proxy: ProxyPlan, snapshot: Snapshot
     else:
         problem = f"Envoy refused the {status.error_type}s: {status.error}"
     return await _rollback(d, proxy, previous, problem, result)
+
+
+async def _wave(d: _Delivery, wave: Sequence[ProxyPlan], built: Mapping[str, Snapshot]) -> list[ProxyResult]:
+    """Deliver a wave: every snapshot written and answered (or timed out) first, then each proxy verified or rolled
+    back. Verifying reads admin APIs, which must not hold up learning of the ACKs still to come."""
+    previous = await asyncio.to_thread(lambda: {p.name: d.store.read_acked(p.name) for p in wave})
+    # One write of the whole wave; the waits start at once.
+    async def write() -> None:
+        await asyncio.to_thread(d.store.write_snapshots, {p.name: built[p.name] for p in wave})
+        now = time.time()
+        for p in wave:
+            d.written[p.name] = now
+
+    writing = asyncio.create_task(write())
+    waiting = asyncio.gather(*(_deliver(d, p, built[p.name], written=True) for p in wave))
+    either: list[asyncio.Future[Any]] = [writing, waiting]
+    await asyncio.wait(either, return_when=asyncio.FIRST_EXCEPTION)
+    if writing.done() and writing.exception() is not None:
+        waiting.cancel()
+        raise ApplyError(f"cannot write the snapshots to the store: {writing.exception()}")
+    answers = await waiting
+    await writing
+    results = await asyncio.gather(*(_conclude(d, p, built[p.name], previous[p.name], *answer)
+                                     for p, answer in zip(wave, answers)))
+    return [replace(r, written_at=d.written.get(r.name, 0.0), answered_at=d.answered.get(r.name, 0.0)) for r in results]
 
 
 async def _rollback(
@@ -248,26 +319,6 @@ def _resources_of(snapshot: Snapshot) -> dict[str, list[dict[str, Any]]]:
             "listeners": [r for r in found if r["@type"].endswith(".Listener")]}
 
 
-def _socket_addresses(resources: Sequence[dict[str, Any]], key: str) -> set[tuple[str, int]]:
-    """Every socket address (address, port) under `key` in some resources (listeners' own, clusters' endpoints)."""
-    found: set[tuple[str, int]] = set()
-
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            for k, value in node.items():
-                if k == key and isinstance(value, dict):
-                    socket = value.get("socket_address", {})
-                    if "address" in socket and "port_value" in socket:
-                        found.add((socket["address"], int(socket["port_value"])))
-                walk(value)
-        elif isinstance(node, list):
-            for item in node:
-                walk(item)
-
-    walk(list(resources))
-    return found
-
-
 def delivery_order(proxies: Sequence[ProxyPlan]) -> list[list[ProxyPlan]]:
     """Levels of proxies, each level's proxies sending only to proxies of earlier levels (or to none of these).
 
@@ -275,8 +326,8 @@ def delivery_order(proxies: Sequence[ProxyPlan]) -> list[list[ProxyPlan]]:
     first check fails and the instance is shunned until the next one (up to Envoy's `no_traffic_interval`, 60 s by
     default). Read from the plan's own resources: a proxy sends to another when one of its clusters' endpoints is one
     of the other's listener addresses. Proxies in a cycle share the last level, in plan order."""
-    listens = {p.name: _socket_addresses(p.desired.get("listeners", ()), "address") for p in proxies}
-    sends = {p.name: _socket_addresses(p.desired.get("clusters", ()), "address") for p in proxies}
+    listens = {p.name: {a for r in p.desired.get("listeners", ()) for a in listener_addresses(r)} for p in proxies}
+    sends = {p.name: {a for r in p.desired.get("clusters", ()) for a in cluster_endpoints(r)} for p in proxies}
     owners: dict[tuple[str, int], set[str]] = {}
     for name, addresses in listens.items():
         for address in addresses:
@@ -332,13 +383,14 @@ def apply_plan(
         watch.start()
         try:
             async with live.new_client(parallelism) as client:
-                delivery = _Delivery(store, watch, client, wait, timeout)
+                # Verifying is reading each proxy's admin API, bounded like a plan's fetch.
+                delivery = _Delivery(store, watch, client, asyncio.Semaphore(live.DEFAULT_PARALLELISM), wait, timeout)
                 for wave in waves:
                     if stop_on_failure and any(r.outcome not in (Outcome.APPLIED, Outcome.ACKNOWLEDGED) for r in done):
                         outcomes = [ProxyResult(p.name, p.type, Outcome.SKIPPED, "an earlier wave failed (--on-failure stop)",
                                                 delivered=False) for p in wave]
                     else:
-                        outcomes = list(await asyncio.gather(*(_deliver_and_verify(delivery, p, built[p.name]) for p in wave)))
+                        outcomes = await _wave(delivery, wave, built)
                         for outcome in outcomes:
                             if progress is not None:
                                 progress(outcome)

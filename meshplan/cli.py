@@ -397,10 +397,9 @@ def drift(
         from meshplan.xds.store import DirectoryStore
 
         proxies = desired_proxies(directory, Selection(proxy, exclude_proxy))
-        store = DirectoryStore.under(state)
-        statuses = {p.name: store.read_status(p.name) for p in proxies}
         results = fetch_live(proxies, parallelism=parallelism, timeout=timeout)
-        report = drift_module.classify(proxies, state_module.read(state), results, statuses)
+        report = drift_module.classify(proxies, state_module.read(state), results,
+                                       *drift_module.server_view(DirectoryStore.under(state), proxies))
         if textfile is not None:
             drift_module.write_textfile(textfile, report)
         if json_output:

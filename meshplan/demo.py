@@ -161,8 +161,7 @@ def _story(console: Console, desired_dir: Path, state_dir: Path) -> int:
     store.write_snapshot(backend.name, snapshot.build(state_dir, backend.name, "out-of-band", (), backend.listeners))
     _wait_for_ack(store, backend.name, "out-of-band")
     checked = desired_proxies(desired_dir)
-    report = drift.classify(checked, state.read(state_dir), fetch_live(checked),
-                            {p.name: store.read_status(p.name) for p in checked})
+    report = drift.classify(checked, state.read(state_dir), fetch_live(checked), *drift.server_view(store, checked))
     for d in report:
         console.print(f"  {d.status.value:<12} {d.name} [{d.type}]{': ' + d.detail if d.detail else ''}", markup=False)
     code = drift.exit_code(report)

@@ -25,7 +25,7 @@ from meshplan.canonical import fingerprint
 from meshplan.fsutil import write_atomic
 from meshplan.live import LiveResult
 from meshplan.model import ProxyConfig
-from meshplan.xds.store import ProxyStatus
+from meshplan.xds.store import ProxyStatus, Store
 
 
 class Status(str, Enum):
@@ -57,10 +57,14 @@ def classify(
     recorded: state.State,
     results: Mapping[str, LiveResult],
     statuses: Mapping[str, ProxyStatus | None] | None = None,
+    serving: Mapping[str, str | None] | None = None,
 ) -> list[ProxyDrift]:
+    """`statuses` and `serving` are the server's: its status of each proxy, and the version of the snapshot it
+    serves each (None: none)."""
     out = []
     for proxy in proxies:
         served = (statuses or {}).get(proxy.name)
+        holds = (serving or {}).get(proxy.name)
         desired = fingerprint(proxy.clusters + proxy.listeners)
         record = recorded.proxies.get(proxy.name)
         delivered = (record.fingerprint or None) if record else None  # "": an attempt that wrote nothing
@@ -73,7 +77,7 @@ def classify(
         errored = "; ".join(f"listener {e.name}: {e.details}" for e in result.resources.errored_listeners)
         if errored:
             status, detail = Status.REJECTED, errored
-        elif served is not None and served.nacked and served.nacked == served.target:
+        elif served is not None and served.nacked and served.nacked == holds:
             status, detail = Status.REJECTED, f"Envoy refused the {served.error_type}s of {served.nacked}: {served.error}"
         elif record is not None and record.outcome in REJECTED_OUTCOMES:
             status, detail = Status.REJECTED, f"the last apply was {record.outcome}: {record.detail}"
@@ -81,10 +85,10 @@ def classify(
             # never delivered by meshplan: in sync if it happens to run the desired config, else a change waits
             status = Status.IN_SYNC if running == desired else Status.PENDING
             detail = "" if running == desired else "never applied by meshplan"
-        elif running != delivered and served is not None and served.target != served.acked:
+        elif running != delivered and holds is not None and (served is None or served.acked != holds):
             status = Status.PENDING
-            detail = (f"the server holds {served.target}, not taken yet: "
-                      + ("not connected to meshplan serve" if not served.connected else "no ACK yet"))
+            detail = (f"the server holds {holds}, not taken yet: "
+                      + ("not connected to meshplan serve" if served is None or not served.connected else "no ACK yet"))
         elif running != delivered:
             status, detail = Status.DRIFTED, "the running configuration is not what meshplan delivered"
         elif desired != delivered:
@@ -93,6 +97,13 @@ def classify(
             status, detail = Status.IN_SYNC, ""
         out.append(ProxyDrift(proxy.name, proxy.type, status, detail, desired, delivered, running))
     return out
+
+
+def server_view(store: Store, proxies: list[ProxyConfig]) -> tuple[dict[str, ProxyStatus | None], dict[str, str | None]]:
+    """What `classify` needs of the server: its status of each proxy, and the version of the snapshot it serves it."""
+    statuses = {p.name: store.read_status(p.name) for p in proxies}
+    serving = {p.name: (snapshot.version if (snapshot := store.read_snapshot(p.name)) else None) for p in proxies}
+    return statuses, serving
 
 
 def exit_code(report: list[ProxyDrift]) -> int:

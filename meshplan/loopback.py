@@ -9,10 +9,10 @@ from __future__ import annotations
 import ipaddress
 import socket
 from dataclasses import dataclass
-from typing import Any
 
 from meshplan.errors import SandboxError
 from meshplan.model import Desired, ProxyConfig
+from meshplan.render.envoy_types import listener_addresses
 
 APP = "app"
 EXTERNAL = "external"
@@ -86,15 +86,6 @@ def _local_apps(desired: Desired, problems: list[str]) -> list[LocalApp]:
     return list(apps.values())
 
 
-def _socket_addresses(resource: dict[str, Any]) -> list[tuple[str, int]]:
-    found = []
-    for holder in [resource, *resource.get("additional_addresses", [])]:
-        socket_address = holder.get("address", {}).get("socket_address")
-        if socket_address is not None:
-            found.append((str(socket_address.get("address", "")), int(socket_address.get("port_value", 0))))
-    return found
-
-
 def _check_sockets(proxies: list[ProxyConfig], apps: list[LocalApp], problems: list[str]) -> None:
     owners: dict[tuple[str, int], str] = {}
 
@@ -116,7 +107,7 @@ def _check_sockets(proxies: list[ProxyConfig], apps: list[LocalApp], problems: l
     for proxy in proxies:
         claim(proxy.address, proxy.admin_port, f"admin of proxy {proxy.name}")
         for listener in proxy.listeners:
-            for address, port in _socket_addresses(listener):
+            for address, port in listener_addresses(listener):
                 claim(address, port, f"listener {listener.get('name')} of proxy {proxy.name}")
     for app in apps:
         claim(app.address, app.port, app.owner)

@@ -78,8 +78,10 @@ def issue(
     common_name: str,
     uris: list[str],
     written: list[Path],
+    dns: tuple[str, ...] = (),
 ) -> None:
-    """Write a new key and a certificate for it, signed by the CA, with these URI SANs, for both ends of mTLS."""
+    """Write a new key and a certificate for it, signed by the CA, with these URI (and DNS) SANs, for both ends of
+    mTLS."""
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.timezone.utc)
     cert = (
@@ -90,7 +92,8 @@ def issue(
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + CERT_LIFETIME)
-        .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(i) for i in uris]), critical=False)
+        .add_extension(x509.SubjectAlternativeName([*(x509.UniformResourceIdentifier(i) for i in uris),
+                                                    *(x509.DNSName(d) for d in dns)]), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH, x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]),

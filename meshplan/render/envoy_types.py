@@ -54,6 +54,26 @@ def mesh_tls_context(mesh: str, peers: list[Json]) -> Json:
     }
 
 
+def _address(holder: Any) -> tuple[str, int] | None:
+    socket = holder.get("address", {}).get("socket_address") if isinstance(holder, dict) else None
+    if isinstance(socket, dict) and "address" in socket and "port_value" in socket:
+        return str(socket["address"]), int(socket["port_value"])
+    return None
+
+
+def listener_addresses(listener: Json) -> list[tuple[str, int]]:
+    """Where a listener listens: its address and its additional addresses, as (address, port)."""
+    found = [_address(h) for h in [listener, *listener.get("additional_addresses", [])]]
+    return [a for a in found if a is not None]
+
+
+def cluster_endpoints(cluster: Json) -> list[tuple[str, int]]:
+    """The (address, port) of every endpoint of a cluster's load assignment."""
+    found = [_address(lb.get("endpoint")) for group in cluster.get("load_assignment", {}).get("endpoints", [])
+             for lb in group.get("lb_endpoints", [])]
+    return [a for a in found if a is not None]
+
+
 def secret_names(resources: Iterable[Json]) -> set[str]:
     """The SDS secrets some resources refer to (by name)."""
     found: set[str] = set()

@@ -15,6 +15,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from meshplan import names, pki
 
 SERVER_ID = "spiffe://meshplan-xds/server"
+# Envoy checks the server by its URI SAN; gRPC clients check a host name, so the certificate carries one too (a
+# client connecting by address names it with the `grpc.ssl_target_name_override` channel option).
+SERVER_NAME = "meshplan-serve"
 
 
 def ca_paths(state_dir: Path) -> tuple[Path, Path]:
@@ -43,7 +46,7 @@ def ensure_server(state_dir: Path) -> pki.CertPaths:
     ca = _ca(state_dir, written)
     target = server_paths(state_dir)
     if not pki.current(target, ca[0], [SERVER_ID]):
-        pki.issue(target, *ca, "meshplan serve", [SERVER_ID], written)
+        pki.issue(target, *ca, "meshplan serve", [SERVER_ID], written, dns=(SERVER_NAME,))
     return target
 
 

@@ -42,7 +42,8 @@ from meshplan.xds.snapshot import KIND, Snapshot
 from meshplan.xds.store import HEARTBEAT, DirectoryStore, ProxyStatus, ServerInfo, Store, new_server_info
 
 POLL = 0.02  # seconds between two looks at the store for new snapshots
-FLUSH = 0.02  # seconds between two writes of changed statuses
+FLUSH = 0.02  # seconds between two appends of changed statuses to the journal
+WRITE_DOWN = 0.25  # seconds between two writes of changed statuses to their own files
 Log = Callable[[str], None]
 
 
@@ -69,7 +70,7 @@ class _Type:
     nonce: str = ""  # of the last response sent
     waiting: bool = False  # that response has not been ACKed or NACKed yet
     sent: Mapping[str, any_pb2.Any] = field(default_factory=dict)
-    sent_key: object = None  # secrets: what the last response covered (version, names)
+    acked: Mapping[str, any_pb2.Any] | None = None  # what the last ACKed response held (None: unknown on this stream)
     names: frozenset[str] = frozenset()  # secrets: the names Envoy asks for
     envoy_version: str = ""  # what Envoy said it holds when the stream opened
 
@@ -133,10 +134,13 @@ class _Stream:
             return  # about an older response: the newer one's answer is still to come
         kind.waiting = False
         if request.HasField("error_detail"):
+            kind.acked = None  # a refused update may have been applied in part: what Envoy holds is unknown
             if request.type_url == CLUSTER:
-                self.held.update(kind.sent)  # a refused update may have been applied in part
+                self.held.update(kind.sent)
             self.end_delivery(nacked=(request.type_url, clean_error(request.error_detail.message)))
-        elif request.type_url == CLUSTER:
+            return
+        kind.acked = kind.sent
+        if request.type_url == CLUSTER:
             self.held = dict(kind.sent)
 
     async def advance(self) -> None:
@@ -155,37 +159,42 @@ class _Stream:
         else:
             lingering = {n: c for n, c in self.held.items() if n not in target.of(CLUSTER)}
             delivery = self.delivery = _Delivery(target, lingering)
-            self.server.set_status(self.proxy, target=target.version)
-        if delivery.over:
-            return
-        if delivery.sent == 0:
-            version = f"{target.version}-make" if delivery.lingering else target.version
-            await self.send(CLUSTER, version, {**target.of(CLUSTER), **delivery.lingering})
-        elif delivery.sent == 1:
-            if not listeners.subscribed:
+        # Each step is sent unless Envoy ACKed exactly those resources already on this stream (a change of clusters
+        # alone needs no listeners, and a reconnect after a restart needs nothing new).
+        while not delivery.over:
+            resources: Mapping[str, any_pb2.Any]
+            if delivery.sent == 0:
+                type_url, version = CLUSTER, f"{target.version}-make" if delivery.lingering else target.version
+                resources = {**target.of(CLUSTER), **delivery.lingering}
+            elif delivery.sent == 1:
+                type_url, version, resources = LISTENER, target.version, target.of(LISTENER)
+            elif delivery.sent == 2 and delivery.lingering:
+                type_url, version, resources = CLUSTER, target.version, target.of(CLUSTER)
+            else:
+                self.end_delivery()
+                return
+            kind = self.types[type_url]
+            if kind.acked is not None and kind.acked == resources:
+                delivery.sent += 1
+                continue
+            if not kind.subscribed:
                 return  # Envoy asks for listeners once its clusters are initialised
-            await self.send(LISTENER, target.version, target.of(LISTENER))
-        elif delivery.sent == 2 and delivery.lingering:
-            await self.send(CLUSTER, target.version, target.of(CLUSTER))
-        else:
-            self.end_delivery()
+            await self.send(type_url, version, resources)
+            delivery.sent += 1
             return
-        delivery.sent += 1
 
     async def send_secrets(self, target: Snapshot) -> None:
         secrets = self.types[SECRET]
         if not secrets.subscribed or secrets.waiting:
             return
         mine = target.of(SECRET)
-        wanted = sorted(n for n in secrets.names if n in mine)
-        key = (target.version, tuple(wanted))
-        if key == secrets.sent_key:
-            return
+        wanted = {n: mine[n] for n in sorted(secrets.names) if n in mine}
+        if wanted == secrets.sent:
+            return  # the same secrets, the same content: a new snapshot need not rotate anything
         strangers = sorted(secrets.names - set(mine))
         if strangers:
             self.server.log(f"{self.proxy}: asks for secrets it has none of: {', '.join(strangers)}")
-        secrets.sent_key = key
-        await self.send(SECRET, target.version, {n: mine[n] for n in wanted})
+        await self.send(SECRET, target.version, wanted)
 
     async def send(self, type_url: str, version: str, resources: Mapping[str, any_pb2.Any]) -> None:
         self.counter += 1
@@ -216,7 +225,8 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         self.targets: dict[str, Snapshot] = {}
         self.streams: dict[str, _Stream] = {}
         self.statuses: dict[str, ProxyStatus] = {}
-        self._dirty: set[str] = set()
+        self._dirty: set[str] = set()  # statuses changed since the last journal append
+        self._unwritten: set[str] = set()  # statuses changed since their files were last written
         self._acked: dict[str, Snapshot] = {}
 
     # --- the store side ---
@@ -243,11 +253,21 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         self._acked[proxy] = snapshot
 
     def flush(self) -> None:
+        """The statuses that changed, appended to the journal in one write: what `apply` waits for."""
         dirty, self._dirty = self._dirty, set()
+        if dirty:
+            self.store.append_statuses(self.info.id, [self.statuses[p] for p in sorted(dirty)])
+            self._unwritten |= dirty
+
+    def write_down(self) -> None:
+        """Each changed status to its own file (what `drift` and a restarted server read), and each snapshot ACKed
+        whole kept: less urgent, and a file each."""
+        self.flush()
+        unwritten, self._unwritten = self._unwritten, set()
         acked, self._acked = self._acked, {}
         for proxy, snapshot in acked.items():
             self.store.write_acked(proxy, snapshot)
-        for proxy in dirty:
+        for proxy in unwritten:
             self.store.write_status(self.statuses[proxy])
 
     # --- the Envoy side ---
@@ -331,7 +351,7 @@ async def serve(state_dir: Path, listen: str, *, log: Log, on_ready: Callable[[s
 
     async def watch() -> None:
         nonlocal cursor
-        cursor, changed = await asyncio.to_thread(store.changes, "snapshots", cursor)
+        cursor, changed = await asyncio.to_thread(store.snapshot_changes, cursor)
         if changed:
             await asyncio.to_thread(ads.load, changed)
             for proxy in changed:
@@ -341,6 +361,9 @@ async def serve(state_dir: Path, listen: str, *, log: Log, on_ready: Callable[[s
 
     async def flush() -> None:
         await asyncio.to_thread(ads.flush)
+
+    async def write_down() -> None:
+        await asyncio.to_thread(ads.write_down)
 
     async def beat() -> None:
         await asyncio.to_thread(store.beat, info)
@@ -357,7 +380,7 @@ async def serve(state_dir: Path, listen: str, *, log: Log, on_ready: Callable[[s
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, stop.set)
     tasks = [asyncio.create_task(_every(POLL, watch)), asyncio.create_task(_every(FLUSH, flush)),
-             asyncio.create_task(_every(HEARTBEAT, beat))]
+             asyncio.create_task(_every(WRITE_DOWN, write_down)), asyncio.create_task(_every(HEARTBEAT, beat))]
     try:
         await stop.wait()
     finally:
@@ -366,7 +389,7 @@ async def serve(state_dir: Path, listen: str, *, log: Log, on_ready: Callable[[s
         await server.stop(grace=1.0)
         for proxy in list(ads.streams):
             ads.set_status(proxy, connected=False)
-        ads.flush()
+        ads.write_down()
         store.forget_server(info.id)
         log("stopped")
 

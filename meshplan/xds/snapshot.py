@@ -81,17 +81,19 @@ class Snapshot:
 
 
 @functools.lru_cache(maxsize=8192)
-def _packed(type_url: str, resource_json: str) -> bytes:
-    """A proto-JSON resource as a serialized message. Cached by content: a fleet repeats its clusters (every sidecar
-    of a mesh that calls `backend` has the same `backend` cluster, secrets being named, not inlined)."""
-    body = {k: v for k, v in json.loads(resource_json).items() if k != "@type"}
+def _packed(type_url: str, resource_json: str) -> tuple[bytes, frozenset[str]]:
+    """A proto-JSON resource as a serialized message, and the secrets it names. Cached by content: a fleet repeats
+    its clusters (every sidecar of a mesh that calls `backend` has the same `backend` cluster, secrets being named,
+    not inlined)."""
+    resource = json.loads(resource_json)
+    body = {k: v for k, v in resource.items() if k != "@type"}
     message = _message_class(type_url)()
     try:
         json_format.ParseDict(body, message)
     except json_format.ParseError as e:
         raise SnapshotError(f"{type_url.rpartition('.')[2]} {body.get('name', '?')!r}: {e}") from None
     serialized: bytes = message.SerializeToString(deterministic=True)
-    return serialized
+    return serialized, frozenset(secret_names([resource]))
 
 
 def _message_class(type_url: str) -> Any:
@@ -101,16 +103,19 @@ def _message_class(type_url: str) -> Any:
         raise SnapshotError(str(e)) from None
 
 
-def pack(resources: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, any_pb2.Any]]:
-    """Proto-JSON resources (each with `@type` and `name`) as packed messages, by type and name."""
+def pack(resources: Iterable[Mapping[str, Any]]) -> tuple[dict[str, dict[str, any_pb2.Any]], set[str]]:
+    """Proto-JSON resources (each with `@type` and `name`) as packed messages, by type and name; and the secrets
+    they name."""
     out: dict[str, dict[str, any_pb2.Any]] = {}
+    named: set[str] = set()
     for resource in resources:
         type_url, name = resource.get("@type"), resource.get("name")
         if type_url not in (CLUSTER, LISTENER) or not isinstance(name, str):
             raise SnapshotError(f"not a named cluster or listener: {str(resource)[:120]}")
-        value = _packed(type_url, json.dumps(resource, sort_keys=True, separators=(",", ":")))
+        value, secrets_named = _packed(type_url, json.dumps(resource, sort_keys=True, separators=(",", ":")))
         out.setdefault(type_url, {})[name] = any_pb2.Any(type_url=type_url, value=value)
-    return out
+        named |= secrets_named
+    return out, named
 
 
 def secrets(state_dir: Path, proxy: str, wanted: Iterable[str]) -> dict[str, any_pb2.Any]:
@@ -144,9 +149,9 @@ def build(
     state_dir: Path, proxy: str, version: str, clusters: Sequence[Mapping[str, Any]], listeners: Sequence[Mapping[str, Any]]
 ) -> Snapshot:
     """The snapshot of one proxy: these clusters and listeners, and the secrets they name."""
-    given = [dict(r) for r in (*clusters, *listeners)]
-    resources = {CLUSTER: {}, LISTENER: {}, **pack(given)}
-    resources[SECRET] = secrets(state_dir, proxy, secret_names(given))
+    packed, named = pack([*clusters, *listeners])
+    resources = {CLUSTER: {}, LISTENER: {}, **packed}
+    resources[SECRET] = secrets(state_dir, proxy, named)
     return Snapshot(version, resources)
 
 

@@ -3,12 +3,16 @@ the server's status of it; and which servers are alive.
 
 `Store` is the interface; `DirectoryStore` keeps it in a local directory (`<state>/xds/`), the embedded default.
 A shared database for several servers and operators implements the same methods. Writers never coordinate with
-readers beyond this: a snapshot write is what tells the server to push, a status write is what tells `apply` how
-it went. `changes` is the watch: each call returns what changed since the cursor it was given.
+readers beyond this: a snapshot write is what tells the server to push, a status appended to the journal is what
+tells `apply` how it went. `snapshot_changes` and `status_changes` are the watches: each call returns what changed
+since the cursor it was given.
 
     <state>/xds/snapshots/<proxy>.pb   the snapshot to serve (0600: it holds the proxy's private key)
     <state>/xds/acked/<proxy>.pb       the last snapshot the proxy ACKed whole (make-before-break after a restart)
-    <state>/xds/status/<proxy>.json    the server's status of the proxy (no secrets)
+    <state>/xds/status/<proxy>.json    the server's status of the proxy (no secrets), rewritten a few times a second
+    <state>/xds/journal/<id>.<n>.jsonl every status as it changes, one JSON line each, appended by server <id>:
+                                       what `apply` follows (one append per batch, where a file per proxy would
+                                       cost a rename each; kept to two files of 16 MiB)
     <state>/xds/servers/<id>.json      each running server, with a heartbeat
 """
 
@@ -18,14 +22,14 @@ import json
 import os
 import socket
 import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
-from meshplan.fsutil import write_atomic
+from meshplan.fsutil import fsync_path, replace_file, write_atomic, write_temp
 from meshplan.xds.snapshot import Snapshot, SnapshotError
-
-Kind = Literal["snapshots", "status"]
 
 
 @dataclass(frozen=True)
@@ -34,7 +38,10 @@ class _Listing:
 
     mtime: int
     entries: dict[str, tuple[int, int, int]]
+
+
 HEARTBEAT = 1.0  # seconds between two beats of a running server
+JOURNAL_BYTES = 16 * 1024 * 1024  # a server's journal file is this large at most; the one before it is kept
 ALIVE = 5 * HEARTBEAT  # a server whose last beat is older is gone
 
 
@@ -46,7 +53,7 @@ class ProxyStatus:
     proxy: str
     server: str = ""  # the id of the server that wrote this
     connected: bool = False  # a stream from this proxy is open (to `server`)
-    target: str = ""  # the snapshot version being delivered or last delivered
+    target: str = ""  # the snapshot version whose delivery ended last (then acked, or nacked)
     acked: str = ""
     nacked: str = ""
     error: str = ""  # Envoy's message for `nacked`, cleaned (XDS-NOTES.md)
@@ -79,12 +86,15 @@ class ServerInfo:
 
 class Store(Protocol):
     def write_snapshot(self, proxy: str, snapshot: Snapshot) -> None: ...
+    def write_snapshots(self, snapshots: Mapping[str, Snapshot]) -> None: ...
     def read_snapshot(self, proxy: str) -> Snapshot | None: ...
     def write_acked(self, proxy: str, snapshot: Snapshot) -> None: ...
     def read_acked(self, proxy: str) -> Snapshot | None: ...
     def write_status(self, status: ProxyStatus) -> None: ...
     def read_status(self, proxy: str) -> ProxyStatus | None: ...
-    def changes(self, kind: Kind, cursor: object | None) -> tuple[object, set[str]]: ...
+    def append_statuses(self, server: str, statuses: Sequence[ProxyStatus]) -> None: ...
+    def status_changes(self, cursor: object | None) -> tuple[object, list[ProxyStatus]]: ...
+    def snapshot_changes(self, cursor: object | None) -> tuple[object, set[str]]: ...
     def forget(self, proxy: str) -> None: ...
     def beat(self, server: ServerInfo) -> None: ...
     def forget_server(self, server_id: str) -> None: ...
@@ -99,7 +109,8 @@ class DirectoryStore:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self._seen: dict[Kind, tuple[int, float, dict[str, tuple[int, int, int]]]] = {}
+        self._loaded: dict[str, tuple[int, str]] = {}  # proxy -> (inode, version) of the snapshot file last read
+        self._journals: dict[str, int] = {}  # server -> the generation of its journal this store appends to
 
     @classmethod
     def under(cls, state_dir: Path) -> DirectoryStore:
@@ -113,26 +124,77 @@ class DirectoryStore:
     def write_snapshot(self, proxy: str, snapshot: Snapshot) -> None:
         write_atomic(self._file("snapshots", proxy, ".pb"), snapshot.encode(), 0o600)
 
+    def write_snapshots(self, snapshots: Mapping[str, Snapshot]) -> None:
+        """Several at once, all durable when it returns: all written and made durable first (an fsync each, in
+        parallel, not one after the other), then renamed into place together, so that the server gets the whole
+        batch at once (and, on one machine, does not compete with the writing), then one fsync of the directory."""
+        files = [self._file("snapshots", proxy, ".pb") for proxy in snapshots]
+        if not files:
+            return
+        files[0].parent.mkdir(parents=True, exist_ok=True)
+        temps: list[Path] = []
+        try:
+            for path, snapshot in zip(files, snapshots.values()):
+                temps.append(write_temp(path, snapshot.encode(), 0o600))
+        except BaseException:
+            for temp in temps:
+                temp.unlink(missing_ok=True)
+            raise
+        try:
+            with ThreadPoolExecutor(max_workers=16) as pool:
+                list(pool.map(fsync_path, temps))
+        except BaseException:
+            for temp in temps:
+                temp.unlink(missing_ok=True)
+            raise
+        for temp, path in zip(temps, files):
+            os.replace(temp, path)
+        fsync_path(files[0].parent)
+
     def read_snapshot(self, proxy: str) -> Snapshot | None:
         return self._read_pb("snapshots", proxy)
 
     def write_acked(self, proxy: str, snapshot: Snapshot) -> None:
-        write_atomic(self._file("acked", proxy, ".pb"), snapshot.encode(), 0o600, durable=False)
+        target = self._file("acked", proxy, ".pb")
+        target.parent.mkdir(exist_ok=True)
+        source = self._file("snapshots", proxy, ".pb")
+        try:
+            # Most often the snapshot file still holds what was ACKed (the one this store read): link, not copy.
+            if self._loaded.get(proxy) == (source.stat().st_ino, snapshot.version):
+                temp = target.with_name(f".{target.name}.{os.getpid()}.link")
+                temp.unlink(missing_ok=True)
+                os.link(source, temp)
+                os.replace(temp, target)
+                return
+        except OSError:
+            pass  # no hard links here, or the file just changed: write it
+        replace_file(target, snapshot.encode(), 0o600)
 
     def read_acked(self, proxy: str) -> Snapshot | None:
         return self._read_pb("acked", proxy)
 
     def _read_pb(self, kind: str, proxy: str) -> Snapshot | None:
         try:
-            return Snapshot.decode(self._file(kind, proxy, ".pb").read_bytes())
+            with self._file(kind, proxy, ".pb").open("rb") as f:
+                inode, data = os.fstat(f.fileno()).st_ino, f.read()
         except FileNotFoundError:
             return None
+        try:
+            snapshot = Snapshot.decode(data)
         except SnapshotError as e:
             raise SnapshotError(f"{self._file(kind, proxy, '.pb')}: {e}") from None
+        if kind == "snapshots":
+            self._loaded[proxy] = (inode, snapshot.version)
+        return snapshot
 
     def write_status(self, status: ProxyStatus) -> None:
         data = json.dumps(asdict(status), sort_keys=True).encode() + b"\n"
-        write_atomic(self._file("status", status.proxy, ".json"), data, durable=False)
+        path = self._file("status", status.proxy, ".json")
+        try:
+            replace_file(path, data)
+        except FileNotFoundError:  # the first status: no directory yet
+            path.parent.mkdir(parents=True, exist_ok=True)
+            replace_file(path, data)
 
     def read_status(self, proxy: str) -> ProxyStatus | None:
         try:
@@ -142,14 +204,62 @@ class DirectoryStore:
         except (ValueError, TypeError):
             return None  # half a file from before a crash: as good as none; the server writes a new one
 
-    def changes(self, kind: Kind, cursor: object | None) -> tuple[object, set[str]]:
-        """The proxies whose `kind` file changed since `cursor` (None: every one there is), and the next cursor.
+    def append_statuses(self, server: str, statuses: Sequence[ProxyStatus]) -> None:
+        """Append statuses to the server's journal, in one write."""
+        directory = self.root / "journal"
+        directory.mkdir(parents=True, exist_ok=True)
+        generation = self._journals.get(server, 0)
+        path = directory / f"{server}.{generation}.jsonl"
+        if generation == 0 or (path.exists() and path.stat().st_size > JOURNAL_BYTES):
+            generation += 1
+            (directory / f"{server}.{generation - 2}.jsonl").unlink(missing_ok=True)
+            self._journals[server] = generation
+            path = directory / f"{server}.{generation}.jsonl"
+        data = b"".join(json.dumps(asdict(s), sort_keys=True).encode() + b"\n" for s in statuses)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            os.write(fd, data)  # O_APPEND: the lines land whole, after everything written before
+        finally:
+            os.close(fd)
+
+    def status_changes(self, cursor: object | None) -> tuple[object, list[ProxyStatus]]:
+        """The statuses appended to any journal since `cursor`, oldest first (None: a cursor at the end of every
+        journal now, and no statuses)."""
+        offsets: dict[str, int] = dict(cursor) if isinstance(cursor, dict) else {}
+        found: list[ProxyStatus] = []
+        directory = self.root / "journal"
+        try:
+            names = sorted(p.name for p in directory.iterdir() if p.name.endswith(".jsonl"))
+        except FileNotFoundError:
+            return {}, []
+        for name in names:
+            path = directory / name
+            try:
+                with path.open("rb") as f:
+                    if cursor is None:
+                        offsets[name] = f.seek(0, os.SEEK_END)
+                        continue
+                    f.seek(offsets.get(name, 0))
+                    data = f.read(JOURNAL_BYTES)
+            except FileNotFoundError:
+                continue
+            complete = data[: data.rfind(b"\n") + 1]  # a line being appended now is read next time
+            offsets[name] = offsets.get(name, 0) + len(complete)
+            for line in complete.splitlines():
+                try:
+                    found.append(ProxyStatus.from_json(json.loads(line)))
+                except (ValueError, TypeError):
+                    continue
+        return {n: o for n, o in offsets.items() if n in names}, found
+
+    def snapshot_changes(self, cursor: object | None) -> tuple[object, set[str]]:
+        """The proxies whose snapshot changed since `cursor` (None: every one there is), and the next cursor.
 
         A rename into a directory changes the directory's mtime, so a directory that did not change is not listed.
         The kernel's clock for mtimes is coarse (a few ms): two renames within one tick leave one mtime, so a
         directory changed less than a second ago is listed again on the next call."""
-        directory = self.root / kind
-        suffix = ".pb" if kind == "snapshots" else ".json"
+        directory = self.root / "snapshots"
+        suffix = ".pb"
         previous = cursor if isinstance(cursor, _Listing) else None
         try:
             mtime = directory.stat().st_mtime_ns
