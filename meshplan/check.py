@@ -72,12 +72,13 @@ class FieldCheck:
                 good[tag] = tag_value
         return good
 
-    def unknown(self, obj: dict[str, Any], path: PathKey, known: tuple[str, ...]) -> None:
+    def unknown(self, obj: dict[str, Any], path: PathKey, known: tuple[str, ...], unsupported: tuple[str, ...] = ()) -> None:
+        """Every key that is not `known`: `unsupported` ones are Kuma's, which meshplan would otherwise ignore."""
         for key in obj:
-            if key not in known:
+            if key in unsupported:
+                self.fail(path + (key,), "not supported by meshplan (it would be ignored): remove it")
+            elif key not in known:
                 self.fail(path + (key,), f"unknown field (expected one of: {', '.join(known)})")
-
-
 
     def duration(self, obj: dict[str, Any], path: PathKey, key: str, *, required: bool = False,
                  positive: bool = False) -> str | None:

@@ -18,6 +18,10 @@ __all__ = ["PathKey", "RawResource", "format_path", "load_dir", "load_file", "lo
 
 KUMA_API_GROUP = "kuma.io/"
 MESH_LABEL = "kuma.io/mesh"
+UNIVERSAL_FIELDS = ("type", "name", "mesh", "spec")  # Mesh, Dataplane and ZoneEgress may have their fields here instead
+KUBERNETES_FIELDS = ("apiVersion", "kind", "metadata", "spec", "mesh")
+# Labels and annotations may hold anything; of the labels, meshplan reads kuma.io/mesh.
+METADATA_FIELDS = ("name", "namespace", "labels", "annotations")
 
 
 @dataclass(frozen=True)
@@ -106,6 +110,7 @@ def _classify(data: Any, start: Source, lines: dict[PathKey, int]) -> tuple[RawR
     body_path: PathKey
     if "spec" in data:
         body, body_path = data["spec"], ("spec",)
+        problems += _unknown(data, (), UNIVERSAL_FIELDS, at)
     else:
         # Mesh, Dataplane and ZoneEgress keep their fields at the top level in universal form.
         body = {k: v for k, v in data.items() if k not in ("type", "name", "mesh")}
@@ -119,7 +124,7 @@ def _classify(data: Any, start: Source, lines: dict[PathKey, int]) -> tuple[RawR
 def _kubernetes(
     data: dict[str, Any], start: Source, lines: dict[PathKey, int], at: Any
 ) -> tuple[RawResource | None, list[Violation]]:
-    problems: list[Violation] = []
+    problems: list[Violation] = _unknown(data, (), KUBERNETES_FIELDS, at)
     api = data.get("apiVersion")
     if api is None:
         problems.append(Violation(start, "apiVersion", "missing required field"))
@@ -137,6 +142,7 @@ def _kubernetes(
     if not isinstance(metadata, dict):
         problems.append(Violation(at(("metadata",)), "metadata", "missing required field" if metadata is None else "must be a mapping"))
     else:
+        problems += _unknown(metadata, ("metadata",), METADATA_FIELDS, at)
         raw_name = metadata.get("name")
         if raw_name is None:
             problems.append(Violation(at(("metadata",)), "metadata.name", "missing required field"))
@@ -163,6 +169,11 @@ def _kubernetes(
         problems.append(Violation(at(("spec",)), "spec", f"must be a mapping, got {_type_name(body)}"))
         body = {}
     return RawResource(kind, mesh, name, "kubernetes", body, ("spec",), start, lines), problems
+
+
+def _unknown(obj: dict[str, Any], path: PathKey, known: tuple[str, ...], at: Any) -> list[Violation]:
+    return [Violation(at(path + (key,)), format_path(path + (key,)), f"unknown field (expected one of: {', '.join(known)})")
+            for key in obj if key not in known]
 
 
 def _type_name(value: Any) -> str:

@@ -124,9 +124,11 @@ def parse(raws: list[RawResource]) -> tuple[Desired | None, list[Violation]]:
 
 def _mesh(check: FieldCheck, res: RawResource) -> Mesh | None:
     body = res.body
-    check.unknown(body, (), ("mtls", "routing", "networking", "skipCreatingInitialPolicies", "meshServices",
-                             "logging", "tracing", "metrics", "constraints"))
+    # meshplan creates no initial policies, so `skipCreatingInitialPolicies` is honoured whatever it says.
+    check.unknown(body, (), ("mtls", "routing", "skipCreatingInitialPolicies"),
+                  ("networking", "meshServices", "logging", "tracing", "metrics", "constraints"))
     mtls = check.field(body, (), "mtls", dict, default={})
+    check.unknown(mtls, ("mtls",), ("enabledBackend", "backends"), ("skipValidation",))
     enabled = check.field(mtls, ("mtls",), "enabledBackend", str)
     backends = check.field(mtls, ("mtls",), "backends", list, default=[])
     names = []
@@ -135,6 +137,7 @@ def _mesh(check: FieldCheck, res: RawResource) -> Mesh | None:
         if not isinstance(backend, dict):
             check.fail(path, "must be a mapping")
             continue
+        check.unknown(backend, path, ("name", "type"), ("mode", "dpCert", "conf", "rootChain"))
         name = check.field(backend, path, "name", str, required=True)
         kind = check.field(backend, path, "type", str, required=True)
         if kind is not None and kind != "builtin":
@@ -143,6 +146,8 @@ def _mesh(check: FieldCheck, res: RawResource) -> Mesh | None:
     if enabled and enabled not in names:
         check.fail(("mtls", "enabledBackend"), f"no backend named {enabled!r} in mtls.backends")
     routing = check.field(body, (), "routing", dict, default={})
+    check.unknown(routing, ("routing",), ("zoneEgress", "defaultForbidMeshExternalServiceAccess"),
+                  ("localityAwareLoadBalancing",))
     zone_egress = check.field(routing, ("routing",), "zoneEgress", bool, default=True)
     forbid = check.field(routing, ("routing",), "defaultForbidMeshExternalServiceAccess", bool, default=False)
     assert res.name is not None
@@ -154,9 +159,10 @@ def _dataplane(check: FieldCheck, res: RawResource, mesh: str) -> Dataplane | No
     check.unknown(res.body, (), ("networking",))
     net = check.field(res.body, (), "networking", dict, required=True, default={})
     np: PathKey = ("networking",)
-    check.unknown(net, np, ("address", "advertisedAddress", "admin", "inbound", "outbound", "transparentProxying", "gateway"))
+    check.unknown(net, np, ("address", "admin", "inbound", "outbound"), ("advertisedAddress", "transparentProxying", "gateway"))
     address = check.address(net, np, "address")
     admin = check.field(net, np, "admin", dict, default={})
+    check.unknown(admin, np + ("admin",), ("port",))
     admin_port = check.port(admin, np + ("admin",), "port", required=False, default=DEFAULT_ADMIN_PORT)
     inbounds: list[Inbound] = []
     raw_inbounds = check.field(net, np, "inbound", list, default=[])
@@ -167,7 +173,7 @@ def _dataplane(check: FieldCheck, res: RawResource, mesh: str) -> Dataplane | No
         if not isinstance(item, dict):
             check.fail(path, "must be a mapping")
             continue
-        check.unknown(item, path, ("port", "servicePort", "serviceAddress", "address", "tags", "state", "health", "name"))
+        check.unknown(item, path, ("port", "servicePort", "serviceAddress", "address", "tags", "name"), ("state", "health"))
         port = check.port(item, path, "port")
         service_port = check.port(item, path, "servicePort", required=False, default=port)
         service_address = check.address(item, path, "serviceAddress", required=False, default="127.0.0.1")
@@ -199,6 +205,7 @@ def _dataplane(check: FieldCheck, res: RawResource, mesh: str) -> Dataplane | No
         if ref is not None and tags:
             check.fail(path, "set either `tags` or `backendRef`, not both")
         elif ref is not None:
+            check.unknown(ref, path + ("backendRef",), ("kind", "name"), ("port", "labels"))
             kind = check.field(ref, path + ("backendRef",), "kind", str, required=True)
             name = check.field(ref, path + ("backendRef",), "name", str, required=True)
             if kind == "MeshExternalService":
@@ -256,10 +263,11 @@ def _egress(check: FieldCheck, res: RawResource) -> ZoneEgress | None:
     check.unknown(res.body, (), ("networking",))
     net = check.field(res.body, (), "networking", dict, required=True, default={})
     np: PathKey = ("networking",)
-    check.unknown(net, np, ("address", "advertisedAddress", "port", "advertisedPort", "admin"))
+    check.unknown(net, np, ("address", "port", "admin"), ("advertisedAddress", "advertisedPort"))
     address = check.address(net, np, "address")
     port = check.port(net, np, "port")
     admin = check.field(net, np, "admin", dict, default={})
+    check.unknown(admin, np + ("admin",), ("port",))
     admin_port = check.port(admin, np + ("admin",), "port", required=False, default=DEFAULT_ADMIN_PORT)
     if port is not None and port == admin_port:
         check.fail(np + ("port",), f"port {port} is used twice on this proxy: already by the admin API")
@@ -272,7 +280,7 @@ def _egress(check: FieldCheck, res: RawResource) -> ZoneEgress | None:
 def _external(check: FieldCheck, res: RawResource, mesh: str) -> MeshExternalService | None:
     before = len(check.out)
     body = res.body
-    check.unknown(body, (), ("match", "endpoints", "tls", "extension"))
+    check.unknown(body, (), ("match", "endpoints", "tls"), ("extension",))
     match = check.field(body, (), "match", dict, required=True, default={})
     check.unknown(match, ("match",), ("type", "port", "protocol"))
     match_type = check.field(match, ("match",), "type", str, default="HostnameGenerator")
@@ -305,7 +313,7 @@ def _external(check: FieldCheck, res: RawResource, mesh: str) -> MeshExternalSer
 
 def _external_tls(check: FieldCheck, tls: dict[str, Any]) -> ExternalTLS:
     path: PathKey = ("tls",)
-    check.unknown(tls, path, ("enabled", "version", "allowRenegotiation", "verification"))
+    check.unknown(tls, path, ("enabled", "verification"), ("version", "allowRenegotiation"))
     enabled = check.field(tls, path, "enabled", bool, default=False)
     verification = check.field(tls, path, "verification", dict, default={})
     vpath = path + ("verification",)
@@ -316,13 +324,18 @@ def _external_tls(check: FieldCheck, tls: dict[str, Any]) -> ExternalTLS:
     server_name = check.field(verification, vpath, "serverName", str)
     sans: list[str] = []
     for i, san in enumerate(check.field(verification, vpath, "subjectAltNames", list, default=[])):
-        if isinstance(san, dict) and isinstance(san.get("value"), str):
-            sans.append(san["value"])
-        else:
-            check.fail(vpath + ("subjectAltNames", i), "must be a mapping with a string `value`")
+        sp = vpath + ("subjectAltNames", i)
+        if not isinstance(san, dict) or not isinstance(san.get("value"), str):
+            check.fail(sp, "must be a mapping with a string `value`")
+            continue
+        check.unknown(san, sp, ("type", "value"))
+        if check.field(san, sp, "type", str, default="Exact") != "Exact":
+            check.fail(sp + ("type",), "meshplan matches subject alt names exactly: only `Exact` is supported")
+        sans.append(san["value"])
     ca_file = None
     ca = check.field(verification, vpath, "caCert", dict)
     if ca is not None:
+        check.unknown(ca, vpath + ("caCert",), ("file",))
         ca_file = check.field(ca, vpath + ("caCert",), "file", str)
         if ca_file is None:
             check.fail(vpath + ("caCert",), "meshplan reads the CA bundle from a file: set `caCert.file` to its path")
