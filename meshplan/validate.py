@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from meshplan import names
 from meshplan.errors import LoadError, Source, Violation
 from meshplan.check import FieldCheck
 from meshplan.load import PathKey, RawResource, format_path, load_dir
@@ -39,9 +40,14 @@ TLS_MODES = ("Secured", "SkipSAN", "SkipCA", "SkipAll")
 DEFAULT_MESH = "default"
 DEFAULT_ADMIN_PORT = 9901
 
-# Names become file and directory names under state/: keep them to one safe path segment.
-TAG_VALUE = re.compile(r"^[A-Za-z0-9.\-_:]+$")
-SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
+# Names become file and directory names under state/: keep them to one safe path segment. Both are used with
+# fullmatch: `$` would also match before a final newline, and `web\n` would name a directory.
+TAG_VALUE = re.compile(r"[A-Za-z0-9.\-_:]+")
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
+# A proxy's name is the common name of its certificate, and a mesh's CA is "<mesh> CA": X.509 allows 64 characters.
+MAX_PROXY_NAME = 64
+MAX_MESH_NAME = 64 - len(" CA")
+MAX_SNI = 255  # Envoy's limit for a TLS server name, which carries service and mesh names (names.service_sni)
 
 def load_and_parse(root: Path) -> Desired:
     """Load a desired directory and validate it; raise LoadError with every violation."""
@@ -72,14 +78,20 @@ def parse(raws: list[RawResource]) -> tuple[Desired | None, list[Violation]]:
             continue
         if res.name is None:
             continue  # already reported by load
-        if not SAFE_NAME.match(res.name) or res.name in (".", ".."):
-            out.append(Violation(res.source, "metadata.name" if res.form == "kubernetes" else "name",
+        name_field = ("metadata", "name") if res.form == "kubernetes" else ("name",)
+        name_at = Source(res.source.file, res.lines.get(name_field, res.source.line))
+        if not SAFE_NAME.fullmatch(res.name) or res.name in (".", ".."):
+            out.append(Violation(name_at, format_path(name_field),
                                  f"name {res.name!r} could escape a directory when used in a path: "
                                  "use letters, digits, '.', '-' and '_', starting with a letter or digit"))
             continue
         mesh_name = None if res.kind in ("Mesh", "ZoneEgress") else (res.mesh or DEFAULT_MESH)
-        if mesh_name is not None and (not SAFE_NAME.match(mesh_name) or mesh_name in (".", "..")):
+        if mesh_name is not None and (not SAFE_NAME.fullmatch(mesh_name) or mesh_name in (".", "..")):
             out.append(Violation(res.source, "mesh", f"mesh name {mesh_name!r} could escape a directory when used in a path"))
+            continue
+        too_long = _name_too_long(res.kind, res.name, mesh_name)
+        if too_long is not None:
+            out.append(Violation(name_at, format_path(name_field), too_long))
             continue
         key = (res.kind, mesh_name, res.name)
         if key in seen:
@@ -117,6 +129,20 @@ def parse(raws: list[RawResource]) -> tuple[Desired | None, list[Violation]]:
     desired = Desired(meshes, dataplanes, egresses, externals, policies)
     _check_references(desired, kept, out)
     return (None if out else desired), out
+
+
+def _name_too_long(kind: str, name: str, mesh: str | None) -> str | None:
+    """Names pass into certificates and TLS server names, which have length limits of their own."""
+    if kind in ("Dataplane", "ZoneEgress") and len(name) > MAX_PROXY_NAME:
+        return (f"a proxy name may have at most {MAX_PROXY_NAME} characters (it is the common name of the proxy's "
+                f"certificate, which X.509 limits to 64), got {len(name)}")
+    if kind == "Mesh" and len(name) > MAX_MESH_NAME:
+        return (f"a mesh name may have at most {MAX_MESH_NAME} characters (its CA's common name is '<mesh> CA', "
+                f"which X.509 limits to 64), got {len(name)}")
+    if kind == "MeshExternalService" and mesh is not None and len(names.external_sni(mesh, name)) > MAX_SNI:
+        return (f"too long: the TLS server name of this external service, {names.external_sni(mesh, '<name>')}, "
+                f"may have at most {MAX_SNI} characters")
+    return None
 
 
 # --- infrastructure kinds -------------------------------------------------------------------------------------
@@ -182,9 +208,13 @@ def _dataplane(check: FieldCheck, res: RawResource, mesh: str) -> Dataplane | No
         if "tags" in item and isinstance(item["tags"], dict) and SERVICE_TAG not in item["tags"]:
             check.fail(path + ("tags",), f"an inbound needs a `{SERVICE_TAG}` tag")
         for tag, value in tags.items():
-            if not TAG_VALUE.match(value):
+            if not TAG_VALUE.fullmatch(value):
                 # tags go into certificates as kuma://<tag>/<value> URI SANs
                 check.fail(path + ("tags", tag), f"tag value {value!r} may hold only letters, digits, '.', '-', '_' and ':'")
+        service = tags.get(SERVICE_TAG)
+        if service is not None and len(names.service_sni(mesh, service)) > MAX_SNI:
+            check.fail(path + ("tags", SERVICE_TAG), f"too long: the TLS server name of this service, "
+                       f"{names.service_sni(mesh, '<service>')}, may have at most {MAX_SNI} characters")
         protocol = tags.get(PROTOCOL_TAG)
         if protocol is not None and protocol not in PROTOCOLS:
             check.fail(path + ("tags", PROTOCOL_TAG), f"unknown protocol {protocol!r} (expected one of: {', '.join(PROTOCOLS)})")
