@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from decimal import Decimal, InvalidOperation
 from typing import Any, TypeVar
 
+from meshplan.addresses import address_problem
 from meshplan.errors import Violation
 from meshplan.load import PathKey, RawResource
 
@@ -55,10 +55,9 @@ class FieldCheck:
         value = self.field(obj, path, key, str, required=required, default=default)
         if value is None:
             return None
-        try:
-            ipaddress.ip_address(value)
-        except ValueError:
-            self.fail(path + (key,), f"must be an IP address, got {value!r}")
+        problem = address_problem(value)
+        if problem is not None:
+            self.fail(path + (key,), problem)
             return None
         return value  # type: ignore[no-any-return]
 

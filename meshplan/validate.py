@@ -8,11 +8,13 @@ module in `meshplan/policies/`.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 from typing import Any
 
 from meshplan import names
+from meshplan.addresses import endpoint_problem
 from meshplan.errors import LoadError, Source, Violation
 from meshplan.check import FieldCheck
 from meshplan.load import PathKey, RawResource, format_path, load_dir
@@ -39,6 +41,7 @@ PROTOCOLS = ("tcp", "http", "http2", "grpc")
 TLS_MODES = ("Secured", "SkipSAN", "SkipCA", "SkipAll")
 DEFAULT_MESH = "default"
 DEFAULT_ADMIN_PORT = 9901
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 # Names become file and directory names under state/: keep them to one safe path segment. Both are used with
 # fullmatch: `$` would also match before a final newline, and `web\n` would name a directory.
@@ -272,20 +275,20 @@ def _dataplane_sockets(dp: Dataplane) -> list[tuple[str, int, PathKey, str]]:
 
 
 def _check_sockets(check: FieldCheck, sockets: list[tuple[str, int, PathKey, str]]) -> None:
-    """A port may be used once per address on a proxy; 0.0.0.0 overlaps every address."""
-    taken: list[tuple[str, int, str]] = []
-    apps: set[tuple[str, int]] = set()
+    """A port may be used once per address on a proxy (`::1` and `0:0::1` are one address; addresses are specific,
+    see addresses.address_problem, so none overlaps another)."""
+    taken: dict[tuple[IPAddress, int], str] = {}
+    apps: set[tuple[IPAddress, int]] = set()
     for address, port, path, what in sockets:
+        socket = (ipaddress.ip_address(address), port)
         if what.startswith("the application"):
-            if (address, port) in apps:
+            if socket in apps:
                 continue  # two inbounds may front the same application
-            apps.add((address, port))
-        for other_address, other_port, other in taken:
-            if port == other_port and (address == other_address or "0.0.0.0" in (address, other_address)):
-                check.fail(path, f"port {port} on {address} is used twice on this proxy: already by {other}")
-                break
+            apps.add(socket)
+        if socket in taken:
+            check.fail(path, f"port {port} on {address} is used twice on this proxy: already by {taken[socket]}")
         else:
-            taken.append((address, port, what))
+            taken[socket] = what
 
 
 def _egress(check: FieldCheck, res: RawResource) -> ZoneEgress | None:
@@ -331,6 +334,10 @@ def _external(check: FieldCheck, res: RawResource, mesh: str) -> MeshExternalSer
             continue
         check.unknown(item, path, ("address", "port"))
         address = check.field(item, path, "address", str, required=True)
+        problem = None if address is None else endpoint_problem(address)
+        if problem is not None:
+            check.fail(path + ("address",), problem)
+            address = None
         ep_port = check.port(item, path, "port", required=False, default=port)
         if address is not None and ep_port is not None:
             endpoints.append(Endpoint(address, ep_port))
