@@ -20,6 +20,7 @@ A document with any of these problems is reported and not returned, like a docum
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +43,7 @@ _CORE = "tag:yaml.org,2002:"
 STR, INT, FLOAT, BOOL, NULL, TIMESTAMP = (_CORE + t for t in ("str", "int", "float", "bool", "null", "timestamp"))
 MAP, SEQ, MERGE, VALUE = (_CORE + t for t in ("map", "seq", "merge", "value"))
 _READS_AS = {INT: "an integer", FLOAT: "a number", BOOL: "a boolean", NULL: "null", TIMESTAMP: "a timestamp"}
+_READS_FROM = {INT: (INT,), FLOAT: (FLOAT, INT), BOOL: (BOOL,), NULL: (NULL,), TIMESTAMP: (TIMESTAMP,)}
 
 # Characters YAML 1.1 does not allow in a stream (what libyaml and PyYAML refuse), and its line breaks.
 _NOT_PRINTABLE = re.compile("[^\x09\x0a\x0d\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
@@ -69,12 +71,16 @@ class Document:
 
 
 def format_path(path: PathKey) -> str:
+    """A field path as written: `spec.to[0].default`; a key that is empty or holds a character that does not print
+    (a newline, an escape) is quoted, `["a\\nb"]`, so that a violation stays on one line and says what was written."""
     out = ""
     for part in path:
         if part == _MERGE_STEP:
             out += ".<<" if out else "<<"
         elif isinstance(part, int):
             out += f"[{part}]"
+        elif not part or not part.isprintable():
+            out += f"[{json.dumps(part)}]"
         else:
             out += f".{part}" if out else part
     return out
@@ -274,13 +280,17 @@ class _Reader:
         if tag in (INT, FLOAT) and len(text) > MAX_NUMBER_CHARS:
             self._problem(line, f"a number of {len(text)} characters is too long (at most {MAX_NUMBER_CHARS})", path)
             return None
+        # A tag's constructor is only given text that would have that type untagged (`!!float 1` too): on anything
+        # else (`!!int abc`, `!!int` with no text, `!!bool maybe`) the core constructors raise whatever they meet.
+        readable = self.loader.resolve(yaml.ScalarNode, text, (True, False)) in _READS_FROM[tag]
         node = yaml.ScalarNode(tag, text, event.start_mark, event.end_mark, event.style)
         try:
-            return self.loader.yaml_constructors[tag](self.loader, node)
-        except (ValueError, TypeError, KeyError, AttributeError, OverflowError, yaml.YAMLError):
-            # The core constructors fail in these ways on text that is not theirs (`!!int abc`, `!!bool maybe`).
-            self._problem(line, f"cannot read {_shorten(text)!r} as {_READS_AS[tag]} ({_short(tag)})", path)
-            return None
+            if readable:
+                return self.loader.yaml_constructors[tag](self.loader, node)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError, yaml.YAMLError):
+            pass  # text that looks right and is not (2024-13-45, 0b_)
+        self._problem(line, f"cannot read {_shorten(text)!r} as {_READS_AS[tag]} ({_short(tag)})", path)
+        return None
 
     def _start(self, event: Any, path: PathKey, line: int) -> None:
         mapping = isinstance(event, yaml.MappingStartEvent)

@@ -103,8 +103,11 @@ def test_deep_structures_in_the_installed_command(tmp_path: Path) -> None:
     ("a: !!timestamp tomorrow\n", "bad.yaml:1: a: cannot read 'tomorrow' as a timestamp (!!timestamp)"),
     ("a: 2024-13-45\n", "bad.yaml:1: a: cannot read '2024-13-45' as a timestamp (!!timestamp)"),
     ("a:\n  b: 1:" + ":".join(["59"] * 2000) + "\n", "bad.yaml:2: a.b: a number of 6001 characters is too long"),
+    ("a: !!int\n", "bad.yaml:1: a: cannot read '' as an integer (!!int)"),
+    ("a: !!int 0b_\n", "bad.yaml:1: a: cannot read '0b_' as an integer (!!int)"),
+    ("a: !!float 1.5.1\n", "bad.yaml:1: a: cannot read '1.5.1' as a number (!!float)"),
 ], ids=["long integer", "long tagged integer", "int tag", "float tag", "bool tag", "timestamp tag", "bad date",
-        "sexagesimal"])
+        "sexagesimal", "empty int", "bare binary prefix", "two dots"])
 def test_scalars_a_type_cannot_read_are_violations(tmp_path: Path, text: str, expected: str) -> None:
     code, stderr = validate(one_file(tmp_path, text))
     assert code == 1
@@ -196,3 +199,16 @@ def test_the_directory_budget_stops_reading(tmp_path: Path, monkeypatch: pytest.
     assert [str(v) for v in violations] == [
         f"{tmp_path}/3.yaml:2: the desired directory holds more than 50 YAML values (aliases expanded): "
         "meshplan reads no more"]
+
+
+def test_a_tag_reads_text_of_its_type(tmp_path: Path) -> None:
+    documents, violations = read_documents("a: !!float 1\nb: !!int '7'\nc: !!bool yes\nd: !!str 5\n", "ok.yaml", Budget())
+    assert violations == [] and documents[0].data == {"a": 1.0, "b": 7, "c": True, "d": "5"}
+
+
+def test_a_key_that_does_not_print_is_quoted_and_the_violation_stays_on_one_line(tmp_path: Path) -> None:
+    code, stderr = validate(one_file(tmp_path, 'type: Mesh\nname: m\n"rou\\nting": {}\n"": 1\n'))
+    assert code == 1
+    assert f'{tmp_path}/bad.yaml:3: ["rou\\nting"]: unknown field' in stderr, stderr
+    assert f'{tmp_path}/bad.yaml:4: [""]: unknown field' in stderr, stderr
+    assert all(line.startswith(str(tmp_path)) for line in stderr.splitlines()[:-1])
