@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from decimal import Decimal, InvalidOperation
 from typing import Any, TypeVar
 
+from meshplan.addresses import address_problem
 from meshplan.errors import Violation
 from meshplan.load import PathKey, RawResource
 
@@ -55,10 +55,9 @@ class FieldCheck:
         value = self.field(obj, path, key, str, required=required, default=default)
         if value is None:
             return None
-        try:
-            ipaddress.ip_address(value)
-        except ValueError:
-            self.fail(path + (key,), f"must be an IP address, got {value!r}")
+        problem = address_problem(value)
+        if problem is not None:
+            self.fail(path + (key,), problem)
             return None
         return value  # type: ignore[no-any-return]
 
@@ -72,12 +71,13 @@ class FieldCheck:
                 good[tag] = tag_value
         return good
 
-    def unknown(self, obj: dict[str, Any], path: PathKey, known: tuple[str, ...]) -> None:
+    def unknown(self, obj: dict[str, Any], path: PathKey, known: tuple[str, ...], unsupported: tuple[str, ...] = ()) -> None:
+        """Every key that is not `known`: `unsupported` ones are Kuma's, which meshplan would otherwise ignore."""
         for key in obj:
-            if key not in known:
+            if key in unsupported:
+                self.fail(path + (key,), "not supported by meshplan (it would be ignored): remove it")
+            elif key not in known:
                 self.fail(path + (key,), f"unknown field (expected one of: {', '.join(known)})")
-
-
 
     def duration(self, obj: dict[str, Any], path: PathKey, key: str, *, required: bool = False,
                  positive: bool = False) -> str | None:

@@ -31,7 +31,7 @@ from meshplan.render.envoy_types import secret_names
 ENVOY_ENV = "MESHPLAN_ENVOY"
 
 # A proxy name becomes a directory name; anything else could escape the state directory.
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 # `[2026-11-25 08:32:04.426][3447][critical][main] [source/server/...cc:76] message`
 _LOG_LINE = re.compile(r"^\[[^\]]*\]\[\d+\]\[(?P<level>\w+)\]\[[^\]]*\] (?:\[[^\]]*\] )?(?P<message>.*)$")
@@ -63,7 +63,7 @@ def envoy_binary() -> str:
 
 
 def proxy_dir(state_dir: Path, name: str) -> Path:
-    if not _SAFE_NAME.match(name):
+    if not _SAFE_NAME.fullmatch(name):
         raise EnvoyError(f"proxy name {name!r} cannot be used as a directory name")
     return (state_dir / "proxies" / name).absolute()
 
@@ -168,7 +168,7 @@ def _name_resources(message: str, proxy: ProxyConfig) -> str:
 
 
 def _validate_one(binary: str, proxy: ProxyConfig, workdir: Path, timeout: float) -> str | None:
-    if not _SAFE_NAME.match(proxy.name):
+    if not _SAFE_NAME.fullmatch(proxy.name):
         return f"proxy name {proxy.name!r} cannot be used as a file name"
     config = (workdir / f"{proxy.name}.validate.json").absolute()
     config.write_text(json.dumps(_static_bootstrap(proxy), indent=1), encoding="utf-8")

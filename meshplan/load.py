@@ -1,6 +1,7 @@
 """Read a desired directory: every YAML document, in universal or Kubernetes form, with the line of every field.
 
-Loading only finds documents and their kind, mesh and name; `validate.parse` decides what they mean.
+Loading only finds documents and their kind, mesh and name; `validate.parse` decides what they mean. Which files are
+read is `desired_files`' business, and reading YAML within bounds `yaml_documents`'.
 """
 
 from __future__ import annotations
@@ -9,16 +10,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from meshplan.desired_files import ByteBudget, DesiredFile, find_files, read_text
 from meshplan.errors import Source, Violation
+from meshplan.yaml_documents import Budget, PathKey, format_path, read_documents
 
-PathKey = tuple[str | int, ...]
+__all__ = ["PathKey", "RawResource", "format_path", "load_dir", "load_file", "load_text"]
 
 KUMA_API_GROUP = "kuma.io/"
-# libyaml's parser when PyYAML was built with it (about ten times faster on a large directory); marks are the same.
-_Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 MESH_LABEL = "kuma.io/mesh"
+UNIVERSAL_FIELDS = ("type", "name", "mesh", "spec")  # Mesh, Dataplane and ZoneEgress may have their fields here instead
+KUBERNETES_FIELDS = ("apiVersion", "kind", "metadata", "spec", "mesh")
+# Labels and annotations may hold anything; of the labels, meshplan reads kuma.io/mesh.
+METADATA_FIELDS = ("name", "namespace", "labels", "annotations")
 
 
 @dataclass(frozen=True)
@@ -55,96 +58,26 @@ class RawResource:
         return f"{self.kind} {self.mesh + '/' if self.mesh else ''}{self.name}"
 
 
-def format_path(path: PathKey) -> str:
-    out = ""
-    for part in path:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else part
-    return out
-
-
-class _Document:
-    """A YAML node tree turned into plain data, remembering the line of every key and item."""
-
-    def __init__(self, loader: Any, file: str) -> None:
-        self.loader = loader
-        self.file = file
-        self.lines: dict[PathKey, int] = {}
-        self.violations: list[Violation] = []
-
-    def build(self, node: yaml.Node, path: PathKey) -> Any:
-        self.lines.setdefault(path, node.start_mark.line + 1)
-        if isinstance(node, yaml.MappingNode):
-            self.loader.flatten_mapping(node)  # resolves `<<` merge keys
-            out: dict[str, Any] = {}
-            for key_node, value_node in node.value:
-                key = self.loader.construct_object(key_node, deep=True)
-                if not isinstance(key, str):
-                    key = str(key)
-                if key in out:
-                    self.violations.append(
-                        Violation(
-                            Source(self.file, key_node.start_mark.line + 1),
-                            format_path(path + (key,)),
-                            "duplicate key",
-                        )
-                    )
-                self.lines[path + (key,)] = key_node.start_mark.line + 1
-                out[key] = self.build(value_node, path + (key,))
-            return out
-        if isinstance(node, yaml.SequenceNode):
-            return [self.build(item, path + (i,)) for i, item in enumerate(node.value)]
-        return self.loader.construct_object(node, deep=True)
-
-
 def load_file(path: Path, display: str) -> tuple[list[RawResource], list[Violation]]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        return [], [Violation(Source(display, 1), "", f"cannot read file: {e}")]
-    if not text.strip() or all(
-        not line.strip() or line.lstrip().startswith("#") or line.strip() == "---" for line in text.splitlines()
-    ):
+    """The resources of one file, whatever its name, and every problem found reading it."""
+    text, problems = read_text(DesiredFile(path, display, follow=True), ByteBudget())
+    if text is None:
+        return [], problems
+    return load_text(text, display, Budget())
+
+
+def load_text(text: str, display: str, budget: Budget) -> tuple[list[RawResource], list[Violation]]:
+    """The resources of one file's text, and every problem found reading it."""
+    documents, violations = read_documents(text, display, budget)
+    if not documents and not violations:
         return [], [Violation(Source(display, 1), "", "empty file: expected at least one resource")]
-
     resources: list[RawResource] = []
-    violations: list[Violation] = []
-    loader = _Loader(text)
-    try:
-        while loader.check_node():
-            node = loader.get_node()
-            if node is None:
-                continue
-            doc = _Document(loader, display)
-            try:
-                data = doc.build(node, ())
-            except yaml.YAMLError as e:
-                violations.append(_yaml_violation(display, e))
-                continue
-            violations.extend(doc.violations)
-            start = Source(display, node.start_mark.line + 1)
-            if data is None:
-                continue  # an empty document between two `---`
-            resource, problems = _classify(data, start, doc.lines)
-            violations.extend(problems)
-            if resource is not None:
-                resources.append(resource)
-    except yaml.YAMLError as e:
-        violations.append(_yaml_violation(display, e))
-    finally:
-        loader.dispose()
+    for document in documents:
+        resource, problems = _classify(document.data, Source(display, document.line), document.lines)
+        violations.extend(problems)
+        if resource is not None:
+            resources.append(resource)
     return resources, violations
-
-
-def _yaml_violation(file: str, e: yaml.YAMLError) -> Violation:
-    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
-    line = mark.line + 1 if mark is not None else 1
-    problem = getattr(e, "problem", None) or str(e)
-    context = getattr(e, "context", None)
-    message = f"malformed YAML: {problem}" + (f" ({context})" if context else "")
-    return Violation(Source(file, line), "", message)
 
 
 def _classify(data: Any, start: Source, lines: dict[PathKey, int]) -> tuple[RawResource | None, list[Violation]]:
@@ -177,6 +110,7 @@ def _classify(data: Any, start: Source, lines: dict[PathKey, int]) -> tuple[RawR
     body_path: PathKey
     if "spec" in data:
         body, body_path = data["spec"], ("spec",)
+        problems += _unknown(data, (), UNIVERSAL_FIELDS, at)
     else:
         # Mesh, Dataplane and ZoneEgress keep their fields at the top level in universal form.
         body = {k: v for k, v in data.items() if k not in ("type", "name", "mesh")}
@@ -190,7 +124,7 @@ def _classify(data: Any, start: Source, lines: dict[PathKey, int]) -> tuple[RawR
 def _kubernetes(
     data: dict[str, Any], start: Source, lines: dict[PathKey, int], at: Any
 ) -> tuple[RawResource | None, list[Violation]]:
-    problems: list[Violation] = []
+    problems: list[Violation] = _unknown(data, (), KUBERNETES_FIELDS, at)
     api = data.get("apiVersion")
     if api is None:
         problems.append(Violation(start, "apiVersion", "missing required field"))
@@ -208,6 +142,7 @@ def _kubernetes(
     if not isinstance(metadata, dict):
         problems.append(Violation(at(("metadata",)), "metadata", "missing required field" if metadata is None else "must be a mapping"))
     else:
+        problems += _unknown(metadata, ("metadata",), METADATA_FIELDS, at)
         raw_name = metadata.get("name")
         if raw_name is None:
             problems.append(Violation(at(("metadata",)), "metadata.name", "missing required field"))
@@ -236,6 +171,11 @@ def _kubernetes(
     return RawResource(kind, mesh, name, "kubernetes", body, ("spec",), start, lines), problems
 
 
+def _unknown(obj: dict[str, Any], path: PathKey, known: tuple[str, ...], at: Any) -> list[Violation]:
+    return [Violation(at(path + (key,)), format_path(path + (key,)), f"unknown field (expected one of: {', '.join(known)})")
+            for key in obj if key not in known]
+
+
 def _type_name(value: Any) -> str:
     return {
         dict: "a mapping",
@@ -250,15 +190,16 @@ def _type_name(value: Any) -> str:
 
 def load_dir(root: Path) -> tuple[list[RawResource], list[Violation]]:
     """Every resource under `root` (recursively, .yaml/.yml, sorted by path) and every problem found reading them."""
-    if not root.exists():
-        return [], [Violation(Source(str(root), 1), "", "no such directory")]
-    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file())
-    if not files:
-        return [], [Violation(Source(str(root), 1), "", "no .yaml or .yml files found")]
+    files, violations = find_files(root)
     resources: list[RawResource] = []
-    violations: list[Violation] = []
-    for path in files:
-        found, problems = load_file(path, str(path))
-        resources.extend(found)
+    values, read = Budget(), ByteBudget()
+    for file in files:
+        text, problems = read_text(file, read)
         violations.extend(problems)
+        if text is not None:
+            found, problems = load_text(text, file.display, values)
+            resources.extend(found)
+            violations.extend(problems)
+        if read.spent or values.values < 0:
+            break  # reported in the file where the directory's budget ran out
     return resources, violations

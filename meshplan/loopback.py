@@ -10,6 +10,7 @@ import ipaddress
 import socket
 from dataclasses import dataclass
 
+from meshplan.addresses import address_problem, endpoint_problem
 from meshplan.errors import SandboxError
 from meshplan.model import Desired, ProxyConfig
 from meshplan.render.envoy_types import listener_addresses
@@ -64,6 +65,10 @@ def _local_apps(desired: Desired, problems: list[str]) -> list[LocalApp]:
     apps: dict[tuple[str, int], LocalApp] = {}
 
     def want(role: str, service: str, instance: str, host: str, port: int, owner: str) -> None:
+        problem = endpoint_problem(host)
+        if problem is not None:
+            problems.append(f"{owner}: {problem}")
+            return
         ip = _loopback_ip(host)
         if ip is None:
             problems.append(f"{owner}: {host}:{port} is not a loopback address (127.0.0.0/8)")
@@ -90,6 +95,10 @@ def _check_sockets(proxies: list[ProxyConfig], apps: list[LocalApp], problems: l
     owners: dict[tuple[str, int], str] = {}
 
     def claim(address: str, port: int, owner: str) -> None:
+        problem = address_problem(address)  # the rule validate applies too: the same answer for 0.0.0.0 everywhere
+        if problem is not None:
+            problems.append(f"{owner}: {problem}")
+            return
         if not is_loopback_ip(address):
             problems.append(f"{owner}: {address}:{port} is not a loopback address (127.0.0.0/8)")
             return

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from meshplan.addresses import http_url
 from meshplan.errors import Source
 
 SERVICE_TAG = "kuma.io/service"
@@ -183,4 +184,4 @@ class ProxyConfig:
 
     @property
     def admin_url(self) -> str:
-        return f"http://{self.address}:{self.admin_port}"
+        return http_url(self.address, self.admin_port)

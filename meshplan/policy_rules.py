@@ -21,7 +21,9 @@ def target_ref(check: FieldCheck, obj: dict[str, Any], path: PathKey, *, top: bo
     if ref is None:
         return TargetRef("Mesh") if top else None
     rp = path + ("targetRef",)
-    check.unknown(ref, rp, ("kind", "name", "tags", "proxyType", "proxyTypes", "mesh", "namespace", "labels", "sectionName"))
+    # Kuma's `labels`, `sectionName`, `namespace` and `mesh` narrow or move what a targetRef selects: ignoring them
+    # would apply a policy where it was not meant to go.
+    check.unknown(ref, rp, ("kind", "name", "tags", "proxyType", "proxyTypes"), ("mesh", "namespace", "labels", "sectionName"))
     kind = check.field(ref, rp, "kind", str, required=True)
     if kind is None:
         return None

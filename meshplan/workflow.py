@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from meshplan import live, state
+from meshplan.addresses import http_url
 from meshplan.errors import MeshplanError
 from meshplan.model import Dataplane, Desired, ProxyConfig, ZoneEgress
 from meshplan.plan import DesiredForms, Plan, desired_forms, make_plan
@@ -37,7 +38,7 @@ def _select(desired: Desired, selection: Selection) -> list[tuple[str, str]]:
     """(name, admin URL) of every selected proxy, known from the desired mesh before anything is rendered."""
     proxies: list[Dataplane | ZoneEgress] = [*sorted(desired.dataplanes, key=lambda d: d.name),
                                               *sorted(desired.egresses, key=lambda e: e.name)]
-    chosen = [(p.name, f"http://{p.address}:{p.admin_port}") for p in proxies if selection.picks(p.name)]
+    chosen = [(p.name, http_url(p.address, p.admin_port)) for p in proxies if selection.picks(p.name)]
     if selection.include and not chosen:
         raise MeshplanError(f"no proxy matches {', '.join(selection.include)} (proxies: {', '.join(p.name for p in proxies)})")
     return chosen

@@ -108,9 +108,9 @@ CASES: list[tuple[str, dict[str, str | None], list[str]]] = [
                 name: nope
         """}, ["web.yaml:20: networking.outbound[1].backendRef.name: no MeshExternalService 'nope'"]),
     ("name escapes", {"p.yaml": "type: MeshTimeout\nname: ../../etc\nspec: {}\n"},
-     ["p.yaml:1: name: name '../../etc' could escape a directory"]),
+     ["p.yaml:2: name: name '../../etc' could escape a directory"]),
     ("proxy name escapes", {"backend.yaml": BASE["backend.yaml"].replace("name: backend", "name: a/b")},
-     ["backend.yaml:1: name: name 'a/b' could escape a directory"]),
+     ["backend.yaml:3: name: name 'a/b' could escape a directory"]),
     ("external without proxyType", {"p.yaml": POLICY_HEAD.format(kind="MeshTimeout") + """
           targetRef:
             kind: Mesh

@@ -271,7 +271,7 @@ def header_name_problem(name: str) -> str | None:
         return "must not be empty"
     if len(name) > 256:
         return f"must be at most 256 characters, got {len(name)}"
-    if not _HEADER_NAME.match(name):
+    if not _HEADER_NAME.fullmatch(name):
         return f"{name!r} is not a lower-case HTTP header name (letters, digits and !#$%&'*+-.^_`|~)"
     return None
 

@@ -129,7 +129,7 @@ def fractional_percent(percent: Decimal) -> Json | None:
 
 
 def limit_kbps(limit: str) -> int | None:
-    m = BANDWIDTH.match(limit)
+    m = BANDWIDTH.fullmatch(limit)
     return int(m.group(1)) * KBPS[m.group(2)] if m else None
 
 

@@ -148,7 +148,7 @@ def _validate_headers(check: FieldCheck, headers: Json, path: PathKey, key: str)
         check.field(item, ip, "value", str, required=True)
         if name is None:
             continue
-        if not HEADER_NAME.match(name) or name.lower() == "host":
+        if not HEADER_NAME.fullmatch(name) or name.lower() == "host":
             check.fail(ip + ("name",), f"must be an HTTP header name (not a pseudo-header or `host`), got {name!r}")
         elif name.lower() in seen:
             check.fail(ip + ("name",), f"header {name!r} is listed twice in `{key}`")

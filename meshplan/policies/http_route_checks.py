@@ -305,7 +305,7 @@ def _hostname(spec: dict[str, Any], path: PathKey, check: FieldCheck) -> None:
         return
     except ValueError:
         pass
-    if len(name) > 253 or not _HOSTNAME.match(name):
+    if len(name) > 253 or not _HOSTNAME.fullmatch(name):
         check.fail(path + ("hostname",), f"must be a lower-case DNS name (RFC 1123), got {name!r}")
 
 

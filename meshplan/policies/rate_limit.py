@@ -136,7 +136,7 @@ def _validate_http(http: Json, path: PathKey, check: FieldCheck) -> None:
             name = check.field(item, ip, "name", str, required=True)
             value = check.field(item, ip, "value", str, required=True)
             if name is not None:
-                if not HEADER_NAME.match(name):
+                if not HEADER_NAME.fullmatch(name):
                     check.fail(ip + ("name",), f"must be a lower-case HTTP header name (an RFC 7230 token), got {name!r}")
                 elif name in seen:
                     check.fail(ip + ("name",), f"header {name!r} is listed twice in `{key}`: join the values with a comma")

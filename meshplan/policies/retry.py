@@ -226,7 +226,7 @@ def _check_header_match(check: FieldCheck, header: Any, path: PathKey) -> None:
 
 def _header_name(check: FieldCheck, header: Json, path: PathKey) -> None:
     name = check.field(header, path, "name", str, required=True)
-    if name is not None and not HEADER_NAME.match(name):
+    if name is not None and not HEADER_NAME.fullmatch(name):
         check.fail(path + ("name",), f"must be a lower-case HTTP header name (1 to 256 token characters), got {name!r}")
 
 

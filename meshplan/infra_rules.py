@@ -1,0 +1,265 @@
+"""The fields of the infrastructure kinds: Mesh, Dataplane, ZoneEgress and MeshExternalService, each checked and
+turned into its model, with every violation at its path. `validate.parse` calls them; references between resources
+are its business.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Any
+
+from meshplan import names
+from meshplan.addresses import endpoint_problem
+from meshplan.check import FieldCheck
+from meshplan.load import PathKey, RawResource
+from meshplan.model import (
+    PROTOCOL_TAG,
+    SERVICE_TAG,
+    Dataplane,
+    Endpoint,
+    ExternalTLS,
+    Inbound,
+    Mesh,
+    MeshExternalService,
+    Outbound,
+    ZoneEgress,
+)
+
+PROTOCOLS = ("tcp", "http", "http2", "grpc")
+TLS_MODES = ("Secured", "SkipSAN", "SkipCA", "SkipAll")
+DEFAULT_ADMIN_PORT = 9901
+MAX_SNI = 255  # Envoy's limit for a TLS server name, which carries service and mesh names (names.service_sni)
+TAG_VALUE = re.compile(r"[A-Za-z0-9.\-_:]+")  # tags go into certificates as kuma://<tag>/<value> URI SANs
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def parse_mesh(check: FieldCheck, res: RawResource) -> Mesh | None:
+    body = res.body
+    # meshplan creates no initial policies, so `skipCreatingInitialPolicies` is honoured whatever it says.
+    check.unknown(body, (), ("mtls", "routing", "skipCreatingInitialPolicies"),
+                  ("networking", "meshServices", "logging", "tracing", "metrics", "constraints"))
+    mtls = check.field(body, (), "mtls", dict, default={})
+    check.unknown(mtls, ("mtls",), ("enabledBackend", "backends"), ("skipValidation",))
+    enabled = check.field(mtls, ("mtls",), "enabledBackend", str)
+    backends = check.field(mtls, ("mtls",), "backends", list, default=[])
+    names = []
+    for i, backend in enumerate(backends):
+        path = ("mtls", "backends", i)
+        if not isinstance(backend, dict):
+            check.fail(path, "must be a mapping")
+            continue
+        check.unknown(backend, path, ("name", "type"), ("mode", "dpCert", "conf", "rootChain"))
+        name = check.field(backend, path, "name", str, required=True)
+        kind = check.field(backend, path, "type", str, required=True)
+        if kind is not None and kind != "builtin":
+            check.fail(path + ("type",), f"unsupported CA backend type {kind!r}: meshplan supports `builtin`")
+        names.append(name)
+    if enabled and enabled not in names:
+        check.fail(("mtls", "enabledBackend"), f"no backend named {enabled!r} in mtls.backends")
+    routing = check.field(body, (), "routing", dict, default={})
+    check.unknown(routing, ("routing",), ("zoneEgress", "defaultForbidMeshExternalServiceAccess"),
+                  ("localityAwareLoadBalancing",))
+    zone_egress = check.field(routing, ("routing",), "zoneEgress", bool, default=True)
+    forbid = check.field(routing, ("routing",), "defaultForbidMeshExternalServiceAccess", bool, default=False)
+    assert res.name is not None
+    return Mesh(res.name, mtls=bool(enabled), source=res.source, zone_egress=zone_egress, forbid_external_by_default=forbid)
+
+
+def parse_dataplane(check: FieldCheck, res: RawResource, mesh: str) -> Dataplane | None:
+    before = len(check.out)
+    check.unknown(res.body, (), ("networking",))
+    net = check.field(res.body, (), "networking", dict, required=True, default={})
+    np: PathKey = ("networking",)
+    check.unknown(net, np, ("address", "admin", "inbound", "outbound"), ("advertisedAddress", "transparentProxying", "gateway"))
+    address = check.address(net, np, "address")
+    admin = check.field(net, np, "admin", dict, default={})
+    check.unknown(admin, np + ("admin",), ("port",))
+    admin_port = check.port(admin, np + ("admin",), "port", required=False, default=DEFAULT_ADMIN_PORT)
+    inbounds: list[Inbound] = []
+    raw_inbounds = check.field(net, np, "inbound", list, default=[])
+    if not raw_inbounds:
+        check.fail(np + ("inbound",) if "inbound" in net else np, "a Dataplane needs at least one inbound with a `kuma.io/service` tag")
+    for i, item in enumerate(raw_inbounds):
+        path = np + ("inbound", i)
+        if not isinstance(item, dict):
+            check.fail(path, "must be a mapping")
+            continue
+        check.unknown(item, path, ("port", "servicePort", "serviceAddress", "address", "tags", "name"), ("state", "health"))
+        port = check.port(item, path, "port")
+        service_port = check.port(item, path, "servicePort", required=False, default=port)
+        service_address = check.address(item, path, "serviceAddress", required=False, default="127.0.0.1")
+        inbound_address = check.address(item, path, "address", required=False, default=address)
+        tags = check.tags(item, path, "tags", required=True)
+        if "tags" in item and isinstance(item["tags"], dict) and SERVICE_TAG not in item["tags"]:
+            check.fail(path + ("tags",), f"an inbound needs a `{SERVICE_TAG}` tag")
+        for tag, value in tags.items():
+            if not TAG_VALUE.fullmatch(value):
+                # tags go into certificates as kuma://<tag>/<value> URI SANs
+                check.fail(path + ("tags", tag), f"tag value {value!r} may hold only letters, digits, '.', '-', '_' and ':'")
+        service = tags.get(SERVICE_TAG)
+        if service is not None and len(names.service_sni(mesh, service)) > MAX_SNI:
+            check.fail(path + ("tags", SERVICE_TAG), f"too long: the TLS server name of this service, "
+                       f"{names.service_sni(mesh, '<service>')}, may have at most {MAX_SNI} characters")
+        protocol = tags.get(PROTOCOL_TAG)
+        if protocol is not None and protocol not in PROTOCOLS:
+            check.fail(path + ("tags", PROTOCOL_TAG), f"unknown protocol {protocol!r} (expected one of: {', '.join(PROTOCOLS)})")
+        if None not in (port, service_port, service_address, inbound_address) and SERVICE_TAG in tags:
+            inbounds.append(Inbound(inbound_address, port, service_address, service_port, tags))  # type: ignore[arg-type]
+    outbounds: list[Outbound] = []
+    for i, item in enumerate(check.field(net, np, "outbound", list, default=[])):
+        path = np + ("outbound", i)
+        if not isinstance(item, dict):
+            check.fail(path, "must be a mapping")
+            continue
+        check.unknown(item, path, ("port", "address", "tags", "backendRef"))
+        port = check.port(item, path, "port")
+        out_address = check.address(item, path, "address", required=False, default="127.0.0.1")
+        tags = check.tags(item, path, "tags")
+        ref = check.field(item, path, "backendRef", dict)
+        service = external = None
+        if ref is not None and tags:
+            check.fail(path, "set either `tags` or `backendRef`, not both")
+        elif ref is not None:
+            check.unknown(ref, path + ("backendRef",), ("kind", "name"), ("port", "labels"))
+            kind = check.field(ref, path + ("backendRef",), "kind", str, required=True)
+            name = check.field(ref, path + ("backendRef",), "name", str, required=True)
+            if kind == "MeshExternalService":
+                external = name
+            elif kind == "MeshService":
+                service = name
+            elif kind is not None:
+                check.fail(path + ("backendRef", "kind"), f"must be MeshService or MeshExternalService, got {kind!r}")
+        elif SERVICE_TAG in tags:
+            service = tags[SERVICE_TAG]
+        else:
+            check.fail(path, f"an outbound needs `tags` with `{SERVICE_TAG}` or a `backendRef`")
+        if port is not None and out_address is not None and (service or external):
+            outbounds.append(Outbound(out_address, port, service, external, tags))
+    if len(check.out) > before or address is None or admin_port is None:
+        return None
+    assert res.name is not None
+    dp = Dataplane(res.name, mesh, address, admin_port, tuple(inbounds), tuple(outbounds), res.source)
+    _check_sockets(check, _dataplane_sockets(dp))
+    return dp if len(check.out) == before else None
+
+
+def _dataplane_sockets(dp: Dataplane) -> list[tuple[str, int, PathKey, str]]:
+    np: PathKey = ("networking",)
+    sockets: list[tuple[str, int, PathKey, str]] = [(dp.address, dp.admin_port, np + ("admin", "port"), "the admin API")]
+    for i, inbound in enumerate(dp.inbounds):
+        sockets.append((inbound.address, inbound.port, np + ("inbound", i, "port"), f"inbound[{i}]"))
+    for i, inbound in enumerate(dp.inbounds):
+        sockets.append((inbound.service_address, inbound.service_port, np + ("inbound", i, "servicePort"),
+                        f"the application of inbound[{i}]"))
+    for i, outbound in enumerate(dp.outbounds):
+        sockets.append((outbound.address, outbound.port, np + ("outbound", i, "port"), f"outbound[{i}]"))
+    return sockets
+
+
+def _check_sockets(check: FieldCheck, sockets: list[tuple[str, int, PathKey, str]]) -> None:
+    """A port may be used once per address on a proxy (`::1` and `0:0::1` are one address; addresses are specific,
+    see addresses.address_problem, so none overlaps another)."""
+    taken: dict[tuple[IPAddress, int], str] = {}
+    apps: set[tuple[IPAddress, int]] = set()
+    for address, port, path, what in sockets:
+        socket = (ipaddress.ip_address(address), port)
+        if what.startswith("the application"):
+            if socket in apps:
+                continue  # two inbounds may front the same application
+            apps.add(socket)
+        if socket in taken:
+            check.fail(path, f"port {port} on {address} is used twice on this proxy: already by {taken[socket]}")
+        else:
+            taken[socket] = what
+
+
+def parse_egress(check: FieldCheck, res: RawResource) -> ZoneEgress | None:
+    before = len(check.out)
+    check.unknown(res.body, (), ("networking",))
+    net = check.field(res.body, (), "networking", dict, required=True, default={})
+    np: PathKey = ("networking",)
+    check.unknown(net, np, ("address", "port", "admin"), ("advertisedAddress", "advertisedPort"))
+    address = check.address(net, np, "address")
+    port = check.port(net, np, "port")
+    admin = check.field(net, np, "admin", dict, default={})
+    check.unknown(admin, np + ("admin",), ("port",))
+    admin_port = check.port(admin, np + ("admin",), "port", required=False, default=DEFAULT_ADMIN_PORT)
+    if port is not None and port == admin_port:
+        check.fail(np + ("port",), f"port {port} is used twice on this proxy: already by the admin API")
+    if len(check.out) > before:
+        return None
+    assert res.name is not None and address is not None and port is not None and admin_port is not None
+    return ZoneEgress(res.name, address, port, admin_port, res.source)
+
+
+def parse_external(check: FieldCheck, res: RawResource, mesh: str) -> MeshExternalService | None:
+    before = len(check.out)
+    body = res.body
+    check.unknown(body, (), ("match", "endpoints", "tls"), ("extension",))
+    match = check.field(body, (), "match", dict, required=True, default={})
+    check.unknown(match, ("match",), ("type", "port", "protocol"))
+    match_type = check.field(match, ("match",), "type", str, default="HostnameGenerator")
+    if match_type != "HostnameGenerator":
+        check.fail(("match", "type"), f"must be HostnameGenerator, got {match_type!r}")
+    port = check.port(match, ("match",), "port")
+    protocol = check.field(match, ("match",), "protocol", str, default="tcp")
+    if protocol not in PROTOCOLS:
+        check.fail(("match", "protocol"), f"unknown protocol {protocol!r} (expected one of: {', '.join(PROTOCOLS)})")
+    endpoints: list[Endpoint] = []
+    raw_endpoints = check.field(body, (), "endpoints", list, required=True, default=[])
+    if "endpoints" in body and not raw_endpoints:
+        check.fail(("endpoints",), "needs at least one endpoint")
+    for i, item in enumerate(raw_endpoints):
+        path: PathKey = ("endpoints", i)
+        if not isinstance(item, dict):
+            check.fail(path, "must be a mapping")
+            continue
+        check.unknown(item, path, ("address", "port"))
+        address = check.field(item, path, "address", str, required=True)
+        problem = None if address is None else endpoint_problem(address)
+        if problem is not None:
+            check.fail(path + ("address",), problem)
+            address = None
+        ep_port = check.port(item, path, "port", required=False, default=port)
+        if address is not None and ep_port is not None:
+            endpoints.append(Endpoint(address, ep_port))
+    tls = _external_tls(check, check.field(body, (), "tls", dict, default={}))
+    if len(check.out) > before:
+        return None
+    assert res.name is not None and port is not None
+    return MeshExternalService(res.name, mesh, port, protocol, tuple(endpoints), tls, res.source)
+
+
+def _external_tls(check: FieldCheck, tls: dict[str, Any]) -> ExternalTLS:
+    path: PathKey = ("tls",)
+    check.unknown(tls, path, ("enabled", "verification"), ("version", "allowRenegotiation"))
+    enabled = check.field(tls, path, "enabled", bool, default=False)
+    verification = check.field(tls, path, "verification", dict, default={})
+    vpath = path + ("verification",)
+    check.unknown(verification, vpath, ("mode", "serverName", "subjectAltNames", "caCert", "clientCert", "clientKey"))
+    mode = check.field(verification, vpath, "mode", str, default="Secured")
+    if mode not in TLS_MODES:
+        check.fail(vpath + ("mode",), f"must be one of {', '.join(TLS_MODES)}, got {mode!r}")
+    server_name = check.field(verification, vpath, "serverName", str)
+    sans: list[str] = []
+    for i, san in enumerate(check.field(verification, vpath, "subjectAltNames", list, default=[])):
+        sp = vpath + ("subjectAltNames", i)
+        if not isinstance(san, dict) or not isinstance(san.get("value"), str):
+            check.fail(sp, "must be a mapping with a string `value`")
+            continue
+        check.unknown(san, sp, ("type", "value"))
+        if check.field(san, sp, "type", str, default="Exact") != "Exact":
+            check.fail(sp + ("type",), "meshplan matches subject alt names exactly: only `Exact` is supported")
+        sans.append(san["value"])
+    ca_file = None
+    ca = check.field(verification, vpath, "caCert", dict)
+    if ca is not None:
+        check.unknown(ca, vpath + ("caCert",), ("file",))
+        ca_file = check.field(ca, vpath + ("caCert",), "file", str)
+        if ca_file is None:
+            check.fail(vpath + ("caCert",), "meshplan reads the CA bundle from a file: set `caCert.file` to its path")
+    for key in ("clientCert", "clientKey"):
+        if key in verification:
+            check.fail(vpath + (key,), "client certificates towards external services are not supported yet")
+    return ExternalTLS(enabled, server_name, mode, ca_file, tuple(sans))
