@@ -57,6 +57,10 @@ def _run(action: Callable[[], int]) -> None:
     except MeshplanError as e:
         _err().print(f"Error: {e}", markup=False)
         code = EXIT_ERROR
+    except OSError as e:  # a file meshplan was told to write (or read) that the system refuses: say which and why
+        where = f"{e.filename}: " if e.filename else ""
+        _err().print(f"Error: {where}{e.strerror or e}", markup=False)
+        code = EXIT_ERROR
     raise typer.Exit(code)
 
 
@@ -212,7 +216,10 @@ def plan(
         if out is not None:
             from meshplan.fsutil import write_atomic
 
-            write_atomic(out, (json.dumps(document, indent=2) + "\n").encode())
+            try:
+                write_atomic(out, (json.dumps(document, indent=2) + "\n").encode())
+            except OSError as e:
+                raise MeshplanError(f"{out}: cannot write the plan file: {e.strerror or e}") from None
         if json_output:
             sys.stdout.write(json.dumps(document, indent=2) + "\n")
         else:
@@ -410,13 +417,19 @@ def force_unlock(
     lock_id: Annotated[str, typer.Argument(help="The lock ID, as the error that names the holder says.")],
     state: StateOpt = Path("state"),
 ) -> None:
-    """Remove the state lock left by a meshplan that is gone. Only with the ID of the lock held now."""
+    """Remove the state lock left by a meshplan that is gone. Only with the ID of the lock held now, as the error that
+    names the holder says; a lock that cannot be read has an ID too (`broken-...`, in the error) and is moved aside."""
 
     def body() -> int:
         from meshplan import state as state_module
 
         removed = state_module.force_unlock(state, lock_id)
-        _err().print(f"Removed the lock {removed.describe()}", markup=False)
+        if removed.problem:
+            aside = state_module.broken_lock_path(state, removed.id)
+            _err().print(f"Moved the broken lock {removed.id} ({removed.problem}) aside to {aside}; "
+                         "delete it once you have looked at it.", markup=False)
+        else:
+            _err().print(f"Removed the lock {removed.describe()}", markup=False)
         return EXIT_OK
 
     _run(body)
