@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Callable
@@ -174,6 +175,23 @@ ProxyOpt = Annotated[list[str], typer.Option("--proxy", help="Only proxies whose
 ExcludeOpt = Annotated[list[str], typer.Option("--exclude-proxy", help="Leave out proxies matching this glob (repeatable).")]
 ParallelismOpt = Annotated[int, typer.Option("--parallelism", min=1, help="Proxies fetched at once.")]
 TimeoutOpt = Annotated[float, typer.Option("--timeout", min=0.1, help="Seconds to connect and for each read, per request.")]
+MaxResponseOpt = Annotated[
+    str,
+    typer.Option("--max-response-bytes", help="The largest admin API answer read (decompressed), in bytes or with "
+                 "KiB, MiB, GiB; a proxy whose answer is larger is a bad response. Memory for answers stays under "
+                 "about --parallelism x 3 x this."),
+]
+_SIZE = re.compile(r"\s*(\d+)\s*(|B|KiB|MiB|GiB)\s*", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30}
+
+
+def _size(text: str, option: str) -> int:
+    """A number of bytes written as `65536` or `64MiB`."""
+    match = _SIZE.fullmatch(text)
+    value = int(match.group(1)) * _UNITS[match.group(2).lower()] if match else 0
+    if value < 1024:
+        raise MeshplanError(f"{option} must be a size of at least 1KiB, like 65536 or 64MiB, got {text!r}")
+    return value
 
 
 def _console(stderr: bool = False) -> Console:
@@ -196,6 +214,7 @@ def plan(
     out: Annotated[Optional[Path], typer.Option("--out", "-out", help="Also save the plan to this file, for `meshplan apply PLANFILE`.")] = None,
     parallelism: ParallelismOpt = 32,
     timeout: TimeoutOpt = 5.0,
+    max_response_bytes: MaxResponseOpt = "64MiB",
     state: StateOpt = Path("state"),
 ) -> None:
     """Show, per proxy, which clusters and listeners applying would create, change or destroy, field by field, and
@@ -211,7 +230,8 @@ def plan(
         from meshplan.workflow import Selection, compute_plan
 
         result = compute_plan(directory, state, selection=Selection(proxy, exclude_proxy), live_from=live_from,
-                              parallelism=parallelism, timeout=timeout)
+                              parallelism=parallelism, timeout=timeout,
+                              max_response_bytes=_size(max_response_bytes, "--max-response-bytes"))
         document = to_json(result)
         if out is not None:
             from meshplan.fsutil import write_atomic
@@ -239,6 +259,7 @@ def snapshot(
     exclude_proxy: ExcludeOpt = [],  # noqa: B006
     parallelism: ParallelismOpt = 32,
     timeout: TimeoutOpt = 5.0,
+    max_response_bytes: MaxResponseOpt = "64MiB",
     state: StateOpt = Path("state"),
 ) -> None:
     """Save what every proxy of DIR runs now (its managed clusters and listeners), for `plan --live-from OUT`.
@@ -248,8 +269,9 @@ def snapshot(
         from meshplan import live
         from meshplan.workflow import Selection, desired_proxies, fetch_live
 
+        limit = _size(max_response_bytes, "--max-response-bytes")
         proxies = desired_proxies(directory, state, Selection(proxy, exclude_proxy))
-        results = fetch_live(proxies, parallelism=parallelism, timeout=timeout)
+        results = fetch_live(proxies, parallelism=parallelism, timeout=timeout, max_response_bytes=limit)
         written = live.save_snapshot(results.values(), out)
         console = _err()
         for result in results.values():
@@ -364,6 +386,7 @@ def drift(
     exclude_proxy: ExcludeOpt = [],  # noqa: B006
     parallelism: ParallelismOpt = 32,
     timeout: TimeoutOpt = 5.0,
+    max_response_bytes: MaxResponseOpt = "64MiB",
     state: StateOpt = Path("state"),
 ) -> None:
     """For cron: compare each proxy's desired, last-applied and running configuration. No prompts, no colour, and
@@ -378,8 +401,11 @@ def drift(
         from meshplan import state as state_module
         from meshplan.workflow import Selection, desired_proxies, fetch_live
 
+        limit = _size(max_response_bytes, "--max-response-bytes")
         proxies = desired_proxies(directory, state, Selection(proxy, exclude_proxy))
-        report = drift_module.classify(proxies, state_module.read(state), fetch_live(proxies, parallelism=parallelism, timeout=timeout))
+        recorded = state_module.read(state)
+        live = fetch_live(proxies, parallelism=parallelism, timeout=timeout, max_response_bytes=limit)
+        report = drift_module.classify(proxies, recorded, live)
         if textfile is not None:
             drift_module.write_textfile(textfile, report)
         if json_output:

@@ -29,7 +29,7 @@ class TooDeep(ValueError):
         self.depth, self.limit = depth, limit
 
 
-def nesting_depth(text: bytes) -> int:
+def nesting_depth(text: bytes | bytearray) -> int:
     """The deepest nesting of arrays and objects in the JSON text `text` (0 for a scalar). Exact for valid JSON;
     for anything else, some number that `json.loads` will refuse on its own."""
     # Every step runs in C over the whole text. Backslashes pair from the left as JSON's escapes do, so once the
@@ -42,7 +42,7 @@ def nesting_depth(text: bytes) -> int:
     return max(itertools.accumulate(steps), default=0)
 
 
-def loads(text: bytes | str, *, max_depth: int = MAX_DEPTH) -> Any:
+def loads(text: bytes | bytearray | str, *, max_depth: int = MAX_DEPTH) -> Any:
     """`json.loads(text)`, refusing (TooDeep, a ValueError) a document nested deeper than `max_depth`."""
     data = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
     depth = nesting_depth(data)

@@ -31,7 +31,7 @@ from typing import Any
 
 from meshplan import jsonlimits
 from meshplan.errors import LockError, StateError
-from meshplan.fsutil import write_atomic
+from meshplan.fsutil import file_kind, read_bounded, write_atomic
 
 STATE_FILE = "state.json"
 BACKUP_FILE = STATE_FILE + ".backup"
@@ -176,35 +176,6 @@ def write(state_dir: Path, state: State) -> State:
     return written
 
 
-def read_bounded(path: Path, limit: int) -> bytes:
-    """The bytes of the regular file `path`, refusing (ValueError) one larger than `limit`; never blocks on a FIFO
-    or a device. FileNotFoundError when there is none."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise ValueError(f"not a regular file but {_file_kind(info.st_mode)}")
-        if info.st_size > limit:
-            raise ValueError(f"{info.st_size} bytes, more than the {limit} allowed")
-        chunks, size = [], 0
-        while chunk := os.read(fd, min(1 << 20, limit + 1 - size)):
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > limit:
-                raise ValueError(f"more than the {limit} bytes allowed")
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
-
-
-def _file_kind(mode: int) -> str:
-    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
-                       (stat.S_ISLNK, "a symbolic link"), (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device")):
-        if test(mode):
-            return name
-    return "not a regular file"
-
-
 def now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
@@ -257,7 +228,7 @@ def _inspect(state_dir: Path) -> LockInfo | None:
         return _broken(f"cannot look at it: {_reason(e)}", f"error:{e.errno}")
     if not stat.S_ISREG(info.st_mode):
         identity = f"{info.st_mode}:{info.st_dev}:{info.st_ino}:{info.st_mtime_ns}"
-        return _broken(f"{_file_kind(info.st_mode)}, not a file", identity)
+        return _broken(f"{file_kind(info.st_mode)}, not a file", identity)
     try:
         content = read_bounded(path, MAX_LOCK_BYTES)
     except FileNotFoundError:
