@@ -19,6 +19,7 @@ from rich.console import Console
 from meshplan import pki
 from meshplan.errors import LoadError, MeshplanError
 from meshplan.model import Desired, ProxyConfig
+from meshplan.present.text import printable
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -51,16 +52,16 @@ def _run(action: Callable[[], int]) -> None:
     except LoadError as e:
         console = _err()
         for violation in e.violations:
-            console.print(str(violation), markup=False)
+            console.print(printable(violation), markup=False)
         count = len(e.violations)
         console.print(f"Error: {count} problem{'s' if count != 1 else ''} found; nothing was applied or written.", markup=False)
         code = EXIT_ERROR
     except MeshplanError as e:
-        _err().print(f"Error: {e}", markup=False)
+        _err().print(f"Error: {printable(e, keep_newlines=True)}", markup=False)
         code = EXIT_ERROR
     except OSError as e:  # a file meshplan was told to write (or read) that the system refuses: say which and why
         where = f"{e.filename}: " if e.filename else ""
-        _err().print(f"Error: {where}{e.strerror or e}", markup=False)
+        _err().print(printable(f"Error: {where}{e.strerror or e}"), markup=False)
         code = EXIT_ERROR
     raise typer.Exit(code)
 
@@ -105,18 +106,18 @@ def validate(
             failed = {name: message for name, message in results.items() if message}
             for proxy in proxies:
                 if proxy.name in failed:
-                    console.print(f"{proxy.name} [{proxy.type}]: Envoy rejects the configuration:", markup=False)
+                    console.print(printable(f"{proxy.name} [{proxy.type}]: Envoy rejects the configuration:"), markup=False)
                     for line in str(failed[proxy.name]).splitlines():
-                        console.print(f"  {line}", markup=False)
+                        console.print(printable(f"  {line}"), markup=False)
                 else:
-                    console.print(f"{proxy.name} [{proxy.type}]: Envoy accepts the configuration", markup=False)
+                    console.print(printable(f"{proxy.name} [{proxy.type}]: Envoy accepts the configuration"), markup=False)
             if failed:
                 console.print(f"Error: Envoy rejected {len(failed)} of {len(proxies)} proxies.", markup=False)
                 return EXIT_ERROR
         count = len(desired.dataplanes) + len(desired.egresses)
         console.print(
-            f"{directory}: valid ({count} proxies, {len(desired.external_services)} external services, "
-            f"{len(desired.policies)} policies)",
+            printable(f"{directory}: valid ({count} proxies, {len(desired.external_services)} external services, "
+                      f"{len(desired.policies)} policies)"),
             markup=False,
         )
         return EXIT_OK
@@ -276,8 +277,8 @@ def snapshot(
         console = _err()
         for result in results.values():
             if not result.ok:
-                console.print(f"{result}", markup=False)
-        console.print(f"Saved {len(written)} of {len(results)} proxies to {out}", markup=False)
+                console.print(printable(result), markup=False)
+        console.print(printable(f"Saved {len(written)} of {len(results)} proxies to {out}"), markup=False)
         return EXIT_OK if all(r.ok for r in results.values()) else EXIT_ERROR
 
     _run(body)
@@ -296,10 +297,11 @@ def sandbox_up(directory: DirArg, state: StateOpt = Path("state")) -> None:
         console = _err()
         pki.ensure(desired, state)
         proxies = render_all(desired, state)
-        sandbox.up(desired, proxies, state, log=lambda m: console.print(m, markup=False))
+        sandbox.up(desired, proxies, state, log=lambda m: console.print(printable(m, keep_newlines=True), markup=False))
         for proxy in proxies:
-            console.print(f"  {proxy.name:<16} [{proxy.type}] admin {proxy.admin_url}", markup=False)
-        console.print(f"Sandbox up: {len(proxies)} Envoys. Stop it with: meshplan sandbox down --state {state}", markup=False)
+            console.print(printable(f"  {proxy.name:<16} [{proxy.type}] admin {proxy.admin_url}"), markup=False)
+        console.print(printable(f"Sandbox up: {len(proxies)} Envoys. Stop it with: meshplan sandbox down --state {state}"),
+                      markup=False)
         return EXIT_OK
 
     _run(body)
@@ -320,7 +322,8 @@ def sandbox_status(state: StateOpt = Path("state")) -> None:
         for p in processes:
             alive = "running" if p.alive else "DEAD"
             dead += 0 if p.alive else 1
-            sys.stdout.write(f"{p.role:<8} {p.name:<28} pid {p.pid:<8} {alive}{'  ' + p.admin_url if p.admin_url else ''}\n")
+            line = f"{p.role:<8} {p.name:<28} pid {p.pid:<8} {alive}{'  ' + p.admin_url if p.admin_url else ''}"
+            sys.stdout.write(printable(line) + "\n")
         return EXIT_ERROR if dead else EXIT_OK
 
     _run(body)
@@ -412,7 +415,8 @@ def drift(
             sys.stdout.write(json.dumps(drift_module.to_json(report), indent=2) + "\n")
         else:
             for d in report:
-                sys.stdout.write(f"{d.status.value:<12} {d.name} [{d.type}]{': ' + d.detail if d.detail else ''}\n")
+                line = f"{d.status.value:<12} {d.name} [{d.type}]{': ' + d.detail if d.detail else ''}"
+                sys.stdout.write(printable(line) + "\n")
         return drift_module.exit_code(report)
 
     _run(body)
@@ -452,10 +456,10 @@ def force_unlock(
         removed = state_module.force_unlock(state, lock_id)
         if removed.problem:
             aside = state_module.broken_lock_path(state, removed.id)
-            _err().print(f"Moved the broken lock {removed.id} ({removed.problem}) aside to {aside}; "
-                         "delete it once you have looked at it.", markup=False)
+            _err().print(printable(f"Moved the broken lock {removed.id} ({removed.problem}) aside to {aside}; "
+                                   "delete it once you have looked at it."), markup=False)
         else:
-            _err().print(f"Removed the lock {removed.describe()}", markup=False)
+            _err().print(printable(f"Removed the lock {removed.describe()}"), markup=False)
         return EXIT_OK
 
     _run(body)

@@ -25,13 +25,14 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from meshplan import jsonlimits
 from meshplan.errors import LockError, StateError
 from meshplan.fsutil import file_kind, read_bounded, write_atomic
+from meshplan.present.text import printable
 
 STATE_FILE = "state.json"
 BACKUP_FILE = STATE_FILE + ".backup"
@@ -134,10 +135,14 @@ def _record(name: str, raw: Any) -> ProxyRecord:
     where = f"proxies[{json.dumps(name)}]"
     if not isinstance(raw, dict):
         raise _Invalid(f"{where} is {_json_type(raw)}, not an object")
-    try:
-        record = ProxyRecord(**raw)
-    except TypeError as e:  # a missing or unknown field
-        raise _Invalid(f"{where}: {str(e).replace('ProxyRecord.__init__() ', '')}") from None
+    known = {f.name for f in fields(ProxyRecord)}
+    unknown = sorted(set(raw) - known)
+    missing = sorted(f.name for f in fields(ProxyRecord) if f.name not in raw and f.default is MISSING
+                     and f.default_factory is MISSING)
+    if unknown or missing:
+        words = [f"unknown field {json.dumps(k)}" for k in unknown] + [f"no {k}" for k in missing]
+        raise _Invalid(f"{where}: {', '.join(words)}")
+    record = ProxyRecord(**raw)
     for key in _TEXT_FIELDS:
         if not isinstance(getattr(record, key), str):
             raise _Invalid(f"{where}.{key} is {_json_type(getattr(record, key))}, not a string")
@@ -199,7 +204,9 @@ class LockInfo:
         alive = ""
         if self.host == socket.gethostname() and not _pid_alive(self.pid):
             alive = " (that process is gone: if no meshplan is running, `meshplan force-unlock " + self.id + "`)"
-        return f"ID {self.id}, held by {self.who} (pid {self.pid} on {self.host}) for {self.operation} since {self.since}{alive}"
+        # what the lock file says is shown escaped: a newline in it must not forge a line of the message around it
+        text = f"ID {self.id}, held by {self.who} (pid {self.pid} on {self.host}) for {self.operation} since {self.since}"
+        return printable(text) + alive
 
     def content(self) -> bytes:
         return json.dumps({f.name: getattr(self, f.name) for f in fields(self) if f.name != "problem"}).encode()
