@@ -200,11 +200,13 @@ def test_snapshot_then_plan_from_it(tmp_path: Path, sandbox_state: Path) -> None
 
 
 def _wait_for_version(admin_url: str, version: str, seconds: float = 10.0) -> None:
+    """Until both the clusters and the listeners (written after them) report `version`: what is read next (the
+    config dump) is what the stats say, once both say it."""
     deadline = time.monotonic() + seconds
     with httpx.Client(trust_env=False, timeout=2) as client:
         while time.monotonic() < deadline:
-            stats = client.get(f"{admin_url}/stats", params={"filter": "cds.version_text"}).text
-            if version in stats:
+            stats = client.get(f"{admin_url}/stats", params={"filter": r"\.(cds|lds)\.version_text$"}).text
+            if stats.count(f'"{version}"') == 2:
                 return
             time.sleep(0.02)
     raise AssertionError(f"{admin_url} never reported version {version}")

@@ -226,7 +226,17 @@ def test_new_xds_files_are_picked_up_by_the_running_envoy(
             break
         time.sleep(0.02)
     assert 'listener_manager.lds.version_text: "v2"' in stats
-    assert http.get(f"{listener_url(changed, 1)}/via-second").json()["path"] == "/via-second"
+    # The stat says the main thread took it; the workers serve it a moment later: wait, boundedly, for the answer.
+    deadline = time.monotonic() + 10
+    for _ in range(500):
+        try:
+            answer = http.get(f"{listener_url(changed, 1)}/via-second")
+            break
+        except httpx.TransportError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+    assert answer.json()["path"] == "/via-second"
 
 
 def test_a_localhost_endpoint_gets_its_stand_in_on_loopback(
