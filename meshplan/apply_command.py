@@ -17,6 +17,7 @@ from meshplan.envoy import validate_configs
 from meshplan.errors import ApplyError, MeshplanError
 from meshplan.plan import Plan, from_json
 from meshplan.present.human import render_plan
+from meshplan.present.text import markup_safe
 from meshplan.validate import load_and_parse
 from meshplan.workflow import Selection, compute_plan, fetch_live
 
@@ -136,8 +137,8 @@ def _files(resources: Sequence[object]) -> list[str]:
 def _progress(err: Console, result: ProxyResult, counter: str = "") -> None:
     style = _STYLE.get(result.outcome, "red")
     detail = f": {result.detail}" if result.detail else ""
-    err.print(f"  {counter}[{style}]{result.outcome.value}[/{style}] {result.name} \\[{result.type}] "
-              f"({result.seconds * 1000:.0f} ms){detail}", markup=True, highlight=False)
+    err.print(f"  {counter}[{style}]{result.outcome.value}[/{style}] {markup_safe(result.name)} \\[{markup_safe(result.type)}] "
+              f"({result.seconds * 1000:.0f} ms){markup_safe(detail)}", markup=True, highlight=False)
 
 
 def _summary(err: Console, results: Sequence[ProxyResult], serial: int) -> int:

@@ -149,7 +149,10 @@ def _canonical_text(resource_json: str) -> str:
     type_url = resource.get("@type")
     if not isinstance(type_url, str):
         raise CanonicalError(f"resource {resource.get('name', '?')!r} has no @type")
-    descriptor = message_descriptor(type_url)
+    try:
+        descriptor = message_descriptor(type_url)
+    except CanonicalError as exc:
+        raise CanonicalError(f"resource {resource.get('name', '?')!r}: {exc}") from None
     if "\\u0000" not in resource_json:  # a NUL anywhere could be mistaken for a slot
         strings: list[str] = []
         shape = _hollow(resource, descriptor, strings)

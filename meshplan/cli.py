@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from rich.console import Console
 from meshplan import pki
 from meshplan.errors import LoadError, MeshplanError
 from meshplan.model import Desired, ProxyConfig
+from meshplan.present.text import printable
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -50,12 +52,16 @@ def _run(action: Callable[[], int]) -> None:
     except LoadError as e:
         console = _err()
         for violation in e.violations:
-            console.print(str(violation), markup=False)
+            console.print(printable(violation), markup=False)
         count = len(e.violations)
         console.print(f"Error: {count} problem{'s' if count != 1 else ''} found; nothing was applied or written.", markup=False)
         code = EXIT_ERROR
     except MeshplanError as e:
-        _err().print(f"Error: {e}", markup=False)
+        _err().print(f"Error: {printable(e, keep_newlines=True)}", markup=False)
+        code = EXIT_ERROR
+    except OSError as e:  # a file meshplan was told to write (or read) that the system refuses: say which and why
+        where = f"{e.filename}: " if e.filename else ""
+        _err().print(printable(f"Error: {where}{e.strerror or e}"), markup=False)
         code = EXIT_ERROR
     raise typer.Exit(code)
 
@@ -100,18 +106,18 @@ def validate(
             failed = {name: message for name, message in results.items() if message}
             for proxy in proxies:
                 if proxy.name in failed:
-                    console.print(f"{proxy.name} [{proxy.type}]: Envoy rejects the configuration:", markup=False)
+                    console.print(printable(f"{proxy.name} [{proxy.type}]: Envoy rejects the configuration:"), markup=False)
                     for line in str(failed[proxy.name]).splitlines():
-                        console.print(f"  {line}", markup=False)
+                        console.print(printable(f"  {line}"), markup=False)
                 else:
-                    console.print(f"{proxy.name} [{proxy.type}]: Envoy accepts the configuration", markup=False)
+                    console.print(printable(f"{proxy.name} [{proxy.type}]: Envoy accepts the configuration"), markup=False)
             if failed:
                 console.print(f"Error: Envoy rejected {len(failed)} of {len(proxies)} proxies.", markup=False)
                 return EXIT_ERROR
         count = len(desired.dataplanes) + len(desired.egresses)
         console.print(
-            f"{directory}: valid ({count} proxies, {len(desired.external_services)} external services, "
-            f"{len(desired.policies)} policies)",
+            printable(f"{directory}: valid ({count} proxies, {len(desired.external_services)} external services, "
+                      f"{len(desired.policies)} policies)"),
             markup=False,
         )
         return EXIT_OK
@@ -194,6 +200,23 @@ ProxyOpt = Annotated[list[str], typer.Option("--proxy", help="Only proxies whose
 ExcludeOpt = Annotated[list[str], typer.Option("--exclude-proxy", help="Leave out proxies matching this glob (repeatable).")]
 ParallelismOpt = Annotated[int, typer.Option("--parallelism", min=1, help="Proxies fetched at once.")]
 TimeoutOpt = Annotated[float, typer.Option("--timeout", min=0.1, help="Seconds to connect and for each read, per request.")]
+MaxResponseOpt = Annotated[
+    str,
+    typer.Option("--max-response-bytes", help="The largest admin API answer read (decompressed), in bytes or with "
+                 "KiB, MiB, GiB; a proxy whose answer is larger is a bad response. Memory for answers stays under "
+                 "about --parallelism x 3 x this."),
+]
+_SIZE = re.compile(r"\s*(\d+)\s*(|B|KiB|MiB|GiB)\s*", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30}
+
+
+def _size(text: str, option: str) -> int:
+    """A number of bytes written as `65536` or `64MiB`."""
+    match = _SIZE.fullmatch(text)
+    value = int(match.group(1)) * _UNITS[match.group(2).lower()] if match else 0
+    if value < 1024:
+        raise MeshplanError(f"{option} must be a size of at least 1KiB, like 65536 or 64MiB, got {text!r}")
+    return value
 
 
 def _console(stderr: bool = False) -> Console:
@@ -216,6 +239,7 @@ def plan(
     out: Annotated[Optional[Path], typer.Option("--out", "-out", help="Also save the plan to this file, for `meshplan apply PLANFILE`.")] = None,
     parallelism: ParallelismOpt = 32,
     timeout: TimeoutOpt = 5.0,
+    max_response_bytes: MaxResponseOpt = "64MiB",
     state: StateOpt = Path("state"),
 ) -> None:
     """Show, per proxy, which clusters and listeners applying would create, change or destroy, field by field, and
@@ -231,12 +255,16 @@ def plan(
         from meshplan.workflow import Selection, compute_plan
 
         result = compute_plan(directory, state, selection=Selection(proxy, exclude_proxy), live_from=live_from,
-                              parallelism=parallelism, timeout=timeout)
+                              parallelism=parallelism, timeout=timeout,
+                              max_response_bytes=_size(max_response_bytes, "--max-response-bytes"))
         document = to_json(result)
         if out is not None:
             from meshplan.fsutil import write_atomic
 
-            write_atomic(out, (json.dumps(document, indent=2) + "\n").encode())
+            try:
+                write_atomic(out, (json.dumps(document, indent=2) + "\n").encode())
+            except OSError as e:
+                raise MeshplanError(f"{out}: cannot write the plan file: {e.strerror or e}") from None
         if json_output:
             sys.stdout.write(json.dumps(document, indent=2) + "\n")
         else:
@@ -256,6 +284,7 @@ def snapshot(
     exclude_proxy: ExcludeOpt = [],  # noqa: B006
     parallelism: ParallelismOpt = 32,
     timeout: TimeoutOpt = 5.0,
+    max_response_bytes: MaxResponseOpt = "64MiB",
 ) -> None:
     """Save what every proxy of DIR runs now (its managed clusters and listeners), for `plan --live-from OUT`.
     Exit 1 if a proxy could not be read (the others are saved)."""
@@ -264,14 +293,15 @@ def snapshot(
         from meshplan import live
         from meshplan.workflow import Selection, desired_proxies, fetch_live
 
+        limit = _size(max_response_bytes, "--max-response-bytes")
         proxies = desired_proxies(directory, Selection(proxy, exclude_proxy))
-        results = fetch_live(proxies, parallelism=parallelism, timeout=timeout)
+        results = fetch_live(proxies, parallelism=parallelism, timeout=timeout, max_response_bytes=limit)
         written = live.save_snapshot(results.values(), out)
         console = _err()
         for result in results.values():
             if not result.ok:
-                console.print(f"{result}", markup=False)
-        console.print(f"Saved {len(written)} of {len(results)} proxies to {out}", markup=False)
+                console.print(printable(result), markup=False)
+        console.print(printable(f"Saved {len(written)} of {len(results)} proxies to {out}"), markup=False)
         return EXIT_OK if all(r.ok for r in results.values()) else EXIT_ERROR
 
     _run(body)
@@ -290,10 +320,11 @@ def sandbox_up(directory: DirArg, state: StateOpt = Path("state")) -> None:
         console = _err()
         pki.ensure(desired, state)
         proxies = render_all(desired)
-        sandbox.up(desired, proxies, state, log=lambda m: console.print(m, markup=False))
+        sandbox.up(desired, proxies, state, log=lambda m: console.print(printable(m, keep_newlines=True), markup=False))
         for proxy in proxies:
-            console.print(f"  {proxy.name:<16} [{proxy.type}] admin {proxy.admin_url}", markup=False)
-        console.print(f"Sandbox up: {len(proxies)} Envoys. Stop it with: meshplan sandbox down --state {state}", markup=False)
+            console.print(printable(f"  {proxy.name:<16} [{proxy.type}] admin {proxy.admin_url}"), markup=False)
+        console.print(printable(f"Sandbox up: {len(proxies)} Envoys. Stop it with: meshplan sandbox down --state {state}"),
+                      markup=False)
         return EXIT_OK
 
     _run(body)
@@ -314,7 +345,8 @@ def sandbox_status(state: StateOpt = Path("state")) -> None:
         for p in processes:
             alive = "running" if p.alive else "DEAD"
             dead += 0 if p.alive else 1
-            sys.stdout.write(f"{p.role:<8} {p.name:<28} pid {p.pid:<8} {alive}{'  ' + p.admin_url if p.admin_url else ''}\n")
+            line = f"{p.role:<8} {p.name:<28} pid {p.pid:<8} {alive}{'  ' + p.admin_url if p.admin_url else ''}"
+            sys.stdout.write(printable(line) + "\n")
         return EXIT_ERROR if dead else EXIT_OK
 
     _run(body)
@@ -380,6 +412,7 @@ def drift(
     exclude_proxy: ExcludeOpt = [],  # noqa: B006
     parallelism: ParallelismOpt = 32,
     timeout: TimeoutOpt = 5.0,
+    max_response_bytes: MaxResponseOpt = "64MiB",
     state: StateOpt = Path("state"),
 ) -> None:
     """For cron: compare each proxy's desired, last-applied and running configuration. No prompts, no colour, and
@@ -396,17 +429,19 @@ def drift(
 
         from meshplan.xds.store import DirectoryStore
 
+        limit = _size(max_response_bytes, "--max-response-bytes")
         proxies = desired_proxies(directory, Selection(proxy, exclude_proxy))
-        results = fetch_live(proxies, parallelism=parallelism, timeout=timeout)
-        report = drift_module.classify(proxies, state_module.read(state), results,
-                                       *drift_module.server_view(DirectoryStore.under(state), proxies))
+        recorded = state_module.read(state)
+        live = fetch_live(proxies, parallelism=parallelism, timeout=timeout, max_response_bytes=limit)
+        report = drift_module.classify(proxies, recorded, live, *drift_module.server_view(DirectoryStore.under(state), proxies))
         if textfile is not None:
             drift_module.write_textfile(textfile, report)
         if json_output:
             sys.stdout.write(json.dumps(drift_module.to_json(report), indent=2) + "\n")
         else:
             for d in report:
-                sys.stdout.write(f"{d.status.value:<12} {d.name} [{d.type}]{': ' + d.detail if d.detail else ''}\n")
+                line = f"{d.status.value:<12} {d.name} [{d.type}]{': ' + d.detail if d.detail else ''}"
+                sys.stdout.write(printable(line) + "\n")
         return drift_module.exit_code(report)
 
     _run(body)
@@ -437,13 +472,19 @@ def force_unlock(
     lock_id: Annotated[str, typer.Argument(help="The lock ID, as the error that names the holder says.")],
     state: StateOpt = Path("state"),
 ) -> None:
-    """Remove the state lock left by a meshplan that is gone. Only with the ID of the lock held now."""
+    """Remove the state lock left by a meshplan that is gone. Only with the ID of the lock held now, as the error that
+    names the holder says; a lock that cannot be read has an ID too (`broken-...`, in the error) and is moved aside."""
 
     def body() -> int:
         from meshplan import state as state_module
 
         removed = state_module.force_unlock(state, lock_id)
-        _err().print(f"Removed the lock {removed.describe()}", markup=False)
+        if removed.problem:
+            aside = state_module.broken_lock_path(state, removed.id)
+            _err().print(printable(f"Moved the broken lock {removed.id} ({removed.problem}) aside to {aside}; "
+                                   "delete it once you have looked at it."), markup=False)
+        else:
+            _err().print(printable(f"Removed the lock {removed.describe()}"), markup=False)
         return EXIT_OK
 
     _run(body)

@@ -38,7 +38,7 @@ from deepdiff import DeepDiff
 from deepdiff.helper import NotPresent
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
-from meshplan.canonical import WELL_KNOWN_LEAF_TYPES, canonical_json, message_descriptor
+from meshplan.canonical import WELL_KNOWN_LEAF_TYPES, CanonicalError, canonical_json, message_descriptor
 
 Kind = Literal["cluster", "listener"]
 
@@ -123,6 +123,10 @@ def diff_fields(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[Fie
     return [change for _, change in changes]
 
 
+class DuplicateName(CanonicalError, ValueError):
+    """Two resources of one kind with one name (a ValueError too, as it always was)."""
+
+
 def canonical_by_name(
     resources: Iterable[Mapping[str, Any]], side: str, *, expected: Mapping[str, str] | None = None
 ) -> dict[str, str]:
@@ -134,7 +138,7 @@ def canonical_by_name(
         name = str(resource.get("name", "")) if isinstance(resource, Mapping) else ""
         text = canonical_json(resource, expected=expected.get(name) if expected is not None else None)
         if name in by_name:
-            raise ValueError(f"two {side} resources are named {name!r}")
+            raise DuplicateName(f"two {side} resources are named {name!r}")
         by_name[name] = text
     return by_name
 

@@ -9,7 +9,8 @@ says of it (the store's status), and say it with an exit code, JSON and Promethe
                  something changed the proxy (or the store) behind meshplan's back
     rejected     Envoy refused the server's latest snapshot, the last apply was rolled back or failed, or it reports
                  a listener in error
-    unreachable  the admin API did not answer as this proxy
+    unreachable  the admin API did not answer as this proxy, or answered with something meshplan cannot read
+                 (`bad response` in the detail: an extension its protos do not know, say)
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ from enum import Enum
 from pathlib import Path
 
 from meshplan import state
-from meshplan.canonical import fingerprint
+from meshplan.canonical import CanonicalError, fingerprint
 from meshplan.fsutil import write_atomic
-from meshplan.live import LiveResult
+from meshplan.live import LiveResult, Outcome
 from meshplan.model import ProxyConfig
 from meshplan.xds.store import ProxyStatus, Store
 
@@ -73,7 +74,12 @@ def classify(
             detail = str(result) if result else "not fetched"
             out.append(ProxyDrift(proxy.name, proxy.type, Status.UNREACHABLE, detail, desired, delivered, None))
             continue
-        running = fingerprint(result.resources.clusters + result.resources.listeners)
+        try:
+            running = fingerprint(result.resources.clusters + result.resources.listeners)
+        except CanonicalError as exc:  # that proxy's problem alone: reported like an unreachable one
+            detail = f"{result.proxy} ({result.admin_url}): {Outcome.BAD_RESPONSE.value}: its configuration cannot be read: {exc}"
+            out.append(ProxyDrift(proxy.name, proxy.type, Status.UNREACHABLE, detail, desired, delivered, None))
+            continue
         errored = "; ".join(f"listener {e.name}: {e.details}" for e in result.resources.errored_listeners)
         if errored:
             status, detail = Status.REJECTED, errored

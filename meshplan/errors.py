@@ -6,7 +6,8 @@ MeshplanError
  ├── SandboxError     a local sandbox could not be started, found or stopped
  ├── FetchError       a proxy's admin API did not answer as expected
  ├── ApplyError       delivering configuration to a proxy failed
- └── LockError        the state lock is held by another process
+ ├── LockError        the state lock is held by another process, or cannot be taken, read or removed
+ └── StateError       the state file cannot be read or written
 """
 
 from __future__ import annotations
@@ -67,4 +68,8 @@ class ApplyError(MeshplanError):
 
 
 class LockError(MeshplanError):
+    pass
+
+
+class StateError(MeshplanError):
     pass

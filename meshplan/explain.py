@@ -13,6 +13,7 @@ from meshplan.errors import MeshplanError
 from meshplan.match import Destination, Merged
 from meshplan.model import Dataplane, Desired, Inbound, Policy, ZoneEgress
 from meshplan.policies import FROM, KINDS, TO
+from meshplan.present.text import printable
 
 Proxy = Dataplane | ZoneEgress
 
@@ -163,7 +164,8 @@ def render_text(e: Explanation) -> str:
             lines.append(f"    {f.path}: {_value(f.value)}  # {f.set_by}{over}")
     if not e.sections and not (e.lands or e.misses):
         lines.append("  no policy applies to this proxy")
-    return "\n".join(lines) + "\n"
+    # each line is one line: a newline or an escape inside one came from a name or a file name, and is shown escaped
+    return "\n".join(printable(line) for line in lines) + "\n"
 
 
 def _value(value: Any) -> str:

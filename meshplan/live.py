@@ -14,9 +14,15 @@ Outcome of one proxy (`Outcome`):
     ok            the proxy answered; resources, warming and errored ones in `resources`
     unreachable   no connection (refused, reset, no route, connect timeout): `detail` says which
     timeout       connected, but no whole answer in time
-    bad response  an HTTP error status, a body that is not JSON, or JSON that is not a config dump
+    bad response  an HTTP error status, a body that is not JSON, JSON nested deeper than 200 levels, JSON that is
+                  not a config dump, or an answer larger than `max_response_bytes` (decompressed)
     wrong proxy   the admin port belongs to another proxy: `answered_by` names it
 One slow or dead proxy never holds up or fails the others.
+
+Memory is bounded whatever a proxy sends: each answer is read as a stream and given up once it passes
+`max_response_bytes` (64 MiB unless told), counted after decompression, which is done here a step of 64 KiB at a
+time (httpx would inflate a whole network read at once: 64 KiB of a gzip bomb is 64 MiB); and its nesting is
+measured before it is parsed (`jsonlimits`). At most `parallelism` proxies of three answers each are read at once.
 """
 
 from __future__ import annotations
@@ -25,7 +31,8 @@ import asyncio
 import json
 import os
 import time
-from collections.abc import Callable, Iterable
+import zlib
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -41,12 +48,20 @@ from meshplan.config_dump import (
     NotAConfigDump,
     managed_resources,
 )
-from meshplan.fsutil import write_atomic
+from meshplan import jsonlimits
+from meshplan.errors import MeshplanError
+from meshplan.fsutil import read_bounded, write_atomic
 
 DEFAULT_PARALLELISM = 32  # proxies fetched at once; each holds up to three connections
 DEFAULT_TIMEOUT = 5.0  # seconds, for connecting and for each read
 DEFAULT_RETRIES = 2  # further attempts after a connection error, and only then
 DEFAULT_BACKOFF = 0.1  # seconds before the first retry, doubled for each next one
+DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024  # one answer, decompressed; a 1,000-cluster proxy's is ~1.5 MB
+MAX_SNAPSHOT_FILE_BYTES = 256 * 1024 * 1024  # a snapshot file holds three answers, indented
+_ERROR_BODY_BYTES = 2048  # what is read of an error answer, for its message
+_INFLATE_STEP = 64 * 1024  # the most one step of decompression may produce
+# Envoy never compresses its admin answers; gzip and deflate are still decoded (bounded) from anything in between.
+_HEADERS = {"Accept-Encoding": "identity"}
 
 IDENTITY_PATH = "/config_dump?mask=bootstrap.node.id"
 CLUSTERS_PATH = "/config_dump?mask=dynamic_active_clusters,dynamic_warming_clusters"
@@ -82,6 +97,10 @@ class LiveResult:
         return f"{self.proxy} ({self.admin_url}): {self.outcome.value}" + (f": {self.detail}" if self.detail else "")
 
 
+class SnapshotError(MeshplanError, ValueError):
+    """A snapshot file that cannot be read (a ValueError too, as it always was)."""
+
+
 class _Failed(Exception):
     def __init__(self, outcome: Outcome, detail: str, answered_by: str | None = None) -> None:
         super().__init__(detail)
@@ -111,6 +130,7 @@ async def fetch_all(
     retries: int = DEFAULT_RETRIES,
     backoff: float = DEFAULT_BACKOFF,
     on_result: Callable[[LiveResult], None] | None = None,
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
 ) -> dict[str, LiveResult]:
     """Fetch every target, a (proxy name, admin URL) pair, at most `parallelism` at a time.
 
@@ -127,7 +147,8 @@ async def fetch_all(
 
     async def one(name: str, url: str) -> LiveResult:
         async with slots:
-            result = await fetch_proxy(client, name, url, timeout=timeout, retries=retries, backoff=backoff)
+            result = await fetch_proxy(client, name, url, timeout=timeout, retries=retries, backoff=backoff,
+                                       max_response_bytes=max_response_bytes)
         if on_result is not None:
             on_result(result)
         return result
@@ -144,6 +165,7 @@ async def fetch_proxy(
     timeout: float = DEFAULT_TIMEOUT,
     retries: int = DEFAULT_RETRIES,
     backoff: float = DEFAULT_BACKOFF,
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
 ) -> LiveResult:
     """Fetch one proxy's managed resources and check that the proxy answering is `name`."""
     base = admin_url.rstrip("/")
@@ -153,7 +175,7 @@ async def fetch_proxy(
     deadline = timeout * (retries + 2) + backoff * (2**retries)
 
     async def get(path: str) -> Any:
-        return await _get_json(client, base, path, request_timeout, retries, backoff)
+        return await _get_json(client, base, path, request_timeout, retries, backoff, max_response_bytes)
 
     try:
         async with asyncio.timeout(deadline):
@@ -189,11 +211,18 @@ async def fetch_proxy(
 
 
 async def _get_json(
-    client: httpx.AsyncClient, base: str, path: str, timeout: httpx.Timeout, retries: int, backoff: float
+    client: httpx.AsyncClient, base: str, path: str, timeout: httpx.Timeout, retries: int, backoff: float,
+    max_bytes: int,
 ) -> Any:
     for attempt in range(retries + 1):
         try:
-            response = await client.get(base + path, timeout=timeout)
+            async with client.stream("GET", base + path, timeout=timeout, headers=_HEADERS) as response:
+                if response.status_code != 200:
+                    error = await _read_body(response, path, _ERROR_BODY_BYTES, cut=True)
+                    body = error.decode("utf-8", "replace").strip().replace("\n", " ")[:200]
+                    raise _Failed(Outcome.BAD_RESPONSE,
+                                  f"{path}: HTTP {response.status_code}" + (f": {body}" if body else ""))
+                content = await _read_body(response, path, max_bytes)
             break
         except httpx.ConnectTimeout:
             raise _Failed(Outcome.UNREACHABLE, f"connect timed out after {timeout.connect:g}s") from None
@@ -207,13 +236,56 @@ async def _get_json(
             raise _Failed(Outcome.UNREACHABLE, f"{path}: {_cause(exc)}") from None
         except httpx.TransportError as exc:  # a protocol error: something that does not speak HTTP
             raise _Failed(Outcome.BAD_RESPONSE, f"{path}: {_cause(exc)}") from None
-    if response.status_code != 200:
-        body = response.text.strip().replace("\n", " ")[:200]
-        raise _Failed(Outcome.BAD_RESPONSE, f"{path}: HTTP {response.status_code}" + (f": {body}" if body else ""))
     try:
-        return json.loads(response.content)
+        return jsonlimits.loads(content)
+    except jsonlimits.TooDeep as exc:
+        raise _Failed(Outcome.BAD_RESPONSE, f"{path}: {exc}") from None
     except ValueError as exc:
         raise _Failed(Outcome.BAD_RESPONSE, f"{path}: not JSON ({exc})") from None
+
+
+async def _read_body(response: httpx.Response, path: str, limit: int, *, cut: bool = False) -> bytearray:
+    """The body of a streamed answer, decoded, up to `limit` bytes: past that, a failure ("too large"), or with
+    `cut` its first `limit` bytes. Holds at most `limit` bytes (in a bytearray, which may have room for an eighth
+    more) and one network read or one step of decompression."""
+    codings = [c.strip().lower() for c in response.headers.get("content-encoding", "").split(",")]
+    codings = [c for c in codings if c and c != "identity"]
+    if len(codings) > 1 or (codings and codings[0] not in ("gzip", "x-gzip", "deflate")):
+        raise _Failed(Outcome.BAD_RESPONSE, f"{path}: unsupported Content-Encoding {', '.join(codings)!r}")
+    declared = response.headers.get("content-length", "")
+    if not codings and not cut and declared.isdigit() and int(declared) > limit:
+        raise _Failed(Outcome.BAD_RESPONSE, _too_large(path, limit, f"{int(declared)} bytes announced"))
+    # wbits 47 (15 + 32): a zlib or a gzip header, whichever comes; "deflate" means zlib's format in HTTP
+    inflater = zlib.decompressobj(wbits=zlib.MAX_WBITS | 32) if codings else None
+    body = bytearray()
+    async for raw in response.aiter_raw():
+        for piece in _inflate(inflater, raw, path) if inflater is not None else (raw,):
+            if len(body) + len(piece) > limit:
+                if cut:
+                    return body + piece[: limit - len(body)]
+                coded = " once decompressed" if codings else ""
+                raise _Failed(Outcome.BAD_RESPONSE, _too_large(path, limit, f"more{coded}"))
+            body += piece
+        if inflater is not None and inflater.eof:
+            break
+    return body
+
+
+def _inflate(inflater: Any, data: bytes, path: str) -> Iterator[bytes]:
+    """`data` decompressed, in pieces of at most _INFLATE_STEP bytes."""
+    while data and not inflater.eof:
+        try:
+            piece = inflater.decompress(data, _INFLATE_STEP)
+        except zlib.error as exc:
+            raise _Failed(Outcome.BAD_RESPONSE, f"{path}: cannot decompress the answer ({exc})") from None
+        if not piece and inflater.unconsumed_tail == data:
+            return  # no progress: wait for more input
+        yield piece
+        data = inflater.unconsumed_tail
+
+
+def _too_large(path: str, limit: int, seen: str) -> str:
+    return f"{path}: answer too large: {seen}, more than the {limit} bytes allowed (--max-response-bytes)"
 
 
 def _cause(exc: BaseException) -> str:
@@ -289,7 +361,8 @@ def load_snapshot(directory: Path, targets: Iterable[tuple[str, str]] | None = N
 
     A file is either one `save_snapshot` wrote or a plain `/config_dump` saved by hand (`curl .../config_dump >
     web-1.json`), named after its proxy. With `targets`, returns exactly those proxies, in order: a proxy without
-    a file is unreachable ("not in snapshot"). Raises ValueError for a file that cannot be read as either form.
+    a file is unreachable ("not in snapshot"). Raises SnapshotError for a file that cannot be read as either form
+    (more than MAX_SNAPSHOT_FILE_BYTES, or nested deeper than jsonlimits.MAX_DEPTH, included).
     """
     found: dict[str, LiveResult] = {}
     for path in sorted(directory.glob("*.json")):
@@ -305,20 +378,20 @@ def load_snapshot(directory: Path, targets: Iterable[tuple[str, str]] | None = N
 
 def _read_snapshot_file(path: Path) -> LiveResult:
     try:
-        document = json.loads(path.read_text())
+        document = jsonlimits.loads(read_bounded(path, MAX_SNAPSHOT_FILE_BYTES))
     except (OSError, ValueError) as exc:
-        raise ValueError(f"{path}: cannot read a snapshot: {exc}") from None
+        raise SnapshotError(f"{path}: cannot read a snapshot: {exc}") from None
     if not isinstance(document, dict):
-        raise ValueError(f"{path}: not a snapshot")
+        raise SnapshotError(f"{path}: not a snapshot")
     if "meshplan_snapshot" not in document:  # a plain /config_dump
         document = {"proxy": path.stem, "admin_url": f"file://{path}", "outcome": Outcome.OK.value,
                     "config_dump": document}
     elif document["meshplan_snapshot"] != SNAPSHOT_FORMAT:
-        raise ValueError(f"{path}: snapshot format {document['meshplan_snapshot']!r}, expected {SNAPSHOT_FORMAT}")
+        raise SnapshotError(f"{path}: snapshot format {document['meshplan_snapshot']!r}, expected {SNAPSHOT_FORMAT}")
     try:
         proxy, url, outcome = str(document["proxy"]), str(document["admin_url"]), Outcome(document["outcome"])
     except (KeyError, ValueError) as exc:
-        raise ValueError(f"{path}: not a snapshot: {exc}") from None
+        raise SnapshotError(f"{path}: not a snapshot: {exc}") from None
     answered_by = document.get("answered_by")
     if outcome is not Outcome.OK:
         return LiveResult(proxy, url, outcome, str(document.get("detail", "")), answered_by=answered_by)
@@ -326,7 +399,7 @@ def _read_snapshot_file(path: Path) -> LiveResult:
     try:
         resources = managed_resources(dump if isinstance(dump, dict) else {})
     except NotAConfigDump as exc:
-        raise ValueError(f"{path}: {exc}") from None
+        raise SnapshotError(f"{path}: {exc}") from None
     if resources.node_id is not None and resources.node_id != proxy:
         return LiveResult(proxy, url, Outcome.WRONG_PROXY, _answered_by(resources.node_id),
                           answered_by=resources.node_id)

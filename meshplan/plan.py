@@ -14,9 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from meshplan.canonical import fingerprint_canonical
+from meshplan.canonical import CanonicalError, fingerprint_canonical
 from meshplan.diff import Action, FieldChange, ResourceChange, canonical_by_name, diff_canonical
-from meshplan.live import LiveResult
+from meshplan.live import LiveResult, Outcome
 from meshplan.model import EGRESS, SIDECAR, ProxyConfig
 
 FORMAT_VERSION = "1.0"
@@ -125,12 +125,18 @@ def make_plan(
         running = result.resources
         changes = []
         live_texts: list[str] = []  # the live fingerprint's, from the diff's canonical forms
-        for kind, have in (("cluster", running.clusters), ("listener", running.listeners)):
-            wanted_texts = wanted_forms[kind]
-            running_texts = canonical_by_name(have, "live", expected=wanted_texts)
-            for change in diff_canonical(wanted_texts, running_texts, kind):  # type: ignore[arg-type]
-                changes.append(_resource_plan(proxy, change))
-            live_texts += running_texts.values()
+        try:
+            for kind, have in (("cluster", running.clusters), ("listener", running.listeners)):
+                wanted_texts = wanted_forms[kind]
+                running_texts = canonical_by_name(have, "live", expected=wanted_texts)
+                for change in diff_canonical(wanted_texts, running_texts, kind):  # type: ignore[arg-type]
+                    changes.append(_resource_plan(proxy, change))
+                live_texts += running_texts.values()
+        except CanonicalError as exc:
+            # One proxy running what meshplan cannot read (an extension its protos do not know, say) is that
+            # proxy's problem, reported like an unreachable one; the others are planned.
+            plans.append(ProxyPlan(status=Outcome.BAD_RESPONSE.value, detail=unreadable(kind, exc), **base))  # type: ignore[arg-type]
+            continue
         warnings = [f'cluster "{n}" is warming' for n in running.warming_clusters]
         warnings += [f'listener "{n}" is warming' for n in running.warming_listeners]
         warnings += [f'listener "{e.name}" was rejected by Envoy: {e.details}' for e in running.errored_listeners]
@@ -139,6 +145,11 @@ def make_plan(
     created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     return Plan(tuple(plans), created_at=created, desired_dir=desired_dir, state_serial=state_serial,
                 state_lineage=state_lineage)
+
+
+def unreadable(kind: str, exc: CanonicalError) -> str:
+    """Why a proxy's live side cannot be compared: a resource of `kind` it runs that meshplan cannot read."""
+    return f"its {kind}s cannot be read: {exc}"
 
 
 def _resource_plan(proxy: ProxyConfig, change: ResourceChange) -> ResourcePlan:

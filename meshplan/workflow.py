@@ -51,19 +51,23 @@ def desired_proxies(directory: Path, selection: Selection = Selection()) -> list
 
 
 def fetch_targets(
-    targets: list[tuple[str, str]], *, parallelism: int = live.DEFAULT_PARALLELISM, timeout: float = live.DEFAULT_TIMEOUT
+    targets: list[tuple[str, str]], *, parallelism: int = live.DEFAULT_PARALLELISM, timeout: float = live.DEFAULT_TIMEOUT,
+    max_response_bytes: int = live.DEFAULT_MAX_RESPONSE_BYTES,
 ) -> dict[str, live.LiveResult]:
     async def run() -> dict[str, live.LiveResult]:
         async with live.new_client(parallelism) as client:
-            return await live.fetch_all(client, targets, parallelism=parallelism, timeout=timeout)
+            return await live.fetch_all(client, targets, parallelism=parallelism, timeout=timeout,
+                                        max_response_bytes=max_response_bytes)
 
     return asyncio.run(run())
 
 
 def fetch_live(
-    proxies: list[ProxyConfig], *, parallelism: int = live.DEFAULT_PARALLELISM, timeout: float = live.DEFAULT_TIMEOUT
+    proxies: list[ProxyConfig], *, parallelism: int = live.DEFAULT_PARALLELISM, timeout: float = live.DEFAULT_TIMEOUT,
+    max_response_bytes: int = live.DEFAULT_MAX_RESPONSE_BYTES,
 ) -> dict[str, live.LiveResult]:
-    return fetch_targets([(p.name, p.admin_url) for p in proxies], parallelism=parallelism, timeout=timeout)
+    return fetch_targets([(p.name, p.admin_url) for p in proxies], parallelism=parallelism, timeout=timeout,
+                         max_response_bytes=max_response_bytes)
 
 
 # Rendering a fleet is CPU work and fetching it mostly waiting: a forked process renders while this one fetches.
@@ -78,14 +82,17 @@ def _render(desired: Desired) -> tuple[list[ProxyConfig], dict[str, DesiredForms
 
 
 def _render_while_fetching(
-    desired: Desired, targets: list[tuple[str, str]], parallelism: int, timeout: float
+    desired: Desired, targets: list[tuple[str, str]], parallelism: int, timeout: float,
+    max_response_bytes: int = live.DEFAULT_MAX_RESPONSE_BYTES,
 ) -> tuple[list[ProxyConfig], dict[str, DesiredForms], dict[str, live.LiveResult]]:
     if len(targets) < FORK_AT or "fork" not in multiprocessing.get_all_start_methods():
         proxies, forms = _render(desired)
-        return proxies, forms, fetch_targets(targets, parallelism=parallelism, timeout=timeout)
+        return proxies, forms, fetch_targets(targets, parallelism=parallelism, timeout=timeout,
+                                             max_response_bytes=max_response_bytes)
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork")) as pool:
         rendering = pool.submit(_render, desired)
-        results = fetch_targets(targets, parallelism=parallelism, timeout=timeout)
+        results = fetch_targets(targets, parallelism=parallelism, timeout=timeout,
+                                max_response_bytes=max_response_bytes)
         proxies, forms = rendering.result()
         return proxies, forms, results
 
@@ -111,6 +118,7 @@ def compute_plan(
     live_from: Path | None = None,
     parallelism: int = live.DEFAULT_PARALLELISM,
     timeout: float = live.DEFAULT_TIMEOUT,
+    max_response_bytes: int = live.DEFAULT_MAX_RESPONSE_BYTES,
 ) -> Plan:
     with _fewer_collections():
         desired = load_and_parse(directory)
@@ -119,7 +127,7 @@ def compute_plan(
             results = live.load_snapshot(live_from, targets)
             proxies, forms = _render(desired)
         else:
-            proxies, forms, results = _render_while_fetching(desired, targets, parallelism, timeout)
+            proxies, forms, results = _render_while_fetching(desired, targets, parallelism, timeout, max_response_bytes)
         names = {name for name, _ in targets}
         recorded = state.read(state_dir)
         return make_plan([p for p in proxies if p.name in names], results, desired_dir=str(directory),

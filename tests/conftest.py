@@ -7,6 +7,7 @@ started under it is still running afterwards.
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import signal
@@ -332,3 +333,39 @@ def wait_until_answers(url: str, child: subprocess.Popen[bytes], timeout: float 
                     break
                 time.sleep(0.02)
     raise AssertionError(f"{url} did not answer within {timeout}s")
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Callable[..., Path]]:
+    """Mount a small tmpfs (a full disk or a read-only one, for real): `tmpfs("name", size="64k", readonly=False)`.
+    Needs root, as CI has; skipped otherwise. Every mount is unmounted afterwards."""
+    mounted: list[Path] = []
+
+    def mount(name: str, size: str = "64k", readonly: bool = False) -> Path:
+        if os.geteuid() != 0:
+            pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+        where = tmp_path / name
+        where.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(where)], check=True)
+        mounted.append(where)
+        if readonly:
+            subprocess.run(["mount", "-o", "remount,ro", str(where)], check=True)
+        return where
+
+    try:
+        yield mount
+    finally:
+        for where in reversed(mounted):
+            subprocess.run(["umount", str(where)], check=True)
+
+
+def fill(directory: Path) -> None:
+    """Write into `directory` until its file system is full."""
+    with open(directory / "filler", "wb", buffering=0) as f:
+        try:
+            for _ in range(1 << 20):
+                f.write(b"\0" * 4096)
+        except OSError as e:
+            assert e.errno == errno.ENOSPC, e
+            return
+    raise AssertionError(f"{directory} never filled up")

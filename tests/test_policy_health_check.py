@@ -437,14 +437,17 @@ def test_a_dead_instance_is_marked_unhealthy_and_traffic_avoids_it(
         # backend-1's app and one external endpoint die; their checks fail on the next round.
         _kill(sandbox_state, "app", "backend/backend-1")
         _kill(sandbox_state, "external", f"httpbin/{ext1}")
-        _wait_for("web to see backend-1 unhealthy",
-                  lambda: _stat(client, web_admin, "cluster.backend.membership_healthy") == 1)  # fmt: skip
-        # Envoy writes the `:` of a cluster name as `_` in stat names.
-        _wait_for("the egress to see one httpbin endpoint unhealthy",
-                  lambda: _stat(client, egress_admin, "cluster.mes_default_httpbin.membership_healthy") == 1)  # fmt: skip
 
-        # Every request now reaches the live instance: none is sent to the dead one (no 503).
-        assert set(_instances(client, net.url("web_backend"), 20)) == {(200, "backend-2")}
-        assert set(_instances(client, net.url("web_httpbin"), 20)) == {(200, ext2)}
+        # Then every request reaches the live instance: none is sent to the dead one (no 503). Waited for as such:
+        # the workers learn of a health change a moment after the stat flips, so under load a request right after
+        # `membership_healthy` drops can still reach the dead host.
+        _wait_for("every request from web to reach backend-2 only",
+                  lambda: set(_instances(client, net.url("web_backend"), 20)) == {(200, "backend-2")})  # fmt: skip
+        _wait_for(f"every request through the egress to reach {ext2} only",
+                  lambda: set(_instances(client, net.url("web_httpbin"), 20)) == {(200, ext2)})  # fmt: skip
+        # ...because health checking marked the dead ones unhealthy (the stat flips before the workers act on it).
+        # Envoy writes the `:` of a cluster name as `_` in stat names.
+        assert _stat(client, web_admin, "cluster.backend.membership_healthy") == 1
+        assert _stat(client, egress_admin, "cluster.mes_default_httpbin.membership_healthy") == 1
         assert _stat(client, web_admin, "cluster.backend.health_check.failure") >= 1
         assert _stat(client, egress_admin, "cluster.mes_default_httpbin.health_check.failure") >= 1

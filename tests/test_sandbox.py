@@ -234,7 +234,17 @@ def test_a_new_snapshot_is_picked_up_by_the_running_envoy(
 
     stats = http.get(f"{proxy.admin_url}/stats", params={"filter": "lds.version_text"}).text
     assert 'listener_manager.lds.version_text: "v2"' in stats
-    assert http.get(f"{listener_url(changed, 1)}/via-second").json()["path"] == "/via-second"
+    # The stat says the main thread took it; the workers serve it a moment later: wait, boundedly, for the answer.
+    deadline = time.monotonic() + 10
+    for _ in range(500):
+        try:
+            answer = http.get(f"{listener_url(changed, 1)}/via-second")
+            break
+        except httpx.TransportError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+    assert answer.json()["path"] == "/via-second"
 
 
 def test_a_localhost_endpoint_gets_its_stand_in_on_loopback(

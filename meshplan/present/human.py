@@ -7,11 +7,11 @@ import json
 from typing import Any
 
 from rich.console import Console
-from rich.markup import escape
 
 from meshplan.diff import Action
 from meshplan.model import EGRESS, SIDECAR
 from meshplan.plan import Plan, ProxyPlan, ResourcePlan
+from meshplan.present.text import markup_safe as _safe
 
 _STYLE = {Action.CREATE: "green", Action.UPDATE: "yellow", Action.DELETE: "red"}
 _WORDS = {Action.CREATE: "will be created", Action.UPDATE: "will be updated in-place", Action.DELETE: "will be destroyed"}
@@ -36,27 +36,27 @@ def summary_line(plan: Plan) -> str:
 
 def _header(console: Console, proxy: ProxyPlan) -> None:
     mesh = f"mesh {proxy.mesh}, " if proxy.mesh else ""
-    console.print(f"[bold]# {escape(proxy.name)}[/bold] \\[{proxy.type}] ({escape(mesh + proxy.admin_url)})")
+    console.print(f"[bold]# {_safe(proxy.name)}[/bold] \\[{_safe(proxy.type)}] ({_safe(mesh + proxy.admin_url)})")
 
 
 def _resource(console: Console, change: ResourcePlan) -> None:
     style = _STYLE[change.action]
     symbol = change.action.value
     title = f'{change.type} "{change.name}"'
-    console.print(f"  [dim]# {escape(title)} {_WORDS[change.action]}[/dim]")
-    caused = f"  [dim]# {escape(', '.join(change.origins))}[/dim]" if change.origins and change.action is not Action.DELETE else ""
+    console.print(f"  [dim]# {_safe(title)} {_WORDS[change.action]}[/dim]")
+    caused = f"  [dim]# {_safe(', '.join(change.origins))}[/dim]" if change.origins and change.action is not Action.DELETE else ""
     if change.action is not Action.UPDATE:
-        console.print(f"  [{style}]{symbol}[/{style}] {escape(title)}{caused}")
+        console.print(f"  [{style}]{symbol}[/{style}] {_safe(title)}{caused}")
         return
-    console.print(f"  [{style}]{symbol}[/{style}] {escape(title)} {{")
+    console.print(f"  [{style}]{symbol}[/{style}] {_safe(title)} {{")
     for f in change.fields:
         if f.before is None:
-            line = f"[green]+[/green] {escape(f.path)}: {escape(value_text(f.after))}"
+            line = f"[green]+[/green] {_safe(f.path)}: {_safe(value_text(f.after))}"
         elif f.after is None:
-            line = f"[red]-[/red] {escape(f.path)}: {escape(value_text(f.before))}"
+            line = f"[red]-[/red] {_safe(f.path)}: {_safe(value_text(f.before))}"
         else:
-            line = f"[yellow]~[/yellow] {escape(f.path)}: {escape(value_text(f.before))} -> {escape(value_text(f.after))}"
-        console.print(f"      {line}  [dim]# {escape(', '.join(f.origins))}[/dim]")
+            line = f"[yellow]~[/yellow] {_safe(f.path)}: {_safe(value_text(f.before))} -> {_safe(value_text(f.after))}"
+        console.print(f"      {line}  [dim]# {_safe(', '.join(f.origins))}[/dim]")
     console.print("    }")
 
 
@@ -66,14 +66,14 @@ def render_plan(console: Console, plan: Plan, *, summary: bool = False) -> None:
         console.print()
     for proxy in plan.proxies:
         for warning in proxy.warnings:
-            console.print(f"[yellow]Warning:[/yellow] {escape(proxy.name)}: {escape(warning)}")
+            console.print(f"[yellow]Warning:[/yellow] {_safe(proxy.name)}: {_safe(warning)}")
         if not proxy.changes:
             continue
         if summary:
             for change in proxy.changes:
                 style = _STYLE[change.action]
-                console.print(f"[{style}]{change.action.value}[/{style}] {escape(proxy.name)} \\[{proxy.type}] "
-                              f'{change.type} "{escape(change.name)}"')
+                console.print(f"[{style}]{change.action.value}[/{style}] {_safe(proxy.name)} \\[{_safe(proxy.type)}] "
+                              f'{_safe(change.type)} "{_safe(change.name)}"')
             continue
         _header(console, proxy)
         for change in proxy.changes:
@@ -83,8 +83,8 @@ def render_plan(console: Console, plan: Plan, *, summary: bool = False) -> None:
         console.print(f"[red]Warning: the plan is incomplete:[/red] {len(plan.unreachable)} "
                       f"prox{'y' if len(plan.unreachable) == 1 else 'ies'} could not be read:")
         for proxy in plan.unreachable:
-            console.print(f"  [red]![/red] {escape(proxy.name)} \\[{proxy.type}] {escape(proxy.admin_url)}: "
-                          f"{escape(proxy.status)}{': ' + escape(proxy.detail) if proxy.detail else ''}")
+            console.print(f"  [red]![/red] {_safe(proxy.name)} \\[{_safe(proxy.type)}] {_safe(proxy.admin_url)}: "
+                          f"{_safe(proxy.status)}{': ' + _safe(proxy.detail) if proxy.detail else ''}")
     if not plan.has_changes and plan.complete:
         console.print("[green]No changes.[/green] Every proxy runs the desired configuration.")
     console.print(summary_line(plan) + (" (incomplete)" if not plan.complete else ""))
