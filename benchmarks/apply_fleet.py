@@ -69,9 +69,8 @@ async def _one_client(node: str, cert: bytes, key: bytes, ca: bytes, target: str
 
     credentials = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
     options = [("grpc.ssl_target_name_override", SERVER_NAME)]
-    outbox: asyncio.Queue[Any] = asyncio.Queue()
 
-    async def requests() -> Any:
+    async def requests(outbox: asyncio.Queue[Any]) -> Any:
         while True:
             yield await outbox.get()
 
@@ -82,7 +81,9 @@ async def _one_client(node: str, cert: bytes, key: bytes, ca: bytes, target: str
     while True:
         try:
             async with grpc.aio.secure_channel(target, credentials, options=options) as channel:
-                call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources(requests())
+                outbox: asyncio.Queue[Any] = asyncio.Queue()  # one per stream: a dead one must not take its messages
+                have_secrets, pending_cds = False, None  # a new stream asks for its secrets again, as Envoy does
+                call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources(requests(outbox))
                 outbox.put_nowait(discovery_pb2.DiscoveryRequest(
                     node=base_pb2.Node(id=node, cluster="default"), type_url=CLUSTER, version_info=acked.get(CLUSTER, "")))
                 if subscribed_lds:
@@ -108,7 +109,10 @@ async def _one_client(node: str, cert: bytes, key: bytes, ca: bytes, target: str
                     if CLUSTER in acked and not subscribed_lds:
                         subscribed_lds = True
                         outbox.put_nowait(discovery_pb2.DiscoveryRequest(type_url=LISTENER))
-        except grpc.aio.AioRpcError:
+        except grpc.aio.AioRpcError as e:
+            state["reconnects"] = state.get("reconnects", 0) + 1
+            if state["reconnects"] <= 3:
+                print(f"{node}: stream ended ({e.code().name}: {e.details()}), reconnecting", file=sys.stderr, flush=True)
             await asyncio.sleep(0.25)  # Envoy's retry_back_off base interval
 
 
@@ -255,8 +259,9 @@ class Clients:
 def start_server(state: Path) -> tuple[subprocess.Popen[str], str]:
     from meshplan.xds.store import DirectoryStore
 
+    log = (state.parent / "serve.log").open("w")
     server = subprocess.Popen([sys.executable, "-m", "meshplan.cli", "serve", "--listen", "127.0.0.1:0", "--state",
-                               str(state)], stderr=subprocess.DEVNULL, text=True)
+                               str(state)], stderr=log, text=True)
     store = DirectoryStore.under(state)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

@@ -218,17 +218,30 @@ def _build(state_dir: Path, proxies: Sequence[ProxyPlan], now: float) -> tuple[d
     return built, problems
 
 
+_forked: tuple[Path, Sequence[ProxyPlan], float, int] | None = None  # what forked builders read, not pickled
+
+
+def _build_share(index: int) -> tuple[dict[str, bytes], list[str]]:
+    assert _forked is not None
+    state_dir, proxies, now, workers = _forked
+    return _build(state_dir, proxies[index::workers], now)
+
+
 def build_snapshots(plan: Plan, state_dir: Path) -> dict[str, Snapshot]:
     """The snapshot of every proxy the plan changes, each under a new version: the protobuf conversion happens here,
     once. Raises ApplyError naming every proxy whose snapshot cannot be made (nothing is written)."""
+    global _forked
     changed, now = plan.changed_proxies, time.time()
     workers = min(os.cpu_count() or 1, len(changed) // (FORK_AT // 2) or 1)
     if len(changed) < FORK_AT or workers < 2 or "fork" not in multiprocessing.get_all_start_methods():
         parts = [_build(state_dir, changed, now)]
     else:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork")) as pool:
-            parts = list(pool.map(_build, [state_dir] * workers, [changed[i::workers] for i in range(workers)],
-                                  [now] * workers))
+        _forked = (state_dir, changed, now, workers)  # the forked processes have it without a copy through a pipe
+        try:
+            with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork")) as pool:
+                parts = list(pool.map(_build_share, range(workers)))
+        finally:
+            _forked = None
     problems = [p for _, found in parts for p in found]
     if problems:
         raise ApplyError("cannot make the snapshots to deliver; nothing was applied:\n" + "\n".join(problems))
@@ -354,6 +367,12 @@ def check_server(store: Store) -> None:
                          "meshplan serve --listen HOST:PORT --state DIR")
 
 
+def unchanged(plan: Plan) -> list[ProxyResult]:
+    """The outcome of every proxy the plan leaves alone: it runs its desired configuration already."""
+    return [ProxyResult(p.name, p.type, Outcome.UNCHANGED, fingerprint=p.desired_fingerprint)
+            for p in plan.proxies if not p.changes]
+
+
 def apply_plan(
     plan: Plan,
     state_dir: Path,
@@ -365,13 +384,16 @@ def apply_plan(
     progress: Callable[[ProxyResult], None] | None = None,
     on_wave: Callable[[list[ProxyResult]], None] | None = None,
     store: Store | None = None,
+    interrupted: Callable[[], str] | None = None,
 ) -> list[ProxyResult]:
     """Deliver every changed proxy of `plan`, `parallelism` proxies per wave, the proxies a proxy sends to before it
-    (`delivery_order`); return every proxy's outcome. `on_wave` gets each wave's results as soon as it ends."""
+    (`delivery_order`); return every proxy's outcome. `on_wave` gets each wave's results as soon as it ends. When
+    `interrupted()` says why (a signal's name), the waves after the one in flight are skipped. `parallelism` 0:
+    deliver nothing, return the unchanged proxies' outcomes only."""
     store = store or DirectoryStore.under(state_dir)
     changed = [p for p in plan.proxies if p.changes]
     waves = [level[i : i + parallelism] for level in delivery_order(changed) for i in range(0, len(level), parallelism)]
-    results = [ProxyResult(p.name, p.type, Outcome.UNCHANGED, fingerprint=p.desired_fingerprint) for p in plan.proxies if not p.changes]
+    results = unchanged(plan)
     if not changed:
         return results
     check_server(store)
@@ -386,7 +408,11 @@ def apply_plan(
                 # Verifying is reading each proxy's admin API, bounded like a plan's fetch.
                 delivery = _Delivery(store, watch, client, asyncio.Semaphore(live.DEFAULT_PARALLELISM), wait, timeout)
                 for wave in waves:
-                    if stop_on_failure and any(r.outcome not in (Outcome.APPLIED, Outcome.ACKNOWLEDGED) for r in done):
+                    why = interrupted() if interrupted is not None else ""
+                    if why:
+                        outcomes = [ProxyResult(p.name, p.type, Outcome.SKIPPED, f"not delivered: apply was interrupted "
+                                                f"({why})", delivered=False) for p in wave]
+                    elif stop_on_failure and any(r.outcome not in (Outcome.APPLIED, Outcome.ACKNOWLEDGED) for r in done):
                         outcomes = [ProxyResult(p.name, p.type, Outcome.SKIPPED, "an earlier wave failed (--on-failure stop)",
                                                 delivered=False) for p in wave]
                     else:
@@ -404,18 +430,29 @@ def apply_plan(
     return results + asyncio.run(run())
 
 
+_SETTLED = (Outcome.APPLIED.value, Outcome.ACKNOWLEDGED.value, Outcome.UNCHANGED.value)
+
+
 def record(state_dir: Path, results: Sequence[ProxyResult], plan: Plan) -> state.State:
-    """Write what happened to each proxy into the state file (the caller holds the lock)."""
+    """Write what happened to each proxy into the state file (the caller holds the lock); nothing to write (only
+    proxies already recorded as running their desired configuration): the state as it is."""
     current = state.read(state_dir)
     desired = {p.name: p for p in plan.proxies}
     now = state.now()
+    touched = False
     for r in results:
         if r.outcome is Outcome.UNCHANGED:
-            if r.name not in current.proxies:
-                p = desired[r.name]
-                current.proxies[r.name] = state.ProxyRecord(p.desired_fingerprint, "", now, r.outcome.value,
-                                                            resources={k: list(v) for k, v in p.desired.items()})
+            # The plan saw it run its desired configuration: a record that says otherwise (an apply interrupted
+            # before it could write, a proxy that took its snapshot after apply gave up waiting) is set right.
+            p, old = desired[r.name], current.proxies.get(r.name)
+            if old is None or old.fingerprint != p.desired_fingerprint or old.outcome not in _SETTLED:
+                touched = True
+                detail = "" if old is None else f"reconciled: it runs its desired configuration (was: {old.outcome})"
+                current.proxies[r.name] = state.ProxyRecord(
+                    p.desired_fingerprint, old.version if old else "", now, r.outcome.value, detail,
+                    resources={k: list(v) for k, v in p.desired.items()})
             continue
+        touched = True
         if not r.delivered:
             # nothing was written: keep what the store holds, note the attempt
             old = current.proxies.get(r.name) or state.ProxyRecord("", "", "", "")
@@ -430,7 +467,7 @@ def record(state_dir: Path, results: Sequence[ProxyResult], plan: Plan) -> state
             detail=r.detail,
             resources=r.resources or {},
         )
-    return state.write(state_dir, current)
+    return state.write(state_dir, current) if touched else current
 
 
 def stale(plan: Plan, state_dir: Path, results: dict[str, live.LiveResult]) -> list[str]:

@@ -3,16 +3,19 @@ pre-flight with the real Envoy, deliver in waves, record state, summarise."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import sys
 import tempfile
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from rich.console import Console
 
 from meshplan import pki, state
-from meshplan.apply import Outcome, ProxyResult, apply_plan, record, stale
+from meshplan.apply import Outcome, ProxyResult, apply_plan, record, stale, unchanged
 from meshplan.envoy import validate_configs
 from meshplan.errors import ApplyError, MeshplanError
 from meshplan.plan import Plan, from_json
@@ -50,7 +53,7 @@ def run_apply(
     saved = target.is_file()
     if not saved and not auto_approve and not sys.stdin.isatty():
         raise MeshplanError("refusing to ask for confirmation: standard input is not a terminal; use --auto-approve")
-    with state.lock(state_dir, "apply", timeout=lock_timeout):
+    with state.lock(state_dir, "apply", timeout=lock_timeout), _signals(err) as signals:
         if saved:
             plan = read_plan_file(target)
             if plan.desired_dir and Path(plan.desired_dir).is_dir():
@@ -92,12 +95,53 @@ def run_apply(
         def recorded(wave: list[ProxyResult]) -> None:
             serial[0] = record(state_dir, wave, plan).serial
 
+        settled = unchanged(plan)
+        if settled:  # first, so that an interruption leaves them recorded too
+            serial[0] = record(state_dir, settled, plan).serial
+        signals.delivering = True
         results = apply_plan(plan, state_dir, parallelism=parallelism, wait=wait, timeout=timeout,
-                             stop_on_failure=stop_on_failure, progress=progress, on_wave=recorded)
-        unchanged = [r for r in results if r.outcome is Outcome.UNCHANGED]
-        if unchanged:
-            serial[0] = record(state_dir, unchanged, plan).serial
-    return _summary(err, results, serial[0])
+                             stop_on_failure=stop_on_failure, progress=progress, on_wave=recorded,
+                             interrupted=lambda: signals.received)
+    code = _summary(err, results, serial[0])
+    if signals.received:
+        err.print(f"Interrupted by {signals.received}: the wave in flight was finished and recorded, the rest skipped; "
+                  "the state lock is released.")
+        return 128 + int(getattr(signal, signals.received))
+    return code
+
+
+class _Signals:
+    """SIGINT and SIGTERM during an apply. Before delivery: stop at once (nothing was written). During delivery: the
+    first lets the wave in flight finish (its snapshots are in the store already; its proxies are waited for,
+    verified or rolled back, and recorded) and skips the waves after it; a second stops at once."""
+
+    def __init__(self, err: Console) -> None:
+        self.err = err
+        self.delivering = False
+        self.received = ""
+
+    def handle(self, signum: int, frame: object) -> None:
+        name = signal.Signals(signum).name
+        if not self.delivering or self.received:
+            raise ApplyError(f"interrupted by {name}" + (" again: stopped without waiting for the wave in flight; "
+                             "`meshplan drift` says what each proxy runs" if self.received else
+                             ": nothing was applied"))
+        self.received = name
+        self.err.print(f"{name}: finishing the wave in flight, then stopping (send it again to stop at once).")
+
+
+@contextlib.contextmanager
+def _signals(err: Console) -> Iterator[_Signals]:
+    signals = _Signals(err)
+    if threading.current_thread() is not threading.main_thread():
+        yield signals  # signal handlers can only be set from the main thread (tests run commands elsewhere)
+        return
+    before = {s: signal.signal(s, signals.handle) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield signals
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
 
 
 def _preflight(plan: Plan, err: Console) -> None:

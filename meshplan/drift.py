@@ -2,7 +2,7 @@
 what meshplan last delivered (the state file), and what the Envoy runs (its admin API) — with what `meshplan serve`
 says of it (the store's status), and say it with an exit code, JSON and Prometheus gauges. Reads state, never writes.
 
-    in-sync      live = delivered = desired
+    in-sync      live = desired (whatever the state file says)
     pending      live = delivered, desired differs: a change waits for `meshplan apply`; or the server holds a
                  snapshot the proxy has not taken yet (it is not connected, or has not ACKed it yet)
     drifted      live differs from what was delivered, and the proxy took the server's latest snapshot: someone or
@@ -85,22 +85,23 @@ def classify(
             status, detail = Status.REJECTED, errored
         elif served is not None and served.nacked and served.nacked == holds:
             status, detail = Status.REJECTED, f"Envoy refused the {served.error_type}s of {served.nacked}: {served.error}"
+        elif running == desired:
+            # What it should run, whatever the state file says (an apply interrupted before it recorded, a proxy
+            # that took its snapshot after apply stopped waiting): nothing to alarm anyone about.
+            status = Status.IN_SYNC
+            detail = "" if delivered in (None, desired) else "runs its desired configuration; the state file is behind"
         elif record is not None and record.outcome in REJECTED_OUTCOMES:
             status, detail = Status.REJECTED, f"the last apply was {record.outcome}: {record.detail}"
         elif delivered is None:
-            # never delivered by meshplan: in sync if it happens to run the desired config, else a change waits
-            status = Status.IN_SYNC if running == desired else Status.PENDING
-            detail = "" if running == desired else "never applied by meshplan"
+            status, detail = Status.PENDING, "never applied by meshplan"
         elif running != delivered and holds is not None and (served is None or served.acked != holds):
             status = Status.PENDING
             detail = (f"the server holds {holds}, not taken yet: "
                       + ("not connected to meshplan serve" if served is None or not served.connected else "no ACK yet"))
         elif running != delivered:
             status, detail = Status.DRIFTED, "the running configuration is not what meshplan delivered"
-        elif desired != delivered:
+        else:  # runs what meshplan delivered, which is not what is desired now
             status, detail = Status.PENDING, "the desired directory changed since the last apply"
-        else:
-            status, detail = Status.IN_SYNC, ""
         out.append(ProxyDrift(proxy.name, proxy.type, status, detail, desired, delivered, running))
     return out
 

@@ -18,7 +18,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from conftest import deliver
+from conftest import deliver, static_cluster
 
 from meshplan import apply as apply_module
 from meshplan import pki, sandbox, state
@@ -200,7 +200,9 @@ def test_servers_are_delivered_before_their_clients() -> None:
     # two proxies that send to each other: no order helps, both go together
     by_name = {p.name: p for p in plan.proxies}
     web, backend = by_name["web"], by_name["backend-1"]
-    backend_calls_web = dataclasses.replace(backend, desired={**backend.desired, "clusters": web.desired["listeners"]})
+    web_listens = web.desired["listeners"][0]["address"]["socket_address"]
+    to_web = static_cluster("to-web", web_listens["address"], web_listens["port_value"])
+    backend_calls_web = dataclasses.replace(backend, desired={**backend.desired, "clusters": (to_web,)})
     assert [[p.name for p in level] for level in apply_module.delivery_order([web, backend_calls_web])] == [["web", "backend-1"]]
 
 

@@ -185,7 +185,7 @@ def test_the_cap_from_the_command_line(tmp_path: Path) -> None:
     from meshplan.validate import load_and_parse
     from tests.meshes import DEMO
 
-    proxies = render_all(load_and_parse(DEMO), tmp_path)
+    proxies = render_all(load_and_parse(DEMO))
     with respx.mock(assert_all_called=False) as router:
         for p in proxies:
             answers: dict[str, Any] = dump(p.name, clusters=list(p.clusters))

@@ -72,7 +72,6 @@ class _Type:
     sent: Mapping[str, any_pb2.Any] = field(default_factory=dict)
     acked: Mapping[str, any_pb2.Any] | None = None  # what the last ACKed response held (None: unknown on this stream)
     names: frozenset[str] = frozenset()  # secrets: the names Envoy asks for
-    envoy_version: str = ""  # what Envoy said it holds when the stream opened
 
 
 @dataclass
@@ -123,8 +122,8 @@ class _Stream:
         if request.type_url == SECRET:
             kind.names = frozenset(request.resource_names)
         if not request.response_nonce:
-            # A new subscription, or the first request after a reconnect: Envoy says what it holds.
-            kind.envoy_version = request.version_info
+            # A new subscription, or the first request after a reconnect, which says what Envoy holds: after a
+            # server restart, the clusters of the snapshot it last ACKed whole (make-before-break needs them).
             if request.type_url == CLUSTER and request.version_info and not self.held:
                 acked = await asyncio.to_thread(self.server.store.read_acked, self.proxy)
                 if acked is not None:
@@ -256,7 +255,11 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         """The statuses that changed, appended to the journal in one write: what `apply` waits for."""
         dirty, self._dirty = self._dirty, set()
         if dirty:
-            self.store.append_statuses(self.info.id, [self.statuses[p] for p in sorted(dirty)])
+            try:
+                self.store.append_statuses(self.info.id, [self.statuses[p] for p in sorted(dirty)])
+            except OSError:
+                self._dirty |= dirty
+                raise
             self._unwritten |= dirty
 
     def write_down(self) -> None:
@@ -265,10 +268,19 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         self.flush()
         unwritten, self._unwritten = self._unwritten, set()
         acked, self._acked = self._acked, {}
-        for proxy, snapshot in acked.items():
-            self.store.write_acked(proxy, snapshot)
-        for proxy in unwritten:
-            self.store.write_status(self.statuses[proxy])
+        try:
+            while acked:
+                proxy, snapshot = next(iter(acked.items()))
+                self.store.write_acked(proxy, snapshot)
+                del acked[proxy]
+            while unwritten:
+                proxy = next(iter(unwritten))
+                self.store.write_status(self.statuses[proxy])
+                unwritten.discard(proxy)
+        except OSError:
+            self._acked = {**acked, **self._acked}
+            self._unwritten |= unwritten
+            raise
 
     # --- the Envoy side ---
 
@@ -317,10 +329,22 @@ def _uri_sans(context: grpc.aio.ServicerContext[Any, Any]) -> list[str]:
 # --- running it -----------------------------------------------------------------------------------------------
 
 
-async def _every(seconds: float, action: Callable[[], Any]) -> None:
+async def _every(seconds: float, action: Callable[[], Any], log: Log) -> None:
+    """Run `action` every so often, for ever. A failure (a full disk, say) is said once and tried again: streams
+    keep being served meanwhile, and what was not written is written once it can be."""
+    failing = ""
     while True:
         await asyncio.sleep(seconds)
-        await action()
+        try:
+            await action()
+        except OSError as e:
+            if str(e) != failing:
+                log(f"cannot write to the store, will try again: {e}")
+            failing = str(e)
+        else:
+            if failing:
+                log("writing to the store works again")
+            failing = ""
 
 
 async def serve(state_dir: Path, listen: str, *, log: Log, on_ready: Callable[[str], None] | None = None,
@@ -379,8 +403,8 @@ async def serve(state_dir: Path, listen: str, *, log: Log, on_ready: Callable[[s
     for signum in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, stop.set)
-    tasks = [asyncio.create_task(_every(POLL, watch)), asyncio.create_task(_every(FLUSH, flush)),
-             asyncio.create_task(_every(WRITE_DOWN, write_down)), asyncio.create_task(_every(HEARTBEAT, beat))]
+    tasks = [asyncio.create_task(_every(seconds, action, log))
+             for seconds, action in ((POLL, watch), (FLUSH, flush), (WRITE_DOWN, write_down), (HEARTBEAT, beat))]
     try:
         await stop.wait()
     finally:
@@ -389,8 +413,9 @@ async def serve(state_dir: Path, listen: str, *, log: Log, on_ready: Callable[[s
         await server.stop(grace=1.0)
         for proxy in list(ads.streams):
             ads.set_status(proxy, connected=False)
-        ads.write_down()
-        store.forget_server(info.id)
+        with contextlib.suppress(OSError):
+            ads.write_down()
+            store.forget_server(info.id)
         log("stopped")
 
 

@@ -12,7 +12,6 @@ unpacked to be sent. It holds private keys: whoever stores it keeps it 0600.
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from meshplan import names, pki
 from meshplan.canonical import CanonicalError, message_descriptor
 from meshplan.errors import MeshplanError
+from meshplan.xds.encode import EncodeError, encode
 from meshplan.render.envoy_types import CLUSTER, LISTENER, SECRET, secret_names
 
 # The order a control plane sends types in (clusters before the listeners that use them); secrets are asked for by
@@ -46,11 +46,14 @@ class Snapshot:
 
     version: str
     resources: Mapping[str, Mapping[str, any_pb2.Any]] = field(default_factory=dict)
+    encoded: bytes = field(default=b"", compare=False, repr=False)  # what `decode` read: `encode` gives it back
 
     def of(self, type_url: str) -> Mapping[str, any_pb2.Any]:
         return self.resources.get(type_url, {})
 
     def encode(self) -> bytes:
+        if self.encoded:
+            return self.encoded
         message = discovery_pb2.DeltaDiscoveryResponse(system_version_info=self.version)
         for type_url in TYPES:
             for name, packed in sorted(self.of(type_url).items()):
@@ -71,7 +74,7 @@ class Snapshot:
             if kind is None:
                 raise SnapshotError(f"a snapshot cannot hold a {resource.resource.type_url!r}")
             kind[resource.name] = resource.resource
-        return cls(message.system_version_info, resources)
+        return cls(message.system_version_info, resources, data)
 
     def with_version(self, version: str) -> Snapshot:
         return Snapshot(version, self.resources)
@@ -80,20 +83,25 @@ class Snapshot:
 # --- building one, from proto-JSON and the PKI -----------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=8192)
-def _packed(type_url: str, resource_json: str) -> tuple[bytes, frozenset[str]]:
-    """A proto-JSON resource as a serialized message, and the secrets it names. Cached by content: a fleet repeats
+_packed: dict[str, tuple[bytes, frozenset[str]]] = {}  # proto-JSON text -> (serialized, the secrets it names)
+
+
+def _pack_one(type_url: str, resource: Mapping[str, Any]) -> tuple[bytes, frozenset[str]]:
+    """A proto-JSON resource as a serialized message, and the secrets it names. Kept by content: a fleet repeats
     its clusters (every sidecar of a mesh that calls `backend` has the same `backend` cluster, secrets being named,
     not inlined)."""
-    resource = json.loads(resource_json)
-    body = {k: v for k, v in resource.items() if k != "@type"}
-    message = _message_class(type_url)()
-    try:
-        json_format.ParseDict(body, message)
-    except json_format.ParseError as e:
-        raise SnapshotError(f"{type_url.rpartition('.')[2]} {body.get('name', '?')!r}: {e}") from None
-    serialized: bytes = message.SerializeToString(deterministic=True)
-    return serialized, frozenset(secret_names([resource]))
+    key = json.dumps(resource)
+    found = _packed.get(key)
+    if found is None:
+        body = {k: v for k, v in resource.items() if k != "@type"}
+        try:
+            found = encode(type_url, body), frozenset(secret_names([dict(resource)]))
+        except (EncodeError, CanonicalError) as e:
+            raise SnapshotError(f"{type_url.rpartition('.')[2]} {body.get('name', '?')!r}: {e}") from None
+        if len(_packed) >= 8192:
+            _packed.clear()
+        _packed[key] = found
+    return found
 
 
 def _message_class(type_url: str) -> Any:
@@ -112,7 +120,7 @@ def pack(resources: Iterable[Mapping[str, Any]]) -> tuple[dict[str, dict[str, an
         type_url, name = resource.get("@type"), resource.get("name")
         if type_url not in (CLUSTER, LISTENER) or not isinstance(name, str):
             raise SnapshotError(f"not a named cluster or listener: {str(resource)[:120]}")
-        value, secrets_named = _packed(type_url, json.dumps(resource, sort_keys=True, separators=(",", ":")))
+        value, secrets_named = _pack_one(type_url, resource)
         out.setdefault(type_url, {})[name] = any_pb2.Any(type_url=type_url, value=value)
         named |= secrets_named
     return out, named
