@@ -71,8 +71,8 @@ async def _one_client(node: str, cert: bytes, key: bytes, ca: bytes, target: str
     options = [("grpc.ssl_target_name_override", SERVER_NAME)]
 
     async def requests(outbox: asyncio.Queue[Any]) -> Any:
-        while True:
-            yield await outbox.get()
+        while (item := await outbox.get()) is not None:  # None: the parent is done, end the stream
+            yield item
 
     acked: dict[str, str] = {"node": node}
     pending_cds: Any = None  # a CDS response whose ACK waits for the secrets its clusters name
@@ -82,6 +82,7 @@ async def _one_client(node: str, cert: bytes, key: bytes, ca: bytes, target: str
         try:
             async with grpc.aio.secure_channel(target, credentials, options=options) as channel:
                 outbox: asyncio.Queue[Any] = asyncio.Queue()  # one per stream: a dead one must not take its messages
+                state["outboxes"][node] = outbox
                 have_secrets, pending_cds = False, None  # a new stream asks for its secrets again, as Envoy does
                 call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources(requests(outbox))
                 outbox.put_nowait(discovery_pb2.DiscoveryRequest(
@@ -133,20 +134,26 @@ def run_clients(spec_path: Path) -> None:
     spec = json.loads(spec_path.read_text())
     pki = Path(spec["pki"])
     ca = (pki / "ca.crt").read_bytes()
-    state: dict[str, Any] = {"finals": {}, "done": set(), "last": 0.0}
+    state: dict[str, Any] = {"finals": {}, "done": set(), "last": 0.0, "outboxes": {}}
     nodes = spec["nodes"]
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
         epochs: asyncio.Queue[str] = asyncio.Queue()
         loop.add_reader(sys.stdin.fileno(), lambda: epochs.put_nowait(sys.stdin.readline()))
+        tasks = []
         for node in nodes:
             cert = (pki / "proxies" / f"{node}.crt").read_bytes()
             key = (pki / "proxies" / f"{node}.key").read_bytes()
-            asyncio.create_task(_one_client(node, cert, key, ca, spec["target"], state))
+            tasks.append(asyncio.create_task(_one_client(node, cert, key, ca, spec["target"], state)))
         while True:  # one epoch per line from the parent: report once each of its streams has a new whole version
             line = await epochs.get()
-            if not line:
+            if not line:  # end every stream, then collect every task, so that none ends unobserved at exit
+                for outbox in state["outboxes"].values():
+                    outbox.put_nowait(None)
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
                 return
             expected = set(line.split()[1].split(",")) & set(nodes) if len(line.split()) > 1 else set(nodes)
             state["done"] = set()

@@ -119,7 +119,9 @@ def diff_fields(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[Fie
             steps = item.path(output_format="list")
             change = FieldChange(_format_path(steps), _plain(item.t1), _plain(item.t2))
             changes.append((_sort_key(steps), change))
-    changes.sort(key=lambda pair: pair[0])
+    # deepdiff reports in an order that follows set iteration (the hash seed): two changes at one place (an element
+    # removed and another added at one list index) must sort the same in every run, so the path and the side break ties
+    changes.sort(key=lambda pair: (pair[0], pair[1].path, pair[1].after is not None))
     return [change for _, change in changes]
 
 

@@ -1,6 +1,10 @@
 from __future__ import annotations
 
 import copy
+import json
+import os
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -218,3 +222,31 @@ def test_diff_fields_leaves_its_inputs_alone() -> None:
 def test_duplicate_names_are_an_error() -> None:
     with pytest.raises(ValueError, match="two desired resources are named 'a'"):
         diff_resources([cluster("a"), cluster("a")], [], "cluster")
+
+
+_SWAP_SCRIPT = """
+import json
+from meshplan.diff import diff_fields
+L = "type.googleapis.com/envoy.config.listener.v3.Listener"
+def listener(filters): return {"@type": L, "name": "l", "filter_chains": [{"filters": filters}]}
+tcp = {"name": "envoy.filters.network.tcp_proxy", "typed_config": {
+    "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy", "stat_prefix": "x", "cluster": "c"}}
+hcm = {"name": "envoy.filters.network.http_connection_manager", "typed_config": {
+    "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+    "stat_prefix": "x", "route_config": {"name": "r"}}}
+changes = diff_fields(listener([hcm]), listener([tcp])) + diff_fields(listener([tcp]), listener([hcm]))
+print(json.dumps([[c.path, c.before is None, c.after is None] for c in changes]))
+"""
+
+
+def test_changes_at_one_place_come_in_one_order_whatever_the_hash_seed() -> None:
+    """A filter swapped for another at one position is a removal and an addition with one sort key; deepdiff lists
+    them in set order, which follows PYTHONHASHSEED. The plan must not change from run to run."""
+    outputs = {
+        subprocess.run([sys.executable, "-c", _SWAP_SCRIPT], capture_output=True, text=True, check=True,
+                       env={**os.environ, "PYTHONHASHSEED": str(seed)}, timeout=60).stdout
+        for seed in range(6)
+    }
+    assert len(outputs) == 1, outputs
+    (only,) = outputs
+    assert len(json.loads(only)) == 4
