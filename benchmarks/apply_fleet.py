@@ -172,10 +172,9 @@ def prepare(n: int) -> tuple[Path, Path, list[Any], list[Any]]:
     """The fleet's desired directory and state (certificates kept between runs), and its proxies rendered both ways."""
     import plan_fleet
 
-    from meshplan import pki
-    from meshplan.render import render_all
-    from meshplan.validate import load_and_parse
-    from meshplan.xds import identity
+    from meshplan.render.proxies import render_all
+    from meshplan.validate.resources import load_and_parse
+    from meshplan.xds import identity, pki
 
     work = WORK / str(n)
     desired_dir, state = work / "desired", work / "state"
@@ -208,9 +207,9 @@ def changed(before: list[Any], after: list[Any]) -> list[Any]:
 
 def plan_for(proxies: list[Any]) -> Any:
     """A Plan that changes these proxies (made directly: the simulated Envoys have no admin API)."""
-    from meshplan.canonical import fingerprint
-    from meshplan.diff import Action
-    from meshplan.plan import Plan, ProxyPlan, ResourcePlan
+    from meshplan.compare.canonical import fingerprint
+    from meshplan.compare.diff import Action
+    from meshplan.plan.model import Plan, ProxyPlan, ResourcePlan
 
     return Plan(tuple(ProxyPlan(
         name=p.name, type=p.type, mesh=p.mesh, admin_url="http://127.0.0.1:9", status="ok",
@@ -308,7 +307,7 @@ def floor_push(state: Path, proxies: list[Any], version: str, clients: Clients) 
 def apply_push(state: Path, proxies: list[Any], clients: Clients) -> dict[str, Any]:
     """apply_plan's figures: from its first snapshot written to the last ACK it saw (`apply`); its whole call; the
     snapshots' build before that; and the last ACK a client sent."""
-    from meshplan.apply import apply_plan
+    from meshplan.apply.deliver import apply_plan
 
     plan = plan_for(proxies)
     clients.epoch([p.name for p in proxies])
@@ -357,10 +356,10 @@ def bench(n: int, repeat: int, processes: int) -> dict[str, Any]:
 
 def check_envoy(processes: int) -> None:
     """N=100 with five real Envoys among the simulated ones: same window, same steps, and each runs its config."""
-    from meshplan.apply import apply_plan
-    from meshplan.canonical import fingerprint
-    from meshplan.envoy import envoy_binary
-    from meshplan.live import fetch_proxy, new_client
+    from meshplan.apply.deliver import apply_plan
+    from meshplan.compare.canonical import fingerprint
+    from meshplan.envoy.binary import envoy_binary
+    from meshplan.observe.live import fetch_proxy, new_client
     from meshplan.xds.bootstrap import write_host_dir
     from meshplan.xds.store import DirectoryStore
 

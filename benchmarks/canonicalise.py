@@ -16,8 +16,8 @@ from typing import Any
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
 
 started = time.perf_counter()
-from meshplan.canonical import canonical, fingerprint  # noqa: E402
-from meshplan.diff import diff_resources  # noqa: E402
+from meshplan.compare.canonical import canonical, fingerprint  # noqa: E402
+from meshplan.compare.diff import diff_resources  # noqa: E402
 
 IMPORT_SECONDS = time.perf_counter() - started
 

@@ -7,7 +7,7 @@ For each N (default 200 1000 2000) a desired mesh of N proxies is written as YAM
 (HTTP, gRPC and TCP, one inbound and five outbounds each, a third of them also calling an external service), one
 ZoneEgress in front of six external services, mesh mTLS, and mesh-wide MeshTimeout, MeshRetry and
 MeshCircuitBreaker policies with per-service overrides. A server process then answers, for every proxy, the three
-admin requests `live.py` makes, each proxy on its own loopback address (127.77.x.y, `--subnet` picks the 77; one
+admin requests `observe/live.py` makes, each proxy on its own loopback address (127.77.x.y, `--subnet` picks the 77; one
 listening socket per proxy, all in one asyncio process), with the body a real Envoy would return for the rendered
 resources: each resource parsed into the Envoy protos and printed back as Envoy prints it (proto field names,
 defaults dropped, `0.250s`, sensitive fields `[redacted]`), pretty-printed with one space, sent chunked.
@@ -165,10 +165,9 @@ def _policies(services: list[str]) -> str:
 def envoy_printed(resource_json: dict[str, Any]) -> dict[str, Any]:
     """A rendered resource as Envoy prints it in /config_dump: parsed into its proto, sensitive fields redacted as
     Envoy's MessageUtil::redact does, printed with proto field names and without default values."""
-    from google.protobuf import json_format
+    from google.protobuf import json_format, message_factory
 
-    from meshplan.canonical import message_descriptor
-    from google.protobuf import message_factory
+    from meshplan.compare.canonical import message_descriptor
 
     descriptor = message_descriptor(resource_json["@type"])
     message = message_factory.GetMessageClass(descriptor)()
@@ -289,8 +288,8 @@ class AdminProtocol(asyncio.Protocol):
 
 
 def serve(root: Path) -> None:
-    from meshplan.render import render_all
-    from meshplan.validate import load_and_parse
+    from meshplan.render.proxies import render_all
+    from meshplan.validate.resources import load_and_parse
 
     proxies = render_all(load_and_parse(root / "desired"))
     plain: dict[bytes, bytes] = {}
@@ -361,11 +360,11 @@ def cpu_seconds() -> float:
 
 def measure_plan(root: Path, parallelism: int) -> dict[str, Any]:
     started = time.perf_counter()
-    from meshplan import workflow
-    from meshplan.plan import make_plan
-    from meshplan.diff import Action
-    from meshplan.render import render_all
-    from meshplan.validate import load_and_parse
+    from meshplan.compare.diff import Action
+    from meshplan.plan import workflow
+    from meshplan.plan.model import make_plan
+    from meshplan.render.proxies import render_all
+    from meshplan.validate.resources import load_and_parse
 
     imported = time.perf_counter()
     baseline = rss_now_kb()
@@ -398,7 +397,7 @@ def measure_plan(root: Path, parallelism: int) -> dict[str, Any]:
 def measure_floor(root: Path, parallelism: int) -> dict[str, Any]:
     import httpx
 
-    from meshplan import live
+    from meshplan.observe import live
 
     baseline = rss_now_kb()
     targets = json.loads((root / "targets.json").read_text())
@@ -547,9 +546,10 @@ def print_table(fleets: list[str], rows: list[tuple[int, str, list[dict[str, Any
 def check_against_envoy(policies: bool) -> None:
     import httpx
 
-    from meshplan import pki, sandbox
-    from meshplan.render import render_all
-    from meshplan.validate import load_and_parse
+    from meshplan.render.proxies import render_all
+    from meshplan.sandbox import mesh as sandbox
+    from meshplan.validate.resources import load_and_parse
+    from meshplan.xds import pki
 
     with tempfile.TemporaryDirectory(prefix="meshplan-fleet-check-") as tmp:
         root = Path(tmp)

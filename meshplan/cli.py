@@ -16,10 +16,10 @@ import typer
 import yaml
 from rich.console import Console
 
-from meshplan import pki
 from meshplan.errors import LoadError, MeshplanError
 from meshplan.model import Desired, ProxyConfig
 from meshplan.present.text import printable
+from meshplan.xds import pki
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -67,7 +67,7 @@ def _run(action: Callable[[], int]) -> None:
 
 
 def _load(directory: Path) -> Desired:
-    from meshplan.validate import load_and_parse
+    from meshplan.validate.resources import load_and_parse
 
     return load_and_parse(directory)
 
@@ -95,8 +95,8 @@ def validate(
         desired = _load(directory)
         console = _err()
         if envoy:
-            from meshplan.envoy import validate_configs
-            from meshplan.render import render_all
+            from meshplan.envoy.binary import validate_configs
+            from meshplan.render.proxies import render_all
 
             with tempfile.TemporaryDirectory(prefix="meshplan-validate-") as tmp:
                 state = Path(tmp)
@@ -134,7 +134,7 @@ def render(
     """Print the Envoy clusters and listeners every proxy should run (certificates are SDS secrets, by name)."""
 
     def body() -> int:
-        from meshplan.render import render_all
+        from meshplan.render.proxies import render_all
 
         if output not in ("json", "yaml"):
             raise MeshplanError(f"--output must be json or yaml, got {output!r}")
@@ -166,7 +166,7 @@ def bootstrap(
     the host and run `envoy -c bootstrap.json --reject-unknown-dynamic-fields` there."""
 
     def body() -> int:
-        from meshplan.render import render_all
+        from meshplan.render.proxies import render_all
         from meshplan.xds.bootstrap import write_host_dir
 
         (chosen,) = _select(render_all(_load(directory)), proxy)
@@ -188,7 +188,8 @@ def serve(
     def body() -> int:
         import asyncio
 
-        from meshplan.xds.server import main_log, serve as run_server
+        from meshplan.xds.server import main_log
+        from meshplan.xds.server import serve as run_server
 
         asyncio.run(run_server(state, listen, log=main_log))
         return EXIT_OK
@@ -250,16 +251,16 @@ def plan(
     """
 
     def body() -> int:
-        from meshplan.plan import to_json
+        from meshplan.plan.model import to_json
+        from meshplan.plan.workflow import Selection, compute_plan
         from meshplan.present.human import render_plan
-        from meshplan.workflow import Selection, compute_plan
 
         result = compute_plan(directory, state, selection=Selection(proxy, exclude_proxy), live_from=live_from,
                               parallelism=parallelism, timeout=timeout,
                               max_response_bytes=_size(max_response_bytes, "--max-response-bytes"))
         document = to_json(result)
         if out is not None:
-            from meshplan.fsutil import write_atomic
+            from meshplan.util.fsutil import write_atomic
 
             try:
                 write_atomic(out, (json.dumps(document, indent=2) + "\n").encode())
@@ -290,8 +291,8 @@ def snapshot(
     Exit 1 if a proxy could not be read (the others are saved)."""
 
     def body() -> int:
-        from meshplan import live
-        from meshplan.workflow import Selection, desired_proxies, fetch_live
+        from meshplan.observe import live
+        from meshplan.plan.workflow import Selection, desired_proxies, fetch_live
 
         limit = _size(max_response_bytes, "--max-response-bytes")
         proxies = desired_proxies(directory, Selection(proxy, exclude_proxy))
@@ -313,8 +314,8 @@ def sandbox_up(directory: DirArg, state: StateOpt = Path("state")) -> None:
     and wait until every Envoy runs its rendered configuration."""
 
     def body() -> int:
-        from meshplan import sandbox
-        from meshplan.render import render_all
+        from meshplan.render.proxies import render_all
+        from meshplan.sandbox import mesh as sandbox
 
         desired = _load(directory)
         console = _err()
@@ -335,7 +336,7 @@ def sandbox_status(state: StateOpt = Path("state")) -> None:
     """List the sandbox's processes and whether each is alive (exit 1 if any is not)."""
 
     def body() -> int:
-        from meshplan import sandbox
+        from meshplan.sandbox import mesh as sandbox
 
         processes = sandbox.status(state)
         if not processes:
@@ -357,7 +358,7 @@ def sandbox_down(state: StateOpt = Path("state")) -> None:
     """Stop exactly the processes the sandbox started (by PID) and forget them."""
 
     def body() -> int:
-        from meshplan import sandbox
+        from meshplan.sandbox import mesh as sandbox
 
         stopped = sandbox.down(state)
         _err().print(f"Sandbox down: stopped {len(stopped)} processes.", markup=False)
@@ -390,7 +391,7 @@ def apply(
     """
 
     def body() -> int:
-        from meshplan.apply_command import run_apply
+        from meshplan.apply.command import run_apply
 
         if on_failure not in ("stop", "continue"):
             raise MeshplanError(f"--on-failure must be stop or continue, got {on_failure!r}")
@@ -423,10 +424,9 @@ def drift(
     """
 
     def body() -> int:
-        from meshplan import drift as drift_module
-        from meshplan import state as state_module
-        from meshplan.workflow import Selection, desired_proxies, fetch_live
-
+        from meshplan.plan import drift as drift_module
+        from meshplan.plan.workflow import Selection, desired_proxies, fetch_live
+        from meshplan.state import records as state_module
         from meshplan.xds.store import DirectoryStore
 
         limit = _size(max_response_bytes, "--max-response-bytes")
@@ -457,7 +457,7 @@ def explain(
     with every field's origin and what it overrode. With --policy, where that policy lands and, where not, why."""
 
     def body() -> int:
-        from meshplan.explain import explain_policy, explain_proxy, render_text
+        from meshplan.match.explain import explain_policy, explain_proxy, render_text
 
         desired = _load(directory)
         result = explain_policy(desired, proxy, policy) if policy else explain_proxy(desired, proxy)
@@ -476,7 +476,7 @@ def force_unlock(
     names the holder says; a lock that cannot be read has an ID too (`broken-...`, in the error) and is moved aside."""
 
     def body() -> int:
-        from meshplan import state as state_module
+        from meshplan.state import records as state_module
 
         removed = state_module.force_unlock(state, lock_id)
         if removed.problem:
@@ -499,7 +499,7 @@ def demo(
     drift, then stop every process it started."""
 
     def body() -> int:
-        from meshplan.demo import EXAMPLE, run_demo
+        from meshplan.sandbox.demo import EXAMPLE, run_demo
 
         return run_demo(_console(), example or EXAMPLE)
 

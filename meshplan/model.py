@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from meshplan.addresses import http_url
 from meshplan.errors import Source
+from meshplan.validate.addresses import http_url
 
 SERVICE_TAG = "kuma.io/service"
 PROTOCOL_TAG = "kuma.io/protocol"

@@ -23,7 +23,6 @@ from typing import Any
 import httpx
 import pytest
 
-from meshplan import sandbox
 from meshplan.errors import Source
 from meshplan.model import (
     EGRESS,
@@ -39,6 +38,7 @@ from meshplan.model import (
     MeshExternalService,
     ProxyConfig,
 )
+from meshplan.sandbox import mesh as sandbox
 
 CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
@@ -294,7 +294,7 @@ def demoapp(loopback: Loopback) -> Iterator[Callable[..., RunningApp]]:
     def start(service: str = "web", instance: str = "web-1") -> RunningApp:
         ip = loopback.ip()
         port = loopback.port(ip)
-        argv = [sys.executable, "-m", "meshplan.demoapp", "--address", ip, "--port", str(port)]
+        argv = [sys.executable, "-m", "meshplan.sandbox.demoapp", "--address", ip, "--port", str(port)]
         child = subprocess.Popen(
             [*argv, "--service", service, "--instance", instance],
             stdout=subprocess.DEVNULL,

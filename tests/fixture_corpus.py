@@ -67,7 +67,7 @@ def _resources(text: str) -> list[dict[str, Any]]:
     except yaml.YAMLError:
         return []
     from meshplan.policies import KINDS
-    from meshplan.validate import INFRA_KINDS
+    from meshplan.validate.resources import INFRA_KINDS
 
     known = set(INFRA_KINDS) | set(KINDS)
     return [d for d in documents if isinstance(d, dict) and ("type" in d or "apiVersion" in d)

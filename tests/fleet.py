@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 
-from meshplan.envoy import envoy_binary
+from meshplan.envoy.binary import envoy_binary
 from meshplan.xds.store import DirectoryStore
 
 
@@ -144,7 +144,7 @@ class Fleet:
         return self._start(in_namespace(ns, argv), host_dir / "envoy.out", cwd=host_dir)
 
     def app(self, service: str, instance: str, address: str, port: int, ns: str | None = None) -> subprocess.Popen[bytes]:
-        argv = [sys.executable, "-m", "meshplan.demoapp", "--address", address, "--port", str(port),
+        argv = [sys.executable, "-m", "meshplan.sandbox.demoapp", "--address", address, "--port", str(port),
                 "--service", service, "--instance", instance]
         return self._start(in_namespace(ns, argv), self.workdir / "apps" / f"{service}-{instance}.log")
 

@@ -21,12 +21,13 @@ from typing import Protocol
 import httpx
 from conftest import _processes_under, pid_running
 
-from meshplan import pki, sandbox
 from meshplan.errors import LoadError
-from meshplan.load import format_path
+from meshplan.load.resources import format_path
 from meshplan.model import Desired, ProxyConfig
-from meshplan.render import render_all
-from meshplan.validate import load_and_parse
+from meshplan.render.proxies import render_all
+from meshplan.sandbox import mesh as sandbox
+from meshplan.validate.resources import load_and_parse
+from meshplan.xds import pki
 
 
 class Addresses(Protocol):

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 import typer
+import yaml
 from hypothesis import strategies as st
 
 from meshplan import cli

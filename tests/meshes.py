@@ -8,10 +8,11 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from meshplan import pki, sandbox
 from meshplan.model import ProxyConfig
-from meshplan.render import render_all
-from meshplan.validate import load_and_parse
+from meshplan.render.proxies import render_all
+from meshplan.sandbox import mesh as sandbox
+from meshplan.validate.resources import load_and_parse
+from meshplan.xds import pki
 
 DEMO = Path(__file__).parent.parent / "examples" / "demo"
 

@@ -19,11 +19,12 @@ from typing import Protocol
 
 import httpx
 
-from meshplan import pki, sandbox
 from meshplan.errors import LoadError
 from meshplan.model import ProxyConfig
-from meshplan.render import render_all
-from meshplan.validate import load_and_parse
+from meshplan.render.proxies import render_all
+from meshplan.sandbox import mesh as sandbox
+from meshplan.validate.resources import load_and_parse
+from meshplan.xds import pki
 
 # The header of a policy file in the validation tables: its body (the `default` block) starts on line 11.
 POLICY_HEAD = """\

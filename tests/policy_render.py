@@ -6,14 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from meshplan import pki
-from meshplan.canonical import canonical
-from meshplan.envoy import validate_configs
+from meshplan.compare.canonical import canonical
+from meshplan.envoy.binary import validate_configs
 from meshplan.errors import LoadError, Violation
 from meshplan.model import Desired, ProxyConfig
-from meshplan.render import render_all
-from meshplan.validate import load_and_parse
-
+from meshplan.render.proxies import render_all
+from meshplan.validate.resources import load_and_parse
+from meshplan.xds import pki
 
 
 def load_violations(directory: Path) -> list[Violation]:

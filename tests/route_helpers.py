@@ -17,13 +17,14 @@ from typing import Any
 import httpx
 from conftest import _processes_under, pid_running
 
-from meshplan import pki, sandbox
-from meshplan.check import FieldCheck
 from meshplan.errors import LoadError, Violation
-from meshplan.load import load_dir
+from meshplan.load.resources import load_dir
 from meshplan.model import Desired, ProxyConfig
-from meshplan.render import render_all
-from meshplan.validate import load_and_parse
+from meshplan.render.proxies import render_all
+from meshplan.sandbox import mesh as sandbox
+from meshplan.validate.check import FieldCheck
+from meshplan.validate.resources import load_and_parse
+from meshplan.xds import pki
 from tests.policy_render import envoy_validates
 
 MESH = """
@@ -138,8 +139,8 @@ def wait_for_stat(client: httpx.Client, proxy: ProxyConfig, name: str, at_least:
 
 def live_differences(proxies: dict[str, ProxyConfig]) -> dict[str, list[str]]:
     """What running Envoys report (`/config_dump`) that differs from the render: per proxy, the changed resources."""
-    from meshplan.diff import diff_resources
-    from meshplan.live import fetch_all, new_client
+    from meshplan.compare.diff import diff_resources
+    from meshplan.observe.live import fetch_all, new_client
 
     async def fetch() -> dict[str, Any]:
         async with new_client() as client:

@@ -12,17 +12,17 @@ import pytest
 import respx
 from typer.testing import CliRunner
 
-from meshplan import live, loopback
-from meshplan.addresses import address_problem, http_url
 from meshplan.cli import app
 from meshplan.model import ProxyConfig
-from meshplan.render import render_all
-from meshplan.validate import load_and_parse
-from meshplan.workflow import Selection, _select
+from meshplan.observe import live
+from meshplan.plan.workflow import Selection, _select
+from meshplan.render.proxies import render_all
+from meshplan.sandbox import loopback
+from meshplan.validate.addresses import address_problem, http_url
+from meshplan.validate.resources import load_and_parse
 from tests.test_live import dump, serve
 from tests.test_names import renamed, validate
 from tests.test_validate import write
-
 
 WEB_ADDRESSES = [
     ("address: 127.0.5.1", "networking.address", 5),

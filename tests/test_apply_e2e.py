@@ -16,15 +16,16 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import deliver, static_cluster
 from typer.testing import CliRunner
 
-from conftest import deliver, static_cluster
-
-from meshplan import apply as apply_module
-from meshplan import pki, sandbox, state
+from meshplan.apply import deliver as apply_module
 from meshplan.cli import app
-from meshplan.render import render_all
-from meshplan.validate import load_and_parse
+from meshplan.render.proxies import render_all
+from meshplan.sandbox import mesh as sandbox
+from meshplan.state import records as state
+from meshplan.validate.resources import load_and_parse
+from meshplan.xds import pki
 from meshplan.xds.store import DirectoryStore
 from tests.meshes import DEMO, DemoCopy, copy_demo
 
@@ -160,7 +161,7 @@ def test_an_envoy_killed_mid_apply_times_out_and_the_others_are_applied(
 ) -> None:
     start_empty(demo, sandbox_state)
     (victim,) = [p for p in sandbox.status(sandbox_state) if p.role == "envoy" and p.name == "backend-2"]
-    from meshplan.workflow import compute_plan
+    from meshplan.plan.workflow import compute_plan
 
     plan = compute_plan(demo.path, sandbox_state)
     killed = []
@@ -191,8 +192,8 @@ def test_an_envoy_killed_mid_apply_times_out_and_the_others_are_applied(
 
 
 def test_servers_are_delivered_before_their_clients() -> None:
-    from meshplan.plan import make_plan
-    from meshplan.workflow import desired_proxies
+    from meshplan.plan.model import make_plan
+    from meshplan.plan.workflow import desired_proxies
 
     plan = make_plan(desired_proxies(DEMO), {})
     levels = [[p.name for p in level] for level in apply_module.delivery_order(list(plan.proxies))]

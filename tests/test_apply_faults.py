@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 from conftest import fill, pid_running
 
-from meshplan import sandbox, state
-from meshplan.apply import Outcome, apply_plan, record
-from meshplan.workflow import compute_plan
+from meshplan.apply.deliver import Outcome, apply_plan, record
+from meshplan.plan.workflow import compute_plan
+from meshplan.sandbox import mesh as sandbox
+from meshplan.state import records as state
 from meshplan.xds.store import DirectoryStore
 from tests.meshes import DemoCopy, copy_demo
 from tests.test_apply_e2e import apply, drift, meshplan, plan_exit, start_empty

@@ -4,7 +4,13 @@ from typing import Any
 
 import pytest
 
-from meshplan.canonical import EXTENSION_MODULES, REDACTED, CanonicalError, canonical, fingerprint
+from meshplan.compare.canonical import (
+    EXTENSION_MODULES,
+    REDACTED,
+    CanonicalError,
+    canonical,
+    fingerprint,
+)
 
 CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"

@@ -82,7 +82,7 @@ def test_apply_refuses_to_prompt_without_a_terminal(tmp_path: Path) -> None:
 
 
 def test_force_unlock_needs_the_lock_id(tmp_path: Path) -> None:
-    from meshplan import state
+    from meshplan.state import records as state
 
     with state.lock(tmp_path, "apply") as held:
         wrong = runner.invoke(app, ["force-unlock", "nope", "--state", str(tmp_path)])

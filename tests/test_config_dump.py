@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from meshplan.canonical import canonical
-from meshplan.config_dump import NotAConfigDump, managed_resources
+from meshplan.compare.canonical import canonical
+from meshplan.envoy.config_dump import NotAConfigDump, managed_resources
 
 CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"

@@ -86,7 +86,7 @@ def test_sigterm_exits_cleanly_even_with_a_request_in_flight(demoapp: Callable[.
 
 def test_taken_port_exits_with_a_message(demoapp: Callable[..., RunningApp]) -> None:
     app = demoapp()
-    argv = [sys.executable, "-m", "meshplan.demoapp", "--address", app.address, "--port", str(app.port)]
+    argv = [sys.executable, "-m", "meshplan.sandbox.demoapp", "--address", app.address, "--port", str(app.port)]
     second = subprocess.run(
         [*argv, "--service", "x", "--instance", "y"], capture_output=True, text=True, timeout=10, check=False
     )

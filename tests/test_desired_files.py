@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from meshplan import desired_files
 from meshplan.cli import app
-from meshplan.load import load_dir
+from meshplan.load import files as desired_files
+from meshplan.load.resources import load_dir
 from tests.test_validate import write
 
 POLICY = "type: MeshTimeout\nmesh: default\nname: {name}\nspec:\n  targetRef:\n    kind: Mesh\n"

@@ -9,7 +9,13 @@ from typing import Any
 
 import pytest
 
-from meshplan.diff import Action, FieldChange, ResourceChange, diff_fields, diff_resources
+from meshplan.compare.diff import (
+    Action,
+    FieldChange,
+    ResourceChange,
+    diff_fields,
+    diff_resources,
+)
 
 CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
@@ -226,7 +232,7 @@ def test_duplicate_names_are_an_error() -> None:
 
 _SWAP_SCRIPT = """
 import json
-from meshplan.diff import diff_fields
+from meshplan.compare.diff import diff_fields
 L = "type.googleapis.com/envoy.config.listener.v3.Listener"
 def listener(filters): return {"@type": L, "name": "l", "filter_chains": [{"filters": filters}]}
 tcp = {"name": "envoy.filters.network.tcp_proxy", "typed_config": {

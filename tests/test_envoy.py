@@ -9,7 +9,12 @@ from pathlib import Path
 import pytest
 from conftest import MeshBuilder, http_listener, static_cluster
 
-from meshplan.envoy import ENVOY_ENV, envoy_binary, envoy_error_message, validate_configs
+from meshplan.envoy.binary import (
+    ENVOY_ENV,
+    envoy_binary,
+    envoy_error_message,
+    validate_configs,
+)
 from meshplan.errors import EnvoyError
 
 pytestmark = pytest.mark.envoy

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import base64
 import re
-import stat
 import shutil
+import stat
 import time
 from pathlib import Path
 
@@ -20,12 +20,12 @@ import pytest
 from cryptography import x509
 from typer.testing import CliRunner
 
-from meshplan import apply as apply_module
-from meshplan import state as state_module
+from meshplan.apply import deliver as apply_module
 from meshplan.cli import app
-from meshplan.render import render_all
-from meshplan.validate import load_and_parse
-from meshplan.workflow import compute_plan
+from meshplan.plan.workflow import compute_plan
+from meshplan.render.proxies import render_all
+from meshplan.state import records as state_module
+from meshplan.validate.resources import load_and_parse
 from meshplan.xds.store import DirectoryStore
 from tests.fleet import Fleet, can_make_namespaces, wait_for
 from tests.meshes import DEMO, fresh_prefix

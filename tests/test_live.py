@@ -1,4 +1,4 @@
-"""live.py against a real Envoy (round trip, identity, errors) and against respx (what a real Envoy can't show)."""
+"""observe/live.py against a real Envoy (round trip, identity, errors) and against respx (what a real Envoy can't show)."""
 
 from __future__ import annotations
 
@@ -19,10 +19,10 @@ import httpx
 import pytest
 import respx
 
-from meshplan import live
-from meshplan.canonical import canonical
-from meshplan.diff import Action, FieldChange, diff_resources
-from meshplan.live import Outcome
+from meshplan.compare.canonical import canonical
+from meshplan.compare.diff import Action, FieldChange, diff_resources
+from meshplan.observe import live
+from meshplan.observe.live import Outcome
 
 CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"

@@ -17,9 +17,9 @@ import pytest
 import respx
 from typer.testing import CliRunner
 
-from meshplan import live
 from meshplan.cli import app
-from meshplan.live import Outcome
+from meshplan.observe import live
+from meshplan.observe.live import Outcome
 from tests.test_live import BACKEND, dump, fetch, fetch_mocked, serve
 
 A = "http://127.0.50.1:9901"
@@ -181,8 +181,8 @@ def test_memory_stays_bounded_by_the_cap(kind: str, bomb: bytes) -> None:
 
 def test_the_cap_from_the_command_line(tmp_path: Path) -> None:
     """`plan --max-response-bytes`: the proxy whose answer is larger is reported, the others are planned."""
-    from meshplan.render import render_all
-    from meshplan.validate import load_and_parse
+    from meshplan.render.proxies import render_all
+    from meshplan.validate.resources import load_and_parse
     from tests.meshes import DEMO
 
     proxies = render_all(load_and_parse(DEMO))

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from meshplan import yaml_documents
 from meshplan.cli import app
-from meshplan.load import load_dir
-from meshplan.yaml_documents import Budget, read_documents
+from meshplan.load import yaml_documents
+from meshplan.load.resources import load_dir
+from meshplan.load.yaml_documents import Budget, read_documents
 
 LOL = 'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n' + "".join(
     f"{chr(98 + i)}: &{chr(98 + i)} [{','.join([f'*{chr(97 + i)}'] * 9)}]\n" for i in range(8)

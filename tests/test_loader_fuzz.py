@@ -14,7 +14,14 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 
-from tests.loader_fuzz import Entry, check_validate, directories, max_rss_bytes, write_directory, yaml_texts
+from tests.loader_fuzz import (
+    Entry,
+    check_validate,
+    directories,
+    max_rss_bytes,
+    write_directory,
+    yaml_texts,
+)
 
 SUITE = settings(max_examples=2500, derandomize=True, database=None, deadline=None,
                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

@@ -1,4 +1,4 @@
-"""match.py: selection, ordering, RFC 7396 merging and the origin of every merged field."""
+"""match/matcher.py: selection, ordering, RFC 7396 merging and the origin of every merged field."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from meshplan.errors import Source
-from meshplan.match import (
+from meshplan.match.matcher import (
     Destination,
     FieldOrigin,
     Origin,
@@ -21,7 +21,15 @@ from meshplan.match import (
     why_not_from,
     why_not_to,
 )
-from meshplan.model import SERVICE_TAG, Dataplane, Inbound, Policy, PolicyItem, TargetRef, ZoneEgress
+from meshplan.model import (
+    SERVICE_TAG,
+    Dataplane,
+    Inbound,
+    Policy,
+    PolicyItem,
+    TargetRef,
+    ZoneEgress,
+)
 
 # --- helpers: the model built directly --------------------------------------------------------------------------
 
@@ -350,7 +358,7 @@ def test_a_top_level_external_service_policy_has_no_to_side() -> None:
 
 
 def test_outbounds_and_external_services_make_destinations() -> None:
-    from meshplan.model import MeshExternalService, Outbound, Endpoint, ExternalTLS
+    from meshplan.model import Endpoint, ExternalTLS, MeshExternalService, Outbound
 
     assert Destination.of_outbound(WEB, Outbound("127.0.0.1", 10001, service="backend")) == BACKEND
     assert Destination.of_outbound(WEB, Outbound("127.0.0.1", 10002, external="httpbin")) == HTTPBIN
@@ -465,8 +473,8 @@ def test_route_items_without_a_default_block_take_their_lines_from_the_item() ->
 
 
 def test_origins_from_a_loaded_yaml_file(tmp_path: Path) -> None:
-    from meshplan.load import load_file
-    from meshplan.validate import parse
+    from meshplan.load.resources import load_file
+    from meshplan.validate.resources import parse
 
     (tmp_path / "cb.yaml").write_text(
         "type: MeshCircuitBreaker\n"      # 1

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from meshplan import names
 from meshplan.cli import app
-from meshplan.validate import MAX_MESH_NAME, MAX_PROXY_NAME, MAX_SNI
+from meshplan.envoy import names
+from meshplan.validate.resources import MAX_MESH_NAME, MAX_PROXY_NAME, MAX_SNI
 from tests.test_validate import BASE, write
 
 

@@ -11,13 +11,14 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+from conftest import deliver
 from typer.testing import CliRunner
 
-from meshplan import pki, sandbox
 from meshplan.cli import app
-from meshplan.render import render_all
-from meshplan.validate import load_and_parse
-from conftest import deliver
+from meshplan.render.proxies import render_all
+from meshplan.sandbox import mesh as sandbox
+from meshplan.validate.resources import load_and_parse
+from meshplan.xds import pki
 from tests.golden import check_golden
 from tests.meshes import DemoCopy, copy_demo, start
 
@@ -200,8 +201,8 @@ def test_snapshot_then_plan_from_it(tmp_path: Path, sandbox_state: Path) -> None
 def test_rendering_in_a_fork_while_fetching_gives_the_same_plan(
     tmp_path: Path, sandbox_state: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from meshplan import workflow
-    from meshplan.plan import to_json
+    from meshplan.plan import workflow
+    from meshplan.plan.model import to_json
 
     demo = copy_demo(tmp_path / "demo")
     start(demo.path, sandbox_state)

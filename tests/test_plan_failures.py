@@ -13,23 +13,24 @@ from pathlib import Path
 import httpx
 import jsonschema
 import respx
+from envoy.config.listener.v3 import listener_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
+from google.protobuf import any_pb2
 from rich.console import Console
 from typer.testing import CliRunner
 
-from envoy.config.listener.v3 import listener_pb2
-from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
-from google.protobuf import any_pb2
-
-from meshplan import live
 from meshplan.cli import app
-from meshplan.drift import Status, classify
-from meshplan.plan import make_plan, to_json
-from meshplan.present.human import render_plan
-from meshplan.render import render_all
-from meshplan.state import State
+from meshplan.envoy.types import LISTENER
 from meshplan.model import ProxyConfig
-from meshplan.render.envoy_types import LISTENER
-from meshplan.validate import load_and_parse
+from meshplan.observe import live
+from meshplan.plan.drift import Status, classify
+from meshplan.plan.model import make_plan, to_json
+from meshplan.present.human import render_plan
+from meshplan.render.proxies import render_all
+from meshplan.state.records import State
+from meshplan.validate.resources import load_and_parse
 from meshplan.xds import snapshot
 from meshplan.xds.snapshot import Snapshot
 from meshplan.xds.store import DirectoryStore

@@ -24,12 +24,11 @@ from inbound_mesh import (
     violations,
     write_mesh,
 )
-from tests.policy_render import envoy_validates
 
 from meshplan.model import ProxyConfig
-from meshplan.render import render_all
+from meshplan.render.proxies import render_all
 from tests.golden import check_golden
-
+from tests.policy_render import envoy_validates
 
 CALLS = ("backend", "reports", "ledger", "mes:httpbin", "mes:quiet")
 SERVICES = [

@@ -16,9 +16,10 @@ import httpx
 import pytest
 from conftest import Loopback, pid_running
 
-from meshplan import pki, sandbox
-from meshplan.render import render_all
-from meshplan.validate import load_and_parse
+from meshplan.render.proxies import render_all
+from meshplan.sandbox import mesh as sandbox
+from meshplan.validate.resources import load_and_parse
+from meshplan.xds import pki
 from tests.golden import check_golden
 from tests.policy_render import envoy_validates, load_violations, render, touched
 

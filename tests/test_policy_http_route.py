@@ -14,9 +14,9 @@ import pytest
 from conftest import Loopback
 from route_helpers import (
     MESH,
-    live_differences,
     dataplane,
     envoy_problems,
+    live_differences,
     running_sandbox,
     stat,
     violations,
@@ -24,14 +24,13 @@ from route_helpers import (
     write_desired,
 )
 
-from meshplan.canonical import canonical
-from meshplan.match import Destination, merge_to
+from meshplan.compare.canonical import canonical
+from meshplan.match.matcher import Destination, merge_to
 from meshplan.model import ProxyConfig
 from meshplan.policies import http_route
-from meshplan.render import render_all
-from meshplan.validate import load_and_parse
+from meshplan.render.proxies import render_all
+from meshplan.validate.resources import load_and_parse
 from tests.golden import check_golden
-
 
 # A fixed mesh for the validation table and the goldens: web calls backend (and httpbin, outside the mesh).
 WEB_OUTBOUNDS = """

@@ -11,9 +11,9 @@ from typing import Any
 import httpx
 import pytest
 
-from meshplan.canonical import canonical
+from meshplan.compare.canonical import canonical
 from meshplan.model import ProxyConfig
-from meshplan.validate import load_and_parse
+from meshplan.validate.resources import load_and_parse
 from tests.golden import check_golden
 from tests.policy_mesh import (
     BODY_LINE,

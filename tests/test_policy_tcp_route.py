@@ -12,15 +12,22 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import Loopback
-from route_helpers import MESH, dataplane, live_differences, envoy_problems, running_sandbox, violations, write_desired
+from route_helpers import (
+    MESH,
+    dataplane,
+    envoy_problems,
+    live_differences,
+    running_sandbox,
+    violations,
+    write_desired,
+)
 
-from meshplan.canonical import canonical
+from meshplan.compare.canonical import canonical
 from meshplan.model import ProxyConfig
 from meshplan.policies import tcp_route
-from meshplan.render import render_all
-from meshplan.validate import load_and_parse
+from meshplan.render.proxies import render_all
+from meshplan.validate.resources import load_and_parse
 from tests.golden import check_golden
-
 
 # web calls db (TCP), api (HTTP) and cache (HTTP); each has a second version to route to.
 WEB_OUTBOUNDS = """

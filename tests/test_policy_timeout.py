@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from meshplan.model import ProxyConfig
-from meshplan.validate import load_and_parse
+from meshplan.validate.resources import load_and_parse
 from tests.golden import check_golden
 from tests.policy_mesh import (
     BODY_LINE,

@@ -23,15 +23,15 @@ from inbound_mesh import (
     violations,
     write_mesh,
 )
-from tests.policy_render import envoy_validates
 
-from meshplan import pki
-from meshplan.match import Destination
+from meshplan.match.matcher import Destination
 from meshplan.model import ProxyConfig
 from meshplan.policies import clients, traffic_permission
-from meshplan.render import build_egress, render_all
+from meshplan.render.egress import build_egress
+from meshplan.render.proxies import render_all
+from meshplan.xds import pki
 from tests.golden import check_golden
-
+from tests.policy_render import envoy_validates
 
 CALLS = ("backend", "reports", "ledger", "mes:httpbin", "mes:closed")
 SERVICES = [

@@ -12,7 +12,14 @@ from pathlib import Path
 import pytest
 from conftest import pid_running
 
-from meshplan.processes import Liveness, StopOutcome, TrackedProcess, liveness, spawn, stop
+from meshplan.util.processes import (
+    Liveness,
+    StopOutcome,
+    TrackedProcess,
+    liveness,
+    spawn,
+    stop,
+)
 
 IGNORES_SIGTERM = (
     "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(60)"

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from meshplan import pki
 from meshplan.model import ProxyConfig
-from meshplan.render import render_all
-from meshplan.validate import load_and_parse
+from meshplan.render.proxies import render_all
+from meshplan.validate.resources import load_and_parse
+from meshplan.xds import pki
 from tests.golden import check_golden
 
 ROOT = Path(__file__).parent.parent
@@ -159,7 +159,7 @@ def test_pki_one_ca_per_mesh_spiffe_sans_and_private_keys_0600(tmp_path: Path) -
 
 
 def test_every_rendered_resource_round_trips_through_the_envoy_protos() -> None:
-    from meshplan.canonical import canonical
+    from meshplan.compare.canonical import canonical
 
     for config in render_demo().values():
         for resource in config.clusters + config.listeners:

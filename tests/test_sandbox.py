@@ -15,10 +15,10 @@ import httpx
 import pytest
 from conftest import MeshBuilder, deliver, http_listener, listener_url, pid_running
 
-from meshplan import sandbox
 from meshplan.errors import MeshplanError, SandboxError
 from meshplan.model import Endpoint
-from meshplan.processes import StopOutcome, TrackedProcess
+from meshplan.sandbox import mesh as sandbox
+from meshplan.util.processes import StopOutcome, TrackedProcess
 
 pytestmark = pytest.mark.envoy
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from meshplan import state
 from meshplan.cli import app
 from meshplan.errors import LockError, StateError
+from meshplan.state import records as state
 from tests.conftest import fill
 
 

@@ -13,12 +13,14 @@ import respx
 from rich.console import Console
 from typer.testing import CliRunner
 
-from meshplan import live, sandbox, state
-from meshplan.apply import Outcome, ProxyResult
-from meshplan.apply_command import _progress
+from meshplan.apply.command import _progress
+from meshplan.apply.deliver import Outcome, ProxyResult
 from meshplan.cli import app
+from meshplan.observe import live
 from meshplan.present.text import printable
-from meshplan.processes import TrackedProcess
+from meshplan.sandbox import mesh as sandbox
+from meshplan.state import records as state
+from meshplan.util.processes import TrackedProcess
 from tests.meshes import DEMO
 from tests.test_live import dump, serve
 
@@ -68,8 +70,8 @@ def test_explain_shows_a_file_name_escaped(tmp_path: Path) -> None:
 
 def _envoy_answers(tmp_path: Path) -> tuple[respx.MockRouter, dict[str, Any]]:
     """Admin APIs for the demo whose web reports a listener in error with the payload in Envoy's message."""
-    from meshplan.render import render_all
-    from meshplan.validate import load_and_parse
+    from meshplan.render.proxies import render_all
+    from meshplan.validate.resources import load_and_parse
 
     proxies = render_all(load_and_parse(DEMO))
     router = respx.mock(assert_all_called=False)

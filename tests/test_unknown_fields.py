@@ -17,11 +17,11 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from meshplan import validate as validate_module
 from meshplan.cli import app
 from meshplan.errors import Violation
-from meshplan.load import PathKey, format_path, load_text
-from meshplan.yaml_documents import Budget
+from meshplan.load.resources import PathKey, format_path, load_text
+from meshplan.load.yaml_documents import Budget
+from meshplan.validate import resources as validate_module
 from tests.fixture_corpus import resources
 from tests.test_validate import BASE, write
 

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from meshplan.cli import app
 from meshplan.errors import LoadError
-from meshplan.validate import load_and_parse
+from meshplan.validate.resources import load_and_parse
 
 BASE = {
     "mesh.yaml": """

@@ -36,12 +36,12 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from meshplan.check import FieldCheck
-from meshplan.load import PathKey
-from meshplan.match import FromRule, Merged, merge_from, merge_to, rule_for
+from meshplan.load.resources import PathKey
+from meshplan.match.matcher import FromRule, Merged, merge_from, merge_to, rule_for
 from meshplan.model import SIDECAR, Dataplane, Inbound, Policy
 from meshplan.policies import FROM
 from meshplan.policies.base import Json, ProxyBuild, hcm, origins_of, tcp_proxy
+from meshplan.validate.check import FieldCheck
 
 KIND = "MeshAccessLog"
 

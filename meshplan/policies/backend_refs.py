@@ -30,15 +30,15 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from meshplan import names
-from meshplan.check import FieldCheck
-from meshplan.load import PathKey
-from meshplan.match import Destination
+from meshplan.envoy import names
+from meshplan.envoy import types as envoy_types
+from meshplan.load.resources import PathKey
+from meshplan.match.matcher import Destination
 from meshplan.model import GATEWAY, SERVICE_TAG, Dataplane, Desired, Outbound, Policy
 from meshplan.policies import KINDS
 from meshplan.policies.base import Json, OutboundPoint, ProxyBuild
-from meshplan.render import envoy_types
 from meshplan.render.sidecar import outbound_cluster
+from meshplan.validate.check import FieldCheck
 
 MESH_SERVICE = "MeshService"
 MESH_SERVICE_SUBSET = "MeshServiceSubset"

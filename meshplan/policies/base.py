@@ -20,10 +20,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from meshplan.check import FieldCheck
-from meshplan.load import PathKey
-from meshplan.match import Destination, Merged
+from meshplan.load.resources import PathKey
+from meshplan.match.matcher import Destination, Merged
 from meshplan.model import Dataplane, Desired, Inbound, Policy, ProxyConfig, ZoneEgress
+from meshplan.validate.check import FieldCheck
 
 Json = dict[str, Any]
 Steps = tuple[str | int, ...]  # keys and list positions from a resource's top to one of its fields

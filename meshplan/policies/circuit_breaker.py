@@ -57,11 +57,11 @@ from dataclasses import replace
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from meshplan.check import FieldCheck, proto_duration
-from meshplan.load import PathKey
-from meshplan.match import Merged, merge_to
+from meshplan.load.resources import PathKey
+from meshplan.match.matcher import Merged, merge_to
 from meshplan.model import SIDECAR, Policy
 from meshplan.policies.base import Json, ProxyBuild, origins_of
+from meshplan.validate.check import FieldCheck, proto_duration
 
 KIND = "MeshCircuitBreaker"
 

@@ -4,7 +4,7 @@ Shared by the inbound ("from") policies: MeshTrafficPermission renders a conditi
 MeshRateLimit and MeshFaultInjection as a matcher predicate that skips a filter for every other client.
 
 Client identity. Mesh mTLS is the only thing an inbound knows about its client: the certificate a sidecar presents
-carries `spiffe://<mesh>/<service>` for each service of its inbounds (meshplan/pki.py, docs/names.md). So:
+carries `spiffe://<mesh>/<service>` for each service of its inbounds (meshplan/xds/pki.py, docs/names.md). So:
 - `kuma.io/service: X` (MeshService, the service part of MeshServiceSubset) is exact: the SAN `spiffe://<mesh>/X`.
 - Any other tag is matched on a `kuma://<tag>/<value>` SAN when the mesh's certificates carry them (as Kuma's do;
   `pki.identities` says). Until then a tag is resolved through the desired mesh instead: the dataplanes with an
@@ -30,10 +30,18 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from meshplan import names, pki
-from meshplan.match import Destination, FromRule
-from meshplan.model import SERVICE_TAG, Dataplane, Desired, Inbound, TargetRef, ZoneEgress
+from meshplan.envoy import names
+from meshplan.match.matcher import Destination, FromRule
+from meshplan.model import (
+    SERVICE_TAG,
+    Dataplane,
+    Desired,
+    Inbound,
+    TargetRef,
+    ZoneEgress,
+)
 from meshplan.policies.base import Json
+from meshplan.xds import pki
 
 _PREFIX = "type.googleapis.com/"
 EXTENSION_WITH_MATCHER = _PREFIX + "envoy.extensions.common.matching.v3.ExtensionWithMatcher"

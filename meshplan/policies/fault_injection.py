@@ -32,12 +32,18 @@ import re
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from meshplan.check import FieldCheck, duration_json, parse_duration
-from meshplan.load import PathKey
-from meshplan.match import merge_from
+from meshplan.load.resources import PathKey
+from meshplan.match.matcher import merge_from
 from meshplan.model import Policy
 from meshplan.policies.base import Json, ProxyBuild, hcm, insert_http_filter, origins_of
-from meshplan.policies.clients import first_match, http_filter_for, label, mesh_of, rule_clients
+from meshplan.policies.clients import (
+    first_match,
+    http_filter_for,
+    label,
+    mesh_of,
+    rule_clients,
+)
+from meshplan.validate.check import FieldCheck, duration_json, parse_duration
 
 KIND = "MeshFaultInjection"
 

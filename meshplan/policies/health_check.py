@@ -47,12 +47,12 @@ import base64
 import binascii
 import re
 
-from meshplan.check import FieldCheck, as_decimal, proto_duration
-from meshplan.load import PathKey
-from meshplan.match import Merged, merge_to
+from meshplan.load.resources import PathKey
+from meshplan.match.matcher import Merged, merge_to
 from meshplan.model import Policy
 from meshplan.policies import KINDS
 from meshplan.policies.base import Json, ProxyBuild, origins_of
+from meshplan.validate.check import FieldCheck, as_decimal, proto_duration
 
 KIND = "MeshHealthCheck"
 

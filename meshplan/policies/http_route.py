@@ -33,7 +33,7 @@ more query parameters. The base render's catch-all `prefix: /` to the outbound's
 whose match has no condition at all (`{}` or only PathPrefix `/`) does not add a route: it changes that catch-all
 (Kuma would place it before regular-expression routes, which it then shadows).
 
-Merging (Kuma's, not match.py's whole-list replacement): every `to` item that applies contributes its rules; rules
+Merging (Kuma's, not the matcher's whole-list replacement): every `to` item that applies contributes its rules; rules
 with equal `matches` are one rule whose `default`s merge as RFC 7396 patches in policy order (a more specific policy
 wins field by field; `backendRefs` and `filters` are lists, replaced whole); a rule keeps the place of its most
 specific writer, and rules of more specific policies come first among equally specific matches.
@@ -52,9 +52,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from meshplan.check import FieldCheck
-from meshplan.load import PathKey
-from meshplan.match import Contribution, Merged, merge_patch, merge_to
+from meshplan.load.resources import PathKey
+from meshplan.match.matcher import Contribution, Merged, merge_patch, merge_to
 from meshplan.model import SIDECAR, Dataplane, Desired, Policy
 from meshplan.policies import backend_refs as refs
 from meshplan.policies.backend_refs import Backend
@@ -68,6 +67,7 @@ from meshplan.policies.http_route_checks import (
     REWRITE,
     validate_rule,
 )
+from meshplan.validate.check import FieldCheck
 
 KIND = "MeshHTTPRoute"
 

@@ -23,9 +23,9 @@ import re
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from meshplan.check import FieldCheck
-from meshplan.load import PathKey
+from meshplan.load.resources import PathKey
 from meshplan.policies import backend_refs as refs
+from meshplan.validate.check import FieldCheck
 
 KIND = "MeshHTTPRoute"
 

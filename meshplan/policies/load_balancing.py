@@ -37,12 +37,17 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from meshplan.check import FieldCheck, as_decimal, duration_json, parse_duration
-from meshplan.load import PathKey
-from meshplan.match import Merged, merge_to
+from meshplan.load.resources import PathKey
+from meshplan.match.matcher import Merged, merge_to
 from meshplan.model import Policy
 from meshplan.policies import KINDS
 from meshplan.policies.base import Json, ProxyBuild, origins_of, routes
+from meshplan.validate.check import (
+    FieldCheck,
+    as_decimal,
+    duration_json,
+    parse_duration,
+)
 
 KIND = "MeshLoadBalancingStrategy"
 

@@ -40,9 +40,8 @@ import re
 from decimal import Decimal
 from typing import Any
 
-from meshplan.check import FieldCheck, duration_json, parse_duration
-from meshplan.load import PathKey
-from meshplan.match import FromRule, merge_from
+from meshplan.load.resources import PathKey
+from meshplan.match.matcher import FromRule, merge_from
 from meshplan.model import Policy
 from meshplan.policies.base import Json, ProxyBuild, hcm, insert_http_filter, origins_of
 from meshplan.policies.clients import (
@@ -55,6 +54,7 @@ from meshplan.policies.clients import (
     stat_label,
     stat_scope,
 )
+from meshplan.validate.check import FieldCheck, duration_json, parse_duration
 
 KIND = "MeshRateLimit"
 

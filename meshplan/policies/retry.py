@@ -39,16 +39,16 @@ OmitPreviousPriorities an updateFrequency above zero and appears once.
 
 from __future__ import annotations
 
-from decimal import Decimal
 import re
+from decimal import Decimal
 from http import HTTPStatus
 from typing import Any
 
-from meshplan.check import FieldCheck, proto_duration
-from meshplan.load import PathKey
-from meshplan.match import Merged, merge_to
+from meshplan.load.resources import PathKey
+from meshplan.match.matcher import Merged, merge_to
 from meshplan.model import SIDECAR, Policy
 from meshplan.policies.base import Json, ProxyBuild, origins_of, routes, tcp_proxy
+from meshplan.validate.check import FieldCheck, proto_duration
 
 KIND = "MeshRetry"
 

@@ -26,13 +26,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from meshplan.check import FieldCheck
-from meshplan.load import PathKey
-from meshplan.match import merge_to
+from meshplan.load.resources import PathKey
+from meshplan.match.matcher import merge_to
 from meshplan.model import SIDECAR, Dataplane, Desired, Policy
 from meshplan.policies import backend_refs as refs
 from meshplan.policies.backend_refs import Backend
-from meshplan.policies.base import HCM_NAME, TCP_PROXY_NAME, Json, OutboundPoint, ProxyBuild, hcm, origins_of, tcp_proxy
+from meshplan.policies.base import (
+    HCM_NAME,
+    TCP_PROXY_NAME,
+    Json,
+    OutboundPoint,
+    ProxyBuild,
+    hcm,
+    origins_of,
+    tcp_proxy,
+)
+from meshplan.validate.check import FieldCheck
 
 KIND = "MeshTCPRoute"
 HTTP_ROUTE_KIND = "MeshHTTPRoute"

@@ -38,12 +38,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from meshplan import names
-from meshplan.check import FieldCheck, proto_duration
-from meshplan.load import PathKey
-from meshplan.match import Merged, merge_from, merge_to, rule_for
+from meshplan.envoy import names
+from meshplan.load.resources import PathKey
+from meshplan.match.matcher import Merged, merge_from, merge_to, rule_for
 from meshplan.model import Inbound, Policy
 from meshplan.policies.base import Json, ProxyBuild, hcm, origins_of, routes, tcp_proxy
+from meshplan.validate.check import FieldCheck, proto_duration
 
 KIND = "MeshTimeout"
 

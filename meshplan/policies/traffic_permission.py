@@ -37,9 +37,8 @@ Deny, `rules.action: ALLOW` lists the allowing rules the same way. Policies are 
 
 from __future__ import annotations
 
-from meshplan.check import FieldCheck
-from meshplan.load import PathKey
-from meshplan.match import Destination, FromRule, merge_from
+from meshplan.load.resources import PathKey
+from meshplan.match.matcher import Destination, FromRule, merge_from
 from meshplan.model import Desired, Policy
 from meshplan.policies.base import InboundPoint, Json, ProxyBuild, hcm, origins_of
 from meshplan.policies.clients import (
@@ -54,6 +53,7 @@ from meshplan.policies.clients import (
     rule_clients,
     stat_scope,
 )
+from meshplan.validate.check import FieldCheck
 
 KIND = "MeshTrafficPermission"
 

@@ -8,9 +8,9 @@ from typing import Any
 
 from rich.console import Console
 
-from meshplan.diff import Action
+from meshplan.compare.diff import Action
 from meshplan.model import EGRESS, SIDECAR
-from meshplan.plan import Plan, ProxyPlan, ResourcePlan
+from meshplan.plan.model import Plan, ProxyPlan, ResourcePlan
 from meshplan.present.text import markup_safe as _safe
 
 _STYLE = {Action.CREATE: "green", Action.UPDATE: "yellow", Action.DELETE: "red"}

@@ -1,33 +1,5 @@
-"""Desired mesh -> the Envoy resources every proxy should run (pure: certificates are SDS secrets, named only).
-
-Each proxy is built in two steps: the base resources (render/sidecar.py, render/egress.py), then every policy module
-in the registry's order, each changing only what is already there and remembering which policy set which field.
+"""Render: the desired mesh -> the Envoy resources every proxy should run (pure: certificates are SDS secrets,
+named only). Each proxy is built in two steps: its base resources (sidecar.py, egress.py), then every policy module
+in the registry's order (proxies.py), each changing only what is already there and recording which policy set
+which field.
 """
-
-from __future__ import annotations
-
-from meshplan.model import Desired, ProxyConfig
-from meshplan.policies.base import ProxyBuild
-from meshplan.render.egress import build_egress
-from meshplan.render.sidecar import build_sidecar
-
-
-def apply_policies(build: ProxyBuild) -> ProxyConfig:
-    # Imported here: policy modules build clusters with render/sidecar.py, so the registry comes after render.
-    from meshplan.policies.registry import MODULES
-
-    for module in MODULES:
-        # Every module runs, with or without policies of its kind: some defaults need none (the egress's
-        # defaultForbidMeshExternalServiceAccess).
-        module.apply(build, [p for p in build.desired.policies if p.kind == module.KIND])
-    return build.finish()
-
-
-def render_all(desired: Desired) -> list[ProxyConfig]:
-    """Every proxy of the desired mesh, sidecars first then egresses, each in name order."""
-    builds = [build_sidecar(desired, dp) for dp in sorted(desired.dataplanes, key=lambda d: d.name)]
-    builds += [build_egress(desired, eg) for eg in sorted(desired.egresses, key=lambda e: e.name)]
-    return [apply_policies(build) for build in builds]
-
-
-__all__ = ["render_all", "apply_policies", "build_sidecar", "build_egress"]

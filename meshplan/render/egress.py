@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import ipaddress
 
-from meshplan.match import Destination
+from meshplan.envoy import names
+from meshplan.envoy import types as t
+from meshplan.match.matcher import Destination
 from meshplan.model import EGRESS, Desired, MeshExternalService, ZoneEgress
 from meshplan.policies.base import InboundPoint, OutboundPoint, ProxyBuild
-from meshplan.render import envoy_types as t
-from meshplan import names
 from meshplan.render.sidecar import CONNECT_TIMEOUT
 
 SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from meshplan.match import Destination
+from meshplan.envoy import names
+from meshplan.envoy import types as t
+from meshplan.match.matcher import Destination
 from meshplan.model import SIDECAR, Dataplane, Desired, Inbound, Outbound
 from meshplan.policies.base import InboundPoint, OutboundPoint, ProxyBuild
-from meshplan.render import envoy_types as t
-from meshplan import names
 
 CONNECT_TIMEOUT = "5s"  # Kuma's default connectionTimeout
 

@@ -17,10 +17,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from meshplan.envoy import types as t
 from meshplan.errors import MeshplanError
-from meshplan.fsutil import write_atomic
 from meshplan.model import ProxyConfig
-from meshplan.render import envoy_types as t
+from meshplan.util.fsutil import write_atomic
 from meshplan.xds import identity
 
 XDS_CLUSTER = "meshplan_xds"

@@ -18,7 +18,7 @@ from typing import Any
 from google.protobuf import json_format, message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
-from meshplan.canonical import WELL_KNOWN_LEAF_TYPES, message_descriptor
+from meshplan.compare.canonical import WELL_KNOWN_LEAF_TYPES, message_descriptor
 
 _ANY = "google.protobuf.Any"
 _CACHE_ENTRIES = 200_000  # sub-messages kept (a few hundred bytes each); past it the cache starts over

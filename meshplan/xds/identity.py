@@ -12,7 +12,8 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from meshplan import names, pki
+from meshplan.envoy import names
+from meshplan.xds import pki
 
 SERVER_ID = "spiffe://meshplan-xds/server"
 # Envoy checks the server by its URI SAN; gRPC clients check a host name, so the certificate carries one too (a

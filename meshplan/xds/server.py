@@ -31,15 +31,21 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf import any_pb2
 
-from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
-
+from meshplan.envoy.types import CLUSTER, LISTENER, SECRET
 from meshplan.errors import MeshplanError
-from meshplan.render.envoy_types import CLUSTER, LISTENER, SECRET
 from meshplan.xds import identity
 from meshplan.xds.snapshot import KIND, Snapshot
-from meshplan.xds.store import HEARTBEAT, DirectoryStore, ProxyStatus, ServerInfo, Store, new_server_info
+from meshplan.xds.store import (
+    HEARTBEAT,
+    DirectoryStore,
+    ProxyStatus,
+    ServerInfo,
+    Store,
+    new_server_info,
+)
 
 POLL = 0.02  # seconds between two looks at the store for new snapshots
 FLUSH = 0.02  # seconds between two appends of changed statuses to the journal

@@ -18,17 +18,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
+from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import any_pb2, json_format, message_factory
 from google.protobuf.message import DecodeError
 
-from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
-from envoy.service.discovery.v3 import discovery_pb2
-
-from meshplan import names, pki
-from meshplan.canonical import CanonicalError, message_descriptor
+from meshplan.compare.canonical import CanonicalError, message_descriptor
+from meshplan.envoy import names
+from meshplan.envoy.types import CLUSTER, LISTENER, SECRET, secret_names
 from meshplan.errors import MeshplanError
+from meshplan.xds import pki
 from meshplan.xds.encode import EncodeError, encode
-from meshplan.render.envoy_types import CLUSTER, LISTENER, SECRET, secret_names
 
 # The order a control plane sends types in (clusters before the listeners that use them); secrets are asked for by
 # name, by the clusters and listeners that reference them.

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from meshplan.fsutil import fsync_path, replace_file, write_atomic, write_temp
+from meshplan.util.fsutil import fsync_path, replace_file, write_atomic, write_temp
 from meshplan.xds.snapshot import Snapshot, SnapshotError
 
 

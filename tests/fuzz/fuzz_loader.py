@@ -22,7 +22,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
 
 from hypothesis import HealthCheck, given, seed, settings  # noqa: E402
 
-from tests.loader_fuzz import Entry, Outcome, check_validate, directories, max_rss_bytes, write_directory, yaml_texts  # noqa: E402
+from tests.loader_fuzz import (  # noqa: E402
+    Entry,
+    Outcome,
+    check_validate,
+    directories,
+    max_rss_bytes,
+    write_directory,
+    yaml_texts,
+)
 
 
 def main(argv: list[str]) -> int:

@@ -9,15 +9,21 @@ from __future__ import annotations
 import datetime
 import json
 import re
-from urllib.parse import urlsplit
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
-from meshplan.canonical import CanonicalError, fingerprint_canonical
-from meshplan.diff import Action, FieldChange, ResourceChange, canonical_by_name, diff_canonical
-from meshplan.live import LiveResult, Outcome
+from meshplan.compare.canonical import CanonicalError, fingerprint_canonical
+from meshplan.compare.diff import (
+    Action,
+    FieldChange,
+    ResourceChange,
+    canonical_by_name,
+    diff_canonical,
+)
 from meshplan.model import EGRESS, SIDECAR, ProxyConfig
+from meshplan.observe.live import LiveResult, Outcome
 
 FORMAT_VERSION = "1.0"
 BASE = "base"  # the origin of whatever no policy set: the mesh's structure

@@ -17,9 +17,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from meshplan.envoy import names
 from meshplan.model import SERVICE_TAG, Desired
-from meshplan import names
-from meshplan.fsutil import write_atomic
+from meshplan.util.fsutil import write_atomic
 
 CA_LIFETIME = datetime.timedelta(days=3650)
 CERT_LIFETIME = datetime.timedelta(days=365)

@@ -40,7 +40,7 @@ from typing import Any
 
 import httpx
 
-from meshplan.config_dump import (
+from meshplan.envoy.config_dump import (
     BOOTSTRAP_DUMP_TYPE,
     CLUSTERS_DUMP_TYPE,
     LISTENERS_DUMP_TYPE,
@@ -48,9 +48,9 @@ from meshplan.config_dump import (
     NotAConfigDump,
     managed_resources,
 )
-from meshplan import jsonlimits
 from meshplan.errors import MeshplanError
-from meshplan.fsutil import read_bounded, write_atomic
+from meshplan.util import jsonlimits
+from meshplan.util.fsutil import read_bounded, write_atomic
 
 DEFAULT_PARALLELISM = 32  # proxies fetched at once; each holds up to three connections
 DEFAULT_TIMEOUT = 5.0  # seconds, for connecting and for each read

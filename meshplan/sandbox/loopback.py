@@ -10,10 +10,10 @@ import ipaddress
 import socket
 from dataclasses import dataclass
 
-from meshplan.addresses import address_problem, endpoint_problem
+from meshplan.envoy.types import listener_addresses
 from meshplan.errors import SandboxError
 from meshplan.model import Desired, ProxyConfig
-from meshplan.render.envoy_types import listener_addresses
+from meshplan.validate.addresses import address_problem, endpoint_problem
 
 APP = "app"
 EXTERNAL = "external"

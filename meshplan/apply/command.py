@@ -14,15 +14,23 @@ from pathlib import Path
 
 from rich.console import Console
 
-from meshplan import pki, state
-from meshplan.apply import Outcome, ProxyResult, apply_plan, record, stale, unchanged
-from meshplan.envoy import validate_configs
+from meshplan.apply.deliver import (
+    Outcome,
+    ProxyResult,
+    apply_plan,
+    record,
+    stale,
+    unchanged,
+)
+from meshplan.envoy.binary import validate_configs
 from meshplan.errors import ApplyError, MeshplanError
-from meshplan.plan import Plan, from_json
+from meshplan.plan.model import Plan, from_json
+from meshplan.plan.workflow import Selection, compute_plan, fetch_live
 from meshplan.present.human import render_plan
 from meshplan.present.text import markup_safe
-from meshplan.validate import load_and_parse
-from meshplan.workflow import Selection, compute_plan, fetch_live
+from meshplan.state import records as state
+from meshplan.validate.resources import load_and_parse
+from meshplan.xds import pki
 
 EXIT_OK, EXIT_ERROR, EXIT_PARTIAL = 0, 1, 3
 _STYLE = {Outcome.APPLIED: "green", Outcome.UNCHANGED: "dim", Outcome.ROLLED_BACK: "yellow", Outcome.SKIPPED: "yellow"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from meshplan import names
+from meshplan.envoy import names
 
 _PREFIX = "type.googleapis.com/"
 CLUSTER = _PREFIX + "envoy.config.cluster.v3.Cluster"

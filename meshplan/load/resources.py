@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from meshplan.desired_files import ByteBudget, DesiredFile, find_files, read_text
 from meshplan.errors import Source, Violation
-from meshplan.yaml_documents import Budget, PathKey, format_path, read_documents
+from meshplan.load.files import ByteBudget, DesiredFile, find_files, read_text
+from meshplan.load.yaml_documents import Budget, PathKey, format_path, read_documents
 
 __all__ = ["PathKey", "RawResource", "format_path", "load_dir", "load_file", "load_text"]
 

@@ -20,8 +20,8 @@ import asyncio
 import multiprocessing
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
@@ -29,11 +29,12 @@ from typing import Any
 
 import httpx
 
-from meshplan import live, state
-from meshplan.canonical import fingerprint
+from meshplan.compare.canonical import fingerprint
+from meshplan.envoy.types import cluster_endpoints, listener_addresses
 from meshplan.errors import ApplyError
-from meshplan.plan import Plan, ProxyPlan
-from meshplan.render.envoy_types import cluster_endpoints, listener_addresses
+from meshplan.observe import live
+from meshplan.plan.model import Plan, ProxyPlan
+from meshplan.state import records as state
 from meshplan.xds import snapshot as snapshots
 from meshplan.xds.snapshot import Snapshot
 from meshplan.xds.store import DirectoryStore, ProxyStatus, Store

@@ -24,12 +24,20 @@ from typing import Any
 import httpx
 
 import meshplan
-from meshplan.envoy import envoy_binary, proxy_dir
+from meshplan.envoy.binary import envoy_binary, proxy_dir
 from meshplan.errors import SandboxError
-from meshplan.fsutil import write_atomic
-from meshplan.loopback import LocalApp, free_port, preflight
 from meshplan.model import Desired, ProxyConfig
-from meshplan.processes import Liveness, StopOutcome, Stopped, TrackedProcess, liveness, spawn, stop
+from meshplan.sandbox.loopback import LocalApp, free_port, preflight
+from meshplan.util.fsutil import write_atomic
+from meshplan.util.processes import (
+    Liveness,
+    StopOutcome,
+    Stopped,
+    TrackedProcess,
+    liveness,
+    spawn,
+    stop,
+)
 from meshplan.xds import snapshot
 from meshplan.xds.bootstrap import write_host_dir
 from meshplan.xds.store import DirectoryStore
@@ -116,7 +124,7 @@ def _env_for_apps() -> dict[str, str]:
 
 
 def _start_app(state_dir: Path, app: LocalApp) -> tuple[TrackedProcess, subprocess.Popen[bytes]]:
-    argv = [sys.executable, "-m", "meshplan.demoapp", "--address", app.address, "--port", str(app.port)]
+    argv = [sys.executable, "-m", "meshplan.sandbox.demoapp", "--address", app.address, "--port", str(app.port)]
     argv += ["--service", app.service, "--instance", app.instance]
     output = state_dir / "sandbox" / f"{app.role}-{re.sub(r'[^A-Za-z0-9._-]+', '_', app.name)}.log"
     return spawn(app.role, app.name, argv, output=output, address=app.address, port=app.port, cwd=state_dir,

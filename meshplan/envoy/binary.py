@@ -23,10 +23,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from meshplan import names
+from meshplan.envoy import names
+from meshplan.envoy.types import secret_names
 from meshplan.errors import EnvoyError
 from meshplan.model import ProxyConfig
-from meshplan.render.envoy_types import secret_names
 
 ENVOY_ENV = "MESHPLAN_ENVOY"
 

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meshplan.errors import Source
-from meshplan.policies import KINDS
 from meshplan.model import (
     EGRESS,
     SERVICE_TAG,
@@ -31,6 +30,7 @@ from meshplan.model import (
     TargetRef,
     ZoneEgress,
 )
+from meshplan.policies import KINDS
 
 Proxy = Dataplane | ZoneEgress
 Path = tuple[str, ...]

@@ -38,7 +38,12 @@ from deepdiff import DeepDiff
 from deepdiff.helper import NotPresent
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
-from meshplan.canonical import WELL_KNOWN_LEAF_TYPES, CanonicalError, canonical_json, message_descriptor
+from meshplan.compare.canonical import (
+    WELL_KNOWN_LEAF_TYPES,
+    CanonicalError,
+    canonical_json,
+    message_descriptor,
+)
 
 Kind = Literal["cluster", "listener"]
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from meshplan.check import FieldCheck
-from meshplan.load import PathKey, RawResource, format_path
+from meshplan.load.resources import PathKey, RawResource, format_path
 from meshplan.model import EGRESS, GATEWAY, SIDECAR, Policy, PolicyItem, TargetRef
 from meshplan.policies import FROM, KINDS, ROUTE_KINDS, SINGLE, TO
 from meshplan.policies.registry import BY_KIND
+from meshplan.validate.check import FieldCheck
 
 PROXY_TYPES = (SIDECAR, GATEWAY, EGRESS)
 TARGET_KINDS = ("Mesh", "MeshSubset", "MeshService", "MeshServiceSubset", "Dataplane", "MeshExternalService")

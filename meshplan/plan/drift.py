@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-from meshplan import state
-from meshplan.canonical import CanonicalError, fingerprint
-from meshplan.fsutil import write_atomic
-from meshplan.live import LiveResult, Outcome
+from meshplan.compare.canonical import CanonicalError, fingerprint
 from meshplan.model import ProxyConfig
+from meshplan.observe.live import LiveResult, Outcome
+from meshplan.state import records as state
+from meshplan.util.fsutil import write_atomic
 from meshplan.xds.store import ProxyStatus, Store
 
 

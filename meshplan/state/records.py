@@ -29,10 +29,10 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from meshplan import jsonlimits
 from meshplan.errors import LockError, StateError
-from meshplan.fsutil import file_kind, read_bounded, write_atomic
 from meshplan.present.text import printable
+from meshplan.util import jsonlimits
+from meshplan.util.fsutil import file_kind, read_bounded, write_atomic
 
 STATE_FILE = "state.json"
 BACKUP_FILE = STATE_FILE + ".backup"

@@ -6,9 +6,9 @@ import re
 from decimal import Decimal, InvalidOperation
 from typing import Any, TypeVar
 
-from meshplan.addresses import address_problem
 from meshplan.errors import Violation
-from meshplan.load import PathKey, RawResource
+from meshplan.load.resources import PathKey, RawResource
+from meshplan.validate.addresses import address_problem
 
 T = TypeVar("T")
 

@@ -8,9 +8,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from meshplan import match
 from meshplan.errors import MeshplanError
-from meshplan.match import Destination, Merged
+from meshplan.match import matcher as match
+from meshplan.match.matcher import Destination, Merged
 from meshplan.model import Dataplane, Desired, Inbound, Policy, ZoneEgress
 from meshplan.policies import FROM, KINDS, TO
 from meshplan.present.text import printable

@@ -12,10 +12,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from meshplan import names
+from meshplan.envoy import names
 from meshplan.errors import LoadError, Source, Violation
-from meshplan.check import FieldCheck
-from meshplan.load import PathKey, RawResource, format_path, load_dir
+from meshplan.load.resources import PathKey, RawResource, format_path, load_dir
 from meshplan.model import (
     Dataplane,
     Desired,
@@ -26,8 +25,15 @@ from meshplan.model import (
 )
 from meshplan.policies import KINDS
 from meshplan.policies.registry import BY_KIND
-from meshplan.infra_rules import MAX_SNI, parse_dataplane, parse_egress, parse_external, parse_mesh
-from meshplan.policy_rules import parse_policy
+from meshplan.validate.check import FieldCheck
+from meshplan.validate.infra_rules import (
+    MAX_SNI,
+    parse_dataplane,
+    parse_egress,
+    parse_external,
+    parse_mesh,
+)
+from meshplan.validate.policy_rules import parse_policy
 
 INFRA_KINDS = ("Mesh", "Dataplane", "ZoneEgress", "MeshExternalService")
 DEFAULT_MESH = "default"

@@ -16,15 +16,17 @@ from pathlib import Path
 import httpx
 from rich.console import Console
 
-from meshplan import drift, pki, sandbox, state
-from meshplan.apply import Outcome, apply_plan, record
+from meshplan.apply.deliver import Outcome, apply_plan, record
 from meshplan.errors import MeshplanError
 from meshplan.model import Desired
+from meshplan.plan import drift
+from meshplan.plan.workflow import compute_plan, desired_proxies, fetch_live
 from meshplan.present.human import render_plan
-from meshplan.render import render_all
-from meshplan.validate import load_and_parse
-from meshplan.workflow import compute_plan, desired_proxies, fetch_live
-from meshplan.xds import snapshot
+from meshplan.render.proxies import render_all
+from meshplan.sandbox import mesh as sandbox
+from meshplan.state import records as state
+from meshplan.validate.resources import load_and_parse
+from meshplan.xds import pki, snapshot
 from meshplan.xds.store import DirectoryStore
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "demo"

@@ -9,10 +9,8 @@ import ipaddress
 import re
 from typing import Any
 
-from meshplan import names
-from meshplan.addresses import endpoint_problem
-from meshplan.check import FieldCheck
-from meshplan.load import PathKey, RawResource
+from meshplan.envoy import names
+from meshplan.load.resources import PathKey, RawResource
 from meshplan.model import (
     PROTOCOL_TAG,
     SERVICE_TAG,
@@ -25,6 +23,8 @@ from meshplan.model import (
     Outbound,
     ZoneEgress,
 )
+from meshplan.validate.addresses import endpoint_problem
+from meshplan.validate.check import FieldCheck
 
 PROTOCOLS = ("tcp", "http", "http2", "grpc")
 TLS_MODES = ("Secured", "SkipSAN", "SkipCA", "SkipAll")

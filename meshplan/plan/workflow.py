@@ -5,20 +5,21 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import gc
-from collections.abc import Iterator, Sequence
 import multiprocessing
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from meshplan import live, state
-from meshplan.addresses import http_url
 from meshplan.errors import MeshplanError
 from meshplan.model import Dataplane, Desired, ProxyConfig, ZoneEgress
-from meshplan.plan import DesiredForms, Plan, desired_forms, make_plan
-from meshplan.render import render_all
-from meshplan.validate import load_and_parse
+from meshplan.observe import live
+from meshplan.plan.model import DesiredForms, Plan, desired_forms, make_plan
+from meshplan.render.proxies import render_all
+from meshplan.state import records as state
+from meshplan.validate.addresses import http_url
+from meshplan.validate.resources import load_and_parse
 
 
 @dataclass(frozen=True)
