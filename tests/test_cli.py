@@ -90,3 +90,11 @@ def test_force_unlock_needs_the_lock_id(tmp_path: Path) -> None:
         right = runner.invoke(app, ["force-unlock", held.id, "--state", str(tmp_path)])
         assert right.exit_code == 0
     assert state.holder(tmp_path) is None
+
+
+def test_the_demo_finds_the_bundled_example() -> None:
+    """`meshplan demo` without --example runs examples/demo of the checkout (a module moved deeper must follow)."""
+    from meshplan.sandbox import demo
+
+    assert (demo.EXAMPLE / "mesh.yaml").is_file() or any(demo.EXAMPLE.glob("*.yaml"))
+    assert demo.EXAMPLE.parent.name == "examples"

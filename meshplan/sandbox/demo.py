@@ -29,7 +29,7 @@ from meshplan.validate.resources import load_and_parse
 from meshplan.xds import pki, snapshot
 from meshplan.xds.store import DirectoryStore
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "demo"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "demo"  # meshplan/sandbox/demo.py -> the checkout
 REQUESTS = 6
 HEALTHY_WAIT = 5.0  # seconds: more than two health-check intervals of the demo's MeshHealthCheck
 
