@@ -10,9 +10,12 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Literal, Optional, cast
 
 import typer
+import typer.core
+import typer.main
+import typer.rich_utils
 import yaml
 from rich.console import Console
 
@@ -28,13 +31,32 @@ EXIT_CHANGES = 2
 app = typer.Typer(
     help="Plan and apply Envoy configuration for a Kuma-style service mesh, from a directory of mesh resources.",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        sys.stdout.write(f"meshplan {version('meshplan')}\n")
+        raise typer.Exit(EXIT_OK)
+
+
+@app.callback()
+def _global(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print meshplan's version and exit.")] = False,
+    no_color: Annotated[bool, typer.Option("--no-color", help="No colour in any output (as NO_COLOR=1 does).")] = False,
+) -> None:
+    if no_color:
+        os.environ["NO_COLOR"] = "1"
+        os.environ["TERM"] = "dumb"
+
+
 sandbox_app = typer.Typer(help="A local mesh of real Envoys on loopback, for rehearsing a desired directory.", no_args_is_help=True)
 app.add_typer(sandbox_app, name="sandbox")
 
-DirArg = Annotated[Path, typer.Argument(help="The desired directory: YAML files of mesh resources (searched recursively).")]
+DirArg = Annotated[Path, typer.Argument(metavar="DIR", help="The desired directory: YAML files of mesh resources (searched recursively).")]
 StateOpt = Annotated[
     Path,
     typer.Option("--state", envvar="MESHPLAN_STATE", help="The state directory (PKI, bootstrap and xDS files, sandbox PIDs)."),
@@ -70,6 +92,10 @@ def _load(directory: Path) -> Desired:
     from meshplan.validate.resources import load_and_parse
 
     return load_and_parse(directory)
+
+
+def _count(n: int, one: str, many: str | None = None) -> str:
+    return f"{n} {one if n == 1 else many or one + 's'}"
 
 
 def _select(proxies: list[ProxyConfig], name: str | None) -> list[ProxyConfig]:
@@ -116,8 +142,9 @@ def validate(
                 return EXIT_ERROR
         count = len(desired.dataplanes) + len(desired.egresses)
         console.print(
-            printable(f"{directory}: valid ({count} proxies, {len(desired.external_services)} external services, "
-                      f"{len(desired.policies)} policies)"),
+            printable(f"{directory}: valid ({count} prox{'y' if count == 1 else 'ies'}, "
+                      f"{_count(len(desired.external_services), 'external service')}, "
+                      f"{_count(len(desired.policies), 'policy', 'policies')})"),
             markup=False,
         )
         return EXIT_OK
@@ -128,8 +155,8 @@ def validate(
 @app.command()
 def render(
     directory: DirArg,
-    proxy: Annotated[Optional[str], typer.Option("--proxy", help="Only this proxy.")] = None,
-    output: Annotated[str, typer.Option("--output", "-o", help="json or yaml.")] = "json",
+    proxy: Annotated[Optional[str], typer.Option("--proxy", metavar="NAME", help="Only this proxy.")] = None,
+    output: Annotated[Literal["json", "yaml"], typer.Option("--output", "-o", help="The format.")] = "json",
 ) -> None:
     """Print the Envoy clusters and listeners every proxy should run (certificates are SDS secrets, by name)."""
 
@@ -155,8 +182,8 @@ def render(
 @app.command()
 def bootstrap(
     directory: DirArg,
-    proxy: Annotated[str, typer.Argument(help="The Dataplane or ZoneEgress name.")],
-    xds: Annotated[str, typer.Option("--xds", help="HOST:PORT where this proxy's host reaches `meshplan serve`.")],
+    proxy: Annotated[str, typer.Argument(metavar="PROXY", help="The Dataplane or ZoneEgress name.")],
+    xds: Annotated[str, typer.Option("--xds", metavar="HOST:PORT", help="HOST:PORT where this proxy's host reaches `meshplan serve`.")],
     out: Annotated[Path, typer.Option("--out", help="The directory to write the host's files into (created if missing).")],
     host_dir: Annotated[Optional[Path], typer.Option("--host-dir", help="Where OUT will be on the proxy's host, if elsewhere: the bootstrap names its files by that path.")] = None,
     state: StateOpt = Path("state"),
@@ -179,7 +206,7 @@ def bootstrap(
 
 @app.command()
 def serve(
-    listen: Annotated[str, typer.Option("--listen", help="HOST:PORT to serve ADS on (port 0: any free port).")],
+    listen: Annotated[str, typer.Option("--listen", metavar="HOST:PORT", help="HOST:PORT to serve ADS on (port 0: any free port).")],
     state: StateOpt = Path("state"),
 ) -> None:
     """Serve every proxy its snapshot over ADS (gRPC, mTLS with the xDS CA under --state), make-before-break, and
@@ -197,13 +224,13 @@ def serve(
     _run(body)
 
 
-ProxyOpt = Annotated[list[str], typer.Option("--proxy", help="Only proxies whose name matches this glob (repeatable).")]
-ExcludeOpt = Annotated[list[str], typer.Option("--exclude-proxy", help="Leave out proxies matching this glob (repeatable).")]
-ParallelismOpt = Annotated[int, typer.Option("--parallelism", min=1, help="Proxies fetched at once.")]
-TimeoutOpt = Annotated[float, typer.Option("--timeout", min=0.1, help="Seconds to connect and for each read, per request.")]
+ProxyOpt = Annotated[list[str], typer.Option("--proxy", metavar="GLOB", help="Only proxies whose name matches this glob (repeatable).")]
+ExcludeOpt = Annotated[list[str], typer.Option("--exclude-proxy", metavar="GLOB", help="Leave out proxies matching this glob (repeatable).")]
+ParallelismOpt = Annotated[int, typer.Option("--parallelism", min=1, metavar="N", help="Proxies fetched at once.")]
+TimeoutOpt = Annotated[float, typer.Option("--timeout", min=0.1, metavar="SECONDS", help="Seconds to connect and for each read, per request.")]
 MaxResponseOpt = Annotated[
     str,
-    typer.Option("--max-response-bytes", help="The largest admin API answer read (decompressed), in bytes or with "
+    typer.Option("--max-response-bytes", metavar="SIZE", help="The largest admin API answer read (decompressed), in bytes or with "
                  "KiB, MiB, GiB; a proxy whose answer is larger is a bad response. Memory for answers stays under "
                  "about --parallelism x 3 x this."),
 ]
@@ -280,7 +307,7 @@ def plan(
 @app.command()
 def snapshot(
     directory: DirArg,
-    out: Annotated[Path, typer.Argument(help="The directory to write one JSON dump per proxy into.")],
+    out: Annotated[Path, typer.Argument(metavar="OUT", help="The directory to write one JSON dump per proxy into.")],
     proxy: ProxyOpt = [],  # noqa: B006
     exclude_proxy: ExcludeOpt = [],  # noqa: B006
     parallelism: ParallelismOpt = 32,
@@ -369,15 +396,15 @@ def sandbox_down(state: StateOpt = Path("state")) -> None:
 
 @app.command()
 def apply(
-    target: Annotated[Path, typer.Argument(help="A desired directory (plan now), or a plan saved with `plan --out`.")],
+    target: Annotated[Path, typer.Argument(metavar="DIR|PLANFILE", help="A desired directory (plan now), or a plan saved with `plan --out`.")],
     auto_approve: Annotated[bool, typer.Option("--auto-approve", help="Apply without asking.")] = False,
-    on_failure: Annotated[str, typer.Option("--on-failure", help="stop: skip the remaining waves after a failure; continue: go on.")] = "stop",
+    on_failure: Annotated[Literal["stop", "continue"], typer.Option("--on-failure", help="stop: skip the remaining waves after a failure; continue: go on.")] = "stop",
     proxy: ProxyOpt = [],  # noqa: B006
     exclude_proxy: ExcludeOpt = [],  # noqa: B006
-    parallelism: Annotated[int, typer.Option("--parallelism", min=1, help="Proxies delivered and verified at once (a wave).")] = 10,
-    wait: Annotated[float, typer.Option("--wait", min=0.1, help="Seconds to wait for each proxy to take its update.")] = 10.0,
+    parallelism: Annotated[int, typer.Option("--parallelism", min=1, metavar="N", help="Proxies delivered and verified at once (a wave).")] = 10,
+    wait: Annotated[float, typer.Option("--wait", min=0.1, metavar="SECONDS", help="Seconds to wait for each proxy to take its update.")] = 10.0,
     timeout: TimeoutOpt = 5.0,
-    lock_timeout: Annotated[float, typer.Option("--lock-timeout", min=0.0, help="Seconds to wait for the state lock.")] = 0.0,
+    lock_timeout: Annotated[float, typer.Option("--lock-timeout", min=0.0, metavar="SECONDS", help="Seconds to wait for the state lock.")] = 0.0,
     state: StateOpt = Path("state"),
 ) -> None:
     """Deliver the plan to the running Envoys, verify each took it, roll back any that refused it, and record state.
@@ -450,8 +477,8 @@ def drift(
 @app.command()
 def explain(
     directory: DirArg,
-    proxy: Annotated[str, typer.Argument(help="The Dataplane or ZoneEgress name.")],
-    policy: Annotated[Optional[str], typer.Option("--policy", help="KIND/NAME: where this policy lands on the proxy, and why not elsewhere.")] = None,
+    proxy: Annotated[str, typer.Argument(metavar="PROXY", help="The Dataplane or ZoneEgress name.")],
+    policy: Annotated[Optional[str], typer.Option("--policy", metavar="KIND/NAME", help="KIND/NAME: where this policy lands on the proxy, and why not elsewhere.")] = None,
 ) -> None:
     """For one proxy: each outbound and inbound with the policies that matched, in merge order, the merged result
     with every field's origin and what it overrode. With --policy, where that policy lands and, where not, why."""
@@ -469,7 +496,7 @@ def explain(
 
 @app.command("force-unlock")
 def force_unlock(
-    lock_id: Annotated[str, typer.Argument(help="The lock ID, as the error that names the holder says.")],
+    lock_id: Annotated[str, typer.Argument(metavar="LOCK_ID", help="The lock ID, as the error that names the holder says.")],
     state: StateOpt = Path("state"),
 ) -> None:
     """Remove the state lock left by a meshplan that is gone. Only with the ID of the lock held now, as the error that
@@ -506,10 +533,37 @@ def demo(
     _run(body)
 
 
+def _help_label(param: Any, ctx: Any) -> str | None:
+    """What help shows after an option: nothing for a flag (`--help` included) or an argument (its name is its
+    metavar), the choices for a choice, else its metavar (GLOB, SECONDS, HOST:PORT ...), PATH or TEXT; never a
+    Python type name, which is what typer shows by default."""
+    descriptor = param.type_descriptor
+    if isinstance(param, typer.core.TyperArgument) or param.is_flag:
+        return None
+    if descriptor.is_choice:
+        return "|".join(str(choice) for choice in descriptor.choices or ())
+    return param.metavar or ("PATH" if descriptor.is_path else "TEXT")
+
+
+for _parameter_class in (typer.core.TyperOption, typer.core.TyperArgument):
+    setattr(_parameter_class, "display_type_rich", _help_label)
+
+
 def main() -> None:
+    """Run the command line. A usage error (an unknown option, a missing argument) exits 1, as every other error
+    does: 2 means "changes" to `plan --detailed-exitcode` and "pending" to `drift`, and must not come from a typo."""
     if os.environ.get("NO_COLOR") is not None:
         os.environ.setdefault("TERM", "dumb")
-    app()
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(prog_name="meshplan", standalone_mode=False)
+    except typer.TyperException as e:  # the parser's errors: an unknown option, a missing or bad argument
+        typer.rich_utils.rich_format_error(cast(Any, e))
+        code = EXIT_ERROR
+    except typer.Abort:
+        _err().print("Aborted.", markup=False)
+        code = EXIT_ERROR
+    sys.exit(code if isinstance(code, int) else EXIT_OK)
 
 
 if __name__ == "__main__":

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+import typer.main
 import yaml
 from typer.testing import CliRunner
 
@@ -98,3 +104,67 @@ def test_the_demo_finds_the_bundled_example() -> None:
 
     assert (demo.EXAMPLE / "mesh.yaml").is_file() or any(demo.EXAMPLE.glob("*.yaml"))
     assert demo.EXAMPLE.parent.name == "examples"
+
+
+def _meshplan(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """The installed entry point, as a user or a CI job runs it (not typer's test runner, which skips `main`)."""
+    return subprocess.run([sys.executable, "-c", "from meshplan.cli import main; main()", *args], capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "COLUMNS": "200", **env})
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["plan", str(DEMO), "--proxi", "x"],  # a typo in a cron or CI job must not read as "changes" (2)
+        ["drift", str(DEMO), "--jsn"],
+        ["render", str(DEMO), "-o", "xml"],
+        ["plan"],
+        ["no-such-command"],
+    ],
+)
+def test_a_usage_error_exits_1_not_2(args: list[str]) -> None:
+    result = _meshplan(*args)
+    assert result.returncode == 1, result.stderr
+    assert "Usage: meshplan" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_version() -> None:
+    result = _meshplan("--version")
+    assert result.returncode == 0
+    assert re.fullmatch(r"meshplan \d+\.\d+\.\d+\S*\n", result.stdout)
+
+
+def _commands(group: Any, prefix: list[str]) -> list[list[str]]:
+    found = [prefix]
+    for name, sub in getattr(group, "commands", {}).items():
+        found += _commands(sub, [*prefix, name])
+    return found
+
+
+@pytest.mark.parametrize("command", _commands(typer.main.get_command(app), []), ids=" ".join)
+def test_help_names_no_python_types(command: list[str]) -> None:
+    text = CliRunner(env={"COLUMNS": "200"}).invoke(app, [*command, "--help"]).stdout
+    assert "Show this message and exit" in text
+    assert re.findall(r"<(?:bool|str|int|float|path|list\[[a-z]+\]|[a-z]+ range)>", text) == []
+
+
+def test_help_lists_the_choices() -> None:
+    text = CliRunner(env={"COLUMNS": "200"}).invoke(app, ["apply", "--help"]).stdout
+    assert "stop|continue" in text
+    text = CliRunner(env={"COLUMNS": "200"}).invoke(app, ["render", "--help"]).stdout
+    assert "json|yaml" in text
+
+
+def test_no_color_takes_the_colour_out_even_when_forced(tmp_path: Path) -> None:
+    live = tmp_path / "live"
+    live.mkdir()
+    for proxy in ("web", "backend-1", "backend-2", "admin", "egress"):
+        (live / f"{proxy}.json").write_text('{"configs": []}')  # nothing runs yet: every resource is a change
+    args = ["plan", str(DEMO), "--live-from", str(live), "--state", str(tmp_path / "state")]
+    coloured = _meshplan(*args, FORCE_COLOR="1")
+    plain = _meshplan("--no-color", *args, FORCE_COLOR="1")
+    assert coloured.returncode == plain.returncode == 0
+    assert "\x1b[" in coloured.stdout
+    assert "\x1b[" not in plain.stdout
+    assert "will be created" in plain.stdout
