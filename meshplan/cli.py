@@ -21,6 +21,7 @@ from rich.console import Console
 
 from meshplan.errors import LoadError, MeshplanError
 from meshplan.model import Desired, ProxyConfig
+from meshplan.present.progress import phases
 from meshplan.present.text import printable
 from meshplan.xds import pki
 
@@ -284,7 +285,7 @@ def plan(
 
         result = compute_plan(directory, state, selection=Selection(proxy, exclude_proxy), live_from=live_from,
                               parallelism=parallelism, timeout=timeout,
-                              max_response_bytes=_size(max_response_bytes, "--max-response-bytes"))
+                              max_response_bytes=_size(max_response_bytes, "--max-response-bytes"), phase=phases(_err()))
         document = to_json(result)
         if out is not None:
             from meshplan.util.fsutil import write_atomic
@@ -323,7 +324,8 @@ def snapshot(
 
         limit = _size(max_response_bytes, "--max-response-bytes")
         proxies = desired_proxies(directory, Selection(proxy, exclude_proxy))
-        results = fetch_live(proxies, parallelism=parallelism, timeout=timeout, max_response_bytes=limit)
+        results = fetch_live(proxies, parallelism=parallelism, timeout=timeout, max_response_bytes=limit,
+                             phase=phases(_err()))
         written = live.save_snapshot(results.values(), out)
         console = _err()
         for result in results.values():
@@ -459,7 +461,8 @@ def drift(
         limit = _size(max_response_bytes, "--max-response-bytes")
         proxies = desired_proxies(directory, Selection(proxy, exclude_proxy))
         recorded = state_module.read(state)
-        live = fetch_live(proxies, parallelism=parallelism, timeout=timeout, max_response_bytes=limit)
+        live = fetch_live(proxies, parallelism=parallelism, timeout=timeout, max_response_bytes=limit,
+                          phase=phases(_err()))
         report = drift_module.classify(proxies, recorded, live, *drift_module.server_view(DirectoryStore.under(state), proxies))
         if textfile is not None:
             drift_module.write_textfile(textfile, report)

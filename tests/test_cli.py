@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -168,3 +169,50 @@ def test_no_color_takes_the_colour_out_even_when_forced(tmp_path: Path) -> None:
     assert "\x1b[" in coloured.stdout
     assert "\x1b[" not in plain.stdout
     assert "will be created" in plain.stdout
+
+
+def _stderr_on_a_terminal(*args: str) -> tuple[int, str]:
+    """Run meshplan with its stderr on a pseudo-terminal (as an operator's shell has it); what it drew there."""
+    import pty
+    import select
+
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen([sys.executable, "-c", "from meshplan.cli import main; main()", *args],
+                               stdout=subprocess.DEVNULL, stderr=terminal, stdin=subprocess.DEVNULL,
+                               env={**os.environ, "COLUMNS": "120", "TERM": "xterm"})
+    os.close(terminal)
+    drawn = bytearray()
+    try:
+        for _ in range(10_000):  # bounded: 60 s of 6 ms polls at most, and a chunk per poll
+            ready, _, _ = select.select([controller], [], [], 0.006)
+            if ready:
+                try:
+                    chunk = os.read(controller, 65536)
+                except OSError:  # the terminal closed: the process is gone
+                    break
+                if not chunk:
+                    break
+                drawn += chunk
+            elif process.poll() is not None:
+                break
+        return process.wait(timeout=60), drawn.decode(errors="replace")
+    finally:
+        os.close(controller)
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_reading_proxies_shows_progress_on_a_terminal_and_nothing_in_a_pipe(tmp_path: Path) -> None:
+    # Nothing answers on a closed loopback port: each proxy is read (and found unreachable) quickly.
+    desired = tmp_path / "desired"
+    shutil.copytree(DEMO, desired)
+    for path in desired.rglob("*.yaml"):
+        path.write_text(path.read_text().replace("port: 9901", "port: 1"))
+    args = ["plan", str(desired), "--state", str(tmp_path / "state"), "--timeout", "0.5", "--allow-incomplete"]
+    code, drawn = _stderr_on_a_terminal(*args)
+    assert code == 0, drawn
+    assert "Reading the admin APIs (0/5)" in drawn
+    piped = _meshplan(*args)
+    assert piped.returncode == 0
+    assert "Reading the admin APIs" not in piped.stderr

@@ -27,6 +27,7 @@ from meshplan.errors import ApplyError, MeshplanError
 from meshplan.plan.model import Plan, from_json
 from meshplan.plan.workflow import Selection, compute_plan, fetch_live
 from meshplan.present.human import render_plan
+from meshplan.present.progress import phases
 from meshplan.present.text import markup_safe
 from meshplan.state import records as state
 from meshplan.validate.resources import load_and_parse
@@ -67,7 +68,7 @@ def run_apply(
             if plan.desired_dir and Path(plan.desired_dir).is_dir():
                 pki.ensure(load_and_parse(Path(plan.desired_dir)), state_dir)
             changed = [p.config() for p in plan.proxies if p.changes]
-            reasons = stale(plan, state_dir, fetch_live(changed, timeout=timeout)) if changed else []
+            reasons = stale(plan, state_dir, fetch_live(changed, timeout=timeout, phase=phases(err))) if changed else []
             if reasons:
                 raise ApplyError(
                     f"the saved plan {target} is stale, nothing was applied:\n"
@@ -76,7 +77,8 @@ def run_apply(
                 )
         else:
             pki.ensure(load_and_parse(target), state_dir)
-            plan = compute_plan(target, state_dir, selection=Selection(include, exclude), timeout=timeout)
+            plan = compute_plan(target, state_dir, selection=Selection(include, exclude), timeout=timeout,
+                                phase=phases(err))
             render_plan(out, plan)
         if not plan.complete:
             names = ", ".join(p.name for p in plan.unreachable)
@@ -158,8 +160,9 @@ def _preflight(plan: Plan, err: Console) -> None:
     missing = sorted({path for proxy in proxies for path in _files(proxy.clusters + proxy.listeners) if not Path(path).exists()})
     if missing:
         raise ApplyError("files the configuration references do not exist (nothing was applied): " + ", ".join(missing))
-    with tempfile.TemporaryDirectory(prefix="meshplan-preflight-") as tmp:
-        verdicts = validate_configs(proxies, Path(tmp))
+    with tempfile.TemporaryDirectory(prefix="meshplan-preflight-") as tmp, \
+            phases(err)("Pre-flight: envoy --mode validate", len(proxies)) as tick:
+        verdicts = validate_configs(proxies, Path(tmp), on_done=tick)
     rejected = {name: message for name, message in verdicts.items() if message}
     if rejected:
         lines = [f"  {name}: {message}" for name, message in sorted(rejected.items())]

@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import subprocess
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -186,9 +187,11 @@ def _validate_one(binary: str, proxy: ProxyConfig, workdir: Path, timeout: float
 
 
 def validate_configs(
-    proxies: list[ProxyConfig], workdir: Path, *, timeout: float = 30.0, parallel: int | None = None
+    proxies: list[ProxyConfig], workdir: Path, *, timeout: float = 30.0, parallel: int | None = None,
+    on_done: Callable[[], None] | None = None,
 ) -> dict[str, str | None]:
-    """Run `envoy --mode validate` on every proxy's resources: None if Envoy accepts them, else Envoy's message."""
+    """Run `envoy --mode validate` on every proxy's resources: None if Envoy accepts them, else Envoy's message.
+    `on_done` is called (from a worker thread) as each proxy's check ends."""
     if not proxies:
         return {}
     names = [p.name for p in proxies]
@@ -200,4 +203,7 @@ def validate_configs(
     workers = max(1, min(len(proxies), parallel or os.cpu_count() or 2))
     with ThreadPoolExecutor(max_workers=workers) as pool:
         futures = {p.name: pool.submit(_validate_one, binary, p, workdir, timeout) for p in proxies}
+        if on_done is not None:
+            for future in futures.values():
+                future.add_done_callback(lambda _: on_done())
         return {name: future.result() for name, future in futures.items()}

@@ -18,6 +18,7 @@ from meshplan.observe import live
 from meshplan.plan.model import DesiredForms, Plan, desired_forms, make_plan
 from meshplan.render.proxies import render_all
 from meshplan.state import records as state
+from meshplan.util.phases import Phase, Tick, quiet
 from meshplan.validate.addresses import http_url
 from meshplan.validate.resources import load_and_parse
 
@@ -53,22 +54,23 @@ def desired_proxies(directory: Path, selection: Selection = Selection()) -> list
 
 def fetch_targets(
     targets: list[tuple[str, str]], *, parallelism: int = live.DEFAULT_PARALLELISM, timeout: float = live.DEFAULT_TIMEOUT,
-    max_response_bytes: int = live.DEFAULT_MAX_RESPONSE_BYTES,
+    max_response_bytes: int = live.DEFAULT_MAX_RESPONSE_BYTES, phase: Phase = quiet,
 ) -> dict[str, live.LiveResult]:
-    async def run() -> dict[str, live.LiveResult]:
+    async def run(tick: Tick) -> dict[str, live.LiveResult]:
         async with live.new_client(parallelism) as client:
             return await live.fetch_all(client, targets, parallelism=parallelism, timeout=timeout,
-                                        max_response_bytes=max_response_bytes)
+                                        max_response_bytes=max_response_bytes, on_result=lambda _: tick())
 
-    return asyncio.run(run())
+    with phase("Reading the admin APIs", len(targets)) as tick:
+        return asyncio.run(run(tick))
 
 
 def fetch_live(
     proxies: list[ProxyConfig], *, parallelism: int = live.DEFAULT_PARALLELISM, timeout: float = live.DEFAULT_TIMEOUT,
-    max_response_bytes: int = live.DEFAULT_MAX_RESPONSE_BYTES,
+    max_response_bytes: int = live.DEFAULT_MAX_RESPONSE_BYTES, phase: Phase = quiet,
 ) -> dict[str, live.LiveResult]:
     return fetch_targets([(p.name, p.admin_url) for p in proxies], parallelism=parallelism, timeout=timeout,
-                         max_response_bytes=max_response_bytes)
+                         max_response_bytes=max_response_bytes, phase=phase)
 
 
 # Rendering a fleet is CPU work and fetching it mostly waiting: a forked process renders while this one fetches.
@@ -84,16 +86,16 @@ def _render(desired: Desired) -> tuple[list[ProxyConfig], dict[str, DesiredForms
 
 def _render_while_fetching(
     desired: Desired, targets: list[tuple[str, str]], parallelism: int, timeout: float,
-    max_response_bytes: int = live.DEFAULT_MAX_RESPONSE_BYTES,
+    max_response_bytes: int = live.DEFAULT_MAX_RESPONSE_BYTES, phase: Phase = quiet,
 ) -> tuple[list[ProxyConfig], dict[str, DesiredForms], dict[str, live.LiveResult]]:
     if len(targets) < FORK_AT or "fork" not in multiprocessing.get_all_start_methods():
         proxies, forms = _render(desired)
         return proxies, forms, fetch_targets(targets, parallelism=parallelism, timeout=timeout,
-                                             max_response_bytes=max_response_bytes)
+                                             max_response_bytes=max_response_bytes, phase=phase)
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork")) as pool:
         rendering = pool.submit(_render, desired)
         results = fetch_targets(targets, parallelism=parallelism, timeout=timeout,
-                                max_response_bytes=max_response_bytes)
+                                max_response_bytes=max_response_bytes, phase=phase)
         proxies, forms = rendering.result()
         return proxies, forms, results
 
@@ -120,6 +122,7 @@ def compute_plan(
     parallelism: int = live.DEFAULT_PARALLELISM,
     timeout: float = live.DEFAULT_TIMEOUT,
     max_response_bytes: int = live.DEFAULT_MAX_RESPONSE_BYTES,
+    phase: Phase = quiet,
 ) -> Plan:
     with _fewer_collections():
         desired = load_and_parse(directory)
@@ -128,7 +131,8 @@ def compute_plan(
             results = live.load_snapshot(live_from, targets)
             proxies, forms = _render(desired)
         else:
-            proxies, forms, results = _render_while_fetching(desired, targets, parallelism, timeout, max_response_bytes)
+            proxies, forms, results = _render_while_fetching(desired, targets, parallelism, timeout, max_response_bytes,
+                                                             phase)
         names = {name for name, _ in targets}
         recorded = state.read(state_dir)
         return make_plan([p for p in proxies if p.name in names], results, desired_dir=str(directory),
