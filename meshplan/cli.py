@@ -361,20 +361,27 @@ def sandbox_up(directory: DirArg, state: StateOpt = Path("state")) -> None:
 
 
 @sandbox_app.command("status")
-def sandbox_status(state: StateOpt = Path("state")) -> None:
+def sandbox_status(
+    state: StateOpt = Path("state"),
+    output: Annotated[Literal["table", "json"], typer.Option("--output", "-o", help="The format.")] = "table",
+) -> None:
     """List the sandbox's processes and whether each is alive (exit 1 if any is not)."""
 
     def body() -> int:
+        import dataclasses
+
         from meshplan.sandbox import mesh as sandbox
 
         processes = sandbox.status(state)
+        dead = sum(1 for p in processes if not p.alive)
+        if output == "json":
+            sys.stdout.write(json.dumps({"processes": [dataclasses.asdict(p) for p in processes]}, indent=2) + "\n")
+            return EXIT_ERROR if dead else EXIT_OK
         if not processes:
             _err().print("No sandbox is recorded in this state directory.", markup=False)
             return EXIT_OK
-        dead = 0
         for p in processes:
             alive = "running" if p.alive else "DEAD"
-            dead += 0 if p.alive else 1
             line = f"{p.role:<8} {p.name:<28} pid {p.pid:<8} {alive}{'  ' + p.admin_url if p.admin_url else ''}"
             sys.stdout.write(printable(line) + "\n")
         return EXIT_ERROR if dead else EXIT_OK

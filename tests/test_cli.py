@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -216,3 +219,31 @@ def test_reading_proxies_shows_progress_on_a_terminal_and_nothing_in_a_pipe(tmp_
     piped = _meshplan(*args)
     assert piped.returncode == 0
     assert "Reading the admin APIs" not in piped.stderr
+
+
+@pytest.mark.envoy
+def test_sandbox_status_as_json(mesh: Any, sandbox_state: Path) -> None:
+    from meshplan.sandbox import mesh as sandbox
+
+    mesh.sidecar("web-1")
+    sandbox.up(mesh.desired(), mesh.proxies, sandbox_state)
+    result = CliRunner().invoke(app, ["sandbox", "status", "--state", str(sandbox_state), "-o", "json"])
+    assert result.exit_code == 0, result.output
+    processes = json.loads(result.stdout)["processes"]
+    assert sorted((p["role"], p["name"], p["alive"]) for p in processes) == [
+        ("app", "web/web-1", True), ("envoy", "web-1", True), ("server", "meshplan-serve", True)]
+    envoy = next(p for p in processes if p["role"] == "envoy")
+    os.kill(envoy["pid"], signal.SIGKILL)
+    for _ in range(500):  # bounded: until the kill shows, at most ~10 s
+        answer = CliRunner().invoke(app, ["sandbox", "status", "--state", str(sandbox_state), "-o", "json"])
+        if answer.exit_code != 0:
+            break
+        time.sleep(0.02)
+    assert answer.exit_code == 1
+    assert {p["name"]: p["alive"] for p in json.loads(answer.stdout)["processes"]}["web-1"] is False
+
+
+def test_sandbox_status_as_json_with_no_sandbox(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["sandbox", "status", "--state", str(tmp_path), "-o", "json"])
+    assert result.exit_code == 0
+    assert json.loads(result.stdout) == {"processes": []}
