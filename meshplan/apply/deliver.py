@@ -30,7 +30,7 @@ from typing import Any
 import httpx
 
 from meshplan.compare.canonical import fingerprint
-from meshplan.envoy.types import cluster_endpoints, listener_addresses
+from meshplan.envoy.types import CLUSTER, LISTENER, cluster_endpoints, listener_addresses
 from meshplan.errors import ApplyError
 from meshplan.observe import live
 from meshplan.plan.model import Plan, ProxyPlan
@@ -329,8 +329,8 @@ async def _rollback(
 
 def _resources_of(snapshot: Snapshot) -> dict[str, list[dict[str, Any]]]:
     found = list(snapshots.to_json(snapshot))
-    return {"clusters": [r for r in found if r["@type"].endswith(".Cluster")],
-            "listeners": [r for r in found if r["@type"].endswith(".Listener")]}
+    return {"clusters": [r for r in found if r["@type"] == CLUSTER],
+            "listeners": [r for r in found if r["@type"] == LISTENER]}
 
 
 def delivery_order(proxies: Sequence[ProxyPlan]) -> list[list[ProxyPlan]]:

@@ -23,52 +23,13 @@ from google.protobuf import descriptor_pool, json_format, message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from udpa.annotations import sensitive_pb2
 
+from meshplan.envoy.types import PROTO_MODULES, type_url_of
 from meshplan.errors import MeshplanError
 
-# Every extension meshplan renders, or may find in a proxy it manages. `ParseDict` resolves a `typed_config` Any
-# only when its message type has been imported; an Any of any other type falls back to importing every
-# extension (see `_import_everything`), which costs ~0.4 s once.
-EXTENSION_MODULES: tuple[str, ...] = (
-    "envoy.config.cluster.v3.cluster_pb2",
-    "envoy.config.listener.v3.listener_pb2",
-    "envoy.config.route.v3.route_pb2",
-    "envoy.extensions.access_loggers.file.v3.file_pb2",
-    "envoy.extensions.access_loggers.stream.v3.stream_pb2",
-    "envoy.extensions.filters.http.fault.v3.fault_pb2",
-    "envoy.extensions.filters.http.health_check.v3.health_check_pb2",
-    "envoy.extensions.filters.http.local_ratelimit.v3.local_rate_limit_pb2",
-    "envoy.extensions.filters.http.rbac.v3.rbac_pb2",
-    "envoy.extensions.filters.http.router.v3.router_pb2",
-    "envoy.extensions.filters.listener.http_inspector.v3.http_inspector_pb2",
-    "envoy.extensions.filters.listener.original_dst.v3.original_dst_pb2",
-    "envoy.extensions.filters.listener.tls_inspector.v3.tls_inspector_pb2",
-    "envoy.extensions.filters.network.direct_response.v3.config_pb2",
-    "envoy.extensions.filters.network.http_connection_manager.v3.http_connection_manager_pb2",
-    "envoy.extensions.filters.network.local_ratelimit.v3.local_rate_limit_pb2",
-    "envoy.extensions.filters.network.rbac.v3.rbac_pb2",
-    "envoy.extensions.filters.network.sni_cluster.v3.sni_cluster_pb2",
-    "envoy.extensions.filters.network.tcp_proxy.v3.tcp_proxy_pb2",
-    "envoy.extensions.health_check.event_sinks.file.v3.file_pb2",
-    "envoy.extensions.load_balancing_policies.client_side_weighted_round_robin.v3."
-    "client_side_weighted_round_robin_pb2",
-    "envoy.extensions.load_balancing_policies.least_request.v3.least_request_pb2",
-    "envoy.extensions.load_balancing_policies.maglev.v3.maglev_pb2",
-    "envoy.extensions.load_balancing_policies.random.v3.random_pb2",
-    "envoy.extensions.load_balancing_policies.ring_hash.v3.ring_hash_pb2",
-    "envoy.extensions.load_balancing_policies.round_robin.v3.round_robin_pb2",
-    "envoy.extensions.load_balancing_policies.wrr_locality.v3.wrr_locality_pb2",
-    "envoy.extensions.retry.host.previous_hosts.v3.previous_hosts_pb2",
-    "envoy.extensions.common.matching.v3.extension_matcher_pb2",
-    "envoy.extensions.filters.common.matcher.action.v3.skip_action_pb2",
-    "envoy.extensions.matching.common_inputs.ssl.v3.ssl_inputs_pb2",
-    "xds.type.matcher.v3.matcher_pb2",
-    "envoy.extensions.retry.host.omit_host_metadata.v3.omit_host_metadata_config_pb2",
-    "envoy.extensions.retry.priority.previous_priorities.v3.previous_priorities_config_pb2",
-    "envoy.extensions.transport_sockets.raw_buffer.v3.raw_buffer_pb2",
-    "envoy.extensions.transport_sockets.tls.v3.tls_pb2",
-    "envoy.extensions.transport_sockets.tls.v3.tls_spiffe_validator_config_pb2",
-    "envoy.extensions.upstreams.http.v3.http_protocol_options_pb2",
-)
+# Every extension meshplan renders, or may find in a proxy it manages: the modules of the types envoy/types.py
+# lists. `ParseDict` resolves a `typed_config` Any only when its message type has been imported; an Any of any other
+# type falls back to importing every extension (see `_import_everything`), which costs ~0.4 s once.
+EXTENSION_MODULES: tuple[str, ...] = tuple(dict.fromkeys(PROTO_MODULES.values()))
 
 # What Envoy puts in place of a sensitive string (and, base64-encoded, of sensitive bytes).
 REDACTED = "[redacted]"
@@ -177,7 +138,7 @@ def _round_trip(resource: dict[str, Any], descriptor: Descriptor, type_url: str)
     message = _parse(body, descriptor, type_url)
     result = json_format.MessageToDict(message, preserving_proto_field_name=True)
     _redact_fields(result, descriptor, sensitive=False)
-    result["@type"] = "type.googleapis.com/" + descriptor.full_name
+    result["@type"] = type_url_of(descriptor.full_name)
     return json.dumps(result, sort_keys=True, separators=(",", ":"))
 
 

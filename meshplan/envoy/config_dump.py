@@ -1,7 +1,8 @@
 """Reading an Envoy `/config_dump` document: the dynamic resources a proxy runs, which are the managed ones.
 
 Static bootstrap resources are never managed and never read. Works on a whole dump and on one trimmed with
-`?mask=` (which keeps the dump's shape: active and warming clusters apart, each listener with its states).
+`?mask=` (which keeps the dump's shape: active and warming clusters apart, each listener with its states), such as
+the three answers observe/live.py asks a proxy for (the paths below) joined into one dump.
 """
 
 from __future__ import annotations
@@ -10,11 +11,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from meshplan.envoy.types import BOOTSTRAP_CONFIG_DUMP, CLUSTERS_CONFIG_DUMP, LISTENERS_CONFIG_DUMP
 from meshplan.errors import MeshplanError
 
-CLUSTERS_DUMP_TYPE = "type.googleapis.com/envoy.admin.v3.ClustersConfigDump"
-LISTENERS_DUMP_TYPE = "type.googleapis.com/envoy.admin.v3.ListenersConfigDump"
-BOOTSTRAP_DUMP_TYPE = "type.googleapis.com/envoy.admin.v3.BootstrapConfigDump"
+# What meshplan asks a proxy's admin API for, each trimmed with `?mask=` to what is compared: who answered (its
+# BOOTSTRAP_CONFIG_DUMP section), the clusters (CLUSTERS_CONFIG_DUMP), the listeners (LISTENERS_CONFIG_DUMP).
+IDENTITY_PATH = "/config_dump?mask=bootstrap.node.id"
+CLUSTERS_PATH = "/config_dump?mask=dynamic_active_clusters,dynamic_warming_clusters"
+LISTENERS_PATH = "/config_dump?mask=dynamic_listeners"
 
 
 class NotAConfigDump(MeshplanError):
@@ -58,15 +62,15 @@ def managed_resources(config_dump: Mapping[str, Any]) -> ManagedResources:
     node_id: str | None = None
     for config in configs:
         kind = config.get("@type")
-        if kind == BOOTSTRAP_DUMP_TYPE:
+        if kind == BOOTSTRAP_CONFIG_DUMP:
             node = config.get("bootstrap", {}).get("node", {})
             node_id = node.get("id") if isinstance(node, dict) else None
-        elif kind == CLUSTERS_DUMP_TYPE:
+        elif kind == CLUSTERS_CONFIG_DUMP:
             for entry in _entries(config, "dynamic_active_clusters"):
                 clusters.append(_resource(entry, "cluster", "dynamic_active_clusters"))
             for entry in _entries(config, "dynamic_warming_clusters"):
                 warming_clusters.append(_name(_resource(entry, "cluster", "dynamic_warming_clusters")))
-        elif kind == LISTENERS_DUMP_TYPE:
+        elif kind == LISTENERS_CONFIG_DUMP:
             for entry in _entries(config, "dynamic_listeners"):
                 active = entry.get("active_state")
                 if isinstance(active, dict):
@@ -91,6 +95,29 @@ def managed_resources(config_dump: Mapping[str, Any]) -> ManagedResources:
         errored_listeners=tuple(errored.values()),
         node_id=node_id,
     )
+
+
+def section(answer: Any, type_url: str) -> dict[str, Any]:
+    """The one section of `type_url` in a /config_dump answer (trimmed with `?mask=` or not).
+
+    Raises NotAConfigDump when the answer has none.
+    """
+    configs = answer.get("configs") if isinstance(answer, dict) else None
+    if not isinstance(configs, list):
+        raise NotAConfigDump("not an Envoy config dump (no 'configs' list)")
+    for config in configs:
+        if isinstance(config, dict) and config.get("@type") == type_url:
+            return config
+    raise NotAConfigDump(f"not an Envoy config dump (no {type_url.rpartition('.')[2]})")
+
+
+def node_id(identity: Any) -> str:
+    """The node id of the proxy that gave the answer to IDENTITY_PATH: "" if it has none (Envoy leaves an empty node
+    id out). Raises NotAConfigDump for an answer that is not a config dump."""
+    bootstrap = section(identity, BOOTSTRAP_CONFIG_DUMP).get("bootstrap")
+    node = bootstrap.get("node") if isinstance(bootstrap, dict) else None
+    found = node.get("id") if isinstance(node, dict) else None
+    return found if isinstance(found, str) else ""
 
 
 def _entries(config: dict[str, Any], key: str) -> list[dict[str, Any]]:

@@ -40,14 +40,16 @@ from typing import Any
 
 import httpx
 
+from meshplan.envoy import config_dump
 from meshplan.envoy.config_dump import (
-    BOOTSTRAP_DUMP_TYPE,
-    CLUSTERS_DUMP_TYPE,
-    LISTENERS_DUMP_TYPE,
+    CLUSTERS_PATH,
+    IDENTITY_PATH,
+    LISTENERS_PATH,
     ManagedResources,
     NotAConfigDump,
     managed_resources,
 )
+from meshplan.envoy.types import BOOTSTRAP_CONFIG_DUMP, CLUSTERS_CONFIG_DUMP, LISTENERS_CONFIG_DUMP
 from meshplan.errors import MeshplanError
 from meshplan.util import jsonlimits
 from meshplan.util.fsutil import read_bounded, write_atomic
@@ -62,10 +64,6 @@ _ERROR_BODY_BYTES = 2048  # what is read of an error answer, for its message
 _INFLATE_STEP = 64 * 1024  # the most one step of decompression may produce
 # Envoy never compresses its admin answers; gzip and deflate are still decoded (bounded) from anything in between.
 _HEADERS = {"Accept-Encoding": "identity"}
-
-IDENTITY_PATH = "/config_dump?mask=bootstrap.node.id"
-CLUSTERS_PATH = "/config_dump?mask=dynamic_active_clusters,dynamic_warming_clusters"
-LISTENERS_PATH = "/config_dump?mask=dynamic_listeners"
 
 SNAPSHOT_FORMAT = 1
 
@@ -193,9 +191,9 @@ async def fetch_proxy(
         for answer in answers:
             if isinstance(answer, _Failed):
                 raise answer
-        dump = {"configs": [_config(identity, BOOTSTRAP_DUMP_TYPE, IDENTITY_PATH),
-                            _config(clusters, CLUSTERS_DUMP_TYPE, CLUSTERS_PATH),
-                            _config(listeners, LISTENERS_DUMP_TYPE, LISTENERS_PATH)]}
+        dump = {"configs": [_config(identity, BOOTSTRAP_CONFIG_DUMP, IDENTITY_PATH),
+                            _config(clusters, CLUSTERS_CONFIG_DUMP, CLUSTERS_PATH),
+                            _config(listeners, LISTENERS_CONFIG_DUMP, LISTENERS_PATH)]}
         try:
             resources = managed_resources(dump)
         except NotAConfigDump as exc:
@@ -301,25 +299,20 @@ def _cause(exc: BaseException) -> str:
 
 def _config(answer: Any, type_url: str, path: str) -> dict[str, Any]:
     """The one config of `type_url` in a masked /config_dump answer."""
-    configs = answer.get("configs") if isinstance(answer, dict) else None
-    if not isinstance(configs, list):
-        raise _Failed(Outcome.BAD_RESPONSE, f"{path}: not an Envoy config dump (no 'configs' list)")
-    for config in configs:
-        if isinstance(config, dict) and config.get("@type") == type_url:
-            return config
-    raise _Failed(Outcome.BAD_RESPONSE, f"{path}: not an Envoy config dump (no {type_url.rpartition('.')[2]})")
+    try:
+        return config_dump.section(answer, type_url)
+    except NotAConfigDump as exc:
+        raise _Failed(Outcome.BAD_RESPONSE, f"{path}: {exc}") from None
 
 
 def _node_id(identity: Any) -> str:
+    """Who answered: "" (no proxy meshplan knows) if Envoy left an empty node id out."""
     if isinstance(identity, _Failed):
         raise identity
-    bootstrap = _config(identity, BOOTSTRAP_DUMP_TYPE, IDENTITY_PATH).get("bootstrap")
-    node = bootstrap.get("node") if isinstance(bootstrap, dict) else None
-    node_id = node.get("id") if isinstance(node, dict) else None
-    if not isinstance(node_id, str):
-        # Envoy leaves an empty node id out; it is then no proxy meshplan knows
-        return ""
-    return node_id
+    try:
+        return config_dump.node_id(identity)
+    except NotAConfigDump as exc:
+        raise _Failed(Outcome.BAD_RESPONSE, f"{IDENTITY_PATH}: {exc}") from None
 
 
 def _answered_by(node_id: str) -> str:

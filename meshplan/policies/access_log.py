@@ -36,6 +36,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from meshplan.envoy.types import FILE_ACCESS_LOG as FILE_LOGGER_TYPE
+from meshplan.envoy.types import FILE_ACCESS_LOG_NAME as FILE_LOGGER
 from meshplan.load.resources import PathKey
 from meshplan.match.matcher import FromRule, Merged, merge_from, merge_to, rule_for
 from meshplan.model import SIDECAR, Dataplane, Inbound, Policy
@@ -44,9 +46,6 @@ from meshplan.policies.base import Json, ProxyBuild, hcm, origins_of, tcp_proxy
 from meshplan.validate.check import FieldCheck
 
 KIND = "MeshAccessLog"
-
-FILE_LOGGER = "envoy.access_loggers.file"
-FILE_LOGGER_TYPE = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
 
 # Kuma's default formats (pkg/plugins/policies/meshaccesslog/plugin/xds/configurer.go).
 HTTP_FORMAT = (

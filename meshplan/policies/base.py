@@ -20,6 +20,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from meshplan.envoy.types import HCM_NAME, TCP_PROXY_NAME
 from meshplan.load.resources import PathKey
 from meshplan.match.matcher import Destination, Merged
 from meshplan.model import Dataplane, Desired, Inbound, Policy, ProxyConfig, ZoneEgress
@@ -128,10 +129,6 @@ def network_filter(chain: Json, name: str) -> Json | None:
             config: Json = f["typed_config"]
             return config
     return None
-
-
-HCM_NAME = "envoy.filters.network.http_connection_manager"
-TCP_PROXY_NAME = "envoy.filters.network.tcp_proxy"
 
 
 def hcm(chain: Json) -> Json | None:

@@ -31,6 +31,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from meshplan.envoy import names
+from meshplan.envoy.types import EXTENSION_WITH_MATCHER, SKIP_FILTER, URI_SAN_INPUT, URI_SAN_INPUT_NAME
 from meshplan.match.matcher import Destination, FromRule
 from meshplan.model import (
     SERVICE_TAG,
@@ -43,10 +44,6 @@ from meshplan.model import (
 from meshplan.policies.base import Json
 from meshplan.xds import pki
 
-_PREFIX = "type.googleapis.com/"
-EXTENSION_WITH_MATCHER = _PREFIX + "envoy.extensions.common.matching.v3.ExtensionWithMatcher"
-SKIP_FILTER = _PREFIX + "envoy.extensions.filters.common.matcher.action.v3.SkipFilter"
-URI_SAN_INPUT = _PREFIX + "envoy.extensions.matching.common_inputs.ssl.v3.UriSanInput"
 TAG_SAN_SCHEME = "kuma://"
 
 ANY_OP, NONE_OP, SAN_OP, AND_OP, OR_OP, NOT_OP = "any", "none", "san", "and", "or", "not"
@@ -194,7 +191,7 @@ def predicate(clients: Clients) -> Json:
     if clients.op == SAN_OP:
         return {
             "single_predicate": {
-                "input": {"name": "envoy.matching.inputs.uri_san", "typed_config": {"@type": URI_SAN_INPUT}},
+                "input": {"name": URI_SAN_INPUT_NAME, "typed_config": {"@type": URI_SAN_INPUT}},
                 # The input is every URI SAN joined by commas: match one whole element of that list.
                 "value_match": {"safe_regex": {"google_re2": {}, "regex": f"(.*,)?{re.escape(clients.san)}(,.*)?"}},
             }

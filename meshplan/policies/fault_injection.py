@@ -32,6 +32,8 @@ import re
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from meshplan.envoy.types import HTTP_FAULT
+from meshplan.envoy.types import HTTP_FAULT_NAME as FILTER
 from meshplan.load.resources import PathKey
 from meshplan.match.matcher import merge_from
 from meshplan.model import Policy
@@ -46,9 +48,6 @@ from meshplan.policies.clients import (
 from meshplan.validate.check import FieldCheck, duration_json, parse_duration
 
 KIND = "MeshFaultInjection"
-
-FILTER = "envoy.filters.http.fault"
-HTTP_FAULT = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
 
 FAULTS = ("abort", "delay", "responseBandwidth")
 BANDWIDTH = re.compile(r"^(\d+)\s?(kbps|Mbps|Gbps)$")  # Kuma's units

@@ -47,6 +47,8 @@ import base64
 import binascii
 import re
 
+from meshplan.envoy.types import HEALTH_CHECK_EVENT_FILE_SINK as EVENT_SINK_TYPE
+from meshplan.envoy.types import HEALTH_CHECK_EVENT_FILE_SINK_NAME as EVENT_SINK
 from meshplan.load.resources import PathKey
 from meshplan.match.matcher import Merged, merge_to
 from meshplan.model import Policy
@@ -55,9 +57,6 @@ from meshplan.policies.base import Json, ProxyBuild, origins_of
 from meshplan.validate.check import FieldCheck, as_decimal, proto_duration
 
 KIND = "MeshHealthCheck"
-
-EVENT_SINK = "envoy.health_check.event_sinks.file"
-EVENT_SINK_TYPE = "type.googleapis.com/envoy.extensions.health_check.event_sinks.file.v3.HealthCheckEventFileSink"
 
 DEFAULT_INTERVAL = "60s"
 DEFAULT_TIMEOUT = "15s"

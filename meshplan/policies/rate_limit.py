@@ -40,6 +40,9 @@ import re
 from decimal import Decimal
 from typing import Any
 
+from meshplan.envoy.types import HTTP_LOCAL_RATE_LIMIT, NETWORK_LOCAL_RATE_LIMIT
+from meshplan.envoy.types import HTTP_LOCAL_RATE_LIMIT_NAME as HTTP_FILTER
+from meshplan.envoy.types import NETWORK_LOCAL_RATE_LIMIT_NAME as NETWORK_FILTER
 from meshplan.load.resources import PathKey
 from meshplan.match.matcher import FromRule, merge_from
 from meshplan.model import Policy
@@ -57,11 +60,6 @@ from meshplan.policies.clients import (
 from meshplan.validate.check import FieldCheck, duration_json, parse_duration
 
 KIND = "MeshRateLimit"
-
-HTTP_FILTER = "envoy.filters.http.local_ratelimit"
-NETWORK_FILTER = "envoy.filters.network.local_ratelimit"
-HTTP_LOCAL_RATE_LIMIT = "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit"
-NETWORK_LOCAL_RATE_LIMIT = "type.googleapis.com/envoy.extensions.filters.network.local_ratelimit.v3.LocalRateLimit"
 
 MIN_INTERVAL = Decimal("0.05")  # Kuma: an interval must be greater than 50ms (Envoy refuses a fill below 50ms)
 MAX_UINT32 = 2**32 - 1

@@ -44,6 +44,7 @@ from decimal import Decimal
 from http import HTTPStatus
 from typing import Any
 
+from meshplan.envoy import types as t
 from meshplan.load.resources import PathKey
 from meshplan.match.matcher import Merged, merge_to
 from meshplan.model import SIDECAR, Policy
@@ -84,13 +85,9 @@ PREDICATES = ("OmitPreviousHosts", "OmitHostsWithTags", "OmitPreviousPriorities"
 # Kuma's header name rule (lower case, RFC 7230 token characters), plus HTTP/2 pseudo-headers such as `:authority`.
 HEADER_NAME = re.compile(r"^:?[a-z0-9!#$%&'*+\-.^_`|~]{1,256}$")
 
-_EXT = "type.googleapis.com/envoy.extensions."
-PREVIOUS_HOSTS = ("envoy.retry_host_predicates.previous_hosts",
-                  _EXT + "retry.host.previous_hosts.v3.PreviousHostsPredicate")
-OMIT_HOST_METADATA = ("envoy.retry_host_predicates.omit_host_metadata",
-                      _EXT + "retry.host.omit_host_metadata.v3.OmitHostMetadataConfig")
-PREVIOUS_PRIORITIES = ("envoy.retry_priorities.previous_priorities",
-                       _EXT + "retry.priority.previous_priorities.v3.PreviousPrioritiesConfig")
+PREVIOUS_HOSTS = (t.PREVIOUS_HOSTS_NAME, t.PREVIOUS_HOSTS)
+OMIT_HOST_METADATA = (t.OMIT_HOST_METADATA_NAME, t.OMIT_HOST_METADATA)
+PREVIOUS_PRIORITIES = (t.PREVIOUS_PRIORITIES_NAME, t.PREVIOUS_PRIORITIES)
 
 SECTIONS = ("tcp", "http", "grpc")
 COMMON_FIELDS = ("numRetries", "perTryTimeout", "backOff", "rateLimitedBackOff", "retryOn")
@@ -397,7 +394,7 @@ def _host_selection(build: ProxyBuild, policy: Json, predicates: list[Json], ori
             host_predicates.append(_typed(*PREVIOUS_HOSTS, {}))
         elif kind == "OmitHostsWithTags":
             # Envoy matches the tags against each endpoint's `envoy.lb` metadata.
-            metadata = {"filter_metadata": {"envoy.lb": dict(predicate["tags"])}}
+            metadata = {"filter_metadata": {t.LB_METADATA: dict(predicate["tags"])}}
             host_predicates.append(_typed(*OMIT_HOST_METADATA, {"metadata_match": metadata}))
         else:
             build.set(policy, "retry_priority",

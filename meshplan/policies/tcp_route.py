@@ -26,14 +26,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from meshplan.envoy.types import HCM_NAME, TCP_PROXY_NAME
+from meshplan.envoy.types import TCP_PROXY as TCP_PROXY_TYPE
 from meshplan.load.resources import PathKey
 from meshplan.match.matcher import merge_to
 from meshplan.model import SIDECAR, Dataplane, Desired, Policy
 from meshplan.policies import backend_refs as refs
 from meshplan.policies.backend_refs import Backend
 from meshplan.policies.base import (
-    HCM_NAME,
-    TCP_PROXY_NAME,
     Json,
     OutboundPoint,
     ProxyBuild,
@@ -45,8 +45,6 @@ from meshplan.validate.check import FieldCheck
 
 KIND = "MeshTCPRoute"
 HTTP_ROUTE_KIND = "MeshHTTPRoute"
-
-TCP_PROXY_TYPE = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
 
 
 def validate(default: Json, path: PathKey, check: FieldCheck, section: str) -> None:

@@ -39,6 +39,7 @@ from __future__ import annotations
 from typing import Any
 
 from meshplan.envoy import names
+from meshplan.envoy.types import HTTP_PROTOCOL_OPTIONS, HTTP_PROTOCOL_OPTIONS_NAME
 from meshplan.load.resources import PathKey
 from meshplan.match.matcher import Merged, merge_from, merge_to, rule_for
 from meshplan.model import Inbound, Policy
@@ -48,8 +49,6 @@ from meshplan.validate.check import FieldCheck, proto_duration
 KIND = "MeshTimeout"
 
 HTTP_PROTOCOLS = ("http", "http2", "grpc")
-HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
-HTTP_PROTOCOL_OPTIONS_TYPE = "type.googleapis.com/" + HTTP_PROTOCOL_OPTIONS
 
 CONF_FIELDS = ("connectionTimeout", "idleTimeout", "http")
 HTTP_FIELDS = ("requestTimeout", "streamIdleTimeout", "maxStreamDuration", "maxConnectionDuration",
@@ -153,7 +152,7 @@ def _configure(build: ProxyBuild, merged: Merged, cluster: Json | None, chain: J
 def _common_http_options(cluster: Json) -> Json:
     """The cluster's HttpProtocolOptions.common_http_protocol_options, created if need be."""
     extensions = cluster.setdefault("typed_extension_protocol_options", {})
-    options = extensions.setdefault(HTTP_PROTOCOL_OPTIONS, {"@type": HTTP_PROTOCOL_OPTIONS_TYPE})
+    options = extensions.setdefault(HTTP_PROTOCOL_OPTIONS_NAME, {"@type": HTTP_PROTOCOL_OPTIONS})
     # Envoy requires one way of choosing the upstream protocol; keep the one there (HTTP/2), else HTTP/1.1 as before.
     if not any(key in options for key in ("explicit_http_config", "use_downstream_protocol_config", "auto_config")):
         options["explicit_http_config"] = {"http_protocol_options": {}}

@@ -37,6 +37,7 @@ Deny, `rules.action: ALLOW` lists the allowing rules the same way. Policies are 
 
 from __future__ import annotations
 
+from meshplan.envoy.types import HTTP_RBAC, HTTP_RBAC_NAME, NETWORK_RBAC, NETWORK_RBAC_NAME
 from meshplan.load.resources import PathKey
 from meshplan.match.matcher import Destination, FromRule, merge_from
 from meshplan.model import Desired, Policy
@@ -61,11 +62,6 @@ ALLOW = "Allow"
 DENY = "Deny"
 ALLOW_WITH_SHADOW_DENY = "AllowWithShadowDeny"
 ACTIONS = (ALLOW, DENY, ALLOW_WITH_SHADOW_DENY)
-
-HTTP_RBAC_NAME = "envoy.filters.http.rbac"
-NETWORK_RBAC_NAME = "envoy.filters.network.rbac"
-HTTP_RBAC = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
-NETWORK_RBAC = "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC"
 
 
 def validate(default: Json, path: PathKey, check: FieldCheck, section: str) -> None:

@@ -26,7 +26,7 @@ def build_egress(desired: Desired, egress: ZoneEgress) -> ProxyBuild:
         "name": name,
         "address": t.socket_address(egress.address, egress.port),
         "traffic_direction": "INBOUND",
-        "listener_filters": [{"name": "envoy.filters.listener.tls_inspector", "typed_config": {"@type": t.TLS_INSPECTOR}}],
+        "listener_filters": [{"name": t.TLS_INSPECTOR_NAME, "typed_config": {"@type": t.TLS_INSPECTOR}}],
         "filter_chains": [],
     }
     build.listeners[name] = listener

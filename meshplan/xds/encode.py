@@ -19,6 +19,7 @@ from google.protobuf import json_format, message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from meshplan.compare.canonical import WELL_KNOWN_LEAF_TYPES, message_descriptor
+from meshplan.envoy.types import type_url_of
 
 _ANY = "google.protobuf.Any"
 _CACHE_ENTRIES = 200_000  # sub-messages kept (a few hundred bytes each); past it the cache starts over
@@ -153,7 +154,7 @@ def _any(value: Any) -> bytes:
 @functools.lru_cache(maxsize=65536)
 def _scalar(message: str, key: str, value_json: str) -> bytes:
     """One field of a message (the whole message for key ""), through ParseDict: the bytes it serializes to."""
-    instance = message_factory.GetMessageClass(message_descriptor("type.googleapis.com/" + message))()
+    instance = message_factory.GetMessageClass(message_descriptor(type_url_of(message)))()
     value = json.loads(value_json)
     try:
         json_format.ParseDict(value if key == "" else {key: value}, instance)
