@@ -148,6 +148,10 @@ def validate(
                       f"{_count(len(desired.policies), 'policy', 'policies')})"),
             markup=False,
         )
+        from meshplan.match.unused import warnings
+
+        for warning in warnings(desired):
+            console.print(printable(f"Warning: {warning}"), markup=False)
         return EXIT_OK
 
     _run(body)

@@ -227,7 +227,10 @@ def check_validate(root: Path, *, trace: bool, rss_before: int) -> Outcome:
     assert "Traceback" not in stderr, stderr
     lines = stderr.splitlines()
     if exit_code == 0:
-        assert len(lines) == 1 and lines[0].startswith(f"{root}: valid ("), lines
+        assert lines and lines[0].startswith(f"{root}: valid ("), lines
+        for line in lines[1:]:  # warnings name a file:line of the directory too
+            assert line.startswith(f"Warning: {root}"), line
+            assert _ERROR_LINE.match(line.removeprefix("Warning: ")) is not None, line
         errors = 0
     else:
         summary = _SUMMARY.fullmatch(lines[-1]) if lines else None

@@ -30,7 +30,12 @@ from typing import Any
 import httpx
 
 from meshplan.compare.canonical import fingerprint
-from meshplan.envoy.types import CLUSTER, LISTENER, cluster_endpoints, listener_addresses
+from meshplan.envoy.types import (
+    CLUSTER,
+    LISTENER,
+    cluster_endpoints,
+    listener_addresses,
+)
 from meshplan.errors import ApplyError
 from meshplan.observe import live
 from meshplan.plan.model import Plan, ProxyPlan

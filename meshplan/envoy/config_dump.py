@@ -11,7 +11,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from meshplan.envoy.types import BOOTSTRAP_CONFIG_DUMP, CLUSTERS_CONFIG_DUMP, LISTENERS_CONFIG_DUMP
+from meshplan.envoy.types import (
+    BOOTSTRAP_CONFIG_DUMP,
+    CLUSTERS_CONFIG_DUMP,
+    LISTENERS_CONFIG_DUMP,
+)
 from meshplan.errors import MeshplanError
 
 # What meshplan asks a proxy's admin API for, each trimmed with `?mask=` to what is compared: who answered (its

@@ -49,7 +49,11 @@ from meshplan.envoy.config_dump import (
     NotAConfigDump,
     managed_resources,
 )
-from meshplan.envoy.types import BOOTSTRAP_CONFIG_DUMP, CLUSTERS_CONFIG_DUMP, LISTENERS_CONFIG_DUMP
+from meshplan.envoy.types import (
+    BOOTSTRAP_CONFIG_DUMP,
+    CLUSTERS_CONFIG_DUMP,
+    LISTENERS_CONFIG_DUMP,
+)
 from meshplan.errors import MeshplanError
 from meshplan.util import jsonlimits
 from meshplan.util.fsutil import read_bounded, write_atomic

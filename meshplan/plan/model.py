@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -25,7 +25,7 @@ from meshplan.compare.diff import (
 from meshplan.model import EGRESS, SIDECAR, ProxyConfig
 from meshplan.observe.live import LiveResult, Outcome
 
-FORMAT_VERSION = "1.0"
+FORMAT_VERSION = "1.1"  # 1.1: top-level `warnings`
 BASE = "base"  # the origin of whatever no policy set: the mesh's structure
 
 OK = "ok"
@@ -81,6 +81,7 @@ class Plan:
     format_version: str = FORMAT_VERSION
     state_serial: int = 0  # the state file this plan was made against (a saved plan is stale once it moves on)
     state_lineage: str = ""
+    warnings: tuple[str, ...] = ()  # about the desired directory: a policy that selects nothing, a name nothing has
 
     @property
     def complete(self) -> bool:
@@ -112,7 +113,7 @@ def desired_forms(proxy: ProxyConfig) -> DesiredForms:
 
 def make_plan(
     proxies: list[ProxyConfig], live: Mapping[str, LiveResult], *, desired_dir: str = "", state_serial: int = 0,
-    state_lineage: str = "", forms: Mapping[str, DesiredForms] | None = None,
+    state_lineage: str = "", forms: Mapping[str, DesiredForms] | None = None, directory_warnings: Sequence[str] = (),
 ) -> Plan:
     """Compare every proxy's desired resources with what its Envoy reported. `forms` (by proxy name) are the desired
     canonical forms when the caller already has them (`desired_forms`)."""
@@ -150,7 +151,7 @@ def make_plan(
                                changes=tuple(changes), warnings=tuple(warnings), **base))  # type: ignore[arg-type]
     created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     return Plan(tuple(plans), created_at=created, desired_dir=desired_dir, state_serial=state_serial,
-                state_lineage=state_lineage)
+                state_lineage=state_lineage, warnings=tuple(directory_warnings))
 
 
 def unreadable(kind: str, exc: CanonicalError) -> str:
@@ -227,6 +228,7 @@ def to_json(plan: Plan) -> dict[str, Any]:
         "desired_dir": plan.desired_dir,
         "state": {"serial": plan.state_serial, "lineage": plan.state_lineage},
         "complete": plan.complete,
+        "warnings": list(plan.warnings),
         "summary": {
             "add": plan.count(Action.CREATE),
             "change": plan.count(Action.UPDATE),
@@ -294,4 +296,4 @@ def from_json(document: Mapping[str, Any]) -> Plan:
     recorded = document.get("state", {})
     return Plan(tuple(proxies), created_at=document.get("created_at", ""), desired_dir=document.get("desired_dir", ""),
                 format_version=version, state_serial=int(recorded.get("serial", 0)),
-                state_lineage=str(recorded.get("lineage", "")))
+                state_lineage=str(recorded.get("lineage", "")), warnings=tuple(document.get("warnings", ())))

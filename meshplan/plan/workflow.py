@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from meshplan.errors import MeshplanError
+from meshplan.match.unused import warnings
 from meshplan.model import Dataplane, Desired, ProxyConfig, ZoneEgress
 from meshplan.observe import live
 from meshplan.plan.model import DesiredForms, Plan, desired_forms, make_plan
@@ -137,4 +138,4 @@ def compute_plan(
         recorded = state.read(state_dir)
         return make_plan([p for p in proxies if p.name in names], results, desired_dir=str(directory),
                          state_serial=recorded.serial, state_lineage=recorded.lineage if recorded.serial else "",
-                         forms=forms)
+                         forms=forms, directory_warnings=warnings(desired))

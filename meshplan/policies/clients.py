@@ -31,7 +31,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from meshplan.envoy import names
-from meshplan.envoy.types import EXTENSION_WITH_MATCHER, SKIP_FILTER, URI_SAN_INPUT, URI_SAN_INPUT_NAME
+from meshplan.envoy.types import (
+    EXTENSION_WITH_MATCHER,
+    SKIP_FILTER,
+    URI_SAN_INPUT,
+    URI_SAN_INPUT_NAME,
+)
 from meshplan.match.matcher import Destination, FromRule
 from meshplan.model import (
     SERVICE_TAG,

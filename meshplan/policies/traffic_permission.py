@@ -37,7 +37,12 @@ Deny, `rules.action: ALLOW` lists the allowing rules the same way. Policies are 
 
 from __future__ import annotations
 
-from meshplan.envoy.types import HTTP_RBAC, HTTP_RBAC_NAME, NETWORK_RBAC, NETWORK_RBAC_NAME
+from meshplan.envoy.types import (
+    HTTP_RBAC,
+    HTTP_RBAC_NAME,
+    NETWORK_RBAC,
+    NETWORK_RBAC_NAME,
+)
 from meshplan.load.resources import PathKey
 from meshplan.match.matcher import Destination, FromRule, merge_from
 from meshplan.model import Desired, Policy

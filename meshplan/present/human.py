@@ -61,6 +61,10 @@ def _resource(console: Console, change: ResourcePlan) -> None:
 
 
 def render_plan(console: Console, plan: Plan, *, summary: bool = False) -> None:
+    for warning in plan.warnings:
+        console.print(f"[yellow]Warning:[/yellow] {_safe(warning)}")
+    if plan.warnings:
+        console.print()
     if plan.has_changes and not summary:
         console.print("meshplan will perform the following actions:")
         console.print()

@@ -1,0 +1,78 @@
+"""Warnings, not errors: a policy that selects no proxy, and a name in a targetRef that nothing in the desired
+directory has. Both are valid input (the proxy or service may come later), and both are most often a typo, so each
+says where it was written and, when a name is close to one that exists, which one was probably meant."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+from meshplan.errors import Source
+from meshplan.match.matcher import selects
+from meshplan.model import SERVICE_TAG, Dataplane, Desired, Policy, TargetRef, ZoneEgress
+
+# targetRef kinds whose `name` is a service (kuma.io/service of some inbound), a Dataplane, or an external service
+SERVICE_KINDS = ("MeshService", "MeshServiceSubset")
+
+
+def warnings(desired: Desired) -> list[str]:
+    """Every warning, as `file:line: Kind/name: message`, in file order."""
+    services = _services(desired)
+    dataplanes = {dp.name for dp in desired.dataplanes}
+    externals = {mes.name for mes in desired.external_services}
+    proxies: list[Dataplane | ZoneEgress] = [*desired.dataplanes, *desired.egresses]
+    found: list[tuple[Source, str]] = []
+    for policy in desired.policies:
+        label = f"{policy.kind}/{policy.name}"
+        top = _name_miss(policy.target_ref, services.get(policy.mesh, set()), dataplanes, externals)
+        if top is not None:
+            found.append((_line(policy, "targetRef.name"), f"{label}: {top}"))
+        elif not any(selects(policy, proxy) for proxy in proxies):
+            found.append((_line(policy, "targetRef"), f"{label}: selects no proxy, so it changes nothing"))
+        for section, items in (("to", policy.to), ("from", policy.from_)):
+            for item in items:
+                miss = _name_miss(item.target_ref, services.get(policy.mesh, set()), dataplanes, externals)
+                if miss is not None:
+                    found.append((_line(policy, f"{section}[{item.index}].targetRef.name"), f"{label}: {miss}"))
+    found.sort(key=lambda pair: (pair[0].file, pair[0].line))
+    return [f"{source}: {message}" for source, message in found]
+
+
+def _services(desired: Desired) -> dict[str, set[str]]:
+    by_mesh: dict[str, set[str]] = {}
+    for dp in desired.dataplanes:
+        for inbound in dp.inbounds:
+            if SERVICE_TAG in inbound.tags:
+                by_mesh.setdefault(dp.mesh, set()).add(inbound.tags[SERVICE_TAG])
+    return by_mesh
+
+
+def _name_miss(ref: TargetRef, services: set[str], dataplanes: set[str], externals: set[str]) -> str | None:
+    if ref.name is None:
+        return None
+    if ref.kind in SERVICE_KINDS:
+        known, what = services, "service that no Dataplane inbound provides"
+    elif ref.kind == "Dataplane":
+        known, what = dataplanes, "Dataplane that does not exist"
+    elif ref.kind == "MeshExternalService":
+        known, what = externals, "MeshExternalService that does not exist"
+    else:
+        return None
+    if ref.name in known:
+        return None
+    return f"targetRef names {ref.kind} {ref.name!r}, a {what}{_did_you_mean(ref.name, known)}"
+
+
+def _did_you_mean(name: str, known: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _line(policy: Policy, field: str) -> Source:
+    """Where a field of the spec was written: its own line, else the nearest enclosing one that has a line."""
+    path = f"{policy.spec_path}.{field}"
+    while path:
+        if path in policy.lines:
+            return Source(policy.source.file, policy.lines[path])
+        path = path.rpartition(".")[0]
+    return policy.source
