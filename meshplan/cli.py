@@ -293,6 +293,8 @@ def plan(
                 write_atomic(out, (json.dumps(document, indent=2) + "\n").encode())
             except OSError as e:
                 raise MeshplanError(f"{out}: cannot write the plan file: {e.strerror or e}") from None
+            _err().print(printable(f"Saved the plan to {out}. To apply exactly this plan: meshplan apply {out}"),
+                         markup=False)
         if json_output:
             sys.stdout.write(json.dumps(document, indent=2) + "\n")
         else:
@@ -300,6 +302,30 @@ def plan(
         if not result.complete and not allow_incomplete:
             return EXIT_ERROR
         return EXIT_CHANGES if detailed_exitcode and result.has_changes else EXIT_OK
+
+    _run(body)
+
+
+@app.command()
+def show(
+    planfile: Annotated[Path, typer.Argument(metavar="PLANFILE", help="A plan saved with `meshplan plan --out`.")],
+    output: Annotated[Literal["human", "json"], typer.Option("--output", "-o", help="The format.")] = "human",
+) -> None:
+    """Print a plan saved with `plan --out`, as `plan` printed it (or its JSON), without contacting any proxy.
+    Exit 1 if the file is not a saved plan."""
+
+    def body() -> int:
+        from meshplan.plan.model import read_plan_file, to_json
+        from meshplan.present.human import render_plan
+
+        if output not in ("human", "json"):
+            raise MeshplanError(f"--output must be human or json, got {output!r}")
+        saved = read_plan_file(planfile)
+        if output == "json":
+            sys.stdout.write(json.dumps(to_json(saved), indent=2) + "\n")
+        else:
+            render_plan(_console(), saved)
+        return EXIT_OK
 
     _run(body)
 
