@@ -32,6 +32,7 @@ runner = CliRunner()
         (["plan"], "Exit codes: 0"),
         (["snapshot"], "plan --live-from"),
         (["show"], "without contacting any proxy"),
+        (["inspect"], "what one proxy's Envoy runs now"),
         (["sandbox"], "local mesh of real Envoys"),
         (["sandbox", "up"], "real Envoy per proxy"),
         (["sandbox", "down"], "by PID"),
@@ -120,6 +121,7 @@ def _meshplan(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
         ["plan", str(DEMO), "--proxi", "x"],  # a typo in a cron or CI job must not read as "changes" (2)
         ["drift", str(DEMO), "--jsn"],
         ["render", str(DEMO), "-o", "xml"],
+        ["inspect", str(DEMO), "web", "everything"],
         ["plan"],
         ["no-such-command"],
     ],

@@ -15,6 +15,7 @@ from meshplan.errors import MeshplanError
 CLUSTERS_DUMP_TYPE = "type.googleapis.com/envoy.admin.v3.ClustersConfigDump"
 LISTENERS_DUMP_TYPE = "type.googleapis.com/envoy.admin.v3.ListenersConfigDump"
 BOOTSTRAP_DUMP_TYPE = "type.googleapis.com/envoy.admin.v3.BootstrapConfigDump"
+SECRETS_DUMP_TYPE = "type.googleapis.com/envoy.admin.v3.SecretsConfigDump"
 
 
 class NotAConfigDump(MeshplanError):
@@ -91,6 +92,20 @@ def managed_resources(config_dump: Mapping[str, Any]) -> ManagedResources:
         errored_listeners=tuple(errored.values()),
         node_id=node_id,
     )
+
+
+def dynamic_secrets(config_dump: Mapping[str, Any]) -> tuple[dict[str, Any], ...]:
+    """The SDS secrets a proxy holds (active ones), as Envoy reports them: its own redaction of private keys
+    included, nothing more (`meshplan inspect` redacts again before it shows anything). Raises NotAConfigDump."""
+    configs = config_dump.get("configs") if isinstance(config_dump, Mapping) else None
+    if not isinstance(configs, list) or not all(isinstance(c, dict) for c in configs):
+        raise NotAConfigDump("not an Envoy config dump: no 'configs' list")
+    secrets: list[dict[str, Any]] = []
+    for config in configs:
+        if config.get("@type") == SECRETS_DUMP_TYPE:
+            secrets += [_resource(entry, "secret", "dynamic_active_secrets")
+                        for entry in _entries(config, "dynamic_active_secrets")]
+    return tuple(secrets)
 
 
 def _entries(config: dict[str, Any], key: str) -> list[dict[str, Any]]:

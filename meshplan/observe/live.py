@@ -44,6 +44,7 @@ from meshplan.envoy.config_dump import (
     BOOTSTRAP_DUMP_TYPE,
     CLUSTERS_DUMP_TYPE,
     LISTENERS_DUMP_TYPE,
+    SECRETS_DUMP_TYPE,
     ManagedResources,
     NotAConfigDump,
     managed_resources,
@@ -66,6 +67,7 @@ _HEADERS = {"Accept-Encoding": "identity"}
 IDENTITY_PATH = "/config_dump?mask=bootstrap.node.id"
 CLUSTERS_PATH = "/config_dump?mask=dynamic_active_clusters,dynamic_warming_clusters"
 LISTENERS_PATH = "/config_dump?mask=dynamic_listeners"
+SECRETS_PATH = "/config_dump?mask=dynamic_active_secrets"  # only for `meshplan inspect`: plan compares no secrets
 
 SNAPSHOT_FORMAT = 1
 
@@ -166,8 +168,10 @@ async def fetch_proxy(
     retries: int = DEFAULT_RETRIES,
     backoff: float = DEFAULT_BACKOFF,
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+    with_secrets: bool = False,
 ) -> LiveResult:
-    """Fetch one proxy's managed resources and check that the proxy answering is `name`."""
+    """Fetch one proxy's managed resources and check that the proxy answering is `name`. `with_secrets` asks for
+    its SDS secrets too, a fourth request, into `config_dump` (Envoy redacts their private keys)."""
     base = admin_url.rstrip("/")
     started = time.monotonic()
     request_timeout = httpx.Timeout(timeout, pool=None)
@@ -179,14 +183,13 @@ async def fetch_proxy(
 
     try:
         async with asyncio.timeout(deadline):
-            answers = await asyncio.gather(
-                get(IDENTITY_PATH), get(CLUSTERS_PATH), get(LISTENERS_PATH), return_exceptions=True
-            )
+            paths = [IDENTITY_PATH, CLUSTERS_PATH, LISTENERS_PATH] + ([SECRETS_PATH] if with_secrets else [])
+            answers = await asyncio.gather(*(get(path) for path in paths), return_exceptions=True)
         # the identity decides first: a wrong proxy's other answers say nothing about this one
         for answer in answers:
             if isinstance(answer, BaseException) and not isinstance(answer, _Failed):
                 raise answer
-        identity, clusters, listeners = answers
+        identity, clusters, listeners = answers[:3]
         node_id = _node_id(identity)
         if node_id != name:
             raise _Failed(Outcome.WRONG_PROXY, _answered_by(node_id), answered_by=node_id)
@@ -196,6 +199,8 @@ async def fetch_proxy(
         dump = {"configs": [_config(identity, BOOTSTRAP_DUMP_TYPE, IDENTITY_PATH),
                             _config(clusters, CLUSTERS_DUMP_TYPE, CLUSTERS_PATH),
                             _config(listeners, LISTENERS_DUMP_TYPE, LISTENERS_PATH)]}
+        if with_secrets:
+            dump["configs"].append(_config(answers[3], SECRETS_DUMP_TYPE, SECRETS_PATH))
         try:
             resources = managed_resources(dump)
         except NotAConfigDump as exc:
