@@ -10,12 +10,15 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
+import respx
 import yaml
 from rich.console import Console
 from typer.testing import CliRunner
 
 from meshplan.cli import app
+from meshplan.observe import live
 from meshplan.observe.inspect import (
     REDACTED,
     Inspection,
@@ -173,3 +176,48 @@ def test_tables_escape_what_a_proxy_names() -> None:
     render_inspection(Console(file=out, width=200, force_terminal=False), inspection, ["clusters"])
     assert "\x1b" not in out.getvalue() and "\x07" not in out.getvalue()
     assert "evil\\x1b]0;owned\\x07[bold]" in out.getvalue()
+
+
+FAKE = "127.0.50.9:9901"  # answered by respx, never by a socket
+KEY = "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg\n-----END PRIVATE KEY-----\n"
+
+
+def answers(secrets: list[dict[str, object]], padding: int = 0) -> dict[str, object]:
+    """What an Envoy named web answers to each masked /config_dump, `padding` bytes more in its clusters."""
+    return {
+        live.IDENTITY_PATH: {"configs": [{"@type": "type.googleapis.com/envoy.admin.v3.BootstrapConfigDump",
+                                          "bootstrap": {"node": {"id": "web"}}}]},
+        live.CLUSTERS_PATH: {"configs": [{"@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump",
+                                          "padding": "x" * padding}]},
+        live.LISTENERS_PATH: {"configs": [{"@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump"}]},
+        live.SECRETS_PATH: {"configs": [{"@type": "type.googleapis.com/envoy.admin.v3.SecretsConfigDump",
+                                         "dynamic_active_secrets": [{"name": s["name"], "secret": s} for s in secrets]}]},
+    }
+
+
+def inspect_mocked(responses: dict[str, object], *args: str) -> tuple[int, str, str]:
+    with respx.mock(assert_all_called=False) as router:
+        for path, answer in responses.items():
+            router.get(f"http://{FAKE}/config_dump", params={"mask": path.split("mask=", 1)[1]}).mock(
+                return_value=httpx.Response(200, json=answer))
+        return meshplan("inspect", str(Path(__file__).parent.parent / "examples" / "demo"), "web", "--admin", FAKE,
+                        *args)
+
+
+def test_a_key_envoy_did_not_redact_is_never_printed() -> None:
+    """An Envoy that sends key material after all (an old one, or something posing as one): redacted here."""
+    secrets = [{"name": "id", "tls_certificate": {"private_key": {"inline_string": KEY},
+                                                   "password": {"inline_string": "hunter2"}}},
+               {"name": "tickets", "session_ticket_keys": {"keys": [{"inline_string": KEY}]}},
+               {"name": "generic", "generic_secret": {"secret": {"inline_string": KEY}}}]
+    for output in ("table", "json", "yaml"):
+        code, out, err = inspect_mocked(answers(secrets), "secrets", "-o", output)
+        assert code == 0, err
+        assert "PRIVATE KEY" not in out and "hunter2" not in out, output
+        assert all(name in out for name in ("id", "tickets", "generic")), output
+
+
+def test_an_answer_larger_than_allowed_is_an_error() -> None:
+    code, out, err = inspect_mocked(answers([], padding=4096), "--max-response-bytes", "1KiB")
+    assert code == 1 and out == ""
+    assert "cannot be inspected: bad response" in err and "answer too large" in " ".join(err.split())
