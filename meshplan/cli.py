@@ -298,6 +298,8 @@ def plan(
                 write_atomic(out, (json.dumps(document, indent=2) + "\n").encode())
             except OSError as e:
                 raise MeshplanError(f"{out}: cannot write the plan file: {e.strerror or e}") from None
+            _err().print(printable(f"Saved the plan to {out}. To apply exactly this plan: meshplan apply {out}"),
+                         markup=False)
         if json_output:
             sys.stdout.write(json.dumps(document, indent=2) + "\n")
         else:
@@ -305,6 +307,75 @@ def plan(
         if not result.complete and not allow_incomplete:
             return EXIT_ERROR
         return EXIT_CHANGES if detailed_exitcode and result.has_changes else EXIT_OK
+
+    _run(body)
+
+
+@app.command()
+def show(
+    planfile: Annotated[Path, typer.Argument(metavar="PLANFILE", help="A plan saved with `meshplan plan --out`.")],
+    output: Annotated[Literal["human", "json"], typer.Option("--output", "-o", help="The format.")] = "human",
+) -> None:
+    """Print a plan saved with `plan --out`, as `plan` printed it (or its JSON), without contacting any proxy.
+    Exit 1 if the file is not a saved plan."""
+
+    def body() -> int:
+        from meshplan.plan.model import read_plan_file, to_json
+        from meshplan.present.human import render_plan
+
+        if output not in ("human", "json"):
+            raise MeshplanError(f"--output must be human or json, got {output!r}")
+        saved = read_plan_file(planfile)
+        if output == "json":
+            sys.stdout.write(json.dumps(to_json(saved), indent=2) + "\n")
+        else:
+            render_plan(_console(), saved)
+        return EXIT_OK
+
+    _run(body)
+
+
+@app.command("inspect")
+def inspect_proxy(
+    directory: DirArg,
+    proxy: Annotated[str, typer.Argument(metavar="PROXY", help="The Dataplane or ZoneEgress name.")],
+    section: Annotated[
+        Literal["clusters", "listeners", "routes", "secrets", "all"],
+        typer.Argument(metavar="SECTION", help="What to show: clusters, listeners, routes, secrets or all."),
+    ] = "all",
+    admin: Annotated[Optional[str], typer.Option("--admin", metavar="HOST:PORT", help="Read this admin API instead of the one DIR gives the proxy.")] = None,
+    output: Annotated[Literal["table", "json", "yaml"], typer.Option("--output", "-o", help="Tables, or the raw resources.")] = "table",
+    timeout: TimeoutOpt = 5.0,
+    max_response_bytes: MaxResponseOpt = "64MiB",
+) -> None:
+    """Show what one proxy's Envoy runs now, read from its admin API: its clusters, listeners, routes (each
+    listener's route configuration) and secrets (certificates by name, dates and SANs; never key material).
+
+    Exit 1 if the proxy cannot be read."""
+
+    def body() -> int:
+        from meshplan.observe.inspect import SECTIONS
+        from meshplan.observe.inspect import inspect_proxy as read_proxy
+        from meshplan.plan.workflow import admin_url
+        from meshplan.present.inspect import render_inspection
+        from meshplan.validate.addresses import http_url
+        from meshplan.xds.bootstrap import split_address
+
+        if output not in ("table", "json", "yaml") or section not in (*SECTIONS, "all"):
+            raise MeshplanError(f"unknown section {section!r} or --output {output!r}")
+        limit = _size(max_response_bytes, "--max-response-bytes")
+        url = http_url(*split_address(admin, "--admin")) if admin else admin_url(directory, proxy)
+        inspection = read_proxy(proxy, url, timeout=timeout, max_response_bytes=limit)
+        sections = SECTIONS if section == "all" else (section,)
+        if output == "table":
+            render_inspection(_console(), inspection, sections)
+            return EXIT_OK
+        document = {name: inspection.raw(name) for name in sections}
+        if output == "json":
+            sys.stdout.write(json.dumps(document, indent=2) + "\n")
+        else:
+            sys.stdout.write(yaml.safe_dump(document, sort_keys=False))
+        return EXIT_OK
 
     _run(body)
 

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -248,8 +249,24 @@ def sandbox_state(tmp_path: Path) -> Iterator[Path]:
     """A state directory; afterwards its sandbox is brought down and nothing started under it may still run."""
     state = tmp_path / "state"
     state.mkdir()
-    try:
+    with _torn_down(state):
         yield state
+
+
+@pytest.fixture(scope="module")
+def module_sandbox_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """`sandbox_state` shared by the tests of one module: for tests that only read a sandbox, which one start serves."""
+    state = tmp_path_factory.mktemp("module") / "state"
+    state.mkdir()
+    with _torn_down(state):
+        yield state
+
+
+@contextmanager
+def _torn_down(state: Path) -> Iterator[None]:
+    """Bring the sandbox under `state` down however the block ended, and fail if anything started there still runs."""
+    try:
+        yield
     finally:
         recorded = [p.pid for p in sandbox.status(state)] if (state / sandbox.SANDBOX_FILE).exists() else []
         try:

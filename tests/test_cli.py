@@ -34,6 +34,8 @@ runner = CliRunner()
         (["serve"], "Serve every proxy its snapshot over ADS"),
         (["plan"], "Exit codes: 0"),
         (["snapshot"], "plan --live-from"),
+        (["show"], "without contacting any proxy"),
+        (["inspect"], "what one proxy's Envoy runs now"),
         (["sandbox"], "local mesh of real Envoys"),
         (["sandbox", "up"], "real Envoy per proxy"),
         (["sandbox", "down"], "by PID"),
@@ -122,6 +124,7 @@ def _meshplan(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
         ["plan", str(DEMO), "--proxi", "x"],  # a typo in a cron or CI job must not read as "changes" (2)
         ["drift", str(DEMO), "--jsn"],
         ["render", str(DEMO), "-o", "xml"],
+        ["inspect", str(DEMO), "web", "everything"],
         ["plan"],
         ["no-such-command"],
     ],
@@ -247,3 +250,40 @@ def test_sandbox_status_as_json_with_no_sandbox(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["sandbox", "status", "--state", str(tmp_path), "-o", "json"])
     assert result.exit_code == 0
     assert json.loads(result.stdout) == {"processes": []}
+
+
+def _live_nothing(tmp_path: Path) -> Path:
+    """Saved dumps of the demo's proxies running nothing yet: every resource is a change, and no Envoy is needed."""
+    live = tmp_path / "live"
+    live.mkdir()
+    for proxy in ("web", "backend-1", "backend-2", "admin", "egress"):
+        (live / f"{proxy}.json").write_text('{"configs": []}')
+    return live
+
+
+def test_show_prints_a_saved_plan_as_plan_printed_it(tmp_path: Path) -> None:
+    saved = tmp_path / "demo.plan"
+    cli = CliRunner(env={"COLUMNS": "200", "NO_COLOR": "1"})
+    planned = cli.invoke(app, ["plan", str(DEMO), "--live-from", str(_live_nothing(tmp_path)),
+                               "--state", str(tmp_path / "state"), "--out", str(saved)])
+    assert planned.exit_code == 0, planned.stderr
+    assert f"Saved the plan to {saved}. To apply exactly this plan: meshplan apply {saved}" in planned.stderr
+    shown = cli.invoke(app, ["show", str(saved)])
+    assert shown.exit_code == 0, shown.stderr
+    assert "will be created" in shown.stdout
+    assert shown.stdout == planned.stdout
+    as_json = cli.invoke(app, ["show", str(saved), "-o", "json"])
+    assert as_json.exit_code == 0
+    assert json.loads(as_json.stdout) == json.loads(saved.read_text())
+
+
+@pytest.mark.parametrize("content", [None, "not json", "[]", '{"format_version": "1.0"}', '{"format_version": "9.0", "proxies": []}',
+                                     "[" * 10_000])
+def test_show_refuses_what_is_not_a_saved_plan(tmp_path: Path, content: str | None) -> None:
+    path = tmp_path / "bad.plan"
+    if content is not None:
+        path.write_text(content)
+    result = runner.invoke(app, ["show", str(path)])
+    assert result.exit_code == 1
+    assert f"Error: {path}: not a meshplan plan file" in " ".join(result.stderr.split())
+    assert "Traceback" not in result.output

@@ -4,7 +4,6 @@ pre-flight with the real Envoy, deliver in waves, record state, summarise."""
 from __future__ import annotations
 
 import contextlib
-import json
 import signal
 import sys
 import tempfile
@@ -24,7 +23,7 @@ from meshplan.apply.deliver import (
 )
 from meshplan.envoy.binary import validate_configs
 from meshplan.errors import ApplyError, MeshplanError
-from meshplan.plan.model import Plan, from_json
+from meshplan.plan.model import Plan, read_plan_file
 from meshplan.plan.workflow import Selection, compute_plan, fetch_live
 from meshplan.present.human import render_plan
 from meshplan.present.progress import phases
@@ -35,13 +34,6 @@ from meshplan.xds import pki
 
 EXIT_OK, EXIT_ERROR, EXIT_PARTIAL = 0, 1, 3
 _STYLE = {Outcome.APPLIED: "green", Outcome.UNCHANGED: "dim", Outcome.ROLLED_BACK: "yellow", Outcome.SKIPPED: "yellow"}
-
-
-def read_plan_file(path: Path) -> Plan:
-    try:
-        return from_json(json.loads(path.read_text()))
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise MeshplanError(f"{path}: not a meshplan plan file: {e}") from e
 
 
 def run_apply(

@@ -15,6 +15,7 @@ from meshplan.envoy.types import (
     BOOTSTRAP_CONFIG_DUMP,
     CLUSTERS_CONFIG_DUMP,
     LISTENERS_CONFIG_DUMP,
+    SECRETS_CONFIG_DUMP,
 )
 from meshplan.errors import MeshplanError
 
@@ -23,6 +24,7 @@ from meshplan.errors import MeshplanError
 IDENTITY_PATH = "/config_dump?mask=bootstrap.node.id"
 CLUSTERS_PATH = "/config_dump?mask=dynamic_active_clusters,dynamic_warming_clusters"
 LISTENERS_PATH = "/config_dump?mask=dynamic_listeners"
+SECRETS_PATH = "/config_dump?mask=dynamic_active_secrets"  # only for `meshplan inspect`: plan compares no secrets
 
 
 class NotAConfigDump(MeshplanError):
@@ -122,6 +124,20 @@ def node_id(identity: Any) -> str:
     node = bootstrap.get("node") if isinstance(bootstrap, dict) else None
     found = node.get("id") if isinstance(node, dict) else None
     return found if isinstance(found, str) else ""
+
+
+def dynamic_secrets(config_dump: Mapping[str, Any]) -> tuple[dict[str, Any], ...]:
+    """The SDS secrets a proxy holds (active ones), as Envoy reports them: its own redaction of private keys
+    included, nothing more (`meshplan inspect` redacts again before it shows anything). Raises NotAConfigDump."""
+    configs = config_dump.get("configs") if isinstance(config_dump, Mapping) else None
+    if not isinstance(configs, list) or not all(isinstance(c, dict) for c in configs):
+        raise NotAConfigDump("not an Envoy config dump: no 'configs' list")
+    secrets: list[dict[str, Any]] = []
+    for config in configs:
+        if config.get("@type") == SECRETS_CONFIG_DUMP:
+            secrets += [_resource(entry, "secret", "dynamic_active_secrets")
+                        for entry in _entries(config, "dynamic_active_secrets")]
+    return tuple(secrets)
 
 
 def _entries(config: dict[str, Any], key: str) -> list[dict[str, Any]]:

@@ -46,6 +46,7 @@ SECRET = _message("envoy.extensions.transport_sockets.tls.v3.Secret", "secret")
 HCM = _message("envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
                "http_connection_manager")
 HCM_NAME = "envoy.filters.network.http_connection_manager"
+NETWORK_FILTER_PREFIX = "envoy.filters.network."  # what `meshplan inspect` drops from a network filter's name
 TCP_PROXY = _message("envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy", "tcp_proxy")
 TCP_PROXY_NAME = "envoy.filters.network.tcp_proxy"
 NETWORK_RBAC = _message("envoy.extensions.filters.network.rbac.v3.RBAC", "rbac")
@@ -125,6 +126,7 @@ WRR_LOCALITY = _message(_LB_POLICIES + "wrr_locality.v3.WrrLocality", "wrr_local
 BOOTSTRAP_CONFIG_DUMP = _message("envoy.admin.v3.BootstrapConfigDump", "config_dump", ADMIN_PROTO_MODULES)
 CLUSTERS_CONFIG_DUMP = _message("envoy.admin.v3.ClustersConfigDump", "config_dump_shared", ADMIN_PROTO_MODULES)
 LISTENERS_CONFIG_DUMP = _message("envoy.admin.v3.ListenersConfigDump", "config_dump_shared", ADMIN_PROTO_MODULES)
+SECRETS_CONFIG_DUMP = _message("envoy.admin.v3.SecretsConfigDump", "config_dump", ADMIN_PROTO_MODULES)
 
 Json = dict[str, Any]
 

@@ -9,7 +9,14 @@ from collections.abc import Iterable
 
 from meshplan.errors import Source
 from meshplan.match.matcher import selects
-from meshplan.model import SERVICE_TAG, Dataplane, Desired, Policy, TargetRef, ZoneEgress
+from meshplan.model import (
+    SERVICE_TAG,
+    Dataplane,
+    Desired,
+    Policy,
+    TargetRef,
+    ZoneEgress,
+)
 
 # targetRef kinds whose `name` is a service (kuma.io/service of some inbound), a Dataplane, or an external service
 SERVICE_KINDS = ("MeshService", "MeshServiceSubset")

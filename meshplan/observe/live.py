@@ -45,6 +45,7 @@ from meshplan.envoy.config_dump import (
     CLUSTERS_PATH,
     IDENTITY_PATH,
     LISTENERS_PATH,
+    SECRETS_PATH,
     ManagedResources,
     NotAConfigDump,
     managed_resources,
@@ -53,6 +54,7 @@ from meshplan.envoy.types import (
     BOOTSTRAP_CONFIG_DUMP,
     CLUSTERS_CONFIG_DUMP,
     LISTENERS_CONFIG_DUMP,
+    SECRETS_CONFIG_DUMP,
 )
 from meshplan.errors import MeshplanError
 from meshplan.util import jsonlimits
@@ -168,8 +170,10 @@ async def fetch_proxy(
     retries: int = DEFAULT_RETRIES,
     backoff: float = DEFAULT_BACKOFF,
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+    with_secrets: bool = False,
 ) -> LiveResult:
-    """Fetch one proxy's managed resources and check that the proxy answering is `name`."""
+    """Fetch one proxy's managed resources and check that the proxy answering is `name`. `with_secrets` asks for
+    its SDS secrets too, a fourth request, into `config_dump` (Envoy redacts their private keys)."""
     base = admin_url.rstrip("/")
     started = time.monotonic()
     request_timeout = httpx.Timeout(timeout, pool=None)
@@ -181,14 +185,13 @@ async def fetch_proxy(
 
     try:
         async with asyncio.timeout(deadline):
-            answers = await asyncio.gather(
-                get(IDENTITY_PATH), get(CLUSTERS_PATH), get(LISTENERS_PATH), return_exceptions=True
-            )
+            paths = [IDENTITY_PATH, CLUSTERS_PATH, LISTENERS_PATH] + ([SECRETS_PATH] if with_secrets else [])
+            answers = await asyncio.gather(*(get(path) for path in paths), return_exceptions=True)
         # the identity decides first: a wrong proxy's other answers say nothing about this one
         for answer in answers:
             if isinstance(answer, BaseException) and not isinstance(answer, _Failed):
                 raise answer
-        identity, clusters, listeners = answers
+        identity, clusters, listeners = answers[:3]
         node_id = _node_id(identity)
         if node_id != name:
             raise _Failed(Outcome.WRONG_PROXY, _answered_by(node_id), answered_by=node_id)
@@ -198,6 +201,8 @@ async def fetch_proxy(
         dump = {"configs": [_config(identity, BOOTSTRAP_CONFIG_DUMP, IDENTITY_PATH),
                             _config(clusters, CLUSTERS_CONFIG_DUMP, CLUSTERS_PATH),
                             _config(listeners, LISTENERS_CONFIG_DUMP, LISTENERS_PATH)]}
+        if with_secrets:
+            dump["configs"].append(_config(answers[3], SECRETS_CONFIG_DUMP, SECRETS_PATH))
         try:
             resources = managed_resources(dump)
         except NotAConfigDump as exc:

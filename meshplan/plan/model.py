@@ -11,6 +11,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -22,8 +23,10 @@ from meshplan.compare.diff import (
     canonical_by_name,
     diff_canonical,
 )
+from meshplan.errors import MeshplanError
 from meshplan.model import EGRESS, SIDECAR, ProxyConfig
 from meshplan.observe.live import LiveResult, Outcome
+from meshplan.util import jsonlimits
 
 FORMAT_VERSION = "1.1"  # 1.1: top-level `warnings`
 BASE = "base"  # the origin of whatever no policy set: the mesh's structure
@@ -297,3 +300,16 @@ def from_json(document: Mapping[str, Any]) -> Plan:
     return Plan(tuple(proxies), created_at=document.get("created_at", ""), desired_dir=document.get("desired_dir", ""),
                 format_version=version, state_serial=int(recorded.get("serial", 0)),
                 state_lineage=str(recorded.get("lineage", "")), warnings=tuple(document.get("warnings", ())))
+
+
+def read_plan_file(path: Path) -> Plan:
+    """A plan saved with `plan --out`; MeshplanError for any file that is not one (missing, not JSON, too deep,
+    another JSON document, another format version)."""
+    try:
+        document = jsonlimits.loads(path.read_bytes())
+        if not isinstance(document, dict) or "proxies" not in document:
+            raise ValueError("no plan in it")
+        return from_json(document)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else e
+        raise MeshplanError(f"{path}: not a meshplan plan file: {reason}") from e

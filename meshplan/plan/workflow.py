@@ -47,6 +47,14 @@ def _select(desired: Desired, selection: Selection) -> list[tuple[str, str]]:
     return chosen
 
 
+def admin_url(directory: Path, proxy: str) -> str:
+    """The admin API of the proxy named `proxy` (exactly: no glob), as the desired directory says: where plan reads."""
+    targets = dict(_select(load_and_parse(directory), Selection()))
+    if proxy not in targets:
+        raise MeshplanError(f"no proxy named {proxy!r} (proxies: {', '.join(targets)})")
+    return targets[proxy]
+
+
 def desired_proxies(directory: Path, selection: Selection = Selection()) -> list[ProxyConfig]:
     desired = load_and_parse(directory)
     names = {name for name, _ in _select(desired, selection)}

@@ -33,12 +33,12 @@ INITIAL_FETCH_TIMEOUT = "0s"
 FILES = ("bootstrap.json", "xds-client.crt", "xds-client.key", "xds-ca.crt")
 
 
-def split_address(xds: str) -> tuple[str, int]:
-    """HOST:PORT (an IPv6 host in brackets) -> (host, port); MeshplanError if it is not one."""
+def split_address(xds: str, option: str = "--xds") -> tuple[str, int]:
+    """HOST:PORT (an IPv6 host in brackets) -> (host, port); MeshplanError naming `option` if it is not one."""
     host, sep, port = xds.rpartition(":")
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise MeshplanError(f"--xds must be HOST:PORT, got {xds!r}")
+        raise MeshplanError(f"{option} must be HOST:PORT, got {xds!r}")
     return host, int(port)
 
 
