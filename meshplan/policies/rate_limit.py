@@ -41,8 +41,7 @@ from decimal import Decimal
 from typing import Any
 
 from meshplan.load.resources import PathKey
-from meshplan.match.matcher import FromRule, merge_from
-from meshplan.model import Policy
+from meshplan.match.matcher import FromRule
 from meshplan.policies.base import Json, ProxyBuild, hcm, insert_http_filter, origins_of
 from meshplan.policies.clients import (
     first_match,
@@ -176,9 +175,9 @@ def _from_kind(check: FieldCheck, path: PathKey) -> str | None:
     return kind if isinstance(kind, str) else None
 
 
-def apply(build: ProxyBuild, policies: list[Policy]) -> None:
+def apply(build: ProxyBuild) -> None:
     for point in build.inbounds:
-        rules = merge_from(policies, build.proxy, point.target)
+        rules = build.match.from_(KIND, point.target)
         if not rules:
             continue
         scope = stat_scope(point.chain, point.listener)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from meshplan.envoy import names
 from meshplan.envoy import types as t
 from meshplan.match.matcher import Destination
+from meshplan.match.result import match_proxy
 from meshplan.model import SIDECAR, Dataplane, Desired, Inbound, Outbound
 from meshplan.policies.base import InboundPoint, OutboundPoint, ProxyBuild
 
@@ -13,7 +14,7 @@ CONNECT_TIMEOUT = "5s"  # Kuma's default connectionTimeout
 
 def build_sidecar(desired: Desired, dp: Dataplane) -> ProxyBuild:
     mtls = desired.mesh(dp.mesh).mtls
-    build = ProxyBuild(dp, desired, SIDECAR, clusters={}, listeners={}, mtls=mtls)
+    build = ProxyBuild(dp, desired, SIDECAR, clusters={}, listeners={}, match=match_proxy(desired, dp), mtls=mtls)
     for inbound in dp.inbounds:
         local = names.local_cluster(inbound.service_address, inbound.service_port)
         build.clusters[local] = _cluster(local, [(inbound.service_address, inbound.service_port)])
