@@ -25,7 +25,14 @@ from pathlib import Path
 import pytest
 
 from meshplan.match import explain as explain_module
-from meshplan.match.explain import NOT_WRITTEN, Section, destinations, explain_proxy, inbounds, render_text
+from meshplan.match.explain import (
+    NOT_WRITTEN,
+    Section,
+    destinations,
+    explain_proxy,
+    inbounds,
+    render_text,
+)
 from meshplan.model import Desired, Inbound, ZoneEgress
 from meshplan.render.proxies import applied, build_proxy
 from meshplan.validate.resources import load_and_parse
@@ -209,7 +216,14 @@ def _http_route_external(tmp_path: Path) -> Path:
 
 
 def _tcp_route(tmp_path: Path) -> Path:
-    from tests.test_policy_tcp_route import BASE, CACHE_HTTP_ROUTE, EXTERNAL, TO_DB_V2, WEIGHTED, route
+    from tests.test_policy_tcp_route import (
+        BASE,
+        CACHE_HTTP_ROUTE,
+        EXTERNAL,
+        TO_DB_V2,
+        WEIGHTED,
+        route,
+    )
 
     files = {"route.yaml": route(TO_DB_V2), "weighted.yaml": WEIGHTED, "cache.yaml": CACHE_HTTP_ROUTE, "pg.yaml": EXTERNAL}
     return write_desired(tmp_path / "desired", {**BASE, **files})

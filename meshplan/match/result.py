@@ -17,9 +17,26 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from meshplan.match.matcher import Contribution, Destination, FromRule, Merged, merge_from, merge_patch, merge_to
+from meshplan.match.matcher import (
+    Contribution,
+    Destination,
+    FromRule,
+    Merged,
+    merge_from,
+    merge_patch,
+    merge_to,
+)
 from meshplan.match.spelling import NORMALISERS
-from meshplan.model import EGRESS, SERVICE_TAG, SIDECAR, Dataplane, Desired, Inbound, Policy, ZoneEgress
+from meshplan.model import (
+    EGRESS,
+    SERVICE_TAG,
+    SIDECAR,
+    Dataplane,
+    Desired,
+    Inbound,
+    Policy,
+    ZoneEgress,
+)
 from meshplan.policies import FROM, KINDS, ROUTE_KINDS, TO
 
 Proxy = Dataplane | ZoneEgress
