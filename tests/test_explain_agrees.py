@@ -29,6 +29,7 @@ from meshplan.match.explain import (
     NOT_WRITTEN,
     Section,
     destinations,
+    explain_policy,
     explain_proxy,
     inbounds,
     render_text,
@@ -338,3 +339,72 @@ def test_the_check_sees_a_policy_explain_leaves_out(tmp_path: Path, monkeypatch:
                         lambda build: [(w, d) for w, d in real(build) if not d.backend_of])
     desired = load_and_parse(DEMO)
     assert any("render records MeshTimeout/mesh-defaults" in p for p in disagreements(desired))
+
+
+DB_ROUTE = """
+    type: MeshHTTPRoute
+    mesh: default
+    name: db-http
+    spec:
+      targetRef:
+        kind: MeshService
+        name: web
+      to:
+        - targetRef:
+            kind: MeshService
+            name: db
+          rules:
+            - matches:
+                - path:
+                    type: PathPrefix
+                    value: /x
+              default:
+                backendRefs:
+                  - kind: MeshServiceSubset
+                    name: db
+                    tags:
+                      version: v1
+    """
+
+TCP_BESIDE_HTTP = """
+    type: MeshTCPRoute
+    mesh: default
+    name: backend-tcp
+    spec:
+      targetRef:
+        kind: MeshService
+        name: web
+      to:
+        - targetRef:
+            kind: MeshService
+            name: backend
+          rules:
+            - default:
+                backendRefs:
+                  - kind: MeshService
+                    name: admin
+    """
+
+WEB_TO_HTTPBIN = "    - address: 127.0.1.1\n      port: 10002\n"
+WEB_TO_DB = "    - address: 127.0.1.1\n      port: 10005\n      tags:\n        kuma.io/service: db\n"
+
+
+def test_route_kinds_apply_only_where_render_uses_them(tmp_path: Path) -> None:
+    """An HTTP route on a TCP outbound, and a TCP route beside an HTTP route on an HTTP outbound, change nothing: no
+    section, no backend destination, and --policy says why."""
+    files = {"db.yaml": dataplane("db-1", "127.0.1.9", "db", protocol="tcp"), "db-route.yaml": DB_ROUTE,
+             "tcp-route.yaml": TCP_BESIDE_HTTP}
+    root = _demo_with(tmp_path, files)
+    dataplanes = root / "dataplanes.yaml"
+    assert WEB_TO_HTTPBIN in dataplanes.read_text()
+    dataplanes.write_text(dataplanes.read_text().replace(WEB_TO_HTTPBIN, WEB_TO_DB + WEB_TO_HTTPBIN, 1))
+    desired = load_and_parse(root)
+    text = render_text(explain_proxy(desired, "web"))
+    assert "MeshHTTPRoute to outbound 127.0.1.1:10001 -> backend" in text
+    assert "MeshHTTPRoute to outbound 127.0.1.1:10005" not in text and "MeshTCPRoute" not in text
+    assert "backend MeshService 'db'" not in text and "backend MeshService 'admin'" not in text
+    http = render_text(explain_policy(desired, "web", "MeshHTTPRoute/db-http"))
+    assert "not on outbound 127.0.1.1:10005 -> db: the outbound's protocol is tcp" in http
+    tcp = render_text(explain_policy(desired, "web", "MeshTCPRoute/backend-tcp"))
+    assert "not on outbound 127.0.1.1:10001 -> backend: a MeshHTTPRoute applies to this outbound" in tcp
+    assert disagreements(desired) == []

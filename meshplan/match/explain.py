@@ -16,7 +16,15 @@ from meshplan.envoy import names
 from meshplan.errors import MeshplanError
 from meshplan.match import matcher as match
 from meshplan.match.matcher import Destination, FieldOrigin, Merged
-from meshplan.match.result import DestinationMatch, KindTo, Rule, placement_miss
+from meshplan.match.result import (
+    HTTP_ROUTE,
+    DestinationMatch,
+    KindTo,
+    Rule,
+    destination_protocol,
+    placement_miss,
+    route_miss,
+)
 from meshplan.model import Dataplane, Desired, Inbound, Policy, ZoneEgress
 from meshplan.policies import FROM, KINDS, ROUTE_KINDS, TO
 from meshplan.policies.base import ProxyBuild
@@ -209,6 +217,9 @@ def explain_policy(desired: Desired, name: str, ref: str) -> Explanation:
                 else:
                     why = (match.why_not_to(policy, proxy, found.destination)
                            or placement_miss(policy.kind, proxy, TO, found.destination))
+                    if why is None and policy.kind in ROUTE_KINDS:
+                        http_route = any(k.kind == HTTP_ROUTE for k in found.to)
+                        why = route_miss(policy.kind, destination_protocol(desired, found.destination), http_route)
                 (misses if why else lands).append(f"{where}{': ' + why if why else ''}")
         if FROM in kind.sections:
             for where, target in inbounds(build):

@@ -48,6 +48,8 @@ TCP_ROUTE = "MeshTCPRoute"
 MIRROR_FILTER = ("RequestMirror", "requestMirror")
 
 NOTHING = Merged({}, {}, ())
+# The protocols a sidecar's outbound speaks through an HTTP connection manager (the others: a TCP proxy).
+HTTP_PROTOCOLS = ("http", "http2", "grpc")
 
 
 @dataclass(frozen=True)
@@ -152,6 +154,25 @@ def placement_miss(kind: str, proxy: Proxy, side: str, where: Inbound | Destinat
     return None
 
 
+def destination_protocol(desired: Desired, destination: Destination) -> str:
+    """The protocol a sidecar speaks to a destination: an external service's own, else that of the service's first
+    instance (tcp when it has none)."""
+    if destination.external:
+        return desired.external_service(destination.mesh, destination.name).protocol
+    instances = desired.instances(destination.mesh, destination.name)
+    return instances[0][1].protocol if instances else "tcp"
+
+
+def route_miss(kind: str, protocol: str, http_route_applies: bool) -> str | None:
+    """None when a route kind takes effect on an outbound of this protocol; otherwise why not (Kuma's rules): an HTTP
+    route changes nothing on a TCP outbound, and on an HTTP outbound an HTTP route wins over a TCP route."""
+    if kind == HTTP_ROUTE and protocol not in HTTP_PROTOCOLS:
+        return f"the outbound's protocol is {protocol}: an HTTP route changes nothing on it (use MeshTCPRoute)"
+    if kind == TCP_ROUTE and protocol in HTTP_PROTOCOLS and http_route_applies:
+        return "a MeshHTTPRoute applies to this outbound, and on an HTTP outbound an HTTP route wins over a TCP route"
+    return None
+
+
 # --- matching one proxy ---------------------------------------------------------------------------------------
 
 
@@ -162,7 +183,10 @@ def match_proxy(desired: Desired, proxy: Proxy) -> ProxyMatch:
     found: list[DestinationMatch] = []
     for destination in _destinations(desired, proxy):
         if not any(d.destination == destination for d in found):
-            found.append(DestinationMatch(destination, _to(by_kind, proxy, destination, routes=True)))
+            kinds = _to(by_kind, proxy, destination, routes=True)
+            if isinstance(proxy, Dataplane):  # routes live on the sidecar (the placement table)
+                kinds = _routes_in_effect(kinds, destination_protocol(desired, destination))
+            found.append(DestinationMatch(destination, kinds))
     for destination, named_by in _backends(proxy, found):
         found.append(DestinationMatch(destination, _to(by_kind, proxy, destination, routes=False), named_by))
     inbounds = tuple(InboundMatch(target, _from(by_kind, proxy, target)) for target in _inbounds(desired, proxy))
@@ -185,6 +209,11 @@ def _to(by_kind: dict[str, list[Policy]], proxy: Proxy, destination: Destination
         if not merged.empty:
             out.append(KindTo(kind, merged, tuple(merge_rules(merged)) if kind == HTTP_ROUTE else ()))
     return tuple(out)
+
+
+def _routes_in_effect(kinds: tuple[KindTo, ...], protocol: str) -> tuple[KindTo, ...]:
+    http_route = any(k.kind == HTTP_ROUTE for k in kinds)
+    return tuple(k for k in kinds if k.kind not in ROUTE_KINDS or route_miss(k.kind, protocol, http_route) is None)
 
 
 def _from(by_kind: dict[str, list[Policy]], proxy: Proxy, target: Inbound | Destination) -> tuple[KindFrom, ...]:

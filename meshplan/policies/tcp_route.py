@@ -36,14 +36,12 @@ from meshplan.policies.base import (
     Json,
     OutboundPoint,
     ProxyBuild,
-    hcm,
     origins_of,
     tcp_proxy,
 )
 from meshplan.validate.check import FieldCheck
 
 KIND = "MeshTCPRoute"
-HTTP_ROUTE_KIND = "MeshHTTPRoute"
 
 TCP_PROXY_TYPE = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
 
@@ -85,12 +83,10 @@ def apply(build: ProxyBuild) -> None:
     # On the sidecar only (the placement table, applied by match.result).
     for point in list(build.outbounds):  # a snapshot: backends append points of their own
         if not point.chain.get("filters"):
-            continue  # a backend's detached point: no listener of its own (and no route kind applies to it)
+            continue  # a backend's detached point: no listener of its own (its routes are its outbound's)
         merged = build.match.to(KIND, point.destination)
         if merged.empty:
             continue
-        if hcm(point.chain) is not None and not build.match.to(HTTP_ROUTE_KIND, point.destination).empty:
-            continue  # Kuma: on an HTTP outbound an HTTP route wins over a TCP route
         origins = origins_of(merged, "rules")
         rules = _list(merged.conf.get("rules"))
         backends = [Backend.of(ref) for ref in _list(rules[0].get("default", {}).get("backendRefs"))] if rules else []

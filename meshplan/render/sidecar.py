@@ -5,7 +5,7 @@ from __future__ import annotations
 from meshplan.envoy import names
 from meshplan.envoy import types as t
 from meshplan.match.matcher import Destination
-from meshplan.match.result import match_proxy
+from meshplan.match.result import destination_protocol, match_proxy
 from meshplan.model import SIDECAR, Dataplane, Desired, Inbound, Outbound
 from meshplan.policies.base import InboundPoint, OutboundPoint, ProxyBuild
 
@@ -77,7 +77,6 @@ def outbound_cluster(
         endpoints = [(eg.address, eg.port) for eg in sorted(desired.egresses, key=lambda e: e.name)]
         sni = names.external_sni(dp.mesh, mes.name)
         peer = [names.spiffe_id(dp.mesh, names.EGRESS_IDENTITY)]
-        protocol = mes.protocol
     else:
         assert outbound.service is not None
         name = names.service_cluster(outbound.service)
@@ -85,7 +84,7 @@ def outbound_cluster(
         endpoints = [(inbound.address, inbound.port) for _, inbound in sorted(instances, key=lambda i: (i[0].name, i[1].port))]
         sni = names.service_sni(dp.mesh, outbound.service)
         peer = [names.spiffe_id(dp.mesh, outbound.service)]
-        protocol = instances[0][1].protocol if instances else "tcp"
+    protocol = destination_protocol(desired, Destination.of_outbound(dp, outbound))
     cluster = _cluster(name, endpoints)
     cluster.update(t.upstream_protocol_options(protocol))
     if mtls:
