@@ -37,7 +37,9 @@ def test_egress_gets_the_egress_policies_only() -> None:
     text = explain("egress")
     cb = section(text, "MeshCircuitBreaker to external service httpbin (mesh default)")
     assert "MeshCircuitBreaker/circuit-breaker to[0]" in cb and "default-circuit-breaker" not in cb
-    assert "connectionLimits.maxConnections: 128" in cb  # as written; the module reads both spellings
+    # what render merges: the seed's spelling (the file writes `connectionLimits`), at the line it was written on
+    assert f"connectionPool.maxConnections: 128  # MeshCircuitBreaker/circuit-breaker ({DEMO}/policies/circuit-breaker.yaml:" in cb
+    assert "connectionLimits" not in cb
     assert "MeshRetry" not in text and "mesh-defaults" not in text
 
 

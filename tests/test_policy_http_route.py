@@ -593,7 +593,7 @@ def test_backends_get_clusters_and_outbound_points(tmp_path: Path) -> None:
     from meshplan.render import sidecar
 
     build = sidecar.build_sidecar(desired, next(d for d in desired.dataplanes if d.name == "web"))
-    http_route.apply(build, [p for p in desired.policies if p.kind == "MeshHTTPRoute"])
+    http_route.apply(build)
     clusters = build.clusters
     # The split's weight-0 `backend` on port 8080 takes no traffic and gets no cluster; /api's one does.
     assert sorted(clusters) == ["backend", "backend:port=8080", "backend:version=v1", "backend:version=v2",

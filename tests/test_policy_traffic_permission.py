@@ -302,7 +302,7 @@ def test_default_forbid_applies_with_no_permission_in_the_mesh_at_all(tmp_path: 
     # The module denies on its own (render.apply_policies skips a kind with no policies: see the report).
     desired = load(demo_mesh(tmp_path, FixedAddresses(), policies=""))
     build = build_egress(desired, desired.egresses[0])
-    traffic_permission.apply(build, [])
+    traffic_permission.apply(build)
     for chain in build.listeners[next(iter(build.listeners))]["filter_chains"]:
         manager = chain["filters"][0]["typed_config"]
         assert manager["http_filters"][0]["typed_config"]["rules"] == {"action": "ALLOW", "policies": {}}
@@ -346,8 +346,10 @@ def test_tags_match_kuma_sans_once_certificates_carry_them(tmp_path: Path, monke
 
 def test_egress_inbound_is_per_external_service(tmp_path: Path) -> None:
     desired = load(demo_mesh(tmp_path, FixedAddresses()))
+    # The permissions of this test: the one for httpbin (the build matches what the desired mesh holds).
+    desired.policies[:] = [p for p in desired.policies if p.kind != "MeshTrafficPermission" or p.name == "httpbin"]
     build = build_egress(desired, desired.egresses[0])
-    traffic_permission.apply(build, [p for p in desired.policies if p.name == "httpbin"])
+    traffic_permission.apply(build)
     by_target = {p.target.name: p.chain for p in build.inbounds if isinstance(p.target, Destination)}
     manager = by_target["httpbin"]["filters"][0]["typed_config"]
     # The mesh forbids external services by default, so the RBAC lists whom it allows.

@@ -1,6 +1,10 @@
 """`meshplan explain`: for one proxy, which policies matched each destination and inbound, in merge order, what they
-merged to with each field's origin (and whom it overrode); or, for one policy, where it lands and why not elsewhere.
-Reads the desired model only: what it says is what render will do."""
+merged to with each field's origin (and whom it overrode), and whether render turned the field into any Envoy field
+on this proxy; or, for one policy, where it lands and why not elsewhere.
+
+It reads what render reads: the proxy's `match.result.ProxyMatch` (the placement table applied, MeshCircuitBreaker
+in its one spelling, MeshHTTPRoute rules merged by their matches, the destinations route backends add), and the
+origins render records on the proxy's clusters and listeners."""
 
 from __future__ import annotations
 
@@ -8,14 +12,28 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from meshplan.envoy import names
 from meshplan.errors import MeshplanError
 from meshplan.match import matcher as match
-from meshplan.match.matcher import Destination, Merged
+from meshplan.match.matcher import Destination, FieldOrigin, Merged
+from meshplan.match.result import (
+    HTTP_ROUTE,
+    DestinationMatch,
+    KindTo,
+    Rule,
+    destination_protocol,
+    placement_miss,
+    route_miss,
+)
 from meshplan.model import Dataplane, Desired, Inbound, Policy, ZoneEgress
-from meshplan.policies import FROM, KINDS, TO
+from meshplan.policies import FROM, KINDS, ROUTE_KINDS, TO
+from meshplan.policies.base import ProxyBuild
 from meshplan.present.text import printable
+from meshplan.render.proxies import applied, build_proxy
 
 Proxy = Dataplane | ZoneEgress
+
+NOT_WRITTEN = "no Envoy field on this proxy comes from it"
 
 
 @dataclass(frozen=True)
@@ -24,6 +42,7 @@ class FieldLine:
     value: Any
     set_by: str
     overridden: tuple[str, ...] = ()
+    written: bool = True  # render records `set_by` on an Envoy field of this destination or inbound
 
 
 @dataclass(frozen=True)
@@ -56,59 +75,114 @@ def _find_proxy(desired: Desired, name: str) -> Proxy:
     raise MeshplanError(f"no proxy named {name!r} (proxies: {', '.join(desired.proxy_names())})")
 
 
-def destinations(desired: Desired, proxy: Proxy) -> list[tuple[str, Destination]]:
+def destinations(build: ProxyBuild) -> list[tuple[str, DestinationMatch]]:
+    """Every destination of the proxy as explain names it: its outbounds (on the egress, its external services),
+    then the backends its routes add."""
+    proxy = build.proxy
+    out: list[tuple[str, DestinationMatch]] = []
     if isinstance(proxy, ZoneEgress):
-        return [(f"external service {m.name} (mesh {m.mesh})", Destination.of_external(m))
-                for m in sorted(desired.external_services, key=lambda m: (m.mesh, m.name))]
-    return [
-        (f"outbound {o.address}:{o.port} -> {'external service ' + o.external if o.external else o.service}",
-         Destination.of_outbound(proxy, o))
-        for o in proxy.outbounds
-    ]
+        for found in build.match.destinations:
+            d = found.destination
+            out.append((f"external service {d.name} (mesh {d.mesh})", found))
+        return out
+    for o in proxy.outbounds:
+        outbound = build.match.destination(Destination.of_outbound(proxy, o))
+        assert outbound is not None  # match.result lists every outbound's destination
+        where = f"{'external service ' + o.external if o.external else o.service}"
+        out.append((f"outbound {o.address}:{o.port} -> {where}", outbound))
+    for found in build.match.destinations:
+        if found.backend_of:
+            out.append((f"backend {found.destination} (named by {', '.join(found.backend_of)})", found))
+    return out
 
 
-def inbounds(desired: Desired, proxy: Proxy) -> list[tuple[str, Inbound | Destination]]:
-    if isinstance(proxy, ZoneEgress):
-        return [(f"external service {m.name} (mesh {m.mesh}), its egress side", Destination.of_external(m))
-                for m in sorted(desired.external_services, key=lambda m: (m.mesh, m.name))]
-    return [(f"inbound {i.address}:{i.port} ({i.service})", i) for i in proxy.inbounds]
+def inbounds(build: ProxyBuild) -> list[tuple[str, Inbound | Destination]]:
+    if isinstance(build.proxy, ZoneEgress):
+        return [(f"external service {i.target.name} (mesh {i.target.mesh}), its egress side", i.target)
+                for i in build.match.inbounds if isinstance(i.target, Destination)]
+    return [(f"inbound {i.address}:{i.port} ({i.service})", i) for i in build.proxy.inbounds]
 
 
-def _fields(merged: Merged) -> tuple[FieldLine, ...]:
+def written_to(build: ProxyBuild, destination: Destination) -> frozenset[str]:
+    """The origins render recorded on the cluster and filter chain of a destination."""
+    found: set[str] = set()
+    for point in build.outbounds:
+        if point.destination == destination:
+            found |= build.origins_in(point.cluster) | build.origins_in(point.chain)
+    return frozenset(found)
+
+
+def written_from(build: ProxyBuild, target: Inbound | Destination) -> frozenset[str]:
+    """The origins render recorded on an inbound's filter chain (and on a sidecar, its local cluster)."""
+    found: set[str] = set()
+    for point in build.inbounds:
+        if point.target == target:
+            found |= build.origins_in(point.chain)
+    if isinstance(target, Inbound):
+        found |= build.origins_in(build.clusters.get(names.local_cluster(target.service_address, target.service_port)))
+    return frozenset(found)
+
+
+def _line(path: str, value: Any, origin: FieldOrigin, written: frozenset[str]) -> FieldLine:
+    set_by = str(origin.set_by)
+    return FieldLine(path, value, set_by, tuple(str(o) for o in origin.overridden), set_by in written)
+
+
+def _fields(merged: Merged, written: frozenset[str]) -> tuple[FieldLine, ...]:
     def value_at(path: str) -> Any:
         node: Any = merged.conf
         for key in path.split("."):
             node = node.get(key) if isinstance(node, dict) else None
         return node
 
-    return tuple(
-        FieldLine(path, value_at(path), str(origin.set_by), tuple(str(o) for o in origin.overridden))
-        for path, origin in sorted(merged.origins.items())
-    )
+    return tuple(_line(path, value_at(path), origin, written) for path, origin in sorted(merged.origins.items()))
+
+
+def _rule_fields(rules: tuple[Rule, ...], written: frozenset[str]) -> tuple[FieldLine, ...]:
+    """MeshHTTPRoute: each rule render emits (merged across policies by its matches), in render's order."""
+    lines: list[FieldLine] = []
+    for i, rule in enumerate(rules):
+        writers = [str(c.origin((f"rules[{ri}]", "matches"))) for c, ri in rule.writers]
+        lines.append(FieldLine(f"rules[{i}].matches", list(rule.matches), writers[-1], tuple(writers[:-1]),
+                               writers[-1] in written))
+        for key in sorted(rule.default):
+            set_by = rule.origins(key)[0]
+            lines.append(FieldLine(f"rules[{i}].default.{key}", rule.default[key], set_by, (), set_by in written))
+    return tuple(lines)
+
+
+def _to_fields(kind_to: KindTo, written: frozenset[str]) -> tuple[FieldLine, ...]:
+    if kind_to.rules:
+        return _rule_fields(kind_to.rules, written)
+    return _fields(kind_to.merged, written)
 
 
 def _applied(merged: Merged) -> tuple[str, ...]:
     return tuple(str(c) for c in merged.contributions)
 
 
+def _client(tags: dict[str, str]) -> str:
+    return "every client" if not tags else "clients with " + ", ".join(f"{k}={v}" for k, v in sorted(tags.items()))
+
+
 def explain_proxy(desired: Desired, name: str) -> Explanation:
-    proxy = _find_proxy(desired, name)
+    build = applied(build_proxy(desired, _find_proxy(desired, name)))
+    proxy = build.proxy
+    outs = destinations(build)
+    ins = inbounds(build)
     sections: list[Section] = []
-    for kind_name, kind in KINDS.items():
-        policies = [p for p in desired.policies if p.kind == kind_name]
-        if not policies:
-            continue
-        if TO in kind.sections:
-            for where, destination in destinations(desired, proxy):
-                merged = match.merge_to(policies, proxy, destination)
-                if not merged.empty:
-                    sections.append(Section(kind_name, where, TO, applied=_applied(merged), fields=_fields(merged)))
-        if FROM in kind.sections:
-            for where, inbound in inbounds(desired, proxy):
-                for rule in match.merge_from(policies, proxy, inbound):
-                    tags = rule.tags
-                    client = "every client" if not tags else "clients with " + ", ".join(f"{k}={v}" for k, v in sorted(tags.items()))
-                    sections.append(Section(kind_name, where, FROM, client, _applied(rule.merged), _fields(rule.merged)))
+    for kind_name in KINDS:
+        for where, found in outs:
+            kind_to = next((k for k in found.to if k.kind == kind_name), None)
+            if kind_to is not None:
+                written = written_to(build, found.destination)
+                sections.append(Section(kind_name, where, TO, applied=_applied(kind_to.merged),
+                                        fields=_to_fields(kind_to, written)))
+        for where, target in ins:
+            written = written_from(build, target)
+            for rule in build.match.from_(kind_name, target):
+                sections.append(Section(kind_name, where, FROM, _client(rule.tags), _applied(rule.merged),
+                                        _fields(rule.merged, written)))
     return Explanation(proxy.name, "egress" if isinstance(proxy, ZoneEgress) else "sidecar",
                        getattr(proxy, "mesh", None), tuple(sections))
 
@@ -124,7 +198,9 @@ def _find_policy(desired: Desired, ref: str) -> Policy:
 
 def explain_policy(desired: Desired, name: str, ref: str) -> Explanation:
     """Where one policy lands on one proxy, and where it does not and why."""
-    proxy = _find_proxy(desired, name)
+    base = explain_proxy(desired, name)
+    build = build_proxy(desired, _find_proxy(desired, name))
+    proxy = build.proxy
     policy = _find_policy(desired, ref)
     kind = KINDS[policy.kind]
     lands: list[str] = []
@@ -134,14 +210,21 @@ def explain_policy(desired: Desired, name: str, ref: str) -> Explanation:
         misses.append(f"{proxy.name}: {reason}")
     else:
         if TO in kind.sections:
-            for where, destination in destinations(desired, proxy):
-                why = match.why_not_to(policy, proxy, destination)
+            for where, found in destinations(build):
+                if found.backend_of and policy.kind in ROUTE_KINDS:
+                    why: str | None = (f"{policy.kind} applies to the outbound whose route names this backend, "
+                                       "not to the backend again")
+                else:
+                    why = (match.why_not_to(policy, proxy, found.destination)
+                           or placement_miss(policy.kind, proxy, TO, found.destination))
+                    if why is None and policy.kind in ROUTE_KINDS:
+                        http_route = any(k.kind == HTTP_ROUTE for k in found.to)
+                        why = route_miss(policy.kind, destination_protocol(desired, found.destination), http_route)
                 (misses if why else lands).append(f"{where}{': ' + why if why else ''}")
         if FROM in kind.sections:
-            for where, inbound in inbounds(desired, proxy):
-                why = match.why_not_from(policy, proxy, inbound)
+            for where, target in inbounds(build):
+                why = match.why_not_from(policy, proxy, target) or placement_miss(policy.kind, proxy, FROM, target)
                 (misses if why else lands).append(f"{where}{': ' + why if why else ''}")
-    base = explain_proxy(desired, name)
     mine = f"{policy.kind}/{policy.name} "
     sections = tuple(s for s in base.sections if s.kind == policy.kind and any(a.startswith(mine) for a in s.applied))
     return Explanation(base.proxy, base.type, base.mesh, sections, tuple(lands), tuple(misses))
@@ -161,7 +244,8 @@ def render_text(e: Explanation) -> str:
         lines.append("  result:")
         for f in s.fields:
             over = f"; overrides {', '.join(f.overridden)}" if f.overridden else ""
-            lines.append(f"    {f.path}: {_value(f.value)}  # {f.set_by}{over}")
+            unused = "" if f.written else f"; {NOT_WRITTEN}"
+            lines.append(f"    {f.path}: {_value(f.value)}  # {f.set_by}{over}{unused}")
     if not e.sections and not (e.lands or e.misses):
         lines.append("  no policy applies to this proxy")
     # each line is one line: a newline or an escape inside one came from a name or a file name, and is shown escaped

@@ -7,6 +7,9 @@ silent this follows Kuma 2.x (pkg/plugins/policies/core/matchers and rules).
 - `merge_to(policies, proxy, destination)`: one policy kind's `to` items for one outbound destination.
 - `merge_from(policies, proxy, inbound)`: one policy kind's `from` items for one inbound, as rules per client subset.
 - `merge_patch(a, b)`: RFC 7396. Every merged leaf (a list is a leaf: lists are replaced) keeps a `FieldOrigin`.
+
+The seed's placement table (which kinds apply to a MeshExternalService where) is not the matcher's: `match.result`
+applies it, once per proxy, for render and explain alike.
 """
 
 from __future__ import annotations
@@ -30,7 +33,6 @@ from meshplan.model import (
     TargetRef,
     ZoneEgress,
 )
-from meshplan.policies import KINDS
 
 Proxy = Dataplane | ZoneEgress
 Path = tuple[str, ...]
@@ -213,12 +215,6 @@ def why_not_to(policy: Policy, proxy: Proxy, destination: Destination) -> str | 
         return "targetRef kind MeshExternalService configures the egress's inbound (`from`), not a destination"
     if not policy.to:
         return f"{policy.kind} {policy.name!r} has no `to` items"
-    placement = KINDS.get(policy.kind)
-    here = EGRESS if isinstance(proxy, ZoneEgress) else SIDECAR
-    if destination.external and placement is not None and here not in placement.external_to:
-        # Seed placement table: e.g. a circuit breaker to an external service lives on the egress, never the sidecar.
-        return (f"for a MeshExternalService, {policy.kind} is implemented on: {placement.placement} "
-                f"(not on the {here})")
     if any(_targets(item.target_ref, destination) for item in policy.to):
         return None
     misses = "; ".join(f"to[{i.index}] targets {_describe(i.target_ref)}{_subset_note(i.target_ref, destination)}"

@@ -39,8 +39,8 @@ from typing import Any
 from meshplan.envoy.types import FILE_ACCESS_LOG as FILE_LOGGER_TYPE
 from meshplan.envoy.types import FILE_ACCESS_LOG_NAME as FILE_LOGGER
 from meshplan.load.resources import PathKey
-from meshplan.match.matcher import FromRule, Merged, merge_from, merge_to, rule_for
-from meshplan.model import SIDECAR, Dataplane, Inbound, Policy
+from meshplan.match.matcher import FromRule, Merged, rule_for
+from meshplan.model import SIDECAR, Dataplane, Inbound
 from meshplan.policies import FROM
 from meshplan.policies.base import Json, ProxyBuild, hcm, origins_of, tcp_proxy
 from meshplan.validate.check import FieldCheck
@@ -203,11 +203,11 @@ def _at(node: Any, path: PathKey) -> Any:
 # --- rendering --------------------------------------------------------------------------------------------------
 
 
-def apply(build: ProxyBuild, policies: list[Policy]) -> None:
+def apply(build: ProxyBuild) -> None:
     proxy = build.proxy
     source_service = proxy.services[0] if isinstance(proxy, Dataplane) and proxy.services else UNKNOWN
     for out in build.outbounds:
-        merged = merge_to(policies, proxy, out.destination)
+        merged = build.match.to(KIND, out.destination)
         if merged.empty:
             continue
         values = {
@@ -217,14 +217,13 @@ def apply(build: ProxyBuild, policies: list[Policy]) -> None:
             "KUMA_TRAFFIC_DIRECTION": "OUTBOUND",
         }
         _configure_chain(build, out.chain, out.protocol, merged, values)
-    if not isinstance(proxy, Dataplane):
-        return  # `from` on the egress is refused by validation (not in the seed's table)
     for inbound_point in build.inbounds:
         inbound = inbound_point.target
-        assert isinstance(inbound, Inbound)
-        rule = _mesh_rule(merge_from(policies, proxy, inbound))
+        rule = _mesh_rule(build.match.from_(KIND, inbound))
         if rule is None:
             continue
+        # The placement table has no MeshAccessLog `from` on the egress (match.result): an inbound is a sidecar's.
+        assert isinstance(inbound, Inbound) and isinstance(proxy, Dataplane)
         values = {
             "KUMA_MESH": proxy.mesh,
             "KUMA_SOURCE_SERVICE": UNKNOWN,

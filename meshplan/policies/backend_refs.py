@@ -34,6 +34,7 @@ from meshplan.envoy import names
 from meshplan.envoy import types as envoy_types
 from meshplan.load.resources import PathKey
 from meshplan.match.matcher import Destination
+from meshplan.match.result import backend_destination
 from meshplan.model import GATEWAY, SERVICE_TAG, Dataplane, Desired, Outbound, Policy
 from meshplan.policies import KINDS
 from meshplan.policies.base import Json, OutboundPoint, ProxyBuild
@@ -79,9 +80,8 @@ class Backend:
         return names.service_cluster(self.name)
 
     def destination(self, mesh: str) -> Destination:
-        if self.kind == MESH_EXTERNAL_SERVICE:
-            return Destination(mesh, self.name, external=True)
-        return Destination(mesh, self.name, tags=dict(self.tags) if self.kind == MESH_SERVICE_SUBSET else {})
+        """The destination whose policies tune this backend's cluster (as match.result lists it)."""
+        return backend_destination(mesh, {"kind": self.kind, "name": self.name, "tags": self.tags})
 
 
 # --- validation ------------------------------------------------------------------------------------------------

@@ -5,9 +5,9 @@ A policy module (one per kind, registered in `policies/registry.py`) has:
     KIND: str                      the policy kind it implements
     def validate(default, path, check, section) -> None
                                    check one `to`/`from` item's `default` (or a route kind's item), every violation
-    def apply(build, policies) -> None
-                                   change the proxy's resources for the policies of its kind (all of them: the module
-                                   asks `match` which apply where)
+    def apply(build) -> None
+                                   change the proxy's resources for the policies of its kind: what matched where, and
+                                   merged to what, is `build.match` (computed once per proxy by `match.result`)
     def check_references(policy, desired, check) -> None      (optional)
                                    check what the policy names in other resources (a route's backendRefs), once
                                    every resource is loaded
@@ -23,7 +23,8 @@ from typing import Any, Protocol
 from meshplan.envoy.types import HCM_NAME, TCP_PROXY_NAME
 from meshplan.load.resources import PathKey
 from meshplan.match.matcher import Destination, Merged
-from meshplan.model import Dataplane, Desired, Inbound, Policy, ProxyConfig, ZoneEgress
+from meshplan.match.result import ProxyMatch
+from meshplan.model import Dataplane, Desired, Inbound, ProxyConfig, ZoneEgress
 from meshplan.validate.check import FieldCheck
 
 Json = dict[str, Any]
@@ -35,7 +36,7 @@ class PolicyModule(Protocol):
 
     def validate(self, default: Json, path: PathKey, check: FieldCheck, section: str) -> None: ...
 
-    def apply(self, build: ProxyBuild, policies: list[Policy]) -> None: ...
+    def apply(self, build: ProxyBuild) -> None: ...
 
 
 @dataclass
@@ -66,6 +67,7 @@ class ProxyBuild:
     type: str
     clusters: dict[str, Json]
     listeners: dict[str, Json]
+    match: ProxyMatch  # what matched on this proxy: every module reads its kind's entries here
     outbounds: list[OutboundPoint] = field(default_factory=list)
     inbounds: list[InboundPoint] = field(default_factory=list)
     mtls: bool = False  # whether a sidecar's mesh has mTLS (its certificates are SDS secrets, docs/names.md)
@@ -99,6 +101,10 @@ class ProxyBuild:
             listeners=tuple(self.listeners[n] for n in sorted(self.listeners)),
             origins=origins,
         )
+
+    def origins_in(self, node: Any) -> frozenset[str]:
+        """Every origin recorded on a field inside `node` (a cluster, a filter chain): what render says set it."""
+        return frozenset(origin for _, origins in self._paths(node, ()) for origin in origins)
 
     def _paths(self, node: Any, prefix: Steps) -> Iterator[tuple[Steps, list[str]]]:
         """Every marked field, as the steps (keys and list positions) that lead to it inside the resource."""

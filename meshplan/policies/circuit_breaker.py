@@ -53,26 +53,17 @@ change only, say, the interval.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from meshplan.load.resources import PathKey
-from meshplan.match.matcher import Merged, merge_to
-from meshplan.model import SIDECAR, Policy
+from meshplan.match.matcher import Merged
+from meshplan.match.spelling import DETECTOR_ALIASES, POOL, POOL_ALIAS
 from meshplan.policies.base import Json, ProxyBuild, origins_of
 from meshplan.validate.check import FieldCheck, proto_duration
 
 KIND = "MeshCircuitBreaker"
 
-POOL = "connectionPool"
-POOL_ALIAS = "connectionLimits"
-# nested spelling (`totalFailures: {consecutive: N}`) -> the seed's flat one (`consecutiveTotalFailures: N`)
-DETECTOR_ALIASES = {
-    "totalFailures": "consecutiveTotalFailures",
-    "gatewayFailures": "consecutiveGatewayFailures",
-    "localOriginFailures": "consecutiveLocalOriginFailures",
-}
 POOL_FIELDS = {  # policy field -> (Envoy threshold field, the seed's default)
     "maxConnections": ("max_connections", 1024),
     "maxPendingRequests": ("max_pending_requests", 1024),
@@ -199,59 +190,13 @@ def _decimal(check: FieldCheck, obj: Json, path: PathKey, key: str, *, minimum: 
     return number
 
 
-# --- one spelling ---------------------------------------------------------------------------------------------
-
-
-def normalise(policy: Policy) -> Policy:
-    """The policy with each `to` item's `default` in the seed's spelling, and its lines under both spellings."""
-    items = tuple(replace(item, default=normalise_conf(item.default)) for item in policy.to)
-    lines = dict(policy.lines)
-    prefix = f"{policy.spec_path}." if policy.spec_path else ""
-    for item in policy.to:
-        base = f"{prefix}to[{item.index}].default."
-        # Nested `consecutive` lines go last, so they win over their parent's line for the flat field.
-        written = sorted((path for path in policy.lines if path.startswith(base)),
-                         key=lambda path: path.endswith(".consecutive"))
-        for path in written:
-            respelled = _respell(path[len(base):].split("."))
-            if respelled is not None:
-                lines[base + ".".join(respelled)] = policy.lines[path]
-    return replace(policy, to=items, lines=lines)
-
-
-def normalise_conf(default: Json) -> Json:
-    out = dict(default)
-    if POOL_ALIAS in out:
-        out[POOL] = out.pop(POOL_ALIAS)  # validation makes sure the item did not write both
-    outlier = out.get("outlierDetection")
-    if isinstance(outlier, dict) and isinstance(outlier.get("detectors"), dict):
-        detectors = dict(outlier["detectors"])
-        for nested, flat in DETECTOR_ALIASES.items():
-            if nested in detectors:
-                value = detectors.pop(nested)
-                # A null (RFC 7396: delete) stays a null under the flat name.
-                detectors[flat] = value.get("consecutive") if isinstance(value, dict) else value
-        out["outlierDetection"] = {**outlier, "detectors": detectors}
-    return out
-
-
-def _respell(parts: list[str]) -> list[str] | None:
-    if parts[0] == POOL_ALIAS:
-        return [POOL, *parts[1:]]
-    if parts[:2] == ["outlierDetection", "detectors"] and len(parts) >= 3 and parts[2] in DETECTOR_ALIASES:
-        return ["outlierDetection", "detectors", DETECTOR_ALIASES[parts[2]]]
-    return None
-
-
 # --- rendering ------------------------------------------------------------------------------------------------
 
 
-def apply(build: ProxyBuild, policies: list[Policy]) -> None:
-    normalised = [normalise(policy) for policy in policies]
+def apply(build: ProxyBuild) -> None:
     for out in build.outbounds:
-        if build.type == SIDECAR and out.destination.external:
-            continue  # the seed: for an external service, a circuit breaker lives on the egress only
-        merged = merge_to(normalised, build.proxy, out.destination)
+        # Merged in the seed's spelling (match.spelling); for an external service only on the egress (the seed).
+        merged = build.match.to(KIND, out.destination)
         if merged.empty:
             continue
         if merged.conf.get(POOL) is not None:

@@ -35,8 +35,6 @@ from typing import Any
 from meshplan.envoy.types import HTTP_FAULT
 from meshplan.envoy.types import HTTP_FAULT_NAME as FILTER
 from meshplan.load.resources import PathKey
-from meshplan.match.matcher import merge_from
-from meshplan.model import Policy
 from meshplan.policies.base import Json, ProxyBuild, hcm, insert_http_filter, origins_of
 from meshplan.policies.clients import (
     first_match,
@@ -138,12 +136,12 @@ def limit_kbps(limit: str) -> int | None:
     return int(m.group(1)) * KBPS[m.group(2)] if m else None
 
 
-def apply(build: ProxyBuild, policies: list[Policy]) -> None:
+def apply(build: ProxyBuild) -> None:
     for point in build.inbounds:
         manager = hcm(point.chain)
         if manager is None:
             continue  # faults are HTTP only
-        rules = merge_from(policies, build.proxy, point.target)
+        rules = build.match.from_(KIND, point.target)
         if not rules:
             continue
         who = first_match(rule_clients(build.desired, mesh_of(build.proxy, point.target), rules))

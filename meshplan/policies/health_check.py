@@ -50,9 +50,7 @@ import re
 from meshplan.envoy.types import HEALTH_CHECK_EVENT_FILE_SINK as EVENT_SINK_TYPE
 from meshplan.envoy.types import HEALTH_CHECK_EVENT_FILE_SINK_NAME as EVENT_SINK
 from meshplan.load.resources import PathKey
-from meshplan.match.matcher import Merged, merge_to
-from meshplan.model import Policy
-from meshplan.policies import KINDS
+from meshplan.match.matcher import Merged
 from meshplan.policies.base import Json, ProxyBuild, origins_of
 from meshplan.validate.check import FieldCheck, as_decimal, proto_duration
 
@@ -202,11 +200,10 @@ def _absolute_path(check: FieldCheck, obj: Json, path: PathKey, key: str) -> Non
 # --- rendering --------------------------------------------------------------------------------------------------
 
 
-def apply(build: ProxyBuild, policies: list[Policy]) -> None:
+def apply(build: ProxyBuild) -> None:
     for point in build.outbounds:
-        if point.destination.external and build.type not in KINDS[KIND].external_to:
-            continue  # the seed: for an external service this is the egress's job, not the sidecar's (to the egress)
-        merged = merge_to(policies, build.proxy, point.destination)
+        # For an external service only on the egress (the seed's placement, applied by match.result).
+        merged = build.match.to(KIND, point.destination)
         if merged.empty:
             continue
         _configure_cluster(build, point.cluster, point.protocol, merged)

@@ -47,14 +47,12 @@ there too); on the egress it changes nothing (seed: routes live on the sidecar).
 from __future__ import annotations
 
 import copy
-import json
-from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 from meshplan.load.resources import PathKey
-from meshplan.match.matcher import Contribution, Merged, merge_patch, merge_to
-from meshplan.model import SIDECAR, Dataplane, Desired, Policy
+from meshplan.match.result import Rule, merge_rules
+from meshplan.model import Desired, Policy
 from meshplan.policies import backend_refs as refs
 from meshplan.policies.backend_refs import Backend
 from meshplan.policies.base import Json, OutboundPoint, ProxyBuild, hcm
@@ -108,71 +106,16 @@ def check_references(policy: Policy, desired: Desired, check: FieldCheck) -> Non
                     refs.check_reference(mirror.get("backendRef"), path, policy, desired, check)
 
 
-def apply(build: ProxyBuild, policies: list[Policy]) -> None:
-    if build.type != SIDECAR or not isinstance(build.proxy, Dataplane):
-        return
-    # A snapshot: backends add OutboundPoints of their own, whose (detached) chains hold no routes.
+def apply(build: ProxyBuild) -> None:
+    # On the sidecar only (the placement table, applied by match.result). A snapshot: backends add OutboundPoints
+    # of their own, whose (detached) chains hold no routes.
     for point in list(build.outbounds):
         manager = hcm(point.chain)
         if manager is None:
             continue  # a TCP outbound: Kuma leaves it to MeshTCPRoute
-        merged = merge_to(policies, build.proxy, point.destination)
-        if merged.empty:
-            continue
-        _route(build, point, manager, merge_rules(merged))
-
-
-# --- merging rules by their matches ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Rule:
-    """A rule after merging: its matches, its merged `default`, and the items that wrote it (least specific first)."""
-
-    matches: tuple[Json, ...]
-    default: Json
-    writers: tuple[tuple[Contribution, int], ...]  # (item, index of the rule in its `rules`)
-
-    def origins(self, key: str | None = None) -> list[str]:
-        """Who set `default.<key>` (the last writer that wrote it), or, without a key or when none did, every
-        writer of the rule."""
-        if key is not None:
-            for c, ri in reversed(self.writers):
-                conf = c.item.default["rules"][ri].get("default")
-                if isinstance(conf, dict) and conf.get(key) is not None:
-                    return [str(c.origin((f"rules[{ri}]", "default", key)))]
-        return sorted({str(c.origin((f"rules[{ri}]", "matches"))) for c, ri in self.writers})
-
-
-def merge_rules(merged: Merged) -> list[Rule]:
-    """Kuma's merge of route rules across the `to` items that apply (least to most specific in `merged`).
-
-    Each item's rules go in reversed; a rule whose matches equal an earlier one's takes that one's writers and its
-    place moves to the later (more specific) writer; the list is reversed at the end, so the most specific policy's
-    rules lead, in the order they were written.
-    """
-    pending: list[tuple[str, list[tuple[Contribution, int]]] | None] = []
-    for c in merged.contributions:
-        rules = _list(c.item.default.get("rules"))
-        for ri in reversed(range(len(rules))):
-            key = json.dumps(rules[ri].get("matches"), sort_keys=True)
-            writers = [(c, ri)]
-            for j, entry in enumerate(pending):
-                if entry is not None and entry[0] == key:
-                    writers = entry[1] + writers
-                    pending[j] = None
-            pending.append((key, writers))
-    out = []
-    for entry in reversed(pending):
-        if entry is None:
-            continue
-        conf: Json = {}
-        for c, ri in entry[1]:
-            conf = merge_patch(conf, c.item.default["rules"][ri].get("default") or {})
-        first, index = entry[1][-1]
-        matches = tuple(first.item.default["rules"][index].get("matches") or ())
-        out.append(Rule(matches, conf, tuple(entry[1])))
-    return out
+        matched = build.match.kind_to(KIND, point.destination)
+        if matched is not None:
+            _route(build, point, manager, list(matched.rules))
 
 
 # --- rendering ------------------------------------------------------------------------------------------------

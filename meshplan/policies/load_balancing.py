@@ -38,9 +38,7 @@ import math
 from typing import Any
 
 from meshplan.load.resources import PathKey
-from meshplan.match.matcher import Merged, merge_to
-from meshplan.model import Policy
-from meshplan.policies import KINDS
+from meshplan.match.matcher import Merged
 from meshplan.policies.base import Json, ProxyBuild, origins_of, routes
 from meshplan.validate.check import (
     FieldCheck,
@@ -225,12 +223,11 @@ def _is_prime(n: int) -> bool:
 # --- rendering --------------------------------------------------------------------------------------------------
 
 
-def apply(build: ProxyBuild, policies: list[Policy]) -> None:
+def apply(build: ProxyBuild) -> None:
     hashing: dict[str, tuple[list[Json], list[str]]] = {}  # cluster name -> (hash policies, their origins)
     for point in build.outbounds:
-        if point.destination.external and build.type not in KINDS[KIND].external_to:
-            continue  # the seed: for an external service this is the egress's job, not the sidecar's (to the egress)
-        merged = merge_to(policies, build.proxy, point.destination)
+        # For an external service only on the egress (the seed's placement, applied by match.result).
+        merged = build.match.to(KIND, point.destination)
         if merged.empty:
             continue
         lb = merged.conf.get("loadBalancer")

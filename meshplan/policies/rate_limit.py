@@ -44,8 +44,7 @@ from meshplan.envoy.types import HTTP_LOCAL_RATE_LIMIT, NETWORK_LOCAL_RATE_LIMIT
 from meshplan.envoy.types import HTTP_LOCAL_RATE_LIMIT_NAME as HTTP_FILTER
 from meshplan.envoy.types import NETWORK_LOCAL_RATE_LIMIT_NAME as NETWORK_FILTER
 from meshplan.load.resources import PathKey
-from meshplan.match.matcher import FromRule, merge_from
-from meshplan.model import Policy
+from meshplan.match.matcher import FromRule
 from meshplan.policies.base import Json, ProxyBuild, hcm, insert_http_filter, origins_of
 from meshplan.policies.clients import (
     first_match,
@@ -174,9 +173,9 @@ def _from_kind(check: FieldCheck, path: PathKey) -> str | None:
     return kind if isinstance(kind, str) else None
 
 
-def apply(build: ProxyBuild, policies: list[Policy]) -> None:
+def apply(build: ProxyBuild) -> None:
     for point in build.inbounds:
-        rules = merge_from(policies, build.proxy, point.target)
+        rules = build.match.from_(KIND, point.target)
         if not rules:
             continue
         scope = stat_scope(point.chain, point.listener)

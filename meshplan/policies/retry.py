@@ -46,8 +46,7 @@ from typing import Any
 
 from meshplan.envoy import types as t
 from meshplan.load.resources import PathKey
-from meshplan.match.matcher import Merged, merge_to
-from meshplan.model import SIDECAR, Policy
+from meshplan.match.matcher import Merged
 from meshplan.policies.base import Json, ProxyBuild, origins_of, routes, tcp_proxy
 from meshplan.validate.check import FieldCheck, proto_duration
 
@@ -255,11 +254,10 @@ def _http_retry_on(item: str | int) -> tuple[str, str] | None:
 # --- rendering ------------------------------------------------------------------------------------------------
 
 
-def apply(build: ProxyBuild, policies: list[Policy]) -> None:
-    if build.type != SIDECAR:
-        return  # the seed: MeshRetry is implemented on the sidecar only, never on the egress
+def apply(build: ProxyBuild) -> None:
+    # The seed: MeshRetry is implemented on the sidecar only (match.result applies the placement).
     for out in build.outbounds:
-        merged = merge_to(policies, build.proxy, out.destination)
+        merged = build.match.to(KIND, out.destination)
         if merged.empty:
             continue
         if out.protocol == "tcp":

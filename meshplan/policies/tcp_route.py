@@ -29,22 +29,19 @@ from typing import Any
 from meshplan.envoy.types import HCM_NAME, TCP_PROXY_NAME
 from meshplan.envoy.types import TCP_PROXY as TCP_PROXY_TYPE
 from meshplan.load.resources import PathKey
-from meshplan.match.matcher import merge_to
-from meshplan.model import SIDECAR, Dataplane, Desired, Policy
+from meshplan.model import Desired, Policy
 from meshplan.policies import backend_refs as refs
 from meshplan.policies.backend_refs import Backend
 from meshplan.policies.base import (
     Json,
     OutboundPoint,
     ProxyBuild,
-    hcm,
     origins_of,
     tcp_proxy,
 )
 from meshplan.validate.check import FieldCheck
 
 KIND = "MeshTCPRoute"
-HTTP_ROUTE_KIND = "MeshHTTPRoute"
 
 
 def validate(default: Json, path: PathKey, check: FieldCheck, section: str) -> None:
@@ -80,18 +77,14 @@ def check_references(policy: Policy, desired: Desired, check: FieldCheck) -> Non
                     refs.check_reference(ref, path, policy, desired, check)
 
 
-def apply(build: ProxyBuild, policies: list[Policy]) -> None:
-    if build.type != SIDECAR or not isinstance(build.proxy, Dataplane):
-        return
-    http_routes = [p for p in build.desired.policies if p.kind == HTTP_ROUTE_KIND]
+def apply(build: ProxyBuild) -> None:
+    # On the sidecar only (the placement table, applied by match.result).
     for point in list(build.outbounds):  # a snapshot: backends append points of their own
         if not point.chain.get("filters"):
-            continue  # a backend's detached point: no listener of its own
-        merged = merge_to(policies, build.proxy, point.destination)
+            continue  # a backend's detached point: no listener of its own (its routes are its outbound's)
+        merged = build.match.to(KIND, point.destination)
         if merged.empty:
             continue
-        if hcm(point.chain) is not None and not merge_to(http_routes, build.proxy, point.destination).empty:
-            continue  # Kuma: on an HTTP outbound an HTTP route wins over a TCP route
         origins = origins_of(merged, "rules")
         rules = _list(merged.conf.get("rules"))
         backends = [Backend.of(ref) for ref in _list(rules[0].get("default", {}).get("backendRefs"))] if rules else []

@@ -41,8 +41,8 @@ from typing import Any
 from meshplan.envoy import names
 from meshplan.envoy.types import HTTP_PROTOCOL_OPTIONS, HTTP_PROTOCOL_OPTIONS_NAME
 from meshplan.load.resources import PathKey
-from meshplan.match.matcher import Merged, merge_from, merge_to, rule_for
-from meshplan.model import Inbound, Policy
+from meshplan.match.matcher import Merged, rule_for
+from meshplan.model import Inbound
 from meshplan.policies.base import Json, ProxyBuild, hcm, origins_of, routes, tcp_proxy
 from meshplan.validate.check import FieldCheck, proto_duration
 
@@ -100,21 +100,20 @@ def _check_from_kind(check: FieldCheck, path: PathKey) -> None:
 # --- rendering ------------------------------------------------------------------------------------------------
 
 
-def apply(build: ProxyBuild, policies: list[Policy]) -> None:
+def apply(build: ProxyBuild) -> None:
     for out in build.outbounds:
-        merged = merge_to(policies, build.proxy, out.destination)
+        merged = build.match.to(KIND, out.destination)
         if not merged.empty:
             _configure(build, merged, out.cluster, out.chain, out.protocol)
     for point in build.inbounds:
-        # On the egress an inbound is an external service: the seed places MeshTimeout there as `to` only.
-        if not isinstance(point.target, Inbound):
-            continue
-        inbound = point.target
         # `from` items all target Mesh (validated), so the rule for a client without tags is the one rule.
-        rule = rule_for(merge_from(policies, build.proxy, inbound), {})
+        rule = rule_for(build.match.from_(KIND, point.target), {})
         if rule is None or rule.merged.empty:
             continue
-        local = build.clusters.get(names.local_cluster(inbound.service_address, inbound.service_port))
+        inbound = point.target
+        local = None
+        if isinstance(inbound, Inbound):
+            local = build.clusters.get(names.local_cluster(inbound.service_address, inbound.service_port))
         _configure(build, rule.merged, local, point.chain, point.protocol)
 
 

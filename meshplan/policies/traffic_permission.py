@@ -44,8 +44,8 @@ from meshplan.envoy.types import (
     NETWORK_RBAC_NAME,
 )
 from meshplan.load.resources import PathKey
-from meshplan.match.matcher import Destination, FromRule, merge_from
-from meshplan.model import Desired, Policy
+from meshplan.match.matcher import Destination, FromRule
+from meshplan.model import Desired
 from meshplan.policies.base import InboundPoint, Json, ProxyBuild, hcm, origins_of
 from meshplan.policies.clients import (
     NONE,
@@ -74,12 +74,12 @@ def validate(default: Json, path: PathKey, check: FieldCheck, section: str) -> N
     check.choice(default, path, "action", ACTIONS, required=True)
 
 
-def apply(build: ProxyBuild, policies: list[Policy]) -> None:
+def apply(build: ProxyBuild) -> None:
     for point in build.inbounds:
         mesh = mesh_of(build.proxy, point.target)
         if not build.desired.mesh(mesh).mtls:
             continue  # no client certificate, no identity to permit or deny
-        rules = merge_from(policies, build.proxy, point.target)
+        rules = build.match.from_(KIND, point.target)
         forbidding = isinstance(point.target, Destination) and build.desired.mesh(mesh).forbid_external_by_default
         if not rules and not forbidding:
             continue

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from meshplan.model import Desired, ProxyConfig
+from meshplan.model import Dataplane, Desired, ProxyConfig, ZoneEgress
 from meshplan.policies.base import ProxyBuild
 from meshplan.policies.registry import MODULES
 from meshplan.render.egress import build_egress
@@ -10,11 +10,21 @@ from meshplan.render.sidecar import build_sidecar
 
 
 def apply_policies(build: ProxyBuild) -> ProxyConfig:
+    return applied(build).finish()
+
+
+def applied(build: ProxyBuild) -> ProxyBuild:
+    """The build after every module ran on it (its marks say which policy set which field: `explain` reads them)."""
     for module in MODULES:
         # Every module runs, with or without policies of its kind: some defaults need none (the egress's
         # defaultForbidMeshExternalServiceAccess).
-        module.apply(build, [p for p in build.desired.policies if p.kind == module.KIND])
-    return build.finish()
+        module.apply(build)
+    return build
+
+
+def build_proxy(desired: Desired, proxy: Dataplane | ZoneEgress) -> ProxyBuild:
+    """One proxy's base resources (and its match), before the policy modules run."""
+    return build_sidecar(desired, proxy) if isinstance(proxy, Dataplane) else build_egress(desired, proxy)
 
 
 def render_all(desired: Desired) -> list[ProxyConfig]:
@@ -22,4 +32,3 @@ def render_all(desired: Desired) -> list[ProxyConfig]:
     builds = [build_sidecar(desired, dp) for dp in sorted(desired.dataplanes, key=lambda d: d.name)]
     builds += [build_egress(desired, eg) for eg in sorted(desired.egresses, key=lambda e: e.name)]
     return [apply_policies(build) for build in builds]
-

@@ -5,6 +5,7 @@ from __future__ import annotations
 from meshplan.envoy import names
 from meshplan.envoy import types as t
 from meshplan.match.matcher import Destination
+from meshplan.match.result import destination_protocol, match_proxy
 from meshplan.model import SIDECAR, Dataplane, Desired, Inbound, Outbound
 from meshplan.policies.base import InboundPoint, OutboundPoint, ProxyBuild
 
@@ -13,7 +14,7 @@ CONNECT_TIMEOUT = "5s"  # Kuma's default connectionTimeout
 
 def build_sidecar(desired: Desired, dp: Dataplane) -> ProxyBuild:
     mtls = desired.mesh(dp.mesh).mtls
-    build = ProxyBuild(dp, desired, SIDECAR, clusters={}, listeners={}, mtls=mtls)
+    build = ProxyBuild(dp, desired, SIDECAR, clusters={}, listeners={}, match=match_proxy(desired, dp), mtls=mtls)
     for inbound in dp.inbounds:
         local = names.local_cluster(inbound.service_address, inbound.service_port)
         build.clusters[local] = _cluster(local, [(inbound.service_address, inbound.service_port)])
@@ -76,7 +77,6 @@ def outbound_cluster(
         endpoints = [(eg.address, eg.port) for eg in sorted(desired.egresses, key=lambda e: e.name)]
         sni = names.external_sni(dp.mesh, mes.name)
         peer = [names.spiffe_id(dp.mesh, names.EGRESS_IDENTITY)]
-        protocol = mes.protocol
     else:
         assert outbound.service is not None
         name = names.service_cluster(outbound.service)
@@ -84,7 +84,7 @@ def outbound_cluster(
         endpoints = [(inbound.address, inbound.port) for _, inbound in sorted(instances, key=lambda i: (i[0].name, i[1].port))]
         sni = names.service_sni(dp.mesh, outbound.service)
         peer = [names.spiffe_id(dp.mesh, outbound.service)]
-        protocol = instances[0][1].protocol if instances else "tcp"
+    protocol = destination_protocol(desired, Destination.of_outbound(dp, outbound))
     cluster = _cluster(name, endpoints)
     cluster.update(t.upstream_protocol_options(protocol))
     if mtls:
