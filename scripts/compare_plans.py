@@ -120,7 +120,10 @@ def main(argv: list[str]) -> int:
             print(f"{'same  ' if same else 'DIFFER'} {name}")
             if not same:
                 sys.stdout.writelines(difflib.unified_diff(text_old.splitlines(True), text_new.splitlines(True),
-                                                           "old", "new", n=1))
+                                                           "old text", "new text", n=1))
+                sys.stdout.writelines(list(difflib.unified_diff(
+                    json.dumps(json_old, indent=1, sort_keys=True).splitlines(True),
+                    json.dumps(json_new, indent=1, sort_keys=True).splitlines(True), "old json", "new json", n=1))[:40])
         print(f"{differ} of {len(shared)} cases differ")
         return 1 if differ else 0
     finally:
