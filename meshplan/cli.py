@@ -564,6 +564,7 @@ def explain(
     directory: DirArg,
     proxy: Annotated[str, typer.Argument(metavar="PROXY", help="The Dataplane or ZoneEgress name.")],
     policy: Annotated[Optional[str], typer.Option("--policy", metavar="KIND/NAME", help="KIND/NAME: where this policy lands on the proxy, and why not elsewhere.")] = None,
+    output: Annotated[Literal["text", "json"], typer.Option("--output", "-o", help="The format.")] = "text",
 ) -> None:
     """For one proxy: each outbound and inbound with the policies that matched, in merge order, the merged result
     with every field's origin and what it overrode. With --policy, where that policy lands and, where not, why."""
@@ -573,7 +574,12 @@ def explain(
 
         desired = _load(directory)
         result = explain_policy(desired, proxy, policy) if policy else explain_proxy(desired, proxy)
-        sys.stdout.write(render_text(result))
+        if output == "json":
+            import dataclasses
+
+            sys.stdout.write(json.dumps(dataclasses.asdict(result), indent=2, default=str) + "\n")
+        else:
+            sys.stdout.write(render_text(result))
         return EXIT_OK
 
     _run(body)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -58,3 +59,17 @@ def test_unknown_policy_is_an_error() -> None:
     result = CliRunner().invoke(app, ["explain", str(DEMO), "web", "--policy", "MeshTimeout/nope"])
     assert result.exit_code == 1
     assert "no policy 'MeshTimeout/nope'" in result.stderr
+
+
+def test_explain_as_json_has_what_the_text_shows() -> None:
+    text = CliRunner(env={"COLUMNS": "300"}).invoke(app, ["explain", str(DEMO), "web"])
+    as_json = CliRunner().invoke(app, ["explain", str(DEMO), "web", "-o", "json"])
+    assert text.exit_code == as_json.exit_code == 0
+    document = json.loads(as_json.stdout)
+    assert (document["proxy"], document["type"]) == ("web", "sidecar")
+    assert document["sections"]
+    for section in document["sections"]:
+        assert section["kind"] in text.stdout
+        for line in section["fields"]:
+            assert line["set_by"] in text.stdout
+            assert isinstance(line["written"], bool)
