@@ -46,6 +46,7 @@ from meshplan.policies.base import Json, ProxyBuild, hcm, origins_of, tcp_proxy
 from meshplan.validate.check import FieldCheck
 
 KIND = "MeshAccessLog"
+ORDER = 60  # run order on a proxy (registry.py): after the inbound filters; it adds loggers, which no other kind reads
 
 # Kuma's default formats (pkg/plugins/policies/meshaccesslog/plugin/xds/configurer.go).
 HTTP_FORMAT = (

@@ -32,7 +32,10 @@ Steps = tuple[str | int, ...]  # keys and list positions from a resource's top t
 
 
 class PolicyModule(Protocol):
+    """What a policy kind's module provides; mypy checks every module in the registry against it."""
+
     KIND: str
+    ORDER: int  # where it runs on a proxy, among the kinds: lowest first; declared next to the kind, with why
 
     def validate(self, default: Json, path: PathKey, check: FieldCheck, section: str) -> None: ...
 

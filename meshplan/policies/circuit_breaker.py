@@ -63,6 +63,7 @@ from meshplan.policies.base import Json, ProxyBuild, origins_of
 from meshplan.validate.check import FieldCheck, proto_duration
 
 KIND = "MeshCircuitBreaker"
+ORDER = 90  # run order on a proxy (registry.py): before MeshHealthCheck, whose deprecated healthyPanicThreshold wins where both set it
 
 POOL_FIELDS = {  # policy field -> (Envoy threshold field, the seed's default)
     "maxConnections": ("max_connections", 1024),

@@ -46,6 +46,7 @@ from meshplan.policies.clients import (
 from meshplan.validate.check import FieldCheck, duration_json, parse_duration
 
 KIND = "MeshFaultInjection"
+ORDER = 40  # run order on a proxy (registry.py): after RBAC: faults only for clients that are let in
 
 FAULTS = ("abort", "delay", "responseBandwidth")
 BANDWIDTH = re.compile(r"^(\d+)\s?(kbps|Mbps|Gbps)$")  # Kuma's units

@@ -55,6 +55,7 @@ from meshplan.policies.base import Json, ProxyBuild, origins_of
 from meshplan.validate.check import FieldCheck, as_decimal, proto_duration
 
 KIND = "MeshHealthCheck"
+ORDER = 100  # run order on a proxy (registry.py): after MeshCircuitBreaker (see there)
 
 DEFAULT_INTERVAL = "60s"
 DEFAULT_TIMEOUT = "15s"

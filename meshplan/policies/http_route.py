@@ -68,6 +68,7 @@ from meshplan.policies.http_route_checks import (
 from meshplan.validate.check import FieldCheck
 
 KIND = "MeshHTTPRoute"
+ORDER = 10  # run order on a proxy (registry.py): first: its routes and backend clusters are what the other kinds then tune
 
 _REGEX_WHOLE_PATH = "^.*$"  # one match per path, so the substitution replaces the path exactly once
 _STATUS = {301: "MOVED_PERMANENTLY", 302: "FOUND", 303: "SEE_OTHER", 307: "TEMPORARY_REDIRECT",
@@ -331,5 +332,5 @@ def _list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
-__all__ = ["KIND", "Rule", "apply", "check_references", "envoy_matches", "fractional_percent", "merge_rules",
+__all__ = ["KIND", "ORDER", "Rule", "apply", "check_references", "envoy_matches", "fractional_percent", "merge_rules",
            "specificity", "validate"]

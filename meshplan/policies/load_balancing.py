@@ -48,6 +48,7 @@ from meshplan.validate.check import (
 )
 
 KIND = "MeshLoadBalancingStrategy"
+ORDER = 110  # run order on a proxy (registry.py): last: it reads the clusters and routes as the others left them
 
 LB_POLICY = {
     "RoundRobin": "ROUND_ROBIN",

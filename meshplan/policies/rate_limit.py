@@ -59,6 +59,7 @@ from meshplan.policies.clients import (
 from meshplan.validate.check import FieldCheck, duration_json, parse_duration
 
 KIND = "MeshRateLimit"
+ORDER = 50  # run order on a proxy (registry.py): after RBAC: a request or connection that is not permitted takes no token
 
 MIN_INTERVAL = Decimal("0.05")  # Kuma: an interval must be greater than 50ms (Envoy refuses a fill below 50ms)
 MAX_UINT32 = 2**32 - 1

@@ -51,6 +51,7 @@ from meshplan.policies.base import Json, ProxyBuild, origins_of, routes, tcp_pro
 from meshplan.validate.check import FieldCheck, proto_duration
 
 KIND = "MeshRetry"
+ORDER = 80  # run order on a proxy (registry.py): after MeshTimeout: per-try timeouts sit on the routes it configured
 
 HTTP_RETRY_ON_DEFAULT = "gateway-error,connect-failure,refused-stream"
 GRPC_RETRY_ON_DEFAULT = "cancelled,connect-failure,gateway-error,refused-stream,reset,resource-exhausted,unavailable"

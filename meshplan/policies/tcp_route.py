@@ -42,6 +42,7 @@ from meshplan.policies.base import (
 from meshplan.validate.check import FieldCheck
 
 KIND = "MeshTCPRoute"
+ORDER = 20  # run order on a proxy (registry.py): after MeshHTTPRoute (which wins on an HTTP outbound), before anything tunes the filter it swaps in
 
 
 def validate(default: Json, path: PathKey, check: FieldCheck, section: str) -> None:

@@ -47,6 +47,7 @@ from meshplan.policies.base import Json, ProxyBuild, hcm, origins_of, routes, tc
 from meshplan.validate.check import FieldCheck, proto_duration
 
 KIND = "MeshTimeout"
+ORDER = 70  # run order on a proxy (registry.py): the outbound and inbound settings, on clusters and routes the routes kinds made
 
 HTTP_PROTOCOLS = ("http", "http2", "grpc")
 

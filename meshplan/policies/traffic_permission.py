@@ -62,6 +62,7 @@ from meshplan.policies.clients import (
 from meshplan.validate.check import FieldCheck
 
 KIND = "MeshTrafficPermission"
+ORDER = 30  # run order on a proxy (registry.py): first of the inbound filters: RBAC goes first in the chain, so a denied request costs nothing else
 
 ALLOW = "Allow"
 DENY = "Deny"

@@ -24,7 +24,7 @@ from meshplan.model import (
     ZoneEgress,
 )
 from meshplan.policies import KINDS
-from meshplan.policies.registry import BY_KIND
+from meshplan.policies.registry import REFERENCES
 from meshplan.validate.check import FieldCheck
 from meshplan.validate.infra_rules import (
     MAX_SNI,
@@ -162,8 +162,7 @@ def _check_references(desired: Desired, kept: list[tuple[RawResource, Any]], out
             continue
         if isinstance(obj, Policy):
             # A kind's own references to other resources (a route's backendRefs), checked once all are known.
-            module = BY_KIND.get(obj.kind)
-            check_references = getattr(module, "check_references", None)
+            check_references = REFERENCES.get(obj.kind)
             if check_references is not None:
                 check_references(obj, desired, check)
         if isinstance(obj, (Dataplane, ZoneEgress)):
