@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import os
 import random
-import signal
 import socket
 import subprocess
 import sys
@@ -38,7 +37,7 @@ from meshplan.model import (
     MeshExternalService,
     ProxyConfig,
 )
-from meshplan.sandbox import mesh as sandbox
+from tests.builders import _processes_under, bring_down, pid_running  # noqa: F401 (re-exported for the helpers not moved yet)
 
 CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
@@ -198,36 +197,6 @@ def http() -> Iterator[httpx.Client]:
         yield client
 
 
-def pid_running(pid: int) -> bool:
-    """Running, as opposed to gone or a zombie waiting for this (parent) process to reap it."""
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat[stat.rindex(")") + 2] not in "ZX"
-
-
-def _processes_under(directory: Path) -> list[int]:
-    """PIDs whose working directory or command line lies in `directory`: what a sandbox there could have started."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cwd = os.readlink(entry / "cwd")
-            cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
-        except OSError:
-            continue
-        mine = (cwd + "/").startswith(f"{directory}/") or str(directory) in cmdline
-        if mine and pid_running(int(entry.name)):
-            found.append(int(entry.name))
-    return found
-
-
 def deliver(state_dir: Path, proxy: ProxyConfig, version: str, timeout: float = 10.0) -> None:
     """Hand a proxy new clusters and listeners behind meshplan's back, as another tool writing the server's store
     would, and wait (bounded) until the server says the Envoy ACKed them."""
@@ -251,14 +220,7 @@ def sandbox_state(tmp_path: Path) -> Iterator[Path]:
     try:
         yield state
     finally:
-        recorded = [p.pid for p in sandbox.status(state)] if (state / sandbox.SANDBOX_FILE).exists() else []
-        try:
-            sandbox.down(state)
-        finally:
-            leaked = [pid for pid in recorded if pid_running(pid)] + _processes_under(state)
-            for pid in set(leaked):
-                os.kill(pid, signal.SIGKILL)
-            assert not leaked, f"processes left running after the test: {sorted(set(leaked))}"
+        bring_down(state)
 
 
 @pytest.fixture
