@@ -37,7 +37,7 @@ from meshplan.model import (
     MeshExternalService,
     ProxyConfig,
 )
-from tests.builders import _processes_under, bring_down, pid_running  # noqa: F401 (re-exported for the helpers not moved yet)
+from tests.builders import bring_down, pid_running
 
 CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"

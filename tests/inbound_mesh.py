@@ -1,55 +1,19 @@
 """A small desired mesh for the inbound ("from") policy tests: client services, servers, an egress, external
-services, written as YAML (universal form) on the addresses an allocator hands out, and a sandbox of it that is
-always brought down.
+services, written as YAML (universal form) on the addresses an allocator hands out.
 
-Goldens use `FixedAddresses` (stable names and ports); traffic tests use the session's `loopback` fixture, so that
-two runs never collide.
+Renders use `FixedAddresses(first_port=20001)` (tests/builders.py: stable names and ports); traffic tests use the
+session's `loopback` fixture, so that two runs never collide.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import signal
 import textwrap
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
-import httpx
-from conftest import _processes_under, pid_running
-
-from meshplan.errors import LoadError
-from meshplan.load.resources import format_path
-from meshplan.model import Desired, ProxyConfig
-from meshplan.render.proxies import render_all
-from meshplan.sandbox import mesh as sandbox
+from meshplan.model import Desired
 from meshplan.validate.resources import load_and_parse
-from meshplan.xds import pki
-
-
-class Addresses(Protocol):
-    def ip(self) -> str: ...
-
-    def port(self, ip: str) -> int: ...
-
-
-class FixedAddresses:
-    """127.0.9.x and ports counting up from 20000: the same names every time, for goldens."""
-
-    def __init__(self) -> None:
-        self._host = 0
-        self._port = 20000
-
-    def ip(self) -> str:
-        self._host += 1
-        return f"127.0.9.{self._host}"
-
-    def port(self, ip: str) -> int:
-        self._port += 1
-        return self._port
+from tests.builders import Addresses
 
 
 @dataclass(frozen=True)
@@ -136,60 +100,5 @@ def write_mesh(
     return files
 
 
-@contextmanager
-def running_sandbox(desired: Desired, state: Path) -> Iterator[list[ProxyConfig]]:
-    """The mesh's Envoys and apps on loopback; afterwards nothing started under `state` may still run."""
-    state.mkdir(parents=True, exist_ok=True)
-    pki.ensure(desired, state)
-    proxies = render_all(desired)
-    try:
-        sandbox.up(desired, proxies, state)
-        yield proxies
-    finally:
-        recorded = [p.pid for p in sandbox.status(state)] if (state / sandbox.SANDBOX_FILE).exists() else []
-        try:
-            sandbox.down(state)
-        finally:
-            leaked = sorted({pid for pid in recorded if pid_running(pid)} | set(_processes_under(state)))
-            for pid in leaked:
-                os.kill(pid, signal.SIGKILL)
-            assert not leaked, f"processes left running after the tests: {leaked}"
-
-
-def stats(client: httpx.Client, admin: str, pattern: str) -> dict[str, int]:
-    """Counters of an Envoy whose names match a regex (`/stats?filter=`)."""
-    answer = client.get(f"{admin}/stats", params={"format": "json", "filter": pattern})
-    answer.raise_for_status()
-    return {s["name"]: int(s["value"]) for s in answer.json()["stats"] if "name" in s and "value" in s}
-
-
 def load(files: MeshFiles) -> Desired:
     return load_and_parse(files.root)
-
-
-def violations(root: Path) -> list[str]:
-    """Every violation of a desired directory, as `file:line: path: message` (none when it is valid)."""
-    try:
-        load_and_parse(root)
-    except LoadError as e:
-        # Paths relative to the desired directory, as a user running `meshplan validate .` there sees them.
-        return [str(v).removeprefix(f"{root}/") for v in e.violations]
-    return []
-
-
-def inbound_golden(proxies: list[ProxyConfig], names: list[str], root: Path) -> str:
-    """The inbound side of some proxies (their inbound listeners and the origins recorded in them), as JSON, with
-    the desired directory `root` left out of the origins' file names."""
-    out: dict[str, object] = {}
-    for proxy in proxies:
-        if proxy.name not in names:
-            continue
-        listeners = [listener for listener in proxy.listeners if listener.get("traffic_direction") == "INBOUND"]
-        wanted = {listener["name"] for listener in listeners}
-        origins = {
-            name: {format_path(steps): [o.replace(f"{root}/", "") for o in who] for steps, who in paths.items()}
-            for name, paths in proxy.origins.get("listener", {}).items()
-            if name in wanted
-        }
-        out[proxy.name] = {"listeners": listeners, "origins": origins}
-    return json.dumps(out, indent=2) + "\n"

@@ -137,7 +137,7 @@ def test_edits_show_exactly_the_changed_resources_and_fields(tmp_path: Path, san
     assert code == 2
     assert human.rstrip().endswith("Plan: 2 to add, 3 to change, 2 to destroy across 4 proxies (3 sidecars, 1 egress).")
     text = human.replace(demo.proxies, "127.0.1.").replace(demo.externals, "127.0.2.")
-    check_golden(request, "plan/edits.txt", text)
+    check_golden(request, "plan-edits.golden.txt", text)
     code, summary, _ = plan(demo, sandbox_state, "--summary")
     assert code == 0
     assert f'- web [sidecar] listener "{web_listener}"' in summary

@@ -3,10 +3,7 @@ to files: on a sidecar's outbound (HTTP and TCP), its inbound (`from`), and on t
 
 from __future__ import annotations
 
-import itertools
 import json
-import os
-import signal
 import textwrap
 import time
 from collections.abc import Callable, Iterator
@@ -16,15 +13,17 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import Loopback, pid_running
+from conftest import Loopback
 
 from meshplan.model import ProxyConfig
-from meshplan.render.proxies import render_all
-from meshplan.sandbox import mesh as sandbox
 from meshplan.validate.resources import load_and_parse
-from meshplan.xds import pki
-from tests.golden import check_golden
-from tests.policy_render import envoy_validates, load_violations, render, touched
+from tests.builders import (
+    FixedAddresses,
+    running_sandbox,
+    split_violation,
+    violations,
+)
+from tests.policy_render import envoy_validates
 
 KIND = "MeshAccessLog"
 
@@ -44,9 +43,8 @@ class Net:
 
     @classmethod
     def fixed(cls) -> Net:
-        hosts = itertools.count(1)
-        ports = itertools.count(10001)
-        return cls(lambda: f"127.0.1.{next(hosts)}", lambda _: next(ports))
+        addresses = FixedAddresses(network="127.0.1.", first_port=10001)
+        return cls(addresses.ip, addresses.port)
 
     def url(self, outbound: str) -> str:
         return f"http://{self.web}:{self.ports[outbound]}"
@@ -131,7 +129,6 @@ TO_HTTPBIN = "kind: MeshExternalService\n        name: httpbin"
 FROM_MESH = "kind: Mesh"
 
 
-
 # --- validation -------------------------------------------------------------------------------------------------
 
 GOOD = {
@@ -211,7 +208,7 @@ def test_good_specs_pass(tmp_path: Path, case: str) -> None:
         "to.yaml": policy(GOOD[case]),
         "from.yaml": policy(GOOD[case], name="inbound", section="from", ref=FROM_MESH),
     }
-    assert load_violations(write(tmp_path, files)) == []
+    assert violations(write(tmp_path, files)) == []
 
 
 @pytest.mark.parametrize(("case", "default", "expected"), BAD, ids=[c[0] for c in BAD])
@@ -220,15 +217,15 @@ def test_bad_specs_report_every_violation_with_file_line_and_path(
 ) -> None:
     directory = write(tmp_path, mesh_files(Net.fixed()) | {"policy.yaml": policy(default)})
     lines = (directory / "policy.yaml").read_text().splitlines()
-    found = load_violations(directory)
-    assert len(found) == len(expected), "\n".join(map(str, found))
+    found = violations(directory)
+    assert len(found) == len(expected), "\n".join(found)
     for path, fragment, on_line in expected:
         want = f"spec.to[0].default{path}"
-        matching = [v for v in found if v.path == want and fragment in v.message]
-        assert matching, f"no violation at {want} saying {fragment!r} in:\n" + "\n".join(map(str, found))
-        violation = matching[0]
-        assert violation.source.file == str(directory / "policy.yaml")
-        assert on_line in lines[violation.source.line - 1], (violation, lines[violation.source.line - 1])
+        matching = [v for v in map(split_violation, found) if v[2] == want and fragment in v[3]]
+        assert matching, f"no violation at {want} saying {fragment!r} in:\n" + "\n".join(found)
+        file, line, _, _ = matching[0]
+        assert file == "policy.yaml"
+        assert on_line in lines[line - 1], (matching[0], lines[line - 1])
 
 
 def test_from_selects_every_client_and_never_the_egress(tmp_path: Path) -> None:
@@ -238,7 +235,7 @@ def test_from_selects_every_client_and_never_the_egress(tmp_path: Path) -> None:
         "on-egress.yaml": policy(default, name="egress-from", section="from", ref=FROM_MESH, top=EGRESS_TOP),
     }
     directory = write(tmp_path, files)
-    found = {(Path(v.source.file).name, v.source.line, v.path): v.message for v in load_violations(directory)}
+    found = {(file, line, path): message for file, line, path, message in map(split_violation, violations(directory))}
     assert list(found) == [("by-service.yaml", 9, "spec.from[0].targetRef.kind"), ("on-egress.yaml", 8, "spec.from")]
     assert "`from` items select every client (kind Mesh), got 'MeshService'" in found[list(found)[0]]
     assert 'Sidecar (to), Egress (to + proxyType: ["egress"])' in found[list(found)[1]]
@@ -269,38 +266,10 @@ def rendered(logs: str = "/var/log/mesh") -> dict[str, str]:
     ])}
 
 
-
 def _loggers(proxy: ProxyConfig, listener_prefix: str) -> list[dict[str, Any]]:
     listener = next(item for item in proxy.listeners if item["name"].startswith(listener_prefix))
     loggers: list[dict[str, Any]] = listener["filter_chains"][0]["filters"][0]["typed_config"].get("access_log", [])
     return [logger["typed_config"] for logger in loggers]
-
-
-def test_golden_render(request: pytest.FixtureRequest, tmp_path: Path) -> None:
-    net = Net.fixed()
-    directory = write(tmp_path / "desired", mesh_files(net) | rendered())
-    proxies = render(directory)
-    text = json.dumps({name: touched(p, directory) for name, p in proxies.items()}, indent=2) + "\n"
-    check_golden(request, "policies/access_log/mesh-and-egress.json", text)
-
-    web = proxies["web"]
-    [http] = _loggers(web, f"outbound:{net.web}:{net.ports['web_backend']}")
-    line = http["log_format"]["text_format_source"]["inline_string"]
-    assert line.startswith('[%START_TIME%] default "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%"')
-    assert line.endswith(f'"web" "backend" "{net.web}" "%UPSTREAM_HOST%"\n')
-    [tcp] = _loggers(web, f"outbound:{net.web}:{net.ports['web_db']}")  # on the tcp_proxy
-    assert f"{net.web}(web)->%UPSTREAM_HOST%(db) took %DURATION%ms" in tcp["log_format"]["text_format_source"]["inline_string"]
-    [inbound] = _loggers(proxies["backend-1"], "inbound:")
-    assert inbound["log_format"] == {
-        "json_format": {"path": "%REQ(:PATH)%", "status": "%RESPONSE_CODE%", "into": "backend (INBOUND)"},
-        "omit_empty_values": True,
-    }
-    # The seed's row: logging on the sidecar (to every destination, the external one included) and on the egress.
-    assert [t["path"] for t in _loggers(web, f"outbound:{net.web}:{net.ports['web_httpbin']}")] == ["/var/log/mesh/outbound.log"]
-    [egress] = _loggers(proxies["egress"], "egress:")
-    assert egress["log_format"]["text_format_source"]["inline_string"] == (
-        "default unknown -> httpbin %REQ(:PATH)% %RESPONSE_CODE%\n"
-    )
 
 
 @pytest.mark.envoy
@@ -354,24 +323,8 @@ def running(loopback: Loopback, tmp_path_factory: pytest.TempPathFactory) -> Ite
     logs.mkdir()
     net = Net(loopback.ip, loopback.port)
     directory = write(root / "desired", mesh_files(net) | {"policy.yaml": _traffic_policies(logs)})
-    state = root / "state"
-    state.mkdir()
-    desired = load_and_parse(directory)
-    pki.ensure(desired, state)
-    proxies = render_all(desired)
-    try:
-        sandbox.up(desired, proxies, state)
-        with httpx.Client(trust_env=False, timeout=5.0) as client:
-            yield Running(net, logs, client)
-    finally:
-        recorded = [p.pid for p in sandbox.status(state)]
-        try:
-            sandbox.down(state)
-        finally:
-            leaked = [pid for pid in recorded if pid_running(pid)]
-            for pid in leaked:
-                os.kill(pid, signal.SIGKILL)
-            assert not leaked, f"processes left running: {leaked}"
+    with running_sandbox(load_and_parse(directory), root / "state"), httpx.Client(trust_env=False, timeout=5.0) as client:
+        yield Running(net, logs, client)
 
 
 def _line_with(log: Path, text: str, timeout: float = 5.0) -> str:

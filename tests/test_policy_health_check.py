@@ -3,8 +3,6 @@ dead instance out of the load balancer, on a sidecar and on the egress."""
 
 from __future__ import annotations
 
-import itertools
-import json
 import os
 import signal
 import textwrap
@@ -14,14 +12,21 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import Loopback, pid_running
+from conftest import Loopback
 
 from meshplan.render.proxies import render_all
 from meshplan.sandbox import mesh as sandbox
 from meshplan.validate.resources import load_and_parse
 from meshplan.xds import pki
-from tests.golden import check_golden
-from tests.policy_render import envoy_validates, load_violations, render, touched
+from tests.builders import (
+    FixedAddresses,
+    pid_running,
+    split_violation,
+    stat,
+    violations,
+)
+from tests.golden import TESTDATA
+from tests.policy_render import envoy_validates, render, touched
 
 KIND = "MeshHealthCheck"
 
@@ -44,9 +49,8 @@ class Net:
 
     @classmethod
     def fixed(cls) -> Net:
-        hosts = itertools.count(1)
-        ports = itertools.count(10001)
-        return cls(lambda: f"127.0.1.{next(hosts)}", lambda _: next(ports))
+        addresses = FixedAddresses(network="127.0.1.", first_port=10001)
+        return cls(addresses.ip, addresses.port)
 
     @classmethod
     def loopback(cls, loopback: Loopback) -> Net:
@@ -148,7 +152,6 @@ def policy(default: str, *, name: str = "hc", to: str = "kind: MeshService\n    
     )
 
 
-
 # --- validation -------------------------------------------------------------------------------------------------
 
 GOOD = {
@@ -247,7 +250,7 @@ BAD: list[tuple[str, str, list[tuple[str, str, str]]]] = [
 @pytest.mark.parametrize("case", sorted(GOOD))
 def test_good_specs_pass(tmp_path: Path, case: str) -> None:
     files = mesh_files(Net.fixed()) | {"policy.yaml": policy(GOOD[case])}
-    assert load_violations(write(tmp_path, files)) == []
+    assert violations(write(tmp_path, files)) == []
 
 
 @pytest.mark.parametrize(("case", "default", "expected"), BAD, ids=[c[0] for c in BAD])
@@ -257,67 +260,33 @@ def test_bad_specs_report_every_violation_with_file_line_and_path(
     text = policy(default)
     directory = write(tmp_path, mesh_files(Net.fixed()) | {"policy.yaml": text})
     lines = (directory / "policy.yaml").read_text().splitlines()
-    found = load_violations(directory)
-    assert len(found) == len(expected), "\n".join(map(str, found))
+    found = violations(directory)
+    assert len(found) == len(expected), "\n".join(found)
     for path, fragment, on_line in expected:
         want = f"spec.to[0].default{path}"
-        matching = [v for v in found if v.path == want and fragment in v.message]
-        assert matching, f"no violation at {want} saying {fragment!r} in:\n" + "\n".join(map(str, found))
-        violation = matching[0]
-        assert violation.source.file == str(directory / "policy.yaml")
-        assert on_line in lines[violation.source.line - 1], (violation, lines[violation.source.line - 1])
+        matching = [v for v in map(split_violation, found) if v[2] == want and fragment in v[3]]
+        assert matching, f"no violation at {want} saying {fragment!r} in:\n" + "\n".join(found)
+        file, line, _, _ = matching[0]
+        assert file == "policy.yaml"
+        assert on_line in lines[line - 1], (matching[0], lines[line - 1])
 
 
 def test_placement_external_service_needs_the_egress(tmp_path: Path) -> None:
     # The seed: MeshHealthCheck for a MeshExternalService lives on the egress only.
     on_sidecar = policy("http: {}", to="kind: MeshExternalService\n        name: httpbin", top="kind: Mesh\n    proxyType: [Sidecar]")
     directory = write(tmp_path, mesh_files(Net.fixed()) | {"policy.yaml": on_sidecar})
-    [violation] = load_violations(directory)
-    assert violation.path == "spec.to[0].targetRef"
-    assert 'Egress (to + proxyType: ["egress"])' in violation.message
+    [(_, _, path, message)] = map(split_violation, violations(directory))
+    assert path == "spec.to[0].targetRef"
+    assert 'Egress (to + proxyType: ["egress"])' in message
 
 
 # --- render -----------------------------------------------------------------------------------------------------
 
-RENDERED = {
-    "policy.yaml": policy("""
-        interval: 10s
-        unhealthyThreshold: 3
-        intervalJitterPercent: 10
-        healthyPanicThreshold: 0
-        failTrafficOnPanic: true
-        eventLogPath: /tmp/hc-events.log
-        http:
-          path: /health
-          expectedStatuses: [200, 204]
-          requestHeadersToAdd:
-            add:
-              - name: x-probe
-                value: meshplan
-        tcp:
-          send: aGVsbG8=
-          receive: [d29ybGQ=]
-        """) + "---\n" + policy("""
-        timeout: 1s
-        http:
-          path: /ready
-        """, name="web-override", top="kind: MeshService\n    name: web") + "---\n" + policy("""
-        interval: 5s
-        http:
-          disabled: true
-        tcp:
-          send: cGluZw==
-        """, name="hc-egress", to="kind: MeshExternalService\n        name: httpbin",
-        top="kind: Mesh\n    proxyType: [Egress]"),  # fmt: skip
-}
 
-
-
-def test_golden_render(request: pytest.FixtureRequest, tmp_path: Path) -> None:
-    directory = write(tmp_path / "desired", mesh_files(Net.fixed()) | RENDERED)
+def test_policies_merge_by_specificity_and_external_services_are_checked_on_the_egress() -> None:
+    # The golden case health_check (tests/test_goldens.py) shows everything these policies set.
+    directory = TESTDATA / "health_check.input"
     proxies = render(directory)
-    text = json.dumps({name: touched(p, directory) for name, p in proxies.items()}, indent=2) + "\n"
-    check_golden(request, "policies/health_check/mesh-and-egress.json", text)
     # Merged: web's own policy (more specific) sets timeout and path over the mesh-wide one's other fields.
     backend = next(c for c in proxies["web"].clusters if c["name"] == "backend")
     [check] = backend["health_checks"]
@@ -356,8 +325,7 @@ def test_a_mesh_wide_check_leaves_the_sidecars_cluster_to_the_egress_alone(tmp_p
 
 @pytest.mark.envoy
 def test_every_proxy_passes_envoy_validation(tmp_path: Path) -> None:
-    directory = write(tmp_path / "desired", mesh_files(Net.fixed()) | RENDERED)
-    desired = load_and_parse(directory)
+    desired = load_and_parse(TESTDATA / "health_check.input")  # the golden case's mesh and policies
     assert envoy_validates(desired, tmp_path / "state") == dict.fromkeys(desired.proxy_names())
 
 
@@ -381,14 +349,6 @@ TRAFFIC_POLICIES = policy("""
     http:
       path: /health
     """, name="hc-egress", to="kind: MeshExternalService\n        name: httpbin", top="kind: Mesh\n    proxyType: [Egress]")
-
-
-def _stat(client: httpx.Client, admin: str, name: str) -> int:
-    answer = client.get(f"{admin}/stats", params={"format": "json", "filter": f"^{name}$"})
-    answer.raise_for_status()
-    values = [s["value"] for s in answer.json()["stats"] if s.get("name") == name]
-    assert values, f"no stat {name} at {admin}"
-    return int(values[0])
 
 
 def _wait_for(what: str, ready: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -432,8 +392,8 @@ def test_a_dead_instance_is_marked_unhealthy_and_traffic_avoids_it(
                   == [(200, "backend-1"), (200, "backend-2")])  # fmt: skip
         _wait_for("both external endpoints to answer", lambda: sorted(set(_instances(client, net.url("web_httpbin"), 10)))
                   == sorted([(200, ext1), (200, ext2)]))  # fmt: skip
-        assert _stat(client, web_admin, "cluster.backend.membership_healthy") == 2
-        assert _stat(client, web_admin, "cluster.backend.health_check.success") > 0
+        assert stat(client, web_admin, "cluster.backend.membership_healthy") == 2
+        assert stat(client, web_admin, "cluster.backend.health_check.success") > 0
 
         # backend-1's app and one external endpoint die; their checks fail on the next round.
         _kill(sandbox_state, "app", "backend/backend-1")
@@ -448,7 +408,7 @@ def test_a_dead_instance_is_marked_unhealthy_and_traffic_avoids_it(
                   lambda: set(_instances(client, net.url("web_httpbin"), 20)) == {(200, ext2)})  # fmt: skip
         # ...because health checking marked the dead ones unhealthy (the stat flips before the workers act on it).
         # Envoy writes the `:` of a cluster name as `_` in stat names.
-        assert _stat(client, web_admin, "cluster.backend.membership_healthy") == 1
-        assert _stat(client, egress_admin, "cluster.mes_default_httpbin.membership_healthy") == 1
-        assert _stat(client, web_admin, "cluster.backend.health_check.failure") >= 1
-        assert _stat(client, egress_admin, "cluster.mes_default_httpbin.health_check.failure") >= 1
+        assert stat(client, web_admin, "cluster.backend.membership_healthy") == 1
+        assert stat(client, egress_admin, "cluster.mes_default_httpbin.membership_healthy") == 1
+        assert stat(client, web_admin, "cluster.backend.health_check.failure") >= 1
+        assert stat(client, egress_admin, "cluster.mes_default_httpbin.health_check.failure") >= 1

@@ -14,20 +14,21 @@ import pytest
 from meshplan.compare.canonical import canonical
 from meshplan.model import ProxyConfig
 from meshplan.validate.resources import load_and_parse
-from tests.golden import check_golden
+from tests.builders import (
+    Addresses,
+    FixedAddresses,
+    running_sandbox,
+    stat,
+    violations,
+    wait_for_stat,
+)
 from tests.policy_mesh import (
     BODY_LINE,
     MARK,
-    Addresses,
-    FixedAddresses,
     PolicyMesh,
     build_mesh,
     marked_line,
     policy_file,
-    running,
-    stat,
-    violations,
-    wait_for_stat,
 )
 from tests.policy_render import envoy_validates
 
@@ -136,18 +137,18 @@ BAD: list[tuple[str, str, int | None, str, str]] = [
 
 @pytest.fixture(scope="module")
 def base_mesh(tmp_path_factory: pytest.TempPathFactory) -> PolicyMesh:
-    return build_mesh(tmp_path_factory.mktemp("retry-validate"), FixedAddresses())
+    return build_mesh(tmp_path_factory.mktemp("retry-validate"), FixedAddresses(per_address=True))
 
 
 @pytest.mark.parametrize("body", [pytest.param(b, id=i) for i, b in GOOD])
 def test_good_specs_pass(base_mesh: PolicyMesh, body: str) -> None:
-    assert violations(base_mesh.root, {"p.yaml": policy_file(KIND, body)}) == []
+    assert violations(base_mesh.write({"p.yaml": policy_file(KIND, body)})) == []
 
 
 @pytest.mark.parametrize("body, line, path, message", [pytest.param(*case[1:], id=case[0]) for case in BAD])
 def test_bad_specs_report_file_line_and_path(base_mesh: PolicyMesh, body: str, line: int | None, path: str,
                                             message: str) -> None:
-    found = violations(base_mesh.root, {"p.yaml": policy_file(KIND, body)})
+    found = violations(base_mesh.write({"p.yaml": policy_file(KIND, body)}))
     where = f"p.yaml:{line or marked_line(body)}: spec.to[0].default{path}: "
     assert any(v.startswith(where) and message in v for v in found), found
     assert all(v.startswith("p.yaml:") for v in found), found
@@ -242,7 +243,7 @@ POLICIES = """
 
 
 def render_mesh(root: Path) -> tuple[PolicyMesh, dict[str, ProxyConfig]]:
-    mesh = build_mesh(root, FixedAddresses(), services=("backend", "other"), tcp_services=("db",),
+    mesh = build_mesh(root, FixedAddresses(per_address=True), services=("backend", "other"), tcp_services=("db",),
                       grpc_services=("rpc",), externals=("httpbin",))
     mesh.write_policies(POLICIES)
     return mesh, {p.name: p for p in mesh.render()}
@@ -262,15 +263,6 @@ def outbound_filter(proxy: ProxyConfig, cluster: str) -> dict[str, Any]:
 def retry_policy(proxy: ProxyConfig, cluster: str) -> dict[str, Any] | None:
     route = outbound_filter(proxy, cluster)["route_config"]["virtual_hosts"][0]["routes"][0]["route"]
     return route.get("retry_policy")  # type: ignore[no-any-return]
-
-
-def test_golden_render(request: pytest.FixtureRequest, tmp_path: Path) -> None:
-    mesh, proxies = render_mesh(tmp_path / "desired")
-    web = proxies["web"]
-    text = json.dumps({"listeners": list(web.listeners),
-                       "origins": {name: {".".join(map(str, k)): v for k, v in fields.items()}
-                                   for name, fields in web.origins["listener"].items()}}, indent=2)
-    check_golden(request, "policies/retry/render.json", text.replace(f"{mesh.root}/", "") + "\n")
 
 
 def test_where_each_field_lands(tmp_path: Path) -> None:
@@ -349,21 +341,20 @@ def traffic(tmp_path_factory: pytest.TempPathFactory, loopback: Addresses) -> It
     mesh.write_policies(TRAFFIC_POLICIES)
     state = root / "state"
     state.mkdir()
-    with running(mesh, state):
+    with running_sandbox(load_and_parse(mesh.root), state):
         yield mesh
-
 
 
 @pytest.mark.envoy
 def test_a_request_that_fails_twice_succeeds_on_the_third_attempt(traffic: PolicyMesh, http: httpx.Client) -> None:
     web = traffic.proxies["web"]
-    before = stat(http, web, "cluster.backend.upstream_rq_retry")
+    before = stat(http, web.admin_url, "cluster.backend.upstream_rq_retry")
     answer = http.get(f"{traffic.outbounds['backend']}/flaky/2/{uuid.uuid4().hex}")
     assert answer.status_code == 200
     body = answer.json()
     assert (body["service"], body["attempt"]) == ("backend", 3)  # the upstream was hit three times
-    assert wait_for_stat(http, web, "cluster.backend.upstream_rq_retry", before + 2) == before + 2
-    assert stat(http, web, "cluster.backend.upstream_rq_retry_success") >= 1
+    assert wait_for_stat(http, web.admin_url, "cluster.backend.upstream_rq_retry", before + 2) == before + 2
+    assert stat(http, web.admin_url, "cluster.backend.upstream_rq_retry_success") >= 1
 
 
 @pytest.mark.envoy
@@ -379,4 +370,4 @@ def test_zero_retries_means_none(traffic: PolicyMesh, http: httpx.Client) -> Non
     answer = http.get(f"{traffic.outbounds['other']}/flaky/1/{uuid.uuid4().hex}")
     assert answer.status_code == 503
     assert (answer.json()["service"], answer.json()["attempt"]) == ("other", 1)
-    assert stat(http, web, "cluster.other.upstream_rq_retry") == 0
+    assert stat(http, web.admin_url, "cluster.other.upstream_rq_retry") == 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,20 +11,21 @@ import pytest
 
 from meshplan.model import ProxyConfig
 from meshplan.validate.resources import load_and_parse
-from tests.golden import check_golden
+from tests.builders import (
+    Addresses,
+    FixedAddresses,
+    running_sandbox,
+    stat,
+    violations,
+    wait_for_stat,
+)
 from tests.policy_mesh import (
     BODY_LINE,
     MARK,
-    Addresses,
-    FixedAddresses,
     PolicyMesh,
     build_mesh,
     marked_line,
     policy_file,
-    running,
-    stat,
-    violations,
-    wait_for_stat,
 )
 from tests.policy_render import envoy_validates
 
@@ -80,19 +80,19 @@ BAD: list[tuple[str, str, str, int | None, str, str]] = [
 
 @pytest.fixture(scope="module")
 def base_mesh(tmp_path_factory: pytest.TempPathFactory) -> PolicyMesh:
-    return build_mesh(tmp_path_factory.mktemp("timeout-validate"), FixedAddresses())
+    return build_mesh(tmp_path_factory.mktemp("timeout-validate"), FixedAddresses(per_address=True))
 
 
 @pytest.mark.parametrize("section, body", [pytest.param(s, b, id=i) for i, s, b in GOOD])
 def test_good_specs_pass(base_mesh: PolicyMesh, section: str, body: str) -> None:
-    assert violations(base_mesh.root, {"p.yaml": policy_file(KIND, body, section)}) == []
+    assert violations(base_mesh.write({"p.yaml": policy_file(KIND, body, section)})) == []
 
 
 @pytest.mark.parametrize("section, body, line, path, message",
                          [pytest.param(*case[1:], id=case[0]) for case in BAD])
 def test_bad_specs_report_file_line_and_path(base_mesh: PolicyMesh, section: str, body: str, line: int | None,
                                             path: str, message: str) -> None:
-    found = violations(base_mesh.root, {"p.yaml": policy_file(KIND, body, section)})
+    found = violations(base_mesh.write({"p.yaml": policy_file(KIND, body, section)}))
     where = f"p.yaml:{line or marked_line(body)}: {path}: "
     assert any(v.startswith(where) and message in v for v in found), found
     assert all(v.startswith("p.yaml:") for v in found), found
@@ -101,14 +101,14 @@ def test_bad_specs_report_file_line_and_path(base_mesh: PolicyMesh, section: str
 def test_from_items_must_select_every_client(base_mesh: PolicyMesh) -> None:
     text = policy_file(KIND, "connectionTimeout: 1s", "from").replace("        kind: Mesh\n      default:",
                                                                       "        kind: MeshService\n        name: web\n      default:")
-    found = violations(base_mesh.root, {"p.yaml": text})
+    found = violations(base_mesh.write({"p.yaml": text}))
     assert found == ["p.yaml:9: spec.from[0].targetRef.kind: MeshTimeout `from` items must target kind Mesh, "
                      "got 'MeshService': inbound timeouts apply to every client of the inbound"]
 
 
 def test_every_violation_of_one_item_at_once(base_mesh: PolicyMesh) -> None:
     body = "connectionTimeout: 0s\nidleTimeout: x\nhttp:\n  requestTimeout: -1s\n  maxStreamDuration: 7\n"
-    found = violations(base_mesh.root, {"p.yaml": policy_file(KIND, body)})
+    found = violations(base_mesh.write({"p.yaml": policy_file(KIND, body)}))
     assert [v.split(": ")[1] for v in found] == [
         "spec.to[0].default.connectionTimeout",
         "spec.to[0].default.idleTimeout",
@@ -194,25 +194,9 @@ POLICIES = """
 
 
 def render_mesh(root: Path) -> tuple[PolicyMesh, dict[str, ProxyConfig]]:
-    mesh = build_mesh(root, FixedAddresses(), services=("backend",), tcp_services=("db",), externals=("httpbin",))
+    mesh = build_mesh(root, FixedAddresses(per_address=True), services=("backend",), tcp_services=("db",), externals=("httpbin",))
     mesh.write_policies(POLICIES)
     return mesh, {p.name: p for p in mesh.render()}
-
-
-def golden_text(mesh: PolicyMesh, proxies: dict[str, ProxyConfig]) -> str:
-    def steps(path: tuple[str | int, ...]) -> str:
-        return "".join(f"[{s}]" if isinstance(s, int) else f".{s}" for s in path).lstrip(".")
-
-    out = {
-        name: {
-            "clusters": list(p.clusters),
-            "listeners": list(p.listeners),
-            "origins": {kind: {res: {steps(k): v for k, v in fields.items()} for res, fields in by_name.items()}
-                        for kind, by_name in p.origins.items()},
-        }
-        for name, p in sorted(proxies.items())
-    }
-    return json.dumps(out, indent=2).replace(f"{mesh.root}/", "") + "\n"
 
 
 def by_name(resources: tuple[dict, ...]) -> dict[str, dict]:  # type: ignore[type-arg]
@@ -222,11 +206,6 @@ def by_name(resources: tuple[dict, ...]) -> dict[str, dict]:  # type: ignore[typ
 def route_of(listener: dict) -> dict:  # type: ignore[type-arg]
     manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
     return manager["route_config"]["virtual_hosts"][0]["routes"][0]["route"]  # type: ignore[no-any-return]
-
-
-def test_golden_render(request: pytest.FixtureRequest, tmp_path: Path) -> None:
-    mesh, proxies = render_mesh(tmp_path / "desired")
-    check_golden(request, "policies/timeout/render.json", golden_text(mesh, proxies))
 
 
 def test_where_each_field_lands(tmp_path: Path) -> None:
@@ -341,9 +320,8 @@ def traffic(tmp_path_factory: pytest.TempPathFactory, loopback: Addresses) -> It
     mesh.write_policies(TRAFFIC_POLICIES)
     state = root / "state"
     state.mkdir()
-    with running(mesh, state) as proxies:
+    with running_sandbox(load_and_parse(mesh.root), state) as proxies:
         yield mesh, {p.name: p for p in proxies}
-
 
 
 def timed_get(http: httpx.Client, url: str) -> tuple[httpx.Response, float]:
@@ -362,7 +340,7 @@ def test_outbound_request_timeout_cuts_a_slow_upstream(traffic: tuple[PolicyMesh
     assert answer.status_code == 504
     assert answer.text == "upstream request timeout"
     assert 0.45 <= seconds < 1.5, seconds
-    assert wait_for_stat(http, mesh.proxies["web"], "cluster.backend.upstream_rq_timeout", 1) == 1
+    assert wait_for_stat(http, mesh.proxies["web"].admin_url, "cluster.backend.upstream_rq_timeout", 1) == 1
 
 
 @pytest.mark.envoy
@@ -374,8 +352,8 @@ def test_inbound_request_timeout_is_the_callee_sidecars(traffic: tuple[PolicyMes
     assert 0.25 <= seconds < 1.5, seconds
     (local,) = [c["name"] for c in proxies["slow-1"].clusters if c["name"].startswith("local:")]
     # slow's sidecar timed out towards its app; web's sidecar only relayed the 504 and timed out nothing.
-    assert wait_for_stat(http, mesh.proxies["slow-1"], f"cluster.{local}.upstream_rq_timeout", 1) == 1
-    assert stat(http, mesh.proxies["web"], "cluster.slow.upstream_rq_timeout") == 0
+    assert wait_for_stat(http, mesh.proxies["slow-1"].admin_url, f"cluster.{local}.upstream_rq_timeout", 1) == 1
+    assert stat(http, mesh.proxies["web"].admin_url, "cluster.slow.upstream_rq_timeout") == 0
 
 
 @pytest.mark.envoy
@@ -387,7 +365,7 @@ def test_egress_timeout_applies_on_the_egress_only(traffic: tuple[PolicyMesh, di
     answer, seconds = timed_get(http, f"{mesh.outbounds['httpbin']}/delay/2000")
     assert answer.status_code == 504
     assert 0.25 <= seconds < 1.5, seconds
-    assert wait_for_stat(http, mesh.proxies["egress"], "cluster.mes:default:httpbin.upstream_rq_timeout", 1) == 1
-    assert stat(http, mesh.proxies["web"], "cluster.mes:default:httpbin.upstream_rq_timeout") == 0
+    assert wait_for_stat(http, mesh.proxies["egress"].admin_url, "cluster.mes:default:httpbin.upstream_rq_timeout", 1) == 1
+    assert stat(http, mesh.proxies["web"].admin_url, "cluster.mes:default:httpbin.upstream_rq_timeout") == 0
     web_route = next(route_of(lst) for lst in proxies["web"].listeners if route_cluster(lst) == "mes:default:httpbin")
     assert "timeout" not in web_route
