@@ -1,7 +1,8 @@
 """What the tests share to build, check and run desired meshes: stable addresses for renders (`FixedAddresses`), a
 desired directory's violations as `meshplan validate` reports them (`violations`), a sandbox that is always brought
 down with nothing left running (`running_sandbox`, `bring_down`), and Envoy's admin stats (`stat`, `stats`,
-`wait_for_stat`).
+`wait_for_stat`); desired meshes written as YAML (`write_mesh`: services that call each other, an egress, external
+services, policies).
 
 Addresses come from an `Addresses` source: the session's `loopback` fixture (tests/conftest.py) for real traffic,
 `FixedAddresses` for renders that must read the same every time.
@@ -11,9 +12,11 @@ from __future__ import annotations
 
 import os
 import signal
+import textwrap
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -53,6 +56,123 @@ class FixedAddresses:
         port = self._next.get(key, self._first_port)
         self._next[key] = port + 1
         return port
+
+
+# --- desired meshes, written as YAML ---------------------------------------------------------------------------
+
+
+# The mesh `default`, with mTLS from a builtin CA.
+MESH = "type: Mesh\nname: default\nmtls:\n  enabledBackend: ca-1\n  backends:\n    - name: ca-1\n      type: builtin\n"
+
+
+@dataclass(frozen=True)
+class Service:
+    """A dataplane (`instance`, by default named after the service) with one inbound of `name`, and an outbound to
+    each of `calls` (services, or `mes:<name>` for an external service, through the egress)."""
+
+    name: str
+    protocol: str = "http"
+    tags: dict[str, str] = field(default_factory=dict)
+    calls: tuple[str, ...] = ()
+    instance: str | None = None
+
+
+@dataclass
+class MeshFiles:
+    """A desired directory written by `write_mesh`, and where its proxies and their outbounds listen."""
+
+    root: Path
+    outbound: dict[tuple[str, str], str] = field(default_factory=dict)  # (client, target) -> http://ip:port
+    admin: dict[str, str] = field(default_factory=dict)  # proxy name -> admin URL
+    address: dict[str, str] = field(default_factory=dict)  # proxy name -> its address
+    inbound: dict[str, str] = field(default_factory=dict)  # dataplane name -> ip:port of its inbound
+    endpoints: dict[str, list[str]] = field(default_factory=dict)  # external service -> ip:port of each endpoint
+
+    def url(self, client: str, target: str, path: str = "/") -> str:
+        return self.outbound[(client, target)] + path
+
+    def write(self, files: dict[str, str]) -> Path:
+        """Write (or overwrite) these files into the directory, as they are; returns the directory."""
+        for name, text in files.items():
+            (self.root / name).write_text(text)
+        return self.root
+
+    def write_policies(self, text: str) -> None:
+        (self.root / "policies.yaml").write_text(textwrap.dedent(text).lstrip("\n"))
+
+    def load(self) -> Desired:
+        return load_and_parse(self.root)
+
+    def render(self) -> list[ProxyConfig]:
+        return render_all(self.load())
+
+
+def web_calling(http: tuple[str, ...] = ("backend",), tcp: tuple[str, ...] = (), grpc: tuple[str, ...] = (),
+                externals: tuple[str, ...] = ()) -> list[Service]:
+    """One instance (`<service>-1`) of each service, and `web` (HTTP) calling each of them and each external service."""
+    called = [Service(name, protocol, instance=f"{name}-1") for protocol, names in
+              (("http", http), ("tcp", tcp), ("grpc", grpc)) for name in names]  # fmt: skip
+    return [*called, Service("web", calls=tuple(s.name for s in called) + tuple(f"mes:{e}" for e in externals))]
+
+
+def write_mesh(
+    root: Path,
+    addresses: Addresses,
+    services: list[Service],
+    *,
+    externals: dict[str, str] | None = None,  # name -> protocol
+    policies: str = "",
+    forbid_external: bool = False,
+    external_endpoints: int = 1,
+) -> MeshFiles:
+    """A mesh with mTLS (mesh.yaml), the services' dataplanes (dataplanes.yaml), an egress with the external services
+    (external.yaml; each with `external_endpoints` endpoints on an address of its own) and, if given, policies
+    (policies.yaml) under `root`."""
+    root.mkdir(parents=True, exist_ok=True)
+    files = MeshFiles(root)
+    forbid = "true" if forbid_external else "false"
+    routing = f"routing:\n  zoneEgress: true\n  defaultForbidMeshExternalServiceAccess: {forbid}\n"
+    (root / "mesh.yaml").write_text(MESH + routing)
+    docs = []
+    for service in services:
+        name = service.instance or service.name
+        ip = addresses.ip()
+        admin, inbound, app = addresses.port(ip), addresses.port(ip), addresses.port(ip)
+        files.admin[name], files.address[name], files.inbound[name] = f"http://{ip}:{admin}", ip, f"{ip}:{inbound}"
+        tags = {"kuma.io/service": service.name, "kuma.io/protocol": service.protocol, **service.tags}
+        tag_lines = "".join(f"\n            {k}: {v}" for k, v in tags.items())
+        outbounds = ""
+        for target in service.calls:
+            port = addresses.port(ip)
+            files.outbound[(name, target)] = f"http://{ip}:{port}"
+            if target.startswith("mes:"):
+                ref = f"backendRef:\n          kind: MeshExternalService\n          name: {target[4:]}"
+            else:
+                ref = f"tags:\n          kuma.io/service: {target}"
+            outbounds += f"\n    - address: {ip}\n      port: {port}\n      {ref}"
+        docs.append(
+            f"type: Dataplane\nmesh: default\nname: {name}\nnetworking:\n  address: {ip}\n"
+            f"  admin:\n    port: {admin}\n  inbound:\n    - port: {inbound}\n      servicePort: {app}\n"
+            f"      tags:{tag_lines}\n" + (f"  outbound:{outbounds}\n" if outbounds else "")
+        )
+    (root / "dataplanes.yaml").write_text("---\n".join(docs))
+    if externals:
+        ip = addresses.ip()
+        port, admin = addresses.port(ip), addresses.port(ip)
+        files.admin["egress"], files.address["egress"] = f"http://{ip}:{admin}", ip
+        docs = [f"type: ZoneEgress\nname: egress\nnetworking:\n  address: {ip}\n  port: {port}\n  admin:\n    port: {admin}\n"]
+        for name, protocol in externals.items():
+            ext_ip = addresses.ip()
+            files.endpoints[name] = [f"{ext_ip}:{addresses.port(ext_ip)}" for _ in range(external_endpoints)]
+            endpoints = "".join(f"    - address: {ext_ip}\n      port: {e.rpartition(':')[2]}\n" for e in files.endpoints[name])
+            docs.append(
+                f"type: MeshExternalService\nmesh: default\nname: {name}\nspec:\n  match:\n    type: HostnameGenerator\n"
+                f"    port: 80\n    protocol: {protocol}\n  endpoints:\n{endpoints}"
+            )
+        (root / "external.yaml").write_text("---\n".join(docs))
+    if policies:
+        (root / "policies.yaml").write_text(textwrap.dedent(policies))
+    return files
 
 
 # --- validation -------------------------------------------------------------------------------------------------

@@ -11,16 +11,6 @@ from typing import Any
 from meshplan.model import Desired, ProxyConfig
 from tests.policy_render import envoy_validates
 
-MESH = """
-    type: Mesh
-    name: default
-    mtls:
-      enabledBackend: ca-1
-      backends:
-        - name: ca-1
-          type: builtin
-    """
-
 
 def dataplane(name: str, address: str, service: str, *, version: str = "v1", admin: int = 9901, port: int = 8080,
               app: int = 18080, protocol: str = "http", outbounds: str = "") -> str:

@@ -11,20 +11,9 @@ from typer.testing import CliRunner
 from meshplan.cli import app
 from tests.builders import FixedAddresses, split_violation, violations
 from tests.meshes import DEMO
+from tests.policy_tables import BODY_LINE, policy_file
 
-BAD_POLICY = """\
-type: MeshTimeout
-mesh: default
-name: bad
-spec:
-  targetRef:
-    kind: Mesh
-  to:
-    - targetRef:
-        kind: Mesh
-      default:
-        connectionTimeout: soon
-"""
+BAD_POLICY = policy_file("MeshTimeout", "connectionTimeout: soon")  # its body on line BODY_LINE
 
 
 def test_violations_of_a_valid_directory_are_none(tmp_path: Path) -> None:
@@ -38,8 +27,8 @@ def test_violations_are_what_meshplan_validate_reports(tmp_path: Path) -> None:
     (root / "bad.yaml").write_text(BAD_POLICY)
     found = violations(root)
     assert found != [], "a test expecting [] must fail on this directory"
-    [(file, line, path, message)] = map(split_violation, found)
-    assert (file, line, path) == ("bad.yaml", 11, "spec.to[0].default.connectionTimeout")
+    [(file, line, path, _)] = map(split_violation, found)
+    assert (file, line, path) == ("bad.yaml", BODY_LINE, "spec.to[0].default.connectionTimeout")
     result = CliRunner().invoke(app, ["validate", str(root)])
     assert result.exit_code == 1
     assert [f"{root}/{v}" for v in found] == [line for line in result.output.splitlines() if line.startswith(f"{root}/")]

@@ -12,16 +12,19 @@ from typing import Any
 import httpx
 import pytest
 from conftest import Loopback
-from inbound_mesh import (
-    MeshFiles,
-    Service,
-    load,
-    write_mesh,
-)
 
 from meshplan.model import ProxyConfig
 from meshplan.render.proxies import render_all
-from tests.builders import Addresses, FixedAddresses, running_sandbox, stats, violations
+from tests.builders import (
+    Addresses,
+    FixedAddresses,
+    MeshFiles,
+    Service,
+    running_sandbox,
+    stats,
+    violations,
+    write_mesh,
+)
 from tests.policy_render import envoy_validates
 
 CALLS = ("backend", "reports", "ledger", "mes:httpbin", "mes:quiet")
@@ -114,7 +117,7 @@ def policy(body: str, name: str = "p") -> str:
 
 
 def proxies_of(root: Path, policies: str = POLICIES) -> dict[str, ProxyConfig]:
-    return {p.name: p for p in render_all(load(demo_mesh(root, FixedAddresses(first_port=20001), policies)))}
+    return {p.name: p for p in render_all(demo_mesh(root, FixedAddresses(first_port=20001), policies).load())}
 
 
 def http_filters(proxy: ProxyConfig) -> list[dict[str, Any]]:
@@ -196,7 +199,7 @@ def test_bad_specs_report_each_violation_with_file_line_and_path(tmp_path: Path,
 
 def test_every_proxy_passes_envoy_validate(tmp_path: Path) -> None:
     more = textwrap.dedent(POLICIES) + "---\n" + policy(GOOD["every fault"], "more")
-    desired = load(demo_mesh(tmp_path / "desired", FixedAddresses(first_port=20001), more))
+    desired = demo_mesh(tmp_path / "desired", FixedAddresses(first_port=20001), more).load()
     assert envoy_validates(desired, tmp_path / "state") == dict.fromkeys(
         ["admin", "backend", "ledger", "reports", "web", "egress"]
     )
@@ -253,7 +256,7 @@ def test_most_specific_list_replaces_the_broader_one(tmp_path: Path) -> None:
 def running(tmp_path_factory: pytest.TempPathFactory, loopback: Loopback) -> Iterator[MeshFiles]:
     root = tmp_path_factory.mktemp("fault_injection")
     files = demo_mesh(root / "desired", loopback)
-    with running_sandbox(load(files), root / "state"):
+    with running_sandbox(files.load(), root / "state"):
         yield files
 
 

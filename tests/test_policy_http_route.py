@@ -13,7 +13,6 @@ import httpx
 import pytest
 from conftest import Loopback
 from route_helpers import (
-    MESH,
     dataplane,
     envoy_problems,
     live_differences,
@@ -26,7 +25,7 @@ from meshplan.model import ProxyConfig
 from meshplan.policies import http_route
 from meshplan.render.proxies import render_all
 from meshplan.validate.resources import load_and_parse
-from tests.builders import running_sandbox, stat, violations, wait_for_stat
+from tests.builders import MESH, running_sandbox, stat, violations, wait_for_stat
 from tests.golden import TESTDATA
 
 # A fixed mesh for the validation table and the goldens: web calls backend (and httpbin, outside the mesh).

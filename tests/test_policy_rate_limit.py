@@ -10,16 +10,19 @@ from typing import Any
 import httpx
 import pytest
 from conftest import Loopback
-from inbound_mesh import (
-    MeshFiles,
-    Service,
-    load,
-    write_mesh,
-)
 
 from meshplan.model import ProxyConfig
 from meshplan.render.proxies import render_all
-from tests.builders import Addresses, FixedAddresses, running_sandbox, stats, violations
+from tests.builders import (
+    Addresses,
+    FixedAddresses,
+    MeshFiles,
+    Service,
+    running_sandbox,
+    stats,
+    violations,
+    write_mesh,
+)
 from tests.policy_render import envoy_validates
 
 CALLS = ("backend", "ledger", "mes:httpbin")
@@ -121,7 +124,7 @@ def policy(body: str, name: str = "p") -> str:
 
 
 def proxies_of(root: Path, policies: str = POLICIES) -> dict[str, ProxyConfig]:
-    return {p.name: p for p in render_all(load(demo_mesh(root, FixedAddresses(first_port=20001), policies)))}
+    return {p.name: p for p in render_all(demo_mesh(root, FixedAddresses(first_port=20001), policies).load())}
 
 
 def chain_filters(proxy: ProxyConfig) -> list[dict[str, Any]]:
@@ -214,7 +217,7 @@ def test_bad_specs_report_each_violation_with_file_line_and_path(tmp_path: Path,
 
 
 def test_every_proxy_passes_envoy_validate(tmp_path: Path) -> None:
-    desired = load(demo_mesh(tmp_path / "desired", FixedAddresses(first_port=20001)))
+    desired = demo_mesh(tmp_path / "desired", FixedAddresses(first_port=20001)).load()
     assert envoy_validates(desired, tmp_path / "state") == dict.fromkeys(["admin", "backend", "ledger", "web", "egress"])
 
 
@@ -281,7 +284,7 @@ def test_tcp_connection_rate_goes_before_the_terminal_filter(tmp_path: Path) -> 
 def running(tmp_path_factory: pytest.TempPathFactory, loopback: Loopback) -> Iterator[MeshFiles]:
     root = tmp_path_factory.mktemp("rate_limit")
     files = demo_mesh(root / "desired", loopback)
-    with running_sandbox(load(files), root / "state"):
+    with running_sandbox(files.load(), root / "state"):
         yield files
 
 

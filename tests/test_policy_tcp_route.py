@@ -12,7 +12,6 @@ import httpx
 import pytest
 from conftest import Loopback
 from route_helpers import (
-    MESH,
     dataplane,
     envoy_problems,
     live_differences,
@@ -23,7 +22,7 @@ from meshplan.compare.canonical import canonical
 from meshplan.model import ProxyConfig
 from meshplan.render.proxies import render_all
 from meshplan.validate.resources import load_and_parse
-from tests.builders import running_sandbox, violations
+from tests.builders import MESH, running_sandbox, violations
 
 # web calls db (TCP), api (HTTP) and cache (HTTP); each has a second version to route to.
 WEB_OUTBOUNDS = """

@@ -14,20 +14,16 @@ from meshplan.validate.resources import load_and_parse
 from tests.builders import (
     Addresses,
     FixedAddresses,
+    MeshFiles,
     running_sandbox,
     stat,
     violations,
     wait_for_stat,
-)
-from tests.policy_mesh import (
-    BODY_LINE,
-    MARK,
-    PolicyMesh,
-    build_mesh,
-    marked_line,
-    policy_file,
+    web_calling,
+    write_mesh,
 )
 from tests.policy_render import envoy_validates
+from tests.policy_tables import BODY_LINE, MARK, marked_line, policy_file
 
 KIND = "MeshTimeout"
 
@@ -79,18 +75,18 @@ BAD: list[tuple[str, str, str, int | None, str, str]] = [
 
 
 @pytest.fixture(scope="module")
-def base_mesh(tmp_path_factory: pytest.TempPathFactory) -> PolicyMesh:
-    return build_mesh(tmp_path_factory.mktemp("timeout-validate"), FixedAddresses(per_address=True))
+def base_mesh(tmp_path_factory: pytest.TempPathFactory) -> MeshFiles:
+    return write_mesh(tmp_path_factory.mktemp("timeout-validate"), FixedAddresses(per_address=True), web_calling())
 
 
 @pytest.mark.parametrize("section, body", [pytest.param(s, b, id=i) for i, s, b in GOOD])
-def test_good_specs_pass(base_mesh: PolicyMesh, section: str, body: str) -> None:
+def test_good_specs_pass(base_mesh: MeshFiles, section: str, body: str) -> None:
     assert violations(base_mesh.write({"p.yaml": policy_file(KIND, body, section)})) == []
 
 
 @pytest.mark.parametrize("section, body, line, path, message",
                          [pytest.param(*case[1:], id=case[0]) for case in BAD])
-def test_bad_specs_report_file_line_and_path(base_mesh: PolicyMesh, section: str, body: str, line: int | None,
+def test_bad_specs_report_file_line_and_path(base_mesh: MeshFiles, section: str, body: str, line: int | None,
                                             path: str, message: str) -> None:
     found = violations(base_mesh.write({"p.yaml": policy_file(KIND, body, section)}))
     where = f"p.yaml:{line or marked_line(body)}: {path}: "
@@ -98,7 +94,7 @@ def test_bad_specs_report_file_line_and_path(base_mesh: PolicyMesh, section: str
     assert all(v.startswith("p.yaml:") for v in found), found
 
 
-def test_from_items_must_select_every_client(base_mesh: PolicyMesh) -> None:
+def test_from_items_must_select_every_client(base_mesh: MeshFiles) -> None:
     text = policy_file(KIND, "connectionTimeout: 1s", "from").replace("        kind: Mesh\n      default:",
                                                                       "        kind: MeshService\n        name: web\n      default:")
     found = violations(base_mesh.write({"p.yaml": text}))
@@ -106,7 +102,7 @@ def test_from_items_must_select_every_client(base_mesh: PolicyMesh) -> None:
                      "got 'MeshService': inbound timeouts apply to every client of the inbound"]
 
 
-def test_every_violation_of_one_item_at_once(base_mesh: PolicyMesh) -> None:
+def test_every_violation_of_one_item_at_once(base_mesh: MeshFiles) -> None:
     body = "connectionTimeout: 0s\nidleTimeout: x\nhttp:\n  requestTimeout: -1s\n  maxStreamDuration: 7\n"
     found = violations(base_mesh.write({"p.yaml": policy_file(KIND, body)}))
     assert [v.split(": ")[1] for v in found] == [
@@ -193,8 +189,9 @@ POLICIES = """
     """
 
 
-def render_mesh(root: Path) -> tuple[PolicyMesh, dict[str, ProxyConfig]]:
-    mesh = build_mesh(root, FixedAddresses(per_address=True), services=("backend",), tcp_services=("db",), externals=("httpbin",))
+def render_mesh(root: Path) -> tuple[MeshFiles, dict[str, ProxyConfig]]:
+    mesh = write_mesh(root, FixedAddresses(per_address=True), web_calling(http=("backend",), tcp=("db",), externals=("httpbin",)),
+                      externals={"httpbin": "http"})
     mesh.write_policies(POLICIES)
     return mesh, {p.name: p for p in mesh.render()}
 
@@ -314,9 +311,10 @@ TRAFFIC_POLICIES = """
 
 
 @pytest.fixture(scope="module")
-def traffic(tmp_path_factory: pytest.TempPathFactory, loopback: Addresses) -> Iterator[tuple[PolicyMesh, dict[str, ProxyConfig]]]:
+def traffic(tmp_path_factory: pytest.TempPathFactory, loopback: Addresses) -> Iterator[tuple[MeshFiles, dict[str, ProxyConfig]]]:
     root = tmp_path_factory.mktemp("timeout-traffic")
-    mesh = build_mesh(root / "desired", loopback, services=("backend", "slow"), externals=("httpbin",))
+    mesh = write_mesh(root / "desired", loopback, web_calling(http=("backend", "slow"), externals=("httpbin",)),
+                      externals={"httpbin": "http"})
     mesh.write_policies(TRAFFIC_POLICIES)
     state = root / "state"
     state.mkdir()
@@ -331,41 +329,41 @@ def timed_get(http: httpx.Client, url: str) -> tuple[httpx.Response, float]:
 
 
 @pytest.mark.envoy
-def test_outbound_request_timeout_cuts_a_slow_upstream(traffic: tuple[PolicyMesh, dict[str, ProxyConfig]],
+def test_outbound_request_timeout_cuts_a_slow_upstream(traffic: tuple[MeshFiles, dict[str, ProxyConfig]],
                                                        http: httpx.Client) -> None:
     mesh, _ = traffic
-    fast = http.get(f"{mesh.outbounds['backend']}/delay/50")
+    fast = http.get(f"{mesh.outbound['web', 'backend']}/delay/50")
     assert fast.status_code == 200 and fast.json()["service"] == "backend"
-    answer, seconds = timed_get(http, f"{mesh.outbounds['backend']}/delay/2000")
+    answer, seconds = timed_get(http, f"{mesh.outbound['web', 'backend']}/delay/2000")
     assert answer.status_code == 504
     assert answer.text == "upstream request timeout"
     assert 0.45 <= seconds < 1.5, seconds
-    assert wait_for_stat(http, mesh.proxies["web"].admin_url, "cluster.backend.upstream_rq_timeout", 1) == 1
+    assert wait_for_stat(http, mesh.admin["web"], "cluster.backend.upstream_rq_timeout", 1) == 1
 
 
 @pytest.mark.envoy
-def test_inbound_request_timeout_is_the_callee_sidecars(traffic: tuple[PolicyMesh, dict[str, ProxyConfig]],
+def test_inbound_request_timeout_is_the_callee_sidecars(traffic: tuple[MeshFiles, dict[str, ProxyConfig]],
                                                         http: httpx.Client) -> None:
     mesh, proxies = traffic
-    answer, seconds = timed_get(http, f"{mesh.outbounds['slow']}/delay/2000")
+    answer, seconds = timed_get(http, f"{mesh.outbound['web', 'slow']}/delay/2000")
     assert answer.status_code == 504
     assert 0.25 <= seconds < 1.5, seconds
     (local,) = [c["name"] for c in proxies["slow-1"].clusters if c["name"].startswith("local:")]
     # slow's sidecar timed out towards its app; web's sidecar only relayed the 504 and timed out nothing.
-    assert wait_for_stat(http, mesh.proxies["slow-1"].admin_url, f"cluster.{local}.upstream_rq_timeout", 1) == 1
-    assert stat(http, mesh.proxies["web"].admin_url, "cluster.slow.upstream_rq_timeout") == 0
+    assert wait_for_stat(http, mesh.admin["slow-1"], f"cluster.{local}.upstream_rq_timeout", 1) == 1
+    assert stat(http, mesh.admin["web"], "cluster.slow.upstream_rq_timeout") == 0
 
 
 @pytest.mark.envoy
-def test_egress_timeout_applies_on_the_egress_only(traffic: tuple[PolicyMesh, dict[str, ProxyConfig]],
+def test_egress_timeout_applies_on_the_egress_only(traffic: tuple[MeshFiles, dict[str, ProxyConfig]],
                                                    http: httpx.Client) -> None:
     mesh, proxies = traffic
-    ok = http.get(f"{mesh.outbounds['httpbin']}/delay/10")
+    ok = http.get(f"{mesh.outbound['web', 'mes:httpbin']}/delay/10")
     assert ok.status_code == 200 and ok.json()["service"] == "httpbin"
-    answer, seconds = timed_get(http, f"{mesh.outbounds['httpbin']}/delay/2000")
+    answer, seconds = timed_get(http, f"{mesh.outbound['web', 'mes:httpbin']}/delay/2000")
     assert answer.status_code == 504
     assert 0.25 <= seconds < 1.5, seconds
-    assert wait_for_stat(http, mesh.proxies["egress"].admin_url, "cluster.mes:default:httpbin.upstream_rq_timeout", 1) == 1
-    assert stat(http, mesh.proxies["web"].admin_url, "cluster.mes:default:httpbin.upstream_rq_timeout") == 0
+    assert wait_for_stat(http, mesh.admin["egress"], "cluster.mes:default:httpbin.upstream_rq_timeout", 1) == 1
+    assert stat(http, mesh.admin["web"], "cluster.mes:default:httpbin.upstream_rq_timeout") == 0
     web_route = next(route_of(lst) for lst in proxies["web"].listeners if route_cluster(lst) == "mes:default:httpbin")
     assert "timeout" not in web_route

@@ -11,12 +11,6 @@ from typing import Any
 import httpx
 import pytest
 from conftest import Loopback
-from inbound_mesh import (
-    MeshFiles,
-    Service,
-    load,
-    write_mesh,
-)
 
 from meshplan.match.matcher import Destination
 from meshplan.model import ProxyConfig
@@ -24,7 +18,16 @@ from meshplan.policies import clients, traffic_permission
 from meshplan.render.egress import build_egress
 from meshplan.render.proxies import render_all
 from meshplan.xds import pki
-from tests.builders import Addresses, FixedAddresses, running_sandbox, stats, violations
+from tests.builders import (
+    Addresses,
+    FixedAddresses,
+    MeshFiles,
+    Service,
+    running_sandbox,
+    stats,
+    violations,
+    write_mesh,
+)
 from tests.policy_render import envoy_validates
 
 CALLS = ("backend", "reports", "ledger", "mes:httpbin", "mes:closed")
@@ -198,19 +201,19 @@ def test_bad_specs_report_each_violation_with_file_line_and_path(tmp_path: Path,
 
 
 def test_every_proxy_passes_envoy_validate(tmp_path: Path) -> None:
-    desired = load(demo_mesh(tmp_path / "desired", FixedAddresses(first_port=20001)))
+    desired = demo_mesh(tmp_path / "desired", FixedAddresses(first_port=20001)).load()
     assert envoy_validates(desired, tmp_path / "state") == dict.fromkeys(
         ["admin", "backend", "ledger", "reports", "web", "egress"]
     )
 
 
 def test_no_permission_means_no_rbac(tmp_path: Path) -> None:
-    proxies = render_all(load(demo_mesh(tmp_path, FixedAddresses(first_port=20001), policies="", forbid=False)))
+    proxies = render_all(demo_mesh(tmp_path, FixedAddresses(first_port=20001), policies="", forbid=False).load())
     assert "rbac" not in json.dumps([p.listeners for p in proxies])
 
 
 def test_first_match_per_client_with_and_not(tmp_path: Path) -> None:
-    proxies = {p.name: p for p in render_all(load(demo_mesh(tmp_path, FixedAddresses(first_port=20001))))}
+    proxies = {p.name: p for p in render_all(demo_mesh(tmp_path, FixedAddresses(first_port=20001)).load())}
     reports = rbac(proxies["reports"])
     assert reports is not None
     web = {"authenticated": {"principal_name": {"exact": "spiffe://default/web"}}}
@@ -241,7 +244,7 @@ def test_first_match_per_client_with_and_not(tmp_path: Path) -> None:
 
 
 def test_tcp_inbound_gets_network_rbac_before_tcp_proxy(tmp_path: Path) -> None:
-    proxies = {p.name: p for p in render_all(load(demo_mesh(tmp_path, FixedAddresses(first_port=20001))))}
+    proxies = {p.name: p for p in render_all(demo_mesh(tmp_path, FixedAddresses(first_port=20001)).load())}
     filters = listener(proxies["ledger"])["filter_chains"][0]["filters"]
     assert [f["name"] for f in filters] == ["envoy.filters.network.rbac", "envoy.filters.network.tcp_proxy"]
     assert filters[0]["typed_config"]["stat_prefix"].endswith(".")
@@ -254,7 +257,7 @@ def test_same_specificity_the_smallest_name_wins(tmp_path: Path, first: str, sec
                       f"        kind: MeshService\n        name: web\n      default:\n        action: {action}\n", name=name)
 
     demo_mesh(tmp_path, FixedAddresses(first_port=20001), policies=one(first, "Allow") + "---\n" + one(second, "Deny"), forbid=False)
-    proxies = {p.name: p for p in render_all(load(MeshFiles(tmp_path)))}
+    proxies = {p.name: p for p in render_all(MeshFiles(tmp_path).load())}
     backend = rbac(proxies["backend"])
     assert backend is not None
     assert ("Deny MeshService:web" in backend["rules"]["policies"]) is web_denied
@@ -265,11 +268,11 @@ def test_mesh_without_mtls_has_no_identity_to_check(tmp_path: Path) -> None:
     deny = policy(FROM_MESH + "      default:\n        action: Deny\n")
     files = write_mesh(tmp_path, FixedAddresses(first_port=20001), services, policies=deny)
     (tmp_path / "mesh.yaml").write_text("type: Mesh\nname: default\n")
-    assert "rbac" not in json.dumps([p.listeners for p in render_all(load(files))])
+    assert "rbac" not in json.dumps([p.listeners for p in render_all(files.load())])
 
 
 def test_default_forbid_denies_external_service_without_permission(tmp_path: Path) -> None:
-    proxies = {p.name: p for p in render_all(load(demo_mesh(tmp_path, FixedAddresses(first_port=20001))))}
+    proxies = {p.name: p for p in render_all(demo_mesh(tmp_path, FixedAddresses(first_port=20001)).load())}
     chains = {c["name"]: c for c in proxies["egress"].listeners[0]["filter_chains"]}
     closed = [f for f in chains["mes:default:closed"]["filters"][0]["typed_config"]["http_filters"] if "rbac" in f["name"]]
     assert closed[0]["typed_config"]["rules"] == {"action": "ALLOW", "policies": {}}
@@ -279,7 +282,7 @@ def test_default_forbid_denies_external_service_without_permission(tmp_path: Pat
 
 
 def test_without_forbid_an_external_service_without_permission_is_open(tmp_path: Path) -> None:
-    proxies = {p.name: p for p in render_all(load(demo_mesh(tmp_path, FixedAddresses(first_port=20001), forbid=False)))}
+    proxies = {p.name: p for p in render_all(demo_mesh(tmp_path, FixedAddresses(first_port=20001), forbid=False).load())}
     chains = {c["name"]: c for c in proxies["egress"].listeners[0]["filter_chains"]}
     assert "rbac" not in json.dumps(chains["mes:default:closed"])
     httpbin = [f for f in chains["mes:default:httpbin"]["filters"][0]["typed_config"]["http_filters"] if "rbac" in f["name"]]
@@ -288,7 +291,7 @@ def test_without_forbid_an_external_service_without_permission_is_open(tmp_path:
 
 def test_default_forbid_applies_with_no_permission_in_the_mesh_at_all(tmp_path: Path) -> None:
     # The module denies on its own (render.apply_policies skips a kind with no policies: see the report).
-    desired = load(demo_mesh(tmp_path, FixedAddresses(first_port=20001), policies=""))
+    desired = demo_mesh(tmp_path, FixedAddresses(first_port=20001), policies="").load()
     build = build_egress(desired, desired.egresses[0])
     traffic_permission.apply(build, [])
     for chain in build.listeners[next(iter(build.listeners))]["filter_chains"]:
@@ -297,14 +300,14 @@ def test_default_forbid_applies_with_no_permission_in_the_mesh_at_all(tmp_path: 
 
 
 def test_default_forbid_renders_with_no_permission_in_the_mesh_at_all(tmp_path: Path) -> None:
-    proxies = {p.name: p for p in render_all(load(demo_mesh(tmp_path, FixedAddresses(first_port=20001), policies="")))}
+    proxies = {p.name: p for p in render_all(demo_mesh(tmp_path, FixedAddresses(first_port=20001), policies="").load())}
     assert "envoy.filters.http.rbac" in json.dumps(proxies["egress"].listeners)
 
 
 def test_tags_resolve_to_the_certificates_of_the_dataplanes_that_carry_them(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    desired = load(demo_mesh(tmp_path, FixedAddresses(first_port=20001)))
+    desired = demo_mesh(tmp_path, FixedAddresses(first_port=20001)).load()
     real = pki.identities
 
     def spiffe_only(d: Any) -> dict[tuple[str, str], list[str]]:
@@ -320,7 +323,7 @@ def test_tags_resolve_to_the_certificates_of_the_dataplanes_that_carry_them(
 
 
 def test_tags_match_kuma_sans_once_certificates_carry_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    desired = load(demo_mesh(tmp_path, FixedAddresses(first_port=20001)))
+    desired = demo_mesh(tmp_path, FixedAddresses(first_port=20001)).load()
     real = pki.identities
 
     def with_tag_sans(d: Any) -> dict[tuple[str, str], list[str]]:
@@ -333,7 +336,7 @@ def test_tags_match_kuma_sans_once_certificates_carry_them(tmp_path: Path, monke
 
 
 def test_egress_inbound_is_per_external_service(tmp_path: Path) -> None:
-    desired = load(demo_mesh(tmp_path, FixedAddresses(first_port=20001)))
+    desired = demo_mesh(tmp_path, FixedAddresses(first_port=20001)).load()
     build = build_egress(desired, desired.egresses[0])
     traffic_permission.apply(build, [p for p in desired.policies if p.name == "httpbin"])
     by_target = {p.target.name: p.chain for p in build.inbounds if isinstance(p.target, Destination)}
@@ -357,7 +360,7 @@ def test_egress_inbound_is_per_external_service(tmp_path: Path) -> None:
 def running(tmp_path_factory: pytest.TempPathFactory, loopback: Loopback) -> Iterator[MeshFiles]:
     root = tmp_path_factory.mktemp("traffic_permission")
     files = demo_mesh(root / "desired", loopback)
-    with running_sandbox(load(files), root / "state"):
+    with running_sandbox(files.load(), root / "state"):
         yield files
 
 
