@@ -1,47 +1,24 @@
-"""What the route-policy tests share: desired directories from YAML text, what Envoy says of their render, and what
-running Envoys report."""
+"""What the route-policy tests share: desired directories from YAML text (written with tests/builders.py), what
+Envoy says of their render, and what running Envoys report."""
 
 from __future__ import annotations
 
 import asyncio
-import textwrap
 from pathlib import Path
 from typing import Any
 
 from meshplan.model import Desired, ProxyConfig
+from tests import builders
 from tests.policy_render import envoy_validates
 
 
-def dataplane(name: str, address: str, service: str, *, version: str = "v1", admin: int = 9901, port: int = 8080,
-              app: int = 18080, protocol: str = "http", outbounds: str = "") -> str:
-    text = f"""
-        type: Dataplane
-        mesh: default
-        name: {name}
-        networking:
-          address: {address}
-          admin:
-            port: {admin}
-          inbound:
-            - port: {port}
-              serviceAddress: {address}
-              servicePort: {app}
-              tags:
-                kuma.io/service: {service}
-                kuma.io/protocol: {protocol}
-                version: {version}
-        """
-    text = textwrap.dedent(text).lstrip("\n")
-    if outbounds:
-        text += "  outbound:\n" + textwrap.indent(textwrap.dedent(outbounds).lstrip("\n"), "    ")
-    return text
+def dataplane(name: str, address: str, service: str, *, version: str = "v1", **rest: Any) -> str:
+    """tests/builders.py's dataplane, tagged with a `version` (v1 unless said) for the routes to select."""
+    return builders.dataplane(name, address, service, tags={"version": version}, **rest)
 
 
 def write_desired(root: Path, files: dict[str, str]) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    for name, text in files.items():
-        (root / name).write_text(textwrap.dedent(text).lstrip("\n"))
-    return root
+    return builders.MeshFiles(root).write(files, dedent=True)
 
 
 def envoy_problems(desired: Desired, state: Path) -> dict[str, str]:

@@ -22,8 +22,7 @@ from meshplan.plan.workflow import compute_plan
 from meshplan.sandbox import mesh as sandbox
 from meshplan.state import records as state
 from meshplan.xds.store import DirectoryStore
-from tests.builders import bring_down
-from tests.meshes import DemoCopy, copy_demo
+from tests.builders import DemoCopy, bring_down, copy_demo
 from tests.test_apply_e2e import apply, drift, meshplan, plan_exit, start_empty
 
 pytestmark = pytest.mark.envoy

@@ -9,8 +9,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from meshplan.cli import app
-from tests.builders import FixedAddresses, split_violation, violations
-from tests.meshes import DEMO
+from tests.builders import DEMO, FixedAddresses, split_violation, violations
 from tests.policy_tables import BODY_LINE, policy_file
 
 BAD_POLICY = policy_file("MeshTimeout", "connectionTimeout: soon")  # its body on line BODY_LINE

@@ -46,7 +46,7 @@ def module_mesh(directory: Path, files: dict[str, str], addresses: Addresses | N
     """The module's mesh (fixed addresses unless others are given) and these files (policies) in `directory`."""
     mesh = write_mesh(directory, addresses or FixedAddresses(network="127.0.1."), SERVICES, externals={"httpbin": "http"},
                       external_endpoints=2)
-    mesh.write({name: textwrap.dedent(text).lstrip() for name, text in files.items()})
+    mesh.write(files, dedent=True)
     return mesh
 
 

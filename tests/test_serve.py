@@ -13,7 +13,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import MeshBuilder, http_listener, static_cluster
 from cryptography import x509
 from typer.testing import CliRunner
 
@@ -22,7 +21,7 @@ from meshplan.model import ProxyConfig
 from meshplan.xds import identity, snapshot
 from meshplan.xds.bootstrap import FILES, write_host_dir
 from meshplan.xds.store import DirectoryStore, ProxyStatus
-from tests.builders import stat
+from tests.builders import MeshBuilder, http_listener, stat, static_cluster
 from tests.fleet import Fleet, Server, dynamic_clusters, wait_for
 
 pytestmark = pytest.mark.envoy
