@@ -1,8 +1,8 @@
 """Fixtures that start real processes (Envoys, demo apps) on loopback, and make sure every one of them is stopped.
 
-Tests build meshes by hand with `mesh` (a MeshBuilder) until the renderer exists; `sandbox_state` is a state
-directory whose sandbox is torn down after the test however it ended, and which fails the test if any process
-started under it is still running afterwards.
+`mesh` is a MeshBuilder (tests/builders.py: hand-made proxies on the session's loopback addresses); `sandbox_state`
+is a state directory whose sandbox is torn down after the test however it ended, and which fails the test if any
+process started under it is still running afterwards.
 """
 
 from __future__ import annotations
@@ -10,50 +10,31 @@ from __future__ import annotations
 import errno
 import os
 import random
-import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from meshplan.errors import Source
 from meshplan.model import (
-    EGRESS,
-    PROTOCOL_TAG,
-    SERVICE_TAG,
-    SIDECAR,
-    Dataplane,
-    Desired,
-    Endpoint,
-    ExternalTLS,
-    Inbound,
-    Mesh,
-    MeshExternalService,
     ProxyConfig,
 )
-from meshplan.sandbox import mesh as sandbox
-
-CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
-LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
-HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
-ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
-SOURCE = Source("tests/conftest.py", 1)
+from tests.builders import MeshBuilder, bring_down, pid_running
 
 
 class Loopback:
     """Loopback addresses and free ports, none handed out twice in a session.
 
     Each session draws its own random 127.x.y.0/24, so two sessions running at once (two checkouts, two engineers)
-    are unlikely to meet; x is 240 or more, apart from the 127.40-239 networks of tests/meshes.py. Binding to
-    port 0 can return a port it returned before; those are skipped.
+    are unlikely to meet; x is 240 or more, apart from the 127.40-239 networks of tests/builders.py's `fresh_prefix`.
+    Binding to port 0 can return a port it returned before; those are skipped.
     """
 
     def __init__(self) -> None:
@@ -88,108 +69,9 @@ def loopback() -> Loopback:
     return Loopback()
 
 
-def static_cluster(name: str, address: str, port: int, **extra: Any) -> dict[str, Any]:
-    endpoint = {"endpoint": {"address": {"socket_address": {"address": address, "port_value": port}}}}
-    return {
-        "@type": CLUSTER,
-        "name": name,
-        "type": "STATIC",
-        "connect_timeout": "1s",
-        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [endpoint]}]},
-        **extra,
-    }
-
-
-def http_listener(name: str, address: str, port: int, cluster: str) -> dict[str, Any]:
-    route = {"match": {"prefix": "/"}, "route": {"cluster": cluster}}
-    manager = {
-        "@type": HCM,
-        "stat_prefix": name.replace(":", "_"),
-        "route_config": {"name": name, "virtual_hosts": [{"name": name, "domains": ["*"], "routes": [route]}]},
-        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}],
-    }
-    return {
-        "@type": LISTENER,
-        "name": name,
-        "address": {"socket_address": {"address": address, "port_value": port}},
-        "filter_chains": [
-            {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": manager}]}
-        ],
-    }
-
-
-@dataclass
-class MeshBuilder:
-    """A hand-made mesh: each sidecar has its own loopback address, one HTTP inbound and the demo app behind it."""
-
-    loopback: Loopback
-    dataplanes: list[Dataplane] = field(default_factory=list)
-    proxies: list[ProxyConfig] = field(default_factory=list)
-    external_services: list[MeshExternalService] = field(default_factory=list)
-
-    def sidecar(self, name: str, service: str = "web") -> ProxyConfig:
-        ip = self.loopback.ip()
-        admin, inbound, app = (self.loopback.port(ip) for _ in range(3))
-        tags = {SERVICE_TAG: service, PROTOCOL_TAG: "http"}
-        self.dataplanes.append(
-            Dataplane(name, "default", ip, admin, (Inbound(ip, inbound, ip, app, tags),), (), SOURCE)
-        )
-        cluster = f"localhost:{app}"
-        proxy = ProxyConfig(
-            name=name,
-            type=SIDECAR,
-            mesh="default",
-            address=ip,
-            admin_port=admin,
-            clusters=(static_cluster(cluster, ip, app),),
-            listeners=(http_listener(f"inbound:{ip}:{inbound}", ip, inbound, cluster),),
-        )
-        self.proxies.append(proxy)
-        return proxy
-
-    def external(self, name: str) -> Endpoint:
-        ip = self.loopback.ip()
-        endpoint = Endpoint(ip, self.loopback.port(ip))
-        tls = ExternalTLS(enabled=False)
-        self.external_services.append(MeshExternalService(name, "default", 80, "http", (endpoint,), tls, SOURCE))
-        return endpoint
-
-    def egress(self, name: str, to: Endpoint) -> ProxyConfig:
-        """A stand-in egress: one plain-text HTTP listener forwarding to one external endpoint."""
-        ip = self.loopback.ip()
-        admin, port = self.loopback.port(ip), self.loopback.port(ip)
-        cluster = f"external:{to.address}:{to.port}"
-        proxy = ProxyConfig(
-            name=name,
-            type=EGRESS,
-            mesh=None,
-            address=ip,
-            admin_port=admin,
-            clusters=(static_cluster(cluster, to.address, to.port),),
-            listeners=(http_listener(f"egress:{ip}:{port}", ip, port, cluster),),
-        )
-        self.proxies.append(proxy)
-        return proxy
-
-    def change(self, proxy: str, /, **changes: Any) -> ProxyConfig:
-        """Replace fields of the proxy named `proxy` (e.g. its clusters) in place; returns the new proxy."""
-        index = next(i for i, p in enumerate(self.proxies) if p.name == proxy)
-        self.proxies[index] = replace(self.proxies[index], **changes)
-        return self.proxies[index]
-
-    def desired(self) -> Desired:
-        mesh = Mesh("default", mtls=False, source=None)
-        return Desired({"default": mesh}, list(self.dataplanes), [], list(self.external_services), [])
-
-
 @pytest.fixture
 def mesh(loopback: Loopback) -> MeshBuilder:
     return MeshBuilder(loopback)
-
-
-def listener_url(proxy: ProxyConfig, index: int = 0) -> str:
-    socket_address = proxy.listeners[index]["address"]["socket_address"]
-    return f"http://{socket_address['address']}:{socket_address['port_value']}"
 
 
 @pytest.fixture
@@ -197,36 +79,6 @@ def http() -> Iterator[httpx.Client]:
     # trust_env=False: a proxy configured in the environment must not intercept loopback traffic.
     with httpx.Client(trust_env=False, timeout=5.0) as client:
         yield client
-
-
-def pid_running(pid: int) -> bool:
-    """Running, as opposed to gone or a zombie waiting for this (parent) process to reap it."""
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat[stat.rindex(")") + 2] not in "ZX"
-
-
-def _processes_under(directory: Path) -> list[int]:
-    """PIDs whose working directory or command line lies in `directory`: what a sandbox there could have started."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cwd = os.readlink(entry / "cwd")
-            cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
-        except OSError:
-            continue
-        mine = (cwd + "/").startswith(f"{directory}/") or str(directory) in cmdline
-        if mine and pid_running(int(entry.name)):
-            found.append(int(entry.name))
-    return found
 
 
 def deliver(state_dir: Path, proxy: ProxyConfig, version: str, timeout: float = 10.0) -> None:
@@ -268,14 +120,7 @@ def _torn_down(state: Path) -> Iterator[None]:
     try:
         yield
     finally:
-        recorded = [p.pid for p in sandbox.status(state)] if (state / sandbox.SANDBOX_FILE).exists() else []
-        try:
-            sandbox.down(state)
-        finally:
-            leaked = [pid for pid in recorded if pid_running(pid)] + _processes_under(state)
-            for pid in set(leaked):
-                os.kill(pid, signal.SIGKILL)
-            assert not leaked, f"processes left running after the test: {sorted(set(leaked))}"
+        bring_down(state)
 
 
 @pytest.fixture

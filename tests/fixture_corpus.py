@@ -1,4 +1,5 @@
-"""Every resource the examples and the tests write as valid: examples/demo, the demo in Kubernetes form, and each YAML
+"""Every resource the examples and the tests write as valid: examples/demo, the demo in Kubernetes form, the golden
+cases' inputs (tests/testdata/*.input), and each YAML
 text the test modules hold (their meshes, policies and the good specs of every policy kind's validation table).
 
 The unknown-field test injects a key at every mapping of each; the loader fuzz test starts from them.
@@ -15,11 +16,12 @@ from typing import Any
 import yaml
 
 ROOT = Path(__file__).parent.parent
-DIRECTORIES = [ROOT / "examples" / "demo", ROOT / "tests" / "data" / "demo-k8s"]
+DIRECTORIES = [ROOT / "examples" / "demo", ROOT / "tests" / "data" / "demo-k8s",
+               *sorted(p for p in (ROOT / "tests" / "testdata").glob("*.input") if not p.is_symlink())]  # golden inputs
 
 # Modules whose module-level YAML texts are resources (whole meshes, policies, routes).
 MODULES = [
-    "tests.test_validate", "tests.policy_mesh", "tests.inbound_mesh",
+    "tests.test_validate", "tests.policy_tables",
     *(f"tests.test_policy_{kind}" for kind in (
         "access_log", "circuit_breaker", "fault_injection", "health_check", "http_route", "load_balancing",
         "rate_limit", "retry", "tcp_route", "timeout", "traffic_permission")),
@@ -28,7 +30,7 @@ MODULES = [
 
 def _good_specs() -> dict[str, Callable[[Any], list[str]]]:
     """Per module, how its table of good specs (a `default` body each) becomes whole policy files."""
-    from tests.policy_mesh import policy_file
+    from tests.policy_tables import policy_file
 
     def tables(module: Any) -> list[str]:
         return [module.policy(body) for body in module.GOOD.values()]

@@ -175,15 +175,6 @@ def dynamic_clusters(admin_url: str) -> list[str]:
     return [c["cluster"]["name"] for config in dump.get("configs", []) for c in config.get("dynamic_active_clusters", [])]
 
 
-def stat(admin_url: str, name: str) -> int:
-    text = admin_get(admin_url, f"/stats?filter=^{name}$").text
-    for line in text.splitlines():
-        key, _, value = line.partition(": ")
-        if key == name:
-            return int(value)
-    return 0
-
-
 def wait_for(what: str, check: object, timeout: float = 10.0, interval: float = 0.02) -> object:
     """Poll `check()` until it returns something truthy (returned), bounded; fail naming `what`."""
     assert callable(check)

@@ -1,4 +1,5 @@
-"""Golden files: compare with a stored file; `pytest --update-goldens` (or UPDATE_GOLDENS=1) rewrites them."""
+"""Golden files in tests/testdata/: compare with a stored file; `pytest --update-goldens` (or UPDATE_GOLDENS=1)
+rewrites them. The renders' cases (`<case>.input/` next to `<case>.golden.json`) are tests/test_goldens.py's."""
 
 from __future__ import annotations
 
@@ -7,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-GOLDEN_DIR = Path(__file__).parent / "golden"
+TESTDATA = Path(__file__).parent / "testdata"
 
 
 def check_golden(request: pytest.FixtureRequest, name: str, text: str) -> None:
-    path = GOLDEN_DIR / name
+    path = TESTDATA / name
     update = os.environ.get("UPDATE_GOLDENS") == "1" or bool(request.config.getoption("--update-goldens", default=False))
     if update or not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""Helpers the policy tests share: load a desired directory for its violations, render it, and show what a policy
+"""Helpers the policy tests share: render a desired directory, and show what a policy
 changed with the origin of every field it set."""
 
 from __future__ import annotations
@@ -8,19 +8,10 @@ from typing import Any
 
 from meshplan.compare.canonical import canonical
 from meshplan.envoy.binary import validate_configs
-from meshplan.errors import LoadError, Violation
 from meshplan.model import Desired, ProxyConfig
 from meshplan.render.proxies import render_all
 from meshplan.validate.resources import load_and_parse
 from meshplan.xds import pki
-
-
-def load_violations(directory: Path) -> list[Violation]:
-    try:
-        load_and_parse(directory)
-    except LoadError as e:
-        return e.violations
-    return []
 
 
 def render(directory: Path) -> dict[str, ProxyConfig]:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import deliver, static_cluster
+from conftest import deliver
 from typer.testing import CliRunner
 
 from meshplan.apply import deliver as apply_module
@@ -27,7 +27,7 @@ from meshplan.state import records as state
 from meshplan.validate.resources import load_and_parse
 from meshplan.xds import pki
 from meshplan.xds.store import DirectoryStore
-from tests.meshes import DEMO, DemoCopy, copy_demo
+from tests.builders import DEMO, DemoCopy, copy_demo, static_cluster
 
 runner = CliRunner(env={"COLUMNS": "200", "NO_COLOR": "1"})
 

@@ -15,14 +15,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import fill, pid_running
+from conftest import fill
 
 from meshplan.apply.deliver import Outcome, apply_plan, record
 from meshplan.plan.workflow import compute_plan
 from meshplan.sandbox import mesh as sandbox
 from meshplan.state import records as state
 from meshplan.xds.store import DirectoryStore
-from tests.meshes import DemoCopy, copy_demo
+from tests.builders import DemoCopy, bring_down, copy_demo
 from tests.test_apply_e2e import apply, drift, meshplan, plan_exit, start_empty
 
 pytestmark = pytest.mark.envoy
@@ -167,9 +167,7 @@ def small_state(tmpfs: Callable[..., Path]) -> Iterator[Path]:
     try:
         yield where
     finally:
-        recorded = [p.pid for p in sandbox.status(where)] if (where / sandbox.SANDBOX_FILE).exists() else []
-        sandbox.down(where)
-        assert not [pid for pid in recorded if pid_running(pid)]
+        bring_down(where)
 
 
 def test_a_full_disk_stops_apply_before_anything_is_delivered(

@@ -7,7 +7,6 @@ import stat
 from pathlib import Path
 
 import pytest
-from conftest import MeshBuilder, http_listener, static_cluster
 
 from meshplan.envoy.binary import (
     ENVOY_ENV,
@@ -16,6 +15,7 @@ from meshplan.envoy.binary import (
     validate_configs,
 )
 from meshplan.errors import EnvoyError
+from tests.builders import MeshBuilder, http_listener, static_cluster
 
 pytestmark = pytest.mark.envoy
 

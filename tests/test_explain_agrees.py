@@ -18,8 +18,6 @@ What is compared, and what is left out:
 from __future__ import annotations
 
 import re
-import textwrap
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -130,118 +128,22 @@ def disagreements(desired: Desired) -> list[str]:
 # --- the meshes the tests render: the demo, and every golden case ---------------------------------------------
 
 
-def _demo(tmp_path: Path) -> Path:
-    return DEMO
-
-
-def _demo_k8s(tmp_path: Path) -> Path:
-    return ROOT / "tests" / "data" / "demo-k8s"
-
-
-def _access_log(tmp_path: Path) -> Path:
-    from tests.test_policy_access_log import Net, mesh_files, rendered, write
-
-    return write(tmp_path / "desired", mesh_files(Net.fixed()) | rendered())
-
-
-def _health_check(tmp_path: Path) -> Path:
-    from tests.test_policy_health_check import RENDERED, Net, mesh_files, write
-
-    return write(tmp_path / "desired", mesh_files(Net.fixed()) | RENDERED)
-
-
-def _load_balancing(tmp_path: Path) -> Path:
-    from tests.test_policy_load_balancing import RENDERED, Net, mesh_files, write
-
-    return write(tmp_path / "desired", mesh_files(Net.fixed()) | RENDERED)
-
-
-def _circuit_breaker(tmp_path: Path) -> Path:
-    from tests.test_policy_circuit_breaker import render_mesh
-
-    return render_mesh(tmp_path / "desired")[0].root
-
-
-def _retry(tmp_path: Path) -> Path:
-    from tests.test_policy_retry import render_mesh
-
-    return render_mesh(tmp_path / "desired")[0].root
-
-
-def _timeout(tmp_path: Path) -> Path:
-    from tests.test_policy_timeout import render_mesh
-
-    return render_mesh(tmp_path / "desired")[0].root
-
-
-def _fault_injection(tmp_path: Path) -> Path:
-    from tests.policy_mesh import FixedAddresses
-    from tests.test_policy_fault_injection import demo_mesh
-
-    return demo_mesh(tmp_path, FixedAddresses()).root
-
-
-def _rate_limit(tmp_path: Path) -> Path:
-    from tests.policy_mesh import FixedAddresses
-    from tests.test_policy_rate_limit import demo_mesh
-
-    return demo_mesh(tmp_path, FixedAddresses()).root
-
-
-def _traffic_permission(tmp_path: Path) -> Path:
-    from tests.policy_mesh import FixedAddresses
-    from tests.test_policy_traffic_permission import demo_mesh
-
-    return demo_mesh(tmp_path, FixedAddresses()).root
-
-
-def _http_route_every_field(tmp_path: Path) -> Path:
-    from tests.test_policy_http_route import BASE, FULL_RULES, route
-
-    return write_desired(tmp_path / "desired", {**BASE, "route.yaml": route(FULL_RULES)})
-
-
-def _http_route_merged(tmp_path: Path) -> Path:
-    from tests.test_policy_http_route import BASE, FULL_RULES, SECOND_POLICY, route
-
-    return write_desired(tmp_path / "desired", {**BASE, "route.yaml": route(FULL_RULES), "everyone.yaml": SECOND_POLICY})
-
-
-def _http_route_external(tmp_path: Path) -> Path:
-    from tests.test_policy_http_route import BASE, EXTERNAL_ROUTE, WEB_OUTBOUNDS
-
-    to_other = "- address: 127.0.9.1\n  port: 10003\n  tags:\n    kuma.io/service: other\n"
-    outbounds = textwrap.dedent(WEB_OUTBOUNDS) + to_other
-    files = {"external-route.yaml": EXTERNAL_ROUTE, "web.yaml": dataplane("web", "127.0.9.1", "web", outbounds=outbounds)}
-    return write_desired(tmp_path / "desired", {**BASE, **files})
-
-
-def _tcp_route(tmp_path: Path) -> Path:
-    from tests.test_policy_tcp_route import (
-        BASE,
-        CACHE_HTTP_ROUTE,
-        EXTERNAL,
-        TO_DB_V2,
-        WEIGHTED,
-        route,
-    )
-
-    files = {"route.yaml": route(TO_DB_V2), "weighted.yaml": WEIGHTED, "cache.yaml": CACHE_HTTP_ROUTE, "pg.yaml": EXTERNAL}
-    return write_desired(tmp_path / "desired", {**BASE, **files})
-
-
-CASES: dict[str, Callable[[Path], Path]] = {
-    "demo": _demo, "demo-k8s": _demo_k8s, "access_log": _access_log, "circuit_breaker": _circuit_breaker,
-    "fault_injection": _fault_injection, "health_check": _health_check, "http_route/every-field": _http_route_every_field,
-    "http_route/merged": _http_route_merged, "http_route/external": _http_route_external,
-    "load_balancing": _load_balancing, "rate_limit": _rate_limit, "retry": _retry, "tcp_route": _tcp_route,
-    "timeout": _timeout, "traffic_permission": _traffic_permission,
+TESTDATA = ROOT / "tests" / "testdata"
+CASES: dict[str, Path] = {
+    "demo": DEMO,
+    "demo-k8s": ROOT / "tests" / "data" / "demo-k8s",
+    # every golden case's desired directory (the demo-* ones are the demo again)
+    **{p.name.removesuffix(".input"): p for p in sorted(TESTDATA.glob("*.input")) if not p.name.startswith("demo-")},
 }
 
 
+def test_every_golden_case_is_checked() -> None:
+    assert len(CASES) >= 15, sorted(CASES)
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_explain_lists_what_render_records(case: str, tmp_path: Path) -> None:
-    desired = load_and_parse(CASES[case](tmp_path))
+def test_explain_lists_what_render_records(case: str) -> None:
+    desired = load_and_parse(CASES[case])
     assert disagreements(desired) == []
 
 

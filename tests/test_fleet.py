@@ -27,8 +27,8 @@ from meshplan.render.proxies import render_all
 from meshplan.state import records as state_module
 from meshplan.validate.resources import load_and_parse
 from meshplan.xds.store import DirectoryStore
+from tests.builders import DEMO, fresh_prefix
 from tests.fleet import Fleet, can_make_namespaces, wait_for
-from tests.meshes import DEMO, fresh_prefix
 
 pytestmark = pytest.mark.envoy
 runner = CliRunner(env={"COLUMNS": "200", "NO_COLOR": "1"})

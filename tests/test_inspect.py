@@ -32,7 +32,7 @@ from meshplan.render.proxies import render_all
 from meshplan.sandbox import mesh as sandbox
 from meshplan.validate.resources import load_and_parse
 from meshplan.xds import pki
-from tests.meshes import DemoCopy, copy_demo
+from tests.builders import DemoCopy, copy_demo
 
 runner = CliRunner(env={"COLUMNS": "250", "NO_COLOR": "1"})
 

@@ -183,7 +183,7 @@ def test_the_cap_from_the_command_line(tmp_path: Path) -> None:
     """`plan --max-response-bytes`: the proxy whose answer is larger is reported, the others are planned."""
     from meshplan.render.proxies import render_all
     from meshplan.validate.resources import load_and_parse
-    from tests.meshes import DEMO
+    from tests.builders import DEMO
 
     proxies = render_all(load_and_parse(DEMO))
     with respx.mock(assert_all_called=False) as router:

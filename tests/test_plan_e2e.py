@@ -19,8 +19,8 @@ from meshplan.render.proxies import render_all
 from meshplan.sandbox import mesh as sandbox
 from meshplan.validate.resources import load_and_parse
 from meshplan.xds import pki
+from tests.builders import DemoCopy, copy_demo, start_sandbox
 from tests.golden import check_golden
-from tests.meshes import DemoCopy, copy_demo, start
 
 SCHEMA = json.loads((Path(__file__).parent.parent / "docs" / "plan.schema.json").read_text())
 
@@ -58,7 +58,7 @@ def plan(demo: DemoCopy, state: Path, *args: str) -> tuple[int, str, str]:
 
 def test_sandbox_running_the_rendered_config_plans_no_changes(tmp_path: Path, sandbox_state: Path) -> None:
     demo = copy_demo(tmp_path / "demo")
-    start(demo.path, sandbox_state)
+    start_sandbox(demo.path, sandbox_state)
     code, out, _ = plan(demo, sandbox_state, "--detailed-exitcode")
     assert code == 0, out
     assert "No changes." in out
@@ -137,7 +137,7 @@ def test_edits_show_exactly_the_changed_resources_and_fields(tmp_path: Path, san
     assert code == 2
     assert human.rstrip().endswith("Plan: 2 to add, 3 to change, 2 to destroy across 4 proxies (3 sidecars, 1 egress).")
     text = human.replace(demo.proxies, "127.0.1.").replace(demo.externals, "127.0.2.")
-    check_golden(request, "plan/edits.txt", text)
+    check_golden(request, "plan-edits.golden.txt", text)
     code, summary, _ = plan(demo, sandbox_state, "--summary")
     assert code == 0
     assert f'- web [sidecar] listener "{web_listener}"' in summary
@@ -146,7 +146,7 @@ def test_edits_show_exactly_the_changed_resources_and_fields(tmp_path: Path, san
 
 def test_a_change_behind_meshplans_back_shows_in_the_plan(tmp_path: Path, sandbox_state: Path) -> None:
     demo = copy_demo(tmp_path / "demo")
-    proxies = {p.name: p for p in start(demo.path, sandbox_state)}
+    proxies = {p.name: p for p in start_sandbox(demo.path, sandbox_state)}
     backend = proxies["backend-1"]
     (local,) = [c for c in backend.clusters if c["name"].startswith("local:")]
     tampered = dataclasses.replace(backend, clusters=({**local, "connect_timeout": "0.250s"},))
@@ -163,7 +163,7 @@ def test_a_change_behind_meshplans_back_shows_in_the_plan(tmp_path: Path, sandbo
 
 def test_a_dead_proxy_is_reported_and_the_others_are_planned(tmp_path: Path, sandbox_state: Path) -> None:
     demo = copy_demo(tmp_path / "demo")
-    start(demo.path, sandbox_state)
+    start_sandbox(demo.path, sandbox_state)
     (victim,) = [p for p in sandbox.status(sandbox_state) if p.role == "envoy" and p.name == "backend-2"]
     os.kill(victim.pid, signal.SIGKILL)
 
@@ -187,7 +187,7 @@ def test_a_dead_proxy_is_reported_and_the_others_are_planned(tmp_path: Path, san
 
 def test_snapshot_then_plan_from_it(tmp_path: Path, sandbox_state: Path) -> None:
     demo = copy_demo(tmp_path / "demo")
-    start(demo.path, sandbox_state)
+    start_sandbox(demo.path, sandbox_state)
     result = CliRunner().invoke(app, ["snapshot", str(demo.path), str(tmp_path / "snap")])
     assert result.exit_code == 0, result.output
     sandbox.down(sandbox_state)
@@ -205,7 +205,7 @@ def test_rendering_in_a_fork_while_fetching_gives_the_same_plan(
     from meshplan.plan.model import to_json
 
     demo = copy_demo(tmp_path / "demo")
-    start(demo.path, sandbox_state)
+    start_sandbox(demo.path, sandbox_state)
     external = demo.path / "external.yaml"
     external.write_text(external.read_text().replace("port: 18080", "port: 18081"))
     here = to_json(workflow.compute_plan(demo.path, sandbox_state))

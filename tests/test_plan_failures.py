@@ -34,7 +34,7 @@ from meshplan.validate.resources import load_and_parse
 from meshplan.xds import snapshot
 from meshplan.xds.snapshot import Snapshot
 from meshplan.xds.store import DirectoryStore
-from tests.meshes import DEMO, copy_demo, start
+from tests.builders import DEMO, copy_demo, start_sandbox
 from tests.test_live import dump, serve
 
 SCHEMA = json.loads((Path(__file__).parent.parent / "docs" / "plan.schema.json").read_text())
@@ -90,7 +90,7 @@ def test_500_garbage_and_a_hang_are_reported_while_the_others_are_planned() -> N
 
 def test_an_admin_port_answered_by_another_proxy_is_a_wrong_proxy(tmp_path: Path, sandbox_state: Path) -> None:
     demo = copy_demo(tmp_path / "demo")
-    start(demo.path, sandbox_state)
+    start_sandbox(demo.path, sandbox_state)
     dataplanes = demo.path / "dataplanes.yaml"
     # backend-2's admin now names backend-1's address: the Envoy that answers there says it is backend-1.
     text = dataplanes.read_text()
@@ -141,7 +141,7 @@ def test_a_proxy_running_what_meshplan_cannot_read_is_reported_and_the_others_ar
     tmp_path: Path, sandbox_state: Path
 ) -> None:
     demo = copy_demo(tmp_path / "demo")
-    proxies = {p.name: p for p in start(demo.path, sandbox_state)}
+    proxies = {p.name: p for p in start_sandbox(demo.path, sandbox_state)}
     web = proxies["web"]
     _deliver_with_unknown_filter(sandbox_state, web, "skew")  # a real Envoy runs it
 

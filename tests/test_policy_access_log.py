@@ -3,28 +3,31 @@ to files: on a sidecar's outbound (HTTP and TCP), its inbound (`from`), and on t
 
 from __future__ import annotations
 
-import itertools
 import json
-import os
-import signal
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from conftest import Loopback, pid_running
+from conftest import Loopback
 
 from meshplan.model import ProxyConfig
-from meshplan.render.proxies import render_all
-from meshplan.sandbox import mesh as sandbox
 from meshplan.validate.resources import load_and_parse
-from meshplan.xds import pki
-from tests.golden import check_golden
-from tests.policy_render import envoy_validates, load_violations, render, touched
+from tests.builders import (
+    Addresses,
+    FixedAddresses,
+    MeshFiles,
+    Service,
+    running_sandbox,
+    split_violation,
+    violations,
+    write_mesh,
+)
+from tests.policy_render import envoy_validates
 
 KIND = "MeshAccessLog"
 
@@ -32,85 +35,20 @@ KIND = "MeshAccessLog"
 # --- a small mesh: web -> backend (HTTP), web -> db (TCP), web -> httpbin (an external service, via the egress) ----
 
 
-class Net:
-    """Addresses and ports for a mesh: fixed ones for goldens, or the `loopback` fixture's for real Envoys."""
-
-    def __init__(self, ip: Callable[[], str], port: Callable[[str], int]) -> None:
-        self.web, self.backend, self.db, self.egress, self.ext = (ip() for _ in range(5))
-        self.ports = {name: port(self.web) for name in ("web_admin", "web_in", "web_app", "web_backend", "web_db", "web_httpbin")}
-        self.ports |= {f"backend_{what}": port(self.backend) for what in ("admin", "in", "app")}
-        self.ports |= {f"db_{what}": port(self.db) for what in ("admin", "in", "app")}
-        self.ports |= {"eg_admin": port(self.egress), "eg_port": port(self.egress), "ext": port(self.ext)}
-
-    @classmethod
-    def fixed(cls) -> Net:
-        hosts = itertools.count(1)
-        ports = itertools.count(10001)
-        return cls(lambda: f"127.0.1.{next(hosts)}", lambda _: next(ports))
-
-    def url(self, outbound: str) -> str:
-        return f"http://{self.web}:{self.ports[outbound]}"
+SERVICES = [Service("backend", instance="backend-1"), Service("db", "tcp", instance="db-1"),
+            Service("web", calls=("backend", "db", "mes:httpbin"))]
 
 
-def _sidecar(name: str, addr: str, admin: int, inbound: int, app: int, service: str, protocol: str) -> str:
-    return textwrap.dedent(f"""
-        type: Dataplane
-        mesh: default
-        name: {name}
-        networking:
-          address: {addr}
-          admin:
-            port: {admin}
-          inbound:
-            - port: {inbound}
-              serviceAddress: {addr}
-              servicePort: {app}
-              tags:
-                kuma.io/service: {service}
-                kuma.io/protocol: {protocol}
-        """).lstrip()
-
-
-def mesh_files(net: Net) -> dict[str, str]:
-    p = net.ports
-    outbounds = textwrap.indent(textwrap.dedent(f"""
-        outbound:
-          - address: {net.web}
-            port: {p["web_backend"]}
-            tags:
-              kuma.io/service: backend
-          - address: {net.web}
-            port: {p["web_db"]}
-            tags:
-              kuma.io/service: db
-          - address: {net.web}
-            port: {p["web_httpbin"]}
-            backendRef:
-              kind: MeshExternalService
-              name: httpbin
-        """).lstrip("\n"), "  ")
-    dataplanes = [
-        _sidecar("web", net.web, p["web_admin"], p["web_in"], p["web_app"], "web", "http") + outbounds,
-        _sidecar("backend-1", net.backend, p["backend_admin"], p["backend_in"], p["backend_app"], "backend", "http"),
-        # The demo app speaks HTTP, but declared as TCP its traffic goes through tcp_proxy: a TCP access log.
-        _sidecar("db-1", net.db, p["db_admin"], p["db_in"], p["db_app"], "db", "tcp"),
-    ]
-    return {
-        "mesh.yaml": "type: Mesh\nname: default\nmtls:\n  enabledBackend: ca-1\n  backends:\n    - name: ca-1\n      type: builtin\n",
-        "dataplanes.yaml": "---\n".join(dataplanes),
-        "egress.yaml": f"type: ZoneEgress\nname: egress\nnetworking:\n  address: {net.egress}\n  port: {p['eg_port']}\n"
-                       f"  admin:\n    port: {p['eg_admin']}\n",  # fmt: skip
-        "external.yaml": "type: MeshExternalService\nmesh: default\nname: httpbin\nspec:\n  match:\n"
-                         "    type: HostnameGenerator\n    port: 80\n    protocol: http\n  endpoints:\n"
-                         f"    - address: {net.ext}\n      port: {p['ext']}\n",  # fmt: skip
-    }
+def module_mesh(directory: Path, files: dict[str, str], addresses: Addresses | None = None) -> MeshFiles:
+    """The module's mesh (fixed addresses unless others are given) and these files (policies) in `directory`."""
+    mesh = write_mesh(directory, addresses or FixedAddresses(network="127.0.1."), SERVICES, externals={"httpbin": "http"},
+                      external_endpoints=1)
+    mesh.write({name: text for name, text in files.items()})
+    return mesh
 
 
 def write(directory: Path, files: dict[str, str]) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    for name, text in files.items():
-        (directory / name).write_text(text)
-    return directory
+    return module_mesh(directory, files).root
 
 
 def policy(default: str, *, name: str = "log", section: str = "to", ref: str = "kind: MeshService\n        name: backend",
@@ -129,7 +67,6 @@ def file_backend(path: str, fmt: str = "") -> str:
 EGRESS_TOP = "kind: Mesh\n    proxyType: [Egress]"
 TO_HTTPBIN = "kind: MeshExternalService\n        name: httpbin"
 FROM_MESH = "kind: Mesh"
-
 
 
 # --- validation -------------------------------------------------------------------------------------------------
@@ -207,38 +144,38 @@ BAD: list[tuple[str, str, list[tuple[str, str, str]]]] = [
 
 @pytest.mark.parametrize("case", sorted(GOOD))
 def test_good_specs_pass(tmp_path: Path, case: str) -> None:
-    files = mesh_files(Net.fixed()) | {
+    files = {
         "to.yaml": policy(GOOD[case]),
         "from.yaml": policy(GOOD[case], name="inbound", section="from", ref=FROM_MESH),
     }
-    assert load_violations(write(tmp_path, files)) == []
+    assert violations(write(tmp_path, files)) == []
 
 
 @pytest.mark.parametrize(("case", "default", "expected"), BAD, ids=[c[0] for c in BAD])
 def test_bad_specs_report_every_violation_with_file_line_and_path(
     tmp_path: Path, case: str, default: str, expected: list[tuple[str, str, str]]
 ) -> None:
-    directory = write(tmp_path, mesh_files(Net.fixed()) | {"policy.yaml": policy(default)})
+    directory = write(tmp_path, {"policy.yaml": policy(default)})
     lines = (directory / "policy.yaml").read_text().splitlines()
-    found = load_violations(directory)
-    assert len(found) == len(expected), "\n".join(map(str, found))
+    found = violations(directory)
+    assert len(found) == len(expected), "\n".join(found)
     for path, fragment, on_line in expected:
         want = f"spec.to[0].default{path}"
-        matching = [v for v in found if v.path == want and fragment in v.message]
-        assert matching, f"no violation at {want} saying {fragment!r} in:\n" + "\n".join(map(str, found))
-        violation = matching[0]
-        assert violation.source.file == str(directory / "policy.yaml")
-        assert on_line in lines[violation.source.line - 1], (violation, lines[violation.source.line - 1])
+        matching = [v for v in map(split_violation, found) if v[2] == want and fragment in v[3]]
+        assert matching, f"no violation at {want} saying {fragment!r} in:\n" + "\n".join(found)
+        file, line, _, _ = matching[0]
+        assert file == "policy.yaml"
+        assert on_line in lines[line - 1], (matching[0], lines[line - 1])
 
 
 def test_from_selects_every_client_and_never_the_egress(tmp_path: Path) -> None:
     default = GOOD["file, default format"]
-    files = mesh_files(Net.fixed()) | {
+    files = {
         "by-service.yaml": policy(default, section="from", ref="kind: MeshService\n        name: web"),
         "on-egress.yaml": policy(default, name="egress-from", section="from", ref=FROM_MESH, top=EGRESS_TOP),
     }
     directory = write(tmp_path, files)
-    found = {(Path(v.source.file).name, v.source.line, v.path): v.message for v in load_violations(directory)}
+    found = {(file, line, path): message for file, line, path, message in map(split_violation, violations(directory))}
     assert list(found) == [("by-service.yaml", 9, "spec.from[0].targetRef.kind"), ("on-egress.yaml", 8, "spec.from")]
     assert "`from` items select every client (kind Mesh), got 'MeshService'" in found[list(found)[0]]
     assert 'Sidecar (to), Egress (to + proxyType: ["egress"])' in found[list(found)[1]]
@@ -269,38 +206,10 @@ def rendered(logs: str = "/var/log/mesh") -> dict[str, str]:
     ])}
 
 
-
 def _loggers(proxy: ProxyConfig, listener_prefix: str) -> list[dict[str, Any]]:
     listener = next(item for item in proxy.listeners if item["name"].startswith(listener_prefix))
     loggers: list[dict[str, Any]] = listener["filter_chains"][0]["filters"][0]["typed_config"].get("access_log", [])
     return [logger["typed_config"] for logger in loggers]
-
-
-def test_golden_render(request: pytest.FixtureRequest, tmp_path: Path) -> None:
-    net = Net.fixed()
-    directory = write(tmp_path / "desired", mesh_files(net) | rendered())
-    proxies = render(directory)
-    text = json.dumps({name: touched(p, directory) for name, p in proxies.items()}, indent=2) + "\n"
-    check_golden(request, "policies/access_log/mesh-and-egress.json", text)
-
-    web = proxies["web"]
-    [http] = _loggers(web, f"outbound:{net.web}:{net.ports['web_backend']}")
-    line = http["log_format"]["text_format_source"]["inline_string"]
-    assert line.startswith('[%START_TIME%] default "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%"')
-    assert line.endswith(f'"web" "backend" "{net.web}" "%UPSTREAM_HOST%"\n')
-    [tcp] = _loggers(web, f"outbound:{net.web}:{net.ports['web_db']}")  # on the tcp_proxy
-    assert f"{net.web}(web)->%UPSTREAM_HOST%(db) took %DURATION%ms" in tcp["log_format"]["text_format_source"]["inline_string"]
-    [inbound] = _loggers(proxies["backend-1"], "inbound:")
-    assert inbound["log_format"] == {
-        "json_format": {"path": "%REQ(:PATH)%", "status": "%RESPONSE_CODE%", "into": "backend (INBOUND)"},
-        "omit_empty_values": True,
-    }
-    # The seed's row: logging on the sidecar (to every destination, the external one included) and on the egress.
-    assert [t["path"] for t in _loggers(web, f"outbound:{net.web}:{net.ports['web_httpbin']}")] == ["/var/log/mesh/outbound.log"]
-    [egress] = _loggers(proxies["egress"], "egress:")
-    assert egress["log_format"]["text_format_source"]["inline_string"] == (
-        "default unknown -> httpbin %REQ(:PATH)% %RESPONSE_CODE%\n"
-    )
 
 
 @pytest.mark.envoy
@@ -308,7 +217,7 @@ def test_every_proxy_passes_envoy_validation(tmp_path: Path) -> None:
     # Envoy opens every log file when it loads the listener: the directory must exist where the proxy runs.
     logs = tmp_path / "logs"
     logs.mkdir()
-    directory = write(tmp_path / "desired", mesh_files(Net.fixed()) | rendered(str(logs)))
+    directory = write(tmp_path / "desired", rendered(str(logs)))
     desired = load_and_parse(directory)
     assert envoy_validates(desired, tmp_path / "state") == dict.fromkeys(desired.proxy_names())
 
@@ -318,7 +227,7 @@ def test_every_proxy_passes_envoy_validation(tmp_path: Path) -> None:
 
 @dataclass(frozen=True)
 class Running:
-    net: Net
+    mesh: MeshFiles
     logs: Path
     client: httpx.Client
 
@@ -352,26 +261,10 @@ def running(loopback: Loopback, tmp_path_factory: pytest.TempPathFactory) -> Ite
     root = tmp_path_factory.mktemp("access-log")
     logs = root / "logs"
     logs.mkdir()
-    net = Net(loopback.ip, loopback.port)
-    directory = write(root / "desired", mesh_files(net) | {"policy.yaml": _traffic_policies(logs)})
-    state = root / "state"
-    state.mkdir()
-    desired = load_and_parse(directory)
-    pki.ensure(desired, state)
-    proxies = render_all(desired)
-    try:
-        sandbox.up(desired, proxies, state)
-        with httpx.Client(trust_env=False, timeout=5.0) as client:
-            yield Running(net, logs, client)
-    finally:
-        recorded = [p.pid for p in sandbox.status(state)]
-        try:
-            sandbox.down(state)
-        finally:
-            leaked = [pid for pid in recorded if pid_running(pid)]
-            for pid in leaked:
-                os.kill(pid, signal.SIGKILL)
-            assert not leaked, f"processes left running: {leaked}"
+    mesh = module_mesh(root / "desired", {"policy.yaml": _traffic_policies(logs)}, loopback)
+    directory = mesh.root
+    with running_sandbox(load_and_parse(directory), root / "state"), httpx.Client(trust_env=False, timeout=5.0) as client:
+        yield Running(mesh, logs, client)
 
 
 def _line_with(log: Path, text: str, timeout: float = 5.0) -> str:
@@ -391,17 +284,17 @@ def _line_with(log: Path, text: str, timeout: float = 5.0) -> str:
 
 @pytest.mark.envoy
 def test_outbound_request_is_logged_in_kumas_default_format(running: Running) -> None:
-    answer = running.client.get(f"{running.net.url('web_backend')}/status/201", headers={"user-agent": "probe/1"})
+    answer = running.client.get(f"{running.mesh.outbound['web', 'backend']}/status/201", headers={"user-agent": "probe/1"})
     assert answer.status_code == 201
     line = _line_with(running.logs / "web-to-backend.log", "/status/201 ")
     assert ' default "GET /status/201 HTTP/1.1" 201 ' in line
-    assert '"probe/1"' in line and f'"web" "backend" "{running.net.web}"' in line
-    assert f'"{running.net.backend}:{running.net.ports["backend_in"]}"' in line  # %UPSTREAM_HOST%: backend's inbound
+    assert '"probe/1"' in line and f'"web" "backend" "{running.mesh.address["web"]}"' in line
+    assert f'"{running.mesh.inbound["backend-1"]}"' in line  # %UPSTREAM_HOST%: backend's inbound
 
 
 @pytest.mark.envoy
 def test_inbound_request_is_logged_as_json(running: Running) -> None:
-    answer = running.client.get(f"{running.net.url('web_backend')}/status/418")
+    answer = running.client.get(f"{running.mesh.outbound['web', 'backend']}/status/418")
     assert answer.status_code == 418
     record = json.loads(_line_with(running.logs / "backend-inbound.log", '"/status/418"'))
     assert record == {"path": "/status/418", "status": 418, "direction": "INBOUND", "service": "backend"}
@@ -409,7 +302,7 @@ def test_inbound_request_is_logged_as_json(running: Running) -> None:
 
 @pytest.mark.envoy
 def test_external_request_is_logged_on_the_sidecar_and_on_the_egress(running: Running) -> None:
-    answer = running.client.get(f"{running.net.url('web_httpbin')}/status/202")
+    answer = running.client.get(f"{running.mesh.outbound['web', 'mes:httpbin']}/status/202")
     assert (answer.status_code, answer.json()["service"]) == (202, "httpbin")
     assert '"GET /status/202 HTTP/1.1" 202 ' in _line_with(running.logs / "web-to-httpbin.log", "/status/202")
     assert _line_with(running.logs / "egress.log", "/status/202") == "egress httpbin /status/202 202"
@@ -419,10 +312,10 @@ def test_external_request_is_logged_on_the_sidecar_and_on_the_egress(running: Ru
 def test_tcp_connection_is_logged_when_it_closes(running: Running) -> None:
     # tcp_proxy logs a connection when it ends: ask the app to close it.
     with httpx.Client(trust_env=False, timeout=5.0) as once:
-        answer = once.get(f"{running.net.url('web_db')}/tcp-probe", headers={"connection": "close"})
+        answer = once.get(f"{running.mesh.outbound['web', 'db']}/tcp-probe", headers={"connection": "close"})
     assert (answer.status_code, answer.json()["service"]) == (200, "db")
     line = _line_with(running.logs / "web-to-db.log", "(db) took")
-    assert f" default {running.net.web}(web)->{running.net.db}:{running.net.ports['db_in']}(db) took " in line
+    assert f" default {running.mesh.address['web']}(web)->{running.mesh.inbound['db-1']}(db) took " in line
     sent = int(line.split("sent ")[1].split(" bytes")[0])
     received = int(line.split("received: ")[1].split(" bytes")[0])
     assert sent >= len(answer.content) and received > len("GET /tcp-probe HTTP/1.1\r\n")

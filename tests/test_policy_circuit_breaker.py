@@ -3,7 +3,6 @@ validate`, where it lands for an external service, and its limits on real Envoys
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,22 +14,19 @@ import pytest
 from meshplan.compare.canonical import canonical
 from meshplan.model import ProxyConfig
 from meshplan.validate.resources import load_and_parse
-from tests.golden import check_golden
-from tests.policy_mesh import (
-    BODY_LINE,
-    MARK,
+from tests.builders import (
     Addresses,
     FixedAddresses,
-    PolicyMesh,
-    build_mesh,
-    marked_line,
-    policy_file,
-    running,
+    MeshFiles,
+    running_sandbox,
     stat,
     violations,
     wait_for_stat,
+    web_calling,
+    write_mesh,
 )
 from tests.policy_render import envoy_validates
+from tests.policy_tables import BODY_LINE, MARK, marked_line, policy_file
 
 KIND = "MeshCircuitBreaker"
 
@@ -139,19 +135,19 @@ BAD: list[tuple[str, str, int | None, str, str]] = [
 
 
 @pytest.fixture(scope="module")
-def base_mesh(tmp_path_factory: pytest.TempPathFactory) -> PolicyMesh:
-    return build_mesh(tmp_path_factory.mktemp("cb-validate"), FixedAddresses())
+def base_mesh(tmp_path_factory: pytest.TempPathFactory) -> MeshFiles:
+    return write_mesh(tmp_path_factory.mktemp("cb-validate"), FixedAddresses(per_address=True), web_calling())
 
 
 @pytest.mark.parametrize("body", [pytest.param(b, id=i) for i, b in GOOD])
-def test_good_specs_pass(base_mesh: PolicyMesh, body: str) -> None:
-    assert violations(base_mesh.root, {"p.yaml": policy_file(KIND, body)}) == []
+def test_good_specs_pass(base_mesh: MeshFiles, body: str) -> None:
+    assert violations(base_mesh.write({"p.yaml": policy_file(KIND, body)})) == []
 
 
 @pytest.mark.parametrize("body, line, path, message", [pytest.param(*case[1:], id=case[0]) for case in BAD])
-def test_bad_specs_report_file_line_and_path(base_mesh: PolicyMesh, body: str, line: int | None, path: str,
+def test_bad_specs_report_file_line_and_path(base_mesh: MeshFiles, body: str, line: int | None, path: str,
                                             message: str) -> None:
-    found = violations(base_mesh.root, {"p.yaml": policy_file(KIND, body)})
+    found = violations(base_mesh.write({"p.yaml": policy_file(KIND, body)}))
     where = f"p.yaml:{line or marked_line(body)}: spec.to[0].default{path}: "
     assert any(v.startswith(where) and message in v for v in found), found
     assert all(v.startswith("p.yaml:") for v in found), found
@@ -247,8 +243,9 @@ POLICIES = """
     """
 
 
-def render_mesh(root: Path, policies: str = POLICIES) -> tuple[PolicyMesh, dict[str, ProxyConfig]]:
-    mesh = build_mesh(root, FixedAddresses(), services=("backend", "other", "quiet"), externals=("httpbin",))
+def render_mesh(root: Path, policies: str = POLICIES) -> tuple[MeshFiles, dict[str, ProxyConfig]]:
+    mesh = write_mesh(root, FixedAddresses(per_address=True), web_calling(http=("backend", "other", "quiet"), externals=("httpbin",)),
+                      externals={"httpbin": "http"})
     extensive = "".join(f"            {line[4:]}\n" for line in SEED_EXTENSIVE.strip("\n").splitlines())
     mesh.write_policies(policies.replace("    {extensive}\n", extensive))
     return mesh, {p.name: p for p in mesh.render()}
@@ -256,17 +253,6 @@ def render_mesh(root: Path, policies: str = POLICIES) -> tuple[PolicyMesh, dict[
 
 def clusters(proxy: ProxyConfig) -> dict[str, dict[str, Any]]:
     return {c["name"]: c for c in proxy.clusters}
-
-
-def test_golden_render(request: pytest.FixtureRequest, tmp_path: Path) -> None:
-    mesh, proxies = render_mesh(tmp_path / "desired")
-    out = {name: {"clusters": [{k: v for k, v in c.items() if k not in ("load_assignment", "transport_socket")}
-                               for c in proxy.clusters],
-                  "origins": {res: {".".join(map(str, k)): v for k, v in fields.items()}
-                              for res, fields in proxy.origins["cluster"].items()}}
-           for name, proxy in sorted(proxies.items()) if name in ("web", "egress")}
-    text = json.dumps(out, indent=2).replace(f"{mesh.root}/", "") + "\n"
-    check_golden(request, "policies/circuit_breaker/render.json", text)
 
 
 def test_the_seed_extensive_policy(tmp_path: Path) -> None:
@@ -397,13 +383,14 @@ CONCURRENT = 10
 
 
 @pytest.fixture(scope="module")
-def traffic(tmp_path_factory: pytest.TempPathFactory, loopback: Addresses) -> Iterator[PolicyMesh]:
+def traffic(tmp_path_factory: pytest.TempPathFactory, loopback: Addresses) -> Iterator[MeshFiles]:
     root = tmp_path_factory.mktemp("cb-traffic")
-    mesh = build_mesh(root / "desired", loopback, services=("backend",), externals=("httpbin",))
+    mesh = write_mesh(root / "desired", loopback, web_calling(http=("backend",), externals=("httpbin",)),
+                      externals={"httpbin": "http"})
     mesh.write_policies(TRAFFIC_POLICIES)
     state = root / "state"
     state.mkdir()
-    with running(mesh, state):
+    with running_sandbox(load_and_parse(mesh.root), state):
         yield mesh
 
 
@@ -417,24 +404,23 @@ def slow_requests_at_once(url: str) -> list[httpx.Response]:
         return list(pool.map(one, range(CONCURRENT)))
 
 
-
 @pytest.mark.envoy
-def test_limits_overflow_with_envoy_overloaded(traffic: PolicyMesh, http: httpx.Client) -> None:
-    answers = slow_requests_at_once(traffic.outbounds["backend"])
+def test_limits_overflow_with_envoy_overloaded(traffic: MeshFiles, http: httpx.Client) -> None:
+    answers = slow_requests_at_once(traffic.outbound[("web", "backend")])
     statuses = sorted(a.status_code for a in answers)
     overloaded = [a for a in answers if a.status_code == 503]
     assert overloaded and statuses.count(200) >= 1, statuses
     assert all(a.headers.get("x-envoy-overloaded") == "true" for a in overloaded), [dict(a.headers) for a in overloaded]
     assert set(statuses) == {200, 503}, statuses
-    assert wait_for_stat(http, traffic.proxies["web"], "cluster.backend.upstream_rq_pending_overflow", 1) > 0
+    assert wait_for_stat(http, traffic.admin["web"], "cluster.backend.upstream_rq_pending_overflow", 1) > 0
 
 
 @pytest.mark.envoy
-def test_external_service_limits_overflow_on_the_egress(traffic: PolicyMesh, http: httpx.Client) -> None:
-    answers = slow_requests_at_once(traffic.outbounds["httpbin"])
+def test_external_service_limits_overflow_on_the_egress(traffic: MeshFiles, http: httpx.Client) -> None:
+    answers = slow_requests_at_once(traffic.outbound[("web", "mes:httpbin")])
     statuses = sorted(a.status_code for a in answers)
     assert set(statuses) == {200, 503}, statuses
-    egress, web = traffic.proxies["egress"], traffic.proxies["web"]
+    egress, web = traffic.admin["egress"], traffic.admin["web"]
     assert wait_for_stat(http, egress, "cluster.mes:default:httpbin.upstream_rq_pending_overflow", 1) > 0
     # The sidecar in front of the egress has no breaker of its own for it: nothing overflowed there.
     assert stat(http, web, "cluster.mes:default:httpbin.upstream_rq_pending_overflow") == 0

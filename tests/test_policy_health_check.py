@@ -3,8 +3,6 @@ dead instance out of the load balancer, on a sidecar and on the egress."""
 
 from __future__ import annotations
 
-import itertools
-import json
 import os
 import signal
 import textwrap
@@ -14,14 +12,25 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import Loopback, pid_running
+from conftest import Loopback
 
 from meshplan.render.proxies import render_all
 from meshplan.sandbox import mesh as sandbox
 from meshplan.validate.resources import load_and_parse
 from meshplan.xds import pki
-from tests.golden import check_golden
-from tests.policy_render import envoy_validates, load_violations, render, touched
+from tests.builders import (
+    Addresses,
+    FixedAddresses,
+    MeshFiles,
+    Service,
+    pid_running,
+    split_violation,
+    stat,
+    violations,
+    write_mesh,
+)
+from tests.golden import TESTDATA
+from tests.policy_render import envoy_validates, render, touched
 
 KIND = "MeshHealthCheck"
 
@@ -29,113 +38,20 @@ KIND = "MeshHealthCheck"
 # --- a small mesh: web -> backend (2 instances) and web -> httpbin (an external service with 2 endpoints) ---------
 
 
-class Net:
-    """Addresses and ports for a mesh: fixed ones for goldens, or the `loopback` fixture's for real Envoys."""
-
-    def __init__(self, ip: Callable[[], str], port: Callable[[str], int]) -> None:
-        self.web, self.backend1, self.backend2, self.egress, self.ext = (ip() for _ in range(5))
-        self.ports = {name: port(addr) for name, addr in (
-            ("web_admin", self.web), ("web_in", self.web), ("web_app", self.web), ("web_backend", self.web),
-            ("web_httpbin", self.web), ("b1_admin", self.backend1), ("b1_in", self.backend1),
-            ("b1_app", self.backend1), ("b2_admin", self.backend2), ("b2_in", self.backend2),
-            ("b2_app", self.backend2), ("eg_admin", self.egress), ("eg_port", self.egress), ("ext1", self.ext),
-            ("ext2", self.ext),
-        )}  # fmt: skip
-
-    @classmethod
-    def fixed(cls) -> Net:
-        hosts = itertools.count(1)
-        ports = itertools.count(10001)
-        return cls(lambda: f"127.0.1.{next(hosts)}", lambda _: next(ports))
-
-    @classmethod
-    def loopback(cls, loopback: Loopback) -> Net:
-        return cls(loopback.ip, loopback.port)
-
-    def url(self, outbound: str) -> str:
-        return f"http://{self.web}:{self.ports[outbound]}"
+SERVICES = [Service("backend", instance="backend-1"), Service("backend", instance="backend-2"),
+            Service("web", calls=("backend", "mes:httpbin"))]
 
 
-def mesh_files(net: Net) -> dict[str, str]:
-    p = net.ports
-
-    def sidecar(name: str, addr: str, admin: int, inbound: int, app: int, service: str) -> str:
-        return f"""
-            type: Dataplane
-            mesh: default
-            name: {name}
-            networking:
-              address: {addr}
-              admin:
-                port: {admin}
-              inbound:
-                - port: {inbound}
-                  serviceAddress: {addr}
-                  servicePort: {app}
-                  tags:
-                    kuma.io/service: {service}
-                    kuma.io/protocol: http
-            """
-
-    web = sidecar("web", net.web, p["web_admin"], p["web_in"], p["web_app"], "web") + f"""
-              outbound:
-                - address: {net.web}
-                  port: {p["web_backend"]}
-                  tags:
-                    kuma.io/service: backend
-                - address: {net.web}
-                  port: {p["web_httpbin"]}
-                  backendRef:
-                    kind: MeshExternalService
-                    name: httpbin
-            """
-    return {
-        "mesh.yaml": """
-            type: Mesh
-            name: default
-            mtls:
-              enabledBackend: ca-1
-              backends:
-                - name: ca-1
-                  type: builtin
-            """,
-        "dataplanes.yaml": "---\n".join(textwrap.dedent(doc).lstrip() for doc in [
-            web,
-            sidecar("backend-1", net.backend1, p["b1_admin"], p["b1_in"], p["b1_app"], "backend"),
-            sidecar("backend-2", net.backend2, p["b2_admin"], p["b2_in"], p["b2_app"], "backend"),
-        ]),  # fmt: skip
-        "egress.yaml": f"""
-            type: ZoneEgress
-            name: egress
-            networking:
-              address: {net.egress}
-              port: {p["eg_port"]}
-              admin:
-                port: {p["eg_admin"]}
-            """,
-        "external.yaml": f"""
-            type: MeshExternalService
-            mesh: default
-            name: httpbin
-            spec:
-              match:
-                type: HostnameGenerator
-                port: 80
-                protocol: http
-              endpoints:
-                - address: {net.ext}
-                  port: {p["ext1"]}
-                - address: {net.ext}
-                  port: {p["ext2"]}
-            """,
-    }
+def module_mesh(directory: Path, files: dict[str, str], addresses: Addresses | None = None) -> MeshFiles:
+    """The module's mesh (fixed addresses unless others are given) and these files (policies) in `directory`."""
+    mesh = write_mesh(directory, addresses or FixedAddresses(network="127.0.1."), SERVICES, externals={"httpbin": "http"},
+                      external_endpoints=2)
+    mesh.write(files, dedent=True)
+    return mesh
 
 
 def write(directory: Path, files: dict[str, str]) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    for name, text in files.items():
-        (directory / name).write_text(textwrap.dedent(text).lstrip())
-    return directory
+    return module_mesh(directory, files).root
 
 
 def policy(default: str, *, name: str = "hc", to: str = "kind: MeshService\n        name: backend",
@@ -146,7 +62,6 @@ def policy(default: str, *, name: str = "hc", to: str = "kind: MeshService\n    
         f"type: {KIND}\nmesh: default\nname: {name}\nspec:\n  targetRef:\n    {top}\n  to:\n"
         f"    - targetRef:\n        {to}\n      default:\n{body}\n"
     )
-
 
 
 # --- validation -------------------------------------------------------------------------------------------------
@@ -246,8 +161,8 @@ BAD: list[tuple[str, str, list[tuple[str, str, str]]]] = [
 
 @pytest.mark.parametrize("case", sorted(GOOD))
 def test_good_specs_pass(tmp_path: Path, case: str) -> None:
-    files = mesh_files(Net.fixed()) | {"policy.yaml": policy(GOOD[case])}
-    assert load_violations(write(tmp_path, files)) == []
+    files = {"policy.yaml": policy(GOOD[case])}
+    assert violations(write(tmp_path, files)) == []
 
 
 @pytest.mark.parametrize(("case", "default", "expected"), BAD, ids=[c[0] for c in BAD])
@@ -255,69 +170,35 @@ def test_bad_specs_report_every_violation_with_file_line_and_path(
     tmp_path: Path, case: str, default: str, expected: list[tuple[str, str, str]]
 ) -> None:
     text = policy(default)
-    directory = write(tmp_path, mesh_files(Net.fixed()) | {"policy.yaml": text})
+    directory = write(tmp_path, {"policy.yaml": text})
     lines = (directory / "policy.yaml").read_text().splitlines()
-    found = load_violations(directory)
-    assert len(found) == len(expected), "\n".join(map(str, found))
+    found = violations(directory)
+    assert len(found) == len(expected), "\n".join(found)
     for path, fragment, on_line in expected:
         want = f"spec.to[0].default{path}"
-        matching = [v for v in found if v.path == want and fragment in v.message]
-        assert matching, f"no violation at {want} saying {fragment!r} in:\n" + "\n".join(map(str, found))
-        violation = matching[0]
-        assert violation.source.file == str(directory / "policy.yaml")
-        assert on_line in lines[violation.source.line - 1], (violation, lines[violation.source.line - 1])
+        matching = [v for v in map(split_violation, found) if v[2] == want and fragment in v[3]]
+        assert matching, f"no violation at {want} saying {fragment!r} in:\n" + "\n".join(found)
+        file, line, _, _ = matching[0]
+        assert file == "policy.yaml"
+        assert on_line in lines[line - 1], (matching[0], lines[line - 1])
 
 
 def test_placement_external_service_needs_the_egress(tmp_path: Path) -> None:
     # The seed: MeshHealthCheck for a MeshExternalService lives on the egress only.
     on_sidecar = policy("http: {}", to="kind: MeshExternalService\n        name: httpbin", top="kind: Mesh\n    proxyType: [Sidecar]")
-    directory = write(tmp_path, mesh_files(Net.fixed()) | {"policy.yaml": on_sidecar})
-    [violation] = load_violations(directory)
-    assert violation.path == "spec.to[0].targetRef"
-    assert 'Egress (to + proxyType: ["egress"])' in violation.message
+    directory = write(tmp_path, {"policy.yaml": on_sidecar})
+    [(_, _, path, message)] = map(split_violation, violations(directory))
+    assert path == "spec.to[0].targetRef"
+    assert 'Egress (to + proxyType: ["egress"])' in message
 
 
 # --- render -----------------------------------------------------------------------------------------------------
 
-RENDERED = {
-    "policy.yaml": policy("""
-        interval: 10s
-        unhealthyThreshold: 3
-        intervalJitterPercent: 10
-        healthyPanicThreshold: 0
-        failTrafficOnPanic: true
-        eventLogPath: /tmp/hc-events.log
-        http:
-          path: /health
-          expectedStatuses: [200, 204]
-          requestHeadersToAdd:
-            add:
-              - name: x-probe
-                value: meshplan
-        tcp:
-          send: aGVsbG8=
-          receive: [d29ybGQ=]
-        """) + "---\n" + policy("""
-        timeout: 1s
-        http:
-          path: /ready
-        """, name="web-override", top="kind: MeshService\n    name: web") + "---\n" + policy("""
-        interval: 5s
-        http:
-          disabled: true
-        tcp:
-          send: cGluZw==
-        """, name="hc-egress", to="kind: MeshExternalService\n        name: httpbin",
-        top="kind: Mesh\n    proxyType: [Egress]"),  # fmt: skip
-}
 
-
-
-def test_golden_render(request: pytest.FixtureRequest, tmp_path: Path) -> None:
-    directory = write(tmp_path / "desired", mesh_files(Net.fixed()) | RENDERED)
+def test_policies_merge_by_specificity_and_external_services_are_checked_on_the_egress() -> None:
+    # The golden case health_check (tests/test_goldens.py) shows everything these policies set.
+    directory = TESTDATA / "health_check.input"
     proxies = render(directory)
-    text = json.dumps({name: touched(p, directory) for name, p in proxies.items()}, indent=2) + "\n"
-    check_golden(request, "policies/health_check/mesh-and-egress.json", text)
     # Merged: web's own policy (more specific) sets timeout and path over the mesh-wide one's other fields.
     backend = next(c for c in proxies["web"].clusters if c["name"] == "backend")
     [check] = backend["health_checks"]
@@ -340,7 +221,7 @@ def test_golden_render(request: pytest.FixtureRequest, tmp_path: Path) -> None:
 
 def test_checker_follows_the_destination_protocol(tmp_path: Path) -> None:
     # Kuma: only `tcp` for an HTTP destination sets no health check at all (the panic settings still apply).
-    files = mesh_files(Net.fixed()) | {"policy.yaml": policy("healthyPanicThreshold: 10\ntcp: {}")}
+    files = {"policy.yaml": policy("healthyPanicThreshold: 10\ntcp: {}")}
     backend = next(c for c in render(write(tmp_path, files))["web"].clusters if c["name"] == "backend")
     assert "health_checks" not in backend
     assert backend["common_lb_config"] == {"healthy_panic_threshold": {"value": 10.0}}
@@ -348,7 +229,7 @@ def test_checker_follows_the_destination_protocol(tmp_path: Path) -> None:
 
 def test_a_mesh_wide_check_leaves_the_sidecars_cluster_to_the_egress_alone(tmp_path: Path) -> None:
     # The seed: "we don't want to be health checking Egress but the underlying MeshExternalServices".
-    files = mesh_files(Net.fixed()) | {"policy.yaml": policy("http: {}", to="kind: Mesh")}
+    files = {"policy.yaml": policy("http: {}", to="kind: Mesh")}
     clusters = {c["name"]: c for c in render(write(tmp_path, files))["web"].clusters}
     assert "health_checks" in clusters["backend"]
     assert "health_checks" not in clusters["mes:default:httpbin"]
@@ -356,8 +237,7 @@ def test_a_mesh_wide_check_leaves_the_sidecars_cluster_to_the_egress_alone(tmp_p
 
 @pytest.mark.envoy
 def test_every_proxy_passes_envoy_validation(tmp_path: Path) -> None:
-    directory = write(tmp_path / "desired", mesh_files(Net.fixed()) | RENDERED)
-    desired = load_and_parse(directory)
+    desired = load_and_parse(TESTDATA / "health_check.input")  # the golden case's mesh and policies
     assert envoy_validates(desired, tmp_path / "state") == dict.fromkeys(desired.proxy_names())
 
 
@@ -381,14 +261,6 @@ TRAFFIC_POLICIES = policy("""
     http:
       path: /health
     """, name="hc-egress", to="kind: MeshExternalService\n        name: httpbin", top="kind: Mesh\n    proxyType: [Egress]")
-
-
-def _stat(client: httpx.Client, admin: str, name: str) -> int:
-    answer = client.get(f"{admin}/stats", params={"format": "json", "filter": f"^{name}$"})
-    answer.raise_for_status()
-    values = [s["value"] for s in answer.json()["stats"] if s.get("name") == name]
-    assert values, f"no stat {name} at {admin}"
-    return int(values[0])
 
 
 def _wait_for(what: str, ready: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -417,23 +289,23 @@ def _instances(client: httpx.Client, url: str, count: int) -> list[tuple[int, st
 def test_a_dead_instance_is_marked_unhealthy_and_traffic_avoids_it(
     tmp_path: Path, loopback: Loopback, sandbox_state: Path
 ) -> None:
-    net = Net.loopback(loopback)
-    directory = write(tmp_path / "desired", mesh_files(net) | {"policy.yaml": TRAFFIC_POLICIES})
+    mesh = module_mesh(tmp_path / "desired", {"policy.yaml": TRAFFIC_POLICIES}, loopback)
+    directory = mesh.root
     desired = load_and_parse(directory)
     pki.ensure(desired, sandbox_state)
     proxies = {p.name: p for p in render_all(desired)}
     sandbox.up(desired, list(proxies.values()), sandbox_state)
     web_admin, egress_admin = proxies["web"].admin_url, proxies["egress"].admin_url
-    ext1, ext2 = (f"{net.ext}:{net.ports[k]}" for k in ("ext1", "ext2"))
+    ext1, ext2 = mesh.endpoints["httpbin"]
 
     with httpx.Client(trust_env=False, timeout=5.0) as client:
         # Healthy: round robin over both instances, and over both endpoints behind the egress.
-        _wait_for("both backend instances to answer", lambda: sorted(set(_instances(client, net.url("web_backend"), 10)))
+        _wait_for("both backend instances to answer", lambda: sorted(set(_instances(client, mesh.outbound['web', 'backend'], 10)))
                   == [(200, "backend-1"), (200, "backend-2")])  # fmt: skip
-        _wait_for("both external endpoints to answer", lambda: sorted(set(_instances(client, net.url("web_httpbin"), 10)))
+        _wait_for("both external endpoints to answer", lambda: sorted(set(_instances(client, mesh.outbound['web', 'mes:httpbin'], 10)))
                   == sorted([(200, ext1), (200, ext2)]))  # fmt: skip
-        assert _stat(client, web_admin, "cluster.backend.membership_healthy") == 2
-        assert _stat(client, web_admin, "cluster.backend.health_check.success") > 0
+        assert stat(client, web_admin, "cluster.backend.membership_healthy") == 2
+        assert stat(client, web_admin, "cluster.backend.health_check.success") > 0
 
         # backend-1's app and one external endpoint die; their checks fail on the next round.
         _kill(sandbox_state, "app", "backend/backend-1")
@@ -443,12 +315,12 @@ def test_a_dead_instance_is_marked_unhealthy_and_traffic_avoids_it(
         # the workers learn of a health change a moment after the stat flips, so under load a request right after
         # `membership_healthy` drops can still reach the dead host.
         _wait_for("every request from web to reach backend-2 only",
-                  lambda: set(_instances(client, net.url("web_backend"), 20)) == {(200, "backend-2")})  # fmt: skip
+                  lambda: set(_instances(client, mesh.outbound['web', 'backend'], 20)) == {(200, "backend-2")})  # fmt: skip
         _wait_for(f"every request through the egress to reach {ext2} only",
-                  lambda: set(_instances(client, net.url("web_httpbin"), 20)) == {(200, ext2)})  # fmt: skip
+                  lambda: set(_instances(client, mesh.outbound['web', 'mes:httpbin'], 20)) == {(200, ext2)})  # fmt: skip
         # ...because health checking marked the dead ones unhealthy (the stat flips before the workers act on it).
         # Envoy writes the `:` of a cluster name as `_` in stat names.
-        assert _stat(client, web_admin, "cluster.backend.membership_healthy") == 1
-        assert _stat(client, egress_admin, "cluster.mes_default_httpbin.membership_healthy") == 1
-        assert _stat(client, web_admin, "cluster.backend.health_check.failure") >= 1
-        assert _stat(client, egress_admin, "cluster.mes_default_httpbin.health_check.failure") >= 1
+        assert stat(client, web_admin, "cluster.backend.membership_healthy") == 1
+        assert stat(client, egress_admin, "cluster.mes_default_httpbin.membership_healthy") == 1
+        assert stat(client, web_admin, "cluster.backend.health_check.failure") >= 1
+        assert stat(client, egress_admin, "cluster.mes_default_httpbin.health_check.failure") >= 1

@@ -3,29 +3,34 @@ hashed onto one instance by a header, on a sidecar and on the egress."""
 
 from __future__ import annotations
 
-import itertools
-import json
-import os
-import signal
 import textwrap
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from conftest import Loopback, pid_running
+from conftest import Loopback
 
 from meshplan.envoy.binary import validate_configs
 from meshplan.model import ProxyConfig
 from meshplan.render.proxies import render_all
-from meshplan.sandbox import mesh as sandbox
 from meshplan.validate.resources import load_and_parse
 from meshplan.xds import pki
-from tests.golden import check_golden
-from tests.policy_render import envoy_validates, load_violations, render, touched
+from tests.builders import (
+    Addresses,
+    FixedAddresses,
+    MeshFiles,
+    Service,
+    running_sandbox,
+    split_violation,
+    violations,
+    write_mesh,
+)
+from tests.golden import TESTDATA
+from tests.policy_render import envoy_validates
 
 KIND = "MeshLoadBalancingStrategy"
 INSTANCES = 3
@@ -34,79 +39,20 @@ INSTANCES = 3
 # --- a small mesh: web -> backend (3 instances) and web -> httpbin (an external service with 3 endpoints) ---------
 
 
-class Net:
-    """Addresses and ports for a mesh: fixed ones for goldens, or the `loopback` fixture's for real Envoys."""
-
-    def __init__(self, ip: Callable[[], str], port: Callable[[str], int]) -> None:
-        self.web, self.egress, self.ext = ip(), ip(), ip()
-        self.backends = [ip() for _ in range(INSTANCES)]
-        self.ports = {name: port(self.web) for name in ("web_admin", "web_in", "web_app", "web_backend", "web_httpbin")}
-        for i, addr in enumerate(self.backends):
-            self.ports |= {f"b{i}_{what}": port(addr) for what in ("admin", "in", "app")}
-        self.ports |= {"eg_admin": port(self.egress), "eg_port": port(self.egress)}
-        self.ports |= {f"ext{i}": port(self.ext) for i in range(INSTANCES)}
-
-    @classmethod
-    def fixed(cls) -> Net:
-        hosts = itertools.count(1)
-        ports = itertools.count(10001)
-        return cls(lambda: f"127.0.1.{next(hosts)}", lambda _: next(ports))
-
-    def url(self, outbound: str) -> str:
-        return f"http://{self.web}:{self.ports[outbound]}"
+SERVICES = [*(Service("backend", instance=f"backend-{i + 1}") for i in range(INSTANCES)),
+            Service("web", calls=("backend", "mes:httpbin"))]
 
 
-def _sidecar(name: str, addr: str, admin: int, inbound: int, app: int, service: str) -> str:
-    return textwrap.dedent(f"""
-        type: Dataplane
-        mesh: default
-        name: {name}
-        networking:
-          address: {addr}
-          admin:
-            port: {admin}
-          inbound:
-            - port: {inbound}
-              serviceAddress: {addr}
-              servicePort: {app}
-              tags:
-                kuma.io/service: {service}
-                kuma.io/protocol: http
-        """).lstrip()
-
-
-def mesh_files(net: Net) -> dict[str, str]:
-    p = net.ports
-    web = _sidecar("web", net.web, p["web_admin"], p["web_in"], p["web_app"], "web") + textwrap.indent(textwrap.dedent(f"""
-          outbound:
-            - address: {net.web}
-              port: {p["web_backend"]}
-              tags:
-                kuma.io/service: backend
-            - address: {net.web}
-              port: {p["web_httpbin"]}
-              backendRef:
-                kind: MeshExternalService
-                name: httpbin
-        """).lstrip("\n"), "  ")
-    backends = [_sidecar(f"backend-{i + 1}", addr, p[f"b{i}_admin"], p[f"b{i}_in"], p[f"b{i}_app"], "backend")
-                for i, addr in enumerate(net.backends)]  # fmt: skip
-    endpoints = "".join(f"    - address: {net.ext}\n      port: {p[f'ext{i}']}\n" for i in range(INSTANCES))
-    return {
-        "mesh.yaml": "type: Mesh\nname: default\nmtls:\n  enabledBackend: ca-1\n  backends:\n    - name: ca-1\n      type: builtin\n",
-        "dataplanes.yaml": "---\n".join([web, *backends]),
-        "egress.yaml": f"type: ZoneEgress\nname: egress\nnetworking:\n  address: {net.egress}\n  port: {p['eg_port']}\n"
-                       f"  admin:\n    port: {p['eg_admin']}\n",  # fmt: skip
-        "external.yaml": "type: MeshExternalService\nmesh: default\nname: httpbin\nspec:\n  match:\n"
-                         "    type: HostnameGenerator\n    port: 80\n    protocol: http\n  endpoints:\n" + endpoints,
-    }
+def module_mesh(directory: Path, files: dict[str, str], addresses: Addresses | None = None) -> MeshFiles:
+    """The module's mesh (fixed addresses unless others are given) and these files (policies) in `directory`."""
+    mesh = write_mesh(directory, addresses or FixedAddresses(network="127.0.1."), SERVICES, externals={"httpbin": "http"},
+                      external_endpoints=INSTANCES)
+    mesh.write({name: text for name, text in files.items()})
+    return mesh
 
 
 def write(directory: Path, files: dict[str, str]) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    for name, text in files.items():
-        (directory / name).write_text(text)
-    return directory
+    return module_mesh(directory, files).root
 
 
 def policy(default: str, *, name: str = "lb", to: str = "kind: MeshService\n        name: backend",
@@ -120,7 +66,6 @@ def policy(default: str, *, name: str = "lb", to: str = "kind: MeshService\n    
 
 EGRESS_TOP = "kind: Mesh\n    proxyType: [Egress]"
 TO_HTTPBIN = "kind: MeshExternalService\n        name: httpbin"
-
 
 
 # --- validation -------------------------------------------------------------------------------------------------
@@ -238,59 +183,35 @@ BAD: list[tuple[str, str, list[tuple[str, str, str]]]] = [
 
 @pytest.mark.parametrize("case", sorted(GOOD))
 def test_good_specs_pass(tmp_path: Path, case: str) -> None:
-    files = mesh_files(Net.fixed()) | {"policy.yaml": policy(GOOD[case])}
-    assert load_violations(write(tmp_path, files)) == []
+    files = {"policy.yaml": policy(GOOD[case])}
+    assert violations(write(tmp_path, files)) == []
 
 
 @pytest.mark.parametrize(("case", "default", "expected"), BAD, ids=[c[0] for c in BAD])
 def test_bad_specs_report_every_violation_with_file_line_and_path(
     tmp_path: Path, case: str, default: str, expected: list[tuple[str, str, str]]
 ) -> None:
-    directory = write(tmp_path, mesh_files(Net.fixed()) | {"policy.yaml": policy(default)})
+    directory = write(tmp_path, {"policy.yaml": policy(default)})
     lines = (directory / "policy.yaml").read_text().splitlines()
-    found = load_violations(directory)
-    assert len(found) == len(expected), "\n".join(map(str, found))
+    found = violations(directory)
+    assert len(found) == len(expected), "\n".join(found)
     for path, fragment, on_line in expected:
         want = f"spec.to[0].default{path}"
-        matching = [v for v in found if v.path == want and fragment in v.message]
-        assert matching, f"no violation at {want} saying {fragment!r} in:\n" + "\n".join(map(str, found))
-        violation = matching[0]
-        assert violation.source.file == str(directory / "policy.yaml")
-        assert on_line in lines[violation.source.line - 1], (violation, lines[violation.source.line - 1])
+        matching = [v for v in map(split_violation, found) if v[2] == want and fragment in v[3]]
+        assert matching, f"no violation at {want} saying {fragment!r} in:\n" + "\n".join(found)
+        file, line, _, _ = matching[0]
+        assert file == "policy.yaml"
+        assert on_line in lines[line - 1], (matching[0], lines[line - 1])
 
 
 def test_placement_external_service_needs_the_egress(tmp_path: Path) -> None:
     on_sidecar = policy("loadBalancer:\n  type: Random", to=TO_HTTPBIN, top="kind: Mesh\n    proxyType: [Sidecar]")
-    [violation] = load_violations(write(tmp_path, mesh_files(Net.fixed()) | {"policy.yaml": on_sidecar}))
-    assert violation.path == "spec.to[0].targetRef"
-    assert 'MeshLoadBalancingStrategy for a MeshExternalService is implemented on: Egress (to + proxyType: ["egress"])' in violation.message
+    [(_, _, path, message)] = map(split_violation, violations(write(tmp_path, {"policy.yaml": on_sidecar})))
+    assert path == "spec.to[0].targetRef"
+    assert 'MeshLoadBalancingStrategy for a MeshExternalService is implemented on: Egress (to + proxyType: ["egress"])' in message
 
 
 # --- render -----------------------------------------------------------------------------------------------------
-
-RENDERED = {
-    "policy.yaml": "---\n".join([
-        policy("""
-            loadBalancer:
-              type: LeastRequest
-              leastRequest:
-                choiceCount: 3
-                activeRequestBias: "1.5"
-            """, name="mesh-wide", to="kind: Mesh"),
-        policy(GOOD["ring-hash"], name="backend-ring"),
-        policy("""
-            hashPolicies:
-              - type: Header
-                header:
-                  name: x-user
-            loadBalancer:
-              type: Maglev
-              maglev:
-                tableSize: 1031
-            """, name="httpbin-maglev", to=TO_HTTPBIN, top=EGRESS_TOP),
-    ]),  # fmt: skip
-}
-
 
 
 def _route_action(proxy: ProxyConfig, listener_prefix: str) -> dict[str, Any]:
@@ -300,47 +221,16 @@ def _route_action(proxy: ProxyConfig, listener_prefix: str) -> dict[str, Any]:
     return action
 
 
-def test_golden_render(request: pytest.FixtureRequest, tmp_path: Path) -> None:
-    net = Net.fixed()
-    directory = write(tmp_path / "desired", mesh_files(net) | RENDERED)
-    proxies = render(directory)
-    text = json.dumps({name: touched(p, directory) for name, p in proxies.items()}, indent=2) + "\n"
-    check_golden(request, "policies/load_balancing/mesh-and-egress.json", text)
-
-    web = {c["name"]: c for c in proxies["web"].clusters}
-    # The MeshService item wins over the Mesh one for backend: ring hash, and the hash on the route to it.
-    assert web["backend"]["lb_policy"] == "RING_HASH"
-    assert "least_request_lb_config" not in web["backend"]
-    assert web["backend"]["ring_hash_lb_config"] == {"minimum_ring_size": "64", "maximum_ring_size": "64",
-                                                     "hash_function": "XX_HASH"}  # fmt: skip
-    assert _route_action(proxies["web"], f"outbound:{net.web}:{net.ports['web_backend']}")["hash_policy"] == [
-        {"header": {"header_name": "x-user"}, "terminal": True},
-        {"cookie": {"name": "session", "ttl": "3600s", "path": "/"}},
-        {"connection_properties": {"source_ip": True}},
-        {"connection_properties": {"source_ip": True}},
-        {"query_parameter": {"name": "user"}},
-        {"filter_state": {"key": "io.example.key"}},
-    ]
-    # The seed: the sidecar's cluster to the egress keeps its balancing, the egress balances the external endpoints.
-    assert "lb_policy" not in web["mes:default:httpbin"]
-    assert "hash_policy" not in _route_action(proxies["web"], f"outbound:{net.web}:{net.ports['web_httpbin']}")
-    egress = {c["name"]: c for c in proxies["egress"].clusters}
-    assert egress["mes:default:httpbin"]["lb_policy"] == "MAGLEV"
-    assert egress["mes:default:httpbin"]["maglev_lb_config"] == {"table_size": "1031"}
-    assert _route_action(proxies["egress"], "egress:")["hash_policy"] == [{"header": {"header_name": "x-user"}}]
-
-
 @pytest.mark.envoy
 def test_every_proxy_passes_envoy_validation(tmp_path: Path) -> None:
-    directory = write(tmp_path / "desired", mesh_files(Net.fixed()) | RENDERED)
-    desired = load_and_parse(directory)
+    desired = load_and_parse(TESTDATA / "load_balancing.input")  # the golden case's mesh and policies
     assert envoy_validates(desired, tmp_path / "state") == dict.fromkeys(desired.proxy_names())
 
 
 @pytest.mark.envoy
 @pytest.mark.parametrize("case", sorted(GOOD))
 def test_each_good_spec_passes_envoy_validation(tmp_path: Path, case: str) -> None:
-    directory = write(tmp_path / "desired", mesh_files(Net.fixed()) | {"policy.yaml": policy(GOOD[case])})
+    directory = write(tmp_path / "desired", {"policy.yaml": policy(GOOD[case])})
     desired = load_and_parse(directory)
     pki.ensure(desired, tmp_path / "state")
     web = [p for p in render_all(desired) if p.name == "web"]
@@ -363,7 +253,7 @@ TRAFFIC_POLICIES = policy(RING_HASH_ON_USER) + "---\n" + policy(RING_HASH_ON_USE
 
 @dataclass(frozen=True)
 class Running:
-    net: Net
+    mesh: MeshFiles
     proxies: dict[str, ProxyConfig]
     client: httpx.Client
 
@@ -372,32 +262,20 @@ class Running:
 def running(loopback: Loopback, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     """One sandbox for the module's traffic tests; brought down, and checked for leftovers, however they end."""
     root = tmp_path_factory.mktemp("load-balancing")
-    net = Net(loopback.ip, loopback.port)
-    directory = write(root / "desired", mesh_files(net) | {"policy.yaml": TRAFFIC_POLICIES})
-    state = root / "state"
-    state.mkdir()
-    desired = load_and_parse(directory)
-    pki.ensure(desired, state)
-    proxies = {p.name: p for p in render_all(desired)}
-    try:
-        sandbox.up(desired, list(proxies.values()), state)
+    mesh = module_mesh(root / "desired", {"policy.yaml": TRAFFIC_POLICIES}, loopback)
+    directory = mesh.root
+    with running_sandbox(load_and_parse(directory), root / "state") as started:
         with httpx.Client(trust_env=False, timeout=5.0) as client:
-            yield Running(net, proxies, client)
-    finally:
-        recorded = [p.pid for p in sandbox.status(state)]
-        try:
-            sandbox.down(state)
-        finally:
-            leaked = [pid for pid in recorded if pid_running(pid)]
-            for pid in leaked:
-                os.kill(pid, signal.SIGKILL)
-            assert not leaked, f"processes left running: {leaked}"
+            yield Running(mesh, {p.name: p for p in started}, client)
+
+
+OUTBOUNDS = {"web_backend": ("web", "backend"), "web_httpbin": ("web", "mes:httpbin")}
 
 
 def _hits(running: Running, outbound: str, users: list[str]) -> Counter[str]:
     seen: Counter[str] = Counter()
     for user in users:
-        answer = running.client.get(f"{running.net.url(outbound)}/whoami", headers={"x-user": user})
+        answer = running.client.get(f"{running.mesh.outbound[OUTBOUNDS[outbound]]}/whoami", headers={"x-user": user})
         assert answer.status_code == 200, answer.text
         seen[answer.json()["instance"]] += 1
     return seen

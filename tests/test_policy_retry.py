@@ -14,22 +14,19 @@ import pytest
 from meshplan.compare.canonical import canonical
 from meshplan.model import ProxyConfig
 from meshplan.validate.resources import load_and_parse
-from tests.golden import check_golden
-from tests.policy_mesh import (
-    BODY_LINE,
-    MARK,
+from tests.builders import (
     Addresses,
     FixedAddresses,
-    PolicyMesh,
-    build_mesh,
-    marked_line,
-    policy_file,
-    running,
+    MeshFiles,
+    running_sandbox,
     stat,
     violations,
     wait_for_stat,
+    web_calling,
+    write_mesh,
 )
 from tests.policy_render import envoy_validates
+from tests.policy_tables import BODY_LINE, MARK, marked_line, policy_file
 
 KIND = "MeshRetry"
 
@@ -135,19 +132,19 @@ BAD: list[tuple[str, str, int | None, str, str]] = [
 
 
 @pytest.fixture(scope="module")
-def base_mesh(tmp_path_factory: pytest.TempPathFactory) -> PolicyMesh:
-    return build_mesh(tmp_path_factory.mktemp("retry-validate"), FixedAddresses())
+def base_mesh(tmp_path_factory: pytest.TempPathFactory) -> MeshFiles:
+    return write_mesh(tmp_path_factory.mktemp("retry-validate"), FixedAddresses(per_address=True), web_calling())
 
 
 @pytest.mark.parametrize("body", [pytest.param(b, id=i) for i, b in GOOD])
-def test_good_specs_pass(base_mesh: PolicyMesh, body: str) -> None:
-    assert violations(base_mesh.root, {"p.yaml": policy_file(KIND, body)}) == []
+def test_good_specs_pass(base_mesh: MeshFiles, body: str) -> None:
+    assert violations(base_mesh.write({"p.yaml": policy_file(KIND, body)})) == []
 
 
 @pytest.mark.parametrize("body, line, path, message", [pytest.param(*case[1:], id=case[0]) for case in BAD])
-def test_bad_specs_report_file_line_and_path(base_mesh: PolicyMesh, body: str, line: int | None, path: str,
+def test_bad_specs_report_file_line_and_path(base_mesh: MeshFiles, body: str, line: int | None, path: str,
                                             message: str) -> None:
-    found = violations(base_mesh.root, {"p.yaml": policy_file(KIND, body)})
+    found = violations(base_mesh.write({"p.yaml": policy_file(KIND, body)}))
     where = f"p.yaml:{line or marked_line(body)}: spec.to[0].default{path}: "
     assert any(v.startswith(where) and message in v for v in found), found
     assert all(v.startswith("p.yaml:") for v in found), found
@@ -241,9 +238,9 @@ POLICIES = """
     """
 
 
-def render_mesh(root: Path) -> tuple[PolicyMesh, dict[str, ProxyConfig]]:
-    mesh = build_mesh(root, FixedAddresses(), services=("backend", "other"), tcp_services=("db",),
-                      grpc_services=("rpc",), externals=("httpbin",))
+def render_mesh(root: Path) -> tuple[MeshFiles, dict[str, ProxyConfig]]:
+    mesh = write_mesh(root, FixedAddresses(per_address=True), web_calling(http=("backend", "other"), tcp=("db",), grpc=("rpc",), externals=("httpbin",)),
+                      externals={"httpbin": "http"})
     mesh.write_policies(POLICIES)
     return mesh, {p.name: p for p in mesh.render()}
 
@@ -262,15 +259,6 @@ def outbound_filter(proxy: ProxyConfig, cluster: str) -> dict[str, Any]:
 def retry_policy(proxy: ProxyConfig, cluster: str) -> dict[str, Any] | None:
     route = outbound_filter(proxy, cluster)["route_config"]["virtual_hosts"][0]["routes"][0]["route"]
     return route.get("retry_policy")  # type: ignore[no-any-return]
-
-
-def test_golden_render(request: pytest.FixtureRequest, tmp_path: Path) -> None:
-    mesh, proxies = render_mesh(tmp_path / "desired")
-    web = proxies["web"]
-    text = json.dumps({"listeners": list(web.listeners),
-                       "origins": {name: {".".join(map(str, k)): v for k, v in fields.items()}
-                                   for name, fields in web.origins["listener"].items()}}, indent=2)
-    check_golden(request, "policies/retry/render.json", text.replace(f"{mesh.root}/", "") + "\n")
 
 
 def test_where_each_field_lands(tmp_path: Path) -> None:
@@ -343,22 +331,21 @@ TRAFFIC_POLICIES = """
 
 
 @pytest.fixture(scope="module")
-def traffic(tmp_path_factory: pytest.TempPathFactory, loopback: Addresses) -> Iterator[PolicyMesh]:
+def traffic(tmp_path_factory: pytest.TempPathFactory, loopback: Addresses) -> Iterator[MeshFiles]:
     root = tmp_path_factory.mktemp("retry-traffic")
-    mesh = build_mesh(root / "desired", loopback, services=("backend", "other"))
+    mesh = write_mesh(root / "desired", loopback, web_calling(http=("backend", "other")))
     mesh.write_policies(TRAFFIC_POLICIES)
     state = root / "state"
     state.mkdir()
-    with running(mesh, state):
+    with running_sandbox(load_and_parse(mesh.root), state):
         yield mesh
 
 
-
 @pytest.mark.envoy
-def test_a_request_that_fails_twice_succeeds_on_the_third_attempt(traffic: PolicyMesh, http: httpx.Client) -> None:
-    web = traffic.proxies["web"]
+def test_a_request_that_fails_twice_succeeds_on_the_third_attempt(traffic: MeshFiles, http: httpx.Client) -> None:
+    web = traffic.admin["web"]
     before = stat(http, web, "cluster.backend.upstream_rq_retry")
-    answer = http.get(f"{traffic.outbounds['backend']}/flaky/2/{uuid.uuid4().hex}")
+    answer = http.get(f"{traffic.outbound['web', 'backend']}/flaky/2/{uuid.uuid4().hex}")
     assert answer.status_code == 200
     body = answer.json()
     assert (body["service"], body["attempt"]) == ("backend", 3)  # the upstream was hit three times
@@ -367,16 +354,16 @@ def test_a_request_that_fails_twice_succeeds_on_the_third_attempt(traffic: Polic
 
 
 @pytest.mark.envoy
-def test_more_failures_than_retries_reach_the_client(traffic: PolicyMesh, http: httpx.Client) -> None:
-    answer = http.get(f"{traffic.outbounds['backend']}/flaky/5/{uuid.uuid4().hex}")
+def test_more_failures_than_retries_reach_the_client(traffic: MeshFiles, http: httpx.Client) -> None:
+    answer = http.get(f"{traffic.outbound['web', 'backend']}/flaky/5/{uuid.uuid4().hex}")
     assert answer.status_code == 503
     assert answer.json()["attempt"] == 4  # one try and numRetries: 3
 
 
 @pytest.mark.envoy
-def test_zero_retries_means_none(traffic: PolicyMesh, http: httpx.Client) -> None:
-    web = traffic.proxies["web"]
-    answer = http.get(f"{traffic.outbounds['other']}/flaky/1/{uuid.uuid4().hex}")
+def test_zero_retries_means_none(traffic: MeshFiles, http: httpx.Client) -> None:
+    web = traffic.admin["web"]
+    answer = http.get(f"{traffic.outbound['web', 'other']}/flaky/1/{uuid.uuid4().hex}")
     assert answer.status_code == 503
     assert (answer.json()["service"], answer.json()["attempt"]) == ("other", 1)
     assert stat(http, web, "cluster.other.upstream_rq_retry") == 0

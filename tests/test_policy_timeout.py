@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,22 +11,19 @@ import pytest
 
 from meshplan.model import ProxyConfig
 from meshplan.validate.resources import load_and_parse
-from tests.golden import check_golden
-from tests.policy_mesh import (
-    BODY_LINE,
-    MARK,
+from tests.builders import (
     Addresses,
     FixedAddresses,
-    PolicyMesh,
-    build_mesh,
-    marked_line,
-    policy_file,
-    running,
+    MeshFiles,
+    running_sandbox,
     stat,
     violations,
     wait_for_stat,
+    web_calling,
+    write_mesh,
 )
 from tests.policy_render import envoy_validates
+from tests.policy_tables import BODY_LINE, MARK, marked_line, policy_file
 
 KIND = "MeshTimeout"
 
@@ -79,36 +75,36 @@ BAD: list[tuple[str, str, str, int | None, str, str]] = [
 
 
 @pytest.fixture(scope="module")
-def base_mesh(tmp_path_factory: pytest.TempPathFactory) -> PolicyMesh:
-    return build_mesh(tmp_path_factory.mktemp("timeout-validate"), FixedAddresses())
+def base_mesh(tmp_path_factory: pytest.TempPathFactory) -> MeshFiles:
+    return write_mesh(tmp_path_factory.mktemp("timeout-validate"), FixedAddresses(per_address=True), web_calling())
 
 
 @pytest.mark.parametrize("section, body", [pytest.param(s, b, id=i) for i, s, b in GOOD])
-def test_good_specs_pass(base_mesh: PolicyMesh, section: str, body: str) -> None:
-    assert violations(base_mesh.root, {"p.yaml": policy_file(KIND, body, section)}) == []
+def test_good_specs_pass(base_mesh: MeshFiles, section: str, body: str) -> None:
+    assert violations(base_mesh.write({"p.yaml": policy_file(KIND, body, section)})) == []
 
 
 @pytest.mark.parametrize("section, body, line, path, message",
                          [pytest.param(*case[1:], id=case[0]) for case in BAD])
-def test_bad_specs_report_file_line_and_path(base_mesh: PolicyMesh, section: str, body: str, line: int | None,
+def test_bad_specs_report_file_line_and_path(base_mesh: MeshFiles, section: str, body: str, line: int | None,
                                             path: str, message: str) -> None:
-    found = violations(base_mesh.root, {"p.yaml": policy_file(KIND, body, section)})
+    found = violations(base_mesh.write({"p.yaml": policy_file(KIND, body, section)}))
     where = f"p.yaml:{line or marked_line(body)}: {path}: "
     assert any(v.startswith(where) and message in v for v in found), found
     assert all(v.startswith("p.yaml:") for v in found), found
 
 
-def test_from_items_must_select_every_client(base_mesh: PolicyMesh) -> None:
+def test_from_items_must_select_every_client(base_mesh: MeshFiles) -> None:
     text = policy_file(KIND, "connectionTimeout: 1s", "from").replace("        kind: Mesh\n      default:",
                                                                       "        kind: MeshService\n        name: web\n      default:")
-    found = violations(base_mesh.root, {"p.yaml": text})
+    found = violations(base_mesh.write({"p.yaml": text}))
     assert found == ["p.yaml:9: spec.from[0].targetRef.kind: MeshTimeout `from` items must target kind Mesh, "
                      "got 'MeshService': inbound timeouts apply to every client of the inbound"]
 
 
-def test_every_violation_of_one_item_at_once(base_mesh: PolicyMesh) -> None:
+def test_every_violation_of_one_item_at_once(base_mesh: MeshFiles) -> None:
     body = "connectionTimeout: 0s\nidleTimeout: x\nhttp:\n  requestTimeout: -1s\n  maxStreamDuration: 7\n"
-    found = violations(base_mesh.root, {"p.yaml": policy_file(KIND, body)})
+    found = violations(base_mesh.write({"p.yaml": policy_file(KIND, body)}))
     assert [v.split(": ")[1] for v in found] == [
         "spec.to[0].default.connectionTimeout",
         "spec.to[0].default.idleTimeout",
@@ -193,26 +189,11 @@ POLICIES = """
     """
 
 
-def render_mesh(root: Path) -> tuple[PolicyMesh, dict[str, ProxyConfig]]:
-    mesh = build_mesh(root, FixedAddresses(), services=("backend",), tcp_services=("db",), externals=("httpbin",))
+def render_mesh(root: Path) -> tuple[MeshFiles, dict[str, ProxyConfig]]:
+    mesh = write_mesh(root, FixedAddresses(per_address=True), web_calling(http=("backend",), tcp=("db",), externals=("httpbin",)),
+                      externals={"httpbin": "http"})
     mesh.write_policies(POLICIES)
     return mesh, {p.name: p for p in mesh.render()}
-
-
-def golden_text(mesh: PolicyMesh, proxies: dict[str, ProxyConfig]) -> str:
-    def steps(path: tuple[str | int, ...]) -> str:
-        return "".join(f"[{s}]" if isinstance(s, int) else f".{s}" for s in path).lstrip(".")
-
-    out = {
-        name: {
-            "clusters": list(p.clusters),
-            "listeners": list(p.listeners),
-            "origins": {kind: {res: {steps(k): v for k, v in fields.items()} for res, fields in by_name.items()}
-                        for kind, by_name in p.origins.items()},
-        }
-        for name, p in sorted(proxies.items())
-    }
-    return json.dumps(out, indent=2).replace(f"{mesh.root}/", "") + "\n"
 
 
 def by_name(resources: tuple[dict, ...]) -> dict[str, dict]:  # type: ignore[type-arg]
@@ -222,11 +203,6 @@ def by_name(resources: tuple[dict, ...]) -> dict[str, dict]:  # type: ignore[typ
 def route_of(listener: dict) -> dict:  # type: ignore[type-arg]
     manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
     return manager["route_config"]["virtual_hosts"][0]["routes"][0]["route"]  # type: ignore[no-any-return]
-
-
-def test_golden_render(request: pytest.FixtureRequest, tmp_path: Path) -> None:
-    mesh, proxies = render_mesh(tmp_path / "desired")
-    check_golden(request, "policies/timeout/render.json", golden_text(mesh, proxies))
 
 
 def test_where_each_field_lands(tmp_path: Path) -> None:
@@ -335,15 +311,15 @@ TRAFFIC_POLICIES = """
 
 
 @pytest.fixture(scope="module")
-def traffic(tmp_path_factory: pytest.TempPathFactory, loopback: Addresses) -> Iterator[tuple[PolicyMesh, dict[str, ProxyConfig]]]:
+def traffic(tmp_path_factory: pytest.TempPathFactory, loopback: Addresses) -> Iterator[tuple[MeshFiles, dict[str, ProxyConfig]]]:
     root = tmp_path_factory.mktemp("timeout-traffic")
-    mesh = build_mesh(root / "desired", loopback, services=("backend", "slow"), externals=("httpbin",))
+    mesh = write_mesh(root / "desired", loopback, web_calling(http=("backend", "slow"), externals=("httpbin",)),
+                      externals={"httpbin": "http"})
     mesh.write_policies(TRAFFIC_POLICIES)
     state = root / "state"
     state.mkdir()
-    with running(mesh, state) as proxies:
+    with running_sandbox(load_and_parse(mesh.root), state) as proxies:
         yield mesh, {p.name: p for p in proxies}
-
 
 
 def timed_get(http: httpx.Client, url: str) -> tuple[httpx.Response, float]:
@@ -353,41 +329,41 @@ def timed_get(http: httpx.Client, url: str) -> tuple[httpx.Response, float]:
 
 
 @pytest.mark.envoy
-def test_outbound_request_timeout_cuts_a_slow_upstream(traffic: tuple[PolicyMesh, dict[str, ProxyConfig]],
+def test_outbound_request_timeout_cuts_a_slow_upstream(traffic: tuple[MeshFiles, dict[str, ProxyConfig]],
                                                        http: httpx.Client) -> None:
     mesh, _ = traffic
-    fast = http.get(f"{mesh.outbounds['backend']}/delay/50")
+    fast = http.get(f"{mesh.outbound['web', 'backend']}/delay/50")
     assert fast.status_code == 200 and fast.json()["service"] == "backend"
-    answer, seconds = timed_get(http, f"{mesh.outbounds['backend']}/delay/2000")
+    answer, seconds = timed_get(http, f"{mesh.outbound['web', 'backend']}/delay/2000")
     assert answer.status_code == 504
     assert answer.text == "upstream request timeout"
     assert 0.45 <= seconds < 1.5, seconds
-    assert wait_for_stat(http, mesh.proxies["web"], "cluster.backend.upstream_rq_timeout", 1) == 1
+    assert wait_for_stat(http, mesh.admin["web"], "cluster.backend.upstream_rq_timeout", 1) == 1
 
 
 @pytest.mark.envoy
-def test_inbound_request_timeout_is_the_callee_sidecars(traffic: tuple[PolicyMesh, dict[str, ProxyConfig]],
+def test_inbound_request_timeout_is_the_callee_sidecars(traffic: tuple[MeshFiles, dict[str, ProxyConfig]],
                                                         http: httpx.Client) -> None:
     mesh, proxies = traffic
-    answer, seconds = timed_get(http, f"{mesh.outbounds['slow']}/delay/2000")
+    answer, seconds = timed_get(http, f"{mesh.outbound['web', 'slow']}/delay/2000")
     assert answer.status_code == 504
     assert 0.25 <= seconds < 1.5, seconds
     (local,) = [c["name"] for c in proxies["slow-1"].clusters if c["name"].startswith("local:")]
     # slow's sidecar timed out towards its app; web's sidecar only relayed the 504 and timed out nothing.
-    assert wait_for_stat(http, mesh.proxies["slow-1"], f"cluster.{local}.upstream_rq_timeout", 1) == 1
-    assert stat(http, mesh.proxies["web"], "cluster.slow.upstream_rq_timeout") == 0
+    assert wait_for_stat(http, mesh.admin["slow-1"], f"cluster.{local}.upstream_rq_timeout", 1) == 1
+    assert stat(http, mesh.admin["web"], "cluster.slow.upstream_rq_timeout") == 0
 
 
 @pytest.mark.envoy
-def test_egress_timeout_applies_on_the_egress_only(traffic: tuple[PolicyMesh, dict[str, ProxyConfig]],
+def test_egress_timeout_applies_on_the_egress_only(traffic: tuple[MeshFiles, dict[str, ProxyConfig]],
                                                    http: httpx.Client) -> None:
     mesh, proxies = traffic
-    ok = http.get(f"{mesh.outbounds['httpbin']}/delay/10")
+    ok = http.get(f"{mesh.outbound['web', 'mes:httpbin']}/delay/10")
     assert ok.status_code == 200 and ok.json()["service"] == "httpbin"
-    answer, seconds = timed_get(http, f"{mesh.outbounds['httpbin']}/delay/2000")
+    answer, seconds = timed_get(http, f"{mesh.outbound['web', 'mes:httpbin']}/delay/2000")
     assert answer.status_code == 504
     assert 0.25 <= seconds < 1.5, seconds
-    assert wait_for_stat(http, mesh.proxies["egress"], "cluster.mes:default:httpbin.upstream_rq_timeout", 1) == 1
-    assert stat(http, mesh.proxies["web"], "cluster.mes:default:httpbin.upstream_rq_timeout") == 0
+    assert wait_for_stat(http, mesh.admin["egress"], "cluster.mes:default:httpbin.upstream_rq_timeout", 1) == 1
+    assert stat(http, mesh.admin["web"], "cluster.mes:default:httpbin.upstream_rq_timeout") == 0
     web_route = next(route_of(lst) for lst in proxies["web"].listeners if route_cluster(lst) == "mes:default:httpbin")
     assert "timeout" not in web_route

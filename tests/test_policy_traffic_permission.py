@@ -11,18 +11,6 @@ from typing import Any
 import httpx
 import pytest
 from conftest import Loopback
-from inbound_mesh import (
-    Addresses,
-    FixedAddresses,
-    MeshFiles,
-    Service,
-    inbound_golden,
-    load,
-    running_sandbox,
-    stats,
-    violations,
-    write_mesh,
-)
 
 from meshplan.match.matcher import Destination
 from meshplan.model import ProxyConfig
@@ -30,7 +18,16 @@ from meshplan.policies import clients, traffic_permission
 from meshplan.render.egress import build_egress
 from meshplan.render.proxies import render_all
 from meshplan.xds import pki
-from tests.golden import check_golden
+from tests.builders import (
+    Addresses,
+    FixedAddresses,
+    MeshFiles,
+    Service,
+    running_sandbox,
+    stats,
+    violations,
+    write_mesh,
+)
 from tests.policy_render import envoy_validates
 
 CALLS = ("backend", "reports", "ledger", "mes:httpbin", "mes:closed")
@@ -187,13 +184,13 @@ BAD: list[tuple[str, str, list[str]]] = [
 
 @pytest.mark.parametrize("body", GOOD.values(), ids=GOOD.keys())
 def test_good_specs_pass(tmp_path: Path, body: str) -> None:
-    demo_mesh(tmp_path, FixedAddresses(), policies=policy(body))
+    demo_mesh(tmp_path, FixedAddresses(first_port=20001), policies=policy(body))
     assert violations(tmp_path) == []
 
 
 @pytest.mark.parametrize(("body", "expected"), [(b, e) for _, b, e in BAD], ids=[c for c, _, _ in BAD])
 def test_bad_specs_report_each_violation_with_file_line_and_path(tmp_path: Path, body: str, expected: list[str]) -> None:
-    demo_mesh(tmp_path, FixedAddresses(), policies=policy(body))
+    demo_mesh(tmp_path, FixedAddresses(first_port=20001), policies=policy(body))
     found = violations(tmp_path)
     assert len(found) == len(expected), found
     for line, want in zip(found, expected, strict=True):
@@ -203,26 +200,20 @@ def test_bad_specs_report_each_violation_with_file_line_and_path(tmp_path: Path,
 # --- render -----------------------------------------------------------------------------------------------------
 
 
-def test_golden_render(request: pytest.FixtureRequest, tmp_path: Path) -> None:
-    proxies = render_all(load(demo_mesh(tmp_path, FixedAddresses())))
-    text = inbound_golden(proxies, ["backend", "reports", "ledger", "egress"], tmp_path)
-    check_golden(request, "policies/traffic_permission/demo.json", text)
-
-
 def test_every_proxy_passes_envoy_validate(tmp_path: Path) -> None:
-    desired = load(demo_mesh(tmp_path / "desired", FixedAddresses()))
+    desired = demo_mesh(tmp_path / "desired", FixedAddresses(first_port=20001)).load()
     assert envoy_validates(desired, tmp_path / "state") == dict.fromkeys(
         ["admin", "backend", "ledger", "reports", "web", "egress"]
     )
 
 
 def test_no_permission_means_no_rbac(tmp_path: Path) -> None:
-    proxies = render_all(load(demo_mesh(tmp_path, FixedAddresses(), policies="", forbid=False)))
+    proxies = render_all(demo_mesh(tmp_path, FixedAddresses(first_port=20001), policies="", forbid=False).load())
     assert "rbac" not in json.dumps([p.listeners for p in proxies])
 
 
 def test_first_match_per_client_with_and_not(tmp_path: Path) -> None:
-    proxies = {p.name: p for p in render_all(load(demo_mesh(tmp_path, FixedAddresses())))}
+    proxies = {p.name: p for p in render_all(demo_mesh(tmp_path, FixedAddresses(first_port=20001)).load())}
     reports = rbac(proxies["reports"])
     assert reports is not None
     web = {"authenticated": {"principal_name": {"exact": "spiffe://default/web"}}}
@@ -253,7 +244,7 @@ def test_first_match_per_client_with_and_not(tmp_path: Path) -> None:
 
 
 def test_tcp_inbound_gets_network_rbac_before_tcp_proxy(tmp_path: Path) -> None:
-    proxies = {p.name: p for p in render_all(load(demo_mesh(tmp_path, FixedAddresses())))}
+    proxies = {p.name: p for p in render_all(demo_mesh(tmp_path, FixedAddresses(first_port=20001)).load())}
     filters = listener(proxies["ledger"])["filter_chains"][0]["filters"]
     assert [f["name"] for f in filters] == ["envoy.filters.network.rbac", "envoy.filters.network.tcp_proxy"]
     assert filters[0]["typed_config"]["stat_prefix"].endswith(".")
@@ -265,8 +256,8 @@ def test_same_specificity_the_smallest_name_wins(tmp_path: Path, first: str, sec
         return policy("  targetRef:\n    kind: MeshService\n    name: backend\n  from:\n    - targetRef:\n"
                       f"        kind: MeshService\n        name: web\n      default:\n        action: {action}\n", name=name)
 
-    demo_mesh(tmp_path, FixedAddresses(), policies=one(first, "Allow") + "---\n" + one(second, "Deny"), forbid=False)
-    proxies = {p.name: p for p in render_all(load(MeshFiles(tmp_path)))}
+    demo_mesh(tmp_path, FixedAddresses(first_port=20001), policies=one(first, "Allow") + "---\n" + one(second, "Deny"), forbid=False)
+    proxies = {p.name: p for p in render_all(MeshFiles(tmp_path).load())}
     backend = rbac(proxies["backend"])
     assert backend is not None
     assert ("Deny MeshService:web" in backend["rules"]["policies"]) is web_denied
@@ -275,13 +266,13 @@ def test_same_specificity_the_smallest_name_wins(tmp_path: Path, first: str, sec
 def test_mesh_without_mtls_has_no_identity_to_check(tmp_path: Path) -> None:
     services = [Service("web", calls=("backend",)), Service("backend")]
     deny = policy(FROM_MESH + "      default:\n        action: Deny\n")
-    files = write_mesh(tmp_path, FixedAddresses(), services, policies=deny)
+    files = write_mesh(tmp_path, FixedAddresses(first_port=20001), services, policies=deny)
     (tmp_path / "mesh.yaml").write_text("type: Mesh\nname: default\n")
-    assert "rbac" not in json.dumps([p.listeners for p in render_all(load(files))])
+    assert "rbac" not in json.dumps([p.listeners for p in render_all(files.load())])
 
 
 def test_default_forbid_denies_external_service_without_permission(tmp_path: Path) -> None:
-    proxies = {p.name: p for p in render_all(load(demo_mesh(tmp_path, FixedAddresses())))}
+    proxies = {p.name: p for p in render_all(demo_mesh(tmp_path, FixedAddresses(first_port=20001)).load())}
     chains = {c["name"]: c for c in proxies["egress"].listeners[0]["filter_chains"]}
     closed = [f for f in chains["mes:default:closed"]["filters"][0]["typed_config"]["http_filters"] if "rbac" in f["name"]]
     assert closed[0]["typed_config"]["rules"] == {"action": "ALLOW", "policies": {}}
@@ -291,7 +282,7 @@ def test_default_forbid_denies_external_service_without_permission(tmp_path: Pat
 
 
 def test_without_forbid_an_external_service_without_permission_is_open(tmp_path: Path) -> None:
-    proxies = {p.name: p for p in render_all(load(demo_mesh(tmp_path, FixedAddresses(), forbid=False)))}
+    proxies = {p.name: p for p in render_all(demo_mesh(tmp_path, FixedAddresses(first_port=20001), forbid=False).load())}
     chains = {c["name"]: c for c in proxies["egress"].listeners[0]["filter_chains"]}
     assert "rbac" not in json.dumps(chains["mes:default:closed"])
     httpbin = [f for f in chains["mes:default:httpbin"]["filters"][0]["typed_config"]["http_filters"] if "rbac" in f["name"]]
@@ -300,7 +291,7 @@ def test_without_forbid_an_external_service_without_permission_is_open(tmp_path:
 
 def test_default_forbid_applies_with_no_permission_in_the_mesh_at_all(tmp_path: Path) -> None:
     # The module denies on its own (render.apply_policies skips a kind with no policies: see the report).
-    desired = load(demo_mesh(tmp_path, FixedAddresses(), policies=""))
+    desired = demo_mesh(tmp_path, FixedAddresses(first_port=20001), policies="").load()
     build = build_egress(desired, desired.egresses[0])
     traffic_permission.apply(build)
     for chain in build.listeners[next(iter(build.listeners))]["filter_chains"]:
@@ -309,14 +300,14 @@ def test_default_forbid_applies_with_no_permission_in_the_mesh_at_all(tmp_path: 
 
 
 def test_default_forbid_renders_with_no_permission_in_the_mesh_at_all(tmp_path: Path) -> None:
-    proxies = {p.name: p for p in render_all(load(demo_mesh(tmp_path, FixedAddresses(), policies="")))}
+    proxies = {p.name: p for p in render_all(demo_mesh(tmp_path, FixedAddresses(first_port=20001), policies="").load())}
     assert "envoy.filters.http.rbac" in json.dumps(proxies["egress"].listeners)
 
 
 def test_tags_resolve_to_the_certificates_of_the_dataplanes_that_carry_them(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    desired = load(demo_mesh(tmp_path, FixedAddresses()))
+    desired = demo_mesh(tmp_path, FixedAddresses(first_port=20001)).load()
     real = pki.identities
 
     def spiffe_only(d: Any) -> dict[tuple[str, str], list[str]]:
@@ -332,7 +323,7 @@ def test_tags_resolve_to_the_certificates_of_the_dataplanes_that_carry_them(
 
 
 def test_tags_match_kuma_sans_once_certificates_carry_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    desired = load(demo_mesh(tmp_path, FixedAddresses()))
+    desired = demo_mesh(tmp_path, FixedAddresses(first_port=20001)).load()
     real = pki.identities
 
     def with_tag_sans(d: Any) -> dict[tuple[str, str], list[str]]:
@@ -345,7 +336,7 @@ def test_tags_match_kuma_sans_once_certificates_carry_them(tmp_path: Path, monke
 
 
 def test_egress_inbound_is_per_external_service(tmp_path: Path) -> None:
-    desired = load(demo_mesh(tmp_path, FixedAddresses()))
+    desired = demo_mesh(tmp_path, FixedAddresses(first_port=20001)).load()
     # The permissions of this test: the one for httpbin (the build matches what the desired mesh holds).
     desired.policies[:] = [p for p in desired.policies if p.kind != "MeshTrafficPermission" or p.name == "httpbin"]
     build = build_egress(desired, desired.egresses[0])
@@ -371,9 +362,8 @@ def test_egress_inbound_is_per_external_service(tmp_path: Path) -> None:
 def running(tmp_path_factory: pytest.TempPathFactory, loopback: Loopback) -> Iterator[MeshFiles]:
     root = tmp_path_factory.mktemp("traffic_permission")
     files = demo_mesh(root / "desired", loopback)
-    with running_sandbox(load(files), root / "state"):
+    with running_sandbox(files.load(), root / "state"):
         yield files
-
 
 
 def rbac_stats(http: httpx.Client, running: MeshFiles, proxy: str) -> dict[str, int]:

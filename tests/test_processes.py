@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import pid_running
 
 from meshplan.util.processes import (
     Liveness,
@@ -20,6 +19,7 @@ from meshplan.util.processes import (
     spawn,
     stop,
 )
+from tests.builders import pid_running
 
 IGNORES_SIGTERM = (
     "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(60)"

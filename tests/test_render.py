@@ -7,14 +7,12 @@ import re
 import stat
 from pathlib import Path
 
-import pytest
 from cryptography import x509
 
 from meshplan.model import ProxyConfig
 from meshplan.render.proxies import render_all
 from meshplan.validate.resources import load_and_parse
 from meshplan.xds import pki
-from tests.golden import check_golden
 
 ROOT = Path(__file__).parent.parent
 DEMO = ROOT / "examples" / "demo"
@@ -36,13 +34,6 @@ def test_universal_and_kubernetes_forms_render_identically() -> None:
         assert universal[name] == kubernetes[name]
         assert universal[name].clusters == kubernetes[name].clusters
         assert universal[name].listeners == kubernetes[name].listeners
-
-
-@pytest.mark.parametrize("proxy", ["web", "backend-1", "backend-2", "egress"])
-def test_golden_render(request: pytest.FixtureRequest, proxy: str) -> None:
-    config = render_demo()[proxy]
-    text = json.dumps({"clusters": config.clusters, "listeners": config.listeners}, indent=2) + "\n"
-    check_golden(request, f"demo/{proxy}.json", text)
 
 
 def test_sidecar_outbound_to_mesh_service_uses_mtls_to_every_instance() -> None:

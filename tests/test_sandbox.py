@@ -13,12 +13,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import MeshBuilder, deliver, http_listener, listener_url, pid_running
+from conftest import deliver
 
 from meshplan.errors import MeshplanError, SandboxError
 from meshplan.model import Endpoint
 from meshplan.sandbox import mesh as sandbox
 from meshplan.util.processes import StopOutcome, TrackedProcess
+from tests.builders import MeshBuilder, http_listener, listener_url, pid_running
 
 pytestmark = pytest.mark.envoy
 

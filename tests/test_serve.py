@@ -13,7 +13,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import MeshBuilder, http_listener, static_cluster
 from cryptography import x509
 from typer.testing import CliRunner
 
@@ -22,7 +21,8 @@ from meshplan.model import ProxyConfig
 from meshplan.xds import identity, snapshot
 from meshplan.xds.bootstrap import FILES, write_host_dir
 from meshplan.xds.store import DirectoryStore, ProxyStatus
-from tests.fleet import Fleet, Server, dynamic_clusters, stat, wait_for
+from tests.builders import MeshBuilder, http_listener, stat, static_cluster
+from tests.fleet import Fleet, Server, dynamic_clusters, wait_for
 
 pytestmark = pytest.mark.envoy
 DEMO = Path(__file__).parent.parent / "examples" / "demo"
@@ -130,7 +130,7 @@ def _listener(proxy: ProxyConfig, index: int = 0) -> str:
     return f"http://{socket['address']}:{socket['port_value']}"
 
 
-def test_a_nacked_snapshot_is_never_sent_again(mesh: MeshBuilder, fleet: Fleet, tmp_path: Path) -> None:
+def test_a_nacked_snapshot_is_never_sent_again(mesh: MeshBuilder, fleet: Fleet, tmp_path: Path, http: httpx.Client) -> None:
     state = tmp_path / "state"
     proxy = mesh.sidecar("web-1")
     with_app(fleet, mesh, proxy)
@@ -149,7 +149,7 @@ def test_a_nacked_snapshot_is_never_sent_again(mesh: MeshBuilder, fleet: Fleet, 
     good = mesh.change("web-1", clusters=(dict(proxy.clusters[0], connect_timeout="2s"),))
     write(state, good, "v3")
     assert taken(state, "web-1", "v3").acked == "v3"
-    assert stat(proxy.admin_url, "cluster_manager.cds.update_rejected") == 1
+    assert stat(http, proxy.admin_url, "cluster_manager.cds.update_rejected") == 1
     assert get(f"{_listener(proxy)}/").status_code == 200
 
 
@@ -217,7 +217,7 @@ def test_make_before_break_never_drops_a_request(mesh: MeshBuilder, fleet: Fleet
 
 
 def test_a_server_killed_and_restarted_changes_nothing_and_envoys_come_back(
-    mesh: MeshBuilder, fleet: Fleet, tmp_path: Path
+    mesh: MeshBuilder, fleet: Fleet, tmp_path: Path, http: httpx.Client
 ) -> None:
     state = tmp_path / "state"
     proxy = mesh.sidecar("web-1")
@@ -226,26 +226,26 @@ def test_a_server_killed_and_restarted_changes_nothing_and_envoys_come_back(
     write(state, proxy, "v1")
     start(fleet, state, server, proxy)
     first = taken(state, "web-1", "v1")
-    modified = {s: stat(proxy.admin_url, s) for s in ("cluster_manager.cluster_modified", "listener_manager.listener_modified")}
+    modified = {s: stat(http, proxy.admin_url, s) for s in ("cluster_manager.cluster_modified", "listener_manager.listener_modified")}
 
     server.process.kill()
     server.process.wait()
     # Envoy keeps serving what it has
     assert get(f"{_listener(proxy)}/").status_code == 200
-    wait_for("Envoy to notice", lambda: stat(proxy.admin_url, "control_plane.connected_state") == 0)
+    wait_for("Envoy to notice", lambda: stat(http, proxy.admin_url, "control_plane.connected_state") == 0)
 
     restarted = fleet.restart(server)
     back = wait_for("web-1 to reconnect to the new server",
                     lambda: (s := status(state, "web-1")) is not None and s.connected and s.server != first.server and s)
     assert isinstance(back, ProxyStatus) and back.acked == "v1"
     # the same snapshot again: nothing changed in the Envoy
-    assert {s: stat(proxy.admin_url, s) for s in modified} == modified
+    assert {s: stat(http, proxy.admin_url, s) for s in modified} == modified
     assert get(f"{_listener(proxy)}/").status_code == 200
     assert "web-1: connected" in restarted.log_text()
 
 
 def test_only_a_proxys_own_certificate_gets_its_configuration(
-    mesh: MeshBuilder, fleet: Fleet, tmp_path: Path
+    mesh: MeshBuilder, fleet: Fleet, tmp_path: Path, http: httpx.Client
 ) -> None:
     state, elsewhere = tmp_path / "state", tmp_path / "another-state"
     honest, liar, anonymous, stranger = (mesh.sidecar(n) for n in ("honest", "liar", "anonymous", "stranger"))
@@ -277,7 +277,7 @@ def test_only_a_proxys_own_certificate_gets_its_configuration(
     taken(state, "honest", "v1")
     wait_for("the liar to be refused", lambda: "refused" in server.log_text() and "'liar'" in server.log_text())
     for proxy in (anonymous, stranger):  # it tried, and tried again
-        wait_for(f"{proxy.name} to try", lambda p=proxy: stat(p.admin_url, "cluster.meshplan_xds.upstream_cx_total") >= 2)
+        wait_for(f"{proxy.name} to try", lambda p=proxy: stat(http, p.admin_url, "cluster.meshplan_xds.upstream_cx_total") >= 2)
     for proxy in (liar, anonymous, stranger):
         assert dynamic_clusters(proxy.admin_url) == []
         found = status(state, proxy.name)

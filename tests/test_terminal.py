@@ -21,7 +21,7 @@ from meshplan.present.text import printable
 from meshplan.sandbox import mesh as sandbox
 from meshplan.state import records as state
 from meshplan.util.processes import TrackedProcess
-from tests.meshes import DEMO
+from tests.builders import DEMO
 from tests.test_live import dump, serve
 
 EVIL = "\x1b]0;owned\x07\x1b[2J\nError: forged line\u202e"

@@ -58,7 +58,7 @@ EXTRA = [
     yaml.safe_load("type: MeshTrace\nname: trace\nspec: {targetRef: {kind: Mesh}, default: {backends: [{zipkin: {}}]}}\n"),
 ]
 
-# Resources that are valid in part of the corpus only, away from their mesh (tests.policy_mesh's HEAD lacks a body).
+# Resources that are valid in part of the corpus only, away from their mesh (tests.policy_tables's HEAD lacks a body).
 # The unknown-field check runs on every other one, and there must be many.
 MIN_RESOURCES = 150
 
