@@ -71,11 +71,16 @@ def get(demo: DemoCopy, address: str, port: int, path: str = "/") -> httpx.Respo
 
 def both_backends_answer(demo: DemoCopy, seconds: float = 5.0) -> bool:
     """Both backend instances answer web within `seconds`: every sidecar is updated at once, so web's first health
-    check of a backend can beat that backend's listener, and the instance is unhealthy until the next check (2s)."""
+    check of a backend can beat that backend's listener, and the instance is unhealthy until the next check (2s).
+    Right after a rollback, web's outbound was once seen refusing a connection (CI, under load; a NACK can take
+    listeners away and the rollback puts them back): a refused connection is retried too, within the same bound."""
     deadline = time.monotonic() + seconds
     while True:
-        if {get(demo, "127.0.1.1", 10001).json()["instance"] for _ in range(6)} == {"backend-1", "backend-2"}:
-            return True
+        try:
+            if {get(demo, "127.0.1.1", 10001).json()["instance"] for _ in range(6)} == {"backend-1", "backend-2"}:
+                return True
+        except httpx.ConnectError:
+            pass
         if time.monotonic() > deadline:
             return False
         time.sleep(0.25)
