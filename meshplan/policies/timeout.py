@@ -36,6 +36,7 @@ requestHeadersTimeout alone makes a valid `http` section.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from meshplan.envoy import names
@@ -43,43 +44,64 @@ from meshplan.envoy.types import HTTP_PROTOCOL_OPTIONS, HTTP_PROTOCOL_OPTIONS_NA
 from meshplan.load.resources import PathKey
 from meshplan.match.matcher import Merged, rule_for
 from meshplan.model import Inbound
-from meshplan.policies.base import Json, ProxyBuild, hcm, origins_of, routes, tcp_proxy
-from meshplan.validate.check import FieldCheck, proto_duration
+from meshplan.policies.base import Json, ProxyBuild, hcm, routes, tcp_proxy
+from meshplan.policies.conf import ConfReader, Setting
+from meshplan.validate.check import FieldCheck
 
 KIND = "MeshTimeout"
 ORDER = 70  # run order on a proxy (registry.py): the outbound and inbound settings, on clusters and routes the routes kinds made
 
 HTTP_PROTOCOLS = ("http", "http2", "grpc")
 
-CONF_FIELDS = ("connectionTimeout", "idleTimeout", "http")
-HTTP_FIELDS = ("requestTimeout", "streamIdleTimeout", "maxStreamDuration", "maxConnectionDuration",
-               "requestHeadersTimeout")
-# google.protobuf.Duration cannot hold more (about 10,000 years); Envoy rejects the resource beyond it.
+
+# --- the conf -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HttpTimeouts:
+    request_timeout: Setting[str] | None  # the durations as Envoy writes them (`15s`, `0.250s`)
+    stream_idle_timeout: Setting[str] | None
+    max_stream_duration: Setting[str] | None
+    max_connection_duration: Setting[str] | None
+    request_headers_timeout: Setting[str] | None
+
+
+@dataclass(frozen=True)
+class Conf:
+    connection_timeout: Setting[str] | None
+    idle_timeout: Setting[str] | None
+    http: HttpTimeouts | None
+
+
+_FIELDS = ("connectionTimeout", "idleTimeout", "http")
+_HTTP_FIELDS = ("requestTimeout", "streamIdleTimeout", "maxStreamDuration", "maxConnectionDuration",
+                "requestHeadersTimeout")
+
+
+def parse(conf: ConfReader) -> Conf | None:
+    """A `default` (or what several merged to): None, with a violation, when it sets no timeout."""
+    conf.unknown(_FIELDS)
+    if not any(conf.has(key) for key in _FIELDS):
+        conf.fail(f"at least one timeout should be configured (one of: {', '.join(_FIELDS)})")
+        return None
+    return Conf(conf.duration("connectionTimeout", positive=True), conf.duration("idleTimeout"),
+                conf.section("http", _parse_http))
+
+
+def _parse_http(http: ConfReader) -> HttpTimeouts:
+    http.unknown(_HTTP_FIELDS)
+    if not any(http.has(key) for key in _HTTP_FIELDS):
+        http.fail(f"at least one timeout in this section should be configured (one of: {', '.join(_HTTP_FIELDS)})")
+    return HttpTimeouts(*(http.duration(key) for key in _HTTP_FIELDS))
 
 
 # --- validation -----------------------------------------------------------------------------------------------
 
 
 def validate(default: Json, path: PathKey, check: FieldCheck, section: str) -> None:
-    check.unknown(default, path, CONF_FIELDS)
     if section == "from":
         _check_from_kind(check, path)
-    if not any(default.get(key) is not None for key in CONF_FIELDS):
-        check.fail(path, "at least one timeout should be configured "
-                   f"(one of: {', '.join(CONF_FIELDS)})")
-        return
-    check.duration(default, path, "connectionTimeout", positive=True)
-    check.duration(default, path, "idleTimeout")
-    http = check.field(default, path, "http", dict)
-    if http is None:
-        return
-    hpath = path + ("http",)
-    check.unknown(http, hpath, HTTP_FIELDS)
-    if not any(http.get(key) is not None for key in HTTP_FIELDS):
-        check.fail(hpath, "at least one timeout in this section should be configured "
-                   f"(one of: {', '.join(HTTP_FIELDS)})")
-    for key in HTTP_FIELDS:
-        check.duration(http, hpath, key)
+    parse(ConfReader(default, path, check))
 
 
 def _check_from_kind(check: FieldCheck, path: PathKey) -> None:
@@ -119,34 +141,37 @@ def apply(build: ProxyBuild) -> None:
 
 
 def _configure(build: ProxyBuild, merged: Merged, cluster: Json | None, chain: Json, protocol: str) -> None:
-    conf = merged.conf
-    http: dict[str, Any] = conf.get("http") or {}
-    if cluster is not None and "connectionTimeout" in conf:
-        build.set(cluster, "connect_timeout", proto_duration(conf["connectionTimeout"]),
-                  origins_of(merged, "connectionTimeout"))
+    conf = parse(ConfReader.of_merged(merged))
+    if conf is None:
+        return
+    if cluster is not None and conf.connection_timeout is not None:
+        _set(build, cluster, "connect_timeout", conf.connection_timeout)
     if protocol not in HTTP_PROTOCOLS:
         proxy = tcp_proxy(chain)
-        if proxy is not None and "idleTimeout" in conf:
-            build.set(proxy, "idle_timeout", proto_duration(conf["idleTimeout"]), origins_of(merged, "idleTimeout"))
+        if proxy is not None and conf.idle_timeout is not None:
+            _set(build, proxy, "idle_timeout", conf.idle_timeout)
         return
+    http = conf.http or HttpTimeouts(None, None, None, None, None)
     if cluster is not None:
-        for key, value, envoy_key in (("idleTimeout", conf.get("idleTimeout"), "idle_timeout"),
-                                      ("http.maxStreamDuration", http.get("maxStreamDuration"), "max_stream_duration"),
-                                      ("http.maxConnectionDuration", http.get("maxConnectionDuration"),
-                                       "max_connection_duration")):
-            if value is not None:
-                build.set(_common_http_options(cluster), envoy_key, proto_duration(value), origins_of(merged, key))
+        for envoy_key, setting in (("idle_timeout", conf.idle_timeout),
+                                   ("max_stream_duration", http.max_stream_duration),
+                                   ("max_connection_duration", http.max_connection_duration)):
+            if setting is not None:
+                _set(build, _common_http_options(cluster), envoy_key, setting)
     for route in routes(chain):
         action = route.get("route")
         if action is None:
             continue  # a redirect or a direct response forwards nothing, so has no upstream timeout
-        for key, envoy_key in (("requestTimeout", "timeout"), ("streamIdleTimeout", "idle_timeout")):
-            if key in http:
-                build.set(action, envoy_key, proto_duration(http[key]), origins_of(merged, f"http.{key}"))
+        for envoy_key, setting in (("timeout", http.request_timeout), ("idle_timeout", http.stream_idle_timeout)):
+            if setting is not None:
+                _set(build, action, envoy_key, setting)
     manager = hcm(chain)
-    if manager is not None and "requestHeadersTimeout" in http:
-        build.set(manager, "request_headers_timeout", proto_duration(http["requestHeadersTimeout"]),
-                  origins_of(merged, "http.requestHeadersTimeout"))
+    if manager is not None and http.request_headers_timeout is not None:
+        _set(build, manager, "request_headers_timeout", http.request_headers_timeout)
+
+
+def _set(build: ProxyBuild, node: Json, envoy_key: str, setting: Setting[str]) -> None:
+    build.set(node, envoy_key, setting.value, list(setting.origins))
 
 
 def _common_http_options(cluster: Json) -> Json:

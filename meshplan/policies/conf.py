@@ -1,0 +1,100 @@
+"""A kind's typed conf, read once by one function for both of its uses.
+
+`validate` reads one item's `default` and records every violation at its path; render reads what the items that
+matched a destination merged to, and gets the same typed values, each with the policies that set it. A kind's
+`parse(reader)` is the only place its YAML field names are spelled and its values checked and converted (a
+duration to Envoy's form, once); the Envoy side reads the dataclasses it returns, never the raw dict.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from meshplan.load.resources import PathKey
+from meshplan.match.matcher import Merged
+from meshplan.validate.check import FieldCheck
+
+T = TypeVar("T")
+C = TypeVar("C")
+
+
+@dataclass(frozen=True)
+class Setting(Generic[T]):
+    """One conf value, converted, and the policies that set it (`Kind/name (file:line)`; none while validating)."""
+
+    value: T
+    origins: tuple[str, ...] = ()
+
+
+class MergedConfError(AssertionError):
+    """A merged conf that a kind's parse refuses although every item it came from was valid: a bug in the kind."""
+
+
+class ConfReader:
+    """A kind's conf (or a section of it) as its parse sees it: typed reads that record a violation for every wrong
+    field when validating an item, and attach each value's origins when reading a merged conf."""
+
+    def __init__(self, raw: dict[str, Any], path: PathKey, check: FieldCheck, merged: Merged | None = None,
+                 prefix: str = "") -> None:
+        self.raw = raw
+        self.path = path
+        self.check = check
+        self.merged = merged
+        self.prefix = prefix  # the dotted path of this section in the merged conf
+
+    @classmethod
+    def of_merged(cls, merged: Merged) -> ConfReader:
+        return cls(merged.conf, (), _Strict(), merged)
+
+    @property
+    def validating(self) -> bool:
+        return self.merged is None
+
+    def has(self, key: str) -> bool:
+        return self.raw.get(key) is not None
+
+    def origins(self, key: str) -> tuple[str, ...]:
+        """Who set `key` of this section, or anything below it, sorted."""
+        if self.merged is None:
+            return ()
+        full = self.prefix + key
+        return tuple(sorted({str(origin.set_by) for path, origin in self.merged.origins.items()
+                             if path == full or path.startswith(full + ".")}))
+
+    def unknown(self, known: tuple[str, ...]) -> None:
+        self.check.unknown(self.raw, self.path, known)
+
+    def fail(self, message: str, key: str | None = None) -> None:
+        self.check.fail(self.path + ((key,) if key is not None else ()), message)
+
+    def duration(self, key: str, *, positive: bool = False) -> Setting[str] | None:
+        """A Go-style duration as Envoy's proto-JSON Duration (`90s`, `0.250s`)."""
+        return self._setting(key, self.check.duration(self.raw, self.path, key, positive=positive))
+
+    def integer(self, key: str, *, minimum: int = 0, maximum: int | None = None) -> Setting[int] | None:
+        return self._setting(key, self.check.integer(self.raw, self.path, key, minimum=minimum, maximum=maximum))
+
+    def choice(self, key: str, choices: tuple[str, ...]) -> Setting[str] | None:
+        return self._setting(key, self.check.choice(self.raw, self.path, key, choices))
+
+    def section(self, key: str, read: Callable[[ConfReader], C]) -> C | None:
+        """A nested mapping, read by `read`; None when it is not set (or, validating, not a mapping)."""
+        raw = self.check.field(self.raw, self.path, key, dict)
+        if raw is None:
+            return None
+        return read(ConfReader(raw, self.path + (key,), self.check, self.merged, f"{self.prefix}{key}."))
+
+    def _setting(self, key: str, value: T | None) -> Setting[T] | None:
+        return None if value is None else Setting(value, self.origins(key))
+
+
+class _Strict(FieldCheck):
+    """The check of a merged conf: its items were validated, so any violation is a bug, raised at once."""
+
+    def __init__(self) -> None:
+        self.out = []
+
+    def fail(self, path: PathKey, message: str) -> None:
+        raise MergedConfError(f"merged conf at {'.'.join(map(str, path))}: {message}")

@@ -1,0 +1,64 @@
+"""A kind's typed conf (meshplan/policies/conf.py), shown on MeshTimeout: one parse for an item's `default`
+(violations at their paths) and for what several items merged to (typed values with the policies that set them)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from meshplan.match.matcher import Merged
+from meshplan.match.result import match_proxy
+from meshplan.policies import timeout
+from meshplan.policies.conf import ConfReader, MergedConfError
+from meshplan.validate.resources import load_and_parse
+from tests.builders import violations
+
+DEMO = Path(__file__).parent.parent / "examples" / "demo"
+
+
+def _write(tmp_path: Path, default: str) -> Path:
+    (tmp_path / "mesh.yaml").write_text("type: Mesh\nname: default\n")
+    (tmp_path / "timeout.yaml").write_text(f"""\
+type: MeshTimeout
+mesh: default
+name: t
+spec:
+  targetRef:
+    kind: Mesh
+  to:
+    - targetRef:
+        kind: Mesh
+      default:
+{default}""")
+    return tmp_path
+
+
+def test_one_item_is_checked_field_by_field(tmp_path: Path) -> None:
+    found = violations(_write(tmp_path, "        connectionTimeout: 0s\n        http:\n          requestTimeot: 5s\n"))
+    assert sorted(v.split(": ", 2)[1:] for v in found) == sorted([
+        ["spec.to[0].default.connectionTimeout", "must be greater than 0, got '0s'"],
+        ["spec.to[0].default.http.requestTimeot", "unknown field (expected one of: requestTimeout, streamIdleTimeout, "
+         "maxStreamDuration, maxConnectionDuration, requestHeadersTimeout)"],
+        ["spec.to[0].default.http", "at least one timeout in this section should be configured (one of: "
+         "requestTimeout, streamIdleTimeout, maxStreamDuration, maxConnectionDuration, requestHeadersTimeout)"],
+    ])
+
+
+def test_a_merged_conf_reads_as_typed_values_with_their_origins() -> None:
+    desired = load_and_parse(DEMO)
+    web = next(dp for dp in desired.dataplanes if dp.name == "web")
+    found = match_proxy(desired, web)
+    merged = next(found.to(timeout.KIND, d.destination) for d in found.destinations
+                  if not found.to(timeout.KIND, d.destination).empty)
+    conf = timeout.parse(ConfReader.of_merged(merged))
+    assert conf is not None
+    assert conf.connection_timeout is not None
+    assert conf.connection_timeout.value.endswith("s")  # Envoy's form, converted once
+    assert conf.connection_timeout.origins and all(o.startswith("MeshTimeout/") for o in conf.connection_timeout.origins)
+
+
+def test_a_merged_conf_that_parse_refuses_is_a_bug_not_a_violation() -> None:
+    broken = Merged({"connectionTimeout": "soon"}, {}, ())
+    with pytest.raises(MergedConfError, match="connectionTimeout"):
+        timeout.parse(ConfReader.of_merged(broken))
