@@ -46,7 +46,8 @@ SECRET = _message("envoy.extensions.transport_sockets.tls.v3.Secret", "secret")
 HCM = _message("envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
                "http_connection_manager")
 HCM_NAME = "envoy.filters.network.http_connection_manager"
-NETWORK_FILTER_PREFIX = "envoy.filters.network."  # what `meshplan inspect` drops from a network filter's name
+NETWORK_FILTER_PREFIX = "envoy.filters.network."  # what `meshplan inspect` and the plan drop from a filter's name
+HTTP_FILTER_PREFIX = "envoy.filters.http."
 TCP_PROXY = _message("envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy", "tcp_proxy")
 TCP_PROXY_NAME = "envoy.filters.network.tcp_proxy"
 NETWORK_RBAC = _message("envoy.extensions.filters.network.rbac.v3.RBAC", "rbac")

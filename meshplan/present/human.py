@@ -4,23 +4,53 @@ policy that caused each, and one summary line computed from the same Plan as the
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Sequence
 from typing import Any
 
 from rich.console import Console
 
 from meshplan.compare.diff import Action
+from meshplan.envoy.types import HTTP_FILTER_PREFIX, NETWORK_FILTER_PREFIX
 from meshplan.model import EGRESS, SIDECAR
 from meshplan.plan.model import Plan, ProxyPlan, ResourcePlan
 from meshplan.present.text import markup_safe as _safe
 
 _STYLE = {Action.CREATE: "green", Action.UPDATE: "yellow", Action.DELETE: "red"}
 _WORDS = {Action.CREATE: "will be created", Action.UPDATE: "will be updated in-place", Action.DELETE: "will be destroyed"}
-_MAX_VALUE = 120
+_INLINE = 72  # a value whose JSON is longer is shown whole, as an indented block under its field
 
 
 def value_text(value: Any) -> str:
+    """A value in full, never cut: compact JSON when short, else indented JSON over several lines."""
     text = json.dumps(value, sort_keys=True, separators=(", ", ": "))
-    return text if len(text) <= _MAX_VALUE else text[: _MAX_VALUE - 3] + "..."
+    return text if len(text) <= _INLINE else json.dumps(value, sort_keys=True, indent=2)
+
+
+_ORIGIN = re.compile(r"(?P<who>.+) \((?P<file>.+):(?P<line>\d+)\)")
+
+
+def origins_text(origins: Sequence[str]) -> str:
+    """Origins as a reviewer reads them: one policy written on several lines of one file is named once, with its
+    lines (`MeshTimeout/defaults (policies/timeout.yaml:12,13)`)."""
+    grouped: dict[tuple[str, str], list[str]] = {}
+    plain: list[str] = []
+    for origin in origins:
+        found = _ORIGIN.fullmatch(origin)
+        if found is None:
+            plain.append(origin)
+        else:
+            grouped.setdefault((found["who"], found["file"]), []).append(found["line"])
+    named = [f"{who} ({file}:{','.join(dict.fromkeys(lines))})" for (who, file), lines in grouped.items()]
+    return ", ".join(plain + named)
+
+
+def short_path(path: str) -> str:
+    """A field's path as a reviewer reads it: filters by their short name (`http_connection_manager`, `rbac`), and
+    without the `typed_config` step every extension has."""
+    for prefix in (NETWORK_FILTER_PREFIX, HTTP_FILTER_PREFIX):
+        path = path.replace(f'["{prefix}', '["')
+    return path.replace(".typed_config.", ".").removesuffix(".typed_config")
 
 
 def summary_line(plan: Plan) -> str:
@@ -44,19 +74,27 @@ def _resource(console: Console, change: ResourcePlan) -> None:
     symbol = change.action.value
     title = f'{change.type} "{change.name}"'
     console.print(f"  [dim]# {_safe(title)} {_WORDS[change.action]}[/dim]")
-    caused = f"  [dim]# {_safe(', '.join(change.origins))}[/dim]" if change.origins and change.action is not Action.DELETE else ""
+    caused = f"  [dim]# {_safe(origins_text(change.origins))}[/dim]" if change.origins and change.action is not Action.DELETE else ""
     if change.action is not Action.UPDATE:
         console.print(f"  [{style}]{symbol}[/{style}] {_safe(title)}{caused}")
         return
     console.print(f"  [{style}]{symbol}[/{style}] {_safe(title)} {{")
     for f in change.fields:
-        if f.before is None:
-            line = f"[green]+[/green] {_safe(f.path)}: {_safe(value_text(f.after))}"
-        elif f.after is None:
-            line = f"[red]-[/red] {_safe(f.path)}: {_safe(value_text(f.before))}"
-        else:
-            line = f"[yellow]~[/yellow] {_safe(f.path)}: {_safe(value_text(f.before))} -> {_safe(value_text(f.after))}"
-        console.print(f"      {line}  [dim]# {_safe(', '.join(f.origins))}[/dim]")
+        origins = f"  [dim]# {_safe(origins_text(f.origins))}[/dim]"
+        path = _safe(short_path(f.path))
+        sides = [("[red]-[/red]", value_text(f.before))] if f.before is not None else []
+        sides += [("[green]+[/green]", value_text(f.after))] if f.after is not None else []
+        if all("\n" not in text for _, text in sides):
+            if f.before is None or f.after is None:
+                console.print(f"      {sides[0][0]} {path}: {_safe(sides[0][1])}{origins}")
+            else:
+                console.print(f"      [yellow]~[/yellow] {path}: {_safe(sides[0][1])} -> {_safe(sides[1][1])}{origins}")
+            continue
+        sign = "[yellow]~[/yellow]" if len(sides) == 2 else sides[0][0]
+        console.print(f"      {sign} {path}:{origins}")
+        for side, text in sides:
+            for line in text.splitlines():
+                console.print(f"          {side} {_safe(line)}" if len(sides) == 2 else f"          {_safe(line)}")
     console.print("    }")
 
 

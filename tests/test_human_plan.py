@@ -1,0 +1,55 @@
+"""The human plan is reviewable: every value whole (long ones as indented blocks), short paths, one name per policy."""
+
+from __future__ import annotations
+
+import json
+
+from rich.console import Console
+
+from meshplan.compare.diff import Action
+from meshplan.plan.model import FieldPlan, Plan, ProxyPlan, ResourcePlan
+from meshplan.present.human import origins_text, render_plan, short_path, value_text
+
+HCM_PATH = 'filter_chains[0].filters["envoy.filters.network.http_connection_manager"].typed_config'
+RULE = {"Deny Mesh": {"permissions": [{"any": True}], "principals": [{"authenticated": {"principal_name": {
+    "exact": "spiffe://default/admin"}}}]}}
+
+
+def test_a_long_value_is_shown_whole_as_a_block() -> None:
+    text = value_text(RULE)
+    assert "..." not in text
+    assert json.loads(text) == RULE
+    assert len(text.splitlines()) > 1
+    assert value_text("5s") == '"5s"'
+
+
+def test_paths_name_filters_shortly_and_skip_typed_config() -> None:
+    path = f'{HCM_PATH}.http_filters["envoy.filters.http.rbac"].rules.policies'
+    assert short_path(path) == 'filter_chains[0].filters["http_connection_manager"].http_filters["rbac"].rules.policies'
+    assert short_path(f"{HCM_PATH}.route_config") == 'filter_chains[0].filters["http_connection_manager"].route_config'
+
+
+def test_one_policy_on_several_lines_is_named_once() -> None:
+    assert origins_text(["MeshTimeout/a (p/t.yaml:12)", "MeshTimeout/a (p/t.yaml:13)", "base",
+                         "MeshRetry/b (p/r.yaml:4)"]) == "base, MeshTimeout/a (p/t.yaml:12,13), MeshRetry/b (p/r.yaml:4)"
+
+
+def _plan() -> Plan:
+    field = FieldPlan(f'{HCM_PATH}.http_filters["envoy.filters.http.rbac"].typed_config.rules.policies', None, RULE,
+                      ("MeshTrafficPermission/deny-admin (policies/tp.yaml:9)",))
+    timeout = FieldPlan("connect_timeout", "5s", "2s", ("MeshTimeout/t (policies/timeout.yaml:12)",))
+    change = ResourcePlan("listener", "inbound:127.0.1.2:8080", Action.UPDATE, (field, timeout), ())
+    proxy = ProxyPlan(name="backend-1", type="sidecar", mesh="default", admin_url="http://127.0.1.2:9901", status="ok",
+                      detail="", desired_fingerprint="a", live_fingerprint="b", changes=(change,), warnings=(),
+                      desired={"clusters": (), "listeners": ()})
+    return Plan((proxy,))
+
+
+def test_at_80_columns_nothing_is_cut() -> None:
+    console = Console(width=80, record=True, force_terminal=False, color_system=None, soft_wrap=True)  # as the CLI
+    render_plan(console, _plan())
+    text = console.export_text()
+    assert "..." not in text
+    assert '"exact": "spiffe://default/admin"' in text
+    assert '~ connect_timeout: "5s" -> "2s"  # MeshTimeout/t (policies/timeout.yaml:12)' in text
+    assert 'filters["http_connection_manager"].http_filters["rbac"].rules.policies:' in text
