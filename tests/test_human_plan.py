@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 from rich.console import Console
@@ -53,3 +54,17 @@ def test_at_80_columns_nothing_is_cut() -> None:
     assert '"exact": "spiffe://default/admin"' in text
     assert '~ connect_timeout: "5s" -> "2s"  # MeshTimeout/t (policies/timeout.yaml:12)' in text
     assert 'filters["http_connection_manager"].http_filters["rbac"].rules.policies:' in text
+
+
+def test_proxies_with_the_same_changes_are_shown_once() -> None:
+    (first,) = _plan().proxies
+    second = dataclasses.replace(first, name="backend-2", admin_url="http://127.0.1.3:9901")
+    other_change = dataclasses.replace(first.changes[0], fields=first.changes[0].fields[1:])
+    third = dataclasses.replace(first, name="backend-3", changes=(other_change,))
+    console = Console(width=200, record=True, force_terminal=False, color_system=None, soft_wrap=True)
+    render_plan(console, Plan((first, second, third)))
+    text = console.export_text()
+    assert "# backend-1, backend-2 [sidecar] (mesh default, 2 proxies, the same changes)" in text
+    assert "# backend-3 [sidecar]" in text
+    assert text.count('~ listener "inbound:127.0.1.2:8080" {') == 2  # once for the pair, once for backend-3
+    assert "Plan: 0 to add, 3 to change, 0 to destroy across 3 proxies (3 sidecars, 0 egress)." in text

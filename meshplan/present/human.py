@@ -3,6 +3,7 @@ policy that caused each, and one summary line computed from the same Plan as the
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Sequence
@@ -64,9 +65,25 @@ def summary_line(plan: Plan) -> str:
     )
 
 
-def _header(console: Console, proxy: ProxyPlan) -> None:
+def _header(console: Console, proxy: ProxyPlan, same: Sequence[ProxyPlan] = ()) -> None:
     mesh = f"mesh {proxy.mesh}, " if proxy.mesh else ""
-    console.print(f"[bold]# {_safe(proxy.name)}[/bold] \\[{_safe(proxy.type)}] ({_safe(mesh + proxy.admin_url)})")
+    if not same:
+        console.print(f"[bold]# {_safe(proxy.name)}[/bold] \\[{_safe(proxy.type)}] ({_safe(mesh + proxy.admin_url)})")
+        return
+    names = ", ".join(p.name for p in (proxy, *same))
+    console.print(f"[bold]# {_safe(names)}[/bold] \\[{_safe(proxy.type)}] ({_safe(mesh)}{len(same) + 1} proxies, "
+                  "the same changes)")
+
+
+def _identical(proxies: Sequence[ProxyPlan]) -> list[list[ProxyPlan]]:
+    """Proxies whose changes are the same, field for field and cause for cause (instances of one service, most
+    often), together, in the order the first of each group comes."""
+    groups: dict[str, list[ProxyPlan]] = {}
+    for proxy in proxies:
+        key = json.dumps([proxy.type, proxy.mesh, [dataclasses.asdict(c) for c in proxy.changes]], sort_keys=True,
+                         default=str)
+        groups.setdefault(key, []).append(proxy)
+    return list(groups.values())
 
 
 def _resource(console: Console, change: ResourcePlan) -> None:
@@ -109,15 +126,16 @@ def render_plan(console: Console, plan: Plan, *, summary: bool = False) -> None:
     for proxy in plan.proxies:
         for warning in proxy.warnings:
             console.print(f"[yellow]Warning:[/yellow] {_safe(proxy.name)}: {_safe(warning)}")
-        if not proxy.changes:
-            continue
+    for group in _identical(plan.changed_proxies):
+        proxy = group[0]
         if summary:
-            for change in proxy.changes:
-                style = _STYLE[change.action]
-                console.print(f"[{style}]{change.action.value}[/{style}] {_safe(proxy.name)} \\[{_safe(proxy.type)}] "
-                              f'{_safe(change.type)} "{_safe(change.name)}"')
+            for member in group:
+                for change in member.changes:
+                    style = _STYLE[change.action]
+                    console.print(f"[{style}]{change.action.value}[/{style}] {_safe(member.name)} "
+                                  f'\\[{_safe(member.type)}] {_safe(change.type)} "{_safe(change.name)}"')
             continue
-        _header(console, proxy)
+        _header(console, proxy, group[1:])
         for change in proxy.changes:
             _resource(console, change)
         console.print()
