@@ -181,6 +181,10 @@ class ProxyConfig:
     listeners: tuple[dict[str, Any], ...]
     # "cluster"|"listener" -> resource name -> steps to a field (keys and list positions) -> the policies that set it
     origins: dict[str, dict[str, dict[tuple[str | int, ...], list[str]]]] = field(default_factory=dict, compare=False)
+    # "cluster"|"listener" -> resource name -> steps to a part of it -> the desired resource that made that part
+    # (`Dataplane/web (dataplanes.yaml:2)`, a MeshExternalService, the ZoneEgress, the Mesh): what a change no policy
+    # made is blamed on
+    structure: dict[str, dict[str, dict[tuple[str | int, ...], str]]] = field(default_factory=dict, compare=False)
 
     @property
     def admin_url(self) -> str:

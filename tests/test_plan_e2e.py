@@ -123,10 +123,12 @@ def test_edits_show_exactly_the_changed_resources_and_fields(tmp_path: Path, san
         for p in document["proxies"] for c in p["changes"] if c["action"] == "update"
     }
     assert fields[("egress", "mes:default:httpbin")] == [
-        ("load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address.port_value", 18080, 18081, ["base"])
+        ("load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address.port_value", 18080, 18081,
+         [f"MeshExternalService/httpbin ({demo.path / 'external.yaml'}:2)"])  # what changed it, not `base`
     ]
     (added,) = fields[("web", "backend")]
     assert added[0] == "load_assignment.endpoints[0].lb_endpoints[2]" and added[1] is None
+    assert added[3] == [f"Dataplane/backend-3 ({demo.path / 'new.yaml'}:2)"]  # the new instance, not `base`
     assert added[2]["endpoint"]["address"]["socket_address"] == {"address": demo.addr("127.0.1.4"), "port_value": 8080}
     assert document["summary"] == {
         "add": 2, "change": 3, "destroy": 2, "proxies_changed": 4, "sidecars_changed": 3, "egresses_changed": 1,
@@ -136,7 +138,7 @@ def test_edits_show_exactly_the_changed_resources_and_fields(tmp_path: Path, san
     code, human, _ = plan(demo, sandbox_state, "--detailed-exitcode")
     assert code == 2
     assert human.rstrip().endswith("Plan: 2 to add, 3 to change, 2 to destroy across 4 proxies (3 sidecars, 1 egress).")
-    text = human.replace(demo.proxies, "127.0.1.").replace(demo.externals, "127.0.2.")
+    text = human.replace(demo.proxies, "127.0.1.").replace(demo.externals, "127.0.2.").replace(str(demo.path), "DEMO")
     check_golden(request, "plan-edits.golden.txt", text)
     code, summary, _ = plan(demo, sandbox_state, "--summary")
     assert code == 0

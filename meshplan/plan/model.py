@@ -166,8 +166,11 @@ def _resource_plan(proxy: ProxyConfig, change: ResourceChange) -> ResourcePlan:
     recorded = proxy.origins.get(change.kind, {}).get(change.name, {})
     # Per resource, who touched it: the policies by kind/name (each field line says file:line).
     everyone = tuple(sorted({o.split(" (", 1)[0] for origins in recorded.values() for o in origins}))
+    made = proxy.structure.get(change.kind, {}).get(change.name, {})
+    if not everyone and () in made:  # no policy touched it: what made it (a Dataplane, a MeshExternalService ...)
+        everyone = (made[()].split(" (", 1)[0],)
     fields = tuple(
-        FieldPlan(f.path, f.before, f.after, _field_origins(f, change.after, recorded)) for f in change.fields
+        FieldPlan(f.path, f.before, f.after, _field_origins(f, change.after, recorded, made)) for f in change.fields
     )
     return ResourcePlan(change.kind, change.name, change.action, fields, everyone)
 
@@ -206,9 +209,13 @@ def steps_of(path: str, resource: Mapping[str, Any] | None) -> tuple[str | int, 
     return tuple(steps)
 
 
-def _field_origins(change: FieldChange, after: Mapping[str, Any] | None, recorded: Mapping[tuple[str | int, ...], list[str]]) -> tuple[str, ...]:
+def _field_origins(
+    change: FieldChange, after: Mapping[str, Any] | None, recorded: Mapping[tuple[str | int, ...], list[str]],
+    made: Mapping[tuple[str | int, ...], str],
+) -> tuple[str, ...]:
     """Who set a changed field: the policy that set it or a field above it, else the policies that set fields inside
-    it, else the mesh's structure."""
+    it; else the desired resource that made the part it is in (a Dataplane, a MeshExternalService, the ZoneEgress,
+    the Mesh), or the ones that made the parts inside it; else the mesh's structure (`base`)."""
     steps = steps_of(change.path, after)
     if steps is None:
         return (BASE,)
@@ -216,7 +223,13 @@ def _field_origins(change: FieldChange, after: Mapping[str, Any] | None, recorde
     if above:
         return tuple(sorted(set(above)))
     below = [o for path, origins in recorded.items() if path[: len(steps)] == steps for o in origins]
-    return tuple(sorted(set(below))) or (BASE,)
+    if below:
+        return tuple(sorted(set(below)))
+    enclosing = [path for path in made if steps[: len(path)] == path]
+    if enclosing:
+        return (made[max(enclosing, key=len)],)
+    inside = sorted({origin for path, origin in made.items() if path[: len(steps)] == steps})
+    return tuple(inside) or (BASE,)
 
 
 # --- JSON ------------------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from meshplan.envoy.types import HCM_NAME, TCP_PROXY_NAME
 from meshplan.load.resources import PathKey
 from meshplan.match.matcher import Destination, Merged
 from meshplan.match.result import ProxyMatch
-from meshplan.model import Dataplane, Desired, Inbound, ProxyConfig, ZoneEgress
+from meshplan.model import Dataplane, Desired, Inbound, Mesh, MeshExternalService, ProxyConfig, ZoneEgress
 from meshplan.validate.check import FieldCheck
 
 Json = dict[str, Any]
@@ -77,6 +77,14 @@ class ProxyBuild:
     # (id of a dict inside a resource, key) -> origins; turned into field paths by `finish`
     _marks: dict[tuple[int, str], list[str]] = field(default_factory=dict)
     _keep: list[Any] = field(default_factory=list)  # keeps marked dicts alive, so their ids stay theirs
+    _made_by: dict[int, str] = field(default_factory=dict)  # id of a dict inside a resource -> who it comes from
+
+    def made_by(self, node: Json, resource: Dataplane | ZoneEgress | MeshExternalService | Mesh) -> None:
+        """Record which desired resource `node` (a resource, a filter chain, an endpoint) comes from."""
+        if resource.source is not None:
+            kind = type(resource).__name__
+            self._made_by[id(node)] = f"{kind}/{resource.name} ({resource.source})"
+            self._keep.append(node)
 
     def set(self, container: Json, key: str, value: Any, origins: Iterable[str]) -> None:
         """Set `container[key]` and remember who set it (shown beside the field in a plan)."""
@@ -89,11 +97,15 @@ class ProxyBuild:
 
     def finish(self) -> ProxyConfig:
         origins: dict[str, dict[str, dict[Steps, list[str]]]] = {"cluster": {}, "listener": {}}
+        structure: dict[str, dict[str, dict[Steps, str]]] = {"cluster": {}, "listener": {}}
         for kind, resources in (("cluster", self.clusters), ("listener", self.listeners)):
             for name, resource in resources.items():
                 found = dict(self._paths(resource, ()))
                 if found:
                     origins[kind][name] = found
+                made = dict(self._made(resource, ()))
+                if made:
+                    structure[kind][name] = made
         return ProxyConfig(
             name=self.proxy.name,
             type=self.type,
@@ -103,11 +115,22 @@ class ProxyBuild:
             clusters=tuple(self.clusters[n] for n in sorted(self.clusters)),
             listeners=tuple(self.listeners[n] for n in sorted(self.listeners)),
             origins=origins,
+            structure=structure,
         )
 
     def origins_in(self, node: Any) -> frozenset[str]:
         """Every origin recorded on a field inside `node` (a cluster, a filter chain): what render says set it."""
         return frozenset(origin for _, origins in self._paths(node, ()) for origin in origins)
+
+    def _made(self, node: Any, prefix: Steps) -> Iterator[tuple[Steps, str]]:
+        if isinstance(node, dict):
+            if id(node) in self._made_by:
+                yield prefix, self._made_by[id(node)]
+            for key, value in node.items():
+                yield from self._made(value, prefix + (key,))
+        elif isinstance(node, list):
+            for i, item in enumerate(node):
+                yield from self._made(item, prefix + (i,))
 
     def _paths(self, node: Any, prefix: Steps) -> Iterator[tuple[Steps, list[str]]]:
         """Every marked field, as the steps (keys and list positions) that lead to it inside the resource."""

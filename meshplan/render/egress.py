@@ -31,11 +31,14 @@ def build_egress(desired: Desired, egress: ZoneEgress) -> ProxyBuild:
         "filter_chains": [],
     }
     build.listeners[name] = listener
+    build.made_by(listener, egress)
     for mes in externals:
         cluster = _external_cluster(mes)
         chain = _filter_chain(mes)
         build.clusters[cluster["name"]] = cluster
         listener["filter_chains"].append(chain)
+        build.made_by(cluster, mes)
+        build.made_by(chain, mes)
         destination = Destination.of_external(mes)
         # The egress is both ends for an external service: its inbound (from policies) and its outbound (to policies).
         build.inbounds.append(InboundPoint(destination, chain, name, mes.protocol))
