@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, Generic, TypeVar
 
 from meshplan.load.resources import PathKey
 from meshplan.match.matcher import Merged
-from meshplan.validate.check import FieldCheck
+from meshplan.validate.check import FieldCheck, as_decimal
 
 T = TypeVar("T")
 C = TypeVar("C")
@@ -149,6 +150,23 @@ class ConfReader:
             if node is not None:
                 found.add(str(c.origin(path)))
         return tuple(sorted(found))
+
+    def flag(self, key: str) -> Setting[bool] | None:
+        """A boolean (YAML true or false)."""
+        value = self.check.field(self.raw, self.path, key, bool)
+        return self._setting(key, None if value is None else bool(value))
+
+    def number(self, key: str, *, minimum: int = 0) -> Setting[Decimal] | None:
+        """A number at least `minimum`: an integer, a float or a decimal string (Kuma's IntOrString). Unlike the other
+        reads, a key written as null is read, and refused, too."""
+        if key not in self.raw:
+            return None
+        value = as_decimal(self.raw[key])
+        if value is None or value < minimum:
+            self.fail(f"must be a number at least {minimum} (an integer or a decimal string like \"1.5\"), "
+                      f"got {self.raw[key]!r}", key)
+            return None
+        return self._setting(key, value)
 
 
 class _Strict(FieldCheck):
