@@ -1,15 +1,17 @@
-"""A kind's typed conf (meshplan/policies/conf.py), shown on MeshTimeout: one parse for an item's `default`
-(violations at their paths) and for what several items merged to (typed values with the policies that set them)."""
+"""A kind's typed conf (meshplan/policies/conf.py), shown on MeshTimeout, MeshRetry and MeshLoadBalancingStrategy:
+one parse for an item's `default` (violations at their paths) and for what several items merged to (typed values with
+the policies that set them)."""
 
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
 from meshplan.match.matcher import Merged
 from meshplan.match.result import match_proxy
-from meshplan.policies import timeout
+from meshplan.policies import load_balancing, retry, timeout
 from meshplan.policies.conf import ConfReader, MergedConfError
 from meshplan.validate.resources import load_and_parse
 from tests.builders import violations
@@ -62,3 +64,56 @@ def test_a_merged_conf_that_parse_refuses_is_a_bug_not_a_violation() -> None:
     broken = Merged({"connectionTimeout": "soon"}, {}, ())
     with pytest.raises(MergedConfError, match="connectionTimeout"):
         timeout.parse(ConfReader.of_merged(broken))
+
+
+def test_a_retry_back_off_merged_from_two_items_is_rendered_as_it_is() -> None:
+    # maxInterval below baseInterval is refused in one item; two items may still merge to it (as before the typed conf).
+    merged = Merged({"http": {"backOff": {"baseInterval": "1s", "maxInterval": "100ms"}}}, {}, ())
+    conf = retry.parse(ConfReader.of_merged(merged))
+    assert conf is not None and conf.http is not None and conf.http.back_off is not None
+    assert conf.http.back_off.base_interval is not None and conf.http.back_off.base_interval.value == "1s"
+    assert conf.http.back_off.max_interval is not None and conf.http.back_off.max_interval.value == "0.100s"
+
+
+def test_retry_lists_read_as_typed_items() -> None:
+    merged = Merged({"http": {"retryOn": ["5XX", 503, "HttpMethodGet"],
+                              "retriableResponseHeaders": [{"name": "x-a", "type": "Prefix", "value": "y"}],
+                              "hostSelection": [{"predicate": "OmitHostsWithTags", "tags": {"version": "v1"}}]}},
+                    {}, ())
+    conf = retry.parse(ConfReader.of_merged(merged))
+    assert conf is not None and conf.http is not None
+    assert conf.http.retry_on is not None
+    assert conf.http.retry_on.value == (("on", "5xx"), ("status", "503"), ("method", "GET"))
+    assert conf.http.retriable_response_headers is not None
+    assert conf.http.retriable_response_headers.value == (retry.HeaderMatch("x-a", "Prefix", "y"),)
+    assert conf.http.host_selection is not None
+    assert conf.http.host_selection.value == (retry.HostPredicate("OmitHostsWithTags", {"version": "v1"}, None),)
+
+
+def test_a_merged_retry_conf_that_parse_refuses_is_a_bug() -> None:
+    with pytest.raises(MergedConfError, match="http.retryOn.0"):
+        retry.parse(ConfReader.of_merged(Merged({"http": {"retryOn": ["Sometimes"]}}, {}, ())))
+
+
+def test_a_load_balancer_merged_from_two_items_is_rendered_as_it_is() -> None:
+    # One item's block of another type, hashPolicies at both levels and a ring of min above max are refused in one
+    # item; items may still merge to them: the type's own block and the top-level hashPolicies count.
+    merged = Merged({"hashPolicies": [{"type": "SourceIP"}],
+                     "loadBalancer": {"type": "LeastRequest", "leastRequest": {"activeRequestBias": "1.5"},
+                                      "ringHash": {"minRingSize": 2048, "maxRingSize": 1024,
+                                                   "hashPolicies": [{"type": "Header", "header": {"name": "x-a"}}]}}},
+                    {}, ())
+    conf = load_balancing.parse(ConfReader.of_merged(merged))
+    assert conf.load_balancer is not None and conf.load_balancer.lb_policy is not None
+    assert conf.load_balancer.lb_policy.value == "LEAST_REQUEST"
+    assert conf.load_balancer.least_request is not None
+    assert conf.load_balancer.least_request.active_request_bias is not None
+    assert conf.load_balancer.least_request.active_request_bias.value == Decimal("1.5")
+    assert conf.hash_policies is not None
+    assert conf.hash_policies.value == (load_balancing.HashPolicy("SourceIP", None, None, None, True, False),)
+
+
+def test_a_merged_load_balancer_that_parse_refuses_is_a_bug() -> None:
+    with pytest.raises(MergedConfError, match="hashPolicies.0.cookie.ttl"):
+        load_balancing.parse(ConfReader.of_merged(Merged(
+            {"hashPolicies": [{"type": "Cookie", "cookie": {"name": "s", "ttl": "forever"}}]}, {}, ())))

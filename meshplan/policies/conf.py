@@ -10,14 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, Generic, TypeVar
 
 from meshplan.load.resources import PathKey
 from meshplan.match.matcher import Merged
-from meshplan.validate.check import FieldCheck
+from meshplan.validate.check import FieldCheck, as_decimal
 
 T = TypeVar("T")
 C = TypeVar("C")
+V = TypeVar("V")
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,83 @@ class ConfReader:
 
     def _setting(self, key: str, value: T | None) -> Setting[T] | None:
         return None if value is None else Setting(value, self.origins(key))
+
+    # --- added for MeshRetry and MeshLoadBalancingStrategy: more typed reads ---
+
+    def text(self, key: str, *, required: bool = False) -> Setting[str] | None:
+        """A string (`required`: a violation on this section when it is not set)."""
+        value = self.check.field(self.raw, self.path, key, str, required=required)
+        return self._setting(key, None if value is None else str(value))
+
+    def tags(self, key: str, *, required: bool = False) -> Setting[dict[str, str]] | None:
+        """A mapping of tag names to string values (those that are strings, when some are not); None when not set."""
+        value = self.check.tags(self.raw, self.path, key, required=required)
+        return self._setting(key, value) if self.has(key) else None
+
+    def items(self, key: str, convert: Callable[[Any], V | None],
+              problem: Callable[[Any], str]) -> Setting[tuple[V, ...]] | None:
+        """A list of scalars, each converted by `convert`; one it refuses (None) is left out, with the violation
+        `problem(item)` at its index."""
+        raw = self.check.field(self.raw, self.path, key, list)
+        if raw is None:
+            return None
+        found: list[V] = []
+        for i, item in enumerate(raw):
+            value = convert(item)
+            if value is None:
+                self.check.fail(self.path + (key, i), problem(item))
+            else:
+                found.append(value)
+        return self._setting(key, tuple(found))
+
+    def mappings(self, key: str, read: Callable[[ConfReader], C | None],
+                 not_mapping: str) -> Setting[tuple[C, ...]] | None:
+        """A list of mappings, each read by `read` at its index (None leaves it out); an item that is not a mapping is
+        left out with the violation `not_mapping`. A merged conf's lists are set whole: the origins are the list's."""
+        raw = self.check.field(self.raw, self.path, key, list)
+        if raw is None:
+            return None
+        found: list[C] = []
+        for i, item in enumerate(raw):
+            if not isinstance(item, dict):
+                self.check.fail(self.path + (key, i), not_mapping)
+                continue
+            value = read(ConfReader(item, self.path + (key, i), self.check, self.merged, f"{self.prefix}{key}.{i}."))
+            if value is not None:
+                found.append(value)
+        return self._setting(key, tuple(found))
+
+    def written_by(self) -> tuple[str, ...]:
+        """The policies whose items wrote this section at all, each at the section's line, sorted: for what the
+        section's presence alone decides (a default it implies); none while validating."""
+        if self.merged is None:
+            return ()
+        path = tuple(str(key) for key in self.path)  # a merged conf's reader is at its path in the conf
+        found = set()
+        for c in self.merged.contributions:
+            node: Any = c.item.default
+            for key in path:
+                node = node.get(key) if isinstance(node, dict) else None
+            if node is not None:
+                found.add(str(c.origin(path)))
+        return tuple(sorted(found))
+
+    def flag(self, key: str) -> Setting[bool] | None:
+        """A boolean (YAML true or false)."""
+        value = self.check.field(self.raw, self.path, key, bool)
+        return self._setting(key, None if value is None else bool(value))
+
+    def number(self, key: str, *, minimum: int = 0) -> Setting[Decimal] | None:
+        """A number at least `minimum`: an integer, a float or a decimal string (Kuma's IntOrString). Unlike the other
+        reads, a key written as null is read, and refused, too."""
+        if key not in self.raw:
+            return None
+        value = as_decimal(self.raw[key])
+        if value is None or value < minimum:
+            self.fail(f"must be a number at least {minimum} (an integer or a decimal string like \"1.5\"), "
+                      f"got {self.raw[key]!r}", key)
+            return None
+        return self._setting(key, value)
 
 
 class _Strict(FieldCheck):

@@ -30,22 +30,23 @@ of a TCP destination have none (Kuma does not set `tcp_proxy.hash_policy` either
 
 `localityAwareness`: meshplan renders one zone and no endpoint priorities, so `disabled` (true or false) is accepted
 and changes nothing; `localZone` and `crossZone` are rejected as not supported.
+
+The checks between fields (no block of another type, minRingSize not above maxRingSize, hashPolicies at one level
+only) are made on each item: items may still merge to a conf that breaks them, which is rendered as it is (the
+type's own block, the top-level hashPolicies; a ring Envoy refuses).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, TypeVar
 
 from meshplan.load.resources import PathKey
-from meshplan.match.matcher import Merged
-from meshplan.policies.base import Json, ProxyBuild, origins_of, routes
-from meshplan.validate.check import (
-    FieldCheck,
-    as_decimal,
-    duration_json,
-    parse_duration,
-)
+from meshplan.policies.base import Json, ProxyBuild, routes
+from meshplan.policies.conf import ConfReader, Setting
+from meshplan.validate.check import FieldCheck
 
 KIND = "MeshLoadBalancingStrategy"
 ORDER = 110  # run order on a proxy (registry.py): last: it reads the clusters and routes as the others left them
@@ -78,147 +79,209 @@ HASH_BLOCK = {
 MAX_RING_SIZE = 8_000_000  # Envoy's limit
 MAX_TABLE_SIZE = 5_000_011  # Envoy's limit; the size must also be prime
 
-
-# --- validation -------------------------------------------------------------------------------------------------
-
-
-def validate(default: Json, path: PathKey, check: FieldCheck, section: str) -> None:
-    check.unknown(default, path, ("loadBalancer", "localityAwareness", "hashPolicies"))
-    top_hash = check.field(default, path, "hashPolicies", list)
-    if top_hash is not None:
-        _validate_hash_policies(check, top_hash, path + ("hashPolicies",))
-    lb = check.field(default, path, "loadBalancer", dict)
-    if lb is not None:
-        _validate_load_balancer(check, lb, path + ("loadBalancer",), top_level_hash=top_hash is not None)
-    locality = check.field(default, path, "localityAwareness", dict)
-    if locality is not None:
-        lp = path + ("localityAwareness",)
-        check.unknown(locality, lp, ("disabled", "localZone", "crossZone"))
-        check.field(locality, lp, "disabled", bool)
-        for key in ("localZone", "crossZone"):
-            if key in locality:
-                check.fail(lp + (key,), f"`{key}` is not supported: meshplan renders a single zone without endpoint "
-                                        "priorities (only `localityAwareness.disabled` is accepted)")
+T = TypeVar("T")
 
 
-def _validate_load_balancer(check: FieldCheck, lb: Json, lp: PathKey, *, top_level_hash: bool) -> None:
-    check.unknown(lb, lp, ("type",) + tuple(TYPE_BLOCK.values()))
-    kind = check.field(lb, lp, "type", str, required=True)
+# --- the conf -----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HashPolicy:
+    type: str  # one of HASH_TYPES
+    name: str | None  # Header and QueryParameter: the name; Cookie: its name; FilterState: the key
+    ttl: str | None  # Cookie: as Envoy writes a duration
+    path: str | None  # Cookie
+    source_ip: bool  # Connection (SourceIP: always)
+    terminal: bool
+
+
+@dataclass(frozen=True)
+class LeastRequest:
+    choice_count: Setting[int] | None
+    active_request_bias: Setting[Decimal] | None
+    origins: tuple[str, ...]  # who set anything in the block
+
+
+@dataclass(frozen=True)
+class RingHash:
+    hash_function: Setting[str] | None  # Envoy's: XX_HASH | MURMUR_HASH_2
+    min_ring_size: Setting[int] | None
+    max_ring_size: Setting[int] | None
+    hash_policies: Setting[tuple[HashPolicy, ...]] | None
+
+
+@dataclass(frozen=True)
+class Maglev:
+    table_size: Setting[int] | None
+    hash_policies: Setting[tuple[HashPolicy, ...]] | None
+
+
+@dataclass(frozen=True)
+class LoadBalancer:
+    lb_policy: Setting[str] | None  # Envoy's: ROUND_ROBIN | LEAST_REQUEST | RING_HASH | RANDOM | MAGLEV
+    least_request: LeastRequest | None
+    ring_hash: RingHash | None
+    maglev: Maglev | None
+
+
+@dataclass(frozen=True)
+class Conf:
+    load_balancer: LoadBalancer | None
+    hash_policies: Setting[tuple[HashPolicy, ...]] | None  # the top-level ones
+    locality_disabled: Setting[bool] | None  # changes nothing (one zone)
+
+
+def parse(conf: ConfReader) -> Conf:
+    """A `default` (or what several merged to). The checks between fields of different items (a type and another
+    type's block, minRingSize above maxRingSize, hashPolicies at both levels) are made on each item only: a merged conf
+    may take them from different items, and is rendered as it is (the type's own block, the top-level hashPolicies)."""
+    conf.unknown(("loadBalancer", "localityAwareness", "hashPolicies"))
+    top_hash = _hash_policies(conf)
+    lb = conf.section("loadBalancer", lambda r: _parse_load_balancer(r, top_level_hash=top_hash is not None))
+    locality = conf.section("localityAwareness", _parse_locality)
+    return Conf(lb, top_hash, locality)
+
+
+def _parse_locality(locality: ConfReader) -> Setting[bool] | None:
+    locality.unknown(("disabled", "localZone", "crossZone"))
+    disabled = locality.flag("disabled")
+    for key in ("localZone", "crossZone"):
+        if key in locality.raw:
+            locality.fail(f"`{key}` is not supported: meshplan renders a single zone without endpoint priorities "
+                          "(only `localityAwareness.disabled` is accepted)", key)
+    return disabled
+
+
+def _parse_load_balancer(lb: ConfReader, *, top_level_hash: bool) -> LoadBalancer:
+    lb.unknown(("type",) + tuple(TYPE_BLOCK.values()))
+    kind = _value(lb.text("type", required=True))
     if kind is not None and kind not in LB_POLICY:
-        check.fail(lp + ("type",), f"must be one of {', '.join(LB_POLICY)}, got {kind!r}")
+        lb.fail(f"must be one of {', '.join(LB_POLICY)}, got {kind!r}", "type")
         kind = None
-    for other, block in TYPE_BLOCK.items():
-        if block in lb and kind is not None and other != kind:
-            check.fail(lp + (block,), f"`{block}` configures type {other}, but type is {kind}: it would be ignored")
+    if lb.validating:
+        for other, block in TYPE_BLOCK.items():
+            if block in lb.raw and kind is not None and other != kind:
+                lb.fail(f"`{block}` configures type {other}, but type is {kind}: it would be ignored", block)
     for block in ("roundRobin", "random"):
-        value = check.field(lb, lp, block, dict)
-        if value:
-            check.unknown(value, lp + (block,), ())
-    least = check.field(lb, lp, "leastRequest", dict)
-    if least is not None:
-        p = lp + ("leastRequest",)
-        check.unknown(least, p, ("choiceCount", "activeRequestBias"))
-        _integer(check, least, p, "choiceCount", minimum=2, maximum=2**32 - 1)
-        if "activeRequestBias" in least:
-            bias = as_decimal(least["activeRequestBias"])
-            if bias is None or bias < 0:
-                check.fail(p + ("activeRequestBias",), "must be a number at least 0 (an integer or a decimal string "
-                                                       f"like \"1.5\"), got {least['activeRequestBias']!r}")
-    ring = check.field(lb, lp, "ringHash", dict)
-    if ring is not None:
-        p = lp + ("ringHash",)
-        check.unknown(ring, p, ("hashFunction", "minRingSize", "maxRingSize", "hashPolicies"))
-        function = check.field(ring, p, "hashFunction", str)
-        if function is not None and function not in HASH_FUNCTIONS:
-            check.fail(p + ("hashFunction",), f"must be one of {', '.join(HASH_FUNCTIONS)}, got {function!r}")
-        low = _integer(check, ring, p, "minRingSize", minimum=1, maximum=MAX_RING_SIZE)
-        high = _integer(check, ring, p, "maxRingSize", minimum=1, maximum=MAX_RING_SIZE)
-        if low is not None and high is not None and low > high:
-            check.fail(p + ("minRingSize",), f"must not be greater than maxRingSize ({low} > {high})")
-        _nested_hash_policies(check, ring, p, top_level_hash)
-    maglev = check.field(lb, lp, "maglev", dict)
-    if maglev is not None:
-        p = lp + ("maglev",)
-        check.unknown(maglev, p, ("tableSize", "hashPolicies"))
-        size = _integer(check, maglev, p, "tableSize", minimum=1, maximum=MAX_TABLE_SIZE)
-        if size is not None and not _is_prime(size):
-            check.fail(p + ("tableSize",), f"must be a prime number (Envoy refuses others), got {size}")
-        _nested_hash_policies(check, maglev, p, top_level_hash)
+        lb.section(block, _parse_no_settings)
+    least = lb.section("leastRequest", lambda r: _parse_least_request(r, lb.origins("leastRequest")))
+    ring = lb.section("ringHash", lambda r: _parse_ring_hash(r, top_level_hash))
+    maglev = lb.section("maglev", lambda r: _parse_maglev(r, top_level_hash))
+    lb_policy = None if kind is None else Setting(LB_POLICY[kind], lb.origins("type"))
+    return LoadBalancer(lb_policy, least, ring, maglev)
 
 
-def _nested_hash_policies(check: FieldCheck, block: Json, path: PathKey, top_level_hash: bool) -> None:
-    policies = check.field(block, path, "hashPolicies", list)
-    if policies is None:
-        return
-    if top_level_hash:
-        check.fail(path + ("hashPolicies",), "hashPolicies already specified in the root level "
-                                             "(`default.hashPolicies`)")
-    _validate_hash_policies(check, policies, path + ("hashPolicies",))
+def _parse_no_settings(block: ConfReader) -> None:
+    if block.raw:
+        block.unknown(())
 
 
-def _validate_hash_policies(check: FieldCheck, policies: list[Any], path: PathKey) -> None:
-    for i, policy in enumerate(policies):
-        p = path + (i,)
-        if not isinstance(policy, dict):
-            check.fail(p, "must be a mapping with a `type`")
-            continue
-        check.unknown(policy, p, ("type", "terminal") + tuple(sorted(set(HASH_BLOCK.values()))))
-        check.field(policy, p, "terminal", bool)
-        kind = check.field(policy, p, "type", str, required=True)
-        if kind is not None and kind not in HASH_TYPES:
-            check.fail(p + ("type",), f"must be one of {', '.join(HASH_TYPES)}, got {kind!r}")
-            kind = None
-        wanted = HASH_BLOCK.get(kind or "")
-        for block in sorted(set(HASH_BLOCK.values())):
-            if block in policy and kind is not None and block != wanted:
-                check.fail(p + (block,), f"`{block}` is not used by a hash policy of type {kind}")
-        if kind is None or wanted is None:
-            continue
-        body = check.field(policy, p, wanted, dict, required=kind != "SourceIP")
-        if body is None:
-            continue
-        bp = p + (wanted,)
-        if kind == "Header":
-            check.unknown(body, bp, ("name",))
-            _name(check, body, bp, "name")
-        elif kind == "Cookie":
-            check.unknown(body, bp, ("name", "ttl", "path"))
-            _name(check, body, bp, "name")
-            check.duration(body, bp, "ttl")
-            cookie_path = check.field(body, bp, "path", str)
-            if cookie_path is not None and not cookie_path.startswith("/"):
-                check.fail(bp + ("path",), f"must be an absolute path, got {cookie_path!r}")
-        elif kind in ("Connection", "SourceIP"):
-            check.unknown(body, bp, ("sourceIP",))
-            check.field(body, bp, "sourceIP", bool)
-        elif kind == "QueryParameter":
-            check.unknown(body, bp, ("name",))
-            _name(check, body, bp, "name")
-        elif kind == "FilterState":
-            check.unknown(body, bp, ("key",))
-            _name(check, body, bp, "key")
+def _parse_least_request(least: ConfReader, origins: tuple[str, ...]) -> LeastRequest:
+    least.unknown(("choiceCount", "activeRequestBias"))
+    return LeastRequest(least.integer("choiceCount", minimum=2, maximum=2**32 - 1), least.number("activeRequestBias"),
+                        origins)
 
 
-def _name(check: FieldCheck, obj: Json, path: PathKey, key: str) -> None:
-    value = check.field(obj, path, key, str, required=True)
+def _parse_ring_hash(ring: ConfReader, top_level_hash: bool) -> RingHash:
+    ring.unknown(("hashFunction", "minRingSize", "maxRingSize", "hashPolicies"))
+    function = ring.choice("hashFunction", tuple(HASH_FUNCTIONS))
+    low = ring.integer("minRingSize", minimum=1, maximum=MAX_RING_SIZE)
+    high = ring.integer("maxRingSize", minimum=1, maximum=MAX_RING_SIZE)
+    if ring.validating and low is not None and high is not None and low.value > high.value:
+        ring.fail(f"must not be greater than maxRingSize ({low.value} > {high.value})", "minRingSize")
+    hash_function = None if function is None else Setting(HASH_FUNCTIONS[function.value], function.origins)
+    return RingHash(hash_function, low, high, _nested_hash_policies(ring, top_level_hash))
+
+
+def _parse_maglev(maglev: ConfReader, top_level_hash: bool) -> Maglev:
+    maglev.unknown(("tableSize", "hashPolicies"))
+    size = maglev.integer("tableSize", minimum=1, maximum=MAX_TABLE_SIZE)
+    if size is not None and not _is_prime(size.value):
+        maglev.fail(f"must be a prime number (Envoy refuses others), got {size.value}", "tableSize")
+        size = None
+    return Maglev(size, _nested_hash_policies(maglev, top_level_hash))
+
+
+def _nested_hash_policies(block: ConfReader, top_level_hash: bool) -> Setting[tuple[HashPolicy, ...]] | None:
+    if block.validating and top_level_hash and isinstance(block.raw.get("hashPolicies"), list):
+        block.fail("hashPolicies already specified in the root level (`default.hashPolicies`)", "hashPolicies")
+    return _hash_policies(block)
+
+
+def _hash_policies(conf: ConfReader) -> Setting[tuple[HashPolicy, ...]] | None:
+    return conf.mappings("hashPolicies", _parse_hash_policy, "must be a mapping with a `type`")
+
+
+def _parse_hash_policy(policy: ConfReader) -> HashPolicy | None:
+    policy.unknown(("type", "terminal") + tuple(sorted(set(HASH_BLOCK.values()))))
+    terminal = policy.flag("terminal")
+    kind = _value(policy.text("type", required=True))
+    if kind is not None and kind not in HASH_TYPES:
+        policy.fail(f"must be one of {', '.join(HASH_TYPES)}, got {kind!r}", "type")
+        kind = None
+    wanted = HASH_BLOCK.get(kind or "")
+    for block in sorted(set(HASH_BLOCK.values())):
+        if block in policy.raw and kind is not None and block != wanted:
+            policy.fail(f"`{block}` is not used by a hash policy of type {kind}", block)
+    if kind is None or wanted is None:
+        return None
+    if kind != "SourceIP" and not policy.has(wanted):
+        policy.fail(f"`{wanted}` is required")
+    body = policy.section(wanted, lambda r: _parse_hash_body(r, kind))
+    if body is None:
+        if kind != "SourceIP":
+            return None
+        body = HashPolicy(kind, None, None, None, True, False)
+    return HashPolicy(kind, body.name, body.ttl, body.path, kind == "SourceIP" or body.source_ip,
+                      bool(terminal and terminal.value))
+
+
+def _parse_hash_body(body: ConfReader, kind: str) -> HashPolicy:
+    """The block of a hash policy of type `kind` (the result's type and terminal are the policy's to fill in)."""
+    name = ttl = path = None
+    source_ip = False
+    if kind in ("Header", "QueryParameter"):
+        body.unknown(("name",))
+        name = _name(body, "name")
+    elif kind == "Cookie":
+        body.unknown(("name", "ttl", "path"))
+        name = _name(body, "name")
+        ttl = _value(body.duration("ttl"))
+        path = _value(body.text("path"))
+        if path is not None and not path.startswith("/"):
+            body.fail(f"must be an absolute path, got {path!r}", "path")
+    elif kind in ("Connection", "SourceIP"):
+        body.unknown(("sourceIP",))
+        flag = body.flag("sourceIP")
+        source_ip = flag is not None and flag.value
+    else:  # FilterState
+        body.unknown(("key",))
+        name = _name(body, "key")
+    return HashPolicy(kind, name, ttl, path, source_ip, False)
+
+
+def _name(conf: ConfReader, key: str) -> str | None:
+    value = _value(conf.text(key, required=True))
     if value is not None and not value.strip():
-        check.fail(path + (key,), "must not be empty")
+        conf.fail("must not be empty", key)
+    return value
 
 
-def _integer(check: FieldCheck, obj: Json, path: PathKey, key: str, *, minimum: int, maximum: int) -> int | None:
-    value = check.field(obj, path, key, int)
-    if value is None:
-        return None
-    if not minimum <= value <= maximum:
-        check.fail(path + (key,), f"must be between {minimum} and {maximum}, got {value}")
-        return None
-    return int(value)
+def _value(setting: Setting[T] | None) -> T | None:
+    return None if setting is None else setting.value
 
 
 def _is_prime(n: int) -> bool:
     if n < 2:
         return False
     return all(n % d for d in range(2, math.isqrt(n) + 1))
+
+
+# --- validation -------------------------------------------------------------------------------------------------
+
+
+def validate(default: Json, path: PathKey, check: FieldCheck, section: str) -> None:
+    parse(ConfReader(default, path, check))
 
 
 # --- rendering --------------------------------------------------------------------------------------------------
@@ -231,13 +294,12 @@ def apply(build: ProxyBuild) -> None:
         merged = build.match.to(KIND, point.destination)
         if merged.empty:
             continue
-        lb = merged.conf.get("loadBalancer")
-        if isinstance(lb, dict) and "type" in lb:
-            _configure_cluster(build, point.cluster, lb, merged)
-        found = _hash_policies(merged)
+        conf = parse(ConfReader.of_merged(merged))
+        if conf.load_balancer is not None and conf.load_balancer.lb_policy is not None:
+            _configure_cluster(build, point.cluster, conf.load_balancer)
+        found = _chosen_hash_policies(conf)
         if found is not None and point.protocol != "tcp":
-            key, policies_conf = found
-            hashing[point.cluster["name"]] = ([_hash_policy(p) for p in policies_conf], origins_of(merged, key))
+            hashing[point.cluster["name"]] = ([_hash_policy(p) for p in found.value], list(found.origins))
     if not hashing:
         return
     for point in build.outbounds:
@@ -253,78 +315,77 @@ def apply(build: ProxyBuild) -> None:
                 build.set(action, "hash_policy", chosen[0], chosen[1])
 
 
-def _configure_cluster(build: ProxyBuild, cluster: Json, lb: Json, merged: Merged) -> None:
-    kind = lb["type"]
-    build.set(cluster, "lb_policy", LB_POLICY[kind], origins_of(merged, "loadBalancer.type"))
+def _configure_cluster(build: ProxyBuild, cluster: Json, lb: LoadBalancer) -> None:
+    assert lb.lb_policy is not None
+    kind = lb.lb_policy.value
+    _set(build, cluster, "lb_policy", kind, lb.lb_policy)
     # A cluster has one lb_config: a less specific policy's type cannot leave its settings behind.
     for stale in ("least_request_lb_config", "ring_hash_lb_config", "maglev_lb_config"):
         cluster.pop(stale, None)
-    if kind == "LeastRequest" and isinstance(lb.get("leastRequest"), dict):
-        conf = lb["leastRequest"]
+    if kind == "LEAST_REQUEST" and lb.least_request is not None:
+        conf = lb.least_request
         least: Json = {}
-        prefix = "loadBalancer.leastRequest"
-        if "choiceCount" in conf:
-            build.set(least, "choice_count", conf["choiceCount"], origins_of(merged, f"{prefix}.choiceCount"))
-        if "activeRequestBias" in conf:
-            bias = {"default_value": float(as_decimal(conf["activeRequestBias"]) or 0)}
-            build.set(least, "active_request_bias", bias, origins_of(merged, f"{prefix}.activeRequestBias"))
+        if conf.choice_count is not None:
+            _set(build, least, "choice_count", conf.choice_count.value, conf.choice_count)
+        if conf.active_request_bias is not None:
+            bias = {"default_value": float(conf.active_request_bias.value)}
+            _set(build, least, "active_request_bias", bias, conf.active_request_bias)
         if least:
-            build.set(cluster, "least_request_lb_config", least, origins_of(merged, "loadBalancer.leastRequest"))
-    elif kind == "RingHash" and isinstance(lb.get("ringHash"), dict):
-        conf = lb["ringHash"]
+            build.set(cluster, "least_request_lb_config", least, list(conf.origins))
+    elif kind == "RING_HASH" and lb.ring_hash is not None:
+        ring_conf = lb.ring_hash
         ring: Json = {}
-        for name, envoy in (("minRingSize", "minimum_ring_size"), ("maxRingSize", "maximum_ring_size")):
-            if name in conf:
+        for setting, envoy in ((ring_conf.min_ring_size, "minimum_ring_size"),
+                               (ring_conf.max_ring_size, "maximum_ring_size")):
+            if setting is not None:
                 # uint64 fields: proto-JSON writes them as strings, as Envoy does in /config_dump.
-                build.set(ring, envoy, str(conf[name]), origins_of(merged, f"loadBalancer.ringHash.{name}"))
-        if "hashFunction" in conf:
-            build.set(ring, "hash_function", HASH_FUNCTIONS[conf["hashFunction"]],
-                      origins_of(merged, "loadBalancer.ringHash.hashFunction"))  # fmt: skip
+                _set(build, ring, envoy, str(setting.value), setting)
+        if ring_conf.hash_function is not None:
+            _set(build, ring, "hash_function", ring_conf.hash_function.value, ring_conf.hash_function)
         if ring:
             # Not hashPolicies: those go to the routes.
-            used = [f"loadBalancer.ringHash.{key}" for key in ("minRingSize", "maxRingSize", "hashFunction")]
-            build.set(cluster, "ring_hash_lb_config", ring, origins_of(merged, *used))
-    elif kind == "Maglev" and isinstance(lb.get("maglev"), dict) and "tableSize" in lb["maglev"]:
-        table = {"table_size": str(lb["maglev"]["tableSize"])}
-        build.set(cluster, "maglev_lb_config", table, origins_of(merged, "loadBalancer.maglev.tableSize"))
+            used = (ring_conf.min_ring_size, ring_conf.max_ring_size, ring_conf.hash_function)
+            origins = sorted({origin for setting in used if setting is not None for origin in setting.origins})
+            build.set(cluster, "ring_hash_lb_config", ring, origins)
+    elif kind == "MAGLEV" and lb.maglev is not None and lb.maglev.table_size is not None:
+        table = {"table_size": str(lb.maglev.table_size.value)}
+        _set(build, cluster, "maglev_lb_config", table, lb.maglev.table_size)
 
 
-def _hash_policies(merged: Merged) -> tuple[str, list[Json]] | None:
+def _set(build: ProxyBuild, node: Json, envoy_key: str, value: Any, setting: Setting[Any]) -> None:
+    build.set(node, envoy_key, value, list(setting.origins))
+
+
+def _chosen_hash_policies(conf: Conf) -> Setting[tuple[HashPolicy, ...]] | None:
     """Kuma's choice: the top-level hashPolicies, else those of the ring hash or maglev balancer in use."""
-    conf = merged.conf
-    if isinstance(conf.get("hashPolicies"), list):
-        return "hashPolicies", conf["hashPolicies"]
-    lb = conf.get("loadBalancer")
-    if not isinstance(lb, dict):
+    if conf.hash_policies is not None:
+        return conf.hash_policies
+    lb = conf.load_balancer
+    if lb is None or lb.lb_policy is None:
         return None
-    block = {"RingHash": "ringHash", "Maglev": "maglev"}.get(lb.get("type", ""))
-    if block is None or not isinstance(lb.get(block), dict) or not isinstance(lb[block].get("hashPolicies"), list):
-        return None
-    return f"loadBalancer.{block}.hashPolicies", lb[block]["hashPolicies"]
+    if lb.lb_policy.value == "RING_HASH" and lb.ring_hash is not None:
+        return lb.ring_hash.hash_policies
+    if lb.lb_policy.value == "MAGLEV" and lb.maglev is not None:
+        return lb.maglev.hash_policies
+    return None
 
 
-def _hash_policy(policy: Json) -> Json:
-    kind = policy["type"]
+def _hash_policy(policy: HashPolicy) -> Json:
     out: Json
-    if kind == "Header":
-        out = {"header": {"header_name": policy["header"]["name"]}}
-    elif kind == "Cookie":
-        cookie = policy["cookie"]
-        out = {"cookie": {"name": cookie["name"]}}
-        if "ttl" in cookie:
-            seconds = parse_duration(cookie["ttl"])
-            assert seconds is not None  # validated
-            out["cookie"]["ttl"] = duration_json(seconds)
-        if "path" in cookie:
-            out["cookie"]["path"] = cookie["path"]
-    elif kind == "SourceIP":
-        out = {"connection_properties": {"source_ip": True}}
-    elif kind == "Connection":
-        out = {"connection_properties": {"source_ip": bool(policy["connection"].get("sourceIP", False))}}
-    elif kind == "QueryParameter":
-        out = {"query_parameter": {"name": policy["queryParameter"]["name"]}}
+    if policy.type == "Header":
+        out = {"header": {"header_name": policy.name}}
+    elif policy.type == "Cookie":
+        out = {"cookie": {"name": policy.name}}
+        if policy.ttl is not None:
+            out["cookie"]["ttl"] = policy.ttl
+        if policy.path is not None:
+            out["cookie"]["path"] = policy.path
+    elif policy.type in ("SourceIP", "Connection"):
+        out = {"connection_properties": {"source_ip": policy.source_ip}}
+    elif policy.type == "QueryParameter":
+        out = {"query_parameter": {"name": policy.name}}
     else:
-        out = {"filter_state": {"key": policy["filterState"]["key"]}}
-    if policy.get("terminal"):
+        out = {"filter_state": {"key": policy.name}}
+    if policy.terminal:
         out["terminal"] = True
     return out

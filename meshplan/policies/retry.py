@@ -32,7 +32,8 @@ Kuma creates in every new mesh; meshplan creates none.
 
 Validation (as Kuma): a `default` has at least one of tcp, http, grpc, none of them empty; tcp.maxConnectAttempt is
 at least 1; retryOn items are the documented conditions or HTTP status codes; backOff is not empty, its intervals
-are greater than zero and maxInterval is not below baseInterval (25ms when not given); rateLimitedBackOff has
+are greater than zero and maxInterval is not below baseInterval (25ms when not given; in each item: two items
+may still merge to a backOff Envoy refuses, which is rendered as it is); rateLimitedBackOff has
 resetHeaders, each with a name and a format (Seconds or UnixTimestamp); OmitHostsWithTags needs tags,
 OmitPreviousPriorities an updateFrequency above zero and appears once.
 """
@@ -40,15 +41,16 @@ OmitPreviousPriorities an updateFrequency above zero and appears once.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from decimal import Decimal
 from http import HTTPStatus
-from typing import Any
+from typing import Any, TypeVar
 
 from meshplan.envoy import types as t
 from meshplan.load.resources import PathKey
-from meshplan.match.matcher import Merged
-from meshplan.policies.base import Json, ProxyBuild, origins_of, routes, tcp_proxy
-from meshplan.validate.check import FieldCheck, proto_duration
+from meshplan.policies.base import Json, ProxyBuild, routes, tcp_proxy
+from meshplan.policies.conf import ConfReader, Setting
+from meshplan.validate.check import FieldCheck
 
 KIND = "MeshRetry"
 ORDER = 80  # run order on a proxy (registry.py): after MeshTimeout: per-try timeouts sit on the routes it configured
@@ -96,148 +98,218 @@ HTTP_FIELDS = COMMON_FIELDS + ("retriableResponseHeaders", "retriableRequestHead
 UINT32_MAX = 2**32 - 1
 INT64_MAX = 2**63 - 1
 
-
-# --- validation -----------------------------------------------------------------------------------------------
-
-
-def validate(default: Json, path: PathKey, check: FieldCheck, section: str) -> None:
-    check.unknown(default, path, SECTIONS)
-    if not any(default.get(key) is not None for key in SECTIONS):
-        check.fail(path, "at least one of `tcp`, `http`, `grpc` must be specified")
-        return
-    tcp = check.field(default, path, "tcp", dict)
-    if tcp is not None:
-        tpath = path + ("tcp",)
-        check.unknown(tcp, tpath, ("maxConnectAttempt",))
-        if tcp.get("maxConnectAttempt") is None:
-            check.fail(tpath, "`maxConnectAttempt` is required")
-        _uint(check, tcp, tpath, "maxConnectAttempt", minimum=1)
-    http = check.field(default, path, "http", dict)
-    if http is not None:
-        _check_http(check, http, path + ("http",))
-    grpc = check.field(default, path, "grpc", dict)
-    if grpc is not None:
-        _check_grpc(check, grpc, path + ("grpc",))
+T = TypeVar("T")
 
 
-def _check_common(check: FieldCheck, conf: Json, path: PathKey, fields: tuple[str, ...]) -> None:
-    check.unknown(conf, path, fields)
-    if not any(conf.get(key) is not None for key in fields):
-        check.fail(path, f"must not be empty: set at least one of {', '.join(fields)}")
-    _uint(check, conf, path, "numRetries")
-    check.duration(conf, path, "perTryTimeout")
-    back_off = check.field(conf, path, "backOff", dict)
-    if back_off is not None:
-        bpath = path + ("backOff",)
-        check.unknown(back_off, bpath, ("baseInterval", "maxInterval"))
-        if back_off.get("baseInterval") is None and back_off.get("maxInterval") is None:
-            check.fail(bpath, "must not be empty: set baseInterval, maxInterval or both")
-        base = check.duration(back_off, bpath, "baseInterval", positive=True)
-        most = check.duration(back_off, bpath, "maxInterval", positive=True)
-        base_known = base is not None or back_off.get("baseInterval") is None  # a wrong one is already reported
-        # Envoy rejects a max_interval below base_interval (whose default is 25ms).
-        if most is not None and base_known and Decimal(most.rstrip("s")) < Decimal((base or DEFAULT_BASE_INTERVAL).rstrip("s")):
-            check.fail(bpath + ("maxInterval",),
-                       f"must not be less than baseInterval ({back_off.get('baseInterval') or '25ms'})")
-    limited = check.field(conf, path, "rateLimitedBackOff", dict)
-    if limited is not None:
-        lpath = path + ("rateLimitedBackOff",)
-        check.unknown(limited, lpath, ("resetHeaders", "maxInterval"))
-        check.duration(limited, lpath, "maxInterval", positive=True)
-        headers = check.field(limited, lpath, "resetHeaders", list)
-        if headers is None:
-            if "resetHeaders" not in limited or limited["resetHeaders"] is None:
-                check.fail(lpath, "`resetHeaders` is required")
-        elif not headers:
-            check.fail(lpath + ("resetHeaders",), "must list at least one header")
-        for i, header in enumerate(headers or []):
-            hpath = lpath + ("resetHeaders", i)
-            if not isinstance(header, dict):
-                check.fail(hpath, "must be a mapping with `name` and `format`")
-                continue
-            check.unknown(header, hpath, ("name", "format"))
-            _header_name(check, header, hpath)
-            fmt = check.field(header, hpath, "format", str, required=True)
-            if fmt is not None and fmt not in RESET_FORMATS:
-                check.fail(hpath + ("format",), f"must be one of {', '.join(RESET_FORMATS)}, got {fmt!r}")
+# --- the conf -------------------------------------------------------------------------------------------------
+
+RetryOn = tuple[str, str]  # ("on", Envoy's condition), ("status", code) or ("method", METHOD)
 
 
-def _check_http(check: FieldCheck, http: Json, path: PathKey) -> None:
-    _check_common(check, http, path, HTTP_FIELDS)
-    for i, item in enumerate(check.field(http, path, "retryOn", list, default=[])):
-        if not isinstance(item, (str, int)) or isinstance(item, bool) or _http_retry_on(item) is None:
-            known = ", ".join(list(HTTP_RETRY_ON)[1:] + list(HTTP_METHODS))
-            check.fail(path + ("retryOn", i), f"unknown item {item!r}: expected an HTTP status code or one of {known}")
-    for key in ("retriableRequestHeaders", "retriableResponseHeaders"):
-        for i, header in enumerate(check.field(http, path, key, list, default=[])):
-            _check_header_match(check, header, path + (key, i))
+@dataclass(frozen=True)
+class HeaderMatch:
+    name: str
+    type: str  # one of HEADER_MATCH_TYPES; Exact when not written
+    value: str | None
+
+
+@dataclass(frozen=True)
+class ResetHeader:
+    name: str
+    format: str  # Envoy's: SECONDS | UNIX_TIMESTAMP
+
+
+@dataclass(frozen=True)
+class HostPredicate:
+    predicate: str  # one of PREDICATES
+    tags: dict[str, str]  # OmitHostsWithTags
+    update_frequency: int | None  # OmitPreviousPriorities
+
+
+@dataclass(frozen=True)
+class BackOff:
+    base_interval: Setting[str] | None  # the durations as Envoy writes them (`1s`, `0.025s`)
+    max_interval: Setting[str] | None
+    written_by: tuple[str, ...]  # who wrote the block: the origins of the default base interval
+
+
+@dataclass(frozen=True)
+class RateLimitedBackOff:
+    reset_headers: Setting[tuple[ResetHeader, ...]] | None
+    max_interval: Setting[str] | None
+
+
+@dataclass(frozen=True)
+class Retry:
+    """The `http` or `grpc` section (the last four fields are http's only)."""
+
+    num_retries: Setting[int] | None
+    per_try_timeout: Setting[str] | None
+    back_off: BackOff | None
+    rate_limited_back_off: RateLimitedBackOff | None
+    retry_on: Setting[tuple[RetryOn, ...]] | None
+    retriable_request_headers: Setting[tuple[HeaderMatch, ...]] | None
+    retriable_response_headers: Setting[tuple[HeaderMatch, ...]] | None
+    host_selection: Setting[tuple[HostPredicate, ...]] | None
+    host_selection_max_attempts: Setting[int] | None
+    written_by: tuple[str, ...]  # who wrote the section: the origins of the default conditions
+
+
+@dataclass(frozen=True)
+class Tcp:
+    max_connect_attempt: Setting[int] | None
+
+
+@dataclass(frozen=True)
+class Conf:
+    tcp: Tcp | None
+    http: Retry | None
+    grpc: Retry | None
+
+
+def parse(conf: ConfReader) -> Conf | None:
+    """A `default` (or what several merged to): None, with a violation, when it sets no section."""
+    conf.unknown(SECTIONS)
+    if not any(conf.has(key) for key in SECTIONS):
+        conf.fail("at least one of `tcp`, `http`, `grpc` must be specified")
+        return None
+    return Conf(conf.section("tcp", _parse_tcp), conf.section("http", _parse_http), conf.section("grpc", _parse_grpc))
+
+
+def _parse_tcp(tcp: ConfReader) -> Tcp:
+    tcp.unknown(("maxConnectAttempt",))
+    if not tcp.has("maxConnectAttempt"):
+        tcp.fail("`maxConnectAttempt` is required")
+    return Tcp(tcp.integer("maxConnectAttempt", minimum=1, maximum=UINT32_MAX))
+
+
+def _parse_http(http: ConfReader) -> Retry:
+    return _parse_retry(http, HTTP_FIELDS)
+
+
+def _parse_grpc(grpc: ConfReader) -> Retry:
+    return _parse_retry(grpc, COMMON_FIELDS)
+
+
+def _parse_retry(conf: ConfReader, fields: tuple[str, ...]) -> Retry:
+    conf.unknown(fields)
+    if not any(conf.has(key) for key in fields):
+        conf.fail(f"must not be empty: set at least one of {', '.join(fields)}")
+    num_retries = conf.integer("numRetries", maximum=UINT32_MAX)
+    per_try_timeout = conf.duration("perTryTimeout")
+    back_off = conf.section("backOff", _parse_back_off)
+    limited = conf.section("rateLimitedBackOff", _parse_rate_limited)
+    if fields != HTTP_FIELDS:  # grpc
+        retry_on = conf.items("retryOn", _grpc_retry_on,
+                              lambda item: f"unknown item {item!r}: expected one of {', '.join(GRPC_RETRY_ON)}")
+        return Retry(num_retries, per_try_timeout, back_off, limited, retry_on, None, None, None, None,
+                     conf.written_by())
+    known = ", ".join(list(HTTP_RETRY_ON)[1:] + list(HTTP_METHODS))
+    retry_on = conf.items("retryOn", _http_retry_on,
+                          lambda item: f"unknown item {item!r}: expected an HTTP status code or one of {known}")
+    not_mapping = "must be a mapping with `name`, and `type` and `value`"
+    request_headers = conf.mappings("retriableRequestHeaders", _parse_header_match, not_mapping)
+    response_headers = conf.mappings("retriableResponseHeaders", _parse_header_match, not_mapping)
     priorities = 0
-    for i, predicate in enumerate(check.field(http, path, "hostSelection", list, default=[])):
-        ppath = path + ("hostSelection", i)
-        if not isinstance(predicate, dict):
-            check.fail(ppath, "must be a mapping with a `predicate`")
-            continue
-        check.unknown(predicate, ppath, ("predicate", "tags", "updateFrequency"))
-        kind = check.field(predicate, ppath, "predicate", str, required=True)
+
+    def predicate(p: ConfReader) -> HostPredicate | None:
+        nonlocal priorities
+        p.unknown(("predicate", "tags", "updateFrequency"))
+        kind = _value(p.text("predicate", required=True))
         if kind is not None and kind not in PREDICATES:
-            check.fail(ppath + ("predicate",),
-                       f"unknown predicate type {kind!r} (expected one of: {', '.join(PREDICATES)})")
-        tags = check.tags(predicate, ppath, "tags", required=kind == "OmitHostsWithTags")
-        if kind == "OmitHostsWithTags" and "tags" in predicate and not tags:
-            check.fail(ppath + ("tags",), "must name at least one tag")
+            p.fail(f"unknown predicate type {kind!r} (expected one of: {', '.join(PREDICATES)})", "predicate")
+        tags = p.tags("tags", required=kind == "OmitHostsWithTags")
+        if kind == "OmitHostsWithTags" and "tags" in p.raw and not (tags and tags.value):
+            p.fail("must name at least one tag", "tags")
+        frequency = None
         if kind == "OmitPreviousPriorities":
             priorities += 1
             if priorities > 1:
-                check.fail(ppath + ("predicate",), "OmitPreviousPriorities must only be specified once")
-            if predicate.get("updateFrequency") is None:
-                check.fail(ppath, "`updateFrequency` is required for OmitPreviousPriorities (greater than 0)")
-            _uint(check, predicate, ppath, "updateFrequency", minimum=1, maximum=2**31 - 1)
-        elif "updateFrequency" in predicate:
-            check.fail(ppath + ("updateFrequency",), "only OmitPreviousPriorities takes an updateFrequency")
-    _uint(check, http, path, "hostSelectionMaxAttempts", maximum=INT64_MAX)
+                p.fail("OmitPreviousPriorities must only be specified once", "predicate")
+            if not p.has("updateFrequency"):
+                p.fail("`updateFrequency` is required for OmitPreviousPriorities (greater than 0)")
+            frequency = _value(p.integer("updateFrequency", minimum=1, maximum=2**31 - 1))
+        elif "updateFrequency" in p.raw:
+            p.fail("only OmitPreviousPriorities takes an updateFrequency", "updateFrequency")
+        if kind is None or kind not in PREDICATES:
+            return None
+        return HostPredicate(kind, dict(tags.value) if tags else {}, frequency)
+
+    host_selection = conf.mappings("hostSelection", predicate, "must be a mapping with a `predicate`")
+    max_attempts = conf.integer("hostSelectionMaxAttempts", maximum=INT64_MAX)
+    return Retry(num_retries, per_try_timeout, back_off, limited, retry_on, request_headers, response_headers,
+                 host_selection, max_attempts, conf.written_by())
 
 
-def _check_grpc(check: FieldCheck, grpc: Json, path: PathKey) -> None:
-    _check_common(check, grpc, path, COMMON_FIELDS)
-    for i, item in enumerate(check.field(grpc, path, "retryOn", list, default=[])):
-        if not isinstance(item, str) or item not in GRPC_RETRY_ON:
-            check.fail(path + ("retryOn", i), f"unknown item {item!r}: expected one of {', '.join(GRPC_RETRY_ON)}")
+def _parse_back_off(back_off: ConfReader) -> BackOff:
+    back_off.unknown(("baseInterval", "maxInterval"))
+    if not back_off.has("baseInterval") and not back_off.has("maxInterval"):
+        back_off.fail("must not be empty: set baseInterval, maxInterval or both")
+    base = back_off.duration("baseInterval", positive=True)
+    most = back_off.duration("maxInterval", positive=True)
+    base_known = base is not None or not back_off.has("baseInterval")  # a wrong one is already reported
+    # Envoy rejects a max_interval below base_interval (whose default is 25ms). Checked on each item only: a merged
+    # conf may take the two from different items, and is rendered as it is (as before the typed conf).
+    if (back_off.validating and most is not None and base_known
+            and Decimal(most.value.rstrip("s")) < Decimal((base.value if base else DEFAULT_BASE_INTERVAL).rstrip("s"))):
+        back_off.fail(f"must not be less than baseInterval ({back_off.raw.get('baseInterval') or '25ms'})",
+                      "maxInterval")
+    return BackOff(base, most, back_off.written_by())
 
 
-def _check_header_match(check: FieldCheck, header: Any, path: PathKey) -> None:
-    if not isinstance(header, dict):
-        check.fail(path, "must be a mapping with `name`, and `type` and `value`")
-        return
-    check.unknown(header, path, ("type", "name", "value"))
-    _header_name(check, header, path)
-    kind = check.field(header, path, "type", str, default="Exact")
-    if kind not in HEADER_MATCH_TYPES:
-        check.fail(path + ("type",), f"must be one of {', '.join(HEADER_MATCH_TYPES)}, got {kind!r}")
-        return
-    value = check.field(header, path, "value", str)
-    if kind in ("Prefix", "RegularExpression") and not value:
-        check.fail(path, f"a {kind} match needs a non-empty `value`")
-    elif kind in ("Present", "Absent") and value is not None:
-        check.fail(path + ("value",), f"a {kind} match takes no value")
+def _parse_rate_limited(limited: ConfReader) -> RateLimitedBackOff:
+    limited.unknown(("resetHeaders", "maxInterval"))
+    most = limited.duration("maxInterval", positive=True)
+    if not limited.has("resetHeaders"):
+        limited.fail("`resetHeaders` is required")
+    elif limited.raw["resetHeaders"] == []:
+        limited.fail("must list at least one header", "resetHeaders")
+    headers = limited.mappings("resetHeaders", _parse_reset_header, "must be a mapping with `name` and `format`")
+    return RateLimitedBackOff(headers, most)
 
 
-def _header_name(check: FieldCheck, header: Json, path: PathKey) -> None:
-    name = check.field(header, path, "name", str, required=True)
-    if name is not None and not HEADER_NAME.fullmatch(name):
-        check.fail(path + ("name",), f"must be a lower-case HTTP header name (1 to 256 token characters), got {name!r}")
-
-
-def _uint(check: FieldCheck, obj: Json, path: PathKey, key: str, *, minimum: int = 0,
-          maximum: int = UINT32_MAX) -> int | None:
-    value = check.field(obj, path, key, int)
-    if value is not None and not minimum <= value <= maximum:
-        check.fail(path + (key,), f"must be between {minimum} and {maximum}, got {value}")
+def _parse_reset_header(header: ConfReader) -> ResetHeader | None:
+    header.unknown(("name", "format"))
+    name = _header_name(header)
+    if not header.has("format"):
+        header.fail("`format` is required")
+    fmt = header.choice("format", tuple(RESET_FORMATS))
+    if name is None or fmt is None:
         return None
-    return value  # type: ignore[no-any-return]
+    return ResetHeader(name, RESET_FORMATS[fmt.value])
 
 
-def _http_retry_on(item: str | int) -> tuple[str, str] | None:
-    """What one `retryOn` item is: ("on", condition), ("status", code) or ("method", METHOD); None if nothing."""
+def _parse_header_match(header: ConfReader) -> HeaderMatch | None:
+    header.unknown(("type", "name", "value"))
+    name = _header_name(header)
+    kind = header.choice("type", HEADER_MATCH_TYPES)
+    if kind is None and isinstance(header.raw.get("type"), str):
+        return None  # an unknown type (reported); one that is not a string is reported and read as Exact
+    match_type = kind.value if kind else "Exact"
+    value = _value(header.text("value"))
+    if match_type in ("Prefix", "RegularExpression") and not value:
+        header.fail(f"a {match_type} match needs a non-empty `value`")
+    elif match_type in ("Present", "Absent") and value is not None:
+        header.fail(f"a {match_type} match takes no value", "value")
+    return None if name is None else HeaderMatch(name, match_type, value)
+
+
+def _header_name(header: ConfReader) -> str | None:
+    name = _value(header.text("name", required=True))
+    if name is not None and not HEADER_NAME.fullmatch(name):
+        header.fail(f"must be a lower-case HTTP header name (1 to 256 token characters), got {name!r}", "name")
+        return None
+    return name
+
+
+def _value(setting: Setting[T] | None) -> T | None:
+    return None if setting is None else setting.value
+
+
+def _http_retry_on(item: Any) -> RetryOn | None:
+    """What one http `retryOn` item is: ("on", condition), ("status", code) or ("method", METHOD); None if nothing."""
+    if not isinstance(item, (str, int)) or isinstance(item, bool):
+        return None
     text = str(item)
     if text in HTTP_RETRY_ON:
         return "on", HTTP_RETRY_ON[text]
@@ -252,6 +324,19 @@ def _http_retry_on(item: str | int) -> tuple[str, str] | None:
     return None
 
 
+def _grpc_retry_on(item: Any) -> RetryOn | None:
+    if not isinstance(item, str) or item not in GRPC_RETRY_ON:
+        return None
+    return "on", GRPC_RETRY_ON[item]
+
+
+# --- validation -----------------------------------------------------------------------------------------------
+
+
+def validate(default: Json, path: PathKey, check: FieldCheck, section: str) -> None:
+    parse(ConfReader(default, path, check))
+
+
 # --- rendering ------------------------------------------------------------------------------------------------
 
 
@@ -261,105 +346,94 @@ def apply(build: ProxyBuild) -> None:
         merged = build.match.to(KIND, out.destination)
         if merged.empty:
             continue
-        if out.protocol == "tcp":
-            tcp = merged.conf.get("tcp") or {}
-            proxy = tcp_proxy(out.chain)
-            if proxy is not None and "maxConnectAttempt" in tcp:
-                build.set(proxy, "max_connect_attempts", tcp["maxConnectAttempt"],
-                          origins_of(merged, "tcp.maxConnectAttempt"))
+        conf = parse(ConfReader.of_merged(merged))
+        if conf is None:
             continue
-        section = "grpc" if out.protocol == "grpc" else "http"
-        if merged.conf.get(section) is None:
+        if out.protocol == "tcp":
+            proxy = tcp_proxy(out.chain)
+            attempts = conf.tcp.max_connect_attempt if conf.tcp else None
+            if proxy is not None and attempts is not None:
+                _set(build, proxy, "max_connect_attempts", attempts.value, attempts)
+            continue
+        retry = conf.grpc if out.protocol == "grpc" else conf.http
+        if retry is None:
             continue
         for route in routes(out.chain):
             action = route.get("route")
             if action is None:
                 continue  # redirects and direct responses are never retried
-            _configure_route(build, merged, section, action)
+            _configure_route(build, retry, action,
+                             GRPC_RETRY_ON_DEFAULT if out.protocol == "grpc" else HTTP_RETRY_ON_DEFAULT)
 
 
-def _configure_route(build: ProxyBuild, merged: Merged, section: str, action: Json) -> None:
-    conf: dict[str, Any] = merged.conf[section]
-    if conf.get("numRetries") == 0:
+def _configure_route(build: ProxyBuild, conf: Retry, action: Json, default_on: str) -> None:
+    if conf.num_retries is not None and conf.num_retries.value == 0:
         action.pop("retry_policy", None)  # as Kuma: zero retries means no retry policy at all
         return
-
-    def origins(*keys: str) -> list[str]:
-        return origins_of(merged, *(f"{section}.{key}" for key in keys))
-
     policy: Json = {}
     action["retry_policy"] = policy
-    retry_on, codes, methods = _split_retry_on(conf.get("retryOn") or [], section)
-    default_on = GRPC_RETRY_ON_DEFAULT if section == "grpc" else HTTP_RETRY_ON_DEFAULT
+    retry_on, codes, methods = _split_retry_on(conf.retry_on.value if conf.retry_on else ())
     if codes:
         retry_on = (retry_on or [default_on]) + [RETRIABLE_STATUS_CODES]
     # The default conditions are there because a section applies: they belong to whoever wrote the section.
     build.set(policy, "retry_on", ",".join(retry_on) if retry_on else default_on,
-              origins("retryOn") if retry_on else _written_by(merged, (section,)))
-    if "numRetries" in conf:
-        build.set(policy, "num_retries", conf["numRetries"], origins("numRetries"))
-    if "perTryTimeout" in conf:
-        build.set(policy, "per_try_timeout", proto_duration(conf["perTryTimeout"]), origins("perTryTimeout"))
-    back_off = conf.get("backOff")
-    if back_off:
+              _origins(conf.retry_on) if retry_on else list(conf.written_by))
+    if conf.num_retries is not None:
+        _set(build, policy, "num_retries", conf.num_retries.value, conf.num_retries)
+    if conf.per_try_timeout is not None:
+        _set(build, policy, "per_try_timeout", conf.per_try_timeout.value, conf.per_try_timeout)
+    back_off = conf.back_off
+    if back_off is not None:
         envoy_back_off: Json = {}
-        if "baseInterval" in back_off:
-            build.set(envoy_back_off, "base_interval", proto_duration(back_off["baseInterval"]),
-                      origins("backOff.baseInterval"))
+        if back_off.base_interval is not None:
+            _set(build, envoy_back_off, "base_interval", back_off.base_interval.value, back_off.base_interval)
         else:  # Envoy requires a base interval; Kuma's default
-            build.set(envoy_back_off, "base_interval", DEFAULT_BASE_INTERVAL, _written_by(merged, (section, "backOff")))
-        if "maxInterval" in back_off:
-            build.set(envoy_back_off, "max_interval", proto_duration(back_off["maxInterval"]),
-                      origins("backOff.maxInterval"))
+            build.set(envoy_back_off, "base_interval", DEFAULT_BASE_INTERVAL, list(back_off.written_by))
+        if back_off.max_interval is not None:
+            _set(build, envoy_back_off, "max_interval", back_off.max_interval.value, back_off.max_interval)
         policy["retry_back_off"] = envoy_back_off
-    limited = conf.get("rateLimitedBackOff")
-    if limited:
+    limited = conf.rate_limited_back_off
+    if limited is not None:
         envoy_limited: Json = {}
-        build.set(envoy_limited, "reset_headers",
-                  [{"name": h["name"], "format": RESET_FORMATS[h["format"]]} for h in limited.get("resetHeaders", [])],
-                  origins("rateLimitedBackOff.resetHeaders"))
-        if "maxInterval" in limited:
-            build.set(envoy_limited, "max_interval", proto_duration(limited["maxInterval"]),
-                      origins("rateLimitedBackOff.maxInterval"))
+        reset_headers = limited.reset_headers.value if limited.reset_headers else ()
+        build.set(envoy_limited, "reset_headers", [{"name": h.name, "format": h.format} for h in reset_headers],
+                  _origins(limited.reset_headers))
+        if limited.max_interval is not None:
+            _set(build, envoy_limited, "max_interval", limited.max_interval.value, limited.max_interval)
         policy["rate_limited_retry_back_off"] = envoy_limited
     if codes:
-        build.set(policy, "retriable_status_codes", [int(code) for code in codes], origins("retryOn"))
-    request_headers = [_method_matcher(m) for m in methods] + [_header_matcher(h) for h in
-                                                                conf.get("retriableRequestHeaders") or []]
+        build.set(policy, "retriable_status_codes", [int(code) for code in codes], _origins(conf.retry_on))
+    written_headers = conf.retriable_request_headers.value if conf.retriable_request_headers else ()
+    request_headers = [_method_matcher(m) for m in methods] + [_header_matcher(h) for h in written_headers]
     if request_headers:
         build.set(policy, "retriable_request_headers", request_headers,
-                  origins("retryOn", "retriableRequestHeaders") if methods else origins("retriableRequestHeaders"))
-    if conf.get("retriableResponseHeaders"):
-        build.set(policy, "retriable_headers", [_header_matcher(h) for h in conf["retriableResponseHeaders"]],
-                  origins("retriableResponseHeaders"))
-    _host_selection(build, policy, conf.get("hostSelection") or [], origins("hostSelection"))
-    if "hostSelectionMaxAttempts" in conf:
-        build.set(policy, "host_selection_retry_max_attempts", str(conf["hostSelectionMaxAttempts"]),
-                  origins("hostSelectionMaxAttempts"))
+                  _origins(conf.retry_on, conf.retriable_request_headers) if methods
+                  else _origins(conf.retriable_request_headers))
+    if conf.retriable_response_headers is not None and conf.retriable_response_headers.value:
+        build.set(policy, "retriable_headers", [_header_matcher(h) for h in conf.retriable_response_headers.value],
+                  _origins(conf.retriable_response_headers))
+    if conf.host_selection is not None:
+        _host_selection(build, policy, conf.host_selection.value, _origins(conf.host_selection))
+    if conf.host_selection_max_attempts is not None:
+        # An int64 field: proto-JSON writes it as a string.
+        _set(build, policy, "host_selection_retry_max_attempts", str(conf.host_selection_max_attempts.value),
+             conf.host_selection_max_attempts)
 
 
-def _written_by(merged: Merged, path: tuple[str, ...]) -> list[str]:
-    """The policies that wrote a block of the conf (at the block's line): for what its presence alone decides."""
-    found = set()
-    for c in merged.contributions:
-        node: Any = c.item.default
-        for key in path:
-            node = node.get(key) if isinstance(node, dict) else None
-        if node is not None:
-            found.add(str(c.origin(path)))
-    return sorted(found)
+def _set(build: ProxyBuild, node: Json, envoy_key: str, value: Any, setting: Setting[Any]) -> None:
+    build.set(node, envoy_key, value, list(setting.origins))
 
 
-def _split_retry_on(items: list[Any], section: str) -> tuple[list[str], list[str], list[str]]:
-    if section == "grpc":
-        return list(dict.fromkeys(GRPC_RETRY_ON[item] for item in items)), [], []
+def _origins(*settings: Setting[Any] | None) -> list[str]:
+    """Who set any of these fields, sorted."""
+    return sorted({origin for setting in settings if setting is not None for origin in setting.origins})
+
+
+def _split_retry_on(items: tuple[RetryOn, ...]) -> tuple[list[str], list[str], list[str]]:
     on: list[str] = []
     codes: list[str] = []
     methods: list[str] = []
-    for item in items:
-        found = _http_retry_on(item)
-        assert found is not None, f"unvalidated retryOn item {item!r}"
-        kind, value = found
+    for kind, value in items:
         {"on": on, "status": codes, "method": methods}[kind].append(value)
     # `5xx` and `5XX` are one condition; Envoy takes each once.
     return list(dict.fromkeys(on)), list(dict.fromkeys(codes)), list(dict.fromkeys(methods))
@@ -369,35 +443,33 @@ def _method_matcher(method: str) -> Json:
     return {"name": ":method", "string_match": {"exact": method}}
 
 
-def _header_matcher(header: Json) -> Json:
-    kind = header.get("type", "Exact")
-    matcher: Json = {"name": header["name"]}
-    if kind == "Present":
+def _header_matcher(header: HeaderMatch) -> Json:
+    matcher: Json = {"name": header.name}
+    if header.type == "Present":
         matcher["present_match"] = True
-    elif kind == "Absent":
+    elif header.type == "Absent":
         matcher["present_match"] = False
-    elif kind == "Prefix":
-        matcher["string_match"] = {"prefix": header["value"]}
-    elif kind == "RegularExpression":
-        matcher["string_match"] = {"safe_regex": {"regex": header["value"]}}
+    elif header.type == "Prefix":
+        matcher["string_match"] = {"prefix": header.value}
+    elif header.type == "RegularExpression":
+        matcher["string_match"] = {"safe_regex": {"regex": header.value}}
     else:
-        matcher["string_match"] = {"exact": header.get("value", "")}
+        matcher["string_match"] = {"exact": header.value or ""}
     return matcher
 
 
-def _host_selection(build: ProxyBuild, policy: Json, predicates: list[Json], origins: list[str]) -> None:
+def _host_selection(build: ProxyBuild, policy: Json, predicates: tuple[HostPredicate, ...], origins: list[str]) -> None:
     host_predicates: list[Json] = []
     for predicate in predicates:
-        kind = predicate["predicate"]
-        if kind == "OmitPreviousHosts":
+        if predicate.predicate == "OmitPreviousHosts":
             host_predicates.append(_typed(*PREVIOUS_HOSTS, {}))
-        elif kind == "OmitHostsWithTags":
+        elif predicate.predicate == "OmitHostsWithTags":
             # Envoy matches the tags against each endpoint's `envoy.lb` metadata.
-            metadata = {"filter_metadata": {t.LB_METADATA: dict(predicate["tags"])}}
+            metadata = {"filter_metadata": {t.LB_METADATA: dict(predicate.tags)}}
             host_predicates.append(_typed(*OMIT_HOST_METADATA, {"metadata_match": metadata}))
         else:
             build.set(policy, "retry_priority",
-                      _typed(*PREVIOUS_PRIORITIES, {"update_frequency": predicate["updateFrequency"]}), origins)
+                      _typed(*PREVIOUS_PRIORITIES, {"update_frequency": predicate.update_frequency}), origins)
     if host_predicates:
         build.set(policy, "retry_host_predicate", host_predicates, origins)
 
