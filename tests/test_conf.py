@@ -6,13 +6,22 @@ from __future__ import annotations
 
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from meshplan.match.matcher import Merged
+from meshplan.errors import Source
+from meshplan.match.matcher import FieldOrigin, Merged, Origin
 from meshplan.match.result import match_proxy
-from meshplan.policies import load_balancing, retry, timeout
-from meshplan.policies.conf import ConfReader, MergedConfError
+from meshplan.policies import (
+    fault_injection,
+    load_balancing,
+    rate_limit,
+    retry,
+    timeout,
+    traffic_permission,
+)
+from meshplan.policies.conf import ConfReader, MergedConfError, Setting
 from meshplan.validate.resources import load_and_parse
 from tests.builders import violations
 
@@ -117,3 +126,61 @@ def test_a_merged_load_balancer_that_parse_refuses_is_a_bug() -> None:
     with pytest.raises(MergedConfError, match="hashPolicies.0.cookie.ttl"):
         load_balancing.parse(ConfReader.of_merged(Merged(
             {"hashPolicies": [{"type": "Cookie", "cookie": {"name": "s", "ttl": "forever"}}]}, {}, ())))
+
+
+# --- the inbound kinds: MeshRateLimit, MeshFaultInjection, MeshTrafficPermission -------------------------------
+
+
+def _origin(name: str, line: int) -> FieldOrigin:
+    return FieldOrigin(Origin("Kind", name, Source("p.yaml", line)))
+
+
+def test_a_rate_limit_reads_typed_with_the_origins_of_each_part() -> None:
+    conf = {"local": {"http": {"requestRate": {"num": 5, "interval": "1m30s"},
+                               "onRateLimit": {"status": 503, "headers": {"add": [{"name": "x-a", "value": "1"}]}}},
+                      "tcp": {"disabled": True}}}
+    merged = Merged(conf, {"local.http.requestRate": _origin("a", 1), "local.http.onRateLimit.status": _origin("b", 2),
+                           "local.http.onRateLimit.headers.add": _origin("c", 3), "local.tcp.disabled": _origin("d", 4)},
+                    ())
+    parsed = rate_limit.parse(ConfReader.of_merged(merged))
+    assert parsed is not None and parsed.local.http is not None and parsed.local.tcp is not None
+    http = parsed.local.http
+    assert http.request_rate == Setting(rate_limit.Rate(5, "90s"), ("Kind/a (p.yaml:1)",))  # Envoy's Duration
+    assert http.origins == ("Kind/a (p.yaml:1)", "Kind/b (p.yaml:2)", "Kind/c (p.yaml:3)")
+    assert http.on_rate_limit is not None and http.on_rate_limit.status == Setting(503, ("Kind/b (p.yaml:2)",))
+    headers = http.on_rate_limit.headers
+    assert headers is not None and headers.add == (rate_limit.Header("x-a", "1"),) and headers.set == ()
+    assert parsed.local.tcp.disabled == Setting(True, ("Kind/d (p.yaml:4)",)) and parsed.local.tcp.origins == (
+        "Kind/d (p.yaml:4)",)
+
+
+def test_a_fault_list_reads_typed_in_envoys_units() -> None:
+    merged = Merged({"http": [{"abort": {"httpStatus": 503, "percentage": "12.5"}},
+                              {"delay": {"value": "500ms", "percentage": 0.1},
+                               "responseBandwidth": {"limit": "2Mbps", "percentage": 100}}]},
+                    {"http": _origin("f", 7)}, ())
+    faults = fault_injection.parse(ConfReader.of_merged(merged)).http
+    assert faults is not None and faults.origins == ("Kind/f (p.yaml:7)",)
+    first, second = faults.value
+    assert first.abort == fault_injection.Abort(503, fault_injection.Percent(1250, "TEN_THOUSAND"))
+    assert second.delay == fault_injection.Delay("0.500s", fault_injection.Percent(10, "TEN_THOUSAND"))
+    assert second.response_bandwidth == fault_injection.Bandwidth(2000, fault_injection.Percent(100, "HUNDRED"))
+
+
+def test_a_permission_reads_its_action_with_its_origin() -> None:
+    merged = Merged({"action": "Deny"}, {"action": _origin("t", 9)}, ())
+    assert traffic_permission.parse(ConfReader.of_merged(merged)) == traffic_permission.Conf(
+        Setting("Deny", ("Kind/t (p.yaml:9)",)))
+
+
+@pytest.mark.parametrize(("module", "conf", "where"), [
+    (rate_limit, {"local": {"http": {"requestRate": {"num": 1, "interval": "10ms"}}}}, "local.http.requestRate.interval"),
+    (rate_limit, {"local": {"http": {"onRateLimit": {"headers": {"set": ["x"]}}}}},
+     r"local.http.onRateLimit.headers.set.0"),
+    (fault_injection, {"http": [{"abort": {"httpStatus": 503, "percentage": "0.00001"}}]}, r"http.0.abort.percentage"),
+    (traffic_permission, {"action": "Maybe"}, "action"),
+    (traffic_permission, {}, "merged conf at : `action` is required"),
+])
+def test_the_inbound_kinds_refuse_a_bad_merged_conf_as_a_bug(module: Any, conf: dict[str, Any], where: str) -> None:
+    with pytest.raises(MergedConfError, match=where):
+        module.parse(ConfReader.of_merged(Merged(conf, {}, ())))

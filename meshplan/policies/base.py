@@ -24,7 +24,15 @@ from meshplan.envoy.types import HCM_NAME, TCP_PROXY_NAME
 from meshplan.load.resources import PathKey
 from meshplan.match.matcher import Destination, Merged
 from meshplan.match.result import ProxyMatch
-from meshplan.model import Dataplane, Desired, Inbound, Mesh, MeshExternalService, ProxyConfig, ZoneEgress
+from meshplan.model import (
+    Dataplane,
+    Desired,
+    Inbound,
+    Mesh,
+    MeshExternalService,
+    ProxyConfig,
+    ZoneEgress,
+)
 from meshplan.validate.check import FieldCheck
 
 Json = dict[str, Any]

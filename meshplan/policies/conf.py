@@ -8,9 +8,9 @@ duration to Envoy's form, once); the Envoy side reads the dataclasses it returns
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any, Generic, TypeVar
 
 from meshplan.load.resources import PathKey
@@ -119,23 +119,6 @@ class ConfReader:
                 found.append(value)
         return self._setting(key, tuple(found))
 
-    def mappings(self, key: str, read: Callable[[ConfReader], C | None],
-                 not_mapping: str) -> Setting[tuple[C, ...]] | None:
-        """A list of mappings, each read by `read` at its index (None leaves it out); an item that is not a mapping is
-        left out with the violation `not_mapping`. A merged conf's lists are set whole: the origins are the list's."""
-        raw = self.check.field(self.raw, self.path, key, list)
-        if raw is None:
-            return None
-        found: list[C] = []
-        for i, item in enumerate(raw):
-            if not isinstance(item, dict):
-                self.check.fail(self.path + (key, i), not_mapping)
-                continue
-            value = read(ConfReader(item, self.path + (key, i), self.check, self.merged, f"{self.prefix}{key}.{i}."))
-            if value is not None:
-                found.append(value)
-        return self._setting(key, tuple(found))
-
     def written_by(self) -> tuple[str, ...]:
         """The policies whose items wrote this section at all, each at the section's line, sorted: for what the
         section's presence alone decides (a default it implies); none while validating."""
@@ -151,11 +134,6 @@ class ConfReader:
                 found.add(str(c.origin(path)))
         return tuple(sorted(found))
 
-    def flag(self, key: str) -> Setting[bool] | None:
-        """A boolean (YAML true or false)."""
-        value = self.check.field(self.raw, self.path, key, bool)
-        return self._setting(key, None if value is None else bool(value))
-
     def number(self, key: str, *, minimum: int = 0) -> Setting[Decimal] | None:
         """A number at least `minimum`: an integer, a float or a decimal string (Kuma's IntOrString). Unlike the other
         reads, a key written as null is read, and refused, too."""
@@ -167,6 +145,71 @@ class ConfReader:
                       f"got {self.raw[key]!r}", key)
             return None
         return self._setting(key, value)
+
+    # --- reads for MeshRateLimit, MeshFaultInjection and MeshTrafficPermission ---------------------------------
+
+    def required(self, key: str) -> bool:
+        """Whether `key` is set; when it is not, a violation "`key` is required" at this section."""
+        if self.has(key):
+            return True
+        self.check.fail(self.path, f"`{key}` is required")
+        return False
+
+    def boolean(self, key: str) -> Setting[bool] | None:
+        """A YAML boolean (`true`/`false`)."""
+        value = self.check.field(self.raw, self.path, key, bool)
+        return self._setting(key, None if value is None else bool(value))
+
+    def status(self, key: str, allowed: Container[int], wrong: Callable[[int], str]) -> Setting[int] | None:
+        """An HTTP status code: an integer in `allowed`; any other integer is a violation with the message `wrong(code)`."""
+        value = self.check.field(self.raw, self.path, key, int)
+        if value is None:
+            return None
+        if value not in allowed:
+            self.check.fail(self.path + (key,), wrong(value))
+            return None
+        return self._setting(key, int(value))
+
+    def percentage(self, key: str) -> Setting[Decimal] | None:
+        """A percentage from 0 to 100, exactly: an integer, a YAML number or a decimal string (`"0.5"`), as Kuma's
+        IntOrString; a YAML float is read from its text (0.1 is 0.1, not its binary approximation)."""
+        value = self.check.field(self.raw, self.path, key, (int, str, float))
+        if value is None:
+            return None
+        try:
+            percent: Decimal | None = Decimal(str(value).strip())
+        except InvalidOperation:
+            percent = None
+        if percent is None or not percent.is_finite():
+            self.check.fail(self.path + (key,), f"must be a number between 0 and 100, got {value!r}")
+            return None
+        if not 0 <= percent <= 100:
+            self.check.fail(self.path + (key,), f"must be between 0 and 100, got {value!r}")
+            return None
+        return self._setting(key, percent)
+
+    def entries(self, key: str, read: Callable[[ConfReader], C | None], *, not_a_mapping: str,
+                at_most: tuple[int, str] | None = None) -> Setting[tuple[C, ...]] | None:
+        """A list of mappings, each read by `read` as a section at its index (`key[i]`); None when it is not set.
+
+        An entry that is not a mapping is a violation with the message `not_a_mapping`; one that `read` returns None
+        for is left out. `at_most` (count, noun), when given, bounds the length ("at most 16 headers, got 17"). A
+        list is one leaf of a merge (set as a whole), so the origins are the list's; its entries' reads have none.
+        """
+        raw = self.check.field(self.raw, self.path, key, list)
+        if raw is None:
+            return None
+        if at_most is not None and len(raw) > at_most[0]:
+            self.check.fail(self.path + (key,), f"at most {at_most[0]} {at_most[1]}, got {len(raw)}")
+        out: list[C] = []
+        for i, entry in enumerate(raw):
+            if not isinstance(entry, dict):
+                self.check.fail(self.path + (key, i), not_a_mapping)
+                continue
+            value = read(ConfReader(entry, self.path + (key, i), self.check, self.merged, f"{self.prefix}{key}.{i}."))
+            if value is not None:
+                out.append(value)
+        return Setting(tuple(out), self.origins(key))
 
 
 class _Strict(FieldCheck):

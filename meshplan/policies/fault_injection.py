@@ -24,18 +24,22 @@ x-envoy-downstream-service-node header and `headers` are request headers, both s
 trusted), so each filter of a rule for some clients is wrapped in an ExtensionWithMatcher that skips it for every
 client the rule is not the first match for, on the URI SANs of the peer certificate (policies/clients.py) — the way
 Kuma restricts MeshFaultInjection to its sources. A rule for every client (kind Mesh) is not wrapped.
+
+The conf: `parse` (policies/conf.py) is the one reader of these fields, for an item's `default` (validate) and for
+what a rule's items merged to (render): the Envoy side reads its `Conf` dataclasses (durations, bandwidths and
+percentages already in Envoy's form), never the raw dict.
 """
 
 from __future__ import annotations
 
 import re
-from decimal import Decimal, InvalidOperation
-from typing import Any
+from dataclasses import dataclass
+from decimal import Decimal
 
 from meshplan.envoy.types import HTTP_FAULT
 from meshplan.envoy.types import HTTP_FAULT_NAME as FILTER
 from meshplan.load.resources import PathKey
-from meshplan.policies.base import Json, ProxyBuild, hcm, insert_http_filter, origins_of
+from meshplan.policies.base import Json, ProxyBuild, hcm, insert_http_filter
 from meshplan.policies.clients import (
     first_match,
     http_filter_for,
@@ -43,6 +47,7 @@ from meshplan.policies.clients import (
     mesh_of,
     rule_clients,
 )
+from meshplan.policies.conf import ConfReader, Setting
 from meshplan.validate.check import FieldCheck, duration_json, parse_duration
 
 KIND = "MeshFaultInjection"
@@ -56,85 +61,142 @@ MAX_UINT64 = 2**64 - 1
 DENOMINATORS = ((0, "HUNDRED"), (2, "TEN_THOUSAND"), (4, "MILLION"))
 
 
-def validate(default: Json, path: PathKey, check: FieldCheck, section: str) -> None:
-    check.unknown(default, path, ("http",))
-    faults = check.field(default, path, "http", list, default=[])
-    for i, fault in enumerate(faults):
-        fp = path + ("http", i)
-        if not isinstance(fault, dict):
-            check.fail(fp, "must be a mapping with `abort`, `delay` and/or `responseBandwidth`")
-            continue
-        check.unknown(fault, fp, FAULTS)
-        if all(fault.get(k) is None for k in FAULTS):
-            check.fail(fp, "needs at least one of `abort`, `delay`, `responseBandwidth`")
-        abort = check.field(fault, fp, "abort", dict)
-        if abort is not None:
-            ap = fp + ("abort",)
-            check.unknown(abort, ap, ("httpStatus", "percentage"))
-            status = check.field(abort, ap, "httpStatus", int, required=True)
-            if status is not None and not 200 <= status <= 599:
-                check.fail(ap + ("httpStatus",), f"must be an HTTP status between 200 and 599, got {status}")
-            _validate_percentage(abort, ap, check)
-        delay = check.field(fault, fp, "delay", dict)
-        if delay is not None:
-            dp = fp + ("delay",)
-            check.unknown(delay, dp, ("value", "percentage"))
-            value = check.field(delay, dp, "value", str, required=True)
-            if value is not None:
-                seconds = parse_duration(value)
-                if seconds is None:
-                    check.fail(dp + ("value",), f"must be a duration like 500ms or 5s, got {value!r}")
-                elif seconds <= 0:
-                    check.fail(dp + ("value",), f"must be greater than 0 (Envoy refuses a delay of 0), got {value!r}")
-            _validate_percentage(delay, dp, check)
-        bandwidth = check.field(fault, fp, "responseBandwidth", dict)
-        if bandwidth is not None:
-            bp = fp + ("responseBandwidth",)
-            check.unknown(bandwidth, bp, ("limit", "percentage"))
-            limit = check.field(bandwidth, bp, "limit", str, required=True)
-            if limit is not None:
-                kbps = limit_kbps(limit)
-                if kbps is None:
-                    check.fail(bp + ("limit",), f"must be a whole number with a unit kbps, Mbps or Gbps, got {limit!r}")
-                elif not 1 <= kbps <= MAX_UINT64:
-                    check.fail(bp + ("limit",), f"must be at least 1kbps, got {limit!r}")
-            _validate_percentage(bandwidth, bp, check)
+# --- the conf -------------------------------------------------------------------------------------------------
 
 
-def _validate_percentage(obj: Json, path: PathKey, check: FieldCheck) -> None:
-    value = check.field(obj, path, "percentage", (int, str, float), required=True)
-    if value is None:
-        return
-    percent = parse_percentage(value)
+@dataclass(frozen=True)
+class Percent:
+    """A percentage as Envoy's FractionalPercent, exactly."""
+
+    numerator: int
+    denominator: str  # HUNDRED | TEN_THOUSAND | MILLION
+
+    def json(self) -> Json:
+        return {"numerator": self.numerator, "denominator": self.denominator}
+
+
+@dataclass(frozen=True)
+class Abort:
+    http_status: int
+    percentage: Percent
+
+
+@dataclass(frozen=True)
+class Delay:
+    fixed_delay: str  # as Envoy writes a Duration (`5s`, `0.500s`)
+    percentage: Percent
+
+
+@dataclass(frozen=True)
+class Bandwidth:
+    limit_kbps: int
+    percentage: Percent
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One entry of `http`: one fault filter."""
+
+    abort: Abort | None
+    delay: Delay | None
+    response_bandwidth: Bandwidth | None
+
+
+@dataclass(frozen=True)
+class Conf:
+    http: Setting[tuple[Fault, ...]] | None  # a list is set as a whole: its origins are the list's
+
+
+def parse(conf: ConfReader) -> Conf:
+    """A `default` (or what several merged to)."""
+    conf.unknown(("http",))
+    return Conf(conf.entries("http", _parse_fault,
+                             not_a_mapping="must be a mapping with `abort`, `delay` and/or `responseBandwidth`"))
+
+
+def _parse_fault(fault: ConfReader) -> Fault:
+    fault.unknown(FAULTS)
+    if not any(fault.has(key) for key in FAULTS):
+        fault.fail("needs at least one of `abort`, `delay`, `responseBandwidth`")
+    return Fault(fault.section("abort", _parse_abort), fault.section("delay", _parse_delay),
+                 fault.section("responseBandwidth", _parse_bandwidth))
+
+
+def _parse_abort(abort: ConfReader) -> Abort | None:
+    abort.unknown(("httpStatus", "percentage"))
+    status = abort.status("httpStatus", range(200, 600), _wrong_status) if abort.required("httpStatus") else None
+    percentage = _percentage(abort)
+    return None if status is None or percentage is None else Abort(status.value, percentage)
+
+
+def _wrong_status(status: int) -> str:
+    return f"must be an HTTP status between 200 and 599, got {status}"
+
+
+def _parse_delay(delay: ConfReader) -> Delay | None:
+    delay.unknown(("value", "percentage"))
+    value = delay.text("value") if delay.required("value") else None
+    fixed = None
+    if value is not None:
+        seconds = parse_duration(value.value)
+        if seconds is None:
+            delay.fail(f"must be a duration like 500ms or 5s, got {value.value!r}", "value")
+        elif seconds <= 0:
+            delay.fail(f"must be greater than 0 (Envoy refuses a delay of 0), got {value.value!r}", "value")
+        else:
+            fixed = duration_json(seconds)
+    percentage = _percentage(delay)
+    return None if fixed is None or percentage is None else Delay(fixed, percentage)
+
+
+def _parse_bandwidth(bandwidth: ConfReader) -> Bandwidth | None:
+    bandwidth.unknown(("limit", "percentage"))
+    limit = bandwidth.text("limit") if bandwidth.required("limit") else None
+    kbps = None
+    if limit is not None:
+        kbps = limit_kbps(limit.value)
+        if kbps is None:
+            bandwidth.fail(f"must be a whole number with a unit kbps, Mbps or Gbps, got {limit.value!r}", "limit")
+        elif not 1 <= kbps <= MAX_UINT64:
+            bandwidth.fail(f"must be at least 1kbps, got {limit.value!r}", "limit")
+            kbps = None
+    percentage = _percentage(bandwidth)
+    return None if kbps is None or percentage is None else Bandwidth(kbps, percentage)
+
+
+def _percentage(fault: ConfReader) -> Percent | None:
+    """A fault's required `percentage`, in Envoy's form."""
+    percent = fault.percentage("percentage") if fault.required("percentage") else None
     if percent is None:
-        check.fail(path + ("percentage",), f"must be a number between 0 and 100, got {value!r}")
-    elif not 0 <= percent <= 100:
-        check.fail(path + ("percentage",), f"must be between 0 and 100, got {value!r}")
-    elif fractional_percent(percent) is None:
-        check.fail(path + ("percentage",), f"at most 4 decimals (Envoy counts in millionths), got {value!r}")
-
-
-def parse_percentage(value: Any) -> Decimal | None:
-    try:
-        # str() first: a YAML float like 0.1 becomes Decimal("0.1"), not its binary approximation.
-        percent = Decimal(str(value).strip())
-    except InvalidOperation:
         return None
-    return percent if percent.is_finite() else None
+    fraction = fractional_percent(percent.value)
+    if fraction is None:
+        fault.fail(f"at most 4 decimals (Envoy counts in millionths), got {fault.raw['percentage']!r}", "percentage")
+    return fraction
 
 
-def fractional_percent(percent: Decimal) -> Json | None:
+def fractional_percent(percent: Decimal) -> Percent | None:
     """A percentage as Envoy's FractionalPercent, exactly, or None when it needs more than 4 decimals."""
     for decimals, denominator in DENOMINATORS:
         numerator = percent * 10**decimals
         if numerator == numerator.to_integral_value():
-            return {"numerator": int(numerator), "denominator": denominator}
+            return Percent(int(numerator), denominator)
     return None
 
 
 def limit_kbps(limit: str) -> int | None:
     m = BANDWIDTH.fullmatch(limit)
     return int(m.group(1)) * KBPS[m.group(2)] if m else None
+
+
+# --- validation -----------------------------------------------------------------------------------------------
+
+
+def validate(default: Json, path: PathKey, check: FieldCheck, section: str) -> None:
+    parse(ConfReader(default, path, check))
+
+
+# --- rendering ------------------------------------------------------------------------------------------------
 
 
 def apply(build: ProxyBuild) -> None:
@@ -147,35 +209,24 @@ def apply(build: ProxyBuild) -> None:
             continue
         who = first_match(rule_clients(build.desired, mesh_of(build.proxy, point.target), rules))
         for rule, clients in zip(rules, who, strict=True):
-            origins = origins_of(rule.merged, "http")
-            for i, fault in enumerate(rule.merged.conf.get("http") or []):
+            faults = parse(ConfReader.of_merged(rule.merged)).http
+            if faults is None:
+                continue
+            for i, fault in enumerate(faults.value):
                 http_filter = http_filter_for(f"{FILTER}:{label(rule.client)}:{i}", _http_fault(fault), clients)
                 if http_filter is not None:
-                    build.mark(http_filter, "typed_config", origins)
+                    build.mark(http_filter, "typed_config", faults.origins)
                     insert_http_filter(manager, http_filter)
 
 
-def _http_fault(fault: Json) -> Json:
+def _http_fault(fault: Fault) -> Json:
     config: Json = {"@type": HTTP_FAULT}
-    abort = fault.get("abort")
-    if abort is not None:
-        config["abort"] = {"http_status": abort["httpStatus"], "percentage": _percentage(abort)}
-    delay = fault.get("delay")
-    if delay is not None:
-        seconds = parse_duration(delay["value"])
-        assert seconds is not None  # validated
-        config["delay"] = {"fixed_delay": duration_json(seconds), "percentage": _percentage(delay)}
-    bandwidth = fault.get("responseBandwidth")
-    if bandwidth is not None:
-        kbps = limit_kbps(bandwidth["limit"])
-        assert kbps is not None  # validated
-        config["response_rate_limit"] = {"fixed_limit": {"limit_kbps": kbps}, "percentage": _percentage(bandwidth)}
+    if fault.abort is not None:
+        config["abort"] = {"http_status": fault.abort.http_status, "percentage": fault.abort.percentage.json()}
+    if fault.delay is not None:
+        config["delay"] = {"fixed_delay": fault.delay.fixed_delay, "percentage": fault.delay.percentage.json()}
+    if fault.response_bandwidth is not None:
+        bandwidth = fault.response_bandwidth
+        config["response_rate_limit"] = {"fixed_limit": {"limit_kbps": bandwidth.limit_kbps},
+                                         "percentage": bandwidth.percentage.json()}
     return config
-
-
-def _percentage(fault: Json) -> Json:
-    percent = parse_percentage(fault["percentage"])
-    assert percent is not None  # validated
-    fraction = fractional_percent(percent)
-    assert fraction is not None  # validated
-    return fraction

@@ -144,7 +144,7 @@ def parse(conf: ConfReader) -> Conf:
 
 def _parse_locality(locality: ConfReader) -> Setting[bool] | None:
     locality.unknown(("disabled", "localZone", "crossZone"))
-    disabled = locality.flag("disabled")
+    disabled = locality.boolean("disabled")
     for key in ("localZone", "crossZone"):
         if key in locality.raw:
             locality.fail(f"`{key}` is not supported: meshplan renders a single zone without endpoint priorities "
@@ -209,12 +209,12 @@ def _nested_hash_policies(block: ConfReader, top_level_hash: bool) -> Setting[tu
 
 
 def _hash_policies(conf: ConfReader) -> Setting[tuple[HashPolicy, ...]] | None:
-    return conf.mappings("hashPolicies", _parse_hash_policy, "must be a mapping with a `type`")
+    return conf.entries("hashPolicies", _parse_hash_policy, not_a_mapping="must be a mapping with a `type`")
 
 
 def _parse_hash_policy(policy: ConfReader) -> HashPolicy | None:
     policy.unknown(("type", "terminal") + tuple(sorted(set(HASH_BLOCK.values()))))
-    terminal = policy.flag("terminal")
+    terminal = policy.boolean("terminal")
     kind = _value(policy.text("type", required=True))
     if kind is not None and kind not in HASH_TYPES:
         policy.fail(f"must be one of {', '.join(HASH_TYPES)}, got {kind!r}", "type")
@@ -252,7 +252,7 @@ def _parse_hash_body(body: ConfReader, kind: str) -> HashPolicy:
             body.fail(f"must be an absolute path, got {path!r}", "path")
     elif kind in ("Connection", "SourceIP"):
         body.unknown(("sourceIP",))
-        flag = body.flag("sourceIP")
+        flag = body.boolean("sourceIP")
         source_ip = flag is not None and flag.value
     else:  # FilterState
         body.unknown(("key",))

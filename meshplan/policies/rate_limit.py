@@ -32,11 +32,17 @@ is wrapped in an ExtensionWithMatcher that skips it for every other client, on t
 A TCP connection is counted when it is accepted, before the TLS handshake that names its client, so a connection
 rate cannot depend on the client: validation allows `local.tcp` only in a `from` item of kind Mesh (Kuma rejects it
 for any client-conditioned rule for the same reason), and only the rule for every client sets it.
+
+The conf: `parse` (policies/conf.py) is the one reader of these fields, for an item's `default` (validate) and for
+what a rule's items merged to (render): the Envoy side reads its `Conf` dataclasses (the interval already in Envoy's
+Duration form), never the raw dict.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -44,8 +50,7 @@ from meshplan.envoy.types import HTTP_LOCAL_RATE_LIMIT, NETWORK_LOCAL_RATE_LIMIT
 from meshplan.envoy.types import HTTP_LOCAL_RATE_LIMIT_NAME as HTTP_FILTER
 from meshplan.envoy.types import NETWORK_LOCAL_RATE_LIMIT_NAME as NETWORK_FILTER
 from meshplan.load.resources import PathKey
-from meshplan.match.matcher import FromRule
-from meshplan.policies.base import Json, ProxyBuild, hcm, insert_http_filter, origins_of
+from meshplan.policies.base import Json, ProxyBuild, hcm, insert_http_filter
 from meshplan.policies.clients import (
     first_match,
     http_filter_for,
@@ -56,6 +61,7 @@ from meshplan.policies.clients import (
     stat_label,
     stat_scope,
 )
+from meshplan.policies.conf import ConfReader, Setting
 from meshplan.validate.check import FieldCheck, duration_json, parse_duration
 
 KIND = "MeshRateLimit"
@@ -74,89 +80,174 @@ SET_ACTION = "OVERWRITE_IF_EXISTS_OR_ADD"
 ADD_ACTION = "APPEND_IF_EXISTS_OR_ADD"
 
 
-def validate(default: Json, path: PathKey, check: FieldCheck, section: str) -> None:
-    check.unknown(default, path, ("local",))
-    local = check.field(default, path, "local", dict, required=True)
-    if local is None:
-        return
-    lp = path + ("local",)
-    check.unknown(local, lp, ("http", "tcp"))
-    if local.get("http") is None and local.get("tcp") is None:
-        check.fail(lp, "needs `http`, `tcp` or both")
-    http = check.field(local, lp, "http", dict)
-    if http is not None:
-        _validate_http(http, lp + ("http",), check)
-    tcp = check.field(local, lp, "tcp", dict)
-    if tcp is not None:
-        tp = lp + ("tcp",)
-        check.unknown(tcp, tp, ("disabled", "connectionRate"))
-        if tcp.get("disabled") is None and tcp.get("connectionRate") is None:
-            check.fail(tp, "needs at least one of `disabled`, `connectionRate`")
-        check.field(tcp, tp, "disabled", bool)
-        _validate_rate(tcp, tp, "connectionRate", check)
-        kind = _from_kind(check, path)
-        if kind is not None and kind != "Mesh":
-            check.fail(tp, f"a TCP connection is limited when it is accepted, before its client is known, so it cannot "
-                           f"depend on the client: set `local.tcp` in a `from` item of kind Mesh, not {kind}")
+# --- the conf -------------------------------------------------------------------------------------------------
 
 
-def _validate_http(http: Json, path: PathKey, check: FieldCheck) -> None:
-    check.unknown(http, path, ("disabled", "requestRate", "onRateLimit"))
-    if all(http.get(k) is None for k in ("disabled", "requestRate", "onRateLimit")):
-        check.fail(path, "needs at least one of `disabled`, `requestRate`, `onRateLimit`")
-    check.field(http, path, "disabled", bool)
-    _validate_rate(http, path, "requestRate", check)
-    on = check.field(http, path, "onRateLimit", dict)
-    if on is None:
-        return
-    op = path + ("onRateLimit",)
-    check.unknown(on, op, ("status", "headers"))
-    status = check.field(on, op, "status", int)
-    if status is not None and status not in STATUS_CODES:
-        why = "Envoy answers 429 for any status below 400" if status < 400 else "Envoy knows no such status code"
-        check.fail(op + ("status",), f"must be an HTTP error status between 400 and 599 ({why}), got {status}")
-    headers = check.field(on, op, "headers", dict)
-    if headers is None:
-        return
-    hp = op + ("headers",)
-    check.unknown(headers, hp, ("set", "add"))
-    for key in ("set", "add"):
-        items = check.field(headers, hp, key, list, default=[])
-        if len(items) > MAX_HEADERS:
-            check.fail(hp + (key,), f"at most {MAX_HEADERS} headers, got {len(items)}")
-        seen: set[str] = set()
-        for i, item in enumerate(items):
-            ip = hp + (key, i)
-            if not isinstance(item, dict):
-                check.fail(ip, "must be a mapping with `name` and `value`")
-                continue
-            check.unknown(item, ip, ("name", "value"))
-            name = check.field(item, ip, "name", str, required=True)
-            value = check.field(item, ip, "value", str, required=True)
-            if name is not None:
-                if not HEADER_NAME.fullmatch(name):
-                    check.fail(ip + ("name",), f"must be a lower-case HTTP header name (an RFC 7230 token), got {name!r}")
-                elif name in seen:
-                    check.fail(ip + ("name",), f"header {name!r} is listed twice in `{key}`: join the values with a comma")
-                seen.add(name)
-            if value is not None and any(c in value for c in "\r\n\0"):
-                check.fail(ip + ("value",), "must not contain CR, LF or NUL")
+@dataclass(frozen=True)
+class Rate:
+    num: int  # requests (or connections) per interval
+    interval: str  # as Envoy writes a Duration (`1s`, `0.051s`)
 
 
-def _validate_rate(obj: Json, path: PathKey, key: str, check: FieldCheck) -> None:
-    rate = check.field(obj, path, key, dict)
-    if rate is None:
-        return
-    rp = path + (key,)
-    check.unknown(rate, rp, ("num", "interval"))
-    check.integer(rate, rp, "num", minimum=1, maximum=MAX_UINT32, required=True)
-    interval = check.field(rate, rp, "interval", str, required=True)
+@dataclass(frozen=True)
+class Header:
+    name: str
+    value: str
+
+
+@dataclass(frozen=True)
+class Headers:
+    set: tuple[Header, ...]
+    add: tuple[Header, ...]
+    origins: tuple[str, ...]  # who set `headers` (or anything below it)
+
+
+@dataclass(frozen=True)
+class OnRateLimit:
+    status: Setting[int] | None
+    headers: Headers | None
+
+
+@dataclass(frozen=True)
+class HttpLimit:
+    disabled: Setting[bool] | None
+    request_rate: Setting[Rate] | None
+    on_rate_limit: OnRateLimit | None
+    origins: tuple[str, ...]  # who set `local.http` (or anything below it)
+
+
+@dataclass(frozen=True)
+class TcpLimit:
+    disabled: Setting[bool] | None
+    connection_rate: Setting[Rate] | None
+    origins: tuple[str, ...]  # who set `local.tcp` (or anything below it)
+
+
+@dataclass(frozen=True)
+class Local:
+    http: HttpLimit | None
+    tcp: TcpLimit | None
+
+
+@dataclass(frozen=True)
+class Conf:
+    local: Local
+
+
+_HTTP_FIELDS = ("disabled", "requestRate", "onRateLimit")
+
+
+def parse(conf: ConfReader) -> Conf | None:
+    """A `default` (or what several merged to): None, with a violation, when it has no `local`."""
+    conf.unknown(("local",))
+    if not conf.required("local"):
+        return None
+    local = conf.section("local", _parse_local)
+    return None if local is None else Conf(local)
+
+
+def _parse_local(local: ConfReader) -> Local:
+    local.unknown(("http", "tcp"))
+    if not local.has("http") and not local.has("tcp"):
+        local.fail("needs `http`, `tcp` or both")
+    return Local(local.section("http", lambda http: _parse_http(http, local.origins("http"))),
+                 local.section("tcp", lambda tcp: _parse_tcp(tcp, local.origins("tcp"))))
+
+
+def _parse_http(http: ConfReader, origins: tuple[str, ...]) -> HttpLimit:
+    http.unknown(_HTTP_FIELDS)
+    if not any(http.has(key) for key in _HTTP_FIELDS):
+        http.fail("needs at least one of `disabled`, `requestRate`, `onRateLimit`")
+    return HttpLimit(http.boolean("disabled"), _rate(http, "requestRate"), http.section("onRateLimit", _parse_on),
+                     origins)
+
+
+def _parse_tcp(tcp: ConfReader, origins: tuple[str, ...]) -> TcpLimit:
+    tcp.unknown(("disabled", "connectionRate"))
+    if not tcp.has("disabled") and not tcp.has("connectionRate"):
+        tcp.fail("needs at least one of `disabled`, `connectionRate`")
+    return TcpLimit(tcp.boolean("disabled"), _rate(tcp, "connectionRate"), origins)
+
+
+def _rate(conf: ConfReader, key: str) -> Setting[Rate] | None:
+    rate = conf.section(key, _parse_rate)
+    return None if rate is None else Setting(rate, conf.origins(key))
+
+
+def _parse_rate(rate: ConfReader) -> Rate | None:
+    rate.unknown(("num", "interval"))
+    num = rate.integer("num", minimum=1, maximum=MAX_UINT32) if rate.required("num") else None
+    interval = rate.text("interval") if rate.required("interval") else None
+    fill = None
     if interval is not None:
-        seconds = parse_duration(interval)
+        seconds = parse_duration(interval.value)
         if seconds is None:
-            check.fail(rp + ("interval",), f"must be a duration like 500ms, 1s or 1m, got {interval!r}")
+            rate.fail(f"must be a duration like 500ms, 1s or 1m, got {interval.value!r}", "interval")
         elif seconds <= MIN_INTERVAL:
-            check.fail(rp + ("interval",), f"must be greater than 50ms, got {interval!r}")
+            rate.fail(f"must be greater than 50ms, got {interval.value!r}", "interval")
+        else:
+            fill = duration_json(seconds)
+    return None if num is None or fill is None else Rate(num.value, fill)
+
+
+def _parse_on(on: ConfReader) -> OnRateLimit:
+    on.unknown(("status", "headers"))
+    return OnRateLimit(on.status("status", STATUS_CODES, _wrong_status),
+                       on.section("headers", lambda headers: _parse_headers(headers, on.origins("headers"))))
+
+
+def _wrong_status(status: int) -> str:
+    why = "Envoy answers 429 for any status below 400" if status < 400 else "Envoy knows no such status code"
+    return f"must be an HTTP error status between 400 and 599 ({why}), got {status}"
+
+
+def _parse_headers(headers: ConfReader, origins: tuple[str, ...]) -> Headers:
+    headers.unknown(("set", "add"))
+    lists: list[tuple[Header, ...]] = []
+    for key in ("set", "add"):
+        found = headers.entries(key, _header_reader(key), not_a_mapping="must be a mapping with `name` and `value`",
+                                at_most=(MAX_HEADERS, "headers"))
+        lists.append(() if found is None else found.value)
+    return Headers(lists[0], lists[1], origins)
+
+
+def _header_reader(key: str) -> Callable[[ConfReader], Header | None]:
+    """Reads the entries of the list `key` in order: a name listed twice in it is a violation."""
+    seen: set[str] = set()
+
+    def read(item: ConfReader) -> Header | None:
+        item.unknown(("name", "value"))
+        name = item.text("name") if item.required("name") else None
+        value = item.text("value") if item.required("value") else None
+        good = name is not None and value is not None
+        if name is not None:
+            if not HEADER_NAME.fullmatch(name.value):
+                item.fail(f"must be a lower-case HTTP header name (an RFC 7230 token), got {name.value!r}", "name")
+                good = False
+            elif name.value in seen:
+                item.fail(f"header {name.value!r} is listed twice in `{key}`: join the values with a comma", "name")
+                good = False
+            seen.add(name.value)
+        if value is not None and any(c in value.value for c in "\r\n\0"):
+            item.fail("must not contain CR, LF or NUL", "value")
+            good = False
+        return Header(name.value, value.value) if good and name is not None and value is not None else None
+
+    return read
+
+
+# --- validation -----------------------------------------------------------------------------------------------
+
+
+def validate(default: Json, path: PathKey, check: FieldCheck, section: str) -> None:
+    conf = parse(ConfReader(default, path, check))
+    if conf is None or conf.local.tcp is None:
+        return
+    kind = _from_kind(check, path)
+    if kind is not None and kind != "Mesh":
+        check.fail(path + ("local", "tcp"),
+                   f"a TCP connection is limited when it is accepted, before its client is known, so it cannot "
+                   f"depend on the client: set `local.tcp` in a `from` item of kind Mesh, not {kind}")
 
 
 def _from_kind(check: FieldCheck, path: PathKey) -> str | None:
@@ -179,65 +270,63 @@ def apply(build: ProxyBuild) -> None:
         rules = build.match.from_(KIND, point.target)
         if not rules:
             continue
+        confs = [parse(ConfReader.of_merged(rule.merged)) for rule in rules]
         scope = stat_scope(point.chain, point.listener)
         manager = hcm(point.chain)
         if manager is not None:
             who = first_match(rule_clients(build.desired, mesh_of(build.proxy, point.target), rules))
-            for rule, clients in zip(rules, who, strict=True):
-                config = _http_limit(build, rule, f"{scope}.rate_limit.{stat_label(rule.client)}")
-                if config is None:
+            for rule, conf, clients in zip(rules, confs, who, strict=True):
+                http = conf.local.http if conf is not None else None
+                config = _http_limit(build, http, f"{scope}.rate_limit.{stat_label(rule.client)}")
+                if config is None or http is None:
                     continue
                 http_filter = http_filter_for(f"{HTTP_FILTER}:{label(rule.client)}", config, clients)
                 if http_filter is not None:
-                    build.mark(http_filter, "typed_config", origins_of(rule.merged, "local.http"))
+                    build.mark(http_filter, "typed_config", http.origins)
                     insert_http_filter(manager, http_filter)
-        everyone = rules[-1]  # most specific first, so a rule for every client (kind Mesh) is the last one
-        if everyone.client.kind == "Mesh":
-            _tcp_limit(build, point.chain, everyone, f"{scope}.tcp_rate_limit")
+        everyone, conf = rules[-1], confs[-1]  # most specific first, so a rule for every client (kind Mesh) is last
+        if everyone.client.kind == "Mesh" and conf is not None:
+            _tcp_limit(build, point.chain, conf.local.tcp, f"{scope}.tcp_rate_limit")
 
 
-def _http_limit(build: ProxyBuild, rule: FromRule, stat_prefix: str) -> Json | None:
-    http = rule.merged.conf.get("local", {}).get("http")
-    if not isinstance(http, dict) or http.get("disabled") or not isinstance(http.get("requestRate"), dict):
+def _http_limit(build: ProxyBuild, http: HttpLimit | None, stat_prefix: str) -> Json | None:
+    if http is None or (http.disabled is not None and http.disabled.value) or http.request_rate is None:
         return None
-    merged = rule.merged
+    rate = http.request_rate
     config: Json = {"@type": HTTP_LOCAL_RATE_LIMIT, "stat_prefix": stat_prefix}
-    build.set(config, "token_bucket", _token_bucket(http["requestRate"]), origins_of(merged, "local.http.requestRate"))
+    build.set(config, "token_bucket", _token_bucket(rate.value), rate.origins)
     # Without these two the filter only counts: Envoy enables and enforces a local rate limit for 0% by default.
-    enabled = origins_of(merged, "local.http.requestRate", "local.http.disabled")
+    enabled = sorted({*rate.origins, *(http.disabled.origins if http.disabled is not None else ())})
     build.set(config, "filter_enabled", _all_requests(), enabled)
     build.set(config, "filter_enforced", _all_requests(), enabled)
-    on = http.get("onRateLimit") or {}
-    if on.get("status") is not None:
-        build.set(config, "status", {"code": on["status"]}, origins_of(merged, "local.http.onRateLimit.status"))
-    headers = on.get("headers") or {}
-    to_add = [_header(h, SET_ACTION) for h in headers.get("set") or []]
-    to_add += [_header(h, ADD_ACTION) for h in headers.get("add") or []]
-    if to_add:
-        build.set(config, "response_headers_to_add", to_add, origins_of(merged, "local.http.onRateLimit.headers"))
+    on = http.on_rate_limit
+    if on is not None and on.status is not None:
+        build.set(config, "status", {"code": on.status.value}, on.status.origins)
+    headers = on.headers if on is not None else None
+    if headers is not None:
+        to_add = [_header(h, SET_ACTION) for h in headers.set] + [_header(h, ADD_ACTION) for h in headers.add]
+        if to_add:
+            build.set(config, "response_headers_to_add", to_add, headers.origins)
     return config
 
 
-def _tcp_limit(build: ProxyBuild, chain: Json, rule: FromRule, stat_prefix: str) -> None:
-    tcp = rule.merged.conf.get("local", {}).get("tcp")
-    if not isinstance(tcp, dict) or tcp.get("disabled") or not isinstance(tcp.get("connectionRate"), dict):
+def _tcp_limit(build: ProxyBuild, chain: Json, tcp: TcpLimit | None, stat_prefix: str) -> None:
+    if tcp is None or (tcp.disabled is not None and tcp.disabled.value) or tcp.connection_rate is None:
         return
     config: Json = {"@type": NETWORK_LOCAL_RATE_LIMIT, "stat_prefix": stat_prefix}
-    build.set(config, "token_bucket", _token_bucket(tcp["connectionRate"]), origins_of(rule.merged, "local.tcp"))
+    build.set(config, "token_bucket", _token_bucket(tcp.connection_rate.value), tcp.origins)
     # After RBAC (first in the chain): a connection that is not permitted takes no token.
     insert_network_filter(chain, {"name": NETWORK_FILTER, "typed_config": config})
 
 
-def _token_bucket(rate: Json) -> Json:
-    seconds = parse_duration(rate["interval"])
-    assert seconds is not None  # validated
+def _token_bucket(rate: Rate) -> Json:
     # A full bucket of `num` tokens, refilled to `num` each interval: `num` per interval, bursts included.
-    return {"max_tokens": rate["num"], "tokens_per_fill": rate["num"], "fill_interval": duration_json(seconds)}
+    return {"max_tokens": rate.num, "tokens_per_fill": rate.num, "fill_interval": rate.interval}
 
 
 def _all_requests() -> Json:
     return {"default_value": {"numerator": 100, "denominator": "HUNDRED"}}
 
 
-def _header(header: Json, action: str) -> Json:
-    return {"header": {"key": header["name"], "value": header["value"]}, "append_action": action}
+def _header(header: Header, action: str) -> Json:
+    return {"header": {"key": header.name, "value": header.value}, "append_action": action}

@@ -208,8 +208,8 @@ def _parse_retry(conf: ConfReader, fields: tuple[str, ...]) -> Retry:
     retry_on = conf.items("retryOn", _http_retry_on,
                           lambda item: f"unknown item {item!r}: expected an HTTP status code or one of {known}")
     not_mapping = "must be a mapping with `name`, and `type` and `value`"
-    request_headers = conf.mappings("retriableRequestHeaders", _parse_header_match, not_mapping)
-    response_headers = conf.mappings("retriableResponseHeaders", _parse_header_match, not_mapping)
+    request_headers = conf.entries("retriableRequestHeaders", _parse_header_match, not_a_mapping=not_mapping)
+    response_headers = conf.entries("retriableResponseHeaders", _parse_header_match, not_a_mapping=not_mapping)
     priorities = 0
 
     def predicate(p: ConfReader) -> HostPredicate | None:
@@ -235,7 +235,7 @@ def _parse_retry(conf: ConfReader, fields: tuple[str, ...]) -> Retry:
             return None
         return HostPredicate(kind, dict(tags.value) if tags else {}, frequency)
 
-    host_selection = conf.mappings("hostSelection", predicate, "must be a mapping with a `predicate`")
+    host_selection = conf.entries("hostSelection", predicate, not_a_mapping="must be a mapping with a `predicate`")
     max_attempts = conf.integer("hostSelectionMaxAttempts", maximum=INT64_MAX)
     return Retry(num_retries, per_try_timeout, back_off, limited, retry_on, request_headers, response_headers,
                  host_selection, max_attempts, conf.written_by())
@@ -264,7 +264,7 @@ def _parse_rate_limited(limited: ConfReader) -> RateLimitedBackOff:
         limited.fail("`resetHeaders` is required")
     elif limited.raw["resetHeaders"] == []:
         limited.fail("must list at least one header", "resetHeaders")
-    headers = limited.mappings("resetHeaders", _parse_reset_header, "must be a mapping with `name` and `format`")
+    headers = limited.entries("resetHeaders", _parse_reset_header, not_a_mapping="must be a mapping with `name` and `format`")
     return RateLimitedBackOff(headers, most)
 
 

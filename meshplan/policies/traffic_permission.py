@@ -33,9 +33,14 @@ Rendering: with the default Allow, `rules.action: DENY` lists one policy per rul
 principal being that rule's clients minus those an earlier (more specific) allowing rule took; with the default
 Deny, `rules.action: ALLOW` lists the allowing rules the same way. Policies are named `<action> <clients>`
 (`Deny MeshService:web`); every `permissions` is `any: true`.
+
+The conf: `parse` (policies/conf.py) is the one reader of `action`, for an item's `default` (validate) and for what
+a rule's items merged to (render, which reads each rule's `Conf` with its origins, never the raw dict).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from meshplan.envoy.types import (
     HTTP_RBAC,
@@ -46,7 +51,7 @@ from meshplan.envoy.types import (
 from meshplan.load.resources import PathKey
 from meshplan.match.matcher import Destination, FromRule
 from meshplan.model import Desired
-from meshplan.policies.base import InboundPoint, Json, ProxyBuild, hcm, origins_of
+from meshplan.policies.base import InboundPoint, Json, ProxyBuild, hcm
 from meshplan.policies.clients import (
     NONE,
     Clients,
@@ -59,6 +64,7 @@ from meshplan.policies.clients import (
     rule_clients,
     stat_scope,
 )
+from meshplan.policies.conf import ConfReader, Setting
 from meshplan.validate.check import FieldCheck
 
 KIND = "MeshTrafficPermission"
@@ -70,9 +76,35 @@ ALLOW_WITH_SHADOW_DENY = "AllowWithShadowDeny"
 ACTIONS = (ALLOW, DENY, ALLOW_WITH_SHADOW_DENY)
 
 
+# --- the conf -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Conf:
+    action: Setting[str]  # one of ACTIONS
+
+
+def parse(conf: ConfReader) -> Conf | None:
+    """A `default` (or what several merged to): None, with a violation, without a valid `action`."""
+    conf.unknown(("action",))
+    action = conf.choice("action", ACTIONS) if conf.required("action") else None
+    return None if action is None else Conf(action)
+
+
+def _merged_conf(rule: FromRule) -> Conf:
+    conf = parse(ConfReader.of_merged(rule.merged))
+    assert conf is not None  # its items were valid, so parse raised MergedConfError rather than refuse it
+    return conf
+
+
+# --- validation -----------------------------------------------------------------------------------------------
+
+
 def validate(default: Json, path: PathKey, check: FieldCheck, section: str) -> None:
-    check.unknown(default, path, ("action",))
-    check.choice(default, path, "action", ACTIONS, required=True)
+    parse(ConfReader(default, path, check))
+
+
+# --- rendering ------------------------------------------------------------------------------------------------
 
 
 def apply(build: ProxyBuild) -> None:
@@ -89,16 +121,17 @@ def apply(build: ProxyBuild) -> None:
 
 def _permit(build: ProxyBuild, point: InboundPoint, mesh: str, rules: list[FromRule], default: str) -> None:
     clients = rule_clients(build.desired, mesh, rules)
-    origins = sorted({o for rule in rules for o in origins_of(rule.merged, "action")})
+    actions = [_merged_conf(rule).action for rule in rules]
+    origins = sorted({o for action in actions for o in action.origins})
     if default == DENY:
         origins = sorted({*origins, _forbid_origin(build.desired, mesh)})
     config: Json = {"@type": HTTP_RBAC}
     manager = hcm(point.chain)
     if manager is None:
         config = {"@type": NETWORK_RBAC, "stat_prefix": f"{stat_scope(point.chain, point.listener)}."}
-    build.set(config, "rules", _rbac(build, rules, clients, default, denying={DENY}), origins)
-    if any(rule.merged.conf.get("action") == ALLOW_WITH_SHADOW_DENY for rule in rules):
-        shadow = _rbac(build, rules, clients, default, denying={DENY, ALLOW_WITH_SHADOW_DENY})
+    build.set(config, "rules", _rbac(build, rules, actions, clients, default, denying={DENY}), origins)
+    if any(action.value == ALLOW_WITH_SHADOW_DENY for action in actions):
+        shadow = _rbac(build, rules, actions, clients, default, denying={DENY, ALLOW_WITH_SHADOW_DENY})
         build.set(config, "shadow_rules", shadow, origins)
     # First: a request or connection that is not permitted should cost nothing else (no fault, no rate-limit token).
     if manager is not None:
@@ -107,9 +140,10 @@ def _permit(build: ProxyBuild, point: InboundPoint, mesh: str, rules: list[FromR
         point.chain["filters"].insert(0, {"name": NETWORK_RBAC_NAME, "typed_config": config})
 
 
-def _rbac(build: ProxyBuild, rules: list[FromRule], clients: list[Clients], default: str, denying: set[str]) -> Json:
+def _rbac(build: ProxyBuild, rules: list[FromRule], actions: list[Setting[str]], clients: list[Clients], default: str,
+          denying: set[str]) -> Json:
     """An RBAC (envoy.config.rbac.v3.RBAC) listing the rules whose effect differs from the default."""
-    denies = [rule.merged.conf.get("action", default) in denying for rule in rules]
+    denies = [action.value in denying for action in actions]
     default_denies = default in denying
     policies: Json = {}
     for i, rule in enumerate(rules):
@@ -121,9 +155,9 @@ def _rbac(build: ProxyBuild, rules: list[FromRule], clients: list[Clients], defa
         who = all_of([clients[i], negate(taken)])
         if who == NONE:
             continue
-        name = f"{rule.merged.conf.get('action')} {label(rule.client)}"
+        name = f"{actions[i].value} {label(rule.client)}"
         policy = {"permissions": [{"any": True}], "principals": [principal(who)]}
-        build.set(policies, name, policy, origins_of(rule.merged, "action"))
+        build.set(policies, name, policy, actions[i].origins)
     return {"action": "ALLOW" if default_denies else "DENY", "policies": policies}
 
 
