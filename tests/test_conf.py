@@ -7,10 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from meshplan.load.resources import PathKey
 from meshplan.match.matcher import Merged
 from meshplan.match.result import match_proxy
-from meshplan.policies import timeout
+from meshplan.policies import circuit_breaker, timeout
 from meshplan.policies.conf import ConfReader, MergedConfError
+from meshplan.validate.check import FieldCheck
 from meshplan.validate.resources import load_and_parse
 from tests.builders import violations
 
@@ -62,3 +64,51 @@ def test_a_merged_conf_that_parse_refuses_is_a_bug_not_a_violation() -> None:
     broken = Merged({"connectionTimeout": "soon"}, {}, ())
     with pytest.raises(MergedConfError, match="connectionTimeout"):
         timeout.parse(ConfReader.of_merged(broken))
+
+
+CIRCUIT_BREAKER = Path(__file__).parent / "testdata" / "circuit_breaker.input"
+
+
+def test_a_merged_circuit_breaker_reads_both_spellings_as_one_typed_conf() -> None:
+    # `other`: the Mesh-wide policy in the seed's spelling, then kuma-spelling's connectionLimits and nested detectors.
+    desired = load_and_parse(CIRCUIT_BREAKER)
+    web = next(dp for dp in desired.dataplanes if dp.name == "web")
+    found = match_proxy(desired, web)
+    merged = next(found.to(circuit_breaker.KIND, d.destination) for d in found.destinations
+                  if d.destination.name == "other")
+    conf = circuit_breaker.parse(ConfReader.of_merged(merged))
+    assert conf is not None and conf.pool is not None and conf.outlier_detection is not None
+    assert conf.pool.max_connections is not None and conf.pool.max_connections.value == 5
+    assert [o.split(" ")[0] for o in conf.pool.max_connections.origins] == ["MeshCircuitBreaker/kuma-spelling"]
+    # Both policies wrote a pool: the seed's defaults for what neither set are theirs.
+    assert [o.split(" ")[0] for o in conf.pool.written_by] == ["MeshCircuitBreaker/default-circuit-breaker",
+                                                               "MeshCircuitBreaker/kuma-spelling"]
+    detectors = conf.outlier_detection.detectors
+    assert detectors is not None and detectors.total_failures is not None
+    assert detectors.total_failures.value == 3  # `totalFailures: {consecutive: 3}`, over the flat 5
+    assert detectors.gateway_failures is None and detectors.success_rate is None
+    assert conf.outlier_detection.healthy_panic_threshold is not None
+    assert conf.outlier_detection.healthy_panic_threshold.value == 0.0
+
+
+def test_a_circuit_breaker_item_is_checked_in_either_spelling() -> None:
+    reader_violations: list[str] = []
+
+    class Recorder(FieldCheck):
+        def __init__(self) -> None:
+            self.out = []
+
+        def fail(self, path: PathKey, message: str) -> None:
+            reader_violations.append(f"{'.'.join(map(str, path))}: {message}")
+
+    default = {"connectionLimits": {"maxConnections": 0},
+               "outlierDetection": {"detectors": {"gatewayFailures": {},
+                                                  "successRate": {"standardDeviationFactor": "0.0001"}}}}
+    assert circuit_breaker.parse(ConfReader(default, ("default",), Recorder())) is not None
+    assert reader_violations == [
+        "default.connectionLimits.maxConnections: must be between 1 and 4294967295, got 0",
+        ("default.outlierDetection.detectors.gatewayFailures: `consecutive` is required (or write "
+         "`consecutiveGatewayFailures: N`)"),
+        ("default.outlierDetection.detectors.successRate.standardDeviationFactor: must be at least 0.001 (Envoy "
+         "counts thousandths)"),
+    ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from typing import Any, Generic, TypeVar
 
 from meshplan.load.resources import PathKey
@@ -88,6 +89,52 @@ class ConfReader:
 
     def _setting(self, key: str, value: T | None) -> Setting[T] | None:
         return None if value is None else Setting(value, self.origins(key))
+
+    def boolean(self, key: str) -> Setting[bool] | None:
+        """A YAML boolean (`true`/`false`; a number or a string is a violation)."""
+        return self._setting(key, self.check.field(self.raw, self.path, key, bool))
+
+    def decimal(self, key: str, *, minimum: Decimal, maximum: Decimal,
+                exclusive: bool = False) -> Setting[Decimal] | None:
+        """A number, or a decimal written as a string (Kuma's int-or-string), within bounds (`exclusive`: above the
+        minimum)."""
+        value = self.check.field(self.raw, self.path, key, (int, float, str))
+        if value is None:
+            return None
+        try:
+            number = Decimal(str(value).strip())
+        except InvalidOperation:
+            number = Decimal("NaN")
+        if not number.is_finite():
+            self.fail(f"must be a number, got {value!r}", key)
+            return None
+        if number < minimum or (exclusive and number == minimum) or number > maximum:
+            low = f"greater than {minimum}" if exclusive else f"at least {minimum}"
+            self.fail(f"must be {low} and at most {maximum}, got {value!r}", key)
+            return None
+        return self._setting(key, number)
+
+    def section_setting(self, key: str, read: Callable[[ConfReader], C]) -> Setting[C] | None:
+        """A nested mapping read by `read`, as a Setting whose origins are the policies that set anything in it (an
+        empty mapping included): for what a section decides as a whole."""
+        section = self.section(key, read)
+        return None if section is None else Setting(section, self.origins(key))
+
+    def written_by(self) -> tuple[str, ...]:
+        """The policies whose item wrote this section (the whole conf: every item merged), each at the section's
+        line, sorted; also those a later policy overrode, and those that wrote it empty: for what the section's
+        presence alone decides (a default, an off switch). None while validating."""
+        if self.merged is None:
+            return ()
+        path = tuple(self.prefix.split(".")[:-1])
+        found: set[str] = set()
+        for contribution in self.merged.contributions:
+            value: Any = contribution.item.default
+            for step in path:
+                value = value.get(step) if isinstance(value, dict) else None
+            if value is not None:
+                found.add(str(contribution.origin(path)))
+        return tuple(sorted(found))
 
 
 class _Strict(FieldCheck):
