@@ -10,7 +10,7 @@ import pytest
 from meshplan.load.resources import PathKey
 from meshplan.match.matcher import Merged
 from meshplan.match.result import match_proxy
-from meshplan.policies import circuit_breaker, timeout
+from meshplan.policies import circuit_breaker, health_check, timeout
 from meshplan.policies.conf import ConfReader, MergedConfError
 from meshplan.validate.check import FieldCheck
 from meshplan.validate.resources import load_and_parse
@@ -112,3 +112,35 @@ def test_a_circuit_breaker_item_is_checked_in_either_spelling() -> None:
         ("default.outlierDetection.detectors.successRate.standardDeviationFactor: must be at least 0.001 (Envoy "
          "counts thousandths)"),
     ]
+
+
+HEALTH_CHECK = Path(__file__).parent / "testdata" / "health_check.input"
+
+
+def test_a_merged_health_check_converts_once_with_origins() -> None:
+    # web -> backend: hc for everyone, web-override (more specific) for web's http path and timeout.
+    desired = load_and_parse(HEALTH_CHECK)
+    web = next(dp for dp in desired.dataplanes if dp.name == "web")
+    found = match_proxy(desired, web)
+    merged = next(found.to(health_check.KIND, d.destination) for d in found.destinations
+                  if d.destination.name == "backend")
+    conf = health_check.parse(ConfReader.of_merged(merged))
+    assert conf.timeout is not None and conf.timeout.value == "1s"
+    assert [o.split(" ")[0] for o in conf.timeout.origins] == ["MeshHealthCheck/web-override"]
+    assert conf.http is not None and conf.http.value.path is not None and conf.http.value.path.value == "/ready"
+    # The section's origins: both policies set something in `http`.
+    assert {o.split(" ")[0] for o in conf.http.origins} == {"MeshHealthCheck/hc", "MeshHealthCheck/web-override"}
+    assert conf.http.value.add_headers is not None
+    assert conf.http.value.add_headers.value == (health_check.Header("x-probe", "meshplan"),)
+    assert conf.tcp is not None and conf.tcp.value.send is not None
+    assert conf.tcp.value.send.value == b"hello".hex().upper()  # base64 decoded, then hex, once
+    assert conf.healthy_panic_threshold is not None and conf.healthy_panic_threshold.value == 0.0
+    assert len(conf.written_by) == 2
+
+
+def test_a_merged_health_check_may_have_lost_its_checkers_to_nulls() -> None:
+    # An item may write `http: null` alone (it names a checker); what it merges to then sets only the panic settings.
+    merged = Merged({"failTrafficOnPanic": True}, {}, ())
+    conf = health_check.parse(ConfReader.of_merged(merged))
+    assert conf.http is None and conf.tcp is None and conf.grpc is None
+    assert conf.fail_traffic_on_panic is not None and conf.fail_traffic_on_panic.value is True

@@ -15,7 +15,7 @@ from typing import Any, Generic, TypeVar
 
 from meshplan.load.resources import PathKey
 from meshplan.match.matcher import Merged
-from meshplan.validate.check import FieldCheck
+from meshplan.validate.check import FieldCheck, as_decimal
 
 T = TypeVar("T")
 C = TypeVar("C")
@@ -135,6 +135,35 @@ class ConfReader:
             if value is not None:
                 found.add(str(contribution.origin(path)))
         return tuple(sorted(found))
+
+    def string(self, key: str, *, required: bool = False) -> Setting[str] | None:
+        """A string, as written; `required`: a violation on this section when it is missing."""
+        value = self.check.field(self.raw, self.path, key, str, required=required)
+        return self._setting(key, None if value is None else str(value))
+
+    def percentage(self, key: str) -> Setting[Decimal] | None:
+        """A percentage, 0 to 100: a number or a decimal string (`"99.9"`); one message for any wrong value."""
+        if self.raw.get(key) is None:
+            return None
+        value = as_decimal(self.raw[key])
+        if value is None or not 0 <= value <= 100:
+            self.fail(f"must be a percentage between 0 and 100 (a number or a decimal string like \"99.9\"), got "
+                      f"{self.raw[key]!r}", key)
+            return None
+        return self._setting(key, value)
+
+    def list_of(self, key: str, read: Callable[[Any, ConfReader], T | None]) -> Setting[tuple[T, ...]] | None:
+        """A list, each element read by `read(element, at)`, where `at` reads and fails at the element's path (its
+        fields, when the element is a mapping); elements read as None are left out. A list is one value of a merged
+        conf (a later policy's replaces it), so its origins are the list's. None when it is not set (or, validating,
+        not a list)."""
+        raw = self.check.field(self.raw, self.path, key, list)
+        if raw is None:
+            return None
+        read_elements = (read(element, ConfReader(element if isinstance(element, dict) else {}, self.path + (key, i),
+                                                  self.check, self.merged, f"{self.prefix}{key}.{i}."))
+                         for i, element in enumerate(raw))
+        return Setting(tuple(value for value in read_elements if value is not None), self.origins(key))
 
 
 class _Strict(FieldCheck):
