@@ -1,5 +1,6 @@
-"""A kind's typed conf (meshplan/policies/conf.py), shown on MeshTimeout: one parse for an item's `default`
-(violations at their paths) and for what several items merged to (typed values with the policies that set them)."""
+"""A kind's typed conf (meshplan/policies/conf.py), shown on MeshTimeout, MeshCircuitBreaker and MeshHealthCheck:
+one parse for an item's `default` (violations at their paths) and for what several items merged to (typed values
+with the policies that set them)."""
 
 from __future__ import annotations
 
