@@ -49,146 +49,178 @@ healthyPanicThreshold) are 0-100; interval and baseEjectionTime are greater than
 number (or a decimal string) greater than zero; `detectors`, when written, names at least one detector, and a nested
 detector has `consecutive`. Unlike Kuma, `detectors` may be left out of one item, so that a more specific policy can
 change only, say, the interval.
+
+One `parse(reader)` reads a `default` (both spellings, for `validate`) and a merged conf (normalised) alike, into
+the frozen `Conf` dataclasses; rendering reads those, with the policies that set each value, never the raw dict.
 """
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
-from typing import Any
+from dataclasses import dataclass
+from decimal import Decimal
 
 from meshplan.load.resources import PathKey
-from meshplan.match.matcher import Merged
 from meshplan.match.spelling import DETECTOR_ALIASES, POOL, POOL_ALIAS
-from meshplan.policies.base import Json, ProxyBuild, origins_of
-from meshplan.validate.check import FieldCheck, proto_duration
+from meshplan.policies.base import Json, ProxyBuild
+from meshplan.policies.conf import ConfReader, Setting
+from meshplan.validate.check import FieldCheck
 
 KIND = "MeshCircuitBreaker"
 ORDER = 90  # run order on a proxy (registry.py): before MeshHealthCheck, whose deprecated healthyPanicThreshold wins where both set it
 
-POOL_FIELDS = {  # policy field -> (Envoy threshold field, the seed's default)
-    "maxConnections": ("max_connections", 1024),
-    "maxPendingRequests": ("max_pending_requests", 1024),
-    "maxRequests": ("max_requests", 1024),
-    "maxRetries": ("max_retries", 3),
-    "maxConnectionPools": ("max_connection_pools", None),
-}
-OUTLIER_FIELDS = ("disabled", "interval", "baseEjectionTime", "maxEjectionPercent", "splitExternalAndLocalErrors",
-                  "detectors", "healthyPanicThreshold")
-CONSECUTIVE_DETECTORS = {  # flat detector -> (Envoy count field, its enforcing field)
-    "consecutiveTotalFailures": ("consecutive_5xx", "enforcing_consecutive_5xx"),
-    "consecutiveGatewayFailures": ("consecutive_gateway_failure", "enforcing_consecutive_gateway_failure"),
-    "consecutiveLocalOriginFailures": ("consecutive_local_origin_failure",
-                                       "enforcing_consecutive_local_origin_failure"),
-}
-RATE_DETECTORS = {  # detector -> its fields -> Envoy fields, and its enforcing fields
-    "successRate": ({"minimumHosts": "success_rate_minimum_hosts", "requestVolume": "success_rate_request_volume",
-                     "standardDeviationFactor": "success_rate_stdev_factor"},
-                    ("enforcing_success_rate", "enforcing_local_origin_success_rate")),
-    "failurePercentage": ({"minimumHosts": "failure_percentage_minimum_hosts",
-                           "requestVolume": "failure_percentage_request_volume",
-                           "threshold": "failure_percentage_threshold"},
-                          ("enforcing_failure_percentage", "enforcing_failure_percentage_local_origin")),
-}
-DETECTORS = tuple(CONSECUTIVE_DETECTORS) + tuple(DETECTOR_ALIASES) + tuple(RATE_DETECTORS)
 ENFORCED = 100
 UINT32_MAX = 2**32 - 1
+
+
+# --- the conf -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Pool:
+    max_connections: Setting[int] | None
+    max_pending_requests: Setting[int] | None
+    max_requests: Setting[int] | None
+    max_retries: Setting[int] | None
+    max_connection_pools: Setting[int] | None
+    written_by: tuple[str, ...]  # the policies that wrote a pool (even `{}`): the seed's defaults are theirs
+
+
+@dataclass(frozen=True)
+class SuccessRate:
+    minimum_hosts: Setting[int] | None
+    request_volume: Setting[int] | None
+    stdev_factor: Setting[int] | None  # in thousandths, as Envoy reads it: 1.9 -> 1900
+
+
+@dataclass(frozen=True)
+class FailurePercentage:
+    minimum_hosts: Setting[int] | None
+    request_volume: Setting[int] | None
+    threshold: Setting[int] | None
+
+
+@dataclass(frozen=True)
+class Detectors:
+    total_failures: Setting[int] | None  # the consecutive counts, whichever spelling an item used
+    gateway_failures: Setting[int] | None
+    local_origin_failures: Setting[int] | None
+    success_rate: Setting[SuccessRate] | None  # origins: whoever set anything in it, `{}` included
+    failure_percentage: Setting[FailurePercentage] | None
+
+
+@dataclass(frozen=True)
+class OutlierDetection:
+    disabled: Setting[bool] | None
+    interval: Setting[str] | None  # the durations as Envoy writes them
+    base_ejection_time: Setting[str] | None
+    max_ejection_percent: Setting[int] | None
+    split_external_and_local_errors: Setting[bool] | None
+    healthy_panic_threshold: Setting[float] | None
+    detectors: Detectors | None
+    written_by: tuple[str, ...]  # the policies that wrote an outlier detection: the detectors it leaves off are theirs
+
+
+@dataclass(frozen=True)
+class Conf:
+    pool: Pool | None
+    outlier_detection: OutlierDetection | None
+
+
+_FIELDS = (POOL, POOL_ALIAS, "outlierDetection")
+_POOL_FIELDS = ("maxConnections", "maxPendingRequests", "maxRequests", "maxRetries", "maxConnectionPools")
+_OUTLIER_FIELDS = ("disabled", "interval", "baseEjectionTime", "maxEjectionPercent", "splitExternalAndLocalErrors",
+                   "detectors", "healthyPanicThreshold")
+_CONSECUTIVE = ("consecutiveTotalFailures", "consecutiveGatewayFailures", "consecutiveLocalOriginFailures")
+_RATE_FIELDS = ("minimumHosts", "requestVolume")
+_DETECTORS = _CONSECUTIVE + tuple(DETECTOR_ALIASES) + ("successRate", "failurePercentage")
+
+
+def parse(conf: ConfReader) -> Conf | None:
+    """A `default`, in either spelling (or what several merged to, in the seed's): None, with a violation, when it
+    has neither a pool nor an outlier detection."""
+    conf.unknown(_FIELDS)
+    _one_spelling(conf, POOL, POOL_ALIAS)
+    if not any(conf.has(key) for key in _FIELDS):
+        conf.fail(f"at least one of `{POOL}` (or `{POOL_ALIAS}`) or `outlierDetection` should be configured")
+        return None
+    pool = conf.section(POOL, _parse_pool)
+    alias = conf.section(POOL_ALIAS, _parse_pool)  # only on an item: a merged conf is in the seed's spelling
+    return Conf(pool if pool is not None else alias, conf.section("outlierDetection", _parse_outlier))
+
+
+def _parse_pool(pool: ConfReader) -> Pool:
+    pool.unknown(_POOL_FIELDS)
+    connections, pending, requests, retries, pools = (_uint(pool, key, minimum=1) for key in _POOL_FIELDS)
+    return Pool(connections, pending, requests, retries, pools, pool.written_by())
+
+
+def _parse_outlier(outlier: ConfReader) -> OutlierDetection:
+    outlier.unknown(_OUTLIER_FIELDS)
+    disabled = outlier.boolean("disabled")
+    interval = outlier.duration("interval", positive=True)
+    base_ejection_time = outlier.duration("baseEjectionTime", positive=True)
+    max_ejection_percent = _uint(outlier, "maxEjectionPercent", maximum=100)
+    split = outlier.boolean("splitExternalAndLocalErrors")
+    panic = outlier.decimal("healthyPanicThreshold", minimum=Decimal(0), maximum=Decimal(100))
+    return OutlierDetection(disabled, interval, base_ejection_time, max_ejection_percent, split,
+                            None if panic is None else Setting(float(panic.value), panic.origins),
+                            outlier.section("detectors", _parse_detectors), outlier.written_by())
+
+
+def _parse_detectors(detectors: ConfReader) -> Detectors:
+    detectors.unknown(_DETECTORS)
+    if not any(detectors.has(key) for key in _DETECTORS):
+        detectors.fail(f"must have at least one of: {', '.join(_DETECTORS)}")
+    consecutive: list[Setting[int] | None] = []
+    for nested, flat in DETECTOR_ALIASES.items():
+        _one_spelling(detectors, flat, nested)
+        count = _uint(detectors, flat, minimum=1)
+
+        def read_nested(written: ConfReader, flat: str = flat) -> Setting[int] | None:
+            written.unknown(("consecutive",))
+            if not written.has("consecutive"):
+                written.fail(f"`consecutive` is required (or write `{flat}: N`)")
+            return _uint(written, "consecutive", minimum=1)
+
+        count_nested = detectors.section(nested, read_nested)  # only on an item: a merged conf has the flat one
+        consecutive.append(count if count is not None else count_nested)
+    total, gateway, local_origin = consecutive
+    return Detectors(total, gateway, local_origin, detectors.section_setting("successRate", _parse_success_rate),
+                     detectors.section_setting("failurePercentage", _parse_failure_percentage))
+
+
+def _parse_success_rate(rate: ConfReader) -> SuccessRate:
+    rate.unknown(_RATE_FIELDS + ("standardDeviationFactor",))
+    minimum_hosts, request_volume = (_uint(rate, key, minimum=1) for key in _RATE_FIELDS)
+    factor = rate.decimal("standardDeviationFactor", minimum=Decimal(0), exclusive=True,
+                          maximum=Decimal(UINT32_MAX) / 1000)
+    if factor is not None and factor.value * 1000 < 1:
+        rate.fail("must be at least 0.001 (Envoy counts thousandths)", "standardDeviationFactor")
+        factor = None
+    thousandths = None if factor is None else Setting(int(factor.value * 1000), factor.origins)
+    return SuccessRate(minimum_hosts, request_volume, thousandths)
+
+
+def _parse_failure_percentage(percentage: ConfReader) -> FailurePercentage:
+    percentage.unknown(_RATE_FIELDS + ("threshold",))
+    minimum_hosts, request_volume = (_uint(percentage, key, minimum=1) for key in _RATE_FIELDS)
+    return FailurePercentage(minimum_hosts, request_volume, _uint(percentage, "threshold", maximum=100))
+
+
+def _one_spelling(conf: ConfReader, key: str, alias: str) -> None:
+    if key in conf.raw and alias in conf.raw:
+        conf.fail(f"`{key}` and `{alias}` are two spellings of one field: set only one", alias)
+
+
+def _uint(conf: ConfReader, key: str, *, minimum: int = 0, maximum: int = UINT32_MAX) -> Setting[int] | None:
+    return conf.integer(key, minimum=minimum, maximum=maximum)
 
 
 # --- validation -----------------------------------------------------------------------------------------------
 
 
 def validate(default: Json, path: PathKey, check: FieldCheck, section: str) -> None:
-    check.unknown(default, path, (POOL, POOL_ALIAS, "outlierDetection"))
-    _one_spelling(check, default, path, POOL, POOL_ALIAS)
-    if not any(default.get(key) is not None for key in (POOL, POOL_ALIAS, "outlierDetection")):
-        check.fail(path, f"at least one of `{POOL}` (or `{POOL_ALIAS}`) or `outlierDetection` should be configured")
-        return
-    for key in (POOL, POOL_ALIAS):
-        pool = check.field(default, path, key, dict)
-        if pool is not None:
-            check.unknown(pool, path + (key,), tuple(POOL_FIELDS))
-            for field in POOL_FIELDS:
-                _uint(check, pool, path + (key,), field, minimum=1)
-    outlier = check.field(default, path, "outlierDetection", dict)
-    if outlier is not None:
-        _check_outlier(check, outlier, path + ("outlierDetection",))
-
-
-def _check_outlier(check: FieldCheck, outlier: Json, path: PathKey) -> None:
-    check.unknown(outlier, path, OUTLIER_FIELDS)
-    check.field(outlier, path, "disabled", bool)
-    check.duration(outlier, path, "interval", positive=True)
-    check.duration(outlier, path, "baseEjectionTime", positive=True)
-    _uint(check, outlier, path, "maxEjectionPercent", maximum=100)
-    check.field(outlier, path, "splitExternalAndLocalErrors", bool)
-    _decimal(check, outlier, path, "healthyPanicThreshold", minimum=Decimal(0), maximum=Decimal(100))
-    detectors = check.field(outlier, path, "detectors", dict)
-    if detectors is None:
-        return
-    dpath = path + ("detectors",)
-    check.unknown(detectors, dpath, DETECTORS)
-    if not any(detectors.get(key) is not None for key in DETECTORS):
-        check.fail(dpath, f"must have at least one of: {', '.join(DETECTORS)}")
-    for nested, flat in DETECTOR_ALIASES.items():
-        _one_spelling(check, detectors, dpath, flat, nested)
-        _uint(check, detectors, dpath, flat, minimum=1)
-        written = check.field(detectors, dpath, nested, dict)
-        if written is not None:
-            check.unknown(written, dpath + (nested,), ("consecutive",))
-            if written.get("consecutive") is None:
-                check.fail(dpath + (nested,), f"`consecutive` is required (or write `{flat}: N`)")
-            _uint(check, written, dpath + (nested,), "consecutive", minimum=1)
-    rate = check.field(detectors, dpath, "successRate", dict)
-    if rate is not None:
-        rpath = dpath + ("successRate",)
-        check.unknown(rate, rpath, tuple(RATE_DETECTORS["successRate"][0]))
-        _uint(check, rate, rpath, "minimumHosts", minimum=1)
-        _uint(check, rate, rpath, "requestVolume", minimum=1)
-        factor = _decimal(check, rate, rpath, "standardDeviationFactor", minimum=Decimal(0), exclusive=True,
-                          maximum=Decimal(UINT32_MAX) / 1000)
-        if factor is not None and factor * 1000 < 1:
-            check.fail(rpath + ("standardDeviationFactor",), "must be at least 0.001 (Envoy counts thousandths)")
-    percentage = check.field(detectors, dpath, "failurePercentage", dict)
-    if percentage is not None:
-        fpath = dpath + ("failurePercentage",)
-        check.unknown(percentage, fpath, tuple(RATE_DETECTORS["failurePercentage"][0]))
-        _uint(check, percentage, fpath, "minimumHosts", minimum=1)
-        _uint(check, percentage, fpath, "requestVolume", minimum=1)
-        _uint(check, percentage, fpath, "threshold", maximum=100)
-
-
-def _one_spelling(check: FieldCheck, obj: Json, path: PathKey, key: str, alias: str) -> None:
-    if key in obj and alias in obj:
-        check.fail(path + (alias,), f"`{key}` and `{alias}` are two spellings of one field: set only one")
-
-
-def _uint(check: FieldCheck, obj: Json, path: PathKey, key: str, *, minimum: int = 0,
-          maximum: int = UINT32_MAX) -> int | None:
-    value = check.field(obj, path, key, int)
-    if value is not None and not minimum <= value <= maximum:
-        check.fail(path + (key,), f"must be between {minimum} and {maximum}, got {value}")
-        return None
-    return value  # type: ignore[no-any-return]
-
-
-def _decimal(check: FieldCheck, obj: Json, path: PathKey, key: str, *, minimum: Decimal, maximum: Decimal,
-             exclusive: bool = False) -> Decimal | None:
-    """A number, or a decimal written as a string (Kuma's int-or-string), within bounds."""
-    value = check.field(obj, path, key, (int, float, str))
-    if value is None:
-        return None
-    try:
-        number = Decimal(str(value).strip())
-    except InvalidOperation:
-        number = Decimal("NaN")
-    if not number.is_finite():
-        check.fail(path + (key,), f"must be a number, got {value!r}")
-        return None
-    if number < minimum or (exclusive and number == minimum) or number > maximum:
-        low = f"greater than {minimum}" if exclusive else f"at least {minimum}"
-        check.fail(path + (key,), f"must be {low} and at most {maximum}, got {value!r}")
-        return None
-    return number
+    parse(ConfReader(default, path, check))
 
 
 # --- rendering ------------------------------------------------------------------------------------------------
@@ -200,74 +232,95 @@ def apply(build: ProxyBuild) -> None:
         merged = build.match.to(KIND, out.destination)
         if merged.empty:
             continue
-        if merged.conf.get(POOL) is not None:
-            _thresholds(build, merged, out.cluster)
-        if merged.conf.get("outlierDetection") is not None:
-            _outlier_detection(build, merged, out.cluster)
+        conf = parse(ConfReader.of_merged(merged))
+        if conf is None:
+            continue
+        if conf.pool is not None:
+            _thresholds(build, conf.pool, out.cluster)
+        if conf.outlier_detection is not None:
+            _outlier_detection(build, conf.outlier_detection, out.cluster)
 
 
-def _thresholds(build: ProxyBuild, merged: Merged, cluster: Json) -> None:
-    pool: dict[str, Any] = merged.conf[POOL]
+def _thresholds(build: ProxyBuild, pool: Pool, cluster: Json) -> None:
     thresholds: list[Json] = cluster.setdefault("circuit_breakers", {}).setdefault("thresholds", [])
     default = next((t for t in thresholds if t.get("priority", "DEFAULT") == "DEFAULT"), None)
     if default is None:
         default = {"priority": "DEFAULT"}
         thresholds.append(default)
-    written = _written_by(merged, POOL)
-    for key, (envoy_key, fallback) in POOL_FIELDS.items():
-        if key in pool:
-            build.set(default, envoy_key, pool[key], origins_of(merged, f"{POOL}.{key}"))
+    written = list(pool.written_by)
+    for setting, envoy_key, fallback in ((pool.max_connections, "max_connections", 1024),
+                                         (pool.max_pending_requests, "max_pending_requests", 1024),
+                                         (pool.max_requests, "max_requests", 1024),
+                                         (pool.max_retries, "max_retries", 3),
+                                         (pool.max_connection_pools, "max_connection_pools", None)):
+        if setting is not None:
+            _set(build, default, envoy_key, setting)
         elif fallback is not None:
             build.set(default, envoy_key, fallback, written)  # the seed's default, there because a pool was written
     build.set(default, "track_remaining", True, written)
 
 
-def _written_by(merged: Merged, key: str) -> list[str]:
-    """The policies that wrote a block of the conf (at the block's line): for what its presence alone decides."""
-    return sorted({str(c.origin((key,))) for c in merged.contributions if c.item.default.get(key) is not None})
-
-
-def _outlier_detection(build: ProxyBuild, merged: Merged, cluster: Json) -> None:
-    conf: dict[str, Any] = merged.conf["outlierDetection"]
-
-    def origins(key: str) -> list[str]:
-        return origins_of(merged, f"outlierDetection.{key}")
-
-    if conf.get("disabled") is True:
+def _outlier_detection(build: ProxyBuild, conf: OutlierDetection, cluster: Json) -> None:
+    if conf.disabled is not None and conf.disabled.value:
         cluster.pop("outlier_detection", None)
         return
     detection: Json = {}
     cluster["outlier_detection"] = detection
-    for key, envoy_key in (("interval", "interval"), ("baseEjectionTime", "base_ejection_time")):
-        if key in conf:
-            build.set(detection, envoy_key, proto_duration(conf[key]), origins(key))
-    if "maxEjectionPercent" in conf:
-        build.set(detection, "max_ejection_percent", conf["maxEjectionPercent"], origins("maxEjectionPercent"))
-    if "splitExternalAndLocalErrors" in conf:
-        build.set(detection, "split_external_local_origin_errors", conf["splitExternalAndLocalErrors"],
-                  origins("splitExternalAndLocalErrors"))
-    detectors: dict[str, Any] = conf.get("detectors") or {}
+    for envoy_key, setting in (("interval", conf.interval), ("base_ejection_time", conf.base_ejection_time)):
+        if setting is not None:
+            _set(build, detection, envoy_key, setting)
+    if conf.max_ejection_percent is not None:
+        _set(build, detection, "max_ejection_percent", conf.max_ejection_percent)
+    if conf.split_external_and_local_errors is not None:
+        _set(build, detection, "split_external_local_origin_errors", conf.split_external_and_local_errors)
+    detectors = conf.detectors or Detectors(None, None, None, None, None)
     # A detector the conf does not name is switched off: the policies that wrote the outlier detection decided that.
-    everyone = _written_by(merged, "outlierDetection")
-    for key, (envoy_key, enforcing) in CONSECUTIVE_DETECTORS.items():
-        if key in detectors:
-            build.set(detection, envoy_key, detectors[key], origins(f"detectors.{key}"))
-            build.set(detection, enforcing, ENFORCED, origins(f"detectors.{key}"))
+    everyone = list(conf.written_by)
+    for count, envoy_key, enforcing in (
+        (detectors.total_failures, "consecutive_5xx", "enforcing_consecutive_5xx"),
+        (detectors.gateway_failures, "consecutive_gateway_failure", "enforcing_consecutive_gateway_failure"),
+        (detectors.local_origin_failures, "consecutive_local_origin_failure",
+         "enforcing_consecutive_local_origin_failure"),
+    ):
+        if count is not None:
+            _set(build, detection, envoy_key, count)
+            build.set(detection, enforcing, ENFORCED, list(count.origins))
         else:
             build.set(detection, enforcing, 0, everyone)
-    for key, (fields, enforcing_keys) in RATE_DETECTORS.items():
-        detector = detectors.get(key)
-        for enforcing in enforcing_keys:
-            build.set(detection, enforcing, 0 if detector is None else ENFORCED,
-                      everyone if detector is None else origins(f"detectors.{key}"))
-        for field, envoy_key in fields.items():
-            if detector is not None and field in detector:
-                value = detector[field]
-                if field == "standardDeviationFactor":
-                    # Envoy reads the factor in thousandths: 1.9 -> 1900.
-                    value = int(Decimal(str(value).strip()) * 1000)
-                build.set(detection, envoy_key, value, origins(f"detectors.{key}.{field}"))
-    if "healthyPanicThreshold" in conf:
+    rate = detectors.success_rate
+    _enforcing(build, detection, ("enforcing_success_rate", "enforcing_local_origin_success_rate"),
+               None if rate is None else rate.origins, everyone)
+    if rate is not None:
+        for envoy_key, value in (("success_rate_minimum_hosts", rate.value.minimum_hosts),
+                                 ("success_rate_request_volume", rate.value.request_volume),
+                                 ("success_rate_stdev_factor", rate.value.stdev_factor)):
+            if value is not None:
+                _set(build, detection, envoy_key, value)
+    percentage = detectors.failure_percentage
+    _enforcing(build, detection, ("enforcing_failure_percentage", "enforcing_failure_percentage_local_origin"),
+               None if percentage is None else percentage.origins, everyone)
+    if percentage is not None:
+        for envoy_key, value in (("failure_percentage_minimum_hosts", percentage.value.minimum_hosts),
+                                 ("failure_percentage_request_volume", percentage.value.request_volume),
+                                 ("failure_percentage_threshold", percentage.value.threshold)):
+            if value is not None:
+                _set(build, detection, envoy_key, value)
+    if conf.healthy_panic_threshold is not None:
         lb_config = cluster.setdefault("common_lb_config", {})
-        build.set(lb_config, "healthy_panic_threshold", {"value": float(Decimal(str(conf["healthyPanicThreshold"])))},
-                  origins("healthyPanicThreshold"))
+        build.set(lb_config, "healthy_panic_threshold", {"value": conf.healthy_panic_threshold.value},
+                  list(conf.healthy_panic_threshold.origins))
+
+
+def _enforcing(build: ProxyBuild, detection: Json, keys: tuple[str, ...], set_by: tuple[str, ...] | None,
+               everyone: list[str]) -> None:
+    """A rate detector's enforcing fields: on, by whoever set it, or off (`set_by` None), by whoever wrote the
+    outlier detection."""
+    for key in keys:
+        if set_by is None:
+            build.set(detection, key, 0, everyone)
+        else:
+            build.set(detection, key, ENFORCED, list(set_by))
+
+
+def _set(build: ProxyBuild, node: Json, envoy_key: str, setting: Setting[int] | Setting[str] | Setting[bool]) -> None:
+    build.set(node, envoy_key, setting.value, list(setting.origins))

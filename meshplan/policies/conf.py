@@ -211,6 +211,59 @@ class ConfReader:
                 out.append(value)
         return Setting(tuple(out), self.origins(key))
 
+    # --- reads for MeshCircuitBreaker and MeshHealthCheck ---
+
+    def decimal(self, key: str, *, minimum: Decimal, maximum: Decimal,
+                exclusive: bool = False) -> Setting[Decimal] | None:
+        """A number, or a decimal written as a string (Kuma's int-or-string), within bounds (`exclusive`: above the
+        minimum)."""
+        value = self.check.field(self.raw, self.path, key, (int, float, str))
+        if value is None:
+            return None
+        try:
+            number = Decimal(str(value).strip())
+        except InvalidOperation:
+            number = Decimal("NaN")
+        if not number.is_finite():
+            self.fail(f"must be a number, got {value!r}", key)
+            return None
+        if number < minimum or (exclusive and number == minimum) or number > maximum:
+            low = f"greater than {minimum}" if exclusive else f"at least {minimum}"
+            self.fail(f"must be {low} and at most {maximum}, got {value!r}", key)
+            return None
+        return self._setting(key, number)
+
+    def section_setting(self, key: str, read: Callable[[ConfReader], C]) -> Setting[C] | None:
+        """A nested mapping read by `read`, as a Setting whose origins are the policies that set anything in it (an
+        empty mapping included): for what a section decides as a whole."""
+        section = self.section(key, read)
+        return None if section is None else Setting(section, self.origins(key))
+
+    def percent(self, key: str) -> Setting[Decimal] | None:
+        """A percentage, 0 to 100: a number or a decimal string (`"99.9"`), with one message for any wrong value
+        (MeshCircuitBreaker's and MeshHealthCheck's wording; `percentage` keeps the inbound kinds' two messages)."""
+        if self.raw.get(key) is None:
+            return None
+        value = as_decimal(self.raw[key])
+        if value is None or not 0 <= value <= 100:
+            self.fail(f"must be a percentage between 0 and 100 (a number or a decimal string like \"99.9\"), got "
+                      f"{self.raw[key]!r}", key)
+            return None
+        return self._setting(key, value)
+
+    def list_of(self, key: str, read: Callable[[Any, ConfReader], T | None]) -> Setting[tuple[T, ...]] | None:
+        """A list, each element read by `read(element, at)`, where `at` reads and fails at the element's path (its
+        fields, when the element is a mapping); elements read as None are left out. A list is one value of a merged
+        conf (a later policy's replaces it), so its origins are the list's. None when it is not set (or, validating,
+        not a list)."""
+        raw = self.check.field(self.raw, self.path, key, list)
+        if raw is None:
+            return None
+        read_elements = (read(element, ConfReader(element if isinstance(element, dict) else {}, self.path + (key, i),
+                                                  self.check, self.merged, f"{self.prefix}{key}.{i}."))
+                         for i, element in enumerate(raw))
+        return Setting(tuple(value for value in read_elements if value is not None), self.origins(key))
+
 
 class _Strict(FieldCheck):
     """The check of a merged conf: its items were validated, so any violation is a bug, raised at once."""

@@ -39,6 +39,10 @@ Differences from Kuma, on purpose:
 - a header in `requestHeadersToAdd` is one Envoy header with the value as written (Kuma splits values on commas,
   which is the same thing on the wire); Kuma's `x-kuma-tags` header (source tags, for the old TrafficPermission) is
   not added.
+
+One `parse(reader)` reads a `default` (for `validate`, every violation at its path) and a merged conf alike, into the
+frozen `Conf` dataclasses, converting once (durations to Envoy's form, base64 payloads to hex); rendering reads
+those, with the policies that set each value, never the raw dict.
 """
 
 from __future__ import annotations
@@ -46,13 +50,15 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from dataclasses import dataclass
+from typing import Any
 
 from meshplan.envoy.types import HEALTH_CHECK_EVENT_FILE_SINK as EVENT_SINK_TYPE
 from meshplan.envoy.types import HEALTH_CHECK_EVENT_FILE_SINK_NAME as EVENT_SINK
 from meshplan.load.resources import PathKey
-from meshplan.match.matcher import Merged
-from meshplan.policies.base import Json, ProxyBuild, origins_of
-from meshplan.validate.check import FieldCheck, as_decimal, proto_duration
+from meshplan.policies.base import Json, ProxyBuild
+from meshplan.policies.conf import ConfReader, Setting
+from meshplan.validate.check import FieldCheck
 
 KIND = "MeshHealthCheck"
 ORDER = 100  # run order on a proxy (registry.py): after MeshCircuitBreaker (see there)
@@ -63,13 +69,6 @@ DEFAULT_UNHEALTHY_THRESHOLD = 5
 DEFAULT_HEALTHY_THRESHOLD = 1
 DEFAULT_HTTP_PATH = "/"
 
-FIELDS = (
-    "interval", "timeout", "unhealthyThreshold", "healthyThreshold", "initialJitter", "intervalJitter",
-    "intervalJitterPercent", "healthyPanicThreshold", "failTrafficOnPanic", "eventLogPath",
-    "alwaysLogHealthCheckFailures", "noTrafficInterval", "tcp", "http", "grpc", "reuseConnection",
-)  # fmt: skip
-DURATIONS = ("interval", "timeout", "initialJitter", "intervalJitter", "noTrafficInterval")
-BOOLEANS = ("failTrafficOnPanic", "alwaysLogHealthCheckFailures", "reuseConnection")
 # Envoy keeps thresholds in a UInt32Value.
 MAX_UINT32 = 2**32 - 1
 MAX_HEADERS = 16  # per list, as Kuma's CRD
@@ -77,125 +76,200 @@ MAX_HEADERS = 16  # per list, as Kuma's CRD
 HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+\-.^_`|~]+$")
 
 
+# --- the conf ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Header:
+    name: str
+    value: str
+
+
+@dataclass(frozen=True)
+class HttpCheck:
+    disabled: Setting[bool] | None
+    path: Setting[str] | None
+    expected_statuses: Setting[tuple[int, ...]] | None
+    add_headers: Setting[tuple[Header, ...]] | None  # requestHeadersToAdd.add: appended
+    set_headers: Setting[tuple[Header, ...]] | None  # requestHeadersToAdd.set: overwritten
+
+
+@dataclass(frozen=True)
+class TcpCheck:
+    disabled: Setting[bool] | None
+    send: Setting[str] | None  # the decoded bytes, hex-encoded as Envoy's payload text
+    receive: Setting[tuple[str, ...]] | None  # likewise, block by block
+
+
+@dataclass(frozen=True)
+class GrpcCheck:
+    disabled: Setting[bool] | None
+    service_name: Setting[str] | None
+    authority: Setting[str] | None
+
+
+Checker = HttpCheck | TcpCheck | GrpcCheck
+
+
+@dataclass(frozen=True)
+class Conf:
+    interval: Setting[str] | None  # the durations as Envoy writes them
+    timeout: Setting[str] | None
+    initial_jitter: Setting[str] | None
+    interval_jitter: Setting[str] | None
+    no_traffic_interval: Setting[str] | None
+    unhealthy_threshold: Setting[int] | None
+    healthy_threshold: Setting[int] | None
+    interval_jitter_percent: Setting[int] | None
+    healthy_panic_threshold: Setting[float] | None
+    fail_traffic_on_panic: Setting[bool] | None
+    always_log_health_check_failures: Setting[bool] | None
+    reuse_connection: Setting[bool] | None
+    event_log_path: Setting[str] | None
+    http: Setting[HttpCheck] | None  # origins: whoever set anything in the section, `{}` included
+    tcp: Setting[TcpCheck] | None
+    grpc: Setting[GrpcCheck] | None
+    written_by: tuple[str, ...]  # every policy merged: the health check as a whole is theirs
+
+
+_FIELDS = (
+    "interval", "timeout", "unhealthyThreshold", "healthyThreshold", "initialJitter", "intervalJitter",
+    "intervalJitterPercent", "healthyPanicThreshold", "failTrafficOnPanic", "eventLogPath",
+    "alwaysLogHealthCheckFailures", "noTrafficInterval", "tcp", "http", "grpc", "reuseConnection",
+)  # fmt: skip
+_DURATIONS = ("interval", "timeout", "initialJitter", "intervalJitter", "noTrafficInterval")
+_THRESHOLDS = ("unhealthyThreshold", "healthyThreshold")
+_BOOLEANS = ("failTrafficOnPanic", "alwaysLogHealthCheckFailures", "reuseConnection")
+_CHECKERS = ("http", "tcp", "grpc")
+
+
+def parse(conf: ConfReader) -> Conf:
+    """A `default` (or what several merged to). An item names a checker; a merged conf may have lost them all to
+    nulls, and then sets only the panic settings."""
+    conf.unknown(_FIELDS)
+    interval, timeout, initial_jitter, interval_jitter, no_traffic_interval = (
+        conf.duration(key, positive=True) for key in _DURATIONS)
+    unhealthy_threshold, healthy_threshold = (conf.integer(key, minimum=1, maximum=MAX_UINT32) for key in _THRESHOLDS)
+    interval_jitter_percent = conf.integer("intervalJitterPercent", minimum=0, maximum=100)
+    panic = conf.percent("healthyPanicThreshold")
+    fail_traffic_on_panic, always_log, reuse_connection = (conf.boolean(key) for key in _BOOLEANS)
+    event_log_path = _absolute_path(conf, "eventLogPath")
+    if conf.validating and not any(key in conf.raw for key in _CHECKERS):
+        conf.fail("must have at least one of `http`, `tcp` or `grpc`: the health check to run")
+    return Conf(interval, timeout, initial_jitter, interval_jitter, no_traffic_interval, unhealthy_threshold,
+                healthy_threshold, interval_jitter_percent,
+                None if panic is None else Setting(float(panic.value or 0), panic.origins),  # -0 as 0
+                fail_traffic_on_panic, always_log, reuse_connection, event_log_path,
+                conf.section_setting("http", _parse_http), conf.section_setting("tcp", _parse_tcp),
+                conf.section_setting("grpc", _parse_grpc), conf.written_by())
+
+
+def _parse_http(http: ConfReader) -> HttpCheck:
+    http.unknown(("disabled", "path", "requestHeadersToAdd", "expectedStatuses"))
+    disabled = http.boolean("disabled")
+    request_path = http.text("path")
+    if request_path is not None and not request_path.value.startswith("/"):
+        http.fail(f"must be an HTTP path starting with `/`, got {request_path.value!r}", "path")
+        request_path = None
+    statuses = http.list_of("expectedStatuses", _status)
+    headers = http.section("requestHeadersToAdd", _parse_headers)
+    return HttpCheck(disabled, request_path, statuses, *(headers or (None, None)))
+
+
+def _status(status: Any, at: ConfReader) -> int | None:
+    if not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 599:
+        at.fail(f"must be an HTTP status code between 100 and 599, got {status!r}")
+        return None
+    return status
+
+
+def _parse_headers(headers: ConfReader) -> tuple[Setting[tuple[Header, ...]] | None, Setting[tuple[Header, ...]] | None]:
+    headers.unknown(("add", "set"))
+    add, set_ = (_header_list(headers, key) for key in ("add", "set"))
+    return add, set_
+
+
+def _header_list(headers: ConfReader, key: str) -> Setting[tuple[Header, ...]] | None:
+    written = headers.raw.get(key)
+    if isinstance(written, list) and len(written) > MAX_HEADERS:
+        headers.fail(f"at most {MAX_HEADERS} headers, got {len(written)}", key)
+    seen: set[str] = set()
+
+    def header(item: Any, at: ConfReader) -> Header | None:
+        if not isinstance(item, dict):
+            at.fail("must be a mapping with `name` and `value`")
+            return None
+        at.unknown(("name", "value"))
+        name = at.text("name", required=True)
+        value = at.text("value", required=True)
+        if name is None:
+            return None
+        lowered = name.value.lower()
+        if not HEADER_NAME.fullmatch(name.value) or lowered == "host":
+            at.fail(f"must be an HTTP header name (not a pseudo-header or `host`), got {name.value!r}", "name")
+            name = None
+        elif lowered in seen:
+            at.fail(f"header {name.value!r} is listed twice in `{key}`", "name")
+            name = None
+        seen.add(lowered)
+        return None if name is None or value is None else Header(name.value, value.value)
+
+    return headers.list_of(key, header)
+
+
+def _parse_tcp(tcp: ConfReader) -> TcpCheck:
+    tcp.unknown(("disabled", "send", "receive"))
+    disabled = tcp.boolean("disabled")
+    send = tcp.text("send")
+    send_hex = None if send is None else _hex(send.value, tcp, "send")
+
+    def block(written: Any, at: ConfReader) -> str | None:
+        if not isinstance(written, str):
+            at.fail("must be a base64 string")
+            return None
+        return _hex(written, at)
+
+    return TcpCheck(disabled, None if send is None or send_hex is None else Setting(send_hex, send.origins),
+                    tcp.list_of("receive", block))
+
+
+def _hex(text: str, at: ConfReader, key: str | None = None) -> str | None:
+    """Base64 text as the hex of its bytes, Envoy's payload text; None, with a violation, if it is not base64."""
+    try:
+        decoded = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        at.fail(f"must be base64-encoded bytes, got {text!r}", key)
+        return None
+    if not decoded:
+        at.fail("must not be empty (Envoy needs at least one byte)", key)
+        return None
+    return decoded.hex().upper()
+
+
+def _parse_grpc(grpc: ConfReader) -> GrpcCheck:
+    grpc.unknown(("disabled", "serviceName", "authority"))
+    disabled = grpc.boolean("disabled")
+    service_name = grpc.text("serviceName")
+    authority = grpc.text("authority")
+    if authority is not None and not authority.value.strip():
+        grpc.fail("must not be empty", "authority")
+        authority = None
+    return GrpcCheck(disabled, service_name, authority)
+
+
+def _absolute_path(conf: ConfReader, key: str) -> Setting[str] | None:
+    value = conf.text(key)
+    if value is not None and (not value.value.startswith("/") or "\x00" in value.value or "\n" in value.value):
+        conf.fail(f"must be an absolute file path, got {value.value!r}", key)
+        return None
+    return value
+
+
 # --- validation -------------------------------------------------------------------------------------------------
 
 
 def validate(default: Json, path: PathKey, check: FieldCheck, section: str) -> None:
-    check.unknown(default, path, FIELDS)
-    for key in DURATIONS:
-        check.duration(default, path, key, positive=True)
-    for key in ("unhealthyThreshold", "healthyThreshold"):
-        _integer(check, default, path, key, minimum=1, maximum=MAX_UINT32)
-    _integer(check, default, path, "intervalJitterPercent", minimum=0, maximum=100)
-    _percent(check, default, path, "healthyPanicThreshold")
-    for key in BOOLEANS:
-        check.field(default, path, key, bool)
-    _absolute_path(check, default, path, "eventLogPath")
-    checkers = [key for key in ("http", "tcp", "grpc") if key in default]
-    if not checkers:
-        check.fail(path, "must have at least one of `http`, `tcp` or `grpc`: the health check to run")
-    http = check.field(default, path, "http", dict)
-    if http is not None:
-        _validate_http(check, http, path + ("http",))
-    tcp = check.field(default, path, "tcp", dict)
-    if tcp is not None:
-        _validate_tcp(check, tcp, path + ("tcp",))
-    grpc = check.field(default, path, "grpc", dict)
-    if grpc is not None:
-        gp = path + ("grpc",)
-        check.unknown(grpc, gp, ("disabled", "serviceName", "authority"))
-        check.field(grpc, gp, "disabled", bool)
-        check.field(grpc, gp, "serviceName", str)
-        authority = check.field(grpc, gp, "authority", str)
-        if authority is not None and not authority.strip():
-            check.fail(gp + ("authority",), "must not be empty")
-
-
-def _validate_http(check: FieldCheck, http: Json, hp: PathKey) -> None:
-    check.unknown(http, hp, ("disabled", "path", "requestHeadersToAdd", "expectedStatuses"))
-    check.field(http, hp, "disabled", bool)
-    request_path = check.field(http, hp, "path", str)
-    if request_path is not None and not request_path.startswith("/"):
-        check.fail(hp + ("path",), f"must be an HTTP path starting with `/`, got {request_path!r}")
-    statuses = check.field(http, hp, "expectedStatuses", list)
-    for i, status in enumerate(statuses or []):
-        if not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 599:
-            check.fail(hp + ("expectedStatuses", i), f"must be an HTTP status code between 100 and 599, got {status!r}")
-    headers = check.field(http, hp, "requestHeadersToAdd", dict)
-    if headers is not None:
-        rp = hp + ("requestHeadersToAdd",)
-        check.unknown(headers, rp, ("add", "set"))
-        for key in ("add", "set"):
-            _validate_headers(check, headers, rp, key)
-
-
-def _validate_headers(check: FieldCheck, headers: Json, path: PathKey, key: str) -> None:
-    items = check.field(headers, path, key, list)
-    if items is None:
-        return
-    if len(items) > MAX_HEADERS:
-        check.fail(path + (key,), f"at most {MAX_HEADERS} headers, got {len(items)}")
-    seen: set[str] = set()
-    for i, item in enumerate(items):
-        ip = path + (key, i)
-        if not isinstance(item, dict):
-            check.fail(ip, "must be a mapping with `name` and `value`")
-            continue
-        check.unknown(item, ip, ("name", "value"))
-        name = check.field(item, ip, "name", str, required=True)
-        check.field(item, ip, "value", str, required=True)
-        if name is None:
-            continue
-        if not HEADER_NAME.fullmatch(name) or name.lower() == "host":
-            check.fail(ip + ("name",), f"must be an HTTP header name (not a pseudo-header or `host`), got {name!r}")
-        elif name.lower() in seen:
-            check.fail(ip + ("name",), f"header {name!r} is listed twice in `{key}`")
-        seen.add(name.lower())
-
-
-def _validate_tcp(check: FieldCheck, tcp: Json, tp: PathKey) -> None:
-    check.unknown(tcp, tp, ("disabled", "send", "receive"))
-    check.field(tcp, tp, "disabled", bool)
-    send = check.field(tcp, tp, "send", str)
-    if send is not None:
-        _base64(check, send, tp + ("send",))
-    receive = check.field(tcp, tp, "receive", list)
-    for i, block in enumerate(receive or []):
-        if not isinstance(block, str):
-            check.fail(tp + ("receive", i), "must be a base64 string")
-        else:
-            _base64(check, block, tp + ("receive", i))
-
-
-def _base64(check: FieldCheck, text: str, path: PathKey) -> None:
-    try:
-        decoded = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        check.fail(path, f"must be base64-encoded bytes, got {text!r}")
-        return
-    if not decoded:
-        check.fail(path, "must not be empty (Envoy needs at least one byte)")
-
-
-def _integer(check: FieldCheck, obj: Json, path: PathKey, key: str, *, minimum: int, maximum: int) -> None:
-    value = check.field(obj, path, key, int)
-    if value is not None and not minimum <= value <= maximum:
-        check.fail(path + (key,), f"must be between {minimum} and {maximum}, got {value}")
-
-
-def _percent(check: FieldCheck, obj: Json, path: PathKey, key: str) -> None:
-    if key not in obj or obj[key] is None:
-        return
-    value = as_decimal(obj[key])
-    if value is None or not 0 <= value <= 100:
-        check.fail(path + (key,), f"must be a percentage between 0 and 100 (a number or a decimal string like "
-                                  f"\"99.9\"), got {obj[key]!r}")
-
-
-def _absolute_path(check: FieldCheck, obj: Json, path: PathKey, key: str) -> None:
-    value = check.field(obj, path, key, str)
-    if value is not None and (not value.startswith("/") or "\x00" in value or "\n" in value):
-        check.fail(path + (key,), f"must be an absolute file path, got {value!r}")
+    parse(ConfReader(default, path, check))
 
 
 # --- rendering --------------------------------------------------------------------------------------------------
@@ -207,123 +281,118 @@ def apply(build: ProxyBuild) -> None:
         merged = build.match.to(KIND, point.destination)
         if merged.empty:
             continue
-        _configure_cluster(build, point.cluster, point.protocol, merged)
+        _configure_cluster(build, point.cluster, point.protocol, parse(ConfReader.of_merged(merged)))
 
 
-def _configure_cluster(build: ProxyBuild, cluster: Json, protocol: str, merged: Merged) -> None:
-    conf = merged.conf
-    if "healthyPanicThreshold" in conf or "failTrafficOnPanic" in conf:
+def _configure_cluster(build: ProxyBuild, cluster: Json, protocol: str, conf: Conf) -> None:
+    if conf.healthy_panic_threshold is not None or conf.fail_traffic_on_panic is not None:
         # Another policy (MeshCircuitBreaker) may already have started common_lb_config: add to it.
         lb = cluster.setdefault("common_lb_config", {})
-        if "healthyPanicThreshold" in conf:
-            value = float(as_decimal(conf["healthyPanicThreshold"]) or 0)
-            build.set(lb, "healthy_panic_threshold", {"value": value}, origins_of(merged, "healthyPanicThreshold"))
-        if "failTrafficOnPanic" in conf:
+        if conf.healthy_panic_threshold is not None:
+            build.set(lb, "healthy_panic_threshold", {"value": conf.healthy_panic_threshold.value},
+                      list(conf.healthy_panic_threshold.origins))
+        if conf.fail_traffic_on_panic is not None:
             zone = lb.setdefault("zone_aware_lb_config", {})
-            panic = conf["failTrafficOnPanic"]
-            build.set(zone, "fail_traffic_on_panic", panic, origins_of(merged, "failTrafficOnPanic"))
+            _set(build, zone, "fail_traffic_on_panic", conf.fail_traffic_on_panic)
     checker = _checker(protocol, conf)
     if checker is None:
         return
-    key, body, origin_keys = checker
-    health_check = _health_check(build, merged)
-    build.set(health_check, key, body, origins_of(merged, *origin_keys))
-    everyone = sorted({str(c.origin()) for c in merged.contributions})
-    build.set(cluster, "health_checks", [health_check], everyone)
+    key, body, origins = checker
+    health_check = _health_check(build, conf)
+    build.set(health_check, key, body, origins)
+    build.set(cluster, "health_checks", [health_check], list(conf.written_by))
 
 
-def _health_check(build: ProxyBuild, merged: Merged) -> Json:
+def _health_check(build: ProxyBuild, conf: Conf) -> Json:
     """The checker-independent part, with Kuma's defaults; each field a policy wrote remembers who wrote it."""
-    conf = merged.conf
     health_check: Json = {
         "timeout": DEFAULT_TIMEOUT,
         "interval": DEFAULT_INTERVAL,
         "unhealthy_threshold": DEFAULT_UNHEALTHY_THRESHOLD,
         "healthy_threshold": DEFAULT_HEALTHY_THRESHOLD,
     }
-    fields = {
-        "timeout": "timeout",
-        "interval": "interval",
-        "initialJitter": "initial_jitter",
-        "intervalJitter": "interval_jitter",
-        "noTrafficInterval": "no_traffic_interval",
-    }
-    for name, envoy in fields.items():
-        if name in conf:
-            build.set(health_check, envoy, proto_duration(conf[name]), origins_of(merged, name))
-    scalars = {
-        "unhealthyThreshold": "unhealthy_threshold",
-        "healthyThreshold": "healthy_threshold",
-        "intervalJitterPercent": "interval_jitter_percent",
-        "reuseConnection": "reuse_connection",
-        "alwaysLogHealthCheckFailures": "always_log_health_check_failures",
-    }
-    for name, envoy in scalars.items():
-        if name in conf:
-            build.set(health_check, envoy, conf[name], origins_of(merged, name))
-    if "eventLogPath" in conf:
-        sink = {"name": EVENT_SINK, "typed_config": {"@type": EVENT_SINK_TYPE, "event_log_path": conf["eventLogPath"]}}
-        build.set(health_check, "event_logger", [sink], origins_of(merged, "eventLogPath"))
+    settings: tuple[tuple[str, Setting[str] | Setting[int] | Setting[bool] | None], ...] = (
+        ("timeout", conf.timeout),
+        ("interval", conf.interval),
+        ("initial_jitter", conf.initial_jitter),
+        ("interval_jitter", conf.interval_jitter),
+        ("no_traffic_interval", conf.no_traffic_interval),
+        ("unhealthy_threshold", conf.unhealthy_threshold),
+        ("healthy_threshold", conf.healthy_threshold),
+        ("interval_jitter_percent", conf.interval_jitter_percent),
+        ("reuse_connection", conf.reuse_connection),
+        ("always_log_health_check_failures", conf.always_log_health_check_failures),
+    )
+    for envoy_key, setting in settings:
+        if setting is not None:
+            _set(build, health_check, envoy_key, setting)
+    if conf.event_log_path is not None:
+        sink = {"name": EVENT_SINK, "typed_config": {"@type": EVENT_SINK_TYPE,
+                                                     "event_log_path": conf.event_log_path.value}}
+        build.set(health_check, "event_logger", [sink], list(conf.event_log_path.origins))
     return health_check
 
 
-def _checker(protocol: str, conf: Json) -> tuple[str, Json, tuple[str, ...]] | None:
-    """Kuma's choice of checker for the destination's protocol: (Envoy field, its value, conf keys it came from)."""
-
-    def enabled(key: str) -> bool:
-        return isinstance(conf.get(key), dict) and not conf[key].get("disabled", False)
-
-    def disabled(key: str) -> bool:
-        return isinstance(conf.get(key), dict) and bool(conf[key].get("disabled", False))
-
+def _checker(protocol: str, conf: Conf) -> tuple[str, Json, list[str]] | None:
+    """Kuma's choice of checker for the destination's protocol: (Envoy field, its value, the policies it came from)."""
+    tcp = conf.tcp
     if protocol in ("http", "http2"):
-        if enabled("http"):
-            return "http_health_check", _http(conf["http"], protocol), ("http",)
-        if disabled("http") and enabled("tcp"):
-            return "tcp_health_check", _tcp(conf["tcp"]), ("http.disabled", "tcp")
+        if conf.http is not None and _enabled(conf.http.value):
+            return "http_health_check", _http(conf.http.value, protocol), list(conf.http.origins)
+        if conf.http is not None and not _enabled(conf.http.value) and tcp is not None and _enabled(tcp.value):
+            return "tcp_health_check", _tcp(tcp.value), _union(conf.http.value.disabled, tcp)
         return None
     if protocol == "grpc":
-        if enabled("grpc"):
-            return "grpc_health_check", _grpc(conf["grpc"]), ("grpc",)
-        if disabled("grpc") and enabled("tcp"):
-            return "tcp_health_check", _tcp(conf["tcp"]), ("grpc.disabled", "tcp")
+        if conf.grpc is not None and _enabled(conf.grpc.value):
+            return "grpc_health_check", _grpc(conf.grpc.value), list(conf.grpc.origins)
+        if conf.grpc is not None and not _enabled(conf.grpc.value) and tcp is not None and _enabled(tcp.value):
+            return "tcp_health_check", _tcp(tcp.value), _union(conf.grpc.value.disabled, tcp)
         return None
-    if enabled("tcp"):
-        return "tcp_health_check", _tcp(conf["tcp"]), ("tcp",)
+    if tcp is not None and _enabled(tcp.value):
+        return "tcp_health_check", _tcp(tcp.value), list(tcp.origins)
     return None
 
 
-def _http(http: Json, protocol: str) -> Json:
-    out: Json = {"path": http.get("path", DEFAULT_HTTP_PATH)}
-    headers = http.get("requestHeadersToAdd") or {}
+def _enabled(checker: Checker) -> bool:
+    return checker.disabled is None or not checker.disabled.value
+
+
+def _union(disabled: Setting[bool] | None, tcp: Setting[TcpCheck]) -> list[str]:
+    """Who chose the fallback: whoever disabled the protocol's checker, and whoever set the TCP one."""
+    return sorted({*(disabled.origins if disabled is not None else ()), *tcp.origins})
+
+
+def _http(http: HttpCheck, protocol: str) -> Json:
+    out: Json = {"path": http.path.value if http.path is not None else DEFAULT_HTTP_PATH}
     added = [
-        {"header": {"key": h["name"], "value": h["value"]}, "append_action": action}
-        for key, action in (("add", "APPEND_IF_EXISTS_OR_ADD"), ("set", "OVERWRITE_IF_EXISTS_OR_ADD"))
-        for h in headers.get(key) or []
+        {"header": {"key": h.name, "value": h.value}, "append_action": action}
+        for headers, action in ((http.add_headers, "APPEND_IF_EXISTS_OR_ADD"),
+                                (http.set_headers, "OVERWRITE_IF_EXISTS_OR_ADD"))
+        for h in (headers.value if headers is not None else ())
     ]
     if added:
         out["request_headers_to_add"] = added
-    if "expectedStatuses" in http:
+    if http.expected_statuses is not None:
         # Envoy takes half-open ranges [start, end).
-        out["expected_statuses"] = [{"start": s, "end": s + 1} for s in http["expectedStatuses"]]
+        out["expected_statuses"] = [{"start": s, "end": s + 1} for s in http.expected_statuses.value]
     if protocol == "http2":
         out["codec_client_type"] = "HTTP2"  # the upstream speaks HTTP/2 only; HTTP/1 is Envoy's default
     return out
 
 
-def _tcp(tcp: Json) -> Json:
+def _tcp(tcp: TcpCheck) -> Json:
     out: Json = {}
-    if "send" in tcp:
-        out["send"] = {"text": _hex(tcp["send"])}
-    if tcp.get("receive"):
-        out["receive"] = [{"text": _hex(block)} for block in tcp["receive"]]
+    if tcp.send is not None:
+        out["send"] = {"text": tcp.send.value}
+    if tcp.receive is not None and tcp.receive.value:
+        out["receive"] = [{"text": block} for block in tcp.receive.value]
     return out
 
 
-def _grpc(grpc: Json) -> Json:
-    return {key: grpc[name] for name, key in (("serviceName", "service_name"), ("authority", "authority"))
-            if grpc.get(name)}  # fmt: skip
+def _grpc(grpc: GrpcCheck) -> Json:
+    return {key: setting.value for key, setting in (("service_name", grpc.service_name), ("authority", grpc.authority))
+            if setting is not None and setting.value}  # fmt: skip
 
 
-def _hex(text: str) -> str:
-    return base64.b64decode(text).hex().upper()
+def _set(build: ProxyBuild, node: Json, envoy_key: str, setting: Setting[str] | Setting[int] | Setting[bool]) -> None:
+    build.set(node, envoy_key, setting.value, list(setting.origins))
