@@ -257,12 +257,27 @@ def _console(stderr: bool = False) -> Console:
     return Console(stderr=stderr, highlight=False, soft_wrap=True)
 
 
+def _print_plan(result: Any, output: str, *, summary: bool = False) -> None:
+    """A plan on stdout in one of its three views: human (rich), JSON (docs/plan-json.md), markdown."""
+    from meshplan.plan.model import to_json
+    from meshplan.present.human import render_plan
+    from meshplan.present.markdown import render_markdown
+
+    if output == "json":
+        sys.stdout.write(json.dumps(to_json(result), indent=2) + "\n")
+    elif output == "markdown":
+        sys.stdout.write(render_markdown(result))
+    else:
+        render_plan(_console(), result, summary=summary)
+
+
 @app.command()
 def plan(
     directory: DirArg,
     proxy: ProxyOpt = [],  # noqa: B006 - typer reads the default
     exclude_proxy: ExcludeOpt = [],  # noqa: B006
-    json_output: Annotated[bool, typer.Option("--json", help="Print the plan as JSON (docs/plan-json.md).")] = False,
+    output: Annotated[Literal["human", "json", "markdown"], typer.Option("--output", "-o", help="human; json (docs/plan-json.md); markdown, for a pull-request comment.")] = "human",
+    json_output: Annotated[bool, typer.Option("--json", help="The same as -o json.")] = False,
     summary: Annotated[bool, typer.Option("--summary", help="One line per changed resource.")] = False,
     detailed_exitcode: Annotated[
         bool, typer.Option("--detailed-exitcode", help="Exit 0 when nothing would change, 2 when something would, 1 on error.")
@@ -285,7 +300,6 @@ def plan(
     def body() -> int:
         from meshplan.plan.model import to_json
         from meshplan.plan.workflow import Selection, compute_plan
-        from meshplan.present.human import render_plan
 
         result = compute_plan(directory, state, selection=Selection(proxy, exclude_proxy), live_from=live_from,
                               parallelism=parallelism, timeout=timeout,
@@ -300,10 +314,7 @@ def plan(
                 raise MeshplanError(f"{out}: cannot write the plan file: {e.strerror or e}") from None
             _err().print(printable(f"Saved the plan to {out}. To apply exactly this plan: meshplan apply {out}"),
                          markup=False)
-        if json_output:
-            sys.stdout.write(json.dumps(document, indent=2) + "\n")
-        else:
-            render_plan(_console(), result, summary=summary)
+        _print_plan(result, "json" if json_output else output, summary=summary)
         if not result.complete and not allow_incomplete:
             return EXIT_ERROR
         return EXIT_CHANGES if detailed_exitcode and result.has_changes else EXIT_OK
@@ -314,22 +325,15 @@ def plan(
 @app.command()
 def show(
     planfile: Annotated[Path, typer.Argument(metavar="PLANFILE", help="A plan saved with `meshplan plan --out`.")],
-    output: Annotated[Literal["human", "json"], typer.Option("--output", "-o", help="The format.")] = "human",
+    output: Annotated[Literal["human", "json", "markdown"], typer.Option("--output", "-o", help="The format.")] = "human",
 ) -> None:
     """Print a plan saved with `plan --out`, as `plan` printed it (or its JSON), without contacting any proxy.
     Exit 1 if the file is not a saved plan."""
 
     def body() -> int:
-        from meshplan.plan.model import read_plan_file, to_json
-        from meshplan.present.human import render_plan
+        from meshplan.plan.model import read_plan_file
 
-        if output not in ("human", "json"):
-            raise MeshplanError(f"--output must be human or json, got {output!r}")
-        saved = read_plan_file(planfile)
-        if output == "json":
-            sys.stdout.write(json.dumps(to_json(saved), indent=2) + "\n")
-        else:
-            render_plan(_console(), saved)
+        _print_plan(read_plan_file(planfile), output)
         return EXIT_OK
 
     _run(body)

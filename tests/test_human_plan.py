@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
+from pathlib import Path
 
 from rich.console import Console
 
 from meshplan.compare.diff import Action
 from meshplan.plan.model import FieldPlan, Plan, ProxyPlan, ResourcePlan
 from meshplan.present.human import origins_text, render_plan, short_path, value_text
+from meshplan.present.markdown import render_markdown
+
+DEMO = Path(__file__).parent.parent / "examples" / "demo"
 
 HCM_PATH = 'filter_chains[0].filters["envoy.filters.network.http_connection_manager"].typed_config'
 RULE = {"Deny Mesh": {"permissions": [{"any": True}], "principals": [{"authenticated": {"principal_name": {
@@ -68,3 +73,34 @@ def test_proxies_with_the_same_changes_are_shown_once() -> None:
     assert "# backend-3 [sidecar]" in text
     assert text.count('~ listener "inbound:127.0.1.2:8080" {') == 2  # once for the pair, once for backend-3
     assert "Plan: 0 to add, 3 to change, 0 to destroy across 3 proxies (3 sidecars, 0 egress)." in text
+
+
+def test_markdown_for_a_pull_request() -> None:
+    (first,) = _plan().proxies
+    second = dataclasses.replace(first, name="backend-2", admin_url="http://127.0.1.3:9901")
+    text = render_markdown(Plan((first, second), warnings=("p.yaml:3: MeshTimeout/t: selects no proxy",)))
+    assert text.startswith("### meshplan: 0 to add, 2 to change, 0 to destroy across 2 proxies (2 sidecars, 0 egress).")
+    assert "> **Warning:** p.yaml:3: MeshTimeout/t: selects no proxy" in text
+    assert "| backend-1, backend-2 | sidecar | 0 | 1 | 0 | MeshTimeout/t, MeshTrafficPermission/deny-admin |" in text
+    (details,) = re.findall(r"<details>.*?</details>", text, re.S)
+    assert "<summary>backend-1, backend-2 [sidecar]: 1 to change</summary>" in details
+    assert '"exact": "spiffe://default/admin"' in details and "..." not in details
+    assert details.count("```") == 2
+
+
+def test_plan_and_show_print_markdown(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from meshplan.cli import app
+
+    live = tmp_path / "live"
+    live.mkdir()
+    for proxy in ("web", "backend-1", "backend-2", "admin", "egress"):
+        (live / f"{proxy}.json").write_text('{"configs": []}')
+    args = ["plan", str(DEMO), "--live-from", str(live), "--state", str(tmp_path / "state")]
+    planned = CliRunner().invoke(app, [*args, "-o", "markdown", "--out", str(tmp_path / "plan.json")])
+    assert planned.exit_code == 0, planned.output
+    assert planned.stdout.startswith("### meshplan: 19 to add")
+    shown = CliRunner().invoke(app, ["show", str(tmp_path / "plan.json"), "-o", "markdown"])
+    assert shown.exit_code == 0
+    assert shown.stdout == planned.stdout

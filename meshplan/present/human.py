@@ -75,7 +75,14 @@ def _header(console: Console, proxy: ProxyPlan, same: Sequence[ProxyPlan] = ()) 
                   "the same changes)")
 
 
-def _identical(proxies: Sequence[ProxyPlan]) -> list[list[ProxyPlan]]:
+def render_group(console: Console, group: Sequence[ProxyPlan]) -> None:
+    """One proxy's changes (or those of proxies whose changes are the same): its header, then each resource."""
+    _header(console, group[0], group[1:])
+    for change in group[0].changes:
+        _resource(console, change)
+
+
+def identical(proxies: Sequence[ProxyPlan]) -> list[list[ProxyPlan]]:
     """Proxies whose changes are the same, field for field and cause for cause (instances of one service, most
     often), together, in the order the first of each group comes."""
     groups: dict[str, list[ProxyPlan]] = {}
@@ -126,8 +133,7 @@ def render_plan(console: Console, plan: Plan, *, summary: bool = False) -> None:
     for proxy in plan.proxies:
         for warning in proxy.warnings:
             console.print(f"[yellow]Warning:[/yellow] {_safe(proxy.name)}: {_safe(warning)}")
-    for group in _identical(plan.changed_proxies):
-        proxy = group[0]
+    for group in identical(plan.changed_proxies):
         if summary:
             for member in group:
                 for change in member.changes:
@@ -135,9 +141,7 @@ def render_plan(console: Console, plan: Plan, *, summary: bool = False) -> None:
                     console.print(f"[{style}]{change.action.value}[/{style}] {_safe(member.name)} "
                                   f'\\[{_safe(member.type)}] {_safe(change.type)} "{_safe(change.name)}"')
             continue
-        _header(console, proxy, group[1:])
-        for change in proxy.changes:
-            _resource(console, change)
+        render_group(console, group)
         console.print()
     if plan.unreachable:
         console.print(f"[red]Warning: the plan is incomplete:[/red] {len(plan.unreachable)} "
