@@ -271,3 +271,38 @@ def test_drift_classes_exit_codes_and_gauges(demo: DemoCopy, sandbox_state: Path
     assert code == 4 and statuses["web"] == "unreachable"
     assert 'meshplan_proxies{status="drifted"} 1' in prom
     assert state.read(sandbox_state).serial == serial  # drift never writes state
+
+
+def test_a_hand_edit_shows_as_changed_outside_meshplan_not_as_a_policy_change(
+    demo: DemoCopy, sandbox_state: Path
+) -> None:
+    start_empty(demo, sandbox_state)
+    assert apply(demo, sandbox_state)[0] == 0
+    backend = next(p for p in render_all(load_and_parse(demo.path)) if p.name == "backend-1")
+    (local,) = [c for c in backend.clusters if c["name"].startswith("local:")]
+    others = [c for c in backend.clusters if c is not local]
+    deliver(sandbox_state, dataclasses.replace(backend, clusters=(*others, {**local, "connect_timeout": "0.250s"})),
+            "by-hand")
+
+    code, out, _ = meshplan("plan", str(demo.path), "--state", str(sandbox_state), "--json")
+    assert code == 0
+    proxies = {p["name"]: p for p in json.loads(out)["proxies"]}
+    assert [p for p, doc in proxies.items() if doc["outside"]] == ["backend-1"]
+    (outside,) = proxies["backend-1"]["outside"]
+    assert (outside["action"], outside["name"]) == ("update", local["name"])
+    assert outside["fields"] == [{"path": "connect_timeout", "before": "5s", "after": "0.250s"}]  # delivered -> runs
+    (change,) = proxies["backend-1"]["changes"]
+    assert [(f["path"], f["before"], f["after"], f["origins"]) for f in change["fields"]] == [
+        ("connect_timeout", "0.250s", "5s", ["reverts a change made outside meshplan"])]
+
+    _, human, _ = meshplan("plan", str(demo.path), "--state", str(sandbox_state))
+    section, planned = human.split("meshplan will perform the following actions:")
+    assert section.startswith("Changed outside meshplan:")
+    assert '~ connect_timeout: "5s" -> "0.250s"' in section
+    assert '~ connect_timeout: "0.250s" -> "5s"  # reverts a change made outside meshplan' in planned
+
+    code, out, _ = meshplan("drift", str(demo.path), "--state", str(sandbox_state), "--json")
+    assert code == 3
+    (drifted,) = [p for p in json.loads(out)["proxies"] if p["status"] == "drifted"]
+    assert drifted["name"] == "backend-1"
+    assert drifted["detail"] == f'the running configuration is not what meshplan delivered: cluster "{local["name"]}"'

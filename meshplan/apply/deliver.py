@@ -436,7 +436,7 @@ def apply_plan(
     return results + asyncio.run(run())
 
 
-_SETTLED = (Outcome.APPLIED.value, Outcome.ACKNOWLEDGED.value, Outcome.UNCHANGED.value)
+_SETTLED = state.SETTLED
 
 
 def record(state_dir: Path, results: Sequence[ProxyResult], plan: Plan) -> state.State:

@@ -22,6 +22,7 @@ from enum import Enum
 from pathlib import Path
 
 from meshplan.compare.canonical import CanonicalError, fingerprint
+from meshplan.compare.diff import canonical_by_name
 from meshplan.model import ProxyConfig
 from meshplan.observe.live import LiveResult, Outcome
 from meshplan.state import records as state
@@ -99,7 +100,8 @@ def classify(
             detail = (f"the server holds {holds}, not taken yet: "
                       + ("not connected to meshplan serve" if served is None or not served.connected else "no ACK yet"))
         elif running != delivered:
-            status, detail = Status.DRIFTED, "the running configuration is not what meshplan delivered"
+            status = Status.DRIFTED
+            detail = "the running configuration is not what meshplan delivered" + _what_differs(record, result)
         else:  # runs what meshplan delivered, which is not what is desired now
             status, detail = Status.PENDING, "the desired directory changed since the last apply"
         out.append(ProxyDrift(proxy.name, proxy.type, status, detail, desired, delivered, running))
@@ -111,6 +113,22 @@ def server_view(store: Store, proxies: list[ProxyConfig]) -> tuple[dict[str, Pro
     statuses = {p.name: store.read_status(p.name) for p in proxies}
     serving = {p.name: (snapshot.version if (snapshot := store.read_snapshot(p.name)) else None) for p in proxies}
     return statuses, serving
+
+
+def _what_differs(record: state.ProxyRecord | None, result: LiveResult) -> str:
+    """Which resources differ from what meshplan delivered (the state's record of them), as `: cluster "x", ...`;
+    "" when the record holds none or a side cannot be read."""
+    if record is None or not record.resources or result.resources is None:
+        return ""
+    differ: list[str] = []
+    for kind, live in (("cluster", result.resources.clusters), ("listener", result.resources.listeners)):
+        try:
+            before = canonical_by_name(record.resources.get(f"{kind}s", []), "delivered")
+            after = canonical_by_name(live, "live", expected=before)
+        except CanonicalError:
+            return ""
+        differ += [f'{kind} "{name}"' for name in sorted(before.keys() | after.keys()) if before.get(name) != after.get(name)]
+    return f": {', '.join(differ)}" if differ else ""
 
 
 def exit_code(report: list[ProxyDrift]) -> int:

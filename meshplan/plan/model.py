@@ -6,6 +6,7 @@ JSON form (docs/plan-json.md) carries `format_version`; `from_json(to_json(plan)
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import re
@@ -30,6 +31,7 @@ from meshplan.util import jsonlimits
 
 FORMAT_VERSION = "1.1"  # 1.1: top-level `warnings`
 BASE = "base"  # the origin of whatever no policy set: the mesh's structure
+OUTSIDE = "reverts a change made outside meshplan"  # a plan field that puts back what meshplan last delivered
 
 OK = "ok"
 
@@ -64,6 +66,8 @@ class ProxyPlan:
     changes: tuple[ResourcePlan, ...] = ()
     warnings: tuple[str, ...] = ()
     desired: Mapping[str, tuple[dict[str, Any], ...]] = field(default_factory=dict)  # what apply delivers
+    # what the proxy runs that differs from what meshplan last delivered to it (before: delivered, after: live)
+    outside: tuple[ResourcePlan, ...] = ()
 
     @property
     def reachable(self) -> bool:
@@ -117,9 +121,12 @@ def desired_forms(proxy: ProxyConfig) -> DesiredForms:
 def make_plan(
     proxies: list[ProxyConfig], live: Mapping[str, LiveResult], *, desired_dir: str = "", state_serial: int = 0,
     state_lineage: str = "", forms: Mapping[str, DesiredForms] | None = None, directory_warnings: Sequence[str] = (),
+    delivered: Mapping[str, Mapping[str, Sequence[Mapping[str, Any]]]] | None = None,
 ) -> Plan:
     """Compare every proxy's desired resources with what its Envoy reported. `forms` (by proxy name) are the desired
-    canonical forms when the caller already has them (`desired_forms`)."""
+    canonical forms when the caller already has them (`desired_forms`). `delivered` (by proxy name: "clusters" and
+    "listeners") is what meshplan last delivered and the proxy took, from the state: what the proxy runs beside it
+    was changed outside meshplan, and is shown apart."""
     plans = []
     for proxy in proxies:
         desired = {"clusters": proxy.clusters, "listeners": proxy.listeners}
@@ -134,14 +141,20 @@ def make_plan(
             continue
         running = result.resources
         changes = []
+        outside: list[ResourcePlan] = []
+        last = (delivered or {}).get(proxy.name)
         live_texts: list[str] = []  # the live fingerprint's, from the diff's canonical forms
         try:
             for kind, have in (("cluster", running.clusters), ("listener", running.listeners)):
                 wanted_texts = wanted_forms[kind]
                 running_texts = canonical_by_name(have, "live", expected=wanted_texts)
+                if last is not None:
+                    before = canonical_by_name(last.get(f"{kind}s", ()), "delivered", expected=wanted_texts)
+                    outside += [_outside_plan(c) for c in diff_canonical(running_texts, before, kind)]  # type: ignore[arg-type]
                 for change in diff_canonical(wanted_texts, running_texts, kind):  # type: ignore[arg-type]
                     changes.append(_resource_plan(proxy, change))
                 live_texts += running_texts.values()
+            changes = [_reverting(change, outside) for change in changes]
         except CanonicalError as exc:
             # One proxy running what meshplan cannot read (an extension its protos do not know, say) is that
             # proxy's problem, reported like an unreachable one; the others are planned.
@@ -151,10 +164,32 @@ def make_plan(
         warnings += [f'listener "{n}" is warming' for n in running.warming_listeners]
         warnings += [f'listener "{e.name}" was rejected by Envoy: {e.details}' for e in running.errored_listeners]
         plans.append(ProxyPlan(status=OK, live_fingerprint=fingerprint_canonical(live_texts),
-                               changes=tuple(changes), warnings=tuple(warnings), **base))  # type: ignore[arg-type]
+                               changes=tuple(changes), warnings=tuple(warnings), outside=tuple(outside),
+                               **base))  # type: ignore[arg-type]
     created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     return Plan(tuple(plans), created_at=created, desired_dir=desired_dir, state_serial=state_serial,
                 state_lineage=state_lineage, warnings=tuple(directory_warnings))
+
+
+def _outside_plan(change: ResourceChange) -> ResourcePlan:
+    """A difference between what meshplan delivered (before) and what the proxy runs (after)."""
+    fields = tuple(FieldPlan(f.path, f.before, f.after) for f in change.fields)
+    return ResourcePlan(change.kind, change.name, change.action, fields)
+
+
+def _reverting(change: ResourcePlan, outside: Sequence[ResourcePlan]) -> ResourcePlan:
+    """A planned change that only puts back what meshplan delivered (the desired value is the delivered one) is
+    caused by whoever changed the proxy, not by the policy that set the value: said so, in place of its origins."""
+    made = {(o.type, o.name): o for o in outside}
+    found = made.get((change.type, change.name))
+    if found is None:
+        return change
+    if change.action is not Action.UPDATE or found.action is not Action.UPDATE:
+        return dataclasses.replace(change, origins=(OUTSIDE,)) if found.action is not Action.UPDATE else change
+    delivered = {f.path: f.before for f in found.fields}
+    fields = tuple(dataclasses.replace(f, origins=(OUTSIDE,))
+                   if f.path in delivered and delivered[f.path] == f.after else f for f in change.fields)
+    return dataclasses.replace(change, fields=fields)
 
 
 def unreadable(kind: str, exc: CanonicalError) -> str:
@@ -265,6 +300,11 @@ def to_json(plan: Plan) -> dict[str, Any]:
                 "desired_fingerprint": p.desired_fingerprint,
                 "live_fingerprint": p.live_fingerprint,
                 "warnings": list(p.warnings),
+                "outside": [
+                    {"type": c.type, "name": c.name, "action": _ACTION_WORDS[c.action],
+                     "fields": [{"path": f.path, "before": f.before, "after": f.after} for f in c.fields]}
+                    for c in p.outside
+                ],
                 "changes": [
                     {
                         "type": c.type,
@@ -308,6 +348,9 @@ def from_json(document: Mapping[str, Any]) -> Plan:
             detail=p["detail"], desired_fingerprint=p["desired_fingerprint"], live_fingerprint=p["live_fingerprint"],
             changes=changes, warnings=tuple(p["warnings"]),
             desired={k: tuple(v) for k, v in p["desired"].items()},
+            outside=tuple(ResourcePlan(c["type"], c["name"], _WORD_ACTIONS[c["action"]],
+                                       tuple(FieldPlan(f["path"], f["before"], f["after"]) for f in c["fields"]))
+                          for c in p.get("outside", ())),
         ))
     recorded = document.get("state", {})
     return Plan(tuple(proxies), created_at=document.get("created_at", ""), desired_dir=document.get("desired_dir", ""),

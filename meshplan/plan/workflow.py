@@ -11,6 +11,7 @@ from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from meshplan.errors import MeshplanError
 from meshplan.match.unused import warnings
@@ -122,6 +123,12 @@ def _fewer_collections() -> Iterator[None]:
         gc.set_threshold(*before)
 
 
+def delivered(recorded: state.State) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """What meshplan last delivered to each proxy that took it: what the plan tells changes made outside from."""
+    return {name: record.resources for name, record in recorded.proxies.items()
+            if record.outcome in state.SETTLED and record.resources}
+
+
 def compute_plan(
     directory: Path,
     state_dir: Path,
@@ -146,4 +153,4 @@ def compute_plan(
         recorded = state.read(state_dir)
         return make_plan([p for p in proxies if p.name in names], results, desired_dir=str(directory),
                          state_serial=recorded.serial, state_lineage=recorded.lineage if recorded.serial else "",
-                         forms=forms, directory_warnings=warnings(desired))
+                         forms=forms, directory_warnings=warnings(desired), delivered=delivered(recorded))

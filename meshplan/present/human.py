@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rich.console import Console
@@ -19,6 +19,7 @@ from meshplan.present.text import markup_safe as _safe
 
 _STYLE = {Action.CREATE: "green", Action.UPDATE: "yellow", Action.DELETE: "red"}
 _WORDS = {Action.CREATE: "will be created", Action.UPDATE: "will be updated in-place", Action.DELETE: "will be destroyed"}
+_OUTSIDE_WORDS = {Action.CREATE: "was added", Action.UPDATE: "was changed", Action.DELETE: "was removed"}
 _INLINE = 72  # a value whose JSON is longer is shown whole, as an indented block under its field
 
 
@@ -93,18 +94,18 @@ def identical(proxies: Sequence[ProxyPlan]) -> list[list[ProxyPlan]]:
     return list(groups.values())
 
 
-def _resource(console: Console, change: ResourcePlan) -> None:
+def _resource(console: Console, change: ResourcePlan, words: Mapping[Action, str] = _WORDS) -> None:
     style = _STYLE[change.action]
     symbol = change.action.value
     title = f'{change.type} "{change.name}"'
-    console.print(f"  [dim]# {_safe(title)} {_WORDS[change.action]}[/dim]")
+    console.print(f"  [dim]# {_safe(title)} {words[change.action]}[/dim]")
     caused = f"  [dim]# {_safe(origins_text(change.origins))}[/dim]" if change.origins and change.action is not Action.DELETE else ""
     if change.action is not Action.UPDATE:
         console.print(f"  [{style}]{symbol}[/{style}] {_safe(title)}{caused}")
         return
     console.print(f"  [{style}]{symbol}[/{style}] {_safe(title)} {{")
     for f in change.fields:
-        origins = f"  [dim]# {_safe(origins_text(f.origins))}[/dim]"
+        origins = f"  [dim]# {_safe(origins_text(f.origins))}[/dim]" if f.origins else ""
         path = _safe(short_path(f.path))
         sides = [("[red]-[/red]", value_text(f.before))] if f.before is not None else []
         sides += [("[green]+[/green]", value_text(f.after))] if f.after is not None else []
@@ -127,6 +128,16 @@ def render_plan(console: Console, plan: Plan, *, summary: bool = False) -> None:
         console.print(f"[yellow]Warning:[/yellow] {_safe(warning)}")
     if plan.warnings:
         console.print()
+    changed_outside = [p for p in plan.proxies if p.outside]
+    if changed_outside and not summary:
+        console.print("[bold]Changed outside meshplan:[/bold] these proxies run something other than what meshplan "
+                      "last delivered to them.")
+        console.print()
+        for proxy in changed_outside:
+            _header(console, proxy)
+            for change in proxy.outside:
+                _resource(console, change, _OUTSIDE_WORDS)
+            console.print()
     if plan.has_changes and not summary:
         console.print("meshplan will perform the following actions:")
         console.print()

@@ -55,6 +55,10 @@ class ProxyRecord:
     resources: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # "clusters"/"listeners" -> resources
 
 
+# The outcomes after which a record's resources are what the proxy runs, as meshplan delivered them.
+SETTLED = ("applied", "acknowledged", "unchanged")
+
+
 @dataclass
 class State:
     serial: int
