@@ -185,6 +185,8 @@ class ProxyConfig:
     # (`Dataplane/web (dataplanes.yaml:2)`, a MeshExternalService, the ZoneEgress, the Mesh): what a change no policy
     # made is blamed on
     structure: dict[str, dict[str, dict[tuple[str | int, ...], str]]] = field(default_factory=dict, compare=False)
+    # what the proxy's matched policies mean, per client and destination (match/behaviour.py Facts, as JSON)
+    behaviour: tuple[dict[str, Any], ...] = field(default=(), compare=False)
 
     @property
     def admin_url(self) -> str:

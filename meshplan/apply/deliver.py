@@ -456,7 +456,10 @@ def record(state_dir: Path, results: Sequence[ProxyResult], plan: Plan) -> state
                 detail = "" if old is None else f"reconciled: it runs its desired configuration (was: {old.outcome})"
                 current.proxies[r.name] = state.ProxyRecord(
                     p.desired_fingerprint, old.version if old else "", now, r.outcome.value, detail,
-                    resources={k: list(v) for k, v in p.desired.items()})
+                    resources={k: list(v) for k, v in p.desired.items()}, behaviour=list(p.facts))
+            elif old.behaviour != list(p.facts):  # what its policies mean changed, not what it runs
+                touched = True
+                old.behaviour = list(p.facts)
             continue
         touched = True
         if not r.delivered:
@@ -465,6 +468,7 @@ def record(state_dir: Path, results: Sequence[ProxyResult], plan: Plan) -> state
             old.outcome, old.detail = r.outcome.value, r.detail
             current.proxies[r.name] = old
             continue
+        previous = current.proxies.get(r.name)
         current.proxies[r.name] = state.ProxyRecord(
             fingerprint=r.fingerprint,
             version=r.version,
@@ -472,6 +476,9 @@ def record(state_dir: Path, results: Sequence[ProxyResult], plan: Plan) -> state
             outcome=r.outcome.value,
             detail=r.detail,
             resources=r.resources or {},
+            # what its policies mean, once it runs them; a proxy rolled back still means what it did
+            behaviour=list(desired[r.name].facts) if r.outcome.value in _SETTLED and r.name in desired
+            else (previous.behaviour if previous else []),
         )
     return state.write(state_dir, current) if touched else current
 

@@ -25,6 +25,8 @@ from meshplan.compare.diff import (
     diff_canonical,
 )
 from meshplan.errors import MeshplanError
+from meshplan.match.behaviour import Change, Fact
+from meshplan.match.behaviour import changes as behaviour_changes
 from meshplan.model import EGRESS, SIDECAR, ProxyConfig
 from meshplan.observe.live import LiveResult, Outcome
 from meshplan.util import jsonlimits
@@ -68,6 +70,7 @@ class ProxyPlan:
     desired: Mapping[str, tuple[dict[str, Any], ...]] = field(default_factory=dict)  # what apply delivers
     # what the proxy runs that differs from what meshplan last delivered to it (before: delivered, after: live)
     outside: tuple[ResourcePlan, ...] = ()
+    facts: tuple[dict[str, Any], ...] = ()  # what its desired policies mean (match/behaviour.py), for the state
 
     @property
     def reachable(self) -> bool:
@@ -89,6 +92,7 @@ class Plan:
     state_serial: int = 0  # the state file this plan was made against (a saved plan is stale once it moves on)
     state_lineage: str = ""
     warnings: tuple[str, ...] = ()  # about the desired directory: a policy that selects nothing, a name nothing has
+    behaviour: tuple[Change, ...] = ()  # what the change means, per client and destination, against the last apply
 
     @property
     def complete(self) -> bool:
@@ -122,6 +126,7 @@ def make_plan(
     proxies: list[ProxyConfig], live: Mapping[str, LiveResult], *, desired_dir: str = "", state_serial: int = 0,
     state_lineage: str = "", forms: Mapping[str, DesiredForms] | None = None, directory_warnings: Sequence[str] = (),
     delivered: Mapping[str, Mapping[str, Sequence[Mapping[str, Any]]]] | None = None,
+    applied_facts: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
 ) -> Plan:
     """Compare every proxy's desired resources with what its Envoy reported. `forms` (by proxy name) are the desired
     canonical forms when the caller already has them (`desired_forms`). `delivered` (by proxy name: "clusters" and
@@ -133,7 +138,7 @@ def make_plan(
         wanted_forms = forms[proxy.name] if forms is not None and proxy.name in forms else desired_forms(proxy)
         desired_fp = fingerprint_canonical([t for texts in wanted_forms.values() for t in texts.values()])
         base = dict(name=proxy.name, type=proxy.type, mesh=proxy.mesh, admin_url=proxy.admin_url,
-                    desired_fingerprint=desired_fp, desired=desired)
+                    desired_fingerprint=desired_fp, desired=desired, facts=proxy.behaviour)
         result = live.get(proxy.name)
         if result is None or not result.ok or result.resources is None:
             status = result.outcome.value if result is not None else "not fetched"
@@ -167,8 +172,13 @@ def make_plan(
                                changes=tuple(changes), warnings=tuple(warnings), outside=tuple(outside),
                                **base))  # type: ignore[arg-type]
     created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    # Against the last apply: only proxies the state has facts of (a proxy never applied has nothing to compare).
+    recorded = {name: facts for name, facts in (applied_facts or {}).items() if facts}
+    applied_before = [Fact.from_json(f) for p in plans for f in recorded.get(p.name, ())]
+    after = [Fact.from_json(f) for p in plans if p.name in recorded for f in p.facts]
     return Plan(tuple(plans), created_at=created, desired_dir=desired_dir, state_serial=state_serial,
-                state_lineage=state_lineage, warnings=tuple(directory_warnings))
+                state_lineage=state_lineage, warnings=tuple(directory_warnings),
+                behaviour=tuple(behaviour_changes(applied_before, after)))
 
 
 def _outside_plan(change: ResourceChange) -> ResourcePlan:
@@ -280,6 +290,11 @@ def to_json(plan: Plan) -> dict[str, Any]:
         "state": {"serial": plan.state_serial, "lineage": plan.state_lineage},
         "complete": plan.complete,
         "warnings": list(plan.warnings),
+        "behaviour": [
+            {"client": c.client, "destination": c.destination, "aspect": c.aspect, "before": c.before,
+             "after": c.after, "origins": list(c.origins)}
+            for c in plan.behaviour
+        ],
         "summary": {
             "add": plan.count(Action.CREATE),
             "change": plan.count(Action.UPDATE),
@@ -300,6 +315,7 @@ def to_json(plan: Plan) -> dict[str, Any]:
                 "desired_fingerprint": p.desired_fingerprint,
                 "live_fingerprint": p.live_fingerprint,
                 "warnings": list(p.warnings),
+                "facts": list(p.facts),
                 "outside": [
                     {"type": c.type, "name": c.name, "action": _ACTION_WORDS[c.action],
                      "fields": [{"path": f.path, "before": f.before, "after": f.after} for f in c.fields]}
@@ -348,6 +364,7 @@ def from_json(document: Mapping[str, Any]) -> Plan:
             detail=p["detail"], desired_fingerprint=p["desired_fingerprint"], live_fingerprint=p["live_fingerprint"],
             changes=changes, warnings=tuple(p["warnings"]),
             desired={k: tuple(v) for k, v in p["desired"].items()},
+            facts=tuple(p.get("facts", ())),
             outside=tuple(ResourcePlan(c["type"], c["name"], _WORD_ACTIONS[c["action"]],
                                        tuple(FieldPlan(f["path"], f["before"], f["after"]) for f in c["fields"]))
                           for c in p.get("outside", ())),
@@ -355,7 +372,9 @@ def from_json(document: Mapping[str, Any]) -> Plan:
     recorded = document.get("state", {})
     return Plan(tuple(proxies), created_at=document.get("created_at", ""), desired_dir=document.get("desired_dir", ""),
                 format_version=version, state_serial=int(recorded.get("serial", 0)),
-                state_lineage=str(recorded.get("lineage", "")), warnings=tuple(document.get("warnings", ())))
+                state_lineage=str(recorded.get("lineage", "")), warnings=tuple(document.get("warnings", ())),
+                behaviour=tuple(Change(c["client"], c["destination"], c["aspect"], c["before"], c["after"],
+                                       tuple(c["origins"])) for c in document.get("behaviour", ())))
 
 
 def read_plan_file(path: Path) -> Plan:

@@ -153,4 +153,5 @@ def compute_plan(
         recorded = state.read(state_dir)
         return make_plan([p for p in proxies if p.name in names], results, desired_dir=str(directory),
                          state_serial=recorded.serial, state_lineage=recorded.lineage if recorded.serial else "",
-                         forms=forms, directory_warnings=warnings(desired), delivered=delivered(recorded))
+                         forms=forms, directory_warnings=warnings(desired), delivered=delivered(recorded),
+                         applied_facts={name: r.behaviour for name, r in recorded.proxies.items()})

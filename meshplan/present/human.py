@@ -13,6 +13,7 @@ from rich.console import Console
 
 from meshplan.compare.diff import Action
 from meshplan.envoy.types import HTTP_FILTER_PREFIX, NETWORK_FILTER_PREFIX
+from meshplan.match.behaviour import Change
 from meshplan.model import EGRESS, SIDECAR
 from meshplan.plan.model import Plan, ProxyPlan, ResourcePlan
 from meshplan.present.text import markup_safe as _safe
@@ -45,6 +46,20 @@ def origins_text(origins: Sequence[str]) -> str:
             grouped.setdefault((found["who"], found["file"]), []).append(found["line"])
     named = [f"{who} ({file}:{','.join(dict.fromkeys(lines))})" for (who, file), lines in grouped.items()]
     return ", ".join(plain + named)
+
+
+def behaviour_line(change: Change) -> str:
+    """`admin → backend  permission: {"action": "Allow"} -> {"action": "Deny"}`, a one-key conf shown as its value."""
+    return (f"{change.client} → {change.destination}  {change.aspect}: "
+            f"{_meaning(change.before)} -> {_meaning(change.after)}")
+
+
+def _meaning(value: Any) -> str:
+    if value is None:
+        return "(none)"
+    if isinstance(value, dict) and len(value) == 1:
+        value = next(iter(value.values()))
+    return json.dumps(value, sort_keys=True, separators=(", ", ": ")) if not isinstance(value, str) else value
 
 
 def short_path(path: str) -> str:
@@ -138,6 +153,11 @@ def render_plan(console: Console, plan: Plan, *, summary: bool = False) -> None:
             for change in proxy.outside:
                 _resource(console, change, _OUTSIDE_WORDS)
             console.print()
+    if plan.behaviour and not summary:
+        console.print("[bold]What changes, per client and destination[/bold] (against the last apply):")
+        for meaning in plan.behaviour:
+            console.print(f"  {_safe(behaviour_line(meaning))}  [dim]# {_safe(origins_text(meaning.origins))}[/dim]")
+        console.print()
     if plan.has_changes and not summary:
         console.print("meshplan will perform the following actions:")
         console.print()

@@ -5,6 +5,7 @@ that change with what caused it, then each proxy's (or each group of identical p
 from __future__ import annotations
 
 import io
+import json
 
 from rich.console import Console
 
@@ -23,6 +24,13 @@ def render_markdown(plan: Plan) -> str:
             f"`{_cell(p.name)}` ({_cell(p.status)}{': ' + _cell(p.detail) if p.detail else ''})"
             for p in plan.unreachable) + " could not be read.", ""]
     lines += [f"> **Warning:** {_cell(w)}" for w in plan.warnings] + ([""] if plan.warnings else [])
+    if plan.behaviour:
+        lines += ["| client | destination | aspect | before | after | caused by |", "|---|---|---|---|---|---|"]
+        for change in plan.behaviour:
+            lines.append(f"| {_cell(change.client)} | {_cell(change.destination)} | {change.aspect} | "
+                         f"{_cell(_code(change.before))} | {_cell(_code(change.after))} | "
+                         f"{_cell(', '.join(o.split(' (', 1)[0] for o in change.origins))} |")
+        lines.append("")
     groups = identical(plan.changed_proxies)
     if not groups:
         return "\n".join(lines + ["No changes: every proxy runs the desired configuration.", ""])
@@ -48,6 +56,14 @@ def _text(group: list[ProxyPlan]) -> str:
     render_group(console, group)
     text = console.export_text()
     return text.replace(_FENCE, "`` `")  # a value with a fence in it must not end the block
+
+
+def _code(value: object) -> str:
+    if value is None:
+        return "(none)"
+    if isinstance(value, dict) and len(value) == 1:
+        value = next(iter(value.values()))
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
 
 
 def _counts(proxy: ProxyPlan) -> str:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+from meshplan.match.behaviour import facts
 from meshplan.model import Dataplane, Desired, ProxyConfig, ZoneEgress
 from meshplan.policies.base import ProxyBuild
 from meshplan.policies.registry import MODULES
@@ -10,7 +13,10 @@ from meshplan.render.sidecar import build_sidecar
 
 
 def apply_policies(build: ProxyBuild) -> ProxyConfig:
-    return applied(build).finish()
+    """The proxy's resources, and what its matched policies mean (the facts a plan's behaviour summary compares)."""
+    config = applied(build).finish()
+    meaning = tuple(fact.to_json() for fact in facts(build.desired, build.match, build.proxy))
+    return dataclasses.replace(config, behaviour=meaning)
 
 
 def applied(build: ProxyBuild) -> ProxyBuild:

@@ -53,6 +53,7 @@ class ProxyRecord:
     outcome: str  # the last apply's outcome for this proxy: applied, rolled back, unreachable, ...
     detail: str = ""  # why, when it is not applied
     resources: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # "clusters"/"listeners" -> resources
+    behaviour: list[dict[str, Any]] = field(default_factory=list)  # what its policies meant (match/behaviour.py facts)
 
 
 # The outcomes after which a record's resources are what the proxy runs, as meshplan delivered them.
@@ -155,6 +156,8 @@ def _record(name: str, raw: Any) -> ProxyRecord:
         isinstance(v, list) and all(isinstance(r, dict) for r in v) for v in resources.values()
     ):
         raise _Invalid(f"{where}.resources is not an object of lists of resources")
+    if not isinstance(record.behaviour, list) or not all(isinstance(f, dict) for f in record.behaviour):
+        raise _Invalid(f"{where}.behaviour is not a list of objects")
     return record
 
 

@@ -1,0 +1,63 @@
+"""What a plan says a change means (match/behaviour.py): facts per client and destination from the one matching
+result, and the changes between two sets of them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from meshplan.match.behaviour import Change, Fact, changes, facts
+from meshplan.match.result import match_proxy
+from meshplan.validate.resources import load_and_parse
+
+ROOT = Path(__file__).parent.parent
+TESTDATA = ROOT / "tests" / "testdata"
+
+
+def _all_facts(directory: Path) -> list[Fact]:
+    desired = load_and_parse(directory)
+    return [f for p in [*desired.dataplanes, *desired.egresses] for f in facts(desired, match_proxy(desired, p), p)]
+
+
+@pytest.mark.parametrize(("case", "aspect"), [
+    ("access_log", "access-log"), ("circuit_breaker", "circuit-breaker"), ("fault_injection", "fault"),
+    ("health_check", "health-check"), ("http_route-every-field", "route"), ("load_balancing", "load-balancing"),
+    ("rate_limit", "rate-limit"), ("retry", "retry"), ("tcp_route", "route"), ("timeout", "timeout"),
+    ("traffic_permission", "permission"),
+])
+def test_every_kind_says_what_it_means(case: str, aspect: str) -> None:
+    found = [f for f in _all_facts(TESTDATA / f"{case}.input") if f.aspect == aspect]
+    assert found, f"no {aspect} fact in {case}"
+    for fact in found:
+        assert fact.origins and all("/" in o and ":" in o for o in fact.origins)  # Kind/name (file:line)
+        assert fact.value not in (None, {}, [])
+
+
+def test_the_demo_permissions_per_client() -> None:
+    permission = {(f.client, f.destination): f.value for f in _all_facts(ROOT / "examples" / "demo")
+                  if f.aspect == "permission"}
+    assert permission[("web", "backend")] == {"action": "Allow"}
+    assert permission[("admin", "backend")] == {"action": "Deny"}
+    assert permission[("backend", "httpbin")] == {"action": "Allow"}
+    assert permission[("admin", "httpbin")] == {"action": "Deny"}
+
+
+def _fact(client: str, value: object, aspect: str = "permission") -> Fact:
+    return Fact(client, "backend", aspect, value, (f"MeshTrafficPermission/{client} (p.yaml:1)",))
+
+
+def test_changes_between_two_applies() -> None:
+    before = [_fact("admin", {"action": "Allow"}), _fact("web", {"action": "Allow"}), _fact("old", {"action": "Deny"})]
+    after = [_fact("admin", {"action": "Deny"}), _fact("web", {"action": "Allow"}), _fact("new", {"action": "Allow"})]
+    assert changes(before, after) == [
+        Change("admin", "backend", "permission", {"action": "Allow"}, {"action": "Deny"},
+               ("MeshTrafficPermission/admin (p.yaml:1)",)),
+        Change("new", "backend", "permission", None, {"action": "Allow"}, ("MeshTrafficPermission/new (p.yaml:1)",)),
+        Change("old", "backend", "permission", {"action": "Deny"}, None, ("MeshTrafficPermission/old (p.yaml:1)",)),
+    ]
+
+
+def test_a_fact_round_trips_through_json() -> None:
+    fact = _fact("admin", {"action": "Deny"})
+    assert Fact.from_json(fact.to_json()) == fact
