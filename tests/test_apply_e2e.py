@@ -327,7 +327,7 @@ def test_the_behaviour_summary_says_a_client_is_now_denied_and_it_is(demo: DemoC
     assert denied[0]["origins"][0].startswith("MeshTrafficPermission/backend-from-web (")
     assert ("web", "backend", "permission") not in {(b["client"], b["destination"], b["aspect"]) for b in behaviour}
     _, human, _ = meshplan("plan", str(demo.path), "--state", str(sandbox_state))
-    assert 'admin → backend  permission: Allow -> Deny' in human
+    assert 'admin → backend  permission: Allow → Deny' in human
 
     assert apply(demo, sandbox_state)[0] == 0
     deadline = time.monotonic() + 5  # bounded: the new RBAC is verified as applied; its answer is what is asserted

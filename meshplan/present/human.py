@@ -49,9 +49,28 @@ def origins_text(origins: Sequence[str]) -> str:
 
 
 def behaviour_line(change: Change) -> str:
-    """`admin → backend  permission: {"action": "Allow"} -> {"action": "Deny"}`, a one-key conf shown as its value."""
-    return (f"{change.client} → {change.destination}  {change.aspect}: "
-            f"{_meaning(change.before)} -> {_meaning(change.after)}")
+    """`admin → backend  permission: Allow → Deny`; for a conf of several fields, only those that change
+    (`timeout: connectionTimeout 2s → 4s`)."""
+    return f"{change.client} → {change.destination}  {change.aspect}: {behaviour_delta(change.before, change.after)}"
+
+
+def behaviour_delta(before: Any, after: Any) -> str:
+    if isinstance(before, dict) and isinstance(after, dict):
+        old, new = _leaves(before), _leaves(after)
+        changed = [key for key in sorted(old.keys() | new.keys()) if old.get(key) != new.get(key)]
+        if len(old) == len(new) == 1 and old.keys() == new.keys():
+            return f"{_meaning(before)} → {_meaning(after)}"
+        return ", ".join(f"{key} {_meaning(old.get(key))} → {_meaning(new.get(key))}" for key in changed)
+    return f"{_meaning(before)} → {_meaning(after)}"
+
+
+def _leaves(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict) and value:
+        out: dict[str, Any] = {}
+        for key, inner in value.items():
+            out.update(_leaves(inner, f"{prefix}{key}."))
+        return out
+    return {prefix.rstrip("."): value}
 
 
 def _meaning(value: Any) -> str:

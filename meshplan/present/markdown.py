@@ -5,13 +5,17 @@ that change with what caused it, then each proxy's (or each group of identical p
 from __future__ import annotations
 
 import io
-import json
 
 from rich.console import Console
 
 from meshplan.compare.diff import Action
 from meshplan.plan.model import Plan, ProxyPlan
-from meshplan.present.human import identical, render_group, summary_line
+from meshplan.present.human import (
+    behaviour_delta,
+    identical,
+    render_group,
+    summary_line,
+)
 from meshplan.present.text import printable
 
 _FENCE = "```"
@@ -25,11 +29,11 @@ def render_markdown(plan: Plan) -> str:
             for p in plan.unreachable) + " could not be read.", ""]
     lines += [f"> **Warning:** {_cell(w)}" for w in plan.warnings] + ([""] if plan.warnings else [])
     if plan.behaviour:
-        lines += ["| client | destination | aspect | before | after | caused by |", "|---|---|---|---|---|---|"]
+        lines += ["| client | destination | aspect | what changes | caused by |", "|---|---|---|---|---|"]
         for change in plan.behaviour:
             lines.append(f"| {_cell(change.client)} | {_cell(change.destination)} | {change.aspect} | "
-                         f"{_cell(_code(change.before))} | {_cell(_code(change.after))} | "
-                         f"{_cell(', '.join(o.split(' (', 1)[0] for o in change.origins))} |")
+                         f"{_cell(behaviour_delta(change.before, change.after))} | "
+                         f"{_cell(', '.join(dict.fromkeys(o.split(' (', 1)[0] for o in change.origins)))} |")
         lines.append("")
     groups = identical(plan.changed_proxies)
     if not groups:
@@ -39,7 +43,7 @@ def render_markdown(plan: Plan) -> str:
         first = group[0]
         counts = [sum(1 for c in first.changes if c.action is action) for action in Action]
         causes = sorted({o.split(" (", 1)[0] for c in first.changes
-                         for o in (*c.origins, *(o for f in c.fields for o in f.origins))})
+                         for o in ((o for f in c.fields for o in f.origins) if c.fields else c.origins)})
         lines.append(f"| {_cell(', '.join(p.name for p in group))} | {first.type} | {counts[0]} | {counts[1]} | "
                      f"{counts[2]} | {_cell(', '.join(causes)) or 'base'} |")
     lines.append("")
@@ -56,14 +60,6 @@ def _text(group: list[ProxyPlan]) -> str:
     render_group(console, group)
     text = console.export_text()
     return text.replace(_FENCE, "`` `")  # a value with a fence in it must not end the block
-
-
-def _code(value: object) -> str:
-    if value is None:
-        return "(none)"
-    if isinstance(value, dict) and len(value) == 1:
-        value = next(iter(value.values()))
-    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
 
 
 def _counts(proxy: ProxyPlan) -> str:
