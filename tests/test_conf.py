@@ -15,6 +15,7 @@ from meshplan.load.resources import PathKey
 from meshplan.match.matcher import FieldOrigin, Merged, Origin
 from meshplan.match.result import match_proxy
 from meshplan.policies import (
+    access_log,
     circuit_breaker,
     fault_injection,
     health_check,
@@ -268,3 +269,33 @@ def test_a_merged_health_check_may_have_lost_its_checkers_to_nulls() -> None:
     conf = health_check.parse(ConfReader.of_merged(merged))
     assert conf.http is None and conf.tcp is None and conf.grpc is None
     assert conf.fail_traffic_on_panic is not None and conf.fail_traffic_on_panic.value is True
+
+
+# --- MeshAccessLog ------------------------------------------------------------------------------------------------
+
+
+def test_merged_access_log_backends_read_typed_with_the_lists_origins() -> None:
+    merged = Merged({"backends": [{"file": {"path": "/var/log/a.log"}},
+                                  {"type": "File", "file": {"path": "/var/log/b.log", "format": {
+                                      "type": "Json", "omitEmptyValues": True,
+                                      "json": [{"key": "path", "value": "%REQ(:PATH)%"}]}}}]},
+                    {"backends": _origin("log", 5)}, ())
+    conf = access_log.parse(ConfReader.of_merged(merged))
+    assert conf is not None and conf.backends.origins == ("Kind/log (p.yaml:5)",)
+    assert conf.backends.value == (
+        access_log.FileBackend("/var/log/a.log", None),
+        access_log.FileBackend("/var/log/b.log", access_log.Format(
+            None, (access_log.JsonField("path", "%REQ(:PATH)%"),), True)),
+    )
+    off = access_log.parse(ConfReader.of_merged(Merged({"backends": []}, {"backends": _origin("off", 1)}, ())))
+    assert off == access_log.Conf(Setting((), ("Kind/off (p.yaml:1)",)))  # a more specific policy turns the log off
+
+
+@pytest.mark.parametrize(("conf", "where"), [
+    ({"backends": [{"file": {"path": "relative.log"}}]}, "backends.0.file.path: must be an absolute file path"),
+    ({"backends": [{"file": {"path": "/a", "format": {"plain": "%KUMA_REGION%"}}}]}, "backends.0.file.format.plain"),
+    ({}, "merged conf at : `backends` is required"),
+])
+def test_a_merged_access_log_that_parse_refuses_is_a_bug(conf: dict[str, Any], where: str) -> None:
+    with pytest.raises(MergedConfError, match=where):
+        access_log.parse(ConfReader.of_merged(Merged(conf, {}, ())))
