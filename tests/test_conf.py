@@ -22,9 +22,11 @@ from meshplan.policies import (
     load_balancing,
     rate_limit,
     retry,
+    tcp_route,
     timeout,
     traffic_permission,
 )
+from meshplan.policies.backend_refs import Backend
 from meshplan.policies.conf import ConfReader, MergedConfError, Setting
 from meshplan.validate.check import FieldCheck
 from meshplan.validate.resources import load_and_parse
@@ -299,3 +301,38 @@ def test_merged_access_log_backends_read_typed_with_the_lists_origins() -> None:
 def test_a_merged_access_log_that_parse_refuses_is_a_bug(conf: dict[str, Any], where: str) -> None:
     with pytest.raises(MergedConfError, match=where):
         access_log.parse(ConfReader.of_merged(Merged(conf, {}, ())))
+
+
+# --- MeshTCPRoute ---------------------------------------------------------------------------------------------------
+
+
+def test_a_merged_tcp_route_reads_its_backends_typed_with_the_rules_origins() -> None:
+    # A merged conf has no top-level targetRef: a MeshExternalService backend's placement was checked in its item.
+    merged = Merged({"rules": [{"default": {"backendRefs": [
+        {"kind": "MeshServiceSubset", "name": "db", "tags": {"version": "v1", "kuma.io/service": "db"}, "weight": 90},
+        {"kind": "MeshService", "name": "db", "port": 5432, "weight": 0},
+        {"kind": "MeshExternalService", "name": "pg"}]}}]},
+        {"rules": _origin("route", 3)}, ())
+    conf = tcp_route.parse(ConfReader.of_merged(merged))
+    assert conf is not None and conf.rules.origins == ("Kind/route (p.yaml:3)",)
+    assert conf.rules.value == (tcp_route.Rule((
+        Backend("MeshServiceSubset", "db", {"version": "v1"}, None, 90),
+        Backend("MeshService", "db", {}, 5432, 0),
+        Backend("MeshExternalService", "pg", {}, None, 1),
+    )),)
+    no_rules = tcp_route.parse(ConfReader.of_merged(Merged({"rules": []}, {"rules": _origin("r", 1)}, ())))
+    assert no_rules == tcp_route.Conf(Setting((), ("Kind/r (p.yaml:1)",)))  # the `to` destination itself
+
+
+@pytest.mark.parametrize(("conf", "where"), [
+    ({"rules": [{"default": {"backendRefs": [{"kind": "MeshService", "name": "db", "weight": 0}]}}]},
+     "rules.0.default.backendRefs: every backendRef has weight 0"),
+    ({"rules": [{"default": {"backendRefs": [{"kind": "Dataplane", "name": "db"}]}}]},
+     "rules.0.default.backendRefs.0.kind"),
+    ({"rules": [{"default": {}}]}, "rules.0.default.backendRefs: `backendRefs` is required"),
+    ({"rules": [{"default": {"backendRefs": [{"kind": "MeshService", "name": "a"}]}}, {"default": {}}]},
+     "rules: takes at most one rule"),
+])
+def test_a_merged_tcp_route_that_parse_refuses_is_a_bug(conf: dict[str, Any], where: str) -> None:
+    with pytest.raises(MergedConfError, match=where):
+        tcp_route.parse(ConfReader.of_merged(Merged(conf, {}, ())))
