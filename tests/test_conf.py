@@ -15,15 +15,18 @@ from meshplan.load.resources import PathKey
 from meshplan.match.matcher import FieldOrigin, Merged, Origin
 from meshplan.match.result import match_proxy
 from meshplan.policies import (
+    access_log,
     circuit_breaker,
     fault_injection,
     health_check,
     load_balancing,
     rate_limit,
     retry,
+    tcp_route,
     timeout,
     traffic_permission,
 )
+from meshplan.policies.backend_refs import Backend
 from meshplan.policies.conf import ConfReader, MergedConfError, Setting
 from meshplan.validate.check import FieldCheck
 from meshplan.validate.resources import load_and_parse
@@ -268,3 +271,68 @@ def test_a_merged_health_check_may_have_lost_its_checkers_to_nulls() -> None:
     conf = health_check.parse(ConfReader.of_merged(merged))
     assert conf.http is None and conf.tcp is None and conf.grpc is None
     assert conf.fail_traffic_on_panic is not None and conf.fail_traffic_on_panic.value is True
+
+
+# --- MeshAccessLog ------------------------------------------------------------------------------------------------
+
+
+def test_merged_access_log_backends_read_typed_with_the_lists_origins() -> None:
+    merged = Merged({"backends": [{"file": {"path": "/var/log/a.log"}},
+                                  {"type": "File", "file": {"path": "/var/log/b.log", "format": {
+                                      "type": "Json", "omitEmptyValues": True,
+                                      "json": [{"key": "path", "value": "%REQ(:PATH)%"}]}}}]},
+                    {"backends": _origin("log", 5)}, ())
+    conf = access_log.parse(ConfReader.of_merged(merged))
+    assert conf is not None and conf.backends.origins == ("Kind/log (p.yaml:5)",)
+    assert conf.backends.value == (
+        access_log.FileBackend("/var/log/a.log", None),
+        access_log.FileBackend("/var/log/b.log", access_log.Format(
+            None, (access_log.JsonField("path", "%REQ(:PATH)%"),), True)),
+    )
+    off = access_log.parse(ConfReader.of_merged(Merged({"backends": []}, {"backends": _origin("off", 1)}, ())))
+    assert off == access_log.Conf(Setting((), ("Kind/off (p.yaml:1)",)))  # a more specific policy turns the log off
+
+
+@pytest.mark.parametrize(("conf", "where"), [
+    ({"backends": [{"file": {"path": "relative.log"}}]}, "backends.0.file.path: must be an absolute file path"),
+    ({"backends": [{"file": {"path": "/a", "format": {"plain": "%KUMA_REGION%"}}}]}, "backends.0.file.format.plain"),
+    ({}, "merged conf at : `backends` is required"),
+])
+def test_a_merged_access_log_that_parse_refuses_is_a_bug(conf: dict[str, Any], where: str) -> None:
+    with pytest.raises(MergedConfError, match=where):
+        access_log.parse(ConfReader.of_merged(Merged(conf, {}, ())))
+
+
+# --- MeshTCPRoute ---------------------------------------------------------------------------------------------------
+
+
+def test_a_merged_tcp_route_reads_its_backends_typed_with_the_rules_origins() -> None:
+    # A merged conf has no top-level targetRef: a MeshExternalService backend's placement was checked in its item.
+    merged = Merged({"rules": [{"default": {"backendRefs": [
+        {"kind": "MeshServiceSubset", "name": "db", "tags": {"version": "v1", "kuma.io/service": "db"}, "weight": 90},
+        {"kind": "MeshService", "name": "db", "port": 5432, "weight": 0},
+        {"kind": "MeshExternalService", "name": "pg"}]}}]},
+        {"rules": _origin("route", 3)}, ())
+    conf = tcp_route.parse(ConfReader.of_merged(merged))
+    assert conf is not None and conf.rules.origins == ("Kind/route (p.yaml:3)",)
+    assert conf.rules.value == (tcp_route.Rule((
+        Backend("MeshServiceSubset", "db", {"version": "v1"}, None, 90),
+        Backend("MeshService", "db", {}, 5432, 0),
+        Backend("MeshExternalService", "pg", {}, None, 1),
+    )),)
+    no_rules = tcp_route.parse(ConfReader.of_merged(Merged({"rules": []}, {"rules": _origin("r", 1)}, ())))
+    assert no_rules == tcp_route.Conf(Setting((), ("Kind/r (p.yaml:1)",)))  # the `to` destination itself
+
+
+@pytest.mark.parametrize(("conf", "where"), [
+    ({"rules": [{"default": {"backendRefs": [{"kind": "MeshService", "name": "db", "weight": 0}]}}]},
+     "rules.0.default.backendRefs: every backendRef has weight 0"),
+    ({"rules": [{"default": {"backendRefs": [{"kind": "Dataplane", "name": "db"}]}}]},
+     "rules.0.default.backendRefs.0.kind"),
+    ({"rules": [{"default": {}}]}, "rules.0.default.backendRefs: `backendRefs` is required"),
+    ({"rules": [{"default": {"backendRefs": [{"kind": "MeshService", "name": "a"}]}}, {"default": {}}]},
+     "rules: takes at most one rule"),
+])
+def test_a_merged_tcp_route_that_parse_refuses_is_a_bug(conf: dict[str, Any], where: str) -> None:
+    with pytest.raises(MergedConfError, match=where):
+        tcp_route.parse(ConfReader.of_merged(Merged(conf, {}, ())))

@@ -29,11 +29,17 @@ Envoy reject the listener (and `envoy --mode validate` fail), so meshplan only c
 `type` on a backend (File | Tcp | OpenTelemetry) and on a format (Plain | Json) may be left out, as in Kuma before
 2.3; when given it must match the block. `tcp` and `openTelemetry` backends are not supported: Kuma implements them
 with kuma-dp (a log forwarder on a unix socket, an OTel collector pipe), which plain Envoy does not have.
+
+The conf (policies/conf.py): `parse` is the one reader of a `default`, for validation (every violation at its path;
+the `from` targetRef rule is checked by `validate`, after the default's own fields) and for render, which reads what
+the items merged to as a `Conf`: the backends, each a file path and its format, as one Setting whose origins are the
+list's (a list is set whole by one policy). Placeholders are kept as written and filled in per chain.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from meshplan.envoy.types import FILE_ACCESS_LOG as FILE_LOGGER_TYPE
@@ -42,7 +48,8 @@ from meshplan.load.resources import PathKey
 from meshplan.match.matcher import FromRule, Merged, rule_for
 from meshplan.model import SIDECAR, Dataplane, Inbound
 from meshplan.policies import FROM
-from meshplan.policies.base import Json, ProxyBuild, hcm, origins_of, tcp_proxy
+from meshplan.policies.base import Json, ProxyBuild, hcm, tcp_proxy
+from meshplan.policies.conf import ConfReader, Setting
 from meshplan.validate.check import FieldCheck
 
 KIND = "MeshAccessLog"
@@ -73,20 +80,148 @@ BACKEND_TYPES = {"File": "file", "Tcp": "tcp", "OpenTelemetry": "openTelemetry"}
 FORMAT_TYPES = {"Plain": "plain", "Json": "json"}
 
 
+# --- the conf ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JsonField:
+    key: str
+    value: str  # as written: Kuma's placeholders are filled in at render time, per chain
+
+
+@dataclass(frozen=True)
+class Format:
+    plain: str | None  # a `plain` format's line (without the newline Envoy needs), or None for a `json` one
+    json: tuple[JsonField, ...] | None
+    omit_empty_values: bool
+
+
+@dataclass(frozen=True)
+class FileBackend:
+    path: str
+    format: Format | None  # None: Kuma's default line for the protocol
+
+
+@dataclass(frozen=True)
+class Conf:
+    # A list is one value of a merged conf (a later policy's replaces it): its origins are the list's. Empty: no log.
+    backends: Setting[tuple[FileBackend, ...]]
+
+
+def parse(conf: ConfReader) -> Conf | None:
+    """A `default` (or what several merged to): None when it has no list of backends."""
+    conf.unknown(("backends",))
+    if not conf.required("backends"):
+        return None
+    backends = conf.entries("backends", _parse_backend,
+                            not_a_mapping="must be a mapping with one of `file`, `tcp` or `openTelemetry`")
+    return None if backends is None else Conf(backends)
+
+
+def _parse_backend(backend: ConfReader) -> FileBackend | None:
+    backend.unknown(("type",) + tuple(BACKEND_TYPES.values()))
+    blocks = [b for b in BACKEND_TYPES.values() if b in backend.raw]
+    kind = backend.choice("type", tuple(BACKEND_TYPES))
+    if kind is None and isinstance(backend.raw.get("type"), str):
+        return None  # an unknown type (reported); one that is not a string is reported and read from the block
+    block = BACKEND_TYPES[kind.value] if kind is not None else (blocks[0] if len(blocks) == 1 else None)
+    if block is None:
+        got = f", got {len(blocks)}" if blocks else ""
+        backend.fail(f"must have exactly one of `file`, `tcp` or `openTelemetry`{got}")
+        return None
+    for other in blocks:
+        if other != block:
+            backend.fail(f"`{other}` is not used by a backend of type {kind.value if kind else None}", other)
+    if block != "file":
+        backend.fail(f"`{block}` backends are not supported: Kuma implements them with kuma-dp (a log forwarder and "
+                     "an OpenTelemetry pipe), which plain Envoy has not; use a `file` backend", block)  # fmt: skip
+        return None
+    if not backend.required("file"):
+        return None
+    return backend.section("file", _parse_file)
+
+
+def _parse_file(file: ConfReader) -> FileBackend | None:
+    file.unknown(("path", "format"))
+    path = file.text("path", required=True)
+    if path is not None and (not path.value.startswith("/") or "\x00" in path.value or "\n" in path.value):
+        file.fail(f"must be an absolute file path, got {path.value!r}", "path")
+        path = None
+    fmt = file.section("format", _parse_format)
+    return None if path is None else FileBackend(path.value, fmt)
+
+
+def _parse_format(fmt: ConfReader) -> Format | None:
+    fmt.unknown(("type", "plain", "json", "omitEmptyValues"))
+    omit = fmt.boolean("omitEmptyValues")
+    omit_empty_values = omit is not None and omit.value
+    blocks = [b for b in FORMAT_TYPES.values() if b in fmt.raw]
+    kind = fmt.choice("type", tuple(FORMAT_TYPES))
+    if kind is None and isinstance(fmt.raw.get("type"), str):
+        return None  # an unknown type (reported)
+    block = FORMAT_TYPES[kind.value] if kind is not None else (blocks[0] if len(blocks) == 1 else None)
+    if block is None:
+        got = f", got {len(blocks)}" if blocks else ""
+        fmt.fail(f"must have exactly one of `plain` or `json`{got}")
+        return None
+    for other in blocks:
+        if other != block:
+            fmt.fail(f"`{other}` is not used by a format of type {kind.value if kind else None}", other)
+    if block == "plain":
+        plain = fmt.text("plain", required=True)
+        if plain is None:
+            return None
+        if not plain.value.strip():
+            fmt.fail("must not be empty", "plain")
+        _placeholders(fmt, plain.value, "plain")
+        return Format(plain.value, None, omit_empty_values)
+    if not fmt.required("json"):
+        return None
+    if fmt.raw["json"] == []:
+        fmt.fail("must not be empty", "json")
+    seen: set[str] = set()
+
+    def json_field(field: ConfReader) -> JsonField | None:
+        field.unknown(("key", "value"))
+        key = field.text("key", required=True)
+        value = field.text("value", required=True)
+        if key is not None:
+            if not key.value:
+                field.fail("must not be empty", "key")
+            elif key.value in seen:
+                field.fail(f"key {key.value!r} is listed twice", "key")
+            seen.add(key.value)
+        if value is not None:
+            if not value.value:
+                field.fail("must not be empty", "value")
+            _placeholders(field, value.value, "value")
+        return None if key is None or value is None else JsonField(key.value, value.value)
+
+    fields = fmt.entries("json", json_field, not_a_mapping="must be a mapping with `key` and `value`")
+    return None if fields is None else Format(None, fields.value, omit_empty_values)
+
+
+def _placeholders(at: ConfReader, text: str, key: str) -> None:
+    for name in _KUMA_PLACEHOLDER.findall(text):
+        if name not in KUMA_PLACEHOLDERS:
+            at.fail(f"unknown placeholder %{name}% (Kuma's are: "
+                    f"{', '.join('%' + p + '%' for p in sorted(KUMA_PLACEHOLDERS))})", key)  # fmt: skip
+
+
 # --- validation -------------------------------------------------------------------------------------------------
 
 
 def validate(default: Json, path: PathKey, check: FieldCheck, section: str) -> None:
-    check.unknown(default, path, ("backends",))
-    if section == FROM:
-        _validate_from_item(check, path)
-    backends = check.field(default, path, "backends", list, required=True)
-    for i, backend in enumerate(backends or []):
-        bp = path + ("backends", i)
-        if not isinstance(backend, dict):
-            check.fail(bp, "must be a mapping with one of `file`, `tcp` or `openTelemetry`")
-            continue
-        _validate_backend(check, backend, bp)
+    parse(_FromItem(default, path, check) if section == FROM else ConfReader(default, path, check))
+
+
+class _FromItem(ConfReader):
+    """A `from` item's `default`: Kuma's rule for its targetRef is checked right after the default's own fields are
+    (before its backends), where its violation has always come."""
+
+    def unknown(self, known: tuple[str, ...]) -> None:
+        super().unknown(known)
+        _validate_from_item(self.check, self.path)
 
 
 def _validate_from_item(check: FieldCheck, path: PathKey) -> None:
@@ -99,95 +234,6 @@ def _validate_from_item(check: FieldCheck, path: PathKey) -> None:
         check.fail(path[:-1] + ("targetRef", "kind"),
                    f"MeshAccessLog `from` items select every client (kind Mesh), got {ref['kind']!r}: the access log "
                    "belongs to the inbound listener, not to one client")  # fmt: skip
-
-
-def _validate_backend(check: FieldCheck, backend: Json, bp: PathKey) -> None:
-    check.unknown(backend, bp, ("type",) + tuple(BACKEND_TYPES.values()))
-    blocks = [b for b in BACKEND_TYPES.values() if b in backend]
-    kind = check.field(backend, bp, "type", str)
-    if kind is not None and kind not in BACKEND_TYPES:
-        check.fail(bp + ("type",), f"must be one of {', '.join(BACKEND_TYPES)}, got {kind!r}")
-        return
-    block = BACKEND_TYPES[kind] if kind is not None else (blocks[0] if len(blocks) == 1 else None)
-    if block is None:
-        got = f", got {len(blocks)}" if blocks else ""
-        check.fail(bp, f"must have exactly one of `file`, `tcp` or `openTelemetry`{got}")
-        return
-    for other in blocks:
-        if other != block:
-            check.fail(bp + (other,), f"`{other}` is not used by a backend of type {kind}")
-    if block != "file":
-        check.fail(bp + (block,), f"`{block}` backends are not supported: Kuma implements them with kuma-dp (a log "
-                                  "forwarder and an OpenTelemetry pipe), which plain Envoy has not; use a `file` "
-                                  "backend")  # fmt: skip
-        return
-    file = check.field(backend, bp, "file", dict, required=True)
-    if file is None:
-        return
-    fp = bp + ("file",)
-    check.unknown(file, fp, ("path", "format"))
-    file_path = check.field(file, fp, "path", str, required=True)
-    if file_path is not None and (not file_path.startswith("/") or "\x00" in file_path or "\n" in file_path):
-        check.fail(fp + ("path",), f"must be an absolute file path, got {file_path!r}")
-    fmt = check.field(file, fp, "format", dict)
-    if fmt is not None:
-        _validate_format(check, fmt, fp + ("format",))
-
-
-def _validate_format(check: FieldCheck, fmt: Json, fp: PathKey) -> None:
-    check.unknown(fmt, fp, ("type", "plain", "json", "omitEmptyValues"))
-    check.field(fmt, fp, "omitEmptyValues", bool)
-    blocks = [b for b in FORMAT_TYPES.values() if b in fmt]
-    kind = check.field(fmt, fp, "type", str)
-    if kind is not None and kind not in FORMAT_TYPES:
-        check.fail(fp + ("type",), f"must be one of {', '.join(FORMAT_TYPES)}, got {kind!r}")
-        return
-    block = FORMAT_TYPES[kind] if kind is not None else (blocks[0] if len(blocks) == 1 else None)
-    if block is None:
-        got = f", got {len(blocks)}" if blocks else ""
-        check.fail(fp, f"must have exactly one of `plain` or `json`{got}")
-        return
-    for other in blocks:
-        if other != block:
-            check.fail(fp + (other,), f"`{other}` is not used by a format of type {kind}")
-    if block == "plain":
-        plain = check.field(fmt, fp, "plain", str, required=True)
-        if plain is not None:
-            if not plain.strip():
-                check.fail(fp + ("plain",), "must not be empty")
-            _placeholders(check, plain, fp + ("plain",))
-        return
-    fields = check.field(fmt, fp, "json", list, required=True)
-    if fields is None:
-        return
-    if not fields:
-        check.fail(fp + ("json",), "must not be empty")
-    seen: set[str] = set()
-    for i, field in enumerate(fields):
-        jp = fp + ("json", i)
-        if not isinstance(field, dict):
-            check.fail(jp, "must be a mapping with `key` and `value`")
-            continue
-        check.unknown(field, jp, ("key", "value"))
-        key = check.field(field, jp, "key", str, required=True)
-        value = check.field(field, jp, "value", str, required=True)
-        if key is not None:
-            if not key:
-                check.fail(jp + ("key",), "must not be empty")
-            elif key in seen:
-                check.fail(jp + ("key",), f"key {key!r} is listed twice")
-            seen.add(key)
-        if value is not None:
-            if not value:
-                check.fail(jp + ("value",), "must not be empty")
-            _placeholders(check, value, jp + ("value",))
-
-
-def _placeholders(check: FieldCheck, text: str, path: PathKey) -> None:
-    for name in _KUMA_PLACEHOLDER.findall(text):
-        if name not in KUMA_PLACEHOLDERS:
-            check.fail(path, f"unknown placeholder %{name}% (Kuma's are: "
-                             f"{', '.join('%' + p + '%' for p in sorted(KUMA_PLACEHOLDERS))})")  # fmt: skip
 
 
 def _at(node: Any, path: PathKey) -> Any:
@@ -241,32 +287,33 @@ def _mesh_rule(rules: list[FromRule]) -> FromRule | None:
 
 
 def _configure_chain(build: ProxyBuild, chain: Json, protocol: str, merged: Merged, values: dict[str, str]) -> None:
-    backends = merged.conf.get("backends")
-    if not isinstance(backends, list) or not backends:
+    conf = parse(ConfReader.of_merged(merged))
+    if conf is None or not conf.backends.value:
         return  # `backends: []` from a more specific policy turns the log off
     address = build.proxy.address
     values = {**values, "KUMA_SOURCE_ADDRESS": f"{address}:0", "KUMA_SOURCE_ADDRESS_WITHOUT_PORT": address,
               "KUMA_ZONE": "", "KUMA_WORKLOAD": ""}  # fmt: skip
     default_format = HTTP_FORMAT if protocol in HTTP_PROTOCOLS else TCP_FORMAT
-    loggers = [_file_logger(backend["file"], default_format, values) for backend in backends]
+    loggers = [_file_logger(backend, default_format, values) for backend in conf.backends.value]
     manager = hcm(chain) or tcp_proxy(chain)
     if manager is None:
         return  # a chain without a filter that logs (none is rendered today)
-    build.set(manager, "access_log", loggers, origins_of(merged, "backends"))
+    build.set(manager, "access_log", loggers, list(conf.backends.origins))
 
 
-def _file_logger(file: Json, default_format: str, values: dict[str, str]) -> Json:
-    fmt = file.get("format") or {}
+def _file_logger(file: FileBackend, default_format: str, values: dict[str, str]) -> Json:
+    fmt = file.format
     log_format: Json
-    if "json" in fmt:
-        log_format = {"json_format": {f["key"]: _interpolate(f["value"], values) for f in fmt["json"]}}
+    if fmt is not None and fmt.json is not None:
+        log_format = {"json_format": {f.key: _interpolate(f.value, values) for f in fmt.json}}
     else:
         # Envoy writes a text format as is: the newline ends the line (Kuma appends it too).
-        text = _interpolate(fmt.get("plain", default_format), values) + "\n"
+        plain = fmt.plain if fmt is not None and fmt.plain is not None else default_format
+        text = _interpolate(plain, values) + "\n"
         log_format = {"text_format_source": {"inline_string": text}}
-    if fmt.get("omitEmptyValues"):
+    if fmt is not None and fmt.omit_empty_values:
         log_format["omit_empty_values"] = True
-    config = {"@type": FILE_LOGGER_TYPE, "path": file["path"], "log_format": log_format}
+    config = {"@type": FILE_LOGGER_TYPE, "path": file.path, "log_format": log_format}
     return {"name": FILE_LOGGER, "typed_config": config}
 
 

@@ -1,5 +1,6 @@
-"""The `backendRefs` of the route kinds (MeshHTTPRoute, MeshTCPRoute): their checks, and the cluster each one needs
-on a sidecar.
+"""The `backendRefs` of the route kinds (MeshHTTPRoute, MeshTCPRoute): their checks, their read into Backends for a
+kind's typed conf (`read_backend_refs`, on a policies/conf.py ConfReader), and the cluster each one needs on a
+sidecar.
 
 Not a policy module (it is not in the registry): the two route modules share it.
 
@@ -38,6 +39,7 @@ from meshplan.match.result import backend_destination
 from meshplan.model import GATEWAY, SERVICE_TAG, Dataplane, Desired, Outbound, Policy
 from meshplan.policies import KINDS
 from meshplan.policies.base import Json, OutboundPoint, ProxyBuild
+from meshplan.policies.conf import ConfReader
 from meshplan.render.sidecar import outbound_cluster
 from meshplan.validate.check import FieldCheck
 
@@ -118,8 +120,10 @@ def validate_to_target(check: FieldCheck, item_path: PathKey, kind_name: str) ->
                    f"{' or '.join(TO_KINDS)}, got {kind}")
 
 
-def validate_backend_refs(refs: Any, path: PathKey, check: FieldCheck, kind_name: str, *, required: bool) -> None:
-    """`path` points at the `backendRefs` list itself."""
+def validate_backend_refs(refs: Any, path: PathKey, check: FieldCheck, kind_name: str, *, required: bool,
+                          placement: bool = True) -> None:
+    """`path` points at the `backendRefs` list itself. `placement`: check where a MeshExternalService backend may be
+    (it needs the policy's top-level targetRef, which a merged conf has not)."""
     if refs is None:
         if required:
             check.fail(path, "`backendRefs` is required: name at least one backend")
@@ -132,7 +136,7 @@ def validate_backend_refs(refs: Any, path: PathKey, check: FieldCheck, kind_name
         return
     weights: list[int] = []
     for i, ref in enumerate(refs):
-        weight = validate_backend_ref(ref, path + (i,), check, kind_name, weighted=True)
+        weight = validate_backend_ref(ref, path + (i,), check, kind_name, weighted=True, placement=placement)
         if weight is not None:
             weights.append(weight)
     if refs and len(weights) == len(refs) and not any(weights):
@@ -141,7 +145,8 @@ def validate_backend_refs(refs: Any, path: PathKey, check: FieldCheck, kind_name
         check.fail(path, f"the weights add up to {sum(weights)}; Envoy takes at most {MAX_TOTAL_WEIGHT} in all")
 
 
-def validate_backend_ref(ref: Any, path: PathKey, check: FieldCheck, kind_name: str, *, weighted: bool) -> int | None:
+def validate_backend_ref(ref: Any, path: PathKey, check: FieldCheck, kind_name: str, *, weighted: bool,
+                         placement: bool = True) -> int | None:
     """Check one backendRef; its weight (default 1) when it is sound, else None."""
     if not isinstance(ref, dict):
         check.fail(path, f"must be a mapping, got {_describe(ref)}")
@@ -165,7 +170,7 @@ def validate_backend_ref(ref: Any, path: PathKey, check: FieldCheck, kind_name: 
         if kind is not None and kind != MESH_SERVICE:
             check.fail(path + ("port",), "only a MeshService backendRef takes a port")
     weight = check.integer(ref, path, "weight", minimum=0, maximum=MAX_TOTAL_WEIGHT) if weighted else None
-    if kind == MESH_EXTERNAL_SERVICE:
+    if kind == MESH_EXTERNAL_SERVICE and placement:
         _check_external_placement(check, path + ("kind",), kind_name)
     if len(check.out) > before:
         return None
@@ -184,6 +189,19 @@ def _check_external_placement(check: FieldCheck, path: PathKey, kind_name: str) 
     wrong = sorted(named - placement.external_to - {GATEWAY})
     if wrong:
         check.fail(path, f"{kind_name} to a MeshExternalService is not on the {' or '.join(wrong)}; {answer}")
+
+
+def read_backend_refs(conf: ConfReader, kind_name: str, *, required: bool) -> tuple[Backend, ...] | None:
+    """A route conf's `backendRefs`, read by a kind's parse: checked by `validate_backend_refs` (every violation at its
+    path when validating an item; a merged conf's, whose items were checked with their placement, raise), then each
+    one as a Backend. None when it is not set or, validating, has a violation."""
+    raw = conf.raw.get("backendRefs")
+    before = len(conf.check.out)
+    validate_backend_refs(raw, conf.path + ("backendRefs",), conf.check, kind_name, required=required,
+                          placement=conf.validating)
+    if not isinstance(raw, list) or len(conf.check.out) > before:
+        return None
+    return tuple(Backend.of(ref) for ref in raw)
 
 
 # --- references to other resources -------------------------------------------------------------------------------
@@ -286,5 +304,5 @@ def _tags(tags: dict[str, str]) -> str:
 
 
 __all__ = ["BACKEND_KINDS", "Backend", "TO_KINDS", "backend_cluster", "check_reference", "header_name_problem",
-           "reference_problem", "split", "top_proxy_types", "validate_backend_ref", "validate_backend_refs",
-           "validate_to_target"]
+           "read_backend_refs", "reference_problem", "split", "top_proxy_types", "validate_backend_ref",
+           "validate_backend_refs", "validate_to_target"]

@@ -20,10 +20,17 @@ Kuma 2.x semantics, where the seeds are silent:
   plain TCP proxy (the HTTP connection manager is replaced by a tcp_proxy with the same stat prefix, and the
   OutboundPoint's protocol becomes `tcp`), as Kuma generates a TCP listener for it;
 - the `to` targetRef must be a MeshService or MeshExternalService.
+
+The conf (policies/conf.py): `parse` is the one reader of an item's `{"rules": [...]}`, for validation (every
+violation at its path; the `to` targetRef is checked by `validate`, before it) and for render, which reads what the
+items merged to as a `Conf`: the rules, one Setting whose origins are the list's, each rule's backends read by
+backend_refs.read_backend_refs (the shared checks, then each ref as a Backend). A merged conf's backends are not
+checked for their placement again: that needs the policy's top-level targetRef, which a merged conf has not.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from meshplan.envoy.types import HCM_NAME, TCP_PROXY_NAME
@@ -32,39 +39,62 @@ from meshplan.load.resources import PathKey
 from meshplan.model import Desired, Policy
 from meshplan.policies import backend_refs as refs
 from meshplan.policies.backend_refs import Backend
-from meshplan.policies.base import (
-    Json,
-    OutboundPoint,
-    ProxyBuild,
-    origins_of,
-    tcp_proxy,
-)
+from meshplan.policies.base import Json, OutboundPoint, ProxyBuild, tcp_proxy
+from meshplan.policies.conf import ConfReader, Setting
 from meshplan.validate.check import FieldCheck
 
 KIND = "MeshTCPRoute"
 ORDER = 20  # run order on a proxy (registry.py): after MeshHTTPRoute (which wins on an HTTP outbound), before anything tunes the filter it swaps in
 
 
+# --- the conf -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rule:
+    backends: tuple[Backend, ...]  # in the order written, weight 0 included (split leaves those out)
+
+
+@dataclass(frozen=True)
+class Conf:
+    # The rules are one value of a merged conf (the most specific policy's replace the others whole): their origins
+    # are the list's. No rule: the `to` destination itself.
+    rules: Setting[tuple[Rule, ...]]
+
+
+def parse(conf: ConfReader) -> Conf | None:
+    """An item's `{"rules": [...]}` (or what several merged to): None when `rules` is not a list (validating, the
+    generic check has reported it)."""
+    rules = conf.raw.get("rules")
+    if not isinstance(rules, list):
+        return None
+    if len(rules) > 1:
+        conf.fail(f"takes at most one rule (a TCP route has no matches to choose between rules), got {len(rules)}",
+                  "rules")
+    read = conf.entries("rules", _parse_rule, not_a_mapping="must be a mapping with a `default`")
+    return None if read is None else Conf(read)
+
+
+def _parse_rule(rule: ConfReader) -> Rule | None:
+    rule.unknown(("default",))
+    if not rule.required("default"):
+        return None
+    return rule.section("default", _parse_default)
+
+
+def _parse_default(default: ConfReader) -> Rule | None:
+    default.unknown(("backendRefs",))
+    backends = refs.read_backend_refs(default, KIND, required=True)
+    return None if backends is None else Rule(backends)
+
+
+# --- validation -----------------------------------------------------------------------------------------------
+
+
 def validate(default: Json, path: PathKey, check: FieldCheck, section: str) -> None:
     """`default` is the item's `{"rules": [...]}`; `path` the item (`spec.to[0]`)."""
     refs.validate_to_target(check, path, KIND)
-    rules = default.get("rules")
-    if not isinstance(rules, list):
-        return  # the generic check has reported it
-    if len(rules) > 1:
-        check.fail(path + ("rules",), f"takes at most one rule (a TCP route has no matches to choose between rules), "
-                                      f"got {len(rules)}")
-    for i, rule in enumerate(rules):
-        rp = path + ("rules", i)
-        if not isinstance(rule, dict):
-            check.fail(rp, "must be a mapping with a `default`")
-            continue
-        check.unknown(rule, rp, ("default",))
-        conf = check.field(rule, rp, "default", dict, required=True)
-        if conf is None:
-            continue
-        check.unknown(conf, rp + ("default",), ("backendRefs",))
-        refs.validate_backend_refs(conf.get("backendRefs"), rp + ("default", "backendRefs"), check, KIND, required=True)
+    parse(ConfReader(default, path, check))
 
 
 def check_references(policy: Policy, desired: Desired, check: FieldCheck) -> None:
@@ -86,9 +116,10 @@ def apply(build: ProxyBuild) -> None:
         merged = build.match.to(KIND, point.destination)
         if merged.empty:
             continue
-        origins = origins_of(merged, "rules")
-        rules = _list(merged.conf.get("rules"))
-        backends = [Backend.of(ref) for ref in _list(rules[0].get("default", {}).get("backendRefs"))] if rules else []
+        conf = parse(ConfReader.of_merged(merged))
+        origins = list(conf.rules.origins) if conf is not None else []
+        rules = conf.rules.value if conf is not None else ()
+        backends = list(rules[0].backends) if rules else []
         targets = refs.split(build, backends, point, origins) if backends else [(point.cluster["name"], 1)]
         if not targets:
             continue  # every weight 0: validation refuses it; nothing sensible to send to
