@@ -35,7 +35,7 @@ whose match has no condition at all (`{}` or only PathPrefix `/`) does not add a
 
 Reading: a rule's `default` is a typed conf (http_route_checks.parse_default, over ConfReader): validate reads each
 item's, render reads each merged rule's (`parse_rule`) and builds the routes from its dataclasses, never the raw
-dict; the `matches` are read as written.
+dict; its `matches` likewise (`parse_matches`, http_route_checks.parse_match).
 
 Merging (Kuma's, not the matcher's whole-list replacement): every `to` item that applies contributes its rules; rules
 with equal `matches` are one rule whose `default`s merge as RFC 7396 patches in policy order (a more specific policy
@@ -64,12 +64,15 @@ from meshplan.policies.conf import ConfReader
 from meshplan.policies.http_route_checks import (
     FILTER_FIELDS,
     MIRROR,
+    HeaderMatch,
     HeaderModifier,
+    Match,
     Mirror,
     Redirect,
     Rewrite,
     RuleConf,
     parse_default,
+    parse_match,
     prefixes_only,
     validate_rule,
 )
@@ -133,8 +136,7 @@ def apply(build: ProxyBuild) -> None:
 def _route(build: ProxyBuild, point: OutboundPoint, manager: Json, rules: list[Rule]) -> None:
     vhost = manager["route_config"]["virtual_hosts"][0]
     catch_all: Json = vhost["routes"][-1]  # the base render's `prefix: /` to the outbound's own cluster
-    confs = [parse_rule(rule) for rule in rules]
-    pairs = sorted(((m, rule, conf) for rule, conf in zip(rules, confs) for m in rule.matches),
+    pairs = sorted(((m, rule, parse_rule(rule)) for rule in rules for m in parse_matches(rule)),
                    key=lambda pair: specificity(pair[0]))
     routes: list[Json] = []
     catch_all_rule: tuple[Rule, RuleConf] | None = None
@@ -157,6 +159,11 @@ def _route(build: ProxyBuild, point: OutboundPoint, manager: Json, rules: list[R
 def parse_rule(rule: Rule) -> RuleConf:
     """A merged rule's typed `default` (its items were validated: a conf the parse refuses is a bug)."""
     return parse_default(ConfReader.of_merged(Merged(rule.default, {}, ())), prefixes_only(rule.matches))
+
+
+def parse_matches(rule: Rule) -> tuple[Match, ...]:
+    """A merged rule's typed matches (as one of its items wrote them)."""
+    return tuple(parse_match(ConfReader.of_merged(Merged(match, {}, ()))) for match in rule.matches)
 
 
 def _act(build: ProxyBuild, point: OutboundPoint, route: Json, rule: Rule, conf: RuleConf, part: str) -> bool:
@@ -270,32 +277,30 @@ def _header_changes(spec: HeaderModifier) -> tuple[list[Json], list[str]]:
 # --- matches --------------------------------------------------------------------------------------------------
 
 
-def specificity(match: Json) -> tuple[int, int, int, int, int]:
+def specificity(match: Match) -> tuple[int, int, int, int, int]:
     """A sort key, most specific first (Kuma's CompareMatch)."""
-    path = match.get("path")
-    if not isinstance(path, dict):
+    path = match.path
+    if path is None:
         kind, length = 3, 0
     else:
-        kind = {"Exact": 0, "PathPrefix": 1}.get(path.get("type", ""), 2)
-        length = 0 if kind == 0 else -len(str(path.get("value", "")))
-    return (kind, length, 0 if match.get("method") else 1, -len(match.get("headers") or []),
-            -len(match.get("queryParams") or []))
+        kind = {"Exact": 0, "PathPrefix": 1}.get(path.type, 2)
+        length = 0 if kind == 0 else -len(path.value)
+    return (kind, length, 0 if match.method else 1, -len(match.headers), -len(match.query_params))
 
 
-def _is_catch_all(match: Json) -> bool:
-    path = match.get("path")
-    unconditional_path = path is None or path == {"type": "PathPrefix", "value": "/"}
-    return unconditional_path and not match.get("method") and not match.get("headers") and not match.get("queryParams")
+def _is_catch_all(match: Match) -> bool:
+    path = match.path
+    unconditional_path = path is None or (path.type == "PathPrefix" and path.value == "/")
+    return unconditional_path and not match.method and not match.headers and not match.query_params
 
 
-def envoy_matches(match: Json) -> list[tuple[Json, str]]:
+def envoy_matches(match: Match) -> list[tuple[Json, str]]:
     """The Envoy RouteMatches of one MeshHTTPRoute match, each with the part of a prefix it stands for."""
     headers: list[Json] = []
-    if match.get("method"):
-        headers.append({"name": ":method", "string_match": {"exact": match["method"]}})
-    headers += [_header_matcher(h) for h in _list(match.get("headers"))]
-    query = [{"name": q["name"], "string_match": _string_match(q.get("type", "Exact"), q["value"])}
-             for q in _list(match.get("queryParams"))]
+    if match.method:
+        headers.append({"name": ":method", "string_match": {"exact": match.method}})
+    headers += [_header_matcher(h) for h in match.headers]
+    query = [{"name": q.name, "string_match": _string_match(q.type, q.value)} for q in match.query_params]
 
     def with_conditions(path_spec: Json) -> Json:
         out = dict(path_spec)
@@ -306,13 +311,13 @@ def envoy_matches(match: Json) -> list[tuple[Json, str]]:
             out["query_parameters"] = copy.deepcopy(query)
         return out
 
-    path = match.get("path")
-    if not isinstance(path, dict):
+    path = match.path
+    if path is None:
         return [(with_conditions({"prefix": "/"}), PLAIN)]
-    value = str(path["value"])
-    if path["type"] == "Exact":
+    value = path.value
+    if path.type == "Exact":
         return [(with_conditions({"path": value}), PLAIN)]
-    if path["type"] == "RegularExpression":
+    if path.type == "RegularExpression":
         return [(with_conditions({"safe_regex": {"regex": value}}), PLAIN)]
     if value == "/":
         return [(with_conditions({"prefix": "/"}), PREFIX)]
@@ -320,14 +325,14 @@ def envoy_matches(match: Json) -> list[tuple[Json, str]]:
     return [(with_conditions({"path": trimmed}), PREFIX_PATH), (with_conditions({"prefix": trimmed + "/"}), PREFIX)]
 
 
-def _header_matcher(header: Json) -> Json:
-    kind = header.get("type") or "Exact"
-    value = header.get("value")
+def _header_matcher(header: HeaderMatch) -> Json:
+    kind = header.type
+    value = header.value
     if kind == "Present" or (kind == "Prefix" and not value):
-        return {"name": header["name"], "present_match": True}
+        return {"name": header.name, "present_match": True}
     if kind == "Absent":
-        return {"name": header["name"], "present_match": False}
-    return {"name": header["name"], "string_match": _string_match(kind, str(value or ""))}
+        return {"name": header.name, "present_match": False}
+    return {"name": header.name, "string_match": _string_match(kind, value or "")}
 
 
 def _string_match(kind: str, value: str) -> Json:
@@ -343,4 +348,4 @@ def _list(value: Any) -> list[Any]:
 
 
 __all__ = ["KIND", "ORDER", "Rule", "apply", "check_references", "envoy_matches", "fractional_percent", "merge_rules",
-           "parse_rule", "specificity", "validate"]
+           "parse_matches", "parse_rule", "specificity", "validate"]

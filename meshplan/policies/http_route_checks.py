@@ -5,8 +5,8 @@
 item (through `validate_rule`) it records every violation; on what the rules with equal matches merged to (render,
 `http_route.parse_rule`) it returns the frozen dataclasses below, which are all the Envoy side reads (origins come
 from the Rule's writers). The checks that span fields two items may each have written (a redirect beside
-backendRefs) are made on one item only. The `matches` are still checked here dict by dict and read as written by
-render (`http_route.envoy_matches`, `specificity`).
+backendRefs) are made on one item only. `parse_match` reads each match the same way (Match, PathMatch, HeaderMatch,
+QueryMatch), for `validate_rule` and for render (`http_route.parse_matches`).
 
 Kuma 2.x's validation (pkg/plugins/policies/meshhttproute/api/v1alpha1) and its schema, plus what Envoy would reject
 later or what can never take effect:
@@ -72,16 +72,23 @@ def validate_rule(rule: Any, path: PathKey, check: FieldCheck) -> None:
         check.fail(path, f"must be a mapping, got {_describe(rule)}")
         return
     check.unknown(rule, path, ("matches", "default"))
-    matches = check.field(rule, path, "matches", list, required=True)
-    if matches is not None and not matches:
+    reader = ConfReader(rule, path, check)
+    matches = rule.get("matches") if reader.required("matches") else None
+    if matches == []:
         check.fail(path + ("matches",), "needs at least one match (`{}` matches every request)")
-    for i, match in enumerate(matches or []):
-        _match(match, path + ("matches", i), check)
+    reader.list_of("matches", _read_match)
     only_prefixes = prefixes_only(matches)
     conf = check.field(rule, path, "default", dict, required=True)
     if conf is None:
         return
     parse_default(ConfReader(conf, path + ("default",), check), only_prefixes)
+
+
+def _read_match(match: Any, at: ConfReader) -> Match | None:
+    if not isinstance(match, dict):
+        at.fail(f"must be a mapping, got {_describe(match)}")
+        return None
+    return parse_match(at)
 
 
 def prefixes_only(matches: Any) -> bool:
@@ -95,73 +102,101 @@ def prefixes_only(matches: Any) -> bool:
 # --- matches --------------------------------------------------------------------------------------------------
 
 
-def _match(match: Any, path: PathKey, check: FieldCheck) -> None:
-    if not isinstance(match, dict):
-        check.fail(path, f"must be a mapping, got {_describe(match)}")
-        return
-    check.unknown(match, path, ("path", "method", "headers", "queryParams"))
-    path_match = check.field(match, path, "path", dict)
-    if path_match is not None:
-        _path_match(path_match, path + ("path",), check)
-    check.choice(match, path, "method", METHODS)
+@dataclass(frozen=True)
+class PathMatch:
+    type: str  # one of PATH_TYPES
+    value: str
+
+
+@dataclass(frozen=True)
+class HeaderMatch:
+    name: str
+    type: str  # one of HEADER_MATCH_TYPES; Exact when not written
+    value: str | None
+
+
+@dataclass(frozen=True)
+class QueryMatch:
+    name: str
+    type: str  # one of QUERY_MATCH_TYPES
+    value: str
+
+
+@dataclass(frozen=True)
+class Match:
+    """One of a rule's matches (`{}`: every request)."""
+
+    path: PathMatch | None
+    method: str | None
+    headers: tuple[HeaderMatch, ...]
+    query_params: tuple[QueryMatch, ...]
+
+
+def parse_match(match: ConfReader) -> Match:
+    """One match of a rule, as `validate_rule` checks it and render reads it."""
+    match.unknown(("path", "method", "headers", "queryParams"))
+    path = match.section("path", _path_match)
+    method = _value(match.choice("method", METHODS))
     seen: set[str] = set()
-    for i, header in enumerate(check.field(match, path, "headers", list) or []):
-        _header_match(header, path + ("headers", i), check, seen)
-    seen = set()
-    for i, param in enumerate(check.field(match, path, "queryParams", list) or []):
-        _query_match(param, path + ("queryParams", i), check, seen)
+    headers = match.list_of("headers", lambda header, at: _header_match(header, at, seen))
+    seen_params: set[str] = set()
+    params = match.list_of("queryParams", lambda param, at: _query_match(param, at, seen_params))
+    return Match(path, method, headers.value if headers else (), params.value if params else ())
 
 
-def _path_match(match: dict[str, Any], path: PathKey, check: FieldCheck) -> None:
-    check.unknown(match, path, ("type", "value"))
-    kind = check.choice(match, path, "type", PATH_TYPES, required=True)
-    value = check.field(match, path, "value", str, required=True)
+def _path_match(match: ConfReader) -> PathMatch | None:
+    match.unknown(("type", "value"))
+    kind = _value(match.choice("type", PATH_TYPES)) if match.required("type") else None
+    value = _value(match.text("value", required=True))
     if value is None:
-        return
+        return None
     if value == "":
-        check.fail(path + ("value",), "must not be empty")
+        match.fail("must not be empty", "value")
     elif kind in ("Exact", "PathPrefix") and not value.startswith("/"):
-        check.fail(path + ("value",), f"must be an absolute path (start with /), got {value!r}")
+        match.fail(f"must be an absolute path (start with /), got {value!r}", "value")
     elif kind == "PathPrefix" and value != "/" and value.endswith("/"):
-        check.fail(path + ("value",), "does not need a trailing slash: a prefix matches whole path segments only "
-                                      f"(use {value.rstrip('/')!r})")
+        match.fail("does not need a trailing slash: a prefix matches whole path segments only "
+                   f"(use {value.rstrip('/')!r})", "value")
+    return None if kind is None else PathMatch(kind, value)
 
 
-def _header_match(header: Any, path: PathKey, check: FieldCheck, seen: set[str]) -> None:
+def _header_match(header: Any, at: ConfReader, seen: set[str]) -> HeaderMatch | None:
     if not isinstance(header, dict):
-        check.fail(path, f"must be a mapping, got {_describe(header)}")
-        return
-    check.unknown(header, path, ("type", "name", "value"))
-    kind = check.choice(header, path, "type", HEADER_MATCH_TYPES) or "Exact"
-    name = check.field(header, path, "name", str, required=True)
+        at.fail(f"must be a mapping, got {_describe(header)}")
+        return None
+    at.unknown(("type", "name", "value"))
+    kind = _value(at.choice("type", HEADER_MATCH_TYPES)) or "Exact"
+    name = _value(at.text("name", required=True))
     if name is not None:
         problem = refs.header_name_problem(name)
         if problem is not None:
-            check.fail(path + ("name",), problem)
+            at.fail(problem, "name")
         elif name in seen:
-            check.fail(path + ("name",), f"header {name!r} is matched twice in this match: combine the conditions")
+            at.fail(f"header {name!r} is matched twice in this match: combine the conditions", "name")
         seen.add(name)
-    check.field(header, path, "value", str)
+    value = _value(at.text("value"))
     if kind in ("Present", "Absent") and "value" in header:
-        check.fail(path + ("value",), f"a {kind} match takes no value")
+        at.fail(f"a {kind} match takes no value", "value")
     elif kind in ("Exact", "RegularExpression") and "value" not in header:
-        check.fail(path, f"`value` is required for a {kind} match")
+        at.fail(f"`value` is required for a {kind} match")
+    return None if name is None else HeaderMatch(name, kind, value)
 
 
-def _query_match(param: Any, path: PathKey, check: FieldCheck, seen: set[str]) -> None:
+def _query_match(param: Any, at: ConfReader, seen: set[str]) -> QueryMatch | None:
     if not isinstance(param, dict):
-        check.fail(path, f"must be a mapping, got {_describe(param)}")
-        return
-    check.unknown(param, path, ("type", "name", "value"))
-    check.choice(param, path, "type", QUERY_MATCH_TYPES, required=True)
-    name = check.field(param, path, "name", str, required=True)
+        at.fail(f"must be a mapping, got {_describe(param)}")
+        return None
+    at.unknown(("type", "name", "value"))
+    kind = _value(at.choice("type", QUERY_MATCH_TYPES)) if at.required("type") else None
+    name = _value(at.text("name", required=True))
     if name == "":
-        check.fail(path + ("name",), "must not be empty")
+        at.fail("must not be empty", "name")
     elif name is not None:
         if name in seen:
-            check.fail(path + ("name",), f"multiple entries for name {name}")
+            at.fail(f"multiple entries for name {name}", "name")
         seen.add(name)
-    check.field(param, path, "value", str, required=True)
+    value = _value(at.text("value", required=True))
+    return None if kind is None or name is None or value is None else QueryMatch(name, kind, value)
 
 
 # --- the typed `default` -------------------------------------------------------------------------------------
