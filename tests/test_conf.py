@@ -19,6 +19,7 @@ from meshplan.policies import (
     circuit_breaker,
     fault_injection,
     health_check,
+    http_route_checks,
     load_balancing,
     rate_limit,
     retry,
@@ -336,3 +337,39 @@ def test_a_merged_tcp_route_reads_its_backends_typed_with_the_rules_origins() ->
 def test_a_merged_tcp_route_that_parse_refuses_is_a_bug(conf: dict[str, Any], where: str) -> None:
     with pytest.raises(MergedConfError, match=where):
         tcp_route.parse(ConfReader.of_merged(Merged(conf, {}, ())))
+
+
+# --- MeshHTTPRoute: a rule's `default` ---------------------------------------------------------------------------
+
+
+def test_a_merged_http_route_rule_reads_its_default_typed() -> None:
+    default = {"backendRefs": [{"kind": "MeshServiceSubset", "name": "backend", "tags": {"version": "v2"}, "weight": 0},
+                               {"kind": "MeshService", "name": "other"}],
+               "filters": [{"type": "RequestHeaderModifier",
+                            "requestHeaderModifier": {"set": [{"name": "x-a", "value": "b"}], "remove": ["x-c"]}},
+                           {"type": "URLRewrite",
+                            "urlRewrite": {"path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/v2"}}},
+                           {"type": "RequestMirror",
+                            "requestMirror": {"backendRef": {"kind": "MeshService", "name": "shadow"},
+                                              "percentage": "12.5"}}]}
+    conf = http_route_checks.parse_default(ConfReader.of_merged(Merged(default, {}, ())), True)
+    assert conf.backend_refs == (Backend("MeshServiceSubset", "backend", {"version": "v2"}, None, 0),
+                                 Backend("MeshService", "other"))
+    assert conf.filters.request_headers == http_route_checks.HeaderModifier(
+        (http_route_checks.HeaderChange("x-a", "b"),), (), ("x-c",))
+    assert conf.filters.rewrite == http_route_checks.Rewrite(
+        None, http_route_checks.PathRewrite("ReplacePrefixMatch", "/v2"))
+    assert conf.filters.mirrors == (http_route_checks.Mirror(Backend("MeshService", "shadow"), Decimal("12.5")),)
+    assert conf.filters.redirect is None and conf.filters.response_headers is None
+
+
+def test_a_merged_http_route_rule_may_redirect_beside_backend_refs() -> None:
+    # One item's redirect beside its backendRefs is refused; two items with equal matches may merge to both: the
+    # redirect wins in render. A wrong field in the merged conf is a bug.
+    default = {"backendRefs": [{"kind": "MeshService", "name": "other"}],
+               "filters": [{"type": "RequestRedirect", "requestRedirect": {"statusCode": 301}}]}
+    conf = http_route_checks.parse_default(ConfReader.of_merged(Merged(default, {}, ())), False)
+    assert conf.filters.redirect == http_route_checks.Redirect(None, None, None, None, 301)
+    with pytest.raises(MergedConfError, match="filters.0.requestRedirect.statusCode"):
+        http_route_checks.parse_default(ConfReader.of_merged(Merged(
+            {"filters": [{"type": "RequestRedirect", "requestRedirect": {"statusCode": 200}}]}, {}, ())), False)

@@ -265,6 +265,13 @@ class ConfReader:
         return Setting(tuple(value for value in read_elements if value is not None), self.origins(key))
 
 
+    # --- added for MeshHTTPRoute ---
+
+    def port(self, key: str) -> Setting[int] | None:
+        """A TCP port, 1 to 65535 ("must be a port between 1 and 65535"); None when it is not set."""
+        return self._setting(key, self.check.port(self.raw, self.path, key, required=False))
+
+
 class _Strict(FieldCheck):
     """The check of a merged conf: its items were validated, so any violation is a bug, raised at once."""
 

@@ -33,6 +33,10 @@ more query parameters. The base render's catch-all `prefix: /` to the outbound's
 whose match has no condition at all (`{}` or only PathPrefix `/`) does not add a route: it changes that catch-all
 (Kuma would place it before regular-expression routes, which it then shadows).
 
+Reading: a rule's `default` is a typed conf (http_route_checks.parse_default, over ConfReader): validate reads each
+item's, render reads each merged rule's (`parse_rule`) and builds the routes from its dataclasses, never the raw
+dict; its `matches` likewise (`parse_matches`, http_route_checks.parse_match).
+
 Merging (Kuma's, not the matcher's whole-list replacement): every `to` item that applies contributes its rules; rules
 with equal `matches` are one rule whose `default`s merge as RFC 7396 patches in policy order (a more specific policy
 wins field by field; `backendRefs` and `filters` are lists, replaced whole); a rule keeps the place of its most
@@ -51,18 +55,25 @@ from decimal import Decimal
 from typing import Any
 
 from meshplan.load.resources import PathKey
+from meshplan.match.matcher import Merged
 from meshplan.match.result import Rule, merge_rules
 from meshplan.model import Desired, Policy
 from meshplan.policies import backend_refs as refs
-from meshplan.policies.backend_refs import Backend
 from meshplan.policies.base import Json, OutboundPoint, ProxyBuild, hcm
+from meshplan.policies.conf import ConfReader
 from meshplan.policies.http_route_checks import (
     FILTER_FIELDS,
     MIRROR,
-    REDIRECT,
-    REQUEST_HEADERS,
-    RESPONSE_HEADERS,
-    REWRITE,
+    HeaderMatch,
+    HeaderModifier,
+    Match,
+    Mirror,
+    Redirect,
+    Rewrite,
+    RuleConf,
+    parse_default,
+    parse_match,
+    prefixes_only,
     validate_rule,
 )
 from meshplan.validate.check import FieldCheck
@@ -125,49 +136,59 @@ def apply(build: ProxyBuild) -> None:
 def _route(build: ProxyBuild, point: OutboundPoint, manager: Json, rules: list[Rule]) -> None:
     vhost = manager["route_config"]["virtual_hosts"][0]
     catch_all: Json = vhost["routes"][-1]  # the base render's `prefix: /` to the outbound's own cluster
-    pairs = sorted(((m, rule) for rule in rules for m in rule.matches), key=lambda pair: specificity(pair[0]))
+    pairs = sorted(((m, rule, parse_rule(rule)) for rule in rules for m in parse_matches(rule)),
+                   key=lambda pair: specificity(pair[0]))
     routes: list[Json] = []
-    catch_all_rule: Rule | None = None
-    for match, rule in pairs:
+    catch_all_rule: tuple[Rule, RuleConf] | None = None
+    for match, rule, conf in pairs:
         if _is_catch_all(match):
             # Later unconditional matches can never be reached: the first one decides the catch-all.
-            catch_all_rule = catch_all_rule or rule
+            catch_all_rule = catch_all_rule or (rule, conf)
             continue
         for envoy_match, part in envoy_matches(match):
             route: Json = {}
             build.set(route, "match", envoy_match, rule.origins())
-            if _act(build, point, route, rule, part):
+            if _act(build, point, route, rule, conf, part):
                 routes.append(route)
     if catch_all_rule is not None:
-        _act(build, point, catch_all, catch_all_rule, PREFIX)
+        _act(build, point, catch_all, catch_all_rule[0], catch_all_rule[1], PREFIX)
     routes.append(catch_all)
     build.set(vhost, "routes", routes, sorted({o for rule in rules for o in rule.origins()}))
 
 
-def _act(build: ProxyBuild, point: OutboundPoint, route: Json, rule: Rule, part: str) -> bool:
+def parse_rule(rule: Rule) -> RuleConf:
+    """A merged rule's typed `default` (its items were validated: a conf the parse refuses is a bug)."""
+    return parse_default(ConfReader.of_merged(Merged(rule.default, {}, ())), prefixes_only(rule.matches))
+
+
+def parse_matches(rule: Rule) -> tuple[Match, ...]:
+    """A merged rule's typed matches (as one of its items wrote them)."""
+    return tuple(parse_match(ConfReader.of_merged(Merged(match, {}, ()))) for match in rule.matches)
+
+
+def _act(build: ProxyBuild, point: OutboundPoint, route: Json, rule: Rule, conf: RuleConf, part: str) -> bool:
     """Give a route its action and filters; False when it sends nowhere (every backend weighed 0)."""
-    conf = rule.default
-    filters = {f["type"]: f[FILTER_FIELDS[f["type"]]] for f in _list(conf.get("filters")) if f.get("type") != MIRROR}
-    mirrors = [f[FILTER_FIELDS[MIRROR]] for f in _list(conf.get("filters")) if f.get("type") == MIRROR]
+    filters = conf.filters
     filter_origins = rule.origins("filters")
-    action = None if REDIRECT in filters else _forward(build, point, conf, rule)
-    if action is None and REDIRECT not in filters:
+    action = None if filters.redirect is not None else _forward(build, point, conf, rule)
+    if action is None and filters.redirect is None:
         return False  # leave the route as it was: the caller drops a new one, and the catch-all keeps its action
     # `route` and `redirect` are one choice in Envoy (a oneof): the catch-all may trade one for the other.
     route.pop("route", None)
     route.pop("redirect", None)
     if action is None:
-        build.set(route, "redirect", _redirect(filters[REDIRECT], part), filter_origins)
+        assert filters.redirect is not None
+        build.set(route, "redirect", _redirect(filters.redirect, part), filter_origins)
     else:
         build.set(route, "route", action, rule.origins("backendRefs"))
-        if REWRITE in filters:
-            _rewrite(build, action, filters[REWRITE], part, filter_origins)
-        if mirrors:
-            policies = [_mirror(build, point, m, filter_origins) for m in mirrors]
+        if filters.rewrite is not None:
+            _rewrite(build, action, filters.rewrite, part, filter_origins)
+        if filters.mirrors:
+            policies = [_mirror(build, point, m, filter_origins) for m in filters.mirrors]
             build.set(action, "request_mirror_policies", policies, filter_origins)
-    for kind, direction in ((REQUEST_HEADERS, "request"), (RESPONSE_HEADERS, "response")):
-        if kind in filters:
-            to_add, to_remove = _header_changes(filters[kind])
+    for modifier, direction in ((filters.request_headers, "request"), (filters.response_headers, "response")):
+        if modifier is not None:
+            to_add, to_remove = _header_changes(modifier)
             if to_add:
                 build.set(route, f"{direction}_headers_to_add", to_add, filter_origins)
             if to_remove:
@@ -175,8 +196,8 @@ def _act(build: ProxyBuild, point: OutboundPoint, route: Json, rule: Rule, part:
     return True
 
 
-def _forward(build: ProxyBuild, point: OutboundPoint, conf: Json, rule: Rule) -> Json | None:
-    backends = [Backend.of(ref) for ref in _list(conf.get("backendRefs"))]
+def _forward(build: ProxyBuild, point: OutboundPoint, conf: RuleConf, rule: Rule) -> Json | None:
+    backends = list(conf.backend_refs)
     if not backends:
         return {"cluster": point.cluster["name"]}
     targets = refs.split(build, backends, point, rule.origins("backendRefs"))
@@ -187,38 +208,34 @@ def _forward(build: ProxyBuild, point: OutboundPoint, conf: Json, rule: Rule) ->
     return {"weighted_clusters": {"clusters": [{"name": name, "weight": weight} for name, weight in targets]}}
 
 
-def _redirect(spec: Json, part: str) -> Json:
+def _redirect(spec: Redirect, part: str) -> Json:
     out: Json = {}
-    if spec.get("scheme") is not None:
-        out["scheme_redirect"] = spec["scheme"]
-    if spec.get("hostname") is not None:
-        out["host_redirect"] = spec["hostname"]
-    if spec.get("port") is not None:
-        out["port_redirect"] = spec["port"]
-    path = spec.get("path")
-    if isinstance(path, dict):
-        if path.get("type") == "ReplaceFullPath":
-            out["path_redirect"] = path["replaceFullPath"]
-        elif part == PREFIX_PATH:
-            out["path_redirect"] = path["replacePrefixMatch"]
+    if spec.scheme is not None:
+        out["scheme_redirect"] = spec.scheme
+    if spec.hostname is not None:
+        out["host_redirect"] = spec.hostname
+    if spec.port is not None:
+        out["port_redirect"] = spec.port
+    path = spec.path
+    if path is not None:
+        if path.type == "ReplaceFullPath" or part == PREFIX_PATH:
+            out["path_redirect"] = path.value
         elif part == PREFIX:
-            out["prefix_rewrite"] = _prefix_replacement(path["replacePrefixMatch"])
-    out["response_code"] = _STATUS[int(spec.get("statusCode") or DEFAULT_STATUS)]
+            out["prefix_rewrite"] = _prefix_replacement(path.value)
+    out["response_code"] = _STATUS[spec.status_code or DEFAULT_STATUS]
     return out
 
 
-def _rewrite(build: ProxyBuild, action: Json, spec: Json, part: str, origins: list[str]) -> None:
-    if spec.get("hostname") is not None:
-        build.set(action, "host_rewrite_literal", spec["hostname"], origins)
-    path = spec.get("path")
-    if not isinstance(path, dict):
+def _rewrite(build: ProxyBuild, action: Json, spec: Rewrite, part: str, origins: list[str]) -> None:
+    if spec.hostname is not None:
+        build.set(action, "host_rewrite_literal", spec.hostname, origins)
+    path = spec.path
+    if path is None:
         return
-    if path.get("type") == "ReplaceFullPath":
-        build.set(action, "regex_rewrite", _whole_path(path["replaceFullPath"]), origins)
-    elif part == PREFIX_PATH:
-        build.set(action, "regex_rewrite", _whole_path(path["replacePrefixMatch"]), origins)
+    if path.type == "ReplaceFullPath" or part == PREFIX_PATH:
+        build.set(action, "regex_rewrite", _whole_path(path.value), origins)
     elif part == PREFIX:
-        build.set(action, "prefix_rewrite", _prefix_replacement(path["replacePrefixMatch"]), origins)
+        build.set(action, "prefix_rewrite", _prefix_replacement(path.value), origins)
 
 
 def _whole_path(substitution: str) -> Json:
@@ -231,15 +248,15 @@ def _prefix_replacement(replacement: str) -> str:
     return replacement.rstrip("/") + "/"
 
 
-def _mirror(build: ProxyBuild, point: OutboundPoint, spec: Json, origins: list[str]) -> Json:
-    cluster = refs.backend_cluster(build, Backend.of(spec["backendRef"]), point, origins)
+def _mirror(build: ProxyBuild, point: OutboundPoint, spec: Mirror, origins: list[str]) -> Json:
+    cluster = refs.backend_cluster(build, spec.backend, point, origins)
     policy: Json = {"cluster": cluster}
-    if spec.get("percentage") is not None:
-        policy["runtime_fraction"] = {"default_value": fractional_percent(spec["percentage"])}
+    if spec.percentage is not None:
+        policy["runtime_fraction"] = {"default_value": fractional_percent(spec.percentage)}
     return policy
 
 
-def fractional_percent(percentage: int | float | str) -> Json:
+def fractional_percent(percentage: int | float | str | Decimal) -> Json:
     """A percentage (0-100, decimals allowed) as Envoy's FractionalPercent, with the smallest exact denominator."""
     value = Decimal(str(percentage))
     for denominator, scale in (("HUNDRED", 1), ("TEN_THOUSAND", 100), ("MILLION", 10_000)):
@@ -249,43 +266,41 @@ def fractional_percent(percentage: int | float | str) -> Json:
     return {"numerator": int((value * 10_000).to_integral_value()), "denominator": "MILLION"}
 
 
-def _header_changes(spec: Json) -> tuple[list[Json], list[str]]:
-    to_add = [{"header": {"key": h["name"], "value": h["value"]}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
-              for h in _list(spec.get("set"))]
-    to_add += [{"header": {"key": h["name"], "value": h["value"]}, "append_action": "APPEND_IF_EXISTS_OR_ADD"}
-               for h in _list(spec.get("add"))]
-    return to_add, [str(name) for name in _list(spec.get("remove"))]
+def _header_changes(spec: HeaderModifier) -> tuple[list[Json], list[str]]:
+    to_add = [{"header": {"key": h.name, "value": h.value}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+              for h in spec.set]
+    to_add += [{"header": {"key": h.name, "value": h.value}, "append_action": "APPEND_IF_EXISTS_OR_ADD"}
+               for h in spec.add]
+    return to_add, list(spec.remove)
 
 
 # --- matches --------------------------------------------------------------------------------------------------
 
 
-def specificity(match: Json) -> tuple[int, int, int, int, int]:
+def specificity(match: Match) -> tuple[int, int, int, int, int]:
     """A sort key, most specific first (Kuma's CompareMatch)."""
-    path = match.get("path")
-    if not isinstance(path, dict):
+    path = match.path
+    if path is None:
         kind, length = 3, 0
     else:
-        kind = {"Exact": 0, "PathPrefix": 1}.get(path.get("type", ""), 2)
-        length = 0 if kind == 0 else -len(str(path.get("value", "")))
-    return (kind, length, 0 if match.get("method") else 1, -len(match.get("headers") or []),
-            -len(match.get("queryParams") or []))
+        kind = {"Exact": 0, "PathPrefix": 1}.get(path.type, 2)
+        length = 0 if kind == 0 else -len(path.value)
+    return (kind, length, 0 if match.method else 1, -len(match.headers), -len(match.query_params))
 
 
-def _is_catch_all(match: Json) -> bool:
-    path = match.get("path")
-    unconditional_path = path is None or path == {"type": "PathPrefix", "value": "/"}
-    return unconditional_path and not match.get("method") and not match.get("headers") and not match.get("queryParams")
+def _is_catch_all(match: Match) -> bool:
+    path = match.path
+    unconditional_path = path is None or (path.type == "PathPrefix" and path.value == "/")
+    return unconditional_path and not match.method and not match.headers and not match.query_params
 
 
-def envoy_matches(match: Json) -> list[tuple[Json, str]]:
+def envoy_matches(match: Match) -> list[tuple[Json, str]]:
     """The Envoy RouteMatches of one MeshHTTPRoute match, each with the part of a prefix it stands for."""
     headers: list[Json] = []
-    if match.get("method"):
-        headers.append({"name": ":method", "string_match": {"exact": match["method"]}})
-    headers += [_header_matcher(h) for h in _list(match.get("headers"))]
-    query = [{"name": q["name"], "string_match": _string_match(q.get("type", "Exact"), q["value"])}
-             for q in _list(match.get("queryParams"))]
+    if match.method:
+        headers.append({"name": ":method", "string_match": {"exact": match.method}})
+    headers += [_header_matcher(h) for h in match.headers]
+    query = [{"name": q.name, "string_match": _string_match(q.type, q.value)} for q in match.query_params]
 
     def with_conditions(path_spec: Json) -> Json:
         out = dict(path_spec)
@@ -296,13 +311,13 @@ def envoy_matches(match: Json) -> list[tuple[Json, str]]:
             out["query_parameters"] = copy.deepcopy(query)
         return out
 
-    path = match.get("path")
-    if not isinstance(path, dict):
+    path = match.path
+    if path is None:
         return [(with_conditions({"prefix": "/"}), PLAIN)]
-    value = str(path["value"])
-    if path["type"] == "Exact":
+    value = path.value
+    if path.type == "Exact":
         return [(with_conditions({"path": value}), PLAIN)]
-    if path["type"] == "RegularExpression":
+    if path.type == "RegularExpression":
         return [(with_conditions({"safe_regex": {"regex": value}}), PLAIN)]
     if value == "/":
         return [(with_conditions({"prefix": "/"}), PREFIX)]
@@ -310,14 +325,14 @@ def envoy_matches(match: Json) -> list[tuple[Json, str]]:
     return [(with_conditions({"path": trimmed}), PREFIX_PATH), (with_conditions({"prefix": trimmed + "/"}), PREFIX)]
 
 
-def _header_matcher(header: Json) -> Json:
-    kind = header.get("type") or "Exact"
-    value = header.get("value")
+def _header_matcher(header: HeaderMatch) -> Json:
+    kind = header.type
+    value = header.value
     if kind == "Present" or (kind == "Prefix" and not value):
-        return {"name": header["name"], "present_match": True}
+        return {"name": header.name, "present_match": True}
     if kind == "Absent":
-        return {"name": header["name"], "present_match": False}
-    return {"name": header["name"], "string_match": _string_match(kind, str(value or ""))}
+        return {"name": header.name, "present_match": False}
+    return {"name": header.name, "string_match": _string_match(kind, value or "")}
 
 
 def _string_match(kind: str, value: str) -> Json:
@@ -333,4 +348,4 @@ def _list(value: Any) -> list[Any]:
 
 
 __all__ = ["KIND", "ORDER", "Rule", "apply", "check_references", "envoy_matches", "fractional_percent", "merge_rules",
-           "specificity", "validate"]
+           "parse_matches", "parse_rule", "specificity", "validate"]

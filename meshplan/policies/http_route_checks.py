@@ -1,4 +1,12 @@
-"""The checks of a MeshHTTPRoute rule (`matches` and `default`), every violation with its path.
+"""The checks of a MeshHTTPRoute rule (`matches` and `default`), every violation with its path, and the rule's typed
+`default`.
+
+`parse_default(reader, prefixes_only)` is the one reading of a rule's `default` (its backendRefs and filters): on one
+item (through `validate_rule`) it records every violation; on what the rules with equal matches merged to (render,
+`http_route.parse_rule`) it returns the frozen dataclasses below, which are all the Envoy side reads (origins come
+from the Rule's writers). The checks that span fields two items may each have written (a redirect beside
+backendRefs) are made on one item only. `parse_match` reads each match the same way (Match, PathMatch, HeaderMatch,
+QueryMatch), for `validate_rule` and for render (`http_route.parse_matches`).
 
 Kuma 2.x's validation (pkg/plugins/policies/meshhttproute/api/v1alpha1) and its schema, plus what Envoy would reject
 later or what can never take effect:
@@ -20,11 +28,14 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, TypeVar
 
 from meshplan.load.resources import PathKey
 from meshplan.policies import backend_refs as refs
+from meshplan.policies.backend_refs import Backend
+from meshplan.policies.conf import ConfReader, Setting
 from meshplan.validate.check import FieldCheck
 
 KIND = "MeshHTTPRoute"
@@ -51,6 +62,8 @@ STATUS_CODES = (301, 302, 303, 307, 308)
 SCHEMES = ("http", "https")
 MAX_MODIFIED_HEADERS = 16  # Kuma's limit per set/add/remove list
 
+T = TypeVar("T")
+
 _HOSTNAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 
@@ -59,254 +72,391 @@ def validate_rule(rule: Any, path: PathKey, check: FieldCheck) -> None:
         check.fail(path, f"must be a mapping, got {_describe(rule)}")
         return
     check.unknown(rule, path, ("matches", "default"))
-    matches = check.field(rule, path, "matches", list, required=True)
-    if matches is not None and not matches:
+    reader = ConfReader(rule, path, check)
+    matches = rule.get("matches") if reader.required("matches") else None
+    if matches == []:
         check.fail(path + ("matches",), "needs at least one match (`{}` matches every request)")
-    for i, match in enumerate(matches or []):
-        _match(match, path + ("matches", i), check)
-    prefixes_only = bool(matches) and all(
-        isinstance(m, dict) and isinstance(m.get("path"), dict) and m["path"].get("type") == "PathPrefix"
-        for m in matches or []
-    )
+    reader.list_of("matches", _read_match)
+    only_prefixes = prefixes_only(matches)
     conf = check.field(rule, path, "default", dict, required=True)
     if conf is None:
         return
-    conf_path = path + ("default",)
-    check.unknown(conf, conf_path, ("backendRefs", "filters"))
-    refs.validate_backend_refs(conf.get("backendRefs"), conf_path + ("backendRefs",), check, KIND, required=False)
-    _filters(conf.get("filters"), conf_path + ("filters",), check, prefixes_only, bool(conf.get("backendRefs")))
+    parse_default(ConfReader(conf, path + ("default",), check), only_prefixes)
+
+
+def _read_match(match: Any, at: ConfReader) -> Match | None:
+    if not isinstance(match, dict):
+        at.fail(f"must be a mapping, got {_describe(match)}")
+        return None
+    return parse_match(at)
+
+
+def prefixes_only(matches: Any) -> bool:
+    """Whether a rule's every match (at least one) is a PathPrefix: a ReplacePrefixMatch needs that."""
+    return bool(matches) and isinstance(matches, (list, tuple)) and all(
+        isinstance(m, dict) and isinstance(m.get("path"), dict) and m["path"].get("type") == "PathPrefix"
+        for m in matches
+    )
 
 
 # --- matches --------------------------------------------------------------------------------------------------
 
 
-def _match(match: Any, path: PathKey, check: FieldCheck) -> None:
-    if not isinstance(match, dict):
-        check.fail(path, f"must be a mapping, got {_describe(match)}")
-        return
-    check.unknown(match, path, ("path", "method", "headers", "queryParams"))
-    path_match = check.field(match, path, "path", dict)
-    if path_match is not None:
-        _path_match(path_match, path + ("path",), check)
-    check.choice(match, path, "method", METHODS)
+@dataclass(frozen=True)
+class PathMatch:
+    type: str  # one of PATH_TYPES
+    value: str
+
+
+@dataclass(frozen=True)
+class HeaderMatch:
+    name: str
+    type: str  # one of HEADER_MATCH_TYPES; Exact when not written
+    value: str | None
+
+
+@dataclass(frozen=True)
+class QueryMatch:
+    name: str
+    type: str  # one of QUERY_MATCH_TYPES
+    value: str
+
+
+@dataclass(frozen=True)
+class Match:
+    """One of a rule's matches (`{}`: every request)."""
+
+    path: PathMatch | None
+    method: str | None
+    headers: tuple[HeaderMatch, ...]
+    query_params: tuple[QueryMatch, ...]
+
+
+def parse_match(match: ConfReader) -> Match:
+    """One match of a rule, as `validate_rule` checks it and render reads it."""
+    match.unknown(("path", "method", "headers", "queryParams"))
+    path = match.section("path", _path_match)
+    method = _value(match.choice("method", METHODS))
     seen: set[str] = set()
-    for i, header in enumerate(check.field(match, path, "headers", list) or []):
-        _header_match(header, path + ("headers", i), check, seen)
-    seen = set()
-    for i, param in enumerate(check.field(match, path, "queryParams", list) or []):
-        _query_match(param, path + ("queryParams", i), check, seen)
+    headers = match.list_of("headers", lambda header, at: _header_match(header, at, seen))
+    seen_params: set[str] = set()
+    params = match.list_of("queryParams", lambda param, at: _query_match(param, at, seen_params))
+    return Match(path, method, headers.value if headers else (), params.value if params else ())
 
 
-def _path_match(match: dict[str, Any], path: PathKey, check: FieldCheck) -> None:
-    check.unknown(match, path, ("type", "value"))
-    kind = check.choice(match, path, "type", PATH_TYPES, required=True)
-    value = check.field(match, path, "value", str, required=True)
+def _path_match(match: ConfReader) -> PathMatch | None:
+    match.unknown(("type", "value"))
+    kind = _value(match.choice("type", PATH_TYPES)) if match.required("type") else None
+    value = _value(match.text("value", required=True))
     if value is None:
-        return
+        return None
     if value == "":
-        check.fail(path + ("value",), "must not be empty")
+        match.fail("must not be empty", "value")
     elif kind in ("Exact", "PathPrefix") and not value.startswith("/"):
-        check.fail(path + ("value",), f"must be an absolute path (start with /), got {value!r}")
+        match.fail(f"must be an absolute path (start with /), got {value!r}", "value")
     elif kind == "PathPrefix" and value != "/" and value.endswith("/"):
-        check.fail(path + ("value",), "does not need a trailing slash: a prefix matches whole path segments only "
-                                      f"(use {value.rstrip('/')!r})")
+        match.fail("does not need a trailing slash: a prefix matches whole path segments only "
+                   f"(use {value.rstrip('/')!r})", "value")
+    return None if kind is None else PathMatch(kind, value)
 
 
-def _header_match(header: Any, path: PathKey, check: FieldCheck, seen: set[str]) -> None:
+def _header_match(header: Any, at: ConfReader, seen: set[str]) -> HeaderMatch | None:
     if not isinstance(header, dict):
-        check.fail(path, f"must be a mapping, got {_describe(header)}")
-        return
-    check.unknown(header, path, ("type", "name", "value"))
-    kind = check.choice(header, path, "type", HEADER_MATCH_TYPES) or "Exact"
-    name = check.field(header, path, "name", str, required=True)
+        at.fail(f"must be a mapping, got {_describe(header)}")
+        return None
+    at.unknown(("type", "name", "value"))
+    kind = _value(at.choice("type", HEADER_MATCH_TYPES)) or "Exact"
+    name = _value(at.text("name", required=True))
     if name is not None:
         problem = refs.header_name_problem(name)
         if problem is not None:
-            check.fail(path + ("name",), problem)
+            at.fail(problem, "name")
         elif name in seen:
-            check.fail(path + ("name",), f"header {name!r} is matched twice in this match: combine the conditions")
+            at.fail(f"header {name!r} is matched twice in this match: combine the conditions", "name")
         seen.add(name)
-    check.field(header, path, "value", str)
+    value = _value(at.text("value"))
     if kind in ("Present", "Absent") and "value" in header:
-        check.fail(path + ("value",), f"a {kind} match takes no value")
+        at.fail(f"a {kind} match takes no value", "value")
     elif kind in ("Exact", "RegularExpression") and "value" not in header:
-        check.fail(path, f"`value` is required for a {kind} match")
+        at.fail(f"`value` is required for a {kind} match")
+    return None if name is None else HeaderMatch(name, kind, value)
 
 
-def _query_match(param: Any, path: PathKey, check: FieldCheck, seen: set[str]) -> None:
+def _query_match(param: Any, at: ConfReader, seen: set[str]) -> QueryMatch | None:
     if not isinstance(param, dict):
-        check.fail(path, f"must be a mapping, got {_describe(param)}")
-        return
-    check.unknown(param, path, ("type", "name", "value"))
-    check.choice(param, path, "type", QUERY_MATCH_TYPES, required=True)
-    name = check.field(param, path, "name", str, required=True)
+        at.fail(f"must be a mapping, got {_describe(param)}")
+        return None
+    at.unknown(("type", "name", "value"))
+    kind = _value(at.choice("type", QUERY_MATCH_TYPES)) if at.required("type") else None
+    name = _value(at.text("name", required=True))
     if name == "":
-        check.fail(path + ("name",), "must not be empty")
+        at.fail("must not be empty", "name")
     elif name is not None:
         if name in seen:
-            check.fail(path + ("name",), f"multiple entries for name {name}")
+            at.fail(f"multiple entries for name {name}", "name")
         seen.add(name)
-    check.field(param, path, "value", str, required=True)
+    value = _value(at.text("value", required=True))
+    return None if kind is None or name is None or value is None else QueryMatch(name, kind, value)
 
 
-# --- filters --------------------------------------------------------------------------------------------------
+# --- the typed `default` -------------------------------------------------------------------------------------
 
 
-def _filters(filters: Any, path: PathKey, check: FieldCheck, prefixes_only: bool, has_backends: bool) -> None:
-    if filters is None:
-        return
-    if not isinstance(filters, list):
-        check.fail(path, f"must be a list, got {_describe(filters)}")
-        return
+@dataclass(frozen=True)
+class HeaderChange:
+    name: str
+    value: str
+
+
+@dataclass(frozen=True)
+class HeaderModifier:
+    set: tuple[HeaderChange, ...]
+    add: tuple[HeaderChange, ...]
+    remove: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class PathRewrite:
+    type: str  # ReplaceFullPath | ReplacePrefixMatch
+    value: str  # the full path, or the prefix's replacement
+
+
+@dataclass(frozen=True)
+class Redirect:
+    scheme: str | None
+    hostname: str | None
+    port: int | None
+    path: PathRewrite | None
+    status_code: int | None  # None: the default (302)
+
+
+@dataclass(frozen=True)
+class Rewrite:
+    hostname: str | None
+    path: PathRewrite | None
+
+
+@dataclass(frozen=True)
+class Mirror:
+    backend: Backend
+    percentage: Decimal | None  # None: every request
+
+
+@dataclass(frozen=True)
+class Filters:
+    request_headers: HeaderModifier | None = None
+    response_headers: HeaderModifier | None = None
+    redirect: Redirect | None = None
+    rewrite: Rewrite | None = None
+    mirrors: tuple[Mirror, ...] = ()
+
+
+@dataclass(frozen=True)
+class RuleConf:
+    """A rule's `default`: where its requests go (no backends: the outbound's own destination), and its filters."""
+
+    backend_refs: tuple[Backend, ...]
+    filters: Filters
+
+
+def parse_default(conf: ConfReader, prefixes_only: bool) -> RuleConf:
+    """A rule's `default` (or what several rules with equal matches merged to); `prefixes_only`: every match of the
+    rule is a PathPrefix (a ReplacePrefixMatch needs that). Checks that span fields that two items may have written
+    (a redirect beside backendRefs) are made on one item only: a merged conf is rendered as it is."""
+    conf.unknown(("backendRefs", "filters"))
+    backends = _backend_refs(conf)
+    filters = _filters(conf, prefixes_only, bool(conf.raw.get("backendRefs")))
+    return RuleConf(backends, filters)
+
+
+def _backend_refs(conf: ConfReader) -> tuple[Backend, ...]:
+    raw = conf.raw.get("backendRefs")
+    if conf.validating:  # the placement of a MeshExternalService is checked against the policy's own targetRef
+        before = len(conf.check.out)
+        refs.validate_backend_refs(raw, conf.path + ("backendRefs",), conf.check, KIND, required=False)
+        if len(conf.check.out) > before:
+            return ()
+    return tuple(Backend.of(ref) for ref in raw or ())
+
+
+def _filters(conf: ConfReader, prefixes_only: bool, has_backends: bool) -> Filters:
     first: dict[str, int] = {}
-    for i, flt in enumerate(filters):
-        fp = path + (i,)
+
+    def read(flt: Any, at: ConfReader) -> tuple[str, Any] | None:
         if not isinstance(flt, dict):
-            check.fail(fp, f"must be a mapping, got {_describe(flt)}")
-            continue
-        check.unknown(flt, fp, ("type", *FILTER_FIELDS.values()))
-        kind = check.choice(flt, fp, "type", tuple(FILTER_FIELDS), required=True)
+            at.fail(f"must be a mapping, got {_describe(flt)}")
+            return None
+        at.unknown(("type", *FILTER_FIELDS.values()))
+        kind = _value(at.choice("type", tuple(FILTER_FIELDS))) if at.required("type") else None
         if kind is None:
-            continue
+            return None
         for other, key in FILTER_FIELDS.items():
             if other != kind and key in flt:
-                check.fail(fp + (key,), f"belongs to a filter of type {other}; this filter's type is {kind}")
+                at.fail(f"belongs to a filter of type {other}; this filter's type is {kind}", key)
+        index = int(at.path[-1])
         if kind != MIRROR and kind in first:
-            check.fail(fp + ("type",), f"a rule takes one {kind} filter, and filters[{first[kind]}] is one already")
-        first.setdefault(kind, i)
-        spec = check.field(flt, fp, FILTER_FIELDS[kind], dict, required=True)
-        if spec is None:
-            continue
-        sp = fp + (FILTER_FIELDS[kind],)
+            at.fail(f"a rule takes one {kind} filter, and filters[{first[kind]}] is one already", "type")
+        first.setdefault(kind, index)
+        key = FILTER_FIELDS[kind]
+        if not at.required(key):
+            return None
+        spec: Any
         if kind in (REQUEST_HEADERS, RESPONSE_HEADERS):
-            _header_modifier(spec, sp, check)
+            spec = at.section(key, _header_modifier)
         elif kind == REDIRECT:
-            _redirect(spec, sp, check, prefixes_only)
+            spec = at.section(key, lambda s: _redirect(s, prefixes_only))
         elif kind == REWRITE:
-            _rewrite(spec, sp, check, prefixes_only)
+            spec = at.section(key, lambda s: _rewrite(s, prefixes_only))
         else:
-            _mirror(spec, sp, check)
-    if REDIRECT in first and REWRITE in first:
-        check.fail(path + (first[REWRITE],), "a rule cannot both redirect and rewrite the request: "
-                                             "put the changes into the RequestRedirect")
-    if REDIRECT in first and has_backends:
-        check.fail(path + (first[REDIRECT],), "a redirect answers the request itself, so this rule's backendRefs "
-                                              "would never be used: remove one or the other")
+            spec = at.section(key, _mirror)
+        return None if spec is None else (kind, spec)
+
+    found = conf.list_of("filters", read)
+    path = conf.path + ("filters",)
+    if conf.validating and REDIRECT in first and REWRITE in first:
+        conf.check.fail(path + (first[REWRITE],), "a rule cannot both redirect and rewrite the request: "
+                                                  "put the changes into the RequestRedirect")
+    if conf.validating and REDIRECT in first and has_backends:
+        conf.check.fail(path + (first[REDIRECT],), "a redirect answers the request itself, so this rule's "
+                                                   "backendRefs would never be used: remove one or the other")
+    by_kind = {kind: spec for kind, spec in (found.value if found else ()) if kind != MIRROR}
+    mirrors = tuple(spec for kind, spec in (found.value if found else ()) if kind == MIRROR and spec is not None)
+    return Filters(by_kind.get(REQUEST_HEADERS), by_kind.get(RESPONSE_HEADERS), by_kind.get(REDIRECT),
+                   by_kind.get(REWRITE), mirrors)
 
 
-def _header_modifier(spec: dict[str, Any], path: PathKey, check: FieldCheck) -> None:
-    check.unknown(spec, path, ("set", "add", "remove"))
-    if not any(spec.get(key) for key in ("set", "add", "remove")):
-        check.fail(path, "must have at least one of: set, add, remove")
+def _header_modifier(spec: ConfReader) -> HeaderModifier:
+    spec.unknown(("set", "add", "remove"))
+    if not any(spec.raw.get(key) for key in ("set", "add", "remove")):
+        spec.fail("must have at least one of: set, add, remove")
     seen: dict[str, str] = {}
 
-    def claim(name: Any, where: PathKey, action: str) -> None:
+    def claim(name: Any, at: ConfReader, action: str) -> str | None:
         if not isinstance(name, str):
-            check.fail(where, f"must be a string, got {_describe(name)}")
-            return
+            at.fail(f"must be a string, got {_describe(name)}")
+            return None
         problem = refs.header_name_problem(name)
         if problem is not None:
-            check.fail(where, problem)
+            at.fail(problem)
         elif name == "host":
-            check.fail(where, "Envoy does not let a route change the host header: use a URLRewrite filter's hostname")
+            at.fail("Envoy does not let a route change the host header: use a URLRewrite filter's hostname")
         elif name in seen:
-            check.fail(where, f"header {name!r} is changed twice in one filter (already by {seen[name]})")
+            at.fail(f"header {name!r} is changed twice in one filter (already by {seen[name]})")
         seen.setdefault(name, action)
+        return name
 
-    for action in ("set", "add"):
-        items = check.field(spec, path, action, list) or []
-        if len(items) > MAX_MODIFIED_HEADERS:
-            check.fail(path + (action,), f"at most {MAX_MODIFIED_HEADERS} headers, got {len(items)}")
-        for i, item in enumerate(items):
-            ip = path + (action, i)
+    def at_most(action: str) -> None:
+        items = spec.raw.get(action)
+        if isinstance(items, list) and len(items) > MAX_MODIFIED_HEADERS:
+            spec.fail(f"at most {MAX_MODIFIED_HEADERS} headers, got {len(items)}", action)
+
+    def changes(action: str) -> tuple[HeaderChange, ...]:
+        def read(item: Any, at: ConfReader) -> HeaderChange | None:
             if not isinstance(item, dict):
-                check.fail(ip, f"must be a mapping with `name` and `value`, got {_describe(item)}")
-                continue
-            check.unknown(item, ip, ("name", "value"))
-            if check.field(item, ip, "name", str, required=True) is not None:
-                claim(item["name"], ip + ("name",), action)
-            value = check.field(item, ip, "value", str, required=True)
-            if value is not None and any(c in value for c in "\r\n\0"):
-                check.fail(ip + ("value",), "a header value cannot contain line breaks or NUL")
-    removed = check.field(spec, path, "remove", list) or []
-    if len(removed) > MAX_MODIFIED_HEADERS:
-        check.fail(path + ("remove",), f"at most {MAX_MODIFIED_HEADERS} headers, got {len(removed)}")
-    for i, name in enumerate(removed):
-        claim(name, path + ("remove", i), "remove")
+                at.fail(f"must be a mapping with `name` and `value`, got {_describe(item)}")
+                return None
+            at.unknown(("name", "value"))
+            name = at.text("name", required=True)
+            if name is not None:
+                claim(name.value, ConfReader(item, at.path + ("name",), at.check), action)
+            value = at.text("value", required=True)
+            if value is not None and any(c in value.value for c in "\r\n\0"):
+                at.fail("a header value cannot contain line breaks or NUL", "value")
+            return None if name is None or value is None else HeaderChange(name.value, value.value)
+
+        at_most(action)
+        found = spec.list_of(action, read)
+        return found.value if found else ()
+
+    set_, add = changes("set"), changes("add")
+    at_most("remove")
+    removed = spec.list_of("remove", lambda name, at: claim(name, at, "remove"))
+    return HeaderModifier(set_, add, removed.value if removed else ())
 
 
-def _redirect(spec: dict[str, Any], path: PathKey, check: FieldCheck, prefixes_only: bool) -> None:
-    check.unknown(spec, path, ("scheme", "hostname", "path", "port", "statusCode"))
-    check.choice(spec, path, "scheme", SCHEMES)
-    _hostname(spec, path, check)
-    check.port(spec, path, "port", required=False)
-    code = check.field(spec, path, "statusCode", int)
-    if code is not None and code not in STATUS_CODES:
-        check.fail(path + ("statusCode",), f"must be one of {', '.join(map(str, STATUS_CODES))}, got {code}")
-    _path_rewrite(spec, path, check, prefixes_only)
+def _redirect(spec: ConfReader, prefixes_only: bool) -> Redirect:
+    spec.unknown(("scheme", "hostname", "path", "port", "statusCode"))
+    scheme = _value(spec.choice("scheme", SCHEMES))
+    hostname = _hostname(spec)
+    port = _value(spec.port("port"))
+    code = spec.status("statusCode", STATUS_CODES,
+                       lambda code: f"must be one of {', '.join(map(str, STATUS_CODES))}, got {code}")
+    return Redirect(scheme, hostname, port, _path_rewrite(spec, prefixes_only), _value(code))
 
 
-def _rewrite(spec: dict[str, Any], path: PathKey, check: FieldCheck, prefixes_only: bool) -> None:
-    check.unknown(spec, path, ("hostname", "path", "hostToBackendHostname"))
-    _hostname(spec, path, check)
-    if check.field(spec, path, "hostToBackendHostname", bool):
-        check.fail(path + ("hostToBackendHostname",),
-                   "can only be set with MeshGateway, which meshplan does not configure")
-    _path_rewrite(spec, path, check, prefixes_only)
+def _rewrite(spec: ConfReader, prefixes_only: bool) -> Rewrite:
+    spec.unknown(("hostname", "path", "hostToBackendHostname"))
+    hostname = _hostname(spec)
+    to_backend = spec.boolean("hostToBackendHostname")
+    if to_backend is not None and to_backend.value:
+        spec.fail("can only be set with MeshGateway, which meshplan does not configure", "hostToBackendHostname")
+    return Rewrite(hostname, _path_rewrite(spec, prefixes_only))
 
 
-def _path_rewrite(spec: dict[str, Any], path: PathKey, check: FieldCheck, prefixes_only: bool) -> None:
-    rewrite = check.field(spec, path, "path", dict)
-    if rewrite is None:
-        return
-    rp = path + ("path",)
-    check.unknown(rewrite, rp, ("type", *REWRITE_FIELDS.values()))
-    kind = check.choice(rewrite, rp, "type", REWRITE_TYPES, required=True)
-    if kind is None:
-        return
-    key = REWRITE_FIELDS[kind]
-    for other_kind, other in REWRITE_FIELDS.items():
-        if other != key and other in rewrite:
-            check.fail(rp + (other,), f"belongs to type {other_kind}; this rewrite's type is {kind}")
-    value = check.field(rewrite, rp, key, str, required=True)
-    if value is not None and not value.startswith("/"):
-        check.fail(rp + (key,), f"must be an absolute path (start with /), got {value!r}")
-    if kind == "ReplacePrefixMatch" and not prefixes_only:
-        check.fail(rp + (key,), "can only appear if all matches match a path prefix")
+def _path_rewrite(spec: ConfReader, prefixes_only: bool) -> PathRewrite | None:
+    def read(rewrite: ConfReader) -> PathRewrite | None:
+        rewrite.unknown(("type", *REWRITE_FIELDS.values()))
+        kind = _value(rewrite.choice("type", REWRITE_TYPES)) if rewrite.required("type") else None
+        if kind is None:
+            return None
+        key = REWRITE_FIELDS[kind]
+        for other_kind, other in REWRITE_FIELDS.items():
+            if other != key and other in rewrite.raw:
+                rewrite.fail(f"belongs to type {other_kind}; this rewrite's type is {kind}", other)
+        value = _value(rewrite.text(key, required=True))
+        if value is not None and not value.startswith("/"):
+            rewrite.fail(f"must be an absolute path (start with /), got {value!r}", key)
+        if kind == "ReplacePrefixMatch" and not prefixes_only:
+            rewrite.fail("can only appear if all matches match a path prefix", key)
+        return None if value is None else PathRewrite(kind, value)
+
+    return spec.section("path", read)
 
 
-def _mirror(spec: dict[str, Any], path: PathKey, check: FieldCheck) -> None:
-    check.unknown(spec, path, ("backendRef", "percentage"))
-    ref = check.field(spec, path, "backendRef", dict, required=True)
-    if ref is not None:
-        kind = ref.get("kind")
-        if kind == refs.MESH_EXTERNAL_SERVICE:
-            check.fail(path + ("backendRef", "kind"), "a mirror goes to a MeshService or a MeshServiceSubset")
-        else:
-            refs.validate_backend_ref(ref, path + ("backendRef",), check, KIND, weighted=False)
-    percentage = check.field(spec, path, "percentage", (int, float, str))
+def _mirror(spec: ConfReader) -> Mirror | None:
+    spec.unknown(("backendRef", "percentage"))
+
+    def backend(ref: ConfReader) -> Backend | None:
+        if ref.raw.get("kind") == refs.MESH_EXTERNAL_SERVICE:
+            ref.fail("a mirror goes to a MeshService or a MeshServiceSubset", "kind")
+            return None
+        if refs.validate_backend_ref(ref.raw, ref.path, ref.check, KIND, weighted=False) is None:
+            return None
+        return Backend.of(ref.raw)
+
+    found = spec.section("backendRef", backend) if spec.required("backendRef") else None
+    percentage = spec.check.field(spec.raw, spec.path, "percentage", (int, float, str))
+    value: Decimal | None = None
     if percentage is not None:
         try:
             value = Decimal(str(percentage))
         except InvalidOperation:
             value = Decimal(-1)
         if not value.is_finite() or not 0 <= value <= 100:
-            check.fail(path + ("percentage",), f"must be a number from 0 to 100, got {percentage!r}")
+            spec.fail(f"must be a number from 0 to 100, got {percentage!r}", "percentage")
+            value = None
+    return None if found is None else Mirror(found, value)
 
 
-def _hostname(spec: dict[str, Any], path: PathKey, check: FieldCheck) -> None:
+def _hostname(spec: ConfReader) -> str | None:
     """Gateway API's PreciseHostname: a lower-case DNS name, not an IP address."""
-    name = check.field(spec, path, "hostname", str)
+    name = _value(spec.text("hostname"))
     if name is None:
-        return
+        return None
     try:
         ipaddress.ip_address(name)
-        check.fail(path + ("hostname",), f"must be a DNS name, not an IP address, got {name!r}")
-        return
+        spec.fail(f"must be a DNS name, not an IP address, got {name!r}", "hostname")
+        return None
     except ValueError:
         pass
     if len(name) > 253 or not _HOSTNAME.fullmatch(name):
-        check.fail(path + ("hostname",), f"must be a lower-case DNS name (RFC 1123), got {name!r}")
+        spec.fail(f"must be a lower-case DNS name (RFC 1123), got {name!r}", "hostname")
+        return None
+    return name
+
+
+def _value(setting: Setting[T] | None) -> T | None:
+    return None if setting is None else setting.value
 
 
 def _describe(value: Any) -> str:
