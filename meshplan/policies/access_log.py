@@ -207,10 +207,7 @@ def _at(node: Any, path: PathKey) -> Any:
 def apply(build: ProxyBuild) -> None:
     proxy = build.proxy
     source_service = proxy.services[0] if isinstance(proxy, Dataplane) and proxy.services else UNKNOWN
-    for out in build.outbounds:
-        merged = build.match.to(KIND, out.destination)
-        if merged.empty:
-            continue
+    for out, merged in build.merged_outbounds(KIND):
         values = {
             "KUMA_MESH": out.destination.mesh,
             "KUMA_SOURCE_SERVICE": source_service if build.type == SIDECAR else UNKNOWN,

@@ -94,6 +94,14 @@ class ProxyBuild:
             self._made_by[id(node)] = f"{kind}/{resource.name} ({resource.source})"
             self._keep.append(node)
 
+    def merged_outbounds(self, kind: str) -> Iterator[tuple[OutboundPoint, Merged]]:
+        """Each outbound (in order) with what the `kind` policies merged to for its destination; an outbound they
+        set nothing for is skipped."""
+        for out in self.outbounds:
+            merged = self.match.to(kind, out.destination)
+            if not merged.empty:
+                yield out, merged
+
     def set(self, container: Json, key: str, value: Any, origins: Iterable[str]) -> None:
         """Set `container[key]` and remember who set it (shown beside the field in a plan)."""
         container[key] = value

@@ -227,11 +227,8 @@ def validate(default: Json, path: PathKey, check: FieldCheck, section: str) -> N
 
 
 def apply(build: ProxyBuild) -> None:
-    for out in build.outbounds:
-        # Merged in the seed's spelling (match.spelling); for an external service only on the egress (the seed).
-        merged = build.match.to(KIND, out.destination)
-        if merged.empty:
-            continue
+    # Merged in the seed's spelling (match.spelling); for an external service only on the egress (the seed).
+    for out, merged in build.merged_outbounds(KIND):
         conf = parse(ConfReader.of_merged(merged))
         if conf is None:
             continue

@@ -276,11 +276,8 @@ def validate(default: Json, path: PathKey, check: FieldCheck, section: str) -> N
 
 
 def apply(build: ProxyBuild) -> None:
-    for point in build.outbounds:
-        # For an external service only on the egress (the seed's placement, applied by match.result).
-        merged = build.match.to(KIND, point.destination)
-        if merged.empty:
-            continue
+    # For an external service only on the egress (the seed's placement, applied by match.result).
+    for point, merged in build.merged_outbounds(KIND):
         _configure_cluster(build, point.cluster, point.protocol, parse(ConfReader.of_merged(merged)))
 
 

@@ -342,10 +342,7 @@ def validate(default: Json, path: PathKey, check: FieldCheck, section: str) -> N
 
 def apply(build: ProxyBuild) -> None:
     # The seed: MeshRetry is implemented on the sidecar only (match.result applies the placement).
-    for out in build.outbounds:
-        merged = build.match.to(KIND, out.destination)
-        if merged.empty:
-            continue
+    for out, merged in build.merged_outbounds(KIND):
         conf = parse(ConfReader.of_merged(merged))
         if conf is None:
             continue
