@@ -228,10 +228,7 @@ def validate(default: Json, path: PathKey, check: FieldCheck, section: str) -> N
 
 def apply(build: ProxyBuild) -> None:
     # Merged in the seed's spelling (match.spelling); for an external service only on the egress (the seed).
-    for out, merged in build.merged_outbounds(KIND):
-        conf = parse(ConfReader.of_merged(merged))
-        if conf is None:
-            continue
+    for out, conf in build.outbound_confs(KIND, parse):
         if conf.pool is not None:
             _thresholds(build, conf.pool, out.cluster)
         if conf.outlier_detection is not None:

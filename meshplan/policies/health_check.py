@@ -277,8 +277,8 @@ def validate(default: Json, path: PathKey, check: FieldCheck, section: str) -> N
 
 def apply(build: ProxyBuild) -> None:
     # For an external service only on the egress (the seed's placement, applied by match.result).
-    for point, merged in build.merged_outbounds(KIND):
-        _configure_cluster(build, point.cluster, point.protocol, parse(ConfReader.of_merged(merged)))
+    for point, conf in build.outbound_confs(KIND, parse):
+        _configure_cluster(build, point.cluster, point.protocol, conf)
 
 
 def _configure_cluster(build: ProxyBuild, cluster: Json, protocol: str, conf: Conf) -> None:

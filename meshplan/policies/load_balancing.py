@@ -290,8 +290,7 @@ def validate(default: Json, path: PathKey, check: FieldCheck, section: str) -> N
 def apply(build: ProxyBuild) -> None:
     hashing: dict[str, tuple[list[Json], list[str]]] = {}  # cluster name -> (hash policies, their origins)
     # For an external service only on the egress (the seed's placement, applied by match.result).
-    for point, merged in build.merged_outbounds(KIND):
-        conf = parse(ConfReader.of_merged(merged))
+    for point, conf in build.outbound_confs(KIND, parse):
         if conf.load_balancer is not None and conf.load_balancer.lb_policy is not None:
             _configure_cluster(build, point.cluster, conf.load_balancer)
         found = _chosen_hash_policies(conf)
