@@ -101,21 +101,32 @@ def _validate_from_item(check: FieldCheck, path: PathKey) -> None:
                    "belongs to the inbound listener, not to one client")  # fmt: skip
 
 
-def _validate_backend(check: FieldCheck, backend: Json, bp: PathKey) -> None:
-    check.unknown(backend, bp, ("type",) + tuple(BACKEND_TYPES.values()))
-    blocks = [b for b in BACKEND_TYPES.values() if b in backend]
-    kind = check.field(backend, bp, "type", str)
-    if kind is not None and kind not in BACKEND_TYPES:
-        check.fail(bp + ("type",), f"must be one of {', '.join(BACKEND_TYPES)}, got {kind!r}")
-        return
-    block = BACKEND_TYPES[kind] if kind is not None else (blocks[0] if len(blocks) == 1 else None)
+def _chosen_block(check: FieldCheck, node: Json, path: PathKey, types: dict[str, str], what: str,
+                  blocks_named: str) -> str | None:
+    """The block a `type`-tagged union of `types` (type -> block key) uses: the one its `type` names, or without a
+    type the only block present. Reports an unknown type, no or several blocks without a type, and each block the
+    type does not use; None where there is no block to read further."""
+    blocks = [b for b in types.values() if b in node]
+    kind = check.field(node, path, "type", str)
+    if kind is not None and kind not in types:
+        check.fail(path + ("type",), f"must be one of {', '.join(types)}, got {kind!r}")
+        return None
+    block = types[kind] if kind is not None else (blocks[0] if len(blocks) == 1 else None)
     if block is None:
         got = f", got {len(blocks)}" if blocks else ""
-        check.fail(bp, f"must have exactly one of `file`, `tcp` or `openTelemetry`{got}")
-        return
+        check.fail(path, f"must have exactly one of {blocks_named}{got}")
+        return None
     for other in blocks:
         if other != block:
-            check.fail(bp + (other,), f"`{other}` is not used by a backend of type {kind}")
+            check.fail(path + (other,), f"`{other}` is not used by a {what} of type {kind}")
+    return block
+
+
+def _validate_backend(check: FieldCheck, backend: Json, bp: PathKey) -> None:
+    check.unknown(backend, bp, ("type",) + tuple(BACKEND_TYPES.values()))
+    block = _chosen_block(check, backend, bp, BACKEND_TYPES, "backend", "`file`, `tcp` or `openTelemetry`")
+    if block is None:
+        return
     if block != "file":
         check.fail(bp + (block,), f"`{block}` backends are not supported: Kuma implements them with kuma-dp (a log "
                                   "forwarder and an OpenTelemetry pipe), which plain Envoy has not; use a `file` "
@@ -137,19 +148,9 @@ def _validate_backend(check: FieldCheck, backend: Json, bp: PathKey) -> None:
 def _validate_format(check: FieldCheck, fmt: Json, fp: PathKey) -> None:
     check.unknown(fmt, fp, ("type", "plain", "json", "omitEmptyValues"))
     check.field(fmt, fp, "omitEmptyValues", bool)
-    blocks = [b for b in FORMAT_TYPES.values() if b in fmt]
-    kind = check.field(fmt, fp, "type", str)
-    if kind is not None and kind not in FORMAT_TYPES:
-        check.fail(fp + ("type",), f"must be one of {', '.join(FORMAT_TYPES)}, got {kind!r}")
-        return
-    block = FORMAT_TYPES[kind] if kind is not None else (blocks[0] if len(blocks) == 1 else None)
+    block = _chosen_block(check, fmt, fp, FORMAT_TYPES, "format", "`plain` or `json`")
     if block is None:
-        got = f", got {len(blocks)}" if blocks else ""
-        check.fail(fp, f"must have exactly one of `plain` or `json`{got}")
         return
-    for other in blocks:
-        if other != block:
-            check.fail(fp + (other,), f"`{other}` is not used by a format of type {kind}")
     if block == "plain":
         plain = check.field(fmt, fp, "plain", str, required=True)
         if plain is not None:
