@@ -99,6 +99,14 @@ def _count(n: int, one: str, many: str | None = None) -> str:
     return f"{n} {one if n == 1 else many or one + 's'}"
 
 
+def _write_document(document: dict[str, Any], output: str) -> None:
+    """Write `document` to stdout as indented JSON (`output` "json") or as YAML in its own key order (otherwise)."""
+    if output == "json":
+        sys.stdout.write(json.dumps(document, indent=2) + "\n")
+    else:
+        sys.stdout.write(yaml.safe_dump(document, sort_keys=False))
+
+
 def _select(proxies: list[ProxyConfig], name: str | None) -> list[ProxyConfig]:
     if name is None:
         return proxies
@@ -175,10 +183,7 @@ def render(
             p.name: {"type": p.type, "mesh": p.mesh, "admin": p.admin_url, "clusters": list(p.clusters), "listeners": list(p.listeners)}
             for p in proxies
         }
-        if output == "json":
-            sys.stdout.write(json.dumps(document, indent=2) + "\n")
-        else:
-            sys.stdout.write(yaml.safe_dump(document, sort_keys=False))
+        _write_document(document, output)
         return EXIT_OK
 
     _run(body)
@@ -375,10 +380,7 @@ def inspect_proxy(
             render_inspection(_console(), inspection, sections)
             return EXIT_OK
         document = {name: inspection.raw(name) for name in sections}
-        if output == "json":
-            sys.stdout.write(json.dumps(document, indent=2) + "\n")
-        else:
-            sys.stdout.write(yaml.safe_dump(document, sort_keys=False))
+        _write_document(document, output)
         return EXIT_OK
 
     _run(body)

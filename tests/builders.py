@@ -4,11 +4,14 @@
   returning a `MeshFiles` (where each proxy, inbound and outbound listens), and `dataplane` for one Dataplane by hand;
 - hand-made proxies without the renderer: `MeshBuilder` (the `mesh` fixture of tests/conftest.py);
 - stable addresses for renders (`FixedAddresses`); the session's `loopback` fixture hands out others for real traffic;
-- a desired directory's violations as `meshplan validate` reports them (`violations`, `split_violation`);
+- a desired directory's violations as `meshplan validate` reports them (`violations`, `split_violation`), and the
+  checks of the policy tests' validation tables on them (`table_cases`, `assert_violations_start_with`, `assert_violation_reported`,
+  `assert_violations_point_at`);
+- a rendered proxy's one listener of a direction (`the_listener`);
 - a sandbox that is always brought down with nothing left running (`running_sandbox`, `bring_down`; `start_sandbox`
-  where the `sandbox_state` fixture brings it down);
+  where the `sandbox_state` fixture brings it down; `running_mesh` for a module's fixture);
 - copies of examples/demo on fresh loopback addresses (`copy_demo`, `DemoCopy`, `fresh_prefix`);
-- Envoy's admin stats (`stat`, `stats`, `wait_for_stat`).
+- Envoy's admin stats (`stat`, `stats`, `stats_by_suffix`, `wait_for_stat`).
 """
 
 from __future__ import annotations
@@ -20,13 +23,14 @@ import shutil
 import signal
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
+import pytest
 
 from meshplan.errors import LoadError, Source
 from meshplan.model import (
@@ -142,6 +146,10 @@ class MeshFiles:
 
     def render(self) -> list[ProxyConfig]:
         return render_all(self.load())
+
+    def proxies(self) -> dict[str, ProxyConfig]:
+        """The render of the directory, by proxy name."""
+        return {p.name: p for p in self.render()}
 
 
 def web_calling(http: tuple[str, ...] = ("backend",), tcp: tuple[str, ...] = (), grpc: tuple[str, ...] = (),
@@ -348,6 +356,12 @@ class MeshBuilder:
         return Desired({"default": mesh}, list(self.dataplanes), [], list(self.external_services), [])
 
 
+def the_listener(proxy: ProxyConfig, direction: str = "INBOUND") -> dict[str, Any]:
+    """The proxy's one listener of this `traffic_direction` (fails when there is not exactly one)."""
+    (found,) = [item for item in proxy.listeners if item.get("traffic_direction") == direction]
+    return found
+
+
 def listener_url(proxy: ProxyConfig, index: int = 0) -> str:
     socket_address = proxy.listeners[index]["address"]["socket_address"]
     return f"http://{socket_address['address']}:{socket_address['port_value']}"
@@ -364,6 +378,41 @@ def violations(root: Path) -> list[str]:
     except LoadError as e:
         return [str(v).removeprefix(f"{root}/") for v in e.violations]
     return []
+
+
+def table_cases(table: Iterable[Sequence[Any]]) -> list[Any]:
+    """A validation table's rows as pytest parameters: each named by its first column (the case), carrying the rest."""
+    return [pytest.param(*row[1:], id=row[0]) for row in table]
+
+
+def assert_violations_start_with(found: list[str], expected: list[str]) -> None:
+    """`found` (from `violations`) is one violation per item of `expected`, in order, each starting with that item."""
+    assert len(found) == len(expected), found
+    for line, want in zip(found, expected, strict=True):
+        assert line.startswith(want), found
+
+
+def assert_violation_reported(found: list[str], file: str, line: int, path: str, message: str) -> None:
+    """Among `found` (from `violations`), one is at `file:line` and `path`, saying `message`; all are in `file`."""
+    where = f"{file}:{line}: {path}: "
+    assert any(v.startswith(where) and message in v for v in found), found
+    assert all(v.startswith(f"{file}:") for v in found), found
+
+
+def assert_violations_point_at(directory: Path, file: str, expected: list[tuple[str, str, str]],
+                               section: str = "spec.to[0].default") -> None:
+    """The desired `directory` has exactly the `expected` violations, each (path below `section`, a fragment of its
+    message, text on the line of `file` it points at)."""
+    lines = (directory / file).read_text().splitlines()
+    found = violations(directory)
+    assert len(found) == len(expected), "\n".join(found)
+    for path, fragment, on_line in expected:
+        want = f"{section}{path}"
+        matching = [v for v in map(split_violation, found) if v[2] == want and fragment in v[3]]
+        assert matching, f"no violation at {want} saying {fragment!r} in:\n" + "\n".join(found)
+        where, line, _, _ = matching[0]
+        assert where == file
+        assert on_line in lines[line - 1], (matching[0], lines[line - 1])
 
 
 # --- a sandbox that is always brought down ----------------------------------------------------------------------
@@ -424,6 +473,14 @@ def start_sandbox(desired: Desired | Path, state: Path) -> list[ProxyConfig]:
     return proxies
 
 
+def running_mesh(root: Path, write: Callable[[Path], MeshFiles]) -> Iterator[MeshFiles]:
+    """For a module's `running` fixture: the mesh `write` puts in `root/desired`, on a sandbox under `root/state`
+    for as long as the fixture lives (`yield from running_mesh(...)`)."""
+    files = write(root / "desired")
+    with running_sandbox(files.load(), root / "state"):
+        yield files
+
+
 @contextmanager
 def running_sandbox(desired: Desired, state: Path) -> Iterator[list[ProxyConfig]]:
     """The desired mesh on real Envoys (and demo apps) on loopback (`start_sandbox`); brought down afterwards however
@@ -442,6 +499,11 @@ def stats(client: httpx.Client, admin_url: str, pattern: str) -> dict[str, int]:
     answer = client.get(f"{admin_url}/stats", params={"format": "json", "filter": pattern})
     answer.raise_for_status()
     return {s["name"]: int(s["value"]) for s in answer.json()["stats"] if "name" in s and "value" in s}
+
+
+def stats_by_suffix(client: httpx.Client, admin_url: str, pattern: str) -> dict[str, int]:
+    """`stats`, each named by the last part of its name only (`...fault.aborts_injected` -> `aborts_injected`)."""
+    return {name.rsplit(".", 1)[-1]: value for name, value in stats(client, admin_url, pattern).items()}
 
 
 def stat(client: httpx.Client, admin_url: str, name: str) -> int:

@@ -32,25 +32,23 @@ from meshplan.policies.conf import ConfReader, MergedConfError, Setting
 from meshplan.validate.check import FieldCheck
 from meshplan.validate.resources import load_and_parse
 from tests.builders import violations
+from tests.policy_tables import policy_file
 
 DEMO = Path(__file__).parent.parent / "examples" / "demo"
 
 
 def _write(tmp_path: Path, default: str) -> Path:
     (tmp_path / "mesh.yaml").write_text("type: Mesh\nname: default\n")
-    (tmp_path / "timeout.yaml").write_text(f"""\
-type: MeshTimeout
-mesh: default
-name: t
-spec:
-  targetRef:
-    kind: Mesh
-  to:
-    - targetRef:
-        kind: Mesh
-      default:
-{default}""")
+    (tmp_path / "timeout.yaml").write_text(policy_file("MeshTimeout", default))
     return tmp_path
+
+
+def _merged_to(directory: Path, kind: str, destination: str) -> Merged:
+    """What the `kind` policies of the desired directory merge to for web's outbound to `destination`."""
+    desired = load_and_parse(directory)
+    web = next(dp for dp in desired.dataplanes if dp.name == "web")
+    found = match_proxy(desired, web)
+    return next(found.to(kind, d.destination) for d in found.destinations if d.destination.name == destination)
 
 
 def test_one_item_is_checked_field_by_field(tmp_path: Path) -> None:
@@ -199,11 +197,7 @@ CIRCUIT_BREAKER = Path(__file__).parent / "testdata" / "circuit_breaker.input"
 
 def test_a_merged_circuit_breaker_reads_both_spellings_as_one_typed_conf() -> None:
     # `other`: the Mesh-wide policy in the seed's spelling, then kuma-spelling's connectionLimits and nested detectors.
-    desired = load_and_parse(CIRCUIT_BREAKER)
-    web = next(dp for dp in desired.dataplanes if dp.name == "web")
-    found = match_proxy(desired, web)
-    merged = next(found.to(circuit_breaker.KIND, d.destination) for d in found.destinations
-                  if d.destination.name == "other")
+    merged = _merged_to(CIRCUIT_BREAKER, circuit_breaker.KIND, "other")
     conf = circuit_breaker.parse(ConfReader.of_merged(merged))
     assert conf is not None and conf.pool is not None and conf.outlier_detection is not None
     assert conf.pool.max_connections is not None and conf.pool.max_connections.value == 5
@@ -247,11 +241,7 @@ HEALTH_CHECK = Path(__file__).parent / "testdata" / "health_check.input"
 
 def test_a_merged_health_check_converts_once_with_origins() -> None:
     # web -> backend: hc for everyone, web-override (more specific) for web's http path and timeout.
-    desired = load_and_parse(HEALTH_CHECK)
-    web = next(dp for dp in desired.dataplanes if dp.name == "web")
-    found = match_proxy(desired, web)
-    merged = next(found.to(health_check.KIND, d.destination) for d in found.destinations
-                  if d.destination.name == "backend")
+    merged = _merged_to(HEALTH_CHECK, health_check.KIND, "backend")
     conf = health_check.parse(ConfReader.of_merged(merged))
     assert conf.timeout is not None and conf.timeout.value == "1s"
     assert [o.split(" ")[0] for o in conf.timeout.origins] == ["MeshHealthCheck/web-override"]

@@ -14,14 +14,17 @@ import pytest
 from conftest import Loopback
 
 from meshplan.model import ProxyConfig
-from meshplan.render.proxies import render_all
 from tests.builders import (
     Addresses,
     FixedAddresses,
     MeshFiles,
     Service,
-    running_sandbox,
+    assert_violations_start_with,
+    running_mesh,
     stats,
+    stats_by_suffix,
+    table_cases,
+    the_listener,
     violations,
     write_mesh,
 )
@@ -117,12 +120,11 @@ def policy(body: str, name: str = "p") -> str:
 
 
 def proxies_of(root: Path, policies: str = POLICIES) -> dict[str, ProxyConfig]:
-    return {p.name: p for p in render_all(demo_mesh(root, FixedAddresses(first_port=20001), policies).load())}
+    return demo_mesh(root, FixedAddresses(first_port=20001), policies).proxies()
 
 
 def http_filters(proxy: ProxyConfig) -> list[dict[str, Any]]:
-    (listener,) = [item for item in proxy.listeners if item.get("traffic_direction") == "INBOUND"]
-    filters: list[dict[str, Any]] = listener["filter_chains"][0]["filters"][-1]["typed_config"]["http_filters"]
+    filters: list[dict[str, Any]] = the_listener(proxy)["filter_chains"][0]["filters"][-1]["typed_config"]["http_filters"]
     return filters
 
 
@@ -185,13 +187,10 @@ def test_good_specs_pass(tmp_path: Path, body: str) -> None:
     assert violations(tmp_path) == []
 
 
-@pytest.mark.parametrize(("body", "expected"), [(b, e) for _, b, e in BAD], ids=[c for c, _, _ in BAD])
+@pytest.mark.parametrize(("body", "expected"), table_cases(BAD))
 def test_bad_specs_report_each_violation_with_file_line_and_path(tmp_path: Path, body: str, expected: list[str]) -> None:
     demo_mesh(tmp_path, FixedAddresses(first_port=20001), policy(body))
-    found = violations(tmp_path)
-    assert len(found) == len(expected), found
-    for line, want in zip(found, expected, strict=True):
-        assert line.startswith(want), found
+    assert_violations_start_with(violations(tmp_path), expected)
 
 
 # --- render -----------------------------------------------------------------------------------------------------
@@ -254,15 +253,11 @@ def test_most_specific_list_replaces_the_broader_one(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def running(tmp_path_factory: pytest.TempPathFactory, loopback: Loopback) -> Iterator[MeshFiles]:
-    root = tmp_path_factory.mktemp("fault_injection")
-    files = demo_mesh(root / "desired", loopback)
-    with running_sandbox(files.load(), root / "state"):
-        yield files
+    yield from running_mesh(tmp_path_factory.mktemp("fault_injection"), lambda desired: demo_mesh(desired, loopback))
 
 
 def fault_stats(http: httpx.Client, admin: str) -> dict[str, int]:
-    found = stats(http, admin, r"^http\..*\.fault\.(aborts|delays)_injected$")
-    return {name.rsplit(".", 1)[-1]: value for name, value in found.items()}
+    return stats_by_suffix(http, admin, r"^http\..*\.fault\.(aborts|delays)_injected$")
 
 
 @pytest.mark.envoy

@@ -24,8 +24,10 @@ from tests.builders import (
     FixedAddresses,
     MeshFiles,
     Service,
+    assert_violations_point_at,
     running_sandbox,
     split_violation,
+    table_cases,
     violations,
     write_mesh,
 )
@@ -187,21 +189,12 @@ def test_good_specs_pass(tmp_path: Path, case: str) -> None:
     assert violations(write(tmp_path, files)) == []
 
 
-@pytest.mark.parametrize(("case", "default", "expected"), BAD, ids=[c[0] for c in BAD])
+@pytest.mark.parametrize(("default", "expected"), table_cases(BAD))
 def test_bad_specs_report_every_violation_with_file_line_and_path(
-    tmp_path: Path, case: str, default: str, expected: list[tuple[str, str, str]]
+    tmp_path: Path, default: str, expected: list[tuple[str, str, str]]
 ) -> None:
     directory = write(tmp_path, {"policy.yaml": policy(default)})
-    lines = (directory / "policy.yaml").read_text().splitlines()
-    found = violations(directory)
-    assert len(found) == len(expected), "\n".join(found)
-    for path, fragment, on_line in expected:
-        want = f"spec.to[0].default{path}"
-        matching = [v for v in map(split_violation, found) if v[2] == want and fragment in v[3]]
-        assert matching, f"no violation at {want} saying {fragment!r} in:\n" + "\n".join(found)
-        file, line, _, _ = matching[0]
-        assert file == "policy.yaml"
-        assert on_line in lines[line - 1], (matching[0], lines[line - 1])
+    assert_violations_point_at(directory, "policy.yaml", expected)
 
 
 def test_placement_external_service_needs_the_egress(tmp_path: Path) -> None:

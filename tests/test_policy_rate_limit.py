@@ -12,14 +12,17 @@ import pytest
 from conftest import Loopback
 
 from meshplan.model import ProxyConfig
-from meshplan.render.proxies import render_all
 from tests.builders import (
     Addresses,
     FixedAddresses,
     MeshFiles,
     Service,
-    running_sandbox,
+    assert_violations_start_with,
+    running_mesh,
     stats,
+    stats_by_suffix,
+    table_cases,
+    the_listener,
     violations,
     write_mesh,
 )
@@ -124,12 +127,11 @@ def policy(body: str, name: str = "p") -> str:
 
 
 def proxies_of(root: Path, policies: str = POLICIES) -> dict[str, ProxyConfig]:
-    return {p.name: p for p in render_all(demo_mesh(root, FixedAddresses(first_port=20001), policies).load())}
+    return demo_mesh(root, FixedAddresses(first_port=20001), policies).proxies()
 
 
 def chain_filters(proxy: ProxyConfig) -> list[dict[str, Any]]:
-    (listener,) = [item for item in proxy.listeners if item.get("traffic_direction") == "INBOUND"]
-    filters: list[dict[str, Any]] = listener["filter_chains"][0]["filters"]
+    filters: list[dict[str, Any]] = the_listener(proxy)["filter_chains"][0]["filters"]
     return filters
 
 
@@ -204,13 +206,10 @@ def test_good_specs_pass(tmp_path: Path, body: str) -> None:
     assert violations(tmp_path) == []
 
 
-@pytest.mark.parametrize(("body", "expected"), [(b, e) for _, b, e in BAD], ids=[c for c, _, _ in BAD])
+@pytest.mark.parametrize(("body", "expected"), table_cases(BAD))
 def test_bad_specs_report_each_violation_with_file_line_and_path(tmp_path: Path, body: str, expected: list[str]) -> None:
     demo_mesh(tmp_path, FixedAddresses(first_port=20001), policy(body))
-    found = violations(tmp_path)
-    assert len(found) == len(expected), found
-    for line, want in zip(found, expected, strict=True):
-        assert line.startswith(want), found
+    assert_violations_start_with(violations(tmp_path), expected)
 
 
 # --- render -----------------------------------------------------------------------------------------------------
@@ -282,15 +281,11 @@ def test_tcp_connection_rate_goes_before_the_terminal_filter(tmp_path: Path) -> 
 
 @pytest.fixture(scope="module")
 def running(tmp_path_factory: pytest.TempPathFactory, loopback: Loopback) -> Iterator[MeshFiles]:
-    root = tmp_path_factory.mktemp("rate_limit")
-    files = demo_mesh(root / "desired", loopback)
-    with running_sandbox(files.load(), root / "state"):
-        yield files
+    yield from running_mesh(tmp_path_factory.mktemp("rate_limit"), lambda desired: demo_mesh(desired, loopback))
 
 
 def limited(http: httpx.Client, admin: str, prefix: str) -> dict[str, int]:
-    found = stats(http, admin, rf"^{prefix}\.http_local_rate_limit\.(ok|rate_limited)$")
-    return {name.rsplit(".", 1)[-1]: value for name, value in found.items()}
+    return stats_by_suffix(http, admin, rf"^{prefix}\.http_local_rate_limit\.(ok|rate_limited)$")
 
 
 @pytest.mark.envoy

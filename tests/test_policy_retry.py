@@ -18,8 +18,10 @@ from tests.builders import (
     Addresses,
     FixedAddresses,
     MeshFiles,
+    assert_violation_reported,
     running_sandbox,
     stat,
+    table_cases,
     violations,
     wait_for_stat,
     web_calling,
@@ -136,18 +138,16 @@ def base_mesh(tmp_path_factory: pytest.TempPathFactory) -> MeshFiles:
     return write_mesh(tmp_path_factory.mktemp("retry-validate"), FixedAddresses(per_address=True), web_calling())
 
 
-@pytest.mark.parametrize("body", [pytest.param(b, id=i) for i, b in GOOD])
+@pytest.mark.parametrize("body", table_cases(GOOD))
 def test_good_specs_pass(base_mesh: MeshFiles, body: str) -> None:
     assert violations(base_mesh.write({"p.yaml": policy_file(KIND, body)})) == []
 
 
-@pytest.mark.parametrize("body, line, path, message", [pytest.param(*case[1:], id=case[0]) for case in BAD])
+@pytest.mark.parametrize("body, line, path, message", table_cases(BAD))
 def test_bad_specs_report_file_line_and_path(base_mesh: MeshFiles, body: str, line: int | None, path: str,
                                             message: str) -> None:
     found = violations(base_mesh.write({"p.yaml": policy_file(KIND, body)}))
-    where = f"p.yaml:{line or marked_line(body)}: spec.to[0].default{path}: "
-    assert any(v.startswith(where) and message in v for v in found), found
-    assert all(v.startswith("p.yaml:") for v in found), found
+    assert_violation_reported(found, "p.yaml", line or marked_line(body), f"spec.to[0].default{path}", message)
 
 
 # --- rendering ------------------------------------------------------------------------------------------------

@@ -23,8 +23,12 @@ from tests.builders import (
     FixedAddresses,
     MeshFiles,
     Service,
-    running_sandbox,
+    assert_violations_start_with,
+    running_mesh,
     stats,
+    stats_by_suffix,
+    table_cases,
+    the_listener,
     violations,
     write_mesh,
 )
@@ -125,8 +129,7 @@ def policy(body: str, kind: str = "MeshTrafficPermission", name: str = "p") -> s
 
 
 def listener(proxy: ProxyConfig, direction: str = "INBOUND") -> dict[str, Any]:
-    (found,) = [item for item in proxy.listeners if item.get("traffic_direction") == direction]
-    return found
+    return the_listener(proxy, direction)
 
 
 def http_filters(proxy: ProxyConfig, chain: int = 0) -> list[dict[str, Any]]:
@@ -188,13 +191,10 @@ def test_good_specs_pass(tmp_path: Path, body: str) -> None:
     assert violations(tmp_path) == []
 
 
-@pytest.mark.parametrize(("body", "expected"), [(b, e) for _, b, e in BAD], ids=[c for c, _, _ in BAD])
+@pytest.mark.parametrize(("body", "expected"), table_cases(BAD))
 def test_bad_specs_report_each_violation_with_file_line_and_path(tmp_path: Path, body: str, expected: list[str]) -> None:
     demo_mesh(tmp_path, FixedAddresses(first_port=20001), policies=policy(body))
-    found = violations(tmp_path)
-    assert len(found) == len(expected), found
-    for line, want in zip(found, expected, strict=True):
-        assert line.startswith(want), found
+    assert_violations_start_with(violations(tmp_path), expected)
 
 
 # --- render -----------------------------------------------------------------------------------------------------
@@ -213,7 +213,7 @@ def test_no_permission_means_no_rbac(tmp_path: Path) -> None:
 
 
 def test_first_match_per_client_with_and_not(tmp_path: Path) -> None:
-    proxies = {p.name: p for p in render_all(demo_mesh(tmp_path, FixedAddresses(first_port=20001)).load())}
+    proxies = demo_mesh(tmp_path, FixedAddresses(first_port=20001)).proxies()
     reports = rbac(proxies["reports"])
     assert reports is not None
     web = {"authenticated": {"principal_name": {"exact": "spiffe://default/web"}}}
@@ -244,7 +244,7 @@ def test_first_match_per_client_with_and_not(tmp_path: Path) -> None:
 
 
 def test_tcp_inbound_gets_network_rbac_before_tcp_proxy(tmp_path: Path) -> None:
-    proxies = {p.name: p for p in render_all(demo_mesh(tmp_path, FixedAddresses(first_port=20001)).load())}
+    proxies = demo_mesh(tmp_path, FixedAddresses(first_port=20001)).proxies()
     filters = listener(proxies["ledger"])["filter_chains"][0]["filters"]
     assert [f["name"] for f in filters] == ["envoy.filters.network.rbac", "envoy.filters.network.tcp_proxy"]
     assert filters[0]["typed_config"]["stat_prefix"].endswith(".")
@@ -257,7 +257,7 @@ def test_same_specificity_the_smallest_name_wins(tmp_path: Path, first: str, sec
                       f"        kind: MeshService\n        name: web\n      default:\n        action: {action}\n", name=name)
 
     demo_mesh(tmp_path, FixedAddresses(first_port=20001), policies=one(first, "Allow") + "---\n" + one(second, "Deny"), forbid=False)
-    proxies = {p.name: p for p in render_all(MeshFiles(tmp_path).load())}
+    proxies = MeshFiles(tmp_path).proxies()
     backend = rbac(proxies["backend"])
     assert backend is not None
     assert ("Deny MeshService:web" in backend["rules"]["policies"]) is web_denied
@@ -272,7 +272,7 @@ def test_mesh_without_mtls_has_no_identity_to_check(tmp_path: Path) -> None:
 
 
 def test_default_forbid_denies_external_service_without_permission(tmp_path: Path) -> None:
-    proxies = {p.name: p for p in render_all(demo_mesh(tmp_path, FixedAddresses(first_port=20001)).load())}
+    proxies = demo_mesh(tmp_path, FixedAddresses(first_port=20001)).proxies()
     chains = {c["name"]: c for c in proxies["egress"].listeners[0]["filter_chains"]}
     closed = [f for f in chains["mes:default:closed"]["filters"][0]["typed_config"]["http_filters"] if "rbac" in f["name"]]
     assert closed[0]["typed_config"]["rules"] == {"action": "ALLOW", "policies": {}}
@@ -282,7 +282,7 @@ def test_default_forbid_denies_external_service_without_permission(tmp_path: Pat
 
 
 def test_without_forbid_an_external_service_without_permission_is_open(tmp_path: Path) -> None:
-    proxies = {p.name: p for p in render_all(demo_mesh(tmp_path, FixedAddresses(first_port=20001), forbid=False).load())}
+    proxies = demo_mesh(tmp_path, FixedAddresses(first_port=20001), forbid=False).proxies()
     chains = {c["name"]: c for c in proxies["egress"].listeners[0]["filter_chains"]}
     assert "rbac" not in json.dumps(chains["mes:default:closed"])
     httpbin = [f for f in chains["mes:default:httpbin"]["filters"][0]["typed_config"]["http_filters"] if "rbac" in f["name"]]
@@ -300,7 +300,7 @@ def test_default_forbid_applies_with_no_permission_in_the_mesh_at_all(tmp_path: 
 
 
 def test_default_forbid_renders_with_no_permission_in_the_mesh_at_all(tmp_path: Path) -> None:
-    proxies = {p.name: p for p in render_all(demo_mesh(tmp_path, FixedAddresses(first_port=20001), policies="").load())}
+    proxies = demo_mesh(tmp_path, FixedAddresses(first_port=20001), policies="").proxies()
     assert "envoy.filters.http.rbac" in json.dumps(proxies["egress"].listeners)
 
 
@@ -360,15 +360,11 @@ def test_egress_inbound_is_per_external_service(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def running(tmp_path_factory: pytest.TempPathFactory, loopback: Loopback) -> Iterator[MeshFiles]:
-    root = tmp_path_factory.mktemp("traffic_permission")
-    files = demo_mesh(root / "desired", loopback)
-    with running_sandbox(files.load(), root / "state"):
-        yield files
+    yield from running_mesh(tmp_path_factory.mktemp("traffic_permission"), lambda desired: demo_mesh(desired, loopback))
 
 
 def rbac_stats(http: httpx.Client, running: MeshFiles, proxy: str) -> dict[str, int]:
-    found = stats(http, running.admin[proxy], r"rbac\.(allowed|denied|shadow_denied)$")
-    return {name.rsplit(".", 1)[-1]: value for name, value in found.items()}
+    return stats_by_suffix(http, running.admin[proxy], r"rbac\.(allowed|denied|shadow_denied)$")
 
 
 @pytest.mark.envoy

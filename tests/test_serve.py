@@ -21,7 +21,7 @@ from meshplan.model import ProxyConfig
 from meshplan.xds import identity, snapshot
 from meshplan.xds.bootstrap import FILES, write_host_dir
 from meshplan.xds.store import DirectoryStore, ProxyStatus
-from tests.builders import MeshBuilder, http_listener, stat, static_cluster
+from tests.builders import MeshBuilder, http_listener, listener_url, stat, static_cluster
 from tests.fleet import Fleet, Server, dynamic_clusters, wait_for
 
 pytestmark = pytest.mark.envoy
@@ -55,6 +55,17 @@ def start(fleet: Fleet, state: Path, server: Server, proxy: ProxyConfig, out: Pa
 def with_app(fleet: Fleet, mesh: MeshBuilder, proxy: ProxyConfig) -> None:
     inbound = mesh.dataplanes[[p.name for p in mesh.proxies].index(proxy.name)].inbounds[0]
     fleet.app(inbound.service, proxy.name, inbound.service_address, inbound.service_port)
+
+
+def serving_v1(mesh: MeshBuilder, fleet: Fleet, state: Path) -> tuple[ProxyConfig, Server, ProxyStatus]:
+    """A sidecar `web-1` with its app, and an xDS server under `state` that holds snapshot v1 for it, once its
+    Envoy has answered v1: (the proxy, the server, the proxy's status then)."""
+    proxy = mesh.sidecar("web-1")
+    with_app(fleet, mesh, proxy)
+    server = fleet.serve(state, f"{mesh.loopback.ip()}:0")
+    write(state, proxy, "v1")
+    start(fleet, state, server, proxy)
+    return proxy, server, taken(state, "web-1", "v1")
 
 
 def get(url: str) -> httpx.Response:
@@ -121,23 +132,13 @@ def test_an_envoy_waits_for_its_snapshot_then_takes_it(mesh: MeshBuilder, fleet:
 
     write(state, proxy, "v1")
     assert taken(state, "web-1", "v1").acked == "v1"
-    wait_for("the listener to serve", lambda: get(f"{_listener(proxy)}/hello").json()["instance"] == "web-1")
+    wait_for("the listener to serve", lambda: get(f"{listener_url(proxy)}/hello").json()["instance"] == "web-1")
     assert get(f"{proxy.admin_url}/ready").status_code == 200
-
-
-def _listener(proxy: ProxyConfig, index: int = 0) -> str:
-    socket = proxy.listeners[index]["address"]["socket_address"]
-    return f"http://{socket['address']}:{socket['port_value']}"
 
 
 def test_a_nacked_snapshot_is_never_sent_again(mesh: MeshBuilder, fleet: Fleet, tmp_path: Path, http: httpx.Client) -> None:
     state = tmp_path / "state"
-    proxy = mesh.sidecar("web-1")
-    with_app(fleet, mesh, proxy)
-    server = fleet.serve(state, f"{mesh.loopback.ip()}:0")
-    write(state, proxy, "v1")
-    start(fleet, state, server, proxy)
-    taken(state, "web-1", "v1")
+    proxy, server, _ = serving_v1(mesh, fleet, state)
 
     bad = mesh.change("web-1", clusters=(dict(proxy.clusters[0], connect_timeout="-1s"),))
     write(state, bad, "v2")
@@ -150,7 +151,7 @@ def test_a_nacked_snapshot_is_never_sent_again(mesh: MeshBuilder, fleet: Fleet, 
     write(state, good, "v3")
     assert taken(state, "web-1", "v3").acked == "v3"
     assert stat(http, proxy.admin_url, "cluster_manager.cds.update_rejected") == 1
-    assert get(f"{_listener(proxy)}/").status_code == 200
+    assert get(f"{listener_url(proxy)}/").status_code == 200
 
 
 def test_make_before_break_never_drops_a_request(mesh: MeshBuilder, fleet: Fleet, tmp_path: Path) -> None:
@@ -158,13 +159,8 @@ def test_make_before_break_never_drops_a_request(mesh: MeshBuilder, fleet: Fleet
     cluster Envoy no longer has; sent make-before-break, no request fails. The same after a server restart, when
     only the store knows what the Envoy holds."""
     state = tmp_path / "state"
-    proxy = mesh.sidecar("web-1")
-    with_app(fleet, mesh, proxy)
-    server = fleet.serve(state, f"{mesh.loopback.ip()}:0")
-    write(state, proxy, "v1")
-    start(fleet, state, server, proxy)
-    taken(state, "web-1", "v1")
-    url = f"{_listener(proxy)}/"
+    proxy, server, _ = serving_v1(mesh, fleet, state)
+    url = f"{listener_url(proxy)}/"
     failures: list[str] = []
     sent = [0]
     stop = threading.Event()
@@ -220,18 +216,13 @@ def test_a_server_killed_and_restarted_changes_nothing_and_envoys_come_back(
     mesh: MeshBuilder, fleet: Fleet, tmp_path: Path, http: httpx.Client
 ) -> None:
     state = tmp_path / "state"
-    proxy = mesh.sidecar("web-1")
-    with_app(fleet, mesh, proxy)
-    server = fleet.serve(state, f"{mesh.loopback.ip()}:0")
-    write(state, proxy, "v1")
-    start(fleet, state, server, proxy)
-    first = taken(state, "web-1", "v1")
+    proxy, server, first = serving_v1(mesh, fleet, state)
     modified = {s: stat(http, proxy.admin_url, s) for s in ("cluster_manager.cluster_modified", "listener_manager.listener_modified")}
 
     server.process.kill()
     server.process.wait()
     # Envoy keeps serving what it has
-    assert get(f"{_listener(proxy)}/").status_code == 200
+    assert get(f"{listener_url(proxy)}/").status_code == 200
     wait_for("Envoy to notice", lambda: stat(http, proxy.admin_url, "control_plane.connected_state") == 0)
 
     restarted = fleet.restart(server)
@@ -240,7 +231,7 @@ def test_a_server_killed_and_restarted_changes_nothing_and_envoys_come_back(
     assert isinstance(back, ProxyStatus) and back.acked == "v1"
     # the same snapshot again: nothing changed in the Envoy
     assert {s: stat(http, proxy.admin_url, s) for s in modified} == modified
-    assert get(f"{_listener(proxy)}/").status_code == 200
+    assert get(f"{listener_url(proxy)}/").status_code == 200
     assert "web-1: connected" in restarted.log_text()
 
 

@@ -25,18 +25,8 @@ def desired(tmp_path: Path) -> Path:
     return copy
 
 
-def _add(directory: Path, text: str) -> Path:
-    path = directory / "policies" / "extra.yaml"
-    path.write_text(text)
-    return path
-
-
-def test_the_example_has_none() -> None:
-    assert warnings(load_and_parse(DEMO)) == []
-
-
-def test_a_misspelt_service_says_which_one_was_meant(desired: Path) -> None:
-    path = _add(desired, """\
+# A timeout for a service nobody has: `backnd`, a typo of `backend` (its targetRef name is on line 10).
+TYPO = """\
 type: MeshTimeout
 mesh: default
 name: typo
@@ -49,7 +39,21 @@ spec:
         name: backnd
       default:
         connectionTimeout: 2s
-""")
+"""
+
+
+def _add(directory: Path, text: str) -> Path:
+    path = directory / "policies" / "extra.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_the_example_has_none() -> None:
+    assert warnings(load_and_parse(DEMO)) == []
+
+
+def test_a_misspelt_service_says_which_one_was_meant(desired: Path) -> None:
+    path = _add(desired, TYPO)
     assert warnings(load_and_parse(desired)) == [
         f"{path}:10: MeshTimeout/typo: targetRef names MeshService 'backnd', a service that no Dataplane inbound "
         "provides (did you mean 'backend'?)"]
@@ -97,20 +101,7 @@ spec:
 
 
 def test_validate_and_plan_show_them_and_still_succeed(desired: Path, tmp_path: Path) -> None:
-    _add(desired, """\
-type: MeshTimeout
-mesh: default
-name: typo
-spec:
-  targetRef:
-    kind: Mesh
-  to:
-    - targetRef:
-        kind: MeshService
-        name: backnd
-      default:
-        connectionTimeout: 2s
-""")
+    _add(desired, TYPO)
     checked = CliRunner().invoke(app, ["validate", str(desired)])
     assert checked.exit_code == 0
     assert "Warning: " in checked.stderr and "did you mean 'backend'?" in checked.stderr

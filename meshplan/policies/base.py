@@ -16,9 +16,9 @@ Modules run in the registry's order and only change resources the base render or
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from meshplan.envoy.types import HCM_NAME, TCP_PROXY_NAME
 from meshplan.load.resources import PathKey
@@ -33,9 +33,11 @@ from meshplan.model import (
     ProxyConfig,
     ZoneEgress,
 )
+from meshplan.policies.conf import ConfReader
 from meshplan.validate.check import FieldCheck
 
 Json = dict[str, Any]
+C = TypeVar("C")  # a kind's typed conf
 Steps = tuple[str | int, ...]  # keys and list positions from a resource's top to one of its fields
 
 
@@ -93,6 +95,22 @@ class ProxyBuild:
             kind = type(resource).__name__
             self._made_by[id(node)] = f"{kind}/{resource.name} ({resource.source})"
             self._keep.append(node)
+
+    def merged_outbounds(self, kind: str) -> Iterator[tuple[OutboundPoint, Merged]]:
+        """Each outbound (in order) with what the `kind` policies merged to for its destination; an outbound they
+        set nothing for is skipped."""
+        for out in self.outbounds:
+            merged = self.match.to(kind, out.destination)
+            if not merged.empty:
+                yield out, merged
+
+    def outbound_confs(self, kind: str, parse: Callable[[ConfReader], C | None]) -> Iterator[tuple[OutboundPoint, C]]:
+        """Each outbound with the typed conf (`parse`) of what the `kind` policies merged to for it; skipped where they
+        set nothing, or where the conf is None (nothing to render)."""
+        for out, merged in self.merged_outbounds(kind):
+            conf = parse(ConfReader.of_merged(merged))
+            if conf is not None:
+                yield out, conf
 
     def set(self, container: Json, key: str, value: Any, origins: Iterable[str]) -> None:
         """Set `container[key]` and remember who set it (shown beside the field in a plan)."""

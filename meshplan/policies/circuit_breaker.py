@@ -227,14 +227,8 @@ def validate(default: Json, path: PathKey, check: FieldCheck, section: str) -> N
 
 
 def apply(build: ProxyBuild) -> None:
-    for out in build.outbounds:
-        # Merged in the seed's spelling (match.spelling); for an external service only on the egress (the seed).
-        merged = build.match.to(KIND, out.destination)
-        if merged.empty:
-            continue
-        conf = parse(ConfReader.of_merged(merged))
-        if conf is None:
-            continue
+    # Merged in the seed's spelling (match.spelling); for an external service only on the egress (the seed).
+    for out, conf in build.outbound_confs(KIND, parse):
         if conf.pool is not None:
             _thresholds(build, conf.pool, out.cluster)
         if conf.outlier_detection is not None:

@@ -276,12 +276,9 @@ def validate(default: Json, path: PathKey, check: FieldCheck, section: str) -> N
 
 
 def apply(build: ProxyBuild) -> None:
-    for point in build.outbounds:
-        # For an external service only on the egress (the seed's placement, applied by match.result).
-        merged = build.match.to(KIND, point.destination)
-        if merged.empty:
-            continue
-        _configure_cluster(build, point.cluster, point.protocol, parse(ConfReader.of_merged(merged)))
+    # For an external service only on the egress (the seed's placement, applied by match.result).
+    for point, conf in build.outbound_confs(KIND, parse):
+        _configure_cluster(build, point.cluster, point.protocol, conf)
 
 
 def _configure_cluster(build: ProxyBuild, cluster: Json, protocol: str, conf: Conf) -> None:

@@ -289,12 +289,8 @@ def validate(default: Json, path: PathKey, check: FieldCheck, section: str) -> N
 
 def apply(build: ProxyBuild) -> None:
     hashing: dict[str, tuple[list[Json], list[str]]] = {}  # cluster name -> (hash policies, their origins)
-    for point in build.outbounds:
-        # For an external service only on the egress (the seed's placement, applied by match.result).
-        merged = build.match.to(KIND, point.destination)
-        if merged.empty:
-            continue
-        conf = parse(ConfReader.of_merged(merged))
+    # For an external service only on the egress (the seed's placement, applied by match.result).
+    for point, conf in build.outbound_confs(KIND, parse):
         if conf.load_balancer is not None and conf.load_balancer.lb_policy is not None:
             _configure_cluster(build, point.cluster, conf.load_balancer)
         found = _chosen_hash_policies(conf)

@@ -342,13 +342,7 @@ def validate(default: Json, path: PathKey, check: FieldCheck, section: str) -> N
 
 def apply(build: ProxyBuild) -> None:
     # The seed: MeshRetry is implemented on the sidecar only (match.result applies the placement).
-    for out in build.outbounds:
-        merged = build.match.to(KIND, out.destination)
-        if merged.empty:
-            continue
-        conf = parse(ConfReader.of_merged(merged))
-        if conf is None:
-            continue
+    for out, conf in build.outbound_confs(KIND, parse):
         if out.protocol == "tcp":
             proxy = tcp_proxy(out.chain)
             attempts = conf.tcp.max_connect_attempt if conf.tcp else None

@@ -124,10 +124,8 @@ def _check_from_kind(check: FieldCheck, path: PathKey) -> None:
 
 
 def apply(build: ProxyBuild) -> None:
-    for out in build.outbounds:
-        merged = build.match.to(KIND, out.destination)
-        if not merged.empty:
-            _configure(build, merged, out.cluster, out.chain, out.protocol)
+    for out, merged in build.merged_outbounds(KIND):
+        _configure(build, merged, out.cluster, out.chain, out.protocol)
     for point in build.inbounds:
         # `from` items all target Mesh (validated), so the rule for a client without tags is the one rule.
         rule = rule_for(build.match.from_(KIND, point.target), {})
