@@ -21,7 +21,13 @@ from meshplan.model import ProxyConfig
 from meshplan.xds import identity, snapshot
 from meshplan.xds.bootstrap import FILES, write_host_dir
 from meshplan.xds.store import DirectoryStore, ProxyStatus
-from tests.builders import MeshBuilder, http_listener, listener_url, stat, static_cluster
+from tests.builders import (
+    MeshBuilder,
+    http_listener,
+    listener_url,
+    stat,
+    static_cluster,
+)
 from tests.fleet import Fleet, Server, dynamic_clusters, wait_for
 
 pytestmark = pytest.mark.envoy
