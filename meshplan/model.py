@@ -156,13 +156,20 @@ class Desired:
 
     def instances(self, mesh: str, service: str) -> list[tuple[Dataplane, Inbound]]:
         """Every inbound of the service in the mesh, with its dataplane (indexed once: render asks per outbound)."""
+        return list(self._index().get((mesh, service), []))
+
+    def services(self, mesh: str) -> list[str]:
+        """Every service of the mesh (its dataplanes' inbounds' `kuma.io/service`), sorted."""
+        return sorted(service for in_mesh, service in self._index() if in_mesh == mesh)
+
+    def _index(self) -> dict[tuple[str, str], list[tuple[Dataplane, Inbound]]]:
         if self._instances is None:
             index: dict[tuple[str, str], list[tuple[Dataplane, Inbound]]] = {}
             for dp in self.dataplanes:
                 for inbound in dp.inbounds:
                     index.setdefault((dp.mesh, inbound.service), []).append((dp, inbound))
             self._instances = index
-        return list(self._instances.get((mesh, service), []))
+        return self._instances
 
     def proxy_names(self) -> list[str]:
         return [dp.name for dp in self.dataplanes] + [eg.name for eg in self.egresses]

@@ -74,12 +74,16 @@ def facts(desired: Desired, match: ProxyMatch, proxy: Dataplane | ZoneEgress) ->
                 value = [{"matches": list(r.matches), "default": r.default} for r in kind.rules]
                 origins = tuple(sorted({o for r in kind.rules for o in r.origins()}))
             _add(found, Fact(client, label, ASPECTS.get(kind.kind, kind.kind), value, origins))
-    mesh = proxy.mesh if isinstance(proxy, Dataplane) else None
     for inbound in match.inbounds:
         target = inbound.target
-        label = target.service if isinstance(target, Inbound) else target.name
+        if isinstance(target, Inbound):  # a sidecar's inbound; the egress's are its external services
+            assert isinstance(proxy, Dataplane)
+            label, mesh = target.service, proxy.mesh
+        else:
+            label, mesh = target.name, target.mesh
+        clients = desired.services(mesh) if inbound.from_ else []
         for from_kind in inbound.from_:
-            for service in _services(desired, mesh if mesh is not None else getattr(target, "mesh", None)):
+            for service in clients:
                 rule = rule_for(list(from_kind.rules), {SERVICE_TAG: service})
                 if rule is not None and not rule.merged.empty:
                     _add(found, Fact(service, label, ASPECTS.get(from_kind.kind, from_kind.kind), rule.merged.conf,
@@ -107,11 +111,6 @@ def _client(proxy: Dataplane | ZoneEgress) -> str:
         return "egress"
     services = sorted({i.tags[SERVICE_TAG] for i in proxy.inbounds if SERVICE_TAG in i.tags})
     return ",".join(services) or proxy.name
-
-
-def _services(desired: Desired, mesh: str | None) -> list[str]:
-    return sorted({i.tags[SERVICE_TAG] for dp in desired.dataplanes if mesh is None or dp.mesh == mesh
-                   for i in dp.inbounds if SERVICE_TAG in i.tags})
 
 
 def _origins(merged: Merged) -> tuple[str, ...]:

@@ -10,7 +10,6 @@ from collections.abc import Iterable
 from meshplan.errors import Source
 from meshplan.match.matcher import selects
 from meshplan.model import (
-    SERVICE_TAG,
     Dataplane,
     Desired,
     Policy,
@@ -24,34 +23,24 @@ SERVICE_KINDS = ("MeshService", "MeshServiceSubset")
 
 def warnings(desired: Desired) -> list[str]:
     """Every warning, as `file:line: Kind/name: message`, in file order."""
-    services = _services(desired)
     dataplanes = {dp.name for dp in desired.dataplanes}
     externals = {mes.name for mes in desired.external_services}
     proxies: list[Dataplane | ZoneEgress] = [*desired.dataplanes, *desired.egresses]
     found: list[tuple[Source, str]] = []
     for policy in desired.policies:
         label = f"{policy.kind}/{policy.name}"
-        top = _name_miss(policy.target_ref, services.get(policy.mesh, set()), dataplanes, externals)
+        top = _name_miss(policy.target_ref, set(desired.services(policy.mesh)), dataplanes, externals)
         if top is not None:
             found.append((_line(policy, "targetRef.name"), f"{label}: {top}"))
         elif not any(selects(policy, proxy) for proxy in proxies):
             found.append((_line(policy, "targetRef"), f"{label}: selects no proxy, so it changes nothing"))
         for section, items in (("to", policy.to), ("from", policy.from_)):
             for item in items:
-                miss = _name_miss(item.target_ref, services.get(policy.mesh, set()), dataplanes, externals)
+                miss = _name_miss(item.target_ref, set(desired.services(policy.mesh)), dataplanes, externals)
                 if miss is not None:
                     found.append((_line(policy, f"{section}[{item.index}].targetRef.name"), f"{label}: {miss}"))
     found.sort(key=lambda pair: (pair[0].file, pair[0].line))
     return [f"{source}: {message}" for source, message in found]
-
-
-def _services(desired: Desired) -> dict[str, set[str]]:
-    by_mesh: dict[str, set[str]] = {}
-    for dp in desired.dataplanes:
-        for inbound in dp.inbounds:
-            if SERVICE_TAG in inbound.tags:
-                by_mesh.setdefault(dp.mesh, set()).add(inbound.tags[SERVICE_TAG])
-    return by_mesh
 
 
 def _name_miss(ref: TargetRef, services: set[str], dataplanes: set[str], externals: set[str]) -> str | None:

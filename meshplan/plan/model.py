@@ -125,12 +125,12 @@ def desired_forms(proxy: ProxyConfig) -> DesiredForms:
 def make_plan(
     proxies: list[ProxyConfig], live: Mapping[str, LiveResult], *, desired_dir: str = "", state_serial: int = 0,
     state_lineage: str = "", forms: Mapping[str, DesiredForms] | None = None, directory_warnings: Sequence[str] = (),
-    delivered: Mapping[str, Mapping[str, Sequence[Mapping[str, Any]]]] | None = None,
+    delivered: Mapping[str, tuple[str, Mapping[str, Sequence[Mapping[str, Any]]]]] | None = None,
     applied_facts: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
 ) -> Plan:
     """Compare every proxy's desired resources with what its Envoy reported. `forms` (by proxy name) are the desired
-    canonical forms when the caller already has them (`desired_forms`). `delivered` (by proxy name: "clusters" and
-    "listeners") is what meshplan last delivered and the proxy took, from the state: what the proxy runs beside it
+    canonical forms when the caller already has them (`desired_forms`). `delivered` (by proxy name: its fingerprint,
+    and its "clusters" and "listeners") is what meshplan last delivered and the proxy took, from the state: what the proxy runs beside it
     was changed outside meshplan, and is shown apart."""
     plans = []
     for proxy in proxies:
@@ -147,19 +147,22 @@ def make_plan(
         running = result.resources
         changes = []
         outside: list[ResourcePlan] = []
-        last = (delivered or {}).get(proxy.name)
-        live_texts: list[str] = []  # the live fingerprint's, from the diff's canonical forms
         try:
+            running_forms: dict[str, dict[str, str]] = {}
             for kind, have in (("cluster", running.clusters), ("listener", running.listeners)):
-                wanted_texts = wanted_forms[kind]
-                running_texts = canonical_by_name(have, "live", expected=wanted_texts)
-                if last is not None:
-                    before = canonical_by_name(last.get(f"{kind}s", ()), "delivered", expected=wanted_texts)
-                    outside += [_outside_plan(c) for c in diff_canonical(running_texts, before, kind)]  # type: ignore[arg-type]
-                for change in diff_canonical(wanted_texts, running_texts, kind):  # type: ignore[arg-type]
+                running_forms[kind] = canonical_by_name(have, "live", expected=wanted_forms[kind])
+            for kind, running_texts in running_forms.items():
+                for change in diff_canonical(wanted_forms[kind], running_texts, kind):  # type: ignore[arg-type]
                     changes.append(_resource_plan(proxy, change))
-                live_texts += running_texts.values()
-            changes = [_reverting(change, outside) for change in changes]
+            live_fp = fingerprint_canonical(t for texts in running_forms.values() for t in texts.values())
+            last = (delivered or {}).get(proxy.name)
+            if last is not None and last[0] != live_fp:  # it runs something else than meshplan delivered
+                for kind, running_texts in running_forms.items():
+                    # what was delivered is, most often, what is desired now: its canonical forms are known
+                    before = wanted_forms[kind] if last[0] == desired_fp else canonical_by_name(
+                        last[1].get(f"{kind}s", ()), "delivered", expected=wanted_forms[kind])
+                    outside += [_outside_plan(c) for c in diff_canonical(running_texts, before, kind)]  # type: ignore[arg-type]
+                changes = [_reverting(change, outside) for change in changes]
         except CanonicalError as exc:
             # One proxy running what meshplan cannot read (an extension its protos do not know, say) is that
             # proxy's problem, reported like an unreachable one; the others are planned.
@@ -168,7 +171,7 @@ def make_plan(
         warnings = [f'cluster "{n}" is warming' for n in running.warming_clusters]
         warnings += [f'listener "{n}" is warming' for n in running.warming_listeners]
         warnings += [f'listener "{e.name}" was rejected by Envoy: {e.details}' for e in running.errored_listeners]
-        plans.append(ProxyPlan(status=OK, live_fingerprint=fingerprint_canonical(live_texts),
+        plans.append(ProxyPlan(status=OK, live_fingerprint=live_fp,
                                changes=tuple(changes), warnings=tuple(warnings), outside=tuple(outside),
                                **base))  # type: ignore[arg-type]
     created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
@@ -190,12 +193,11 @@ def _outside_plan(change: ResourceChange) -> ResourcePlan:
 def _reverting(change: ResourcePlan, outside: Sequence[ResourcePlan]) -> ResourcePlan:
     """A planned change that only puts back what meshplan delivered (the desired value is the delivered one) is
     caused by whoever changed the proxy, not by the policy that set the value: said so, in place of its origins."""
-    made = {(o.type, o.name): o for o in outside}
-    found = made.get((change.type, change.name))
+    found = next((o for o in outside if (o.type, o.name) == (change.type, change.name)), None)
     if found is None:
         return change
-    if change.action is not Action.UPDATE or found.action is not Action.UPDATE:
-        return dataclasses.replace(change, origins=(OUTSIDE,)) if found.action is not Action.UPDATE else change
+    if found.action is not Action.UPDATE:  # added or removed outside: the whole planned change puts it back
+        return dataclasses.replace(change, origins=(OUTSIDE,))
     delivered = {f.path: f.before for f in found.fields}
     fields = tuple(dataclasses.replace(f, origins=(OUTSIDE,))
                    if f.path in delivered and delivered[f.path] == f.after else f for f in change.fields)

@@ -123,9 +123,10 @@ def _fewer_collections() -> Iterator[None]:
         gc.set_threshold(*before)
 
 
-def delivered(recorded: state.State) -> dict[str, dict[str, list[dict[str, Any]]]]:
-    """What meshplan last delivered to each proxy that took it: what the plan tells changes made outside from."""
-    return {name: record.resources for name, record in recorded.proxies.items()
+def delivered(recorded: state.State) -> dict[str, tuple[str, dict[str, list[dict[str, Any]]]]]:
+    """What meshplan last delivered to each proxy that took it (its fingerprint and resources): what the plan tells
+    changes made outside from."""
+    return {name: (record.fingerprint, record.resources) for name, record in recorded.proxies.items()
             if record.outcome in state.SETTLED and record.resources}
 
 

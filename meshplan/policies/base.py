@@ -171,15 +171,6 @@ class ProxyBuild:
                 yield from self._paths(item, prefix + (i,))
 
 
-def origins_of(merged: Merged, *keys: str) -> list[str]:
-    """The policies that set any of these fields (dotted paths in the merged conf), or any field below them."""
-    out: set[str] = set()
-    for path, origin in merged.origins.items():
-        if any(path == key or path.startswith(key + ".") for key in keys):
-            out.add(str(origin.set_by))
-    return sorted(out)
-
-
 def network_filter(chain: Json, name: str) -> Json | None:
     """The typed_config of the named network filter in a filter chain."""
     for f in chain.get("filters", []):
