@@ -37,9 +37,13 @@ def import_graph(root: Path) -> tuple[dict[str, set[str]], list[tuple[str, int]]
             else:
                 continue
             found = set()
+            ancestors = {".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 1)}
             for target in targets:  # importing a.b.c runs a, a.b and a.b.c
                 parts = target.split(".")
-                found |= {".".join(parts[:i]) for i in range(1, len(parts) + 1)} & modules.keys()
+                # ... but a package this module is in has started running before it: only a name taken from
+                # that package itself (the target) depends on it, not reaching a sibling through it.
+                found |= ({".".join(parts[:i]) for i in range(1, len(parts))} - ancestors) | {target}
+                found &= modules.keys()
             if found and id(node) not in top_level:
                 lazy.append((name, node.lineno))
             deps |= found
@@ -86,6 +90,22 @@ def test_a_cycle_is_found(tmp_path: Path) -> None:
     graph, lazy, _ = import_graph(package)
     assert find_cycle(graph) == ["meshplan.policies", "meshplan.render.proxies", "meshplan.policies"]
     assert lazy == [("meshplan.render.proxies", 2)]
+
+
+def test_a_package_may_import_its_own_parts(tmp_path: Path) -> None:
+    """A kind's package (`policies/timeout/__init__`) imports its api and envoy modules, and envoy imports api
+    through the package: no cycle. Taking a name from the package itself, while it imports the module, is one."""
+    kind = tmp_path / "meshplan" / "timeout"
+    kind.mkdir(parents=True)
+    (tmp_path / "meshplan" / "__init__.py").write_text("")
+    (kind / "__init__.py").write_text("from meshplan.timeout.api import KIND\nfrom meshplan.timeout.envoy import apply\n")
+    (kind / "api.py").write_text("KIND = 'MeshTimeout'\n")
+    (kind / "envoy.py").write_text("from meshplan.timeout.api import KIND\n")
+    graph, _, _ = import_graph(tmp_path / "meshplan")
+    assert find_cycle(graph) is None
+    (kind / "envoy.py").write_text("from meshplan.timeout import KIND\n")
+    graph, _, _ = import_graph(tmp_path / "meshplan")
+    assert find_cycle(graph) == ["meshplan.timeout", "meshplan.timeout.envoy", "meshplan.timeout"]
 
 
 def test_lazy_imports_only_in_the_command_line() -> None:
