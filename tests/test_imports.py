@@ -51,6 +51,15 @@ def import_graph(root: Path) -> tuple[dict[str, set[str]], list[tuple[str, int]]
     return graph, lazy, relative
 
 
+def write_tree(root: Path, files: dict[str, str]) -> Path:
+    """A package `meshplan` under `root` with these files (paths relative to it), for checking the rules on it."""
+    package = root / "meshplan"
+    for name, text in {"__init__.py": "", **files}.items():
+        (package / name).parent.mkdir(parents=True, exist_ok=True)
+        (package / name).write_text(text)
+    return package
+
+
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     """One import cycle, as the list of modules around it (first == last), or None."""
     state: dict[str, int] = {}  # 1: on the current path, 2: done
@@ -81,12 +90,11 @@ def test_no_import_cycle() -> None:
 
 
 def test_a_cycle_is_found(tmp_path: Path) -> None:
-    package = tmp_path / "meshplan"
-    (package / "render").mkdir(parents=True)
-    (package / "__init__.py").write_text("")
-    (package / "render" / "__init__.py").write_text("")
-    (package / "render" / "proxies.py").write_text("def f():\n    from meshplan.policies import registry\n")
-    (package / "policies.py").write_text("from meshplan.render import proxies\n")
+    package = write_tree(tmp_path, {
+        "render/__init__.py": "",
+        "render/proxies.py": "def f():\n    from meshplan.policies import registry\n",
+        "policies.py": "from meshplan.render import proxies\n",
+    })
     graph, lazy, _ = import_graph(package)
     assert find_cycle(graph) == ["meshplan.policies", "meshplan.render.proxies", "meshplan.policies"]
     assert lazy == [("meshplan.render.proxies", 2)]
@@ -95,16 +103,15 @@ def test_a_cycle_is_found(tmp_path: Path) -> None:
 def test_a_package_may_import_its_own_parts(tmp_path: Path) -> None:
     """A kind's package (`policies/timeout/__init__`) imports its api and envoy modules, and envoy imports api
     through the package: no cycle. Taking a name from the package itself, while it imports the module, is one."""
-    kind = tmp_path / "meshplan" / "timeout"
-    kind.mkdir(parents=True)
-    (tmp_path / "meshplan" / "__init__.py").write_text("")
-    (kind / "__init__.py").write_text("from meshplan.timeout.api import KIND\nfrom meshplan.timeout.envoy import apply\n")
-    (kind / "api.py").write_text("KIND = 'MeshTimeout'\n")
-    (kind / "envoy.py").write_text("from meshplan.timeout.api import KIND\n")
-    graph, _, _ = import_graph(tmp_path / "meshplan")
+    package = write_tree(tmp_path, {
+        "timeout/__init__.py": "from meshplan.timeout.api import KIND\nfrom meshplan.timeout.envoy import apply\n",
+        "timeout/api.py": "KIND = 'MeshTimeout'\n",
+        "timeout/envoy.py": "from meshplan.timeout.api import KIND\n",
+    })
+    graph, _, _ = import_graph(package)
     assert find_cycle(graph) is None
-    (kind / "envoy.py").write_text("from meshplan.timeout import KIND\n")
-    graph, _, _ = import_graph(tmp_path / "meshplan")
+    (package / "timeout" / "envoy.py").write_text("from meshplan.timeout import KIND\n")
+    graph, _, _ = import_graph(package)
     assert find_cycle(graph) == ["meshplan.timeout", "meshplan.timeout.envoy", "meshplan.timeout"]
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from test_imports import import_graph
+from test_imports import import_graph, write_tree
 
 from meshplan.policies import WITHOUT_MODULE, registry
 
@@ -67,11 +67,10 @@ def test_only_its_folder_and_the_registry_import_a_kind() -> None:
 
 
 def test_an_outside_import_of_a_kind_is_found(tmp_path: Path) -> None:
-    package = tmp_path / "meshplan"
-    (package / "timeout").mkdir(parents=True)
-    (package / "__init__.py").write_text("")
-    (package / "timeout" / "__init__.py").write_text("from meshplan.timeout.api import KIND\n")
-    (package / "timeout" / "api.py").write_text("KIND = 'MeshTimeout'\n")
-    (package / "registry.py").write_text("from meshplan import timeout\n")
-    (package / "render.py").write_text("from meshplan.timeout.api import KIND\n")
+    package = write_tree(tmp_path, {
+        "timeout/__init__.py": "from meshplan.timeout.api import KIND\n",
+        "timeout/api.py": "KIND = 'MeshTimeout'\n",
+        "registry.py": "from meshplan import timeout\n",
+        "render.py": "from meshplan.timeout.api import KIND\n",
+    })
     assert outside_importers(package, ["meshplan.timeout"], {"meshplan.registry"}) == ["meshplan.render -> meshplan.timeout"]

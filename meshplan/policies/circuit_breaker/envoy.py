@@ -4,14 +4,7 @@ the proxy's resources."""
 from __future__ import annotations
 
 from meshplan.policies.base import Json, ProxyBuild
-from meshplan.policies.circuit_breaker.api import (
-    ENFORCED,
-    KIND,
-    Detectors,
-    OutlierDetection,
-    Pool,
-    parse,
-)
+from meshplan.policies.circuit_breaker.api import ENFORCED, KIND, Detectors, OutlierDetection, Pool, parse
 from meshplan.policies.conf import Setting
 
 # --- rendering ------------------------------------------------------------------------------------------------

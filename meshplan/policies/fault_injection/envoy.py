@@ -6,19 +6,9 @@ from __future__ import annotations
 from meshplan.envoy.types import HTTP_FAULT
 from meshplan.envoy.types import HTTP_FAULT_NAME as FILTER
 from meshplan.policies.base import Json, ProxyBuild, hcm, insert_http_filter
-from meshplan.policies.clients import (
-    first_match,
-    http_filter_for,
-    label,
-    mesh_of,
-    rule_clients,
-)
+from meshplan.policies.clients import first_match, http_filter_for, label, mesh_of, rule_clients
 from meshplan.policies.conf import ConfReader
-from meshplan.policies.fault_injection.api import (
-    KIND,
-    Fault,
-    parse,
-)
+from meshplan.policies.fault_injection.api import KIND, Fault, parse
 
 # --- rendering ------------------------------------------------------------------------------------------------
 

@@ -62,11 +62,6 @@ from meshplan.validate.check import FieldCheck
 KIND = "MeshHealthCheck"
 PLACEMENT = placement_row(KIND, {TO}, {"egress"}, False, EGRESS_TO)  # the seed's placement table, for external services
 
-DEFAULT_INTERVAL = "60s"
-DEFAULT_TIMEOUT = "15s"
-DEFAULT_UNHEALTHY_THRESHOLD = 5
-DEFAULT_HEALTHY_THRESHOLD = 1
-DEFAULT_HTTP_PATH = "/"
 
 # Envoy keeps thresholds in a UInt32Value.
 MAX_UINT32 = 2**32 - 1

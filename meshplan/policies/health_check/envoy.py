@@ -7,20 +7,14 @@ from meshplan.envoy.types import HEALTH_CHECK_EVENT_FILE_SINK as EVENT_SINK_TYPE
 from meshplan.envoy.types import HEALTH_CHECK_EVENT_FILE_SINK_NAME as EVENT_SINK
 from meshplan.policies.base import Json, ProxyBuild
 from meshplan.policies.conf import Setting
-from meshplan.policies.health_check.api import (
-    DEFAULT_HEALTHY_THRESHOLD,
-    DEFAULT_HTTP_PATH,
-    DEFAULT_INTERVAL,
-    DEFAULT_TIMEOUT,
-    DEFAULT_UNHEALTHY_THRESHOLD,
-    KIND,
-    Checker,
-    Conf,
-    GrpcCheck,
-    HttpCheck,
-    TcpCheck,
-    parse,
-)
+from meshplan.policies.health_check.api import KIND, Checker, Conf, GrpcCheck, HttpCheck, TcpCheck, parse
+
+DEFAULT_INTERVAL = "60s"
+DEFAULT_TIMEOUT = "15s"
+DEFAULT_UNHEALTHY_THRESHOLD = 5
+DEFAULT_HEALTHY_THRESHOLD = 1
+DEFAULT_HTTP_PATH = "/"
+
 
 # --- rendering --------------------------------------------------------------------------------------------------
 

@@ -7,13 +7,7 @@ from typing import Any
 
 from meshplan.policies.base import Json, ProxyBuild, routes
 from meshplan.policies.conf import Setting
-from meshplan.policies.load_balancing.api import (
-    KIND,
-    Conf,
-    HashPolicy,
-    LoadBalancer,
-    parse,
-)
+from meshplan.policies.load_balancing.api import KIND, Conf, HashPolicy, LoadBalancer, parse
 
 # --- rendering --------------------------------------------------------------------------------------------------
 

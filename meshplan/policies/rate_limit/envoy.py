@@ -18,16 +18,7 @@ from meshplan.policies.clients import (
     stat_scope,
 )
 from meshplan.policies.conf import ConfReader
-from meshplan.policies.rate_limit.api import (
-    ADD_ACTION,
-    KIND,
-    SET_ACTION,
-    Header,
-    HttpLimit,
-    Rate,
-    TcpLimit,
-    parse,
-)
+from meshplan.policies.rate_limit.api import ADD_ACTION, KIND, SET_ACTION, Header, HttpLimit, Rate, TcpLimit, parse
 
 
 def apply(build: ProxyBuild) -> None:

@@ -46,7 +46,6 @@ from decimal import Decimal
 from http import HTTPStatus
 from typing import Any, TypeVar
 
-from meshplan.envoy import types as t
 from meshplan.load.resources import PathKey
 from meshplan.policies import SIDECAR_TO, TO, placement_row
 from meshplan.policies.base import Json
@@ -56,9 +55,6 @@ from meshplan.validate.check import FieldCheck
 KIND = "MeshRetry"
 PLACEMENT = placement_row(KIND, {TO}, {"sidecar"}, False, SIDECAR_TO)  # the seed's placement table, for external services
 
-HTTP_RETRY_ON_DEFAULT = "gateway-error,connect-failure,refused-stream"
-GRPC_RETRY_ON_DEFAULT = "cancelled,connect-failure,gateway-error,refused-stream,reset,resource-exhausted,unavailable"
-RETRIABLE_STATUS_CODES = "retriable-status-codes"
 DEFAULT_BASE_INTERVAL = "0.025s"
 
 HTTP_RETRY_ON = {
@@ -88,9 +84,6 @@ PREDICATES = ("OmitPreviousHosts", "OmitHostsWithTags", "OmitPreviousPriorities"
 # Kuma's header name rule (lower case, RFC 7230 token characters), plus HTTP/2 pseudo-headers such as `:authority`.
 HEADER_NAME = re.compile(r"^:?[a-z0-9!#$%&'*+\-.^_`|~]{1,256}$")
 
-PREVIOUS_HOSTS = (t.PREVIOUS_HOSTS_NAME, t.PREVIOUS_HOSTS)
-OMIT_HOST_METADATA = (t.OMIT_HOST_METADATA_NAME, t.OMIT_HOST_METADATA)
-PREVIOUS_PRIORITIES = (t.PREVIOUS_PRIORITIES_NAME, t.PREVIOUS_PRIORITIES)
 
 SECTIONS = ("tcp", "http", "grpc")
 COMMON_FIELDS = ("numRetries", "perTryTimeout", "backOff", "rateLimitedBackOff", "retryOn")

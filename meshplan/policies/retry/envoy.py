@@ -8,21 +8,15 @@ from typing import Any
 from meshplan.envoy import types as t
 from meshplan.policies.base import Json, ProxyBuild, routes, tcp_proxy
 from meshplan.policies.conf import Setting
-from meshplan.policies.retry.api import (
-    DEFAULT_BASE_INTERVAL,
-    GRPC_RETRY_ON_DEFAULT,
-    HTTP_RETRY_ON_DEFAULT,
-    KIND,
-    OMIT_HOST_METADATA,
-    PREVIOUS_HOSTS,
-    PREVIOUS_PRIORITIES,
-    RETRIABLE_STATUS_CODES,
-    HeaderMatch,
-    HostPredicate,
-    Retry,
-    RetryOn,
-    parse,
-)
+from meshplan.policies.retry.api import DEFAULT_BASE_INTERVAL, KIND, HeaderMatch, HostPredicate, Retry, RetryOn, parse
+
+HTTP_RETRY_ON_DEFAULT = "gateway-error,connect-failure,refused-stream"
+GRPC_RETRY_ON_DEFAULT = "cancelled,connect-failure,gateway-error,refused-stream,reset,resource-exhausted,unavailable"
+RETRIABLE_STATUS_CODES = "retriable-status-codes"
+PREVIOUS_HOSTS = (t.PREVIOUS_HOSTS_NAME, t.PREVIOUS_HOSTS)
+OMIT_HOST_METADATA = (t.OMIT_HOST_METADATA_NAME, t.OMIT_HOST_METADATA)
+PREVIOUS_PRIORITIES = (t.PREVIOUS_PRIORITIES_NAME, t.PREVIOUS_PRIORITIES)
+
 
 # --- rendering ------------------------------------------------------------------------------------------------
 

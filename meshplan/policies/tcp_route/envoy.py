@@ -8,10 +8,7 @@ from meshplan.envoy.types import TCP_PROXY as TCP_PROXY_TYPE
 from meshplan.policies import backend_refs as refs
 from meshplan.policies.base import Json, OutboundPoint, ProxyBuild, tcp_proxy
 from meshplan.policies.conf import ConfReader
-from meshplan.policies.tcp_route.api import (
-    KIND,
-    parse,
-)
+from meshplan.policies.tcp_route.api import KIND, parse
 
 
 def apply(build: ProxyBuild) -> None:

@@ -9,12 +9,7 @@ from meshplan.match.matcher import Merged, rule_for
 from meshplan.model import Inbound
 from meshplan.policies.base import Json, ProxyBuild, hcm, routes, tcp_proxy
 from meshplan.policies.conf import ConfReader, Setting
-from meshplan.policies.timeout.api import (
-    HTTP_PROTOCOLS,
-    KIND,
-    HttpTimeouts,
-    parse,
-)
+from meshplan.policies.timeout.api import HTTP_PROTOCOLS, KIND, HttpTimeouts, parse
 
 # --- rendering ------------------------------------------------------------------------------------------------
 

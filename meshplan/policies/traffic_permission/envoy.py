@@ -3,12 +3,7 @@ the proxy's resources."""
 
 from __future__ import annotations
 
-from meshplan.envoy.types import (
-    HTTP_RBAC,
-    HTTP_RBAC_NAME,
-    NETWORK_RBAC,
-    NETWORK_RBAC_NAME,
-)
+from meshplan.envoy.types import HTTP_RBAC, HTTP_RBAC_NAME, NETWORK_RBAC, NETWORK_RBAC_NAME
 from meshplan.match.matcher import Destination, FromRule
 from meshplan.model import Desired
 from meshplan.policies.base import InboundPoint, Json, ProxyBuild, hcm
@@ -25,13 +20,7 @@ from meshplan.policies.clients import (
     stat_scope,
 )
 from meshplan.policies.conf import Setting
-from meshplan.policies.traffic_permission.api import (
-    ALLOW,
-    ALLOW_WITH_SHADOW_DENY,
-    DENY,
-    KIND,
-    _merged_conf,
-)
+from meshplan.policies.traffic_permission.api import ALLOW, ALLOW_WITH_SHADOW_DENY, DENY, KIND, _merged_conf
 
 # --- rendering ------------------------------------------------------------------------------------------------
 
