@@ -68,7 +68,7 @@ def _resources(text: str) -> list[dict[str, Any]]:
         documents = list(yaml.safe_load_all(textwrap.dedent(text)))
     except yaml.YAMLError:
         return []
-    from meshplan.policies import KINDS
+    from meshplan.policies.registry import KINDS
     from meshplan.validate.resources import INFRA_KINDS
 
     known = set(INFRA_KINDS) | set(KINDS)

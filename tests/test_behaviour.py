@@ -9,6 +9,7 @@ import pytest
 
 from meshplan.match.behaviour import Change, Fact, changes, facts
 from meshplan.match.result import match_proxy
+from meshplan.policies.registry import KINDS
 from meshplan.validate.resources import load_and_parse
 
 ROOT = Path(__file__).parent.parent
@@ -17,7 +18,7 @@ TESTDATA = ROOT / "tests" / "testdata"
 
 def _all_facts(directory: Path) -> list[Fact]:
     desired = load_and_parse(directory)
-    return [f for p in [*desired.dataplanes, *desired.egresses] for f in facts(desired, match_proxy(desired, p), p)]
+    return [f for p in [*desired.dataplanes, *desired.egresses] for f in facts(desired, match_proxy(desired, p, KINDS), p)]
 
 
 @pytest.mark.parametrize(("case", "aspect"), [

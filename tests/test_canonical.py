@@ -17,51 +17,35 @@ LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
 TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3."
 
 
+def tls_socket(private_key: str) -> dict[str, Any]:
+    """The cluster's upstream TLS socket, whose private key file is named as given."""
+    certificate = {"certificate_chain": {"filename": "/state/web.pem"}, "private_key": {"filename": private_key}}
+    context = {"@type": TLS + "UpstreamTlsContext", "common_tls_context": {"tls_certificates": [certificate]}}
+    return {"name": "envoy.transport_sockets.tls", "typed_config": context}
+
+
+BACKEND = {"@type": CLUSTER, "name": "backend", "type": "STATIC"}  # what makes it the same cluster
+
+
 def rendered_cluster() -> dict[str, Any]:
     return {
-        "@type": CLUSTER,
-        "name": "backend",
-        "type": "STATIC",
+        **BACKEND,
         "connect_timeout": "0.25s",
         "lb_policy": "ROUND_ROBIN",
         "circuit_breakers": {"thresholds": [{"priority": "DEFAULT", "max_connections": 5, "track_remaining": False}]},
         "ring_hash_lb_config": {"minimum_ring_size": 1024},
-        "transport_socket": {
-            "name": "envoy.transport_sockets.tls",
-            "typed_config": {
-                "@type": TLS + "UpstreamTlsContext",
-                "common_tls_context": {
-                    "tls_certificates": [
-                        {"certificate_chain": {"filename": "/state/web.pem"},
-                         "private_key": {"filename": "/state/web.key"}}
-                    ]
-                },
-            },
-        },
+        "transport_socket": tls_socket("/state/web.key"),
     }
 
 
 def as_envoy_shows_it() -> dict[str, Any]:
     """The same cluster as Envoy's /config_dump writes it back (measured with Envoy 1.40)."""
     return {
-        "@type": CLUSTER,
-        "name": "backend",
-        "type": "STATIC",
+        **BACKEND,
         "connect_timeout": "0.250s",
         "circuit_breakers": {"thresholds": [{"max_connections": 5}]},
         "ring_hash_lb_config": {"minimum_ring_size": "1024"},
-        "transport_socket": {
-            "name": "envoy.transport_sockets.tls",
-            "typed_config": {
-                "@type": TLS + "UpstreamTlsContext",
-                "common_tls_context": {
-                    "tls_certificates": [
-                        {"certificate_chain": {"filename": "/state/web.pem"},
-                         "private_key": {"filename": "[redacted]"}}
-                    ]
-                },
-            },
-        },
+        "transport_socket": tls_socket("[redacted]"),  # as Envoy writes it
     }
 
 

@@ -14,21 +14,20 @@ from meshplan.errors import Source
 from meshplan.load.resources import PathKey
 from meshplan.match.matcher import FieldOrigin, Merged, Origin
 from meshplan.match.result import match_proxy
-from meshplan.policies import (
-    access_log,
-    circuit_breaker,
-    fault_injection,
-    health_check,
-    http_route_checks,
-    load_balancing,
-    rate_limit,
-    retry,
-    tcp_route,
-    timeout,
-    traffic_permission,
-)
+from meshplan.policies.access_log import api as access_log
 from meshplan.policies.backend_refs import Backend
+from meshplan.policies.circuit_breaker import api as circuit_breaker
 from meshplan.policies.conf import ConfReader, MergedConfError, Setting
+from meshplan.policies.fault_injection import api as fault_injection
+from meshplan.policies.health_check import api as health_check
+from meshplan.policies.http_route import api as http_route_api
+from meshplan.policies.load_balancing import api as load_balancing
+from meshplan.policies.rate_limit import api as rate_limit
+from meshplan.policies.registry import KINDS
+from meshplan.policies.retry import api as retry
+from meshplan.policies.tcp_route import api as tcp_route
+from meshplan.policies.timeout import api as timeout
+from meshplan.policies.traffic_permission import api as traffic_permission
 from meshplan.validate.check import FieldCheck
 from meshplan.validate.resources import load_and_parse
 from tests.builders import violations
@@ -47,7 +46,7 @@ def _merged_to(directory: Path, kind: str, destination: str) -> Merged:
     """What the `kind` policies of the desired directory merge to for web's outbound to `destination`."""
     desired = load_and_parse(directory)
     web = next(dp for dp in desired.dataplanes if dp.name == "web")
-    found = match_proxy(desired, web)
+    found = match_proxy(desired, web, KINDS)
     return next(found.to(kind, d.destination) for d in found.destinations if d.destination.name == destination)
 
 
@@ -65,7 +64,7 @@ def test_one_item_is_checked_field_by_field(tmp_path: Path) -> None:
 def test_a_merged_conf_reads_as_typed_values_with_their_origins() -> None:
     desired = load_and_parse(DEMO)
     web = next(dp for dp in desired.dataplanes if dp.name == "web")
-    found = match_proxy(desired, web)
+    found = match_proxy(desired, web, KINDS)
     merged = next(found.to(timeout.KIND, d.destination) for d in found.destinations
                   if not found.to(timeout.KIND, d.destination).empty)
     conf = timeout.parse(ConfReader.of_merged(merged))
@@ -342,14 +341,14 @@ def test_a_merged_http_route_rule_reads_its_default_typed() -> None:
                            {"type": "RequestMirror",
                             "requestMirror": {"backendRef": {"kind": "MeshService", "name": "shadow"},
                                               "percentage": "12.5"}}]}
-    conf = http_route_checks.parse_default(ConfReader.of_merged(Merged(default, {}, ())), True)
+    conf = http_route_api.parse_default(ConfReader.of_merged(Merged(default, {}, ())), True)
     assert conf.backend_refs == (Backend("MeshServiceSubset", "backend", {"version": "v2"}, None, 0),
                                  Backend("MeshService", "other"))
-    assert conf.filters.request_headers == http_route_checks.HeaderModifier(
-        (http_route_checks.HeaderChange("x-a", "b"),), (), ("x-c",))
-    assert conf.filters.rewrite == http_route_checks.Rewrite(
-        None, http_route_checks.PathRewrite("ReplacePrefixMatch", "/v2"))
-    assert conf.filters.mirrors == (http_route_checks.Mirror(Backend("MeshService", "shadow"), Decimal("12.5")),)
+    assert conf.filters.request_headers == http_route_api.HeaderModifier(
+        (http_route_api.HeaderChange("x-a", "b"),), (), ("x-c",))
+    assert conf.filters.rewrite == http_route_api.Rewrite(
+        None, http_route_api.PathRewrite("ReplacePrefixMatch", "/v2"))
+    assert conf.filters.mirrors == (http_route_api.Mirror(Backend("MeshService", "shadow"), Decimal("12.5")),)
     assert conf.filters.redirect is None and conf.filters.response_headers is None
 
 
@@ -358,8 +357,8 @@ def test_a_merged_http_route_rule_may_redirect_beside_backend_refs() -> None:
     # redirect wins in render. A wrong field in the merged conf is a bug.
     default = {"backendRefs": [{"kind": "MeshService", "name": "other"}],
                "filters": [{"type": "RequestRedirect", "requestRedirect": {"statusCode": 301}}]}
-    conf = http_route_checks.parse_default(ConfReader.of_merged(Merged(default, {}, ())), False)
-    assert conf.filters.redirect == http_route_checks.Redirect(None, None, None, None, 301)
+    conf = http_route_api.parse_default(ConfReader.of_merged(Merged(default, {}, ())), False)
+    assert conf.filters.redirect == http_route_api.Redirect(None, None, None, None, 301)
     with pytest.raises(MergedConfError, match="filters.0.requestRedirect.statusCode"):
-        http_route_checks.parse_default(ConfReader.of_merged(Merged(
+        http_route_api.parse_default(ConfReader.of_merged(Merged(
             {"filters": [{"type": "RequestRedirect", "requestRedirect": {"statusCode": 200}}]}, {}, ())), False)

@@ -37,14 +37,27 @@ def import_graph(root: Path) -> tuple[dict[str, set[str]], list[tuple[str, int]]
             else:
                 continue
             found = set()
+            ancestors = {".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 1)}
             for target in targets:  # importing a.b.c runs a, a.b and a.b.c
                 parts = target.split(".")
-                found |= {".".join(parts[:i]) for i in range(1, len(parts) + 1)} & modules.keys()
+                # ... but a package this module is in has started running before it: only a name taken from
+                # that package itself (the target) depends on it, not reaching a sibling through it.
+                found |= ({".".join(parts[:i]) for i in range(1, len(parts))} - ancestors) | {target}
+                found &= modules.keys()
             if found and id(node) not in top_level:
                 lazy.append((name, node.lineno))
             deps |= found
         graph[name] = deps - {name}
     return graph, lazy, relative
+
+
+def write_tree(root: Path, files: dict[str, str]) -> Path:
+    """A package `meshplan` under `root` with these files (paths relative to it), for checking the rules on it."""
+    package = root / "meshplan"
+    for name, text in {"__init__.py": "", **files}.items():
+        (package / name).parent.mkdir(parents=True, exist_ok=True)
+        (package / name).write_text(text)
+    return package
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -77,15 +90,29 @@ def test_no_import_cycle() -> None:
 
 
 def test_a_cycle_is_found(tmp_path: Path) -> None:
-    package = tmp_path / "meshplan"
-    (package / "render").mkdir(parents=True)
-    (package / "__init__.py").write_text("")
-    (package / "render" / "__init__.py").write_text("")
-    (package / "render" / "proxies.py").write_text("def f():\n    from meshplan.policies import registry\n")
-    (package / "policies.py").write_text("from meshplan.render import proxies\n")
+    package = write_tree(tmp_path, {
+        "render/__init__.py": "",
+        "render/proxies.py": "def f():\n    from meshplan.policies import registry\n",
+        "policies.py": "from meshplan.render import proxies\n",
+    })
     graph, lazy, _ = import_graph(package)
     assert find_cycle(graph) == ["meshplan.policies", "meshplan.render.proxies", "meshplan.policies"]
     assert lazy == [("meshplan.render.proxies", 2)]
+
+
+def test_a_package_may_import_its_own_parts(tmp_path: Path) -> None:
+    """A kind's package (`policies/timeout/__init__`) imports its api and envoy modules, and envoy imports api
+    through the package: no cycle. Taking a name from the package itself, while it imports the module, is one."""
+    package = write_tree(tmp_path, {
+        "timeout/__init__.py": "from meshplan.timeout.api import KIND\nfrom meshplan.timeout.envoy import apply\n",
+        "timeout/api.py": "KIND = 'MeshTimeout'\n",
+        "timeout/envoy.py": "from meshplan.timeout.api import KIND\n",
+    })
+    graph, _, _ = import_graph(package)
+    assert find_cycle(graph) is None
+    (package / "timeout" / "envoy.py").write_text("from meshplan.timeout import KIND\n")
+    graph, _, _ = import_graph(package)
+    assert find_cycle(graph) == ["meshplan.timeout", "meshplan.timeout.envoy", "meshplan.timeout"]
 
 
 def test_lazy_imports_only_in_the_command_line() -> None:

@@ -66,6 +66,12 @@ def file_backend(path: str, fmt: str = "") -> str:
     return f"backends:\n  - type: File\n    file:\n      path: {path}\n" + textwrap.indent(textwrap.dedent(fmt).strip(), " " * 6) + "\n"
 
 
+def json_format(fields: dict[str, str], *, omit_empty: bool = False) -> str:
+    """A backend's `format: {json: [...]}`, one key a field, in order."""
+    keys = "".join(f'    - key: {key}\n      value: "{value}"\n' for key, value in fields.items())
+    return "format:\n  json:\n" + keys + ("  omitEmptyValues: true\n" if omit_empty else "")
+
+
 EGRESS_TOP = "kind: Mesh\n    proxyType: [Egress]"
 TO_HTTPBIN = "kind: MeshExternalService\n        name: httpbin"
 FROM_MESH = "kind: Mesh"
@@ -181,17 +187,9 @@ def rendered(logs: str = "/var/log/mesh") -> dict[str, str]:
         # Every destination of the sidecars, with Kuma's default format (HTTP or TCP by the destination).
         policy(f"backends:\n  - file:\n      path: {logs}/outbound.log", name="all-outbound", ref="kind: Mesh"),
         # Inbound, as JSON.
-        policy(file_backend(f"{logs}/inbound.log", """
-            format:
-              json:
-                - key: path
-                  value: "%REQ(:PATH)%"
-                - key: status
-                  value: "%RESPONSE_CODE%"
-                - key: into
-                  value: "%KUMA_DESTINATION_SERVICE% (%KUMA_TRAFFIC_DIRECTION%)"
-              omitEmptyValues: true
-            """), name="all-inbound", section="from", ref=FROM_MESH),
+        policy(file_backend(f"{logs}/inbound.log", json_format(
+            {"path": "%REQ(:PATH)%", "status": "%RESPONSE_CODE%",
+             "into": "%KUMA_DESTINATION_SERVICE% (%KUMA_TRAFFIC_DIRECTION%)"}, omit_empty=True)), name="all-inbound", section="from", ref=FROM_MESH),
         # On the egress, for one external service.
         policy(file_backend(f"{logs}/egress.log", "format:\n  plain: '%KUMA_MESH% %KUMA_SOURCE_SERVICE% -> "
                                                         "%KUMA_DESTINATION_SERVICE% %REQ(:PATH)% %RESPONSE_CODE%'"),
@@ -231,18 +229,9 @@ def _traffic_policies(logs: Path) -> str:
         policy(f"backends:\n  - file:\n      path: {logs}/web-to-db.log", name="to-db", ref="kind: MeshService\n        name: db"),
         policy(f"backends:\n  - file:\n      path: {logs}/web-to-httpbin.log", name="to-httpbin", ref=TO_HTTPBIN,
                top="kind: Mesh\n    proxyType: [Sidecar]"),
-        policy(file_backend(f"{logs}/backend-inbound.log", """
-            format:
-              json:
-                - key: path
-                  value: "%REQ(:PATH)%"
-                - key: status
-                  value: "%RESPONSE_CODE%"
-                - key: direction
-                  value: "%KUMA_TRAFFIC_DIRECTION%"
-                - key: service
-                  value: "%KUMA_DESTINATION_SERVICE%"
-            """), name="inbound", section="from", ref=FROM_MESH, top="kind: MeshService\n    name: backend"),
+        policy(file_backend(f"{logs}/backend-inbound.log", json_format(
+            {"path": "%REQ(:PATH)%", "status": "%RESPONSE_CODE%", "direction": "%KUMA_TRAFFIC_DIRECTION%",
+             "service": "%KUMA_DESTINATION_SERVICE%"})), name="inbound", section="from", ref=FROM_MESH, top="kind: MeshService\n    name: backend"),
         policy(file_backend(f"{logs}/egress.log", "format:\n  plain: 'egress %KUMA_DESTINATION_SERVICE% %REQ(:PATH)% %RESPONSE_CODE%'"),
                name="egress-httpbin", ref=TO_HTTPBIN, top=EGRESS_TOP),
     ])  # fmt: skip

@@ -21,9 +21,10 @@ from route_helpers import (
 
 from meshplan.compare.canonical import canonical
 from meshplan.match.matcher import Destination, merge_to
+from meshplan.match.result import merge_rules
 from meshplan.model import ProxyConfig
 from meshplan.policies import http_route
-from meshplan.render.proxies import render_all
+from meshplan.render.proxies import build_proxy, render_all
 from meshplan.validate.resources import load_and_parse
 from tests.builders import MESH, running_sandbox, stat, violations, wait_for_stat
 from tests.golden import TESTDATA
@@ -561,9 +562,8 @@ def test_merging_by_matches(tmp_path: Path) -> None:
 def test_backends_get_clusters_and_outbound_points(tmp_path: Path) -> None:
     root = write_desired(tmp_path / "desired", {**BASE, "route.yaml": route(FULL_RULES)})
     desired = load_and_parse(root)
-    from meshplan.render import sidecar
 
-    build = sidecar.build_sidecar(desired, next(d for d in desired.dataplanes if d.name == "web"))
+    build = build_proxy(desired, next(d for d in desired.dataplanes if d.name == "web"))
     http_route.apply(build)
     clusters = build.clusters
     # The split's weight-0 `backend` on port 8080 takes no traffic and gets no cluster; /api's one does.
@@ -622,7 +622,7 @@ def test_merge_to_gives_every_item_in_order(tmp_path: Path) -> None:
     web = next(d for d in desired.dataplanes if d.name == "web")
     merged = merge_to(desired.policies, web, Destination("default", "backend"))
     assert [c.policy.name for c in merged.contributions] == ["everyone", "r1"]
-    rules = http_route.merge_rules(merged)
+    rules = merge_rules(merged)
     assert [json.dumps(r.matches[0].get("path")) for r in rules][:2] == [
         json.dumps({"type": "PathPrefix", "value": "/admin"}), json.dumps({"type": "Exact", "value": "/split"})]
     assert [len(r.writers) for r in rules] == [2, 1, 1, 1, 1, 1, 1]

@@ -15,8 +15,7 @@ from conftest import Loopback
 from meshplan.match.matcher import Destination
 from meshplan.model import ProxyConfig
 from meshplan.policies import clients, traffic_permission
-from meshplan.render.egress import build_egress
-from meshplan.render.proxies import render_all
+from meshplan.render.proxies import build_proxy, render_all
 from meshplan.xds import pki
 from tests.builders import (
     Addresses,
@@ -292,7 +291,7 @@ def test_without_forbid_an_external_service_without_permission_is_open(tmp_path:
 def test_default_forbid_applies_with_no_permission_in_the_mesh_at_all(tmp_path: Path) -> None:
     # The module denies on its own (render.apply_policies skips a kind with no policies: see the report).
     desired = demo_mesh(tmp_path, FixedAddresses(first_port=20001), policies="").load()
-    build = build_egress(desired, desired.egresses[0])
+    build = build_proxy(desired, desired.egresses[0])
     traffic_permission.apply(build)
     for chain in build.listeners[next(iter(build.listeners))]["filter_chains"]:
         manager = chain["filters"][0]["typed_config"]
@@ -339,7 +338,7 @@ def test_egress_inbound_is_per_external_service(tmp_path: Path) -> None:
     desired = demo_mesh(tmp_path, FixedAddresses(first_port=20001)).load()
     # The permissions of this test: the one for httpbin (the build matches what the desired mesh holds).
     desired.policies[:] = [p for p in desired.policies if p.kind != "MeshTrafficPermission" or p.name == "httpbin"]
-    build = build_egress(desired, desired.egresses[0])
+    build = build_proxy(desired, desired.egresses[0])
     traffic_permission.apply(build)
     by_target = {p.target.name: p.chain for p in build.inbounds if isinstance(p.target, Destination)}
     manager = by_target["httpbin"]["filters"][0]["typed_config"]

@@ -10,7 +10,8 @@ import re
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -44,19 +45,26 @@ def _hold(state_dir: str, seconds: float, ready: "multiprocessing.synchronize.Ev
         time.sleep(seconds)
 
 
-def test_second_writer_fails_with_holder_info(tmp_path: Path) -> None:
+@contextmanager
+def lock_held(state_dir: Path, seconds: float) -> Iterator[multiprocessing.Process]:
+    """Another process holds the apply lock for `seconds`: started, waited for until it holds it, and joined."""
     ready = multiprocessing.Event()
-    holder = multiprocessing.Process(target=_hold, args=(str(tmp_path), 2.0, ready))
+    holder = multiprocessing.Process(target=_hold, args=(str(state_dir), seconds, ready))
     holder.start()
     try:
         assert ready.wait(10)
+        yield holder
+    finally:
+        holder.join(10)
+
+
+def test_second_writer_fails_with_holder_info(tmp_path: Path) -> None:
+    with lock_held(tmp_path, 2.0) as holder:
         with pytest.raises(LockError) as caught:
             with state.lock(tmp_path, "apply", timeout=0.2):
                 pass
         message = str(caught.value)
         assert f"pid {holder.pid}" in message and "for apply since" in message
-    finally:
-        holder.join(10)
     # once the holder lets go, the lock is free again
     with state.lock(tmp_path, "apply"):
         pass
@@ -64,15 +72,9 @@ def test_second_writer_fails_with_holder_info(tmp_path: Path) -> None:
 
 
 def test_waiting_writer_gets_the_lock_when_it_is_released(tmp_path: Path) -> None:
-    ready = multiprocessing.Event()
-    holder = multiprocessing.Process(target=_hold, args=(str(tmp_path), 0.5, ready))
-    holder.start()
-    try:
-        assert ready.wait(10)
+    with lock_held(tmp_path, 0.5):
         with state.lock(tmp_path, "apply", timeout=10) as info:
             assert state.holder(tmp_path) == info
-    finally:
-        holder.join(10)
 
 
 def test_force_unlock_needs_the_right_id(tmp_path: Path) -> None:

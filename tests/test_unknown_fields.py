@@ -100,6 +100,13 @@ def corpus() -> list[tuple[str, dict[str, Any]]]:
     return valid
 
 
+def refused(directory: Path) -> str:
+    """What `meshplan validate` says on stderr of a directory it refuses (exit 1)."""
+    result = CliRunner().invoke(app, ["validate", str(directory)])
+    assert result.exit_code == 1, result.output
+    return result.stderr
+
+
 def test_an_unknown_key_is_a_violation_at_every_mapping(corpus: list[tuple[str, dict[str, Any]]],
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(validate_module, "_check_references", lambda *args: None)
@@ -139,9 +146,8 @@ def test_free_form_mappings_accept_any_key(corpus: list[tuple[str, dict[str, Any
 def test_the_issue_example_names_the_field(tmp_path: Path) -> None:
     admin = "address: 127.0.5.2\n          admin: {prot: 9902}"  # at the indentation of BASE's networking fields
     write(tmp_path, {"backend.yaml": BASE["backend.yaml"].replace("address: 127.0.5.2", admin)})
-    result = CliRunner().invoke(app, ["validate", str(tmp_path)])
-    assert result.exit_code == 1
-    assert f"{tmp_path}/backend.yaml:6: networking.admin.prot: unknown field (expected one of: port)" in result.stderr
+    stderr = refused(tmp_path)
+    assert f"{tmp_path}/backend.yaml:6: networking.admin.prot: unknown field (expected one of: port)" in stderr, stderr
 
 
 MESH_WITH_EVERYTHING = """
@@ -181,9 +187,8 @@ def test_kuma_fields_meshplan_would_ignore_are_refused(tmp_path: Path, file: str
     else:  # the text is added to the last mapping of the file, at its indentation
         source = textwrap.dedent(BASE[file]).lstrip("\n") + text
     write(tmp_path, {file: source})
-    result = CliRunner().invoke(app, ["validate", str(tmp_path)])
-    assert result.exit_code == 1
-    assert f": {path}: not supported by meshplan (it would be ignored): remove it" in result.stderr, result.stderr
+    stderr = refused(tmp_path)
+    assert f": {path}: not supported by meshplan (it would be ignored): remove it" in stderr, stderr
 
 
 @pytest.mark.parametrize("extra, path", [
@@ -194,9 +199,8 @@ def test_kuma_fields_meshplan_would_ignore_are_refused(tmp_path: Path, file: str
 def test_target_ref_fields_that_would_widen_a_policy_are_refused(tmp_path: Path, extra: str, path: str) -> None:
     write(tmp_path, {"p.yaml": "type: MeshTimeout\nname: t\nspec:\n  to:\n    - targetRef:\n        kind: MeshService\n"
                                f"        name: backend\n        {extra}\n      default: {{idleTimeout: 5s}}\n"})
-    result = CliRunner().invoke(app, ["validate", str(tmp_path)])
-    assert result.exit_code == 1
-    assert f"p.yaml:8: {path}: not supported by meshplan" in result.stderr, result.stderr
+    stderr = refused(tmp_path)
+    assert f"p.yaml:8: {path}: not supported by meshplan" in stderr, stderr
 
 
 @pytest.mark.parametrize("document, path", [
@@ -207,6 +211,5 @@ def test_target_ref_fields_that_would_widen_a_policy_are_refused(tmp_path: Path,
 ])
 def test_unknown_keys_beside_the_spec_are_violations(tmp_path: Path, document: str, path: str) -> None:
     write(tmp_path, {"p.yaml": document})
-    result = CliRunner().invoke(app, ["validate", str(tmp_path)])
-    assert result.exit_code == 1
-    assert f": {path}: unknown field" in result.stderr, result.stderr
+    stderr = refused(tmp_path)
+    assert f": {path}: unknown field" in stderr, stderr

@@ -26,8 +26,9 @@ from meshplan.match.result import (
     route_miss,
 )
 from meshplan.model import Dataplane, Desired, Inbound, Policy, ZoneEgress
-from meshplan.policies import FROM, KINDS, ROUTE_KINDS, TO
+from meshplan.policies import FROM, ROUTE_KINDS, TO
 from meshplan.policies.base import ProxyBuild
+from meshplan.policies.registry import KINDS
 from meshplan.present.text import printable
 from meshplan.render.proxies import applied, build_proxy
 
@@ -216,14 +217,14 @@ def explain_policy(desired: Desired, name: str, ref: str) -> Explanation:
                                        "not to the backend again")
                 else:
                     why = (match.why_not_to(policy, proxy, found.destination)
-                           or placement_miss(policy.kind, proxy, TO, found.destination))
+                           or placement_miss(KINDS, policy.kind, proxy, TO, found.destination))
                     if why is None and policy.kind in ROUTE_KINDS:
                         http_route = any(k.kind == HTTP_ROUTE for k in found.to)
                         why = route_miss(policy.kind, destination_protocol(desired, found.destination), http_route)
                 (misses if why else lands).append(f"{where}{': ' + why if why else ''}")
         if FROM in kind.sections:
             for where, target in inbounds(build):
-                why = match.why_not_from(policy, proxy, target) or placement_miss(policy.kind, proxy, FROM, target)
+                why = match.why_not_from(policy, proxy, target) or placement_miss(KINDS, policy.kind, proxy, FROM, target)
                 (misses if why else lands).append(f"{where}{': ' + why if why else ''}")
     mine = f"{policy.kind}/{policy.name} "
     sections = tuple(s for s in base.sections if s.kind == policy.kind and any(a.startswith(mine) for a in s.applied))

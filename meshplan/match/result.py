@@ -4,7 +4,7 @@ to, each field with its origin. Kuma's MatchedPolicies is the model: `to` rules 
 inbound.
 
 Render (every policy module, through `ProxyBuild.match`) and `meshplan explain` both read `match_proxy`'s answer, so
-what explain says is what render does. The seed's placement table (`policies.KINDS`: which kinds apply to a
+what explain says is what render does. The seed's placement table (`policies.registry.KINDS`, given to `match_proxy`: which kinds apply to a
 MeshExternalService on the sidecar, on the egress, on the egress's inbound) is applied here and nowhere else.
 
 Plain frozen data: the matcher's `Merged` and `FromRule`, and for MeshHTTPRoute its rules merged by their matches.
@@ -13,7 +13,7 @@ Plain frozen data: the matcher's `Merged` and `FromRule`, and for MeshHTTPRoute 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +37,10 @@ from meshplan.model import (
     Policy,
     ZoneEgress,
 )
-from meshplan.policies import FROM, KINDS, ROUTE_KINDS, TO
+from meshplan.policies import FROM, ROUTE_KINDS, TO, PolicyKind
+
+# The seed's placement table (`policies.registry.KINDS`), given by the caller: the registry sits above this stage.
+Placements = Mapping[str, PolicyKind]
 
 Proxy = Dataplane | ZoneEgress
 Json = dict[str, Any]
@@ -95,7 +98,7 @@ class DestinationMatch:
     outbound of its own), the route policies that name it; route kinds do not apply to it again."""
 
     destination: Destination
-    to: tuple[KindTo, ...]  # in KINDS order, only kinds whose merge has contributions
+    to: tuple[KindTo, ...]  # in the placement table's order, only kinds whose merge has contributions
     backend_of: tuple[str, ...] = ()
 
 
@@ -104,7 +107,7 @@ class InboundMatch:
     """Traffic into the proxy: a sidecar inbound, or on the egress one external service."""
 
     target: Inbound | Destination
-    from_: tuple[KindFrom, ...]  # in KINDS order, only kinds with at least one rule
+    from_: tuple[KindFrom, ...]  # in the placement table's order, only kinds with at least one rule
 
 
 @dataclass(frozen=True)
@@ -138,10 +141,10 @@ class ProxyMatch:
 # --- the placement table --------------------------------------------------------------------------------------
 
 
-def placement_miss(kind: str, proxy: Proxy, side: str, where: Inbound | Destination) -> str | None:
+def placement_miss(kinds: Placements, kind: str, proxy: Proxy, side: str, where: Inbound | Destination) -> str | None:
     """None when the seed's placement table lets `kind` apply on this side of this proxy for `where`; otherwise why
     not, in words for `explain`. Only traffic to or from a MeshExternalService is restricted."""
-    placement = KINDS.get(kind)
+    placement = kinds.get(kind)
     if placement is None:
         return None
     here = EGRESS if isinstance(proxy, ZoneEgress) else SIDECAR
@@ -176,20 +179,20 @@ def route_miss(kind: str, protocol: str, http_route_applies: bool) -> str | None
 # --- matching one proxy ---------------------------------------------------------------------------------------
 
 
-def match_proxy(desired: Desired, proxy: Proxy) -> ProxyMatch:
+def match_proxy(desired: Desired, proxy: Proxy, kinds: Placements) -> ProxyMatch:
     by_kind: dict[str, list[Policy]] = {}
     for policy in desired.policies:
         by_kind.setdefault(policy.kind, []).append(NORMALISERS.get(policy.kind, _same)(policy))
     found: list[DestinationMatch] = []
     for destination in _destinations(desired, proxy):
         if not any(d.destination == destination for d in found):
-            kinds = _to(by_kind, proxy, destination, routes=True)
+            found_to = _to(kinds, by_kind, proxy, destination, routes=True)
             if isinstance(proxy, Dataplane):  # routes live on the sidecar (the placement table)
-                kinds = _routes_in_effect(kinds, destination_protocol(desired, destination))
-            found.append(DestinationMatch(destination, kinds))
+                found_to = _routes_in_effect(found_to, destination_protocol(desired, destination))
+            found.append(DestinationMatch(destination, found_to))
     for destination, named_by in _backends(proxy, found):
-        found.append(DestinationMatch(destination, _to(by_kind, proxy, destination, routes=False), named_by))
-    inbounds = tuple(InboundMatch(target, _from(by_kind, proxy, target)) for target in _inbounds(desired, proxy))
+        found.append(DestinationMatch(destination, _to(kinds, by_kind, proxy, destination, routes=False), named_by))
+    inbounds = tuple(InboundMatch(target, _from(kinds, by_kind, proxy, target)) for target in _inbounds(desired, proxy))
     return ProxyMatch(proxy.name, tuple(found), inbounds)
 
 
@@ -197,13 +200,13 @@ def _same(policy: Policy) -> Policy:
     return policy
 
 
-def _to(by_kind: dict[str, list[Policy]], proxy: Proxy, destination: Destination, *, routes: bool) -> tuple[KindTo, ...]:
+def _to(kinds: Placements, by_kind: dict[str, list[Policy]], proxy: Proxy, destination: Destination, *, routes: bool) -> tuple[KindTo, ...]:
     out = []
-    for kind, placement in KINDS.items():
+    for kind, placement in kinds.items():
         policies = by_kind.get(kind)
         if not policies or TO not in placement.sections or (kind in ROUTE_KINDS and not routes):
             continue
-        if placement_miss(kind, proxy, TO, destination) is not None:
+        if placement_miss(kinds, kind, proxy, TO, destination) is not None:
             continue
         merged = merge_to(policies, proxy, destination)
         if not merged.empty:
@@ -216,11 +219,11 @@ def _routes_in_effect(kinds: tuple[KindTo, ...], protocol: str) -> tuple[KindTo,
     return tuple(k for k in kinds if k.kind not in ROUTE_KINDS or route_miss(k.kind, protocol, http_route) is None)
 
 
-def _from(by_kind: dict[str, list[Policy]], proxy: Proxy, target: Inbound | Destination) -> tuple[KindFrom, ...]:
+def _from(kinds: Placements, by_kind: dict[str, list[Policy]], proxy: Proxy, target: Inbound | Destination) -> tuple[KindFrom, ...]:
     out = []
-    for kind, placement in KINDS.items():
+    for kind, placement in kinds.items():
         policies = by_kind.get(kind)
-        if not policies or FROM not in placement.sections or placement_miss(kind, proxy, FROM, target) is not None:
+        if not policies or FROM not in placement.sections or placement_miss(kinds, kind, proxy, FROM, target) is not None:
             continue
         rules = merge_from(policies, proxy, target)
         if rules:

@@ -37,7 +37,7 @@ from meshplan.load.resources import PathKey
 from meshplan.match.matcher import Destination
 from meshplan.match.result import backend_destination
 from meshplan.model import GATEWAY, SERVICE_TAG, Dataplane, Desired, Outbound, Policy
-from meshplan.policies import KINDS
+from meshplan.policies import PolicyKind
 from meshplan.policies.base import Json, OutboundPoint, ProxyBuild
 from meshplan.policies.conf import ConfReader
 from meshplan.render.sidecar import outbound_cluster
@@ -120,7 +120,7 @@ def validate_to_target(check: FieldCheck, item_path: PathKey, kind_name: str) ->
                    f"{' or '.join(TO_KINDS)}, got {kind}")
 
 
-def validate_backend_refs(refs: Any, path: PathKey, check: FieldCheck, kind_name: str, *, required: bool,
+def validate_backend_refs(refs: Any, path: PathKey, check: FieldCheck, row: PolicyKind, *, required: bool,
                           placement: bool = True) -> None:
     """`path` points at the `backendRefs` list itself. `placement`: check where a MeshExternalService backend may be
     (it needs the policy's top-level targetRef, which a merged conf has not)."""
@@ -136,7 +136,7 @@ def validate_backend_refs(refs: Any, path: PathKey, check: FieldCheck, kind_name
         return
     weights: list[int] = []
     for i, ref in enumerate(refs):
-        weight = validate_backend_ref(ref, path + (i,), check, kind_name, weighted=True, placement=placement)
+        weight = validate_backend_ref(ref, path + (i,), check, row, weighted=True, placement=placement)
         if weight is not None:
             weights.append(weight)
     if refs and len(weights) == len(refs) and not any(weights):
@@ -145,7 +145,7 @@ def validate_backend_refs(refs: Any, path: PathKey, check: FieldCheck, kind_name
         check.fail(path, f"the weights add up to {sum(weights)}; Envoy takes at most {MAX_TOTAL_WEIGHT} in all")
 
 
-def validate_backend_ref(ref: Any, path: PathKey, check: FieldCheck, kind_name: str, *, weighted: bool,
+def validate_backend_ref(ref: Any, path: PathKey, check: FieldCheck, row: PolicyKind, *, weighted: bool,
                          placement: bool = True) -> int | None:
     """Check one backendRef; its weight (default 1) when it is sound, else None."""
     if not isinstance(ref, dict):
@@ -171,15 +171,15 @@ def validate_backend_ref(ref: Any, path: PathKey, check: FieldCheck, kind_name: 
             check.fail(path + ("port",), "only a MeshService backendRef takes a port")
     weight = check.integer(ref, path, "weight", minimum=0, maximum=MAX_TOTAL_WEIGHT) if weighted else None
     if kind == MESH_EXTERNAL_SERVICE and placement:
-        _check_external_placement(check, path + ("kind",), kind_name)
+        _check_external_placement(check, path + ("kind",), row)
     if len(check.out) > before:
         return None
     return DEFAULT_WEIGHT if weight is None else int(weight)
 
 
-def _check_external_placement(check: FieldCheck, path: PathKey, kind_name: str) -> None:
+def _check_external_placement(check: FieldCheck, path: PathKey, row: PolicyKind) -> None:
     """The seed: a policy that references a MeshExternalService names its proxy types, and only where the table says."""
-    placement = KINDS[kind_name]
+    kind_name, placement = row.name, row  # the kind's own row of the placement table
     answer = f"the placement table says {kind_name} for a MeshExternalService is implemented on: {placement.placement}"
     named = top_proxy_types(check)
     if not named:
@@ -191,13 +191,13 @@ def _check_external_placement(check: FieldCheck, path: PathKey, kind_name: str) 
         check.fail(path, f"{kind_name} to a MeshExternalService is not on the {' or '.join(wrong)}; {answer}")
 
 
-def read_backend_refs(conf: ConfReader, kind_name: str, *, required: bool) -> tuple[Backend, ...] | None:
+def read_backend_refs(conf: ConfReader, row: PolicyKind, *, required: bool) -> tuple[Backend, ...] | None:
     """A route conf's `backendRefs`, read by a kind's parse: checked by `validate_backend_refs` (every violation at its
     path when validating an item; a merged conf's, whose items were checked with their placement, raise), then each
     one as a Backend. None when it is not set or, validating, has a violation."""
     raw = conf.raw.get("backendRefs")
     before = len(conf.check.out)
-    validate_backend_refs(raw, conf.path + ("backendRefs",), conf.check, kind_name, required=required,
+    validate_backend_refs(raw, conf.path + ("backendRefs",), conf.check, row, required=required,
                           placement=conf.validating)
     if not isinstance(raw, list) or len(conf.check.out) > before:
         return None

@@ -1,16 +1,21 @@
 """What a policy module sees: the proxy being built, the points where `to` and `from` sections attach, and a way to
 set a field that remembers which policy set it.
 
-A policy module (one per kind, registered in `policies/registry.py`) has:
+A policy kind is a package `policies/<kind>/` (registered with one line in `policies/registry.py`) whose `__init__`
+gives, as `PolicyModule` below:
     KIND: str                      the policy kind it implements
+    ORDER: int                     where it runs on a proxy among the kinds, with why
+    PLACEMENT: PolicyKind          its row of the seed's placement table
     def validate(default, path, check, section) -> None
                                    check one `to`/`from` item's `default` (or a route kind's item), every violation
     def apply(build) -> None
                                    change the proxy's resources for the policies of its kind: what matched where, and
                                    merged to what, is `build.match` (computed once per proxy by `match.result`)
-    def check_references(policy, desired, check) -> None      (optional)
+    check_references(policy, desired, check) -> None, or None
                                    check what the policy names in other resources (a route's backendRefs), once
                                    every resource is loaded
+Its api.py holds KIND, PLACEMENT, the typed conf, `parse` and `validate` (Kuma's api/v1alpha1); its envoy.py `apply`
+(Kuma's plugin/v1alpha1).
 Modules run in the registry's order and only change resources the base render or an earlier module created.
 """
 
@@ -30,9 +35,11 @@ from meshplan.model import (
     Inbound,
     Mesh,
     MeshExternalService,
+    Policy,
     ProxyConfig,
     ZoneEgress,
 )
+from meshplan.policies import PolicyKind
 from meshplan.policies.conf import ConfReader
 from meshplan.validate.check import FieldCheck
 
@@ -50,6 +57,14 @@ class PolicyModule(Protocol):
     def validate(self, default: Json, path: PathKey, check: FieldCheck, section: str) -> None: ...
 
     def apply(self, build: ProxyBuild) -> None: ...
+
+    @property
+    def PLACEMENT(self) -> PolicyKind: ...  # noqa: N802 - its row of the seed's placement table
+
+    @property
+    def check_references(self) -> Callable[[Policy, Desired, FieldCheck], None] | None:
+        """Its check of what a policy names in other resources (a route's backendRefs), once every resource is
+        loaded; None for a kind that names none."""
 
 
 @dataclass

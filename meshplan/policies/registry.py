@@ -1,7 +1,7 @@
-"""The policy modules, as one typed registry: each module is checked by mypy against `PolicyModule` (no cast), and
-runs on every proxy in the order its own `ORDER` declares. Adding a kind: its module (with KIND, ORDER, validate,
-apply), one line in `_ALL`, its placement row in `policies.KINDS`; if it references other resources, one line in
-`REFERENCES`."""
+"""The policy kinds, as one typed registry: each kind is a package `policies/<kind>/` whose `__init__` mypy checks
+against `PolicyModule` (no cast). Adding a kind: its package (api.py, envoy.py, `__init__` with KIND, ORDER,
+PLACEMENT, validate, apply, check_references) and one line in `_ALL`. The placement table (`KINDS`) and the
+reference checks (`REFERENCES`) are derived from the kinds; the kinds run on every proxy in their `ORDER`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from collections.abc import Callable
 
 from meshplan.model import Desired, Policy
 from meshplan.policies import (
-    KINDS,
+    WITHOUT_MODULE,
+    PolicyKind,
     access_log,
     circuit_breaker,
     fault_injection,
@@ -25,27 +26,30 @@ from meshplan.policies import (
 from meshplan.policies.base import PolicyModule
 from meshplan.validate.check import FieldCheck
 
+# In the placement table's order (explain lists kinds in it).
 _ALL: tuple[PolicyModule, ...] = (
     access_log,
     circuit_breaker,
     fault_injection,
     health_check,
-    http_route,
-    load_balancing,
     rate_limit,
     retry,
-    tcp_route,
     timeout,
     traffic_permission,
+    load_balancing,
+    tcp_route,
+    http_route,
 )
 
 MODULES: tuple[PolicyModule, ...] = tuple(sorted(_ALL, key=lambda module: module.ORDER))
 BY_KIND: dict[str, PolicyModule] = {module.KIND: module for module in MODULES}
 
+# The seed's placement table: every kind's own row, then those of the kinds without a module yet.
+KINDS: dict[str, PolicyKind] = {row.name: row for row in [module.PLACEMENT for module in _ALL] + list(WITHOUT_MODULE)}
+
 # A kind's checks of what it names in other resources (a route's backendRefs), run once every resource is known.
 REFERENCES: dict[str, Callable[[Policy, Desired, FieldCheck], None]] = {
-    http_route.KIND: http_route.check_references,
-    tcp_route.KIND: tcp_route.check_references,
+    module.KIND: module.check_references for module in MODULES if module.check_references is not None
 }
 
 
@@ -53,9 +57,11 @@ def _check() -> None:
     orders = [module.ORDER for module in MODULES]
     if len(set(orders)) != len(orders):
         raise ValueError(f"two policy modules declare one ORDER: {orders}")
-    unknown = [module.KIND for module in MODULES if module.KIND not in KINDS]
-    if unknown:
-        raise ValueError(f"policy modules of kinds with no placement row in policies.KINDS: {unknown}")
+    wrong = [module.KIND for module in MODULES if module.PLACEMENT.name != module.KIND]
+    if wrong:
+        raise ValueError(f"policy modules whose placement row names another kind: {wrong}")
+    if len(KINDS) != len(_ALL) + len(WITHOUT_MODULE):
+        raise ValueError("a kind without a module has a module now: drop its row from policies.WITHOUT_MODULE")
 
 
 _check()

@@ -8,7 +8,7 @@ import ipaddress
 from meshplan.envoy import names
 from meshplan.envoy import types as t
 from meshplan.match.matcher import Destination
-from meshplan.match.result import match_proxy
+from meshplan.match.result import ProxyMatch
 from meshplan.model import EGRESS, Desired, MeshExternalService, ZoneEgress
 from meshplan.policies.base import InboundPoint, OutboundPoint, ProxyBuild
 from meshplan.render.sidecar import CONNECT_TIMEOUT
@@ -16,8 +16,8 @@ from meshplan.render.sidecar import CONNECT_TIMEOUT
 SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 
 
-def build_egress(desired: Desired, egress: ZoneEgress) -> ProxyBuild:
-    build = ProxyBuild(egress, desired, EGRESS, clusters={}, listeners={}, match=match_proxy(desired, egress))
+def build_egress(desired: Desired, egress: ZoneEgress, match: ProxyMatch) -> ProxyBuild:
+    build = ProxyBuild(egress, desired, EGRESS, clusters={}, listeners={}, match=match)
     externals = sorted(desired.external_services, key=lambda m: (m.mesh, m.name))
     if not externals:
         return build  # Envoy refuses a listener with no filter chain

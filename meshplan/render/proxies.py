@@ -5,9 +5,10 @@ from __future__ import annotations
 import dataclasses
 
 from meshplan.match.behaviour import facts
+from meshplan.match.result import match_proxy
 from meshplan.model import Dataplane, Desired, ProxyConfig, ZoneEgress
 from meshplan.policies.base import ProxyBuild
-from meshplan.policies.registry import MODULES
+from meshplan.policies.registry import KINDS, MODULES
 from meshplan.render.egress import build_egress
 from meshplan.render.sidecar import build_sidecar
 
@@ -30,11 +31,12 @@ def applied(build: ProxyBuild) -> ProxyBuild:
 
 def build_proxy(desired: Desired, proxy: Dataplane | ZoneEgress) -> ProxyBuild:
     """One proxy's base resources (and its match), before the policy modules run."""
-    return build_sidecar(desired, proxy) if isinstance(proxy, Dataplane) else build_egress(desired, proxy)
+    match = match_proxy(desired, proxy, KINDS)
+    return build_sidecar(desired, proxy, match) if isinstance(proxy, Dataplane) else build_egress(desired, proxy, match)
 
 
 def render_all(desired: Desired) -> list[ProxyConfig]:
     """Every proxy of the desired mesh, sidecars first then egresses, each in name order."""
-    builds = [build_sidecar(desired, dp) for dp in sorted(desired.dataplanes, key=lambda d: d.name)]
-    builds += [build_egress(desired, eg) for eg in sorted(desired.egresses, key=lambda e: e.name)]
+    builds = [build_proxy(desired, dp) for dp in sorted(desired.dataplanes, key=lambda d: d.name)]
+    builds += [build_proxy(desired, eg) for eg in sorted(desired.egresses, key=lambda e: e.name)]
     return [apply_policies(build) for build in builds]

@@ -5,16 +5,16 @@ from __future__ import annotations
 from meshplan.envoy import names
 from meshplan.envoy import types as t
 from meshplan.match.matcher import Destination
-from meshplan.match.result import destination_protocol, match_proxy
+from meshplan.match.result import ProxyMatch, destination_protocol
 from meshplan.model import SIDECAR, Dataplane, Desired, Inbound, Outbound, ZoneEgress
 from meshplan.policies.base import InboundPoint, OutboundPoint, ProxyBuild
 
 CONNECT_TIMEOUT = "5s"  # Kuma's default connectionTimeout
 
 
-def build_sidecar(desired: Desired, dp: Dataplane) -> ProxyBuild:
+def build_sidecar(desired: Desired, dp: Dataplane, match: ProxyMatch) -> ProxyBuild:
     mtls = desired.mesh(dp.mesh).mtls
-    build = ProxyBuild(dp, desired, SIDECAR, clusters={}, listeners={}, match=match_proxy(desired, dp), mtls=mtls)
+    build = ProxyBuild(dp, desired, SIDECAR, clusters={}, listeners={}, match=match, mtls=mtls)
     mesh = desired.mesh(dp.mesh)
     for inbound in dp.inbounds:
         local = names.local_cluster(inbound.service_address, inbound.service_port)

@@ -8,8 +8,8 @@ from typing import Any
 
 from meshplan.load.resources import PathKey, RawResource, format_path
 from meshplan.model import EGRESS, GATEWAY, SIDECAR, Policy, PolicyItem, TargetRef
-from meshplan.policies import FROM, KINDS, ROUTE_KINDS, SINGLE, TO
-from meshplan.policies.registry import BY_KIND
+from meshplan.policies import FROM, ROUTE_KINDS, SINGLE, TO
+from meshplan.policies.registry import BY_KIND, KINDS
 from meshplan.validate.check import FieldCheck
 
 PROXY_TYPES = (SIDECAR, GATEWAY, EGRESS)

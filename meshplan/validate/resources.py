@@ -23,8 +23,7 @@ from meshplan.model import (
     Policy,
     ZoneEgress,
 )
-from meshplan.policies import KINDS
-from meshplan.policies.registry import REFERENCES
+from meshplan.policies.registry import KINDS, REFERENCES
 from meshplan.validate.check import FieldCheck
 from meshplan.validate.infra_rules import (
     MAX_SNI,

@@ -33,12 +33,16 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, TypeVar
 
 from meshplan.load.resources import PathKey
+from meshplan.model import Desired, Policy
+from meshplan.policies import SIDECAR_TO, TO, placement_row
 from meshplan.policies import backend_refs as refs
 from meshplan.policies.backend_refs import Backend
+from meshplan.policies.base import Json
 from meshplan.policies.conf import ConfReader, Setting
 from meshplan.validate.check import FieldCheck
 
 KIND = "MeshHTTPRoute"
+PLACEMENT = placement_row(KIND, {TO}, {"sidecar"}, False, SIDECAR_TO)  # the seed's placement table, for external services
 
 REQUEST_HEADERS = "RequestHeaderModifier"
 RESPONSE_HEADERS = "ResponseHeaderModifier"
@@ -65,6 +69,39 @@ MAX_MODIFIED_HEADERS = 16  # Kuma's limit per set/add/remove list
 T = TypeVar("T")
 
 _HOSTNAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+def validate(default: Json, path: PathKey, check: FieldCheck, section: str) -> None:
+    """`default` is the item's `{"rules": [...]}`; `path` the item (`spec.to[0]`)."""
+    refs.validate_to_target(check, path, KIND)
+    rules = default.get("rules")
+    if not isinstance(rules, list):
+        return  # the generic check has reported it
+    for i, rule in enumerate(rules):
+        validate_rule(rule, path + ("rules", i), check)
+
+
+def check_references(policy: Policy, desired: Desired, check: FieldCheck) -> None:
+    """Every backend a rule names (its backendRefs and its mirrors) exists in the policy's mesh."""
+    for item in policy.to:
+        for ri, rule in enumerate(_list(item.default.get("rules"))):
+            conf = rule.get("default") if isinstance(rule, dict) else None
+            if not isinstance(conf, dict):
+                continue
+            base: PathKey = ("to", item.index, "rules", ri, "default")
+            for bi, ref in enumerate(_list(conf.get("backendRefs"))):
+                refs.check_reference(ref, base + ("backendRefs", bi), policy, desired, check)
+            for fi, flt in enumerate(_list(conf.get("filters"))):
+                mirror = flt.get(FILTER_FIELDS[MIRROR]) if isinstance(flt, dict) else None
+                if isinstance(mirror, dict):
+                    path = base + ("filters", fi, FILTER_FIELDS[MIRROR], "backendRef")
+                    refs.check_reference(mirror.get("backendRef"), path, policy, desired, check)
+
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
 
 
 def validate_rule(rule: Any, path: PathKey, check: FieldCheck) -> None:
@@ -273,7 +310,7 @@ def _backend_refs(conf: ConfReader) -> tuple[Backend, ...]:
     raw = conf.raw.get("backendRefs")
     if conf.validating:  # the placement of a MeshExternalService is checked against the policy's own targetRef
         before = len(conf.check.out)
-        refs.validate_backend_refs(raw, conf.path + ("backendRefs",), conf.check, KIND, required=False)
+        refs.validate_backend_refs(raw, conf.path + ("backendRefs",), conf.check, PLACEMENT, required=False)
         if len(conf.check.out) > before:
             return ()
     return tuple(Backend.of(ref) for ref in raw or ())
@@ -420,7 +457,7 @@ def _mirror(spec: ConfReader) -> Mirror | None:
         if ref.raw.get("kind") == refs.MESH_EXTERNAL_SERVICE:
             ref.fail("a mirror goes to a MeshService or a MeshServiceSubset", "kind")
             return None
-        if refs.validate_backend_ref(ref.raw, ref.path, ref.check, KIND, weighted=False) is None:
+        if refs.validate_backend_ref(ref.raw, ref.path, ref.check, PLACEMENT, weighted=False) is None:
             return None
         return Backend.of(ref.raw)
 

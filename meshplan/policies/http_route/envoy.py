@@ -33,9 +33,9 @@ more query parameters. The base render's catch-all `prefix: /` to the outbound's
 whose match has no condition at all (`{}` or only PathPrefix `/`) does not add a route: it changes that catch-all
 (Kuma would place it before regular-expression routes, which it then shadows).
 
-Reading: a rule's `default` is a typed conf (http_route_checks.parse_default, over ConfReader): validate reads each
+Reading: a rule's `default` is a typed conf (api.parse_default, over ConfReader): validate reads each
 item's, render reads each merged rule's (`parse_rule`) and builds the routes from its dataclasses, never the raw
-dict; its `matches` likewise (`parse_matches`, http_route_checks.parse_match).
+dict; its `matches` likewise (`parse_matches`, api.parse_match).
 
 Merging (Kuma's, not the matcher's whole-list replacement): every `to` item that applies contributes its rules; rules
 with equal `matches` are one rule whose `default`s merge as RFC 7396 patches in policy order (a more specific policy
@@ -52,18 +52,14 @@ from __future__ import annotations
 
 import copy
 from decimal import Decimal
-from typing import Any
 
-from meshplan.load.resources import PathKey
 from meshplan.match.matcher import Merged
-from meshplan.match.result import Rule, merge_rules
-from meshplan.model import Desired, Policy
+from meshplan.match.result import Rule
 from meshplan.policies import backend_refs as refs
 from meshplan.policies.base import Json, OutboundPoint, ProxyBuild, hcm
 from meshplan.policies.conf import ConfReader
-from meshplan.policies.http_route_checks import (
-    FILTER_FIELDS,
-    MIRROR,
+from meshplan.policies.http_route.api import (
+    KIND,
     HeaderMatch,
     HeaderModifier,
     Match,
@@ -74,12 +70,7 @@ from meshplan.policies.http_route_checks import (
     parse_default,
     parse_match,
     prefixes_only,
-    validate_rule,
 )
-from meshplan.validate.check import FieldCheck
-
-KIND = "MeshHTTPRoute"
-ORDER = 10  # run order on a proxy (registry.py): first: its routes and backend clusters are what the other kinds then tune
 
 _REGEX_WHOLE_PATH = "^.*$"  # one match per path, so the substitution replaces the path exactly once
 _STATUS = {301: "MOVED_PERMANENTLY", 302: "FOUND", 303: "SEE_OTHER", 307: "TEMPORARY_REDIRECT",
@@ -89,33 +80,6 @@ DEFAULT_STATUS = 302
 # Which Envoy route a match became: a prefix `/p` is two routes, its exact path and its `/p/` prefix, and a
 # ReplacePrefixMatch rewrite differs between the two.
 PLAIN, PREFIX_PATH, PREFIX = "plain", "prefix-path", "prefix"
-
-
-def validate(default: Json, path: PathKey, check: FieldCheck, section: str) -> None:
-    """`default` is the item's `{"rules": [...]}`; `path` the item (`spec.to[0]`)."""
-    refs.validate_to_target(check, path, KIND)
-    rules = default.get("rules")
-    if not isinstance(rules, list):
-        return  # the generic check has reported it
-    for i, rule in enumerate(rules):
-        validate_rule(rule, path + ("rules", i), check)
-
-
-def check_references(policy: Policy, desired: Desired, check: FieldCheck) -> None:
-    """Every backend a rule names (its backendRefs and its mirrors) exists in the policy's mesh."""
-    for item in policy.to:
-        for ri, rule in enumerate(_list(item.default.get("rules"))):
-            conf = rule.get("default") if isinstance(rule, dict) else None
-            if not isinstance(conf, dict):
-                continue
-            base: PathKey = ("to", item.index, "rules", ri, "default")
-            for bi, ref in enumerate(_list(conf.get("backendRefs"))):
-                refs.check_reference(ref, base + ("backendRefs", bi), policy, desired, check)
-            for fi, flt in enumerate(_list(conf.get("filters"))):
-                mirror = flt.get(FILTER_FIELDS[MIRROR]) if isinstance(flt, dict) else None
-                if isinstance(mirror, dict):
-                    path = base + ("filters", fi, FILTER_FIELDS[MIRROR], "backendRef")
-                    refs.check_reference(mirror.get("backendRef"), path, policy, desired, check)
 
 
 def apply(build: ProxyBuild) -> None:
@@ -341,11 +305,3 @@ def _string_match(kind: str, value: str) -> Json:
     if kind == "Prefix":
         return {"prefix": value}
     return {"exact": value}
-
-
-def _list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []
-
-
-__all__ = ["KIND", "ORDER", "Rule", "apply", "check_references", "envoy_matches", "fractional_percent", "merge_rules",
-           "parse_matches", "parse_rule", "specificity", "validate"]

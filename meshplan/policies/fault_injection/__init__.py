@@ -1,0 +1,12 @@
+"""MeshFaultInjection as one value the registry lists (policies/registry.py): its API side (api.py: the typed conf,
+parsing, validation, placement row) and its Envoy side (envoy.py)."""
+
+from __future__ import annotations
+
+from meshplan.policies.fault_injection.api import KIND, PLACEMENT, validate
+from meshplan.policies.fault_injection.envoy import apply
+
+ORDER = 40  # after RBAC: faults only for clients that are let in
+check_references = None  # it names no other resource
+
+__all__ = ["KIND", "ORDER", "PLACEMENT", "apply", "check_references", "validate"]
