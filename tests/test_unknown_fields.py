@@ -210,3 +210,21 @@ def test_unknown_keys_beside_the_spec_are_violations(tmp_path: Path, document: s
     result = CliRunner().invoke(app, ["validate", str(tmp_path)])
     assert result.exit_code == 1
     assert f": {path}: unknown field" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("extra, section, path", [
+    ("labels: {team: dev}", "from", "spec.targetRef.labels"),
+    ("namespace: other", "from", "spec.targetRef.namespace"),
+    ("sectionName: main", "to", "spec.targetRef.sectionName"),
+])
+def test_a_named_dataplane_target_ref_never_drops_a_narrowing_field(tmp_path: Path, extra: str, section: str,
+                                                                     path: str) -> None:
+    """Beside `name`, a field that narrows (or moves) what the policy selects is never dropped: dropping `labels` or
+    `sectionName` would apply a Deny to every inbound of the dataplane. (sectionName in a `to`-only policy has no
+    inbound to pick; Kuma refuses it too.)"""
+    kind, action = ("MeshTrafficPermission", "{action: Deny}") if section == "from" else ("MeshTimeout", "{idleTimeout: 5s}")
+    write(tmp_path, {"p.yaml": f"type: {kind}\nname: t\nspec:\n  targetRef:\n    kind: Dataplane\n    name: web\n"
+                               f"    {extra}\n  {section}:\n    - targetRef: {{kind: Mesh}}\n      default: {action}\n"})
+    result = CliRunner().invoke(app, ["validate", str(tmp_path)])
+    assert result.exit_code == 1
+    assert f"p.yaml:7: {path}: " in result.stderr, result.stderr
