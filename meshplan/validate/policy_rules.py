@@ -16,22 +16,59 @@ PROXY_TYPES = (SIDECAR, GATEWAY, EGRESS)
 TARGET_KINDS = ("Mesh", "MeshSubset", "MeshService", "MeshServiceSubset", "Dataplane", "MeshExternalService")
 
 
-def target_ref(check: FieldCheck, obj: dict[str, Any], path: PathKey, *, top: bool) -> TargetRef | None:
+def target_ref(check: FieldCheck, obj: dict[str, Any], path: PathKey, *, top: bool, inbound_policy: bool = False) -> TargetRef | None:
+    """A targetRef, checked. `inbound_policy`: the policy has `from` items, so a top-level `sectionName` may pick one
+    of the inbounds it configures (Kuma allows `sectionName` only there)."""
     ref = check.field(obj, path, "targetRef", dict, required=not top)
     if ref is None:
         return TargetRef("Mesh") if top else None
     rp = path + ("targetRef",)
-    # Kuma's `labels`, `sectionName`, `namespace` and `mesh` narrow or move what a targetRef selects: ignoring them
-    # would apply a policy where it was not meant to go.
-    check.unknown(ref, rp, ("kind", "name", "tags", "proxyType", "proxyTypes"), ("mesh", "namespace", "labels", "sectionName"))
+    # `namespace` and `mesh` would move what a targetRef selects: ignoring them would apply a policy where it was not
+    # meant to go, so they are refused; `labels` and `sectionName` are read below where meshplan has their meaning.
+    check.unknown(ref, rp, ("kind", "name", "tags", "proxyType", "proxyTypes", "labels", "sectionName", "namespace", "mesh"))
+    for key, why in (("namespace", "meshplan does not model Kubernetes namespaces, so it cannot select by one"),
+                     ("mesh", "a targetRef selects within the policy's own mesh in meshplan (Kuma reserves it too)")):
+        if key in ref:
+            check.fail(rp + (key,), f"not supported by meshplan (it would be ignored): {why}; remove it")
     kind = check.field(ref, rp, "kind", str, required=True)
     if kind is None:
         return None
     if kind not in TARGET_KINDS:
         check.fail(rp + ("kind",), f"unknown targetRef kind {kind!r} (expected one of: {', '.join(TARGET_KINDS)})")
         return None
-    name = check.field(ref, rp, "name", str, required=kind in ("MeshService", "MeshServiceSubset", "Dataplane", "MeshExternalService"))
+    dataplane_top = top and kind == "Dataplane"
+    name = check.field(ref, rp, "name", str, required=kind in ("MeshService", "MeshServiceSubset", "MeshExternalService"))
     tags = check.tags(ref, rp, "tags", required=kind in ("MeshSubset", "MeshServiceSubset"))
+    labels: dict[str, str] | None = None
+    if "labels" in ref:
+        if dataplane_top:
+            labels = check.tags(ref, rp, "labels")
+            if name is not None:
+                check.fail(rp + ("labels",), "set either `labels` or `name`, not both (as Kuma: a Dataplane targetRef "
+                           "selects by one or the other)")
+        elif kind == "Dataplane":
+            check.fail(rp + ("labels",), "`labels` selects dataplanes only in the top-level targetRef")
+        elif kind in ("MeshService", "MeshExternalService"):
+            check.fail(rp + ("labels",), f"not supported by meshplan (it would be ignored): labels select {kind} "
+                       "resources, and meshplan's services are kuma.io/service tags, not labelled resources; use `name`")
+        else:
+            check.fail(rp + ("labels",), f"not allowed with kind {kind} (Kuma allows labels with Dataplane, MeshService, "
+                       "MeshExternalService)")
+    section = None
+    if "sectionName" in ref:
+        if dataplane_top and not inbound_policy:
+            check.fail(rp + ("sectionName",), "can only be used in a policy with `from` items: it picks one inbound, "
+                       "and only `from` configures inbounds")
+        elif dataplane_top:
+            section = check.field(ref, rp, "sectionName", str)
+            if section == "":
+                check.fail(rp + ("sectionName",), "must not be empty")
+        elif kind == "MeshService":
+            check.fail(rp + ("sectionName",), "not supported by meshplan (it would be ignored): it picks one port of a "
+                       "MeshService resource, and meshplan's services are kuma.io/service tags with no named ports")
+        else:
+            check.fail(rp + ("sectionName",), f"not allowed here: sectionName picks one inbound of a top-level "
+                       f"Dataplane targetRef{'' if top else ', and this is an item targetRef'} (kind {kind})")
     proxy_types: set[str] = set()
     keys = [k for k in ("proxyType", "proxyTypes") if k in ref]
     if len(keys) == 2:
@@ -46,14 +83,14 @@ def target_ref(check: FieldCheck, obj: dict[str, Any], path: PathKey, *, top: bo
                 check.fail(rp + (key, i), f"unknown proxy type {value!r} (expected one of: Sidecar, Gateway, Egress)")
             else:
                 proxy_types.add(value.lower())
-    return TargetRef(kind, name, tags, frozenset(proxy_types))
+    return TargetRef(kind, name, tags, frozenset(proxy_types), labels, section or None)
 
 
 def parse_policy(check: FieldCheck, res: RawResource, mesh: str) -> Policy | None:
     before = len(check.out)
     kind = KINDS[res.kind]
     body = res.body
-    top = target_ref(check, body, (), top=True)
+    top = target_ref(check, body, (), top=True, inbound_policy=FROM in kind.sections and bool(body.get(FROM)))
     known = ["targetRef"] + [s for s in (TO, FROM) if s in kind.sections] + (["default"] if SINGLE in kind.sections else [])
     if res.kind == "MeshHTTPRoute" or res.kind == "MeshTCPRoute":
         known.append("rules")
