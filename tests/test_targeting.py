@@ -18,8 +18,15 @@ from conftest import Loopback
 
 from meshplan.errors import Source
 from meshplan.match.explain import explain_proxy, render_text
-from meshplan.match.matcher import merge_from, merge_to, why_not, why_not_from
+from meshplan.match.matcher import (
+    Destination,
+    merge_from,
+    merge_to,
+    why_not,
+    why_not_from,
+)
 from meshplan.model import SERVICE_TAG, Dataplane, Inbound, TargetRef
+from meshplan.render.proxies import render_all
 from meshplan.validate.resources import load_and_parse
 from tests.builders import (
     Addresses,
@@ -254,15 +261,49 @@ def test_item_target_refs_refuse_what_meshplan_cannot_select(tmp_path: Path) -> 
         name: t
         spec:
           to:
-            - targetRef: {kind: MeshService, labels: {kuma.io/display-name: web}}
+            - targetRef: {kind: MeshService, labels: {kuma.io/display-name: web, team: a}}
               default: {idleTimeout: 5s}
             - targetRef: {kind: MeshService, name: web, sectionName: http}
               default: {idleTimeout: 5s}
+            - targetRef: {kind: MeshService, labels: {}}
+              default: {idleTimeout: 5s}
         """)
-    found = violations(tmp_path)
-    assert any(v.startswith("policies.yaml:6: spec.to[0].targetRef.labels: not supported by meshplan") for v in found), found
-    assert any(v.startswith("policies.yaml:8: spec.to[1].targetRef.sectionName: not supported by meshplan")
-               for v in found), found
+    assert violations(tmp_path) == [
+        "policies.yaml:6: spec.to[0].targetRef.labels: not supported by meshplan (it would be ignored): team: meshplan's "
+        "services are kuma.io/service tags, not labelled MeshService resources; only kuma.io/display-name (the service's "
+        "name) can be matched",
+        "policies.yaml:8: spec.to[1].targetRef.sectionName: not supported by meshplan (it would be ignored): it picks one "
+        "port of a MeshService resource, and meshplan's services are kuma.io/service tags with no named ports",
+        "policies.yaml:10: spec.to[2].targetRef.labels: must name the service: kuma.io/display-name: <name> (or use `name`)",
+    ]
+
+
+def test_a_mesh_service_by_its_display_name_label_is_that_service(tmp_path: Path) -> None:
+    """Kuma's docs pick a MeshService in `to` by `labels: {kuma.io/display-name: <name>}`: the same destination as by
+    `name`, and the same render."""
+    by_label = """\
+        type: MeshTimeout
+        mesh: default
+        name: t
+        spec:
+          to:
+            - targetRef:
+                kind: MeshService
+                labels: {kuma.io/display-name: web-admin}
+              default: {idleTimeout: 5s}
+        """
+    outbound = "    outbound:\n      - port: 20014\n        tags: {kuma.io/service: web-admin}\n"
+    for sub, policies in (("a", by_label), ("b", by_label.replace("labels: {kuma.io/display-name: web-admin}",
+                                                                   "name: web-admin"))):
+        (tmp_path / sub).mkdir()
+        write(tmp_path / sub, policies)
+        (tmp_path / sub / "dataplanes.yaml").write_text(DATAPLANES + outbound)
+    desired = load_and_parse(tmp_path / "a")
+    (labelled,) = desired.policies
+    assert labelled.to[0].target_ref == TargetRef("MeshService", "web-admin")
+    web2 = next(d for d in desired.dataplanes if d.name == "web-2")
+    assert merge_to([labelled], web2, Destination("default", "web-admin")).conf == {"idleTimeout": "5s"}
+    assert render_all(desired) == render_all(load_and_parse(tmp_path / "b"))
 
 
 def test_two_inbounds_answering_to_one_section_name_are_refused(tmp_path: Path) -> None:

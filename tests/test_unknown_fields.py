@@ -186,17 +186,18 @@ def test_kuma_fields_meshplan_would_ignore_are_refused(tmp_path: Path, file: str
     assert f": {path}: not supported by meshplan (it would be ignored): remove it" in result.stderr, result.stderr
 
 
-@pytest.mark.parametrize("extra, path", [
-    ("sectionName: http", "spec.to[0].targetRef.sectionName"),
-    ("labels: {app: backend}", "spec.to[0].targetRef.labels"),
-    ("namespace: other", "spec.to[0].targetRef.namespace"),
+@pytest.mark.parametrize("extra, path, message", [
+    ("sectionName: http", "spec.to[0].targetRef.sectionName", "not supported by meshplan"),
+    ("labels: {app: backend}", "spec.to[0].targetRef.labels", "set either `labels` or `name`, not both"),
+    ("namespace: other", "spec.to[0].targetRef.namespace", "not supported by meshplan"),
 ])
-def test_target_ref_fields_that_would_widen_a_policy_are_refused(tmp_path: Path, extra: str, path: str) -> None:
+def test_target_ref_fields_that_would_widen_a_policy_are_refused(tmp_path: Path, extra: str, path: str,
+                                                                  message: str) -> None:
     write(tmp_path, {"p.yaml": "type: MeshTimeout\nname: t\nspec:\n  to:\n    - targetRef:\n        kind: MeshService\n"
                                f"        name: backend\n        {extra}\n      default: {{idleTimeout: 5s}}\n"})
     result = CliRunner().invoke(app, ["validate", str(tmp_path)])
     assert result.exit_code == 1
-    assert f"p.yaml:8: {path}: not supported by meshplan" in result.stderr, result.stderr
+    assert f"p.yaml:8: {path}: {message}" in result.stderr, result.stderr
 
 
 @pytest.mark.parametrize("document, path", [

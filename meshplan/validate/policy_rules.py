@@ -13,6 +13,7 @@ from meshplan.policies.registry import BY_KIND
 from meshplan.validate.check import FieldCheck
 
 PROXY_TYPES = (SIDECAR, GATEWAY, EGRESS)
+DISPLAY_NAME = "kuma.io/display-name"
 TARGET_KINDS = ("Mesh", "MeshSubset", "MeshService", "MeshServiceSubset", "Dataplane", "MeshExternalService")
 
 
@@ -37,7 +38,9 @@ def target_ref(check: FieldCheck, obj: dict[str, Any], path: PathKey, *, top: bo
         check.fail(rp + ("kind",), f"unknown targetRef kind {kind!r} (expected one of: {', '.join(TARGET_KINDS)})")
         return None
     dataplane_top = top and kind == "Dataplane"
-    name = check.field(ref, rp, "name", str, required=kind in ("MeshService", "MeshServiceSubset", "MeshExternalService"))
+    service_by_labels = kind == "MeshService" and not top and "labels" in ref
+    name = check.field(ref, rp, "name", str,
+                       required=kind in ("MeshService", "MeshServiceSubset", "MeshExternalService") and not service_by_labels)
     tags = check.tags(ref, rp, "tags", required=kind in ("MeshSubset", "MeshServiceSubset"))
     labels: dict[str, str] | None = None
     if "labels" in ref:
@@ -48,6 +51,8 @@ def target_ref(check: FieldCheck, obj: dict[str, Any], path: PathKey, *, top: bo
                            "selects by one or the other)")
         elif kind == "Dataplane":
             check.fail(rp + ("labels",), "`labels` selects dataplanes only in the top-level targetRef")
+        elif service_by_labels:
+            name = _service_by_display_name(check, ref, rp, name)
         elif kind in ("MeshService", "MeshExternalService"):
             check.fail(rp + ("labels",), f"not supported by meshplan (it would be ignored): labels select {kind} "
                        "resources, and meshplan's services are kuma.io/service tags, not labelled resources; use `name`")
@@ -84,6 +89,26 @@ def target_ref(check: FieldCheck, obj: dict[str, Any], path: PathKey, *, top: bo
             else:
                 proxy_types.add(value.lower())
     return TargetRef(kind, name, tags, frozenset(proxy_types), labels, section or None)
+
+
+def _service_by_display_name(check: FieldCheck, ref: dict[str, Any], rp: PathKey, name: str | None) -> str | None:
+    """A `to` item's `{kind: MeshService, labels: {kuma.io/display-name: backend}}`: the MeshService named backend, as
+    Kuma's docs write it. Any other label selects MeshService resources by labels meshplan's services (kuma.io/service
+    tags) do not have, so it is refused rather than matched against nothing."""
+    labels = check.tags(ref, rp, "labels")
+    if name is not None:
+        check.fail(rp + ("labels",), "set either `labels` or `name`, not both (as Kuma)")
+        return name
+    others = sorted(set(labels) - {DISPLAY_NAME})
+    if others:
+        check.fail(rp + ("labels",), f"not supported by meshplan (it would be ignored): {', '.join(others)}: meshplan's "
+                   f"services are kuma.io/service tags, not labelled MeshService resources; only {DISPLAY_NAME} "
+                   "(the service's name) can be matched")
+        return None
+    if DISPLAY_NAME not in labels:
+        check.fail(rp + ("labels",), f"must name the service: {DISPLAY_NAME}: <name> (or use `name`)")
+        return None
+    return labels[DISPLAY_NAME]
 
 
 def parse_policy(check: FieldCheck, res: RawResource, mesh: str) -> Policy | None:
