@@ -14,6 +14,9 @@ from meshplan.validate.check import FieldCheck
 
 PROXY_TYPES = (SIDECAR, GATEWAY, EGRESS)
 DISPLAY_NAME = "kuma.io/display-name"
+# The kinds with a top-level `rules` list for inbound traffic in Kuma v2.14.3 (each api/v1alpha1 Spec's `Rules`).
+TOP_LEVEL_RULES = ("MeshTimeout", "MeshFaultInjection", "MeshRateLimit", "MeshTrafficPermission", "MeshAccessLog",
+                   "MeshCircuitBreaker")
 TARGET_KINDS = ("Mesh", "MeshSubset", "MeshService", "MeshServiceSubset", "Dataplane", "MeshExternalService")
 
 
@@ -124,7 +127,12 @@ def parse_policy(check: FieldCheck, res: RawResource, mesh: str) -> Policy | Non
             only = " and ".join(f"`{s}`" for s in sorted(kind.sections & {TO, FROM})) or "a single `default`"
             why = " (the seeds make it outbound-only)" if res.kind in ("MeshCircuitBreaker", "MeshRetry") else ""
             check.fail((section,), f"{res.kind} does not support `{section}`: use {only}{why}")
-    check.unknown(body, (), tuple(known + [s for s in (TO, FROM) if s not in known]))
+    if "rules" in body and res.kind in TOP_LEVEL_RULES:
+        check.fail(("rules",), "top-level `rules` (Kuma 2.12+) is not implemented by meshplan (it would be ignored): "
+                   "write the inbound policy with `from` items; `from: [{targetRef: {kind: Mesh}, default: ...}]` "
+                   "applies to every client, as a rule without `matches` does")
+    check.unknown({k: v for k, v in body.items() if not (k == "rules" and res.kind in TOP_LEVEL_RULES)}, (),
+                  tuple(known + [s for s in (TO, FROM) if s not in known]))
     items: dict[str, list[PolicyItem]] = {TO: [], FROM: []}
     for section in (TO, FROM):
         if section not in kind.sections:
