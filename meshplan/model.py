@@ -32,6 +32,12 @@ class Inbound:
     service_address: str
     service_port: int
     tags: dict[str, str]
+    name: str = ""  # `networking.inbound[].name`; a Dataplane targetRef's `sectionName` picks it (or its port)
+
+    @property
+    def section_name(self) -> str:
+        """What a `sectionName` matches, as Kuma: the inbound's name when it has one, otherwise its port."""
+        return self.name or str(self.port)
 
     @property
     def service(self) -> str:
@@ -60,6 +66,9 @@ class Dataplane:
     inbounds: tuple[Inbound, ...]
     outbounds: tuple[Outbound, ...]
     source: Source
+    # The resource's labels (universal: top-level `labels`; Kubernetes: `metadata.labels`): what a Dataplane
+    # targetRef's `labels` match.
+    labels: dict[str, str] = field(default_factory=dict)
 
     @property
     def services(self) -> list[str]:
@@ -107,6 +116,8 @@ class TargetRef:
     name: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
     proxy_types: frozenset[str] = frozenset()  # lower-case; empty means sidecars and gateways
+    labels: dict[str, str] | None = None  # kind Dataplane: the dataplanes whose resource labels include all of these
+    section_name: str | None = None  # kind Dataplane: one inbound, by its name or (unnamed) its port
 
 
 @dataclass(frozen=True)

@@ -191,16 +191,17 @@ def test_kuma_fields_meshplan_would_ignore_are_refused(tmp_path: Path, file: str
     assert f": {path}: not supported by meshplan (it would be ignored): remove it" in stderr, stderr
 
 
-@pytest.mark.parametrize("extra, path", [
-    ("sectionName: http", "spec.to[0].targetRef.sectionName"),
-    ("labels: {app: backend}", "spec.to[0].targetRef.labels"),
-    ("namespace: other", "spec.to[0].targetRef.namespace"),
+@pytest.mark.parametrize("extra, path, message", [
+    ("sectionName: http", "spec.to[0].targetRef.sectionName", "not supported by meshplan"),
+    ("labels: {app: backend}", "spec.to[0].targetRef.labels", "set either `labels` or `name`, not both"),
+    ("namespace: other", "spec.to[0].targetRef.namespace", "not supported by meshplan"),
 ])
-def test_target_ref_fields_that_would_widen_a_policy_are_refused(tmp_path: Path, extra: str, path: str) -> None:
+def test_target_ref_fields_that_would_widen_a_policy_are_refused(tmp_path: Path, extra: str, path: str,
+                                                                  message: str) -> None:
     write(tmp_path, {"p.yaml": "type: MeshTimeout\nname: t\nspec:\n  to:\n    - targetRef:\n        kind: MeshService\n"
                                f"        name: backend\n        {extra}\n      default: {{idleTimeout: 5s}}\n"})
     stderr = refused(tmp_path)
-    assert f"p.yaml:8: {path}: not supported by meshplan" in stderr, stderr
+    assert f"p.yaml:8: {path}: {message}" in stderr, stderr
 
 
 @pytest.mark.parametrize("document, path", [
@@ -213,3 +214,20 @@ def test_unknown_keys_beside_the_spec_are_violations(tmp_path: Path, document: s
     write(tmp_path, {"p.yaml": document})
     stderr = refused(tmp_path)
     assert f": {path}: unknown field" in stderr, stderr
+
+
+@pytest.mark.parametrize("extra, section, path", [
+    ("labels: {team: dev}", "from", "spec.targetRef.labels"),
+    ("namespace: other", "from", "spec.targetRef.namespace"),
+    ("sectionName: main", "to", "spec.targetRef.sectionName"),
+])
+def test_a_named_dataplane_target_ref_never_drops_a_narrowing_field(tmp_path: Path, extra: str, section: str,
+                                                                     path: str) -> None:
+    """Beside `name`, a field that narrows (or moves) what the policy selects is never dropped: dropping `labels` or
+    `sectionName` would apply a Deny to every inbound of the dataplane. (sectionName in a `to`-only policy has no
+    inbound to pick; Kuma refuses it too.)"""
+    kind, action = ("MeshTrafficPermission", "{action: Deny}") if section == "from" else ("MeshTimeout", "{idleTimeout: 5s}")
+    write(tmp_path, {"p.yaml": f"type: {kind}\nname: t\nspec:\n  targetRef:\n    kind: Dataplane\n    name: web\n"
+                               f"    {extra}\n  {section}:\n    - targetRef: {{kind: Mesh}}\n      default: {action}\n"})
+    stderr = refused(tmp_path)
+    assert f"p.yaml:7: {path}: " in stderr, stderr

@@ -233,8 +233,8 @@ CASES: list[tuple[str, dict[str, str | None], list[str]]] = [
      ["backend.yaml:11: networking.inbound[0].tags.kuma.io/protocol: unknown protocol 'udp'"]),
     ("tag value not URI-safe", {"backend.yaml": BASE["backend.yaml"].replace("kuma.io/service: backend", "kuma.io/service: backend\n                team: a b")},
      ["backend.yaml:11: networking.inbound[0].tags.team: tag value 'a b' may hold only letters, digits"]),
-    ("unknown top-level field", {"backend.yaml": BASE["backend.yaml"] + "labels: {}\n"},
-     ["backend.yaml:11: labels: unknown field (expected one of: networking)"]),
+    ("unknown top-level field", {"backend.yaml": BASE["backend.yaml"] + "selector: {}\n"},
+     ["backend.yaml:11: selector: unknown field (expected one of: networking, labels)"]),
     ("unknown field", {"egress.yaml": "type: ZoneEgress\nname: egress\nnetworking:\n  address: 127.0.5.10\n  port: 10002\n  prot: 1\n"},
      ["egress.yaml:6: networking.prot: unknown field"]),
     ("missing default", {"p.yaml": POLICY_HEAD.format(kind="MeshTimeout") + """

@@ -36,6 +36,7 @@ class RawResource:
     body_path: PathKey  # where `body` sits in the document
     source: Source  # the document's first line
     lines: dict[PathKey, int] = field(compare=False, repr=False)
+    labels: dict[str, Any] = field(default_factory=dict)  # Kubernetes form: `metadata.labels` as written
 
     def at(self, path: PathKey) -> Source:
         """The source of a field path inside `body`, or of its nearest written ancestor."""
@@ -139,6 +140,7 @@ def _kubernetes(
     metadata = data.get("metadata")
     name: str | None = None
     mesh: str | None = None
+    resource_labels: dict[str, Any] = {}
     if not isinstance(metadata, dict):
         problems.append(Violation(at(("metadata",)), "metadata", "missing required field" if metadata is None else "must be a mapping"))
     else:
@@ -154,6 +156,7 @@ def _kubernetes(
         if not isinstance(labels, dict):
             problems.append(Violation(at(("metadata", "labels")), "metadata.labels", "must be a mapping"))
         else:
+            resource_labels = labels
             raw_mesh = labels.get(MESH_LABEL)
             if raw_mesh is not None and not isinstance(raw_mesh, str):
                 problems.append(Violation(at(("metadata", "labels", MESH_LABEL)), f"metadata.labels.{MESH_LABEL}", "must be a string"))
@@ -168,7 +171,7 @@ def _kubernetes(
     if not isinstance(body, dict):
         problems.append(Violation(at(("spec",)), "spec", f"must be a mapping, got {_type_name(body)}"))
         body = {}
-    return RawResource(kind, mesh, name, "kubernetes", body, ("spec",), start, lines), problems
+    return RawResource(kind, mesh, name, "kubernetes", body, ("spec",), start, lines, resource_labels), problems
 
 
 def _unknown(obj: dict[str, Any], path: PathKey, known: tuple[str, ...], at: Any) -> list[Violation]:

@@ -82,9 +82,10 @@ class Origin:
     kind: str
     name: str
     source: Source
+    selector: str = ""  # the top-level targetRef, when it selects by labels, by sectionName or every dataplane
 
     def __str__(self) -> str:
-        return f"{self.kind}/{self.name} ({self.source})"
+        return f"{self.kind}/{self.name} ({self.source})" + (f" [{self.selector}]" if self.selector else "")
 
 
 @dataclass(frozen=True)
@@ -135,10 +136,12 @@ class Contribution:
             candidate = candidate[: max(candidate.rfind("."), len(self.path))]
 
     def origin(self, path: Path = ()) -> Origin:
-        return Origin(self.policy.kind, self.policy.name, self.source_of(path))
+        return Origin(self.policy.kind, self.policy.name, self.source_of(path), selector(self.policy.target_ref))
 
     def __str__(self) -> str:
-        return f"{self.policy.kind}/{self.policy.name} {self.section}[{self.item.index}] ({self.source})"
+        shown = selector(self.policy.target_ref)
+        return (f"{self.policy.kind}/{self.policy.name} {self.section}[{self.item.index}] ({self.source})"
+                + (f" [{shown}]" if shown else ""))
 
 
 @dataclass(frozen=True)
@@ -167,6 +170,14 @@ class FromRule:
 
     def matches(self, client_tags: Mapping[str, str]) -> bool:
         return _has_all(client_tags, self.tags)
+
+
+def selector(ref: TargetRef) -> str:
+    """A top-level targetRef in words for origins and `explain` when a Dataplane one selects by labels, by
+    sectionName, or every dataplane (a name, a tag or a service already shows in the policy's name and `explain`)."""
+    if ref.kind != "Dataplane" or (ref.labels is None and ref.section_name is None and ref.name is not None):
+        return ""
+    return f"targetRef {_describe(ref)}"
 
 
 # --- selection ------------------------------------------------------------------------------------------------
@@ -322,7 +333,16 @@ def _one_kind(policies: Iterable[Policy]) -> list[Policy]:
 def _ordered(contributions: list[Contribution]) -> list[Contribution]:
     """Top-level kind, then the item's kind, then name descending; a policy's own items keep their written order."""
     by_name = sorted(contributions, key=lambda c: c.policy.name, reverse=True)  # stable, even reversed
-    return sorted(by_name, key=lambda c: (_rank(c.policy.target_ref.kind), _rank(c.item.target_ref.kind)))
+    return sorted(by_name, key=lambda c: (_rank(c.policy.target_ref.kind), _dataplane_rank(c.policy.target_ref),
+                                          _rank(c.item.target_ref.kind)))
+
+
+def _dataplane_rank(ref: TargetRef) -> tuple[int, int]:
+    """Among top-level Dataplane targetRefs, as Kuma's CompareDataplaneKind: by labels (or every dataplane) before by
+    name, and without sectionName before with it (later wins). Other kinds all rank (0, 0)."""
+    if ref.kind != "Dataplane":
+        return (0, 0)
+    return (1 if ref.name is not None else 0, 1 if ref.section_name is not None else 0)
 
 
 def _rank(kind: str) -> int:
@@ -424,7 +444,7 @@ def _has_all(have: Mapping[str, str], wanted: Mapping[str, str]) -> bool:
 
 def _selects_inbound(ref: TargetRef, dp: Dataplane, inbound: Inbound) -> bool:
     if ref.kind == "Dataplane":
-        return ref.name is None or ref.name == dp.name  # Kuma: no name selects every dataplane
+        return _dataplane_miss_of(ref, dp) is None and (ref.section_name is None or ref.section_name == inbound.section_name)
     wanted = _ref_tags(ref)
     return wanted is not None and _has_all(inbound.tags, wanted)
 
@@ -466,9 +486,27 @@ def _check_inbound_type(proxy: Proxy, inbound: Inbound | Destination) -> None:
         raise TypeError("the egress's inbound side is an external service: pass Destination.of_external(...)")
 
 
+def _dataplane_miss_of(ref: TargetRef, dp: Dataplane) -> str | None:
+    """Why a Dataplane targetRef (by name, by labels, or neither: every dataplane) misses the dataplane; None if not."""
+    if ref.name is not None and ref.name != dp.name:
+        return f"targetRef selects Dataplane {ref.name!r}, not {dp.name!r}"
+    if ref.labels is not None:
+        missing = [f"{key}={value}" for key, value in sorted(ref.labels.items()) if dp.labels.get(key) != value]
+        if missing:
+            have = _tags(dp.labels) if dp.labels else "none"
+            return (f"targetRef selects dataplanes labelled {_tags(ref.labels)}; dataplane {dp.name!r} lacks "
+                    f"{', '.join(missing)} (its labels: {have})")
+    return None
+
+
 def _dataplane_miss(ref: TargetRef, dp: Dataplane) -> str:
     if ref.kind == "Dataplane":
-        return f"targetRef selects Dataplane {ref.name!r}, not {dp.name!r}"
+        miss = _dataplane_miss_of(ref, dp)
+        if miss is not None:
+            return miss
+        sections = ", ".join(repr(i.section_name) for i in dp.inbounds)
+        return (f"targetRef sectionName {ref.section_name!r} names no inbound of dataplane {dp.name!r} "
+                f"(its inbounds answer to {sections}: a name, or the port of an unnamed inbound)")
     inbounds = "; ".join(f"{_inbound_name(i)}: {_tags_miss(ref, i)}" for i in dp.inbounds)
     return f"targetRef {_describe(ref)} selects no inbound of dataplane {dp.name!r} ({inbounds})"
 
@@ -503,7 +541,10 @@ def _inbound_name(inbound: Inbound) -> str:
 def _describe(ref: TargetRef) -> str:
     name = f" {ref.name!r}" if ref.name is not None else ""
     tags = f" {_tags(ref.tags)}" if ref.tags else ""
-    return f"{ref.kind}{name}{tags}"
+    labels = f" labels {_tags(ref.labels)}" if ref.labels is not None else ""
+    section = f" sectionName {ref.section_name!r}" if ref.section_name is not None else ""
+    every = " (every dataplane)" if ref.kind == "Dataplane" and ref.name is None and ref.labels is None else ""
+    return f"{ref.kind}{name}{tags}{labels}{section}{every}"
 
 
 def _tags(tags: Mapping[str, str]) -> str:

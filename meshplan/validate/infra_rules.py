@@ -10,6 +10,7 @@ import re
 from typing import Any
 
 from meshplan.envoy import names
+from meshplan.errors import Source, Violation
 from meshplan.load.resources import PathKey, RawResource
 from meshplan.model import (
     PROTOCOL_TAG,
@@ -68,7 +69,8 @@ def parse_mesh(check: FieldCheck, res: RawResource) -> Mesh | None:
 
 def parse_dataplane(check: FieldCheck, res: RawResource, mesh: str) -> Dataplane | None:
     before = len(check.out)
-    check.unknown(res.body, (), ("networking",))
+    check.unknown(res.body, (), ("networking", "labels") if res.form == "universal" else ("networking",))
+    labels = _dataplane_labels(check, res)
     net = check.field(res.body, (), "networking", dict, required=True, default={})
     np: PathKey = ("networking",)
     check.unknown(net, np, ("address", "admin", "inbound", "outbound"), ("advertisedAddress", "transparentProxying", "gateway"))
@@ -91,6 +93,7 @@ def parse_dataplane(check: FieldCheck, res: RawResource, mesh: str) -> Dataplane
         service_address = check.address(item, path, "serviceAddress", required=False, default="127.0.0.1")
         inbound_address = check.address(item, path, "address", required=False, default=address)
         tags = check.tags(item, path, "tags", required=True)
+        inbound_name = check.field(item, path, "name", str, default="")
         if "tags" in item and isinstance(item["tags"], dict) and SERVICE_TAG not in item["tags"]:
             check.fail(path + ("tags",), f"an inbound needs a `{SERVICE_TAG}` tag")
         for tag, value in tags.items():
@@ -105,7 +108,8 @@ def parse_dataplane(check: FieldCheck, res: RawResource, mesh: str) -> Dataplane
         if protocol is not None and protocol not in PROTOCOLS:
             check.fail(path + ("tags", PROTOCOL_TAG), f"unknown protocol {protocol!r} (expected one of: {', '.join(PROTOCOLS)})")
         if None not in (port, service_port, service_address, inbound_address) and SERVICE_TAG in tags:
-            inbounds.append(Inbound(inbound_address, port, service_address, service_port, tags))  # type: ignore[arg-type]
+            inbounds.append(Inbound(inbound_address, port, service_address, service_port, tags,  # type: ignore[arg-type]
+                                    inbound_name))
     outbounds: list[Outbound] = []
     for i, item in enumerate(check.field(net, np, "outbound", list, default=[])):
         path = np + ("outbound", i)
@@ -139,7 +143,9 @@ def parse_dataplane(check: FieldCheck, res: RawResource, mesh: str) -> Dataplane
     if len(check.out) > before or address is None or admin_port is None:
         return None
     assert res.name is not None
-    dp = Dataplane(res.name, mesh, address, admin_port, tuple(inbounds), tuple(outbounds), res.source)
+    if len(inbounds) == len(raw_inbounds):
+        _check_section_names(check, np, inbounds)
+    dp = Dataplane(res.name, mesh, address, admin_port, tuple(inbounds), tuple(outbounds), res.source, labels)
     _check_sockets(check, _dataplane_sockets(dp))
     return dp if len(check.out) == before else None
 
@@ -263,3 +269,30 @@ def _external_tls(check: FieldCheck, tls: dict[str, Any]) -> ExternalTLS:
         if key in verification:
             check.fail(vpath + (key,), "client certificates towards external services are not supported yet")
     return ExternalTLS(enabled, server_name, mode, ca_file, tuple(sans))
+
+
+def _dataplane_labels(check: FieldCheck, res: RawResource) -> dict[str, str]:
+    """The Dataplane's resource labels, which a policy's `targetRef: {kind: Dataplane, labels: ...}` matches: the
+    top-level `labels` of the universal form, `metadata.labels` of the Kubernetes form."""
+    if res.form == "universal":
+        return check.tags(res.body, (), "labels")
+    good: dict[str, str] = {}
+    for key, value in res.labels.items():
+        if isinstance(value, str):
+            good[str(key)] = value
+        else:
+            line = res.lines.get(("metadata", "labels", key), res.source.line)
+            check.out.append(Violation(Source(res.source.file, line), f"metadata.labels.{key}", "label values must be strings"))
+    return good
+
+
+def _check_section_names(check: FieldCheck, np: PathKey, inbounds: list[Inbound]) -> None:
+    """A `sectionName` picks one inbound: two inbounds answering to the same one would make it pick both."""
+    seen: dict[str, int] = {}
+    for i, inbound in enumerate(inbounds):
+        first = seen.setdefault(inbound.section_name, i)
+        if first != i:
+            what = f"name {inbound.name!r}" if inbound.name else f"port {inbound.port} (it has no name)"
+            check.fail(np + ("inbound", i) + (("name",) if inbound.name else ("port",)),
+                       f"inbound[{first}] already answers to sectionName {inbound.section_name!r}: {what} must be unique "
+                       "among the inbounds' names and unnamed ports")

@@ -13,25 +13,70 @@ from meshplan.policies.registry import BY_KIND, KINDS
 from meshplan.validate.check import FieldCheck
 
 PROXY_TYPES = (SIDECAR, GATEWAY, EGRESS)
+DISPLAY_NAME = "kuma.io/display-name"
+# The kinds with a top-level `rules` list for inbound traffic in Kuma v2.14.3 (each api/v1alpha1 Spec's `Rules`).
+TOP_LEVEL_RULES = ("MeshTimeout", "MeshFaultInjection", "MeshRateLimit", "MeshTrafficPermission", "MeshAccessLog",
+                   "MeshCircuitBreaker")
 TARGET_KINDS = ("Mesh", "MeshSubset", "MeshService", "MeshServiceSubset", "Dataplane", "MeshExternalService")
 
 
-def target_ref(check: FieldCheck, obj: dict[str, Any], path: PathKey, *, top: bool) -> TargetRef | None:
+def target_ref(check: FieldCheck, obj: dict[str, Any], path: PathKey, *, top: bool, inbound_policy: bool = False) -> TargetRef | None:
+    """A targetRef, checked. `inbound_policy`: the policy has `from` items, so a top-level `sectionName` may pick one
+    of the inbounds it configures (Kuma allows `sectionName` only there)."""
     ref = check.field(obj, path, "targetRef", dict, required=not top)
     if ref is None:
         return TargetRef("Mesh") if top else None
     rp = path + ("targetRef",)
-    # Kuma's `labels`, `sectionName`, `namespace` and `mesh` narrow or move what a targetRef selects: ignoring them
-    # would apply a policy where it was not meant to go.
-    check.unknown(ref, rp, ("kind", "name", "tags", "proxyType", "proxyTypes"), ("mesh", "namespace", "labels", "sectionName"))
+    # `namespace` and `mesh` would move what a targetRef selects: ignoring them would apply a policy where it was not
+    # meant to go, so they are refused; `labels` and `sectionName` are read below where meshplan has their meaning.
+    check.unknown(ref, rp, ("kind", "name", "tags", "proxyType", "proxyTypes", "labels", "sectionName", "namespace", "mesh"))
+    for key, why in (("namespace", "meshplan does not model Kubernetes namespaces, so it cannot select by one"),
+                     ("mesh", "a targetRef selects within the policy's own mesh in meshplan (Kuma reserves it too)")):
+        if key in ref:
+            check.fail(rp + (key,), f"not supported by meshplan (it would be ignored): {why}; remove it")
     kind = check.field(ref, rp, "kind", str, required=True)
     if kind is None:
         return None
     if kind not in TARGET_KINDS:
         check.fail(rp + ("kind",), f"unknown targetRef kind {kind!r} (expected one of: {', '.join(TARGET_KINDS)})")
         return None
-    name = check.field(ref, rp, "name", str, required=kind in ("MeshService", "MeshServiceSubset", "Dataplane", "MeshExternalService"))
+    dataplane_top = top and kind == "Dataplane"
+    service_by_labels = kind == "MeshService" and not top and "labels" in ref
+    name = check.field(ref, rp, "name", str,
+                       required=kind in ("MeshService", "MeshServiceSubset", "MeshExternalService") and not service_by_labels)
     tags = check.tags(ref, rp, "tags", required=kind in ("MeshSubset", "MeshServiceSubset"))
+    labels: dict[str, str] | None = None
+    if "labels" in ref:
+        if dataplane_top:
+            labels = check.tags(ref, rp, "labels")
+            if name is not None:
+                check.fail(rp + ("labels",), "set either `labels` or `name`, not both (as Kuma: a Dataplane targetRef "
+                           "selects by one or the other)")
+        elif kind == "Dataplane":
+            check.fail(rp + ("labels",), "`labels` selects dataplanes only in the top-level targetRef")
+        elif service_by_labels:
+            name = _service_by_display_name(check, ref, rp, name)
+        elif kind in ("MeshService", "MeshExternalService"):
+            check.fail(rp + ("labels",), f"not supported by meshplan (it would be ignored): labels select {kind} "
+                       "resources, and meshplan's services are kuma.io/service tags, not labelled resources; use `name`")
+        else:
+            check.fail(rp + ("labels",), f"not allowed with kind {kind} (Kuma allows labels with Dataplane, MeshService, "
+                       "MeshExternalService)")
+    section = None
+    if "sectionName" in ref:
+        if dataplane_top and not inbound_policy:
+            check.fail(rp + ("sectionName",), "can only be used in a policy with `from` items: it picks one inbound, "
+                       "and only `from` configures inbounds")
+        elif dataplane_top:
+            section = check.field(ref, rp, "sectionName", str)
+            if section == "":
+                check.fail(rp + ("sectionName",), "must not be empty")
+        elif kind == "MeshService":
+            check.fail(rp + ("sectionName",), "not supported by meshplan (it would be ignored): it picks one port of a "
+                       "MeshService resource, and meshplan's services are kuma.io/service tags with no named ports")
+        else:
+            check.fail(rp + ("sectionName",), f"not allowed here: sectionName picks one inbound of a top-level "
+                       f"Dataplane targetRef{'' if top else ', and this is an item targetRef'} (kind {kind})")
     proxy_types: set[str] = set()
     keys = [k for k in ("proxyType", "proxyTypes") if k in ref]
     if len(keys) == 2:
@@ -46,14 +91,34 @@ def target_ref(check: FieldCheck, obj: dict[str, Any], path: PathKey, *, top: bo
                 check.fail(rp + (key, i), f"unknown proxy type {value!r} (expected one of: Sidecar, Gateway, Egress)")
             else:
                 proxy_types.add(value.lower())
-    return TargetRef(kind, name, tags, frozenset(proxy_types))
+    return TargetRef(kind, name, tags, frozenset(proxy_types), labels, section or None)
+
+
+def _service_by_display_name(check: FieldCheck, ref: dict[str, Any], rp: PathKey, name: str | None) -> str | None:
+    """A `to` item's `{kind: MeshService, labels: {kuma.io/display-name: backend}}`: the MeshService named backend, as
+    Kuma's docs write it. Any other label selects MeshService resources by labels meshplan's services (kuma.io/service
+    tags) do not have, so it is refused rather than matched against nothing."""
+    labels = check.tags(ref, rp, "labels")
+    if name is not None:
+        check.fail(rp + ("labels",), "set either `labels` or `name`, not both (as Kuma)")
+        return name
+    others = sorted(set(labels) - {DISPLAY_NAME})
+    if others:
+        check.fail(rp + ("labels",), f"not supported by meshplan (it would be ignored): {', '.join(others)}: meshplan's "
+                   f"services are kuma.io/service tags, not labelled MeshService resources; only {DISPLAY_NAME} "
+                   "(the service's name) can be matched")
+        return None
+    if DISPLAY_NAME not in labels:
+        check.fail(rp + ("labels",), f"must name the service: {DISPLAY_NAME}: <name> (or use `name`)")
+        return None
+    return labels[DISPLAY_NAME]
 
 
 def parse_policy(check: FieldCheck, res: RawResource, mesh: str) -> Policy | None:
     before = len(check.out)
     kind = KINDS[res.kind]
     body = res.body
-    top = target_ref(check, body, (), top=True)
+    top = target_ref(check, body, (), top=True, inbound_policy=FROM in kind.sections and bool(body.get(FROM)))
     known = ["targetRef"] + [s for s in (TO, FROM) if s in kind.sections] + (["default"] if SINGLE in kind.sections else [])
     if res.kind == "MeshHTTPRoute" or res.kind == "MeshTCPRoute":
         known.append("rules")
@@ -62,7 +127,12 @@ def parse_policy(check: FieldCheck, res: RawResource, mesh: str) -> Policy | Non
             only = " and ".join(f"`{s}`" for s in sorted(kind.sections & {TO, FROM})) or "a single `default`"
             why = " (the seeds make it outbound-only)" if res.kind in ("MeshCircuitBreaker", "MeshRetry") else ""
             check.fail((section,), f"{res.kind} does not support `{section}`: use {only}{why}")
-    check.unknown(body, (), tuple(known + [s for s in (TO, FROM) if s not in known]))
+    if "rules" in body and res.kind in TOP_LEVEL_RULES:
+        check.fail(("rules",), "top-level `rules` (Kuma 2.12+) is not implemented by meshplan (it would be ignored): "
+                   "write the inbound policy with `from` items; `from: [{targetRef: {kind: Mesh}, default: ...}]` "
+                   "applies to every client, as a rule without `matches` does")
+    check.unknown({k: v for k, v in body.items() if not (k == "rules" and res.kind in TOP_LEVEL_RULES)}, (),
+                  tuple(known + [s for s in (TO, FROM) if s not in known]))
     items: dict[str, list[PolicyItem]] = {TO: [], FROM: []}
     for section in (TO, FROM):
         if section not in kind.sections:
