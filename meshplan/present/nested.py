@@ -310,6 +310,12 @@ class _Writer:
         changed = {child.field_name for child in node.children.values()}
         attributes = blocks = 0
         for key, value in node.body.items():
+            if key in changed and isinstance(value, list) and value and isinstance(value[0], dict):
+                # the elements of a changed list that did not change (those shown are desired ones or removed ones)
+                shown = sum(1 for c in node.children.values() if c.field_name == key and c.element
+                            and not (c.leaf is not None and c.leaf.after is None))
+                blocks += max(len(value) - shown, 0)
+                continue
             if key in changed or key in ("@type", "name"):
                 continue
             if isinstance(value, dict) or (isinstance(value, list) and value and isinstance(value[0], dict)):
