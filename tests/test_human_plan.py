@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from pathlib import Path
 
@@ -11,7 +10,7 @@ from rich.console import Console
 
 from meshplan.compare.diff import Action
 from meshplan.plan.model import FieldPlan, Plan, ProxyPlan, ResourcePlan
-from meshplan.present.human import origins_text, render_plan, short_path, value_text
+from meshplan.present.human import origins_text, render_plan
 from meshplan.present.markdown import render_markdown
 
 DEMO = Path(__file__).parent.parent / "examples" / "demo"
@@ -19,20 +18,6 @@ DEMO = Path(__file__).parent.parent / "examples" / "demo"
 HCM_PATH = 'filter_chains[0].filters["envoy.filters.network.http_connection_manager"].typed_config'
 RULE = {"Deny Mesh": {"permissions": [{"any": True}], "principals": [{"authenticated": {"principal_name": {
     "exact": "spiffe://default/admin"}}}]}}
-
-
-def test_a_long_value_is_shown_whole_as_a_block() -> None:
-    text = value_text(RULE)
-    assert "..." not in text
-    assert json.loads(text) == RULE
-    assert len(text.splitlines()) > 1
-    assert value_text("5s") == '"5s"'
-
-
-def test_paths_name_filters_shortly_and_skip_typed_config() -> None:
-    path = f'{HCM_PATH}.http_filters["envoy.filters.http.rbac"].rules.policies'
-    assert short_path(path) == 'filter_chains[0].filters["http_connection_manager"].http_filters["rbac"].rules.policies'
-    assert short_path(f"{HCM_PATH}.route_config") == 'filter_chains[0].filters["http_connection_manager"].route_config'
 
 
 def test_one_policy_on_several_lines_is_named_once() -> None:

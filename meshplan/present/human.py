@@ -14,7 +14,6 @@ from rich.console import Console
 
 from meshplan.compare.canonical import CanonicalError, canonical_json
 from meshplan.compare.diff import Action
-from meshplan.envoy.types import HTTP_FILTER_PREFIX, NETWORK_FILTER_PREFIX
 from meshplan.match.behaviour import Change
 from meshplan.model import EGRESS, SIDECAR
 from meshplan.plan.model import Plan, ProxyPlan, ResourcePlan
@@ -24,15 +23,6 @@ from meshplan.present.text import markup_safe as _safe
 _STYLE = {Action.CREATE: "green", Action.UPDATE: "yellow", Action.DELETE: "red"}
 _WORDS = {Action.CREATE: "will be created", Action.UPDATE: "will be updated in-place", Action.DELETE: "will be destroyed"}
 _OUTSIDE_WORDS = {Action.CREATE: "was added", Action.UPDATE: "was changed", Action.DELETE: "was removed"}
-_INLINE = 72  # a value whose JSON is longer is shown whole, as an indented block under its field
-
-
-def value_text(value: Any) -> str:
-    """A value in full, never cut: compact JSON when short, else indented JSON over several lines."""
-    text = json.dumps(value, sort_keys=True, separators=(", ", ": "))
-    return text if len(text) <= _INLINE else json.dumps(value, sort_keys=True, indent=2)
-
-
 _ORIGIN = re.compile(r"(?P<who>.+) \((?P<file>.+):(?P<line>\d+)\)")
 
 
@@ -87,14 +77,6 @@ def _meaning(value: Any) -> str:
     if isinstance(value, dict) and len(value) == 1:
         value = next(iter(value.values()))
     return json.dumps(value, sort_keys=True, separators=(", ", ": ")) if not isinstance(value, str) else value
-
-
-def short_path(path: str) -> str:
-    """A field's path as a reviewer reads it: filters by their short name (`http_connection_manager`, `rbac`), and
-    without the `typed_config` step every extension has."""
-    for prefix in (NETWORK_FILTER_PREFIX, HTTP_FILTER_PREFIX):
-        path = path.replace(f'["{prefix}', '["')
-    return path.replace(".typed_config.", ".").removesuffix(".typed_config")
 
 
 def summary_line(plan: Plan) -> str:
