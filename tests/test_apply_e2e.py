@@ -298,8 +298,9 @@ def test_a_hand_edit_shows_as_changed_outside_meshplan_not_as_a_policy_change(
     _, human, _ = meshplan("plan", str(demo.path), "--state", str(sandbox_state))
     section, planned = human.split("meshplan will perform the following actions:")
     assert section.startswith("Changed outside meshplan:")
-    assert '~ connect_timeout: "5s" -> "0.250s"' in section
-    assert '~ connect_timeout: "0.250s" -> "5s"  # reverts a change made outside meshplan' in planned
+    assert '~ connect_timeout = "5s" -> "0.250s"' in section
+    assert (f'  # reverts a change made outside meshplan\n  ~ resource "cluster" "{local["name"]}" {{\n'
+            '      ~ connect_timeout = "0.250s" -> "5s"\n') in planned
 
     code, out, _ = meshplan("drift", str(demo.path), "--state", str(sandbox_state), "--json")
     assert code == 3

@@ -6,6 +6,7 @@ directory or changes a proxy behind meshplan's back, and plans. No value may be 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -133,6 +134,8 @@ def test_plan_views(case: str, planned: Callable[[str], dict[str, str]], request
     for name, text in views.items():
         assert "..." not in text, f"a value is cut in the {name} view"
         assert "# base" not in text, f"a change in the {name} view names no cause"
+        if name == "80":
+            assert not _wider_than_80(text), f"lines wider than 80 columns in the 80-column view: {_wider_than_80(text)}"
         check_golden(request, f"plan-{case}.{'md' if name == 'md' else name + '-columns.txt'}", text)
 
 
@@ -145,3 +148,14 @@ def test_the_cases_show_what_they_are_about(planned: Callable[[str], dict[str, s
 def test_identical_proxies_are_shown_once(planned: Callable[[str], dict[str, str]]) -> None:
     views = planned("identical-proxies")
     assert "# admin, web [sidecar] (mesh default, 2 proxies, the same changes)" in views["200"]
+
+
+_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*",?|\S+')
+
+
+
+def _wider_than_80(text: str) -> list[str]:
+    """The lines of a view wider than 80 columns that are more than one token that cannot be broken (a long JSON
+    string), after their indent and `+ ~ - #` marker."""
+    return [line for line in text.splitlines()
+            if len(line) > 80 and not _TOKEN.fullmatch(re.sub(r"^\s*(?:[-+~#]\s+)?", "", line))]

@@ -6,36 +6,34 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import textwrap
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rich.console import Console
 
+from meshplan.compare.canonical import CanonicalError, canonical_json
 from meshplan.compare.diff import Action
-from meshplan.envoy.types import HTTP_FILTER_PREFIX, NETWORK_FILTER_PREFIX
 from meshplan.match.behaviour import Change
 from meshplan.model import EGRESS, SIDECAR
 from meshplan.plan.model import Plan, ProxyPlan, ResourcePlan
+from meshplan.present.nested import nested_diff, nested_diff_comments
 from meshplan.present.text import markup_safe as _safe
 
 _STYLE = {Action.CREATE: "green", Action.UPDATE: "yellow", Action.DELETE: "red"}
 _WORDS = {Action.CREATE: "will be created", Action.UPDATE: "will be updated in-place", Action.DELETE: "will be destroyed"}
 _OUTSIDE_WORDS = {Action.CREATE: "was added", Action.UPDATE: "was changed", Action.DELETE: "was removed"}
-_INLINE = 72  # a value whose JSON is longer is shown whole, as an indented block under its field
-
-
-def value_text(value: Any) -> str:
-    """A value in full, never cut: compact JSON when short, else indented JSON over several lines."""
-    text = json.dumps(value, sort_keys=True, separators=(", ", ": "))
-    return text if len(text) <= _INLINE else json.dumps(value, sort_keys=True, indent=2)
-
-
 _ORIGIN = re.compile(r"(?P<who>.+) \((?P<file>.+):(?P<line>\d+)\)")
 
 
 def origins_text(origins: Sequence[str]) -> str:
     """Origins as a reviewer reads them: one policy written on several lines of one file is named once, with its
     lines (`MeshTimeout/defaults (policies/timeout.yaml:12,13)`)."""
+    return ", ".join(origins_parts(origins))
+
+
+def origins_parts(origins: Sequence[str]) -> list[str]:
+    """`origins_text`, one cause per item."""
     grouped: dict[tuple[str, str], list[str]] = {}
     plain: list[str] = []
     for origin in origins:
@@ -45,7 +43,7 @@ def origins_text(origins: Sequence[str]) -> str:
         else:
             grouped.setdefault((found["who"], found["file"]), []).append(found["line"])
     named = [f"{who} ({file}:{','.join(dict.fromkeys(lines))})" for (who, file), lines in grouped.items()]
-    return ", ".join(plain + named)
+    return plain + named
 
 
 def behaviour_line(change: Change) -> str:
@@ -81,14 +79,6 @@ def _meaning(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(", ", ": ")) if not isinstance(value, str) else value
 
 
-def short_path(path: str) -> str:
-    """A field's path as a reviewer reads it: filters by their short name (`http_connection_manager`, `rbac`), and
-    without the `typed_config` step every extension has."""
-    for prefix in (NETWORK_FILTER_PREFIX, HTTP_FILTER_PREFIX):
-        path = path.replace(f'["{prefix}', '["')
-    return path.replace(".typed_config.", ".").removesuffix(".typed_config")
-
-
 def summary_line(plan: Plan) -> str:
     changed = plan.changed_proxies
     sidecars = sum(1 for p in changed if p.type == SIDECAR)
@@ -110,11 +100,32 @@ def _header(console: Console, proxy: ProxyPlan, same: Sequence[ProxyPlan] = ()) 
                   "the same changes)")
 
 
+def _wrapped(console: Console, text: str, *, indent: int = 0) -> None:
+    """Plain text broken at spaces to the console's width (a word longer than the width stays whole)."""
+    room = max(console.width - indent, 20)
+    for part in textwrap.wrap(text, room, break_long_words=False, break_on_hyphens=False) or [""]:
+        console.print(" " * indent + _safe(part))
+
+
 def render_group(console: Console, group: Sequence[ProxyPlan]) -> None:
     """One proxy's changes (or those of proxies whose changes are the same): its header, then each resource."""
     _header(console, group[0], group[1:])
     for change in group[0].changes:
-        _resource(console, change)
+        _resource(console, change, desired=_desired(group[0], change))
+
+
+def _desired(proxy: ProxyPlan, change: ResourcePlan) -> dict[str, Any] | None:
+    """The canonical desired form of a changed resource (the plan's paths are in its terms), if the plan has it."""
+    if change.action is not Action.UPDATE:
+        return None
+    found = next((r for r in proxy.desired.get(f"{change.type}s", ()) if r.get("name") == change.name), None)
+    if found is None:
+        return None
+    try:
+        form = json.loads(canonical_json(found))
+    except CanonicalError:
+        return found
+    return form if isinstance(form, dict) else None
 
 
 def identical(proxies: Sequence[ProxyPlan]) -> list[list[ProxyPlan]]:
@@ -128,33 +139,34 @@ def identical(proxies: Sequence[ProxyPlan]) -> list[list[ProxyPlan]]:
     return list(groups.values())
 
 
-def _resource(console: Console, change: ResourcePlan, words: Mapping[Action, str] = _WORDS) -> None:
+def _resource(console: Console, change: ResourcePlan, words: Mapping[Action, str] = _WORDS, *,
+              desired: Mapping[str, Any] | None = None) -> None:
+    """One resource: what happens to it, who caused it, and for an update its nested diff (present/nested.py)."""
     style = _STYLE[change.action]
-    symbol = change.action.value
     title = f'{change.type} "{change.name}"'
     console.print(f"  [dim]# {_safe(title)} {words[change.action]}[/dim]")
-    caused = f"  [dim]# {_safe(origins_text(change.origins))}[/dim]" if change.origins and change.action is not Action.DELETE else ""
     if change.action is not Action.UPDATE:
-        console.print(f"  [{style}]{symbol}[/{style}] {_safe(title)}{caused}")
+        if change.origins and change.action is not Action.DELETE:
+            for text, _ in nested_comments(change.origins, console.width):
+                console.print(f"[dim]{_safe(text)}[/dim]")
+        console.print(f'  [{style}]{change.action.value}[/{style}] resource "{_safe(change.type)}" "{_safe(change.name)}"')
         return
-    console.print(f"  [{style}]{symbol}[/{style}] {_safe(title)} {{")
-    for f in change.fields:
-        origins = f"  [dim]# {_safe(origins_text(f.origins))}[/dim]" if f.origins else ""
-        path = _safe(short_path(f.path))
-        sides = [("[red]-[/red]", value_text(f.before))] if f.before is not None else []
-        sides += [("[green]+[/green]", value_text(f.after))] if f.after is not None else []
-        if all("\n" not in text for _, text in sides):
-            if f.before is None or f.after is None:
-                console.print(f"      {sides[0][0]} {path}: {_safe(sides[0][1])}{origins}")
-            else:
-                console.print(f"      [yellow]~[/yellow] {path}: {_safe(sides[0][1])} -> {_safe(sides[1][1])}{origins}")
-            continue
-        sign = "[yellow]~[/yellow]" if len(sides) == 2 else sides[0][0]
-        console.print(f"      {sign} {path}:{origins}")
-        for side, text in sides:
-            for line in text.splitlines():
-                console.print(f"          {side} {_safe(line)}" if len(sides) == 2 else f"          {_safe(line)}")
-    console.print("    }")
+    lines = nested_diff(change.fields, desired, header=f'resource "{change.type}" "{change.name}"',
+                        width=console.width, indent=2, origins=origins_parts)
+    for text, marker in lines:
+        body = text.lstrip(" ")
+        pad = text[: len(text) - len(body)]
+        if marker == "dim":
+            console.print(f"{pad}[dim]{_safe(body)}[/dim]")
+        elif marker:
+            console.print(f"{pad}[{marker}]{_safe(body[:1])}[/{marker}]{_safe(body[1:])}")
+        else:
+            console.print(_safe(text))
+
+
+def nested_comments(origins: Sequence[str], width: int) -> list[tuple[str, str]]:
+    """The comment lines naming what caused a resource created, at the resource's indent."""
+    return nested_diff_comments(origins, width, indent=2, origins=origins_parts)
 
 
 def render_plan(console: Console, plan: Plan, *, summary: bool = False) -> None:
@@ -164,7 +176,7 @@ def render_plan(console: Console, plan: Plan, *, summary: bool = False) -> None:
         console.print()
     changed_outside = [p for p in plan.proxies if p.outside]
     if changed_outside and not summary:
-        console.print("[bold]Changed outside meshplan:[/bold] these proxies run something other than what meshplan "
+        _wrapped(console, "Changed outside meshplan: these proxies run something other than what meshplan "
                       "last delivered to them.")
         console.print()
         for proxy in changed_outside:
@@ -175,7 +187,13 @@ def render_plan(console: Console, plan: Plan, *, summary: bool = False) -> None:
     if plan.behaviour and not summary:
         console.print("[bold]What changes, per client and destination[/bold] (against the last apply):")
         for meaning in plan.behaviour:
-            console.print(f"  {_safe(behaviour_line(meaning))}  [dim]# {_safe(origins_text(meaning.origins))}[/dim]")
+            line, causes = behaviour_line(meaning), origins_text(meaning.origins)
+            if 2 + len(line) + 4 + len(causes) <= console.width:
+                console.print(f"  {_safe(line)}  [dim]# {_safe(causes)}[/dim]")
+                continue
+            _wrapped(console, line, indent=2)  # too wide: the causes go under it, one a line
+            for text, _ in nested_diff_comments(meaning.origins, console.width, indent=4, origins=origins_parts):
+                console.print(f"[dim]{_safe(text)}[/dim]")
         console.print()
     if plan.has_changes and not summary:
         console.print("meshplan will perform the following actions:")
@@ -201,4 +219,4 @@ def render_plan(console: Console, plan: Plan, *, summary: bool = False) -> None:
                           f"{_safe(proxy.status)}{': ' + _safe(proxy.detail) if proxy.detail else ''}")
     if not plan.has_changes and plan.complete:
         console.print("[green]No changes.[/green] Every proxy runs the desired configuration.")
-    console.print(summary_line(plan) + (" (incomplete)" if not plan.complete else ""))
+    _wrapped(console, summary_line(plan) + (" (incomplete)" if not plan.complete else ""))
