@@ -114,6 +114,8 @@ BAD: list[tuple[str, str, int | None, str, str]] = [
     ("unknown Any type", f"- httpFilter:\n    operation: AddFirst\n    value: |- {MARK}\n"
                          "      name: f\n      typed_config: {'@type': type.googleapis.com/no.Such}", None,
      "spec.default.appendModifications[0].httpFilter.value", "unknown resource type"),
+    ("added cluster without a name", f"- cluster:\n    operation: Add\n    value: 'connect_timeout: 1s' {MARK}", None,
+     "spec.default.appendModifications[0].cluster.value", "an added cluster needs a `name`"),
     ("value not YAML", f"- cluster:\n    operation: Patch\n    value: '{{a' {MARK}", None,
      "spec.default.appendModifications[0].cluster.value", "not YAML"),
     ("add before without name", f"- httpFilter: {MARK}\n    operation: AddBefore\n    value: {FILTER}", None,

@@ -168,6 +168,10 @@ def _one(target: str, index: int, at: ConfReader) -> Modification | None:
             at.fail(f"`value` is required for {op}")
         else:
             value = _value(target, at)
+            if value is not None and not value.get("name") and target in (CLUSTER, LISTENER, HTTP_FILTER,
+                                                                           NETWORK_FILTER):
+                at.fail(f"an added {target} needs a `name` (Envoy requires one; matches and the plan use it)",
+                        "value")
     return Modification(target, op, match, value, patches, index)
 
 
