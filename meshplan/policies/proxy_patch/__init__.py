@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 from meshplan.load.resources import PathKey
+from meshplan.model import Policy
 from meshplan.policies import KINDS
 from meshplan.policies.base import Json, ProxyBuild
 from meshplan.policies.conf import ConfReader
@@ -21,7 +22,13 @@ ORDER = 1000
 PLACEMENT = KINDS[KIND]  # the placement row: one top-level `default`; out of scope for external services
 
 selected = envoy.selected
-conf_of = envoy.conf_of
+
+
+def conf_of(policy: Policy) -> api.Conf:
+    """A validated policy's conf, read from its own `default` (nothing is merged for this kind)."""
+    conf = api.parse(ConfReader.of_single(policy.spec["default"]))
+    assert conf is not None, f"{policy.name}: a validated MeshProxyPatch without modifications"
+    return conf
 
 
 def validate(default: Json, path: PathKey, check: FieldCheck, section: str) -> None:
@@ -29,4 +36,6 @@ def validate(default: Json, path: PathKey, check: FieldCheck, section: str) -> N
 
 
 def apply(build: ProxyBuild) -> None:
-    envoy.apply(build)
+    for policy in envoy.selected(build):
+        for modification in conf_of(policy).modifications.value:
+            envoy.modify(build, policy, modification)

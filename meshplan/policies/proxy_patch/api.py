@@ -17,9 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import yaml
-from google.protobuf import json_format, message_factory
 
-from meshplan.compare.canonical import CanonicalError, message_descriptor
+from meshplan.envoy.typed_json import TYPE_URLS, envoy_form
 from meshplan.policies.conf import ConfReader, Setting
 
 Json = dict[str, Any]
@@ -56,13 +55,6 @@ _ELSEWHERE = {
     "gateway": "meshplan has no MeshGateway",
 }
 
-TYPE_URLS = {
-    CLUSTER: "type.googleapis.com/envoy.config.cluster.v3.Cluster",
-    LISTENER: "type.googleapis.com/envoy.config.listener.v3.Listener",
-    NETWORK_FILTER: "type.googleapis.com/envoy.config.listener.v3.Filter",
-    HTTP_FILTER: "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter",
-    VIRTUAL_HOST: "type.googleapis.com/envoy.config.route.v3.VirtualHost",
-}
 PATCH_OPS = ("add", "remove", "replace", "move", "copy", "test")
 
 
@@ -240,32 +232,3 @@ def _json_patch(element: Any, at: ConfReader) -> JsonPatch | None:
 
 def _type_name(target: str) -> str:
     return TYPE_URLS[target].rpartition(".")[2]
-
-
-def envoy_form(resource: Json, type_url: str) -> Json:
-    """`resource` parsed as the Envoy type (every `@type` inside it known), back in proto JSON with proto field
-    names, as meshplan writes its own resources; ValueError saying what does not parse."""
-    _know_types(resource)
-    try:
-        message = message_factory.GetMessageClass(message_descriptor(type_url))()
-        json_format.ParseDict(resource, message)
-    except (json_format.ParseError, CanonicalError) as exc:
-        raise ValueError(str(exc).replace("\n", " ")) from None
-    out: Json = json_format.MessageToDict(message, preserving_proto_field_name=True)
-    return out
-
-
-def _know_types(node: Any) -> None:
-    """Load the message type of every `@type` in `node` (an Any's type outside the usual set)."""
-    if isinstance(node, dict):
-        url = node.get("@type")
-        if isinstance(url, str):
-            try:
-                message_descriptor(url)
-            except CanonicalError as exc:
-                raise ValueError(str(exc)) from None
-        for value in node.values():
-            _know_types(value)
-    elif isinstance(node, list):
-        for value in node:
-            _know_types(value)

@@ -22,30 +22,62 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol
 
+from meshplan.envoy.typed_json import TYPE_URLS, envoy_form
 from meshplan.envoy.types import HCM_NAME
 from meshplan.errors import LoadError, Source, Violation
 from meshplan.match.behaviour import proxy_patches
 from meshplan.model import Dataplane, Policy
 from meshplan.policies.base import ProxyBuild
-from meshplan.policies.conf import ConfReader
-from meshplan.policies.proxy_patch.api import (
-    CLUSTER,
-    HTTP_FILTER,
-    LISTENER,
-    NETWORK_FILTER,
-    TYPE_URLS,
-    Conf,
-    JsonPatch,
-    Modification,
-    envoy_form,
-    parse,
-)
 
 Json = dict[str, Any]
 KIND = "MeshProxyPatch"
+CLUSTER, LISTENER, NETWORK_FILTER, HTTP_FILTER, VIRTUAL_HOST = (
+    "cluster", "listener", "networkFilter", "httpFilter", "virtualHost")
+
+
+# What this side reads of the conf (api.py's dataclasses have this shape; the package's __init__ hands them over).
+
+
+class JsonPatch(Protocol):
+    @property
+    def op(self) -> str: ...
+    @property
+    def path(self) -> str: ...
+    @property
+    def value(self) -> Any: ...
+    @property
+    def from_(self) -> str | None: ...
+    @property
+    def index(self) -> int: ...
+
+
+class Match(Protocol):
+    @property
+    def name(self) -> str | None: ...
+    @property
+    def origin(self) -> str | None: ...
+    @property
+    def listener_name(self) -> str | None: ...
+    @property
+    def route_configuration_name(self) -> str | None: ...
+
+
+class Modification(Protocol):
+    @property
+    def target(self) -> str: ...
+    @property
+    def operation(self) -> str: ...
+    @property
+    def match(self) -> Match: ...
+    @property
+    def value(self) -> Json | None: ...
+    @property
+    def json_patches(self) -> Sequence[JsonPatch]: ...
+    @property
+    def index(self) -> int: ...
 
 
 def selected(build: ProxyBuild) -> list[Policy]:
@@ -55,16 +87,9 @@ def selected(build: ProxyBuild) -> list[Policy]:
     return proxy_patches(build.desired, build.proxy)
 
 
-def conf_of(policy: Policy) -> Conf:
-    conf = parse(ConfReader.of_single(policy.spec["default"]))
-    assert conf is not None, f"{policy.name}: a validated MeshProxyPatch without modifications"
-    return conf
-
-
-def apply(build: ProxyBuild) -> None:
-    for policy in selected(build):
-        for mod in conf_of(policy).modifications.value:
-            _Patcher(build, policy, mod).run()
+def modify(build: ProxyBuild, policy: Policy, modification: Modification) -> None:
+    """One modification of `policy` on the proxy."""
+    _Patcher(build, policy, modification).run()
 
 
 def modification_source(policy: Policy, index: int, *rest: str | int) -> Source:
