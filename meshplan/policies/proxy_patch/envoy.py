@@ -1,5 +1,6 @@
 """MeshProxyPatch on a sidecar: every selected policy's modifications, least specific policy first (top-level
-targetRef kind, then name), each policy's in written order, on the resources every other kind left.
+targetRef kind, then name descending, as every merge), each policy's in written order, on the resources every other
+kind left.
 
     cluster        Add (replaces one of the same name) | Patch | Remove    clusters matched by name / origin
     listener       Add | Patch | Remove                                    listeners matched by name / origin
@@ -14,8 +15,8 @@ listeners and every other cluster. A `value` Patch merges as protobuf does (fiel
 appended; a typed `Any` is replaced whole); `jsonPatches` are RFC 6902 on the resource's proto JSON, where a camelCase
 step that is not a key is read as its proto field name (`/connectTimeout` is `connect_timeout`). Every field a
 modification writes is attributed to it (`MeshProxyPatch/<name> (file:line of the modification)`). A JSON patch
-that cannot apply, or a result that is no longer a valid Envoy resource, stops the render with an error at the
-patch's file:line.
+that cannot apply stops the render with an error at that patch's file:line; a result that is no longer a valid
+Envoy resource, at the modification's.
 """
 
 from __future__ import annotations
