@@ -66,8 +66,19 @@ def disagreements(desired: Desired) -> list[str]:
         build = applied(build_proxy(desired, proxy))
         explanation = explain_proxy(desired, proxy.name)
         by_where: dict[str, list[Section]] = {}
+        # A proxy-wide section (MeshProxyPatch's `default`) is no destination's or inbound's: its policies may be
+        # recorded anywhere on the proxy, and each field is written when any resource of the proxy records it.
+        wide = [s for s in explanation.sections if s.side == "default"]
+        everywhere = listed(wide)
+        anywhere = frozenset().union(*(build.origins_in(r) for r in (*build.clusters.values(), *build.listeners.values())))
+        for s in wide:
+            for f in s.fields:
+                removes = any(isinstance(m, dict) and m.get("operation") == "Remove" for m in f.value.values())
+                if f.written != (f.set_by in anywhere or removes):
+                    problems.append(f"{proxy.name} {s.kind} {f.path}: explain says written={f.written}")
         for s in explanation.sections:
-            by_where.setdefault(s.where, []).append(s)
+            if s.side != "default":
+                by_where.setdefault(s.where, []).append(s)
         named_to = destinations(build)
         named_from = inbounds(build)
         # Render's own points, each placed where explain names its destination or inbound: where -> (the wheres whose
@@ -108,7 +119,7 @@ def disagreements(desired: Desired) -> list[str]:
                 if origin.startswith("Mesh/"):
                     continue  # the mesh's own setting, no policy's
                 policy = policy_of(origin)
-                if policy in explained or any(policy.startswith(a) for a in allowed):
+                if policy in explained or policy in everywhere or any(policy.startswith(a) for a in allowed):
                     continue
                 if policy in backend_policies:
                     continue  # a route action to a backend carries what the backend's destination decides

@@ -125,6 +125,7 @@ CASES: dict[str, View] = {
     "http_route-external": web_with_origins,
     "http_route-merged": web_with_origins,
     "load_balancing": what_policies_touched,
+    "proxy_patch": what_policies_touched,
     "rate_limit": inbound_side("backend", "ledger", "egress"),
     "retry": listeners_of_web,
     "tcp_route": web_with_origins,

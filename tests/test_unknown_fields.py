@@ -32,10 +32,12 @@ FREE_FORM = {
     "tags": "tags are the workload's own labels (kuma.io/service and any other): every key is a tag",
     "labels": "Kubernetes labels may hold anything; meshplan reads kuma.io/mesh among them",
     "annotations": "Kubernetes annotations may hold anything and mean nothing to meshplan",
+    "value": "a MeshProxyPatch JSON patch's value is the data it writes into an Envoy resource, which is checked "
+             "as that resource once patched",
 }
 
 # Kinds meshplan loads but does not implement (docs/policies.md): their `default` is not read at all.
-NOT_IMPLEMENTED = {"MeshMetric", "MeshProxyPatch", "MeshTrace"}
+NOT_IMPLEMENTED = {"MeshMetric", "MeshTrace"}
 
 # Mappings no example or test writes, so that each is walked too.
 EXTRA = [

@@ -15,15 +15,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from meshplan.match.matcher import Merged, rule_for
+from meshplan.match.matcher import KIND_ORDER, Merged, rule_for, selects
 from meshplan.match.result import ProxyMatch
-from meshplan.model import SERVICE_TAG, Dataplane, Desired, Inbound, ZoneEgress
+from meshplan.model import SERVICE_TAG, Dataplane, Desired, Inbound, Policy, ZoneEgress
 
 ASPECTS = {
     "MeshTrafficPermission": "permission", "MeshTimeout": "timeout", "MeshRetry": "retry",
     "MeshRateLimit": "rate-limit", "MeshFaultInjection": "fault", "MeshHTTPRoute": "route", "MeshTCPRoute": "route",
     "MeshCircuitBreaker": "circuit-breaker", "MeshHealthCheck": "health-check",
-    "MeshLoadBalancingStrategy": "load-balancing", "MeshAccessLog": "access-log",
+    "MeshLoadBalancingStrategy": "load-balancing", "MeshAccessLog": "access-log", "MeshProxyPatch": "patch",
 }
 
 
@@ -88,7 +88,25 @@ def facts(desired: Desired, match: ProxyMatch, proxy: Dataplane | ZoneEgress) ->
                 if rule is not None and not rule.merged.empty:
                     _add(found, Fact(service, label, ASPECTS.get(from_kind.kind, from_kind.kind), rule.merged.conf,
                                      _origins(rule.merged)))
+    if isinstance(proxy, Dataplane):
+        patches = proxy_patches(desired, proxy)
+        if patches:
+            value = [{"policy": p.name, "default": p.spec.get("default")} for p in patches]
+            origins = tuple(sorted(f"{p.kind}/{p.name} ({p.source})" for p in patches))
+            # A patch is the proxy's own (Dataplane by name): its key names the proxy, so instances of one service
+            # patched differently each keep their fact.
+            _add(found, Fact(client, f"(proxy {proxy.name})", ASPECTS["MeshProxyPatch"], value, origins))
     return tuple(found[key] for key in sorted(found))
+
+
+def proxy_patches(desired: Desired, proxy: Dataplane) -> list[Policy]:
+    """The MeshProxyPatch policies that select the proxy, in the order they apply: least specific top-level
+    targetRef kind first, then by name descending, the order of every merge (docs/policies.md); Kuma appends the
+    lists of `appendModifications` in its merge order, so the most specific policy's modifications apply last."""
+    rank = {kind: i for i, kind in enumerate(KIND_ORDER)}
+    found = [p for p in desired.policies if p.kind == "MeshProxyPatch" and selects(p, proxy)]
+    by_name = sorted(found, key=lambda p: p.name, reverse=True)  # as every merge: the smallest name goes last
+    return sorted(by_name, key=lambda p: rank.get(p.target_ref.kind, len(rank)))
 
 
 def changes(before: Iterable[Fact], after: Iterable[Fact]) -> list[Change]:

@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meshplan.envoy import names
-from meshplan.errors import MeshplanError
+from meshplan.errors import MeshplanError, Source
 from meshplan.match import matcher as match
+from meshplan.match.behaviour import proxy_patches
 from meshplan.match.matcher import Destination, FieldOrigin, Merged
 from meshplan.match.result import (
     HTTP_ROUTE,
@@ -26,9 +27,9 @@ from meshplan.match.result import (
     route_miss,
 )
 from meshplan.model import Dataplane, Desired, Inbound, Policy, ZoneEgress
-from meshplan.policies import FROM, ROUTE_KINDS, TO
+from meshplan.policies import FROM, ROUTE_KINDS, SINGLE, TO
 from meshplan.policies.base import ProxyBuild
-from meshplan.policies.registry import KINDS
+from meshplan.policies.registry import BY_KIND, KINDS
 from meshplan.present.text import printable
 from meshplan.render.proxies import applied, build_proxy
 
@@ -184,8 +185,29 @@ def explain_proxy(desired: Desired, name: str) -> Explanation:
             for rule in build.match.from_(kind_name, target):
                 sections.append(Section(kind_name, where, FROM, _client(rule.tags), _applied(rule.merged),
                                         _fields(rule.merged, written)))
+    if isinstance(proxy, Dataplane):
+        sections += _patch_sections(build, proxy)
     return Explanation(proxy.name, "egress" if isinstance(proxy, ZoneEgress) else "sidecar",
                        getattr(proxy, "mesh", None), tuple(sections))
+
+
+def _patch_sections(build: ProxyBuild, proxy: Dataplane) -> list[Section]:
+    """MeshProxyPatch: its modifications on the proxy as a whole, in the order they apply, each with its line and
+    whether an Envoy field carries it (a Remove leaves nothing to carry it, so it counts as written)."""
+    patches = proxy_patches(build.desired, proxy)
+    if not patches:
+        return []
+    carried = frozenset().union(*(build.origins_in(r) for r in (*build.clusters.values(), *build.listeners.values())))
+    fields = []
+    for policy in patches:
+        for index, raw in enumerate(policy.spec["default"]["appendModifications"]):
+            line = policy.lines.get(f"{policy.spec_path}.default.appendModifications[{index}]")
+            origin = f"{policy.kind}/{policy.name} ({policy.source if line is None else Source(policy.source.file, line)})"
+            removes = any(isinstance(body, dict) and body.get("operation") == "Remove" for body in raw.values())
+            fields.append(FieldLine(f"appendModifications[{index}]", raw, origin, written=origin in carried or removes))
+    applied = tuple(f"{p.kind}/{p.name} ({p.source})" for p in patches)
+    return [Section("MeshProxyPatch", "the proxy (last, after every other kind)", "default", applied=applied,
+                    fields=tuple(fields))]
 
 
 def _find_policy(desired: Desired, ref: str) -> Policy:
@@ -222,6 +244,8 @@ def explain_policy(desired: Desired, name: str, ref: str) -> Explanation:
                         http_route = any(k.kind == HTTP_ROUTE for k in found.to)
                         why = route_miss(policy.kind, destination_protocol(desired, found.destination), http_route)
                 (misses if why else lands).append(f"{where}{': ' + why if why else ''}")
+        if SINGLE in kind.sections and policy.kind in BY_KIND:
+            lands.append("the proxy as a whole")
         if FROM in kind.sections:
             for where, target in inbounds(build):
                 why = match.why_not_from(policy, proxy, target) or placement_miss(KINDS, policy.kind, proxy, FROM, target)

@@ -43,7 +43,6 @@ def placement_row(name: str, sections: set[str], external_to: set[str], external
 # policies/trace/) land and declare their own; then drop the row here. registry.KINDS lists them after the modules'.
 WITHOUT_MODULE: tuple[PolicyKind, ...] = (
     placement_row("MeshMetric", {SINGLE}, set(), False, OUT_OF_SCOPE),
-    placement_row("MeshProxyPatch", {SINGLE}, set(), False, OUT_OF_SCOPE),
     placement_row("MeshTrace", {SINGLE}, set(), False, OUT_OF_SCOPE),
 )
 

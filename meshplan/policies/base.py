@@ -136,6 +136,11 @@ class ProxyBuild:
         self._marks[(id(container), key)] = sorted(set(self._marks.get((id(container), key), [])) | set(origins))
         self._keep.append(container)
 
+    def replace_marks(self, container: Json, key: str, origins: Iterable[str]) -> None:
+        """Who set `container[key]`, replacing whoever set it before (a later writer replaced the value)."""
+        self._marks[(id(container), key)] = sorted(set(origins))
+        self._keep.append(container)
+
     def finish(self) -> ProxyConfig:
         origins: dict[str, dict[str, dict[Steps, list[str]]]] = {"cluster": {}, "listener": {}}
         structure: dict[str, dict[str, dict[Steps, str]]] = {"cluster": {}, "listener": {}}

@@ -50,6 +50,12 @@ class ConfReader:
     def of_merged(cls, merged: Merged) -> ConfReader:
         return cls(merged.conf, (), _Strict(), merged)
 
+    @classmethod
+    def of_single(cls, default: dict[str, Any]) -> ConfReader:
+        """A validated policy's own top-level `default` (a kind with one `default`, nothing merged): read as a
+        merged conf is, any violation a bug."""
+        return cls(default, ("default",), _Strict())
+
     @property
     def validating(self) -> bool:
         return self.merged is None

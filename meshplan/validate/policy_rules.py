@@ -158,7 +158,10 @@ def parse_policy(check: FieldCheck, res: RawResource, mesh: str) -> Policy | Non
     if top is not None:
         check_placement(check, res.kind, top, items[TO], items[FROM])
     if SINGLE in kind.sections:
-        check.field(body, (), "default", dict, default={})
+        default = check.field(body, (), "default", dict, default={})
+        module = BY_KIND.get(res.kind)
+        if module is not None and isinstance(default, dict):
+            module.validate(default, ("default",), check, SINGLE)
     if len(check.out) > before or top is None:
         return None
     assert res.name is not None
@@ -195,5 +198,7 @@ def check_placement(check: FieldCheck, kind_name: str, top: TargetRef, to: list[
             check.fail((FROM, item.index, "targetRef"), f"a `from` item selects clients, and a MeshExternalService is never a client; {answer}")
     if top.kind != "MeshExternalService" and EGRESS in top.proxy_types and kind.external_from and from_:
         check.fail(("targetRef",), f"on the egress, {kind_name} applies per external service: {answer}")
+    if SINGLE in kind.sections and EGRESS in top.proxy_types and kind_name in BY_KIND:
+        check.fail(("targetRef",), f"{kind_name} is not implemented on the egress; {answer}")
     if EGRESS in top.proxy_types and from_ and not kind.external_from and TO in kind.sections:
         check.fail((FROM,), f"{kind_name} `from` is not implemented on the egress; {answer}")
