@@ -37,9 +37,14 @@ def import_graph(root: Path) -> tuple[dict[str, set[str]], list[tuple[str, int]]
             else:
                 continue
             found = set()
+            ancestors = {".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 1)}
             for target in targets:  # importing a.b.c runs a, a.b and a.b.c
                 parts = target.split(".")
-                found |= {".".join(parts[:i]) for i in range(1, len(parts) + 1)} & modules.keys()
+                # ...except the importer's own packages, which Python has begun running before it (a package's
+                # `__init__` may import its modules, which import their siblings); importing a name from one of
+                # them directly still counts.
+                prefixes = {".".join(parts[:i]) for i in range(1, len(parts) + 1)}
+                found |= {p for p in prefixes if p not in ancestors or p == target} & modules.keys()
             if found and id(node) not in top_level:
                 lazy.append((name, node.lineno))
             deps |= found

@@ -35,7 +35,7 @@ FREE_FORM = {
 }
 
 # Kinds meshplan loads but does not implement (docs/policies.md): their `default` is not read at all.
-NOT_IMPLEMENTED = {"MeshMetric", "MeshProxyPatch", "MeshTrace"}
+NOT_IMPLEMENTED = {"MeshProxyPatch"}
 
 # Mappings no example or test writes, so that each is walked too.
 EXTRA = [
@@ -55,7 +55,11 @@ EXTRA = [
         """)),
     yaml.safe_load("type: Mesh\nname: other\nmtls: {enabledBackend: ca, backends: [{name: ca, type: builtin}]}\n"
                    "routing: {zoneEgress: true, defaultForbidMeshExternalServiceAccess: true}\n"),
-    yaml.safe_load("type: MeshTrace\nname: trace\nspec: {targetRef: {kind: Mesh}, default: {backends: [{zipkin: {}}]}}\n"),
+    yaml.safe_load("type: MeshTrace\nname: trace\nspec: {targetRef: {kind: Mesh}, default: {backends: [{zipkin: {url: 'http://z:9411/api/v2/spans'}}]}}\n"),
+    yaml.safe_load("type: MeshTrace\nname: tags\nspec: {default: {backends: [], sampling: {overall: 1},\n"
+                   "  tags: [{name: a, header: {name: h}}]}}\n"),
+    yaml.safe_load("type: MeshMetric\nname: metrics\nspec: {default: {sidecar: {profiles: {appendProfiles: [{name: All}]}},\n"
+                   "  backends: [{prometheus: {tls: {mode: Disabled}}}]}}\n"),
 ]
 
 # Resources that are valid in part of the corpus only, away from their mesh (tests.policy_tables's HEAD lacks a body).
@@ -133,7 +137,7 @@ def test_free_form_mappings_accept_any_key(corpus: list[tuple[str, dict[str, Any
                 mutated = copy.deepcopy(document)
                 _at(mutated, path)[KEY] = "x"
                 assert _violations(mutated) == []
-    assert seen >= {"tags", "labels", "default"}
+    assert seen >= {"tags", "labels"}  # (no resource of the corpus is of a NOT_IMPLEMENTED kind)
 
 
 def test_the_issue_example_names_the_field(tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ from meshplan.match.matcher import (
     Merged,
     merge_from,
     merge_patch,
+    merge_single,
     merge_to,
 )
 from meshplan.match.spelling import NORMALISERS
@@ -37,7 +38,7 @@ from meshplan.model import (
     Policy,
     ZoneEgress,
 )
-from meshplan.policies import FROM, KINDS, ROUTE_KINDS, TO
+from meshplan.policies import FROM, KINDS, ROUTE_KINDS, SINGLE, TO
 
 Proxy = Dataplane | ZoneEgress
 Json = dict[str, Any]
@@ -112,6 +113,13 @@ class ProxyMatch:
     proxy: str
     destinations: tuple[DestinationMatch, ...]
     inbounds: tuple[InboundMatch, ...]
+    # The single-item kinds (one top-level `default`: MeshTrace, MeshMetric) that selected the proxy, merged; in
+    # KINDS order, only kinds with contributions. Sidecars only: the seed's placement keeps them off the egress.
+    singles: tuple[KindTo, ...] = ()
+
+    def single(self, kind: str) -> Merged:
+        """One single-item kind's merged `default` on this proxy (empty when no policy of the kind selects it)."""
+        return next((k.merged for k in self.singles if k.kind == kind), NOTHING)
 
     def destination(self, destination: Destination) -> DestinationMatch | None:
         return next((d for d in self.destinations if d.destination == destination), None)
@@ -190,7 +198,20 @@ def match_proxy(desired: Desired, proxy: Proxy) -> ProxyMatch:
     for destination, named_by in _backends(proxy, found):
         found.append(DestinationMatch(destination, _to(by_kind, proxy, destination, routes=False), named_by))
     inbounds = tuple(InboundMatch(target, _from(by_kind, proxy, target)) for target in _inbounds(desired, proxy))
-    return ProxyMatch(proxy.name, tuple(found), inbounds)
+    return ProxyMatch(proxy.name, tuple(found), inbounds, _singles(by_kind, proxy))
+
+
+def _singles(by_kind: dict[str, list[Policy]], proxy: Proxy) -> tuple[KindTo, ...]:
+    if isinstance(proxy, ZoneEgress):
+        return ()  # the placement table: "Out of scope (single item)" (policy_rules rejects proxyType Egress)
+    out = []
+    for kind, placement in KINDS.items():
+        policies = by_kind.get(kind)
+        if policies and SINGLE in placement.sections:
+            merged = merge_single(policies, proxy)
+            if not merged.empty:
+                out.append(KindTo(kind, merged))
+    return tuple(out)
 
 
 def _same(policy: Policy) -> Policy:

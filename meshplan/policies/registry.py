@@ -16,10 +16,12 @@ from meshplan.policies import (
     health_check,
     http_route,
     load_balancing,
+    metric,
     rate_limit,
     retry,
     tcp_route,
     timeout,
+    trace,
     traffic_permission,
 )
 from meshplan.policies.base import PolicyModule
@@ -32,10 +34,12 @@ _ALL: tuple[PolicyModule, ...] = (
     health_check,
     http_route,
     load_balancing,
+    metric,
     rate_limit,
     retry,
     tcp_route,
     timeout,
+    trace,
     traffic_permission,
 )
 
