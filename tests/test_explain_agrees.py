@@ -25,12 +25,14 @@ import pytest
 from meshplan.match import explain as explain_module
 from meshplan.match.explain import (
     NOT_WRITTEN,
+    WHOLE_PROXY,
     Section,
     destinations,
     explain_policy,
     explain_proxy,
     inbounds,
     render_text,
+    written_anywhere,
 )
 from meshplan.model import Desired, Inbound, ZoneEgress
 from meshplan.render.proxies import applied, build_proxy
@@ -79,6 +81,14 @@ def disagreements(desired: Desired) -> list[str]:
         for s in explanation.sections:
             if s.side != "default":
                 by_where.setdefault(s.where, []).append(s)
+        # A single-item kind (MeshTrace, MeshMetric) is explained once, for the whole proxy, and may write anywhere.
+        whole = by_where.pop(WHOLE_PROXY, [])
+        anywhere = written_anywhere(build)
+        for s in whole:
+            for f in s.fields:
+                if f.written != (f.set_by in anywhere):
+                    problems.append(f"{proxy.name} {s.kind} {s.where} {f.path}: explain says written={f.written}, "
+                                    f"render's record says {f.set_by in anywhere}")
         named_to = destinations(build)
         named_from = inbounds(build)
         # Render's own points, each placed where explain names its destination or inbound: where -> (the wheres whose
@@ -114,7 +124,7 @@ def disagreements(desired: Desired) -> list[str]:
                 backend_policies |= listed([s for w in wheres for s in by_where.get(w, [])])
         for wheres, recorded, allowed in places.values():
             sections = [s for w in wheres for s in by_where.get(w, [])]
-            explained = listed(sections)
+            explained = listed(sections) | listed(whole)
             for origin in sorted(recorded):
                 if origin.startswith("Mesh/"):
                     continue  # the mesh's own setting, no policy's

@@ -125,11 +125,13 @@ CASES: dict[str, View] = {
     "http_route-external": web_with_origins,
     "http_route-merged": web_with_origins,
     "load_balancing": what_policies_touched,
+    "metric": what_policies_touched,
     "proxy_patch": what_policies_touched,
     "rate_limit": inbound_side("backend", "ledger", "egress"),
     "retry": listeners_of_web,
     "tcp_route": web_with_origins,
     "timeout": every_proxy_with_origins,
+    "trace": what_policies_touched,
     "traffic_permission": inbound_side("backend", "reports", "ledger", "egress"),
 }
 

@@ -183,7 +183,7 @@ def test_every_violation_at_once(base_mesh: MeshFiles) -> None:
 def test_rejected_on_the_egress_with_the_placement_words(base_mesh: MeshFiles) -> None:
     head = HEAD.replace("    kind: Mesh\n", "    kind: Mesh\n    proxyTypes: [Egress]\n")
     found = violations(base_mesh.write({"p.yaml": patch_file("- cluster: {operation: Remove}", head)}))
-    assert found == ["p.yaml:5: spec.targetRef: MeshProxyPatch is not implemented on the egress; the placement table "
+    assert found == ["p.yaml:7: spec.targetRef.proxyTypes: MeshProxyPatch is not implemented on the egress; the placement table "
                      "says MeshProxyPatch for a MeshExternalService is implemented on: Out of scope (single item)"]
 
 
@@ -404,5 +404,5 @@ def test_behaviour_and_explain_say_the_proxy_is_patched(base_mesh: MeshFiles) ->
     assert "MeshProxyPatch default the proxy (last, after every other kind)" in explained
     assert "appendModifications[0]: {\"cluster\"" in explained
     assert f"# MeshProxyPatch/p ({base_mesh.root}/p.yaml:9)\n" in explained
-    assert "lands on the proxy as a whole" in on_policy
+    assert "lands on the whole proxy" in on_policy
     assert "lands nowhere on this proxy" in egress and "never the egress" in egress

@@ -1,8 +1,7 @@
 """No field is accepted and then ignored: at every mapping of every resource the examples and the tests write, an
 unknown key is a violation naming it, and each field Kuma has but meshplan does not implement is refused by name.
 
-The only mappings whose keys are free are listed in FREE_FORM, each with its reason, and the `default` of the kinds
-meshplan loads without implementing them (NOT_IMPLEMENTED, as docs/policies.md says).
+The only mappings whose keys are free are listed in FREE_FORM, each with its reason.
 """
 
 from __future__ import annotations
@@ -36,9 +35,6 @@ FREE_FORM = {
              "as that resource once patched",
 }
 
-# Kinds meshplan loads but does not implement (docs/policies.md): their `default` is not read at all.
-NOT_IMPLEMENTED = {"MeshMetric", "MeshTrace"}
-
 # Mappings no example or test writes, so that each is walked too.
 EXTRA = [
     yaml.safe_load(textwrap.dedent("""
@@ -57,7 +53,11 @@ EXTRA = [
         """)),
     yaml.safe_load("type: Mesh\nname: other\nmtls: {enabledBackend: ca, backends: [{name: ca, type: builtin}]}\n"
                    "routing: {zoneEgress: true, defaultForbidMeshExternalServiceAccess: true}\n"),
-    yaml.safe_load("type: MeshTrace\nname: trace\nspec: {targetRef: {kind: Mesh}, default: {backends: [{zipkin: {}}]}}\n"),
+    yaml.safe_load("type: MeshTrace\nname: trace\nspec: {targetRef: {kind: Mesh}, default: {backends: [{zipkin: {url: 'http://z:9411/api/v2/spans'}}]}}\n"),
+    yaml.safe_load("type: MeshTrace\nname: tags\nspec: {default: {backends: [], sampling: {overall: 1},\n"
+                   "  tags: [{name: a, header: {name: h}}]}}\n"),
+    yaml.safe_load("type: MeshMetric\nname: metrics\nspec: {default: {sidecar: {profiles: {appendProfiles: [{name: All}]}},\n"
+                   "  backends: [{prometheus: {tls: {mode: Disabled}}}]}}\n"),
 ]
 
 # Resources that are valid in part of the corpus only, away from their mesh (tests.policy_tables's HEAD lacks a body).
@@ -76,8 +76,7 @@ def _mappings(value: Any, path: PathKey = ()) -> Iterator[PathKey]:
 
 
 def _free_form(document: dict[str, Any], path: PathKey) -> bool:
-    kind = document.get("type") or document.get("kind")
-    return bool(path) and (path[-1] in FREE_FORM or (kind in NOT_IMPLEMENTED and "default" in path))
+    return bool(path) and path[-1] in FREE_FORM
 
 
 def _violations(document: dict[str, Any]) -> list[Violation]:
@@ -142,7 +141,7 @@ def test_free_form_mappings_accept_any_key(corpus: list[tuple[str, dict[str, Any
                 mutated = copy.deepcopy(document)
                 _at(mutated, path)[KEY] = "x"
                 assert _violations(mutated) == []
-    assert seen >= {"tags", "labels", "default"}
+    assert seen >= {"tags", "labels"}
 
 
 def test_the_issue_example_names_the_field(tmp_path: Path) -> None:

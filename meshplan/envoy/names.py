@@ -72,3 +72,16 @@ def proxy_of_xds_id(uri: str) -> str | None:
 def tag_id(tag: str, value: str) -> str:
     """A URI SAN naming one tag of a workload, so that a client's tags can be matched from its certificate."""
     return f"kuma://{tag}/{value}"
+
+
+def trace_cluster(provider: str) -> str:
+    """The cluster of a MeshTrace collector (Kuma's name: one tracer per proxy, so one per provider)."""
+    return f"meshtrace:{provider}"
+
+
+def metrics_listener(client_id: str) -> str:
+    """The listener of a MeshMetric Prometheus endpoint, one per backend (by its clientId)."""
+    return f"_kuma:metrics:prometheus:{client_id}"
+
+
+ADMIN_CLUSTER = "_kuma:envoy:admin"  # the proxy's own admin API, which a MeshMetric endpoint forwards to

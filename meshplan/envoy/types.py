@@ -80,6 +80,14 @@ HTTP_PROTOCOL_OPTIONS = _message(HTTP_PROTOCOL_OPTIONS_NAME, "http_protocol_opti
 
 FILE_ACCESS_LOG = _message("envoy.extensions.access_loggers.file.v3.FileAccessLog", "file")
 FILE_ACCESS_LOG_NAME = "envoy.access_loggers.file"
+
+# MeshTrace: the tracer of an HTTP connection manager's `tracing.provider`
+ZIPKIN_TRACER = _message("envoy.config.trace.v3.ZipkinConfig", "zipkin")
+ZIPKIN_TRACER_NAME = "envoy.tracers.zipkin"
+DATADOG_TRACER = _message("envoy.config.trace.v3.DatadogConfig", "datadog")
+DATADOG_TRACER_NAME = "envoy.tracers.datadog"
+OPENTELEMETRY_TRACER = _message("envoy.config.trace.v3.OpenTelemetryConfig", "opentelemetry")
+OPENTELEMETRY_TRACER_NAME = "envoy.tracers.opentelemetry"
 HEALTH_CHECK_EVENT_FILE_SINK = _message("envoy.extensions.health_check.event_sinks.file.v3.HealthCheckEventFileSink",
                                         "file")
 HEALTH_CHECK_EVENT_FILE_SINK_NAME = "envoy.health_check.event_sinks.file"

@@ -6,6 +6,7 @@ is the proxy's own service (its inbounds' `kuma.io/service`; the egress: `egress
 external service it calls. `from` kinds: the destination is the inbound's service (on the egress, the external
 service), and there is one fact per client service of the mesh, with the rule that client's `kuma.io/service` tag
 picks (a client's other tags, such as `version`, are not looked at: a rule for `version: v2` shows under no client).
+The single-item kinds (MeshTrace: `trace`, MeshMetric: `metrics`) apply to the whole proxy: destination `*`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ ASPECTS = {
     "MeshRateLimit": "rate-limit", "MeshFaultInjection": "fault", "MeshHTTPRoute": "route", "MeshTCPRoute": "route",
     "MeshCircuitBreaker": "circuit-breaker", "MeshHealthCheck": "health-check",
     "MeshLoadBalancingStrategy": "load-balancing", "MeshAccessLog": "access-log", "MeshProxyPatch": "patch",
+    "MeshTrace": "trace", "MeshMetric": "metrics",
 }
+WHOLE_PROXY = "*"  # the destination of a single-item kind's fact (MeshTrace, MeshMetric): all of the proxy
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,9 @@ def facts(desired: Desired, match: ProxyMatch, proxy: Dataplane | ZoneEgress) ->
                 if rule is not None and not rule.merged.empty:
                     _add(found, Fact(service, label, ASPECTS.get(from_kind.kind, from_kind.kind), rule.merged.conf,
                                      _origins(rule.merged)))
+    for single in match.singles:
+        _add(found, Fact(client, WHOLE_PROXY, ASPECTS.get(single.kind, single.kind), single.merged.conf,
+                         _origins(single.merged)))
     if isinstance(proxy, Dataplane):
         patches = proxy_patches(desired, proxy)
         if patches:

@@ -29,13 +29,14 @@ from meshplan.match.result import (
 from meshplan.model import Dataplane, Desired, Inbound, Policy, ZoneEgress
 from meshplan.policies import FROM, ROUTE_KINDS, SINGLE, TO
 from meshplan.policies.base import ProxyBuild
-from meshplan.policies.registry import BY_KIND, KINDS
+from meshplan.policies.registry import KINDS
 from meshplan.present.text import printable
 from meshplan.render.proxies import applied, build_proxy
 
 Proxy = Dataplane | ZoneEgress
 
 NOT_WRITTEN = "no Envoy field on this proxy comes from it"
+WHOLE_PROXY = "the whole proxy"  # where a single-item kind (MeshTrace, MeshMetric) applies
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ class Section:
 
     kind: str
     where: str  # "outbound backend", "inbound 8080 (web)", "external service httpbin"
-    side: str  # to | from
+    side: str  # to | from | single (a kind with one top-level `default`, for the whole proxy)
     client: str = ""  # for from: which clients the rule is for
     applied: tuple[str, ...] = ()  # the contributing items, least to most specific
     fields: tuple[FieldLine, ...] = ()
@@ -125,6 +126,14 @@ def written_from(build: ProxyBuild, target: Inbound | Destination) -> frozenset[
     return frozenset(found)
 
 
+def written_anywhere(build: ProxyBuild) -> frozenset[str]:
+    """The origins render recorded on any cluster or listener of the proxy: where a single-item kind writes."""
+    found: set[str] = set()
+    for resource in [*build.clusters.values(), *build.listeners.values()]:
+        found |= build.origins_in(resource)
+    return frozenset(found)
+
+
 def _line(path: str, value: Any, origin: FieldOrigin, written: frozenset[str]) -> FieldLine:
     set_by = str(origin.set_by)
     return FieldLine(path, value, set_by, tuple(str(o) for o in origin.overridden), set_by in written)
@@ -185,6 +194,10 @@ def explain_proxy(desired: Desired, name: str) -> Explanation:
             for rule in build.match.from_(kind_name, target):
                 sections.append(Section(kind_name, where, FROM, _client(rule.tags), _applied(rule.merged),
                                         _fields(rule.merged, written)))
+        single = build.match.single(kind_name)
+        if not single.empty:
+            sections.append(Section(kind_name, WHOLE_PROXY, SINGLE, applied=_applied(single),
+                                    fields=_fields(single, written_anywhere(build))))
     if isinstance(proxy, Dataplane):
         sections += _patch_sections(build, proxy)
     return Explanation(proxy.name, "egress" if isinstance(proxy, ZoneEgress) else "sidecar",
@@ -244,8 +257,8 @@ def explain_policy(desired: Desired, name: str, ref: str) -> Explanation:
                         http_route = any(k.kind == HTTP_ROUTE for k in found.to)
                         why = route_miss(policy.kind, destination_protocol(desired, found.destination), http_route)
                 (misses if why else lands).append(f"{where}{': ' + why if why else ''}")
-        if SINGLE in kind.sections and policy.kind in BY_KIND:
-            lands.append("the proxy as a whole")
+        if SINGLE in kind.sections:
+            lands.append(WHOLE_PROXY)
         if FROM in kind.sections:
             for where, target in inbounds(build):
                 why = match.why_not_from(policy, proxy, target) or placement_miss(KINDS, policy.kind, proxy, FROM, target)

@@ -39,6 +39,7 @@ Path = tuple[str, ...]
 
 TO = "to"
 FROM = "from"
+SINGLE = "single"  # a kind with one top-level `default` (MeshTrace, MeshMetric): the whole policy is its one item
 
 # Least to most specific; later wins (DESIGN.md, the same order as Kuma's TargetRefKind.Compare).
 KIND_ORDER = ("Mesh", "Dataplane", "MeshSubset", "MeshService", "MeshExternalService", "MeshServiceSubset")
@@ -104,13 +105,17 @@ class Contribution:
 
     @property
     def path(self) -> str:
-        """The item as written: `spec.to[0]`."""
+        """The item as written: `spec.to[0]` (for a single-item kind, the policy's spec itself)."""
+        if self.section == SINGLE:
+            return self.policy.spec_path
         prefix = f"{self.policy.spec_path}." if self.policy.spec_path else ""
         return f"{prefix}{self.section}[{self.item.index}]"
 
     @property
     def payload_path(self) -> str:
         # Route kinds carry `rules` in the item itself; every other kind has a `default` block.
+        if self.section == SINGLE:
+            return f"{self.policy.spec_path}.default" if self.policy.spec_path else "default"
         raw = self.policy.spec.get(self.section)
         if isinstance(raw, list) and self.item.index < len(raw):
             written = raw[self.item.index]
@@ -260,6 +265,22 @@ def merge_to(policies: Iterable[Policy], proxy: Proxy, destination: Destination)
         if _targets(item.target_ref, destination)
     ]
     return _merge(_ordered(contributions))
+
+
+def merge_single(policies: Iterable[Policy], proxy: Proxy) -> Merged:
+    """The top-level `default` of every policy of one single-item kind (MeshTrace, MeshMetric) whose targetRef
+    selects the proxy, merged in Kuma's order (top-level kind, then name descending)."""
+    contributions = [
+        Contribution(policy, PolicyItem(policy.target_ref, _default(policy), 0), SINGLE)
+        for policy in _one_kind(policies)
+        if why_not(policy, proxy) is None
+    ]
+    return _merge(_ordered(contributions))
+
+
+def _default(policy: Policy) -> dict[str, Any]:
+    default = policy.spec.get("default")
+    return default if isinstance(default, dict) else {}
 
 
 def merge_from(policies: Iterable[Policy], proxy: Proxy, inbound: Inbound | Destination) -> list[FromRule]:

@@ -24,6 +24,7 @@ from meshplan.match.matcher import (
     Merged,
     merge_from,
     merge_patch,
+    merge_single,
     merge_to,
 )
 from meshplan.match.spelling import NORMALISERS
@@ -37,7 +38,7 @@ from meshplan.model import (
     Policy,
     ZoneEgress,
 )
-from meshplan.policies import FROM, ROUTE_KINDS, TO, PolicyKind
+from meshplan.policies import FROM, ROUTE_KINDS, SINGLE, TO, PolicyKind
 
 # The seed's placement table (`policies.registry.KINDS`), given by the caller: the registry sits above this stage.
 Placements = Mapping[str, PolicyKind]
@@ -115,6 +116,13 @@ class ProxyMatch:
     proxy: str
     destinations: tuple[DestinationMatch, ...]
     inbounds: tuple[InboundMatch, ...]
+    # The single-item kinds (one top-level `default`: MeshTrace, MeshMetric) that selected the proxy, merged; in
+    # KINDS order, only kinds with contributions. Sidecars only: the seed's placement keeps them off the egress.
+    singles: tuple[KindTo, ...] = ()
+
+    def single(self, kind: str) -> Merged:
+        """One single-item kind's merged `default` on this proxy (empty when no policy of the kind selects it)."""
+        return next((k.merged for k in self.singles if k.kind == kind), NOTHING)
 
     def destination(self, destination: Destination) -> DestinationMatch | None:
         return next((d for d in self.destinations if d.destination == destination), None)
@@ -193,7 +201,22 @@ def match_proxy(desired: Desired, proxy: Proxy, kinds: Placements) -> ProxyMatch
     for destination, named_by in _backends(proxy, found):
         found.append(DestinationMatch(destination, _to(kinds, by_kind, proxy, destination, routes=False), named_by))
     inbounds = tuple(InboundMatch(target, _from(kinds, by_kind, proxy, target)) for target in _inbounds(desired, proxy))
-    return ProxyMatch(proxy.name, tuple(found), inbounds)
+    return ProxyMatch(proxy.name, tuple(found), inbounds, _singles(kinds, by_kind, proxy))
+
+
+def _singles(kinds: Placements, by_kind: dict[str, list[Policy]], proxy: Proxy) -> tuple[KindTo, ...]:
+    """The single-`default` kinds' merged confs on a sidecar. MeshProxyPatch is not among them: its modifications
+    append in order rather than merge (match.behaviour.proxy_patches orders them)."""
+    if isinstance(proxy, ZoneEgress):
+        return ()  # the placement table: "Out of scope (single item)" (policy_rules rejects proxyType Egress)
+    out = []
+    for kind, placement in kinds.items():
+        policies = by_kind.get(kind)
+        if policies and SINGLE in placement.sections and kind != "MeshProxyPatch":
+            merged = merge_single(policies, proxy)
+            if not merged.empty:
+                out.append(KindTo(kind, merged))
+    return tuple(out)
 
 
 def _same(policy: Policy) -> Policy:

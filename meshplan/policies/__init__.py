@@ -39,12 +39,5 @@ def placement_row(name: str, sections: set[str], external_to: set[str], external
     return PolicyKind(name, frozenset(sections), frozenset(external_to), external_from, placement)
 
 
-# Kinds without a module yet: their rows, until their packages (policies/metric/, policies/proxy_patch/,
-# policies/trace/) land and declare their own; then drop the row here. registry.KINDS lists them after the modules'.
-WITHOUT_MODULE: tuple[PolicyKind, ...] = (
-    placement_row("MeshMetric", {SINGLE}, set(), False, OUT_OF_SCOPE),
-    placement_row("MeshTrace", {SINGLE}, set(), False, OUT_OF_SCOPE),
-)
-
 # Route kinds carry `rules` in their `to` items instead of a `default`.
 ROUTE_KINDS = frozenset({"MeshHTTPRoute", "MeshTCPRoute"})

@@ -9,7 +9,6 @@ from collections.abc import Callable
 
 from meshplan.model import Desired, Policy
 from meshplan.policies import (
-    WITHOUT_MODULE,
     PolicyKind,
     access_log,
     circuit_breaker,
@@ -17,11 +16,13 @@ from meshplan.policies import (
     health_check,
     http_route,
     load_balancing,
+    metric,
     proxy_patch,
     rate_limit,
     retry,
     tcp_route,
     timeout,
+    trace,
     traffic_permission,
 )
 from meshplan.policies.base import PolicyModule
@@ -33,10 +34,12 @@ _ALL: tuple[PolicyModule, ...] = (
     circuit_breaker,
     fault_injection,
     health_check,
+    metric,
     proxy_patch,
     rate_limit,
     retry,
     timeout,
+    trace,
     traffic_permission,
     load_balancing,
     tcp_route,
@@ -46,8 +49,8 @@ _ALL: tuple[PolicyModule, ...] = (
 MODULES: tuple[PolicyModule, ...] = tuple(sorted(_ALL, key=lambda module: module.ORDER))
 BY_KIND: dict[str, PolicyModule] = {module.KIND: module for module in MODULES}
 
-# The seed's placement table: every kind's own row, then those of the kinds without a module yet.
-KINDS: dict[str, PolicyKind] = {row.name: row for row in [module.PLACEMENT for module in _ALL] + list(WITHOUT_MODULE)}
+# The seed's placement table: every kind's own row, in `_ALL`'s order.
+KINDS: dict[str, PolicyKind] = {module.KIND: module.PLACEMENT for module in _ALL}
 
 # A kind's checks of what it names in other resources (a route's backendRefs), run once every resource is known.
 REFERENCES: dict[str, Callable[[Policy, Desired, FieldCheck], None]] = {
@@ -62,8 +65,8 @@ def _check() -> None:
     wrong = [module.KIND for module in MODULES if module.PLACEMENT.name != module.KIND]
     if wrong:
         raise ValueError(f"policy modules whose placement row names another kind: {wrong}")
-    if len(KINDS) != len(_ALL) + len(WITHOUT_MODULE):
-        raise ValueError("a kind without a module has a module now: drop its row from policies.WITHOUT_MODULE")
+    if len(KINDS) != len(_ALL):
+        raise ValueError("two policy packages declare one KIND")
 
 
 _check()

@@ -156,7 +156,8 @@ def parse_policy(check: FieldCheck, res: RawResource, mesh: str) -> Policy | Non
             if ref is not None:
                 items[section].append(PolicyItem(ref, payload, i))
     if top is not None:
-        check_placement(check, res.kind, top, items[TO], items[FROM])
+        written = body.get("targetRef")
+        check_placement(check, res.kind, top, items[TO], items[FROM], written if isinstance(written, dict) else None)
     if SINGLE in kind.sections:
         default = check.field(body, (), "default", dict, default={})
         module = BY_KIND.get(res.kind)
@@ -170,7 +171,8 @@ def parse_policy(check: FieldCheck, res: RawResource, mesh: str) -> Policy | Non
                   format_path(res.body_path), lines)
 
 
-def check_placement(check: FieldCheck, kind_name: str, top: TargetRef, to: list[PolicyItem], from_: list[PolicyItem]) -> None:
+def check_placement(check: FieldCheck, kind_name: str, top: TargetRef, to: list[PolicyItem], from_: list[PolicyItem],
+                    written: dict[str, Any] | None = None) -> None:
     """The seed: name the proxy type whenever a MeshExternalService is referenced, and only where the table allows."""
     kind = KINDS[kind_name]
     answer = f"the placement table says {kind_name} for a MeshExternalService is implemented on: {kind.placement}"
@@ -198,7 +200,8 @@ def check_placement(check: FieldCheck, kind_name: str, top: TargetRef, to: list[
             check.fail((FROM, item.index, "targetRef"), f"a `from` item selects clients, and a MeshExternalService is never a client; {answer}")
     if top.kind != "MeshExternalService" and EGRESS in top.proxy_types and kind.external_from and from_:
         check.fail(("targetRef",), f"on the egress, {kind_name} applies per external service: {answer}")
-    if SINGLE in kind.sections and EGRESS in top.proxy_types and kind_name in BY_KIND:
-        check.fail(("targetRef",), f"{kind_name} is not implemented on the egress; {answer}")
+    if EGRESS in top.proxy_types and SINGLE in kind.sections:
+        at: PathKey = ("targetRef", "proxyTypes" if written is not None and "proxyTypes" in written else "proxyType")
+        check.fail(at, f"{kind_name} is not implemented on the egress; {answer}")
     if EGRESS in top.proxy_types and from_ and not kind.external_from and TO in kind.sections:
         check.fail((FROM,), f"{kind_name} `from` is not implemented on the egress; {answer}")
