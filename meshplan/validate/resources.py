@@ -27,6 +27,7 @@ from meshplan.policies import KINDS
 from meshplan.policies.registry import REFERENCES
 from meshplan.validate.check import FieldCheck
 from meshplan.validate.infra_rules import (
+    MAX_EXTERNAL_NAME,
     MAX_SNI,
     parse_dataplane,
     parse_egress,
@@ -136,6 +137,8 @@ def _name_too_long(kind: str, name: str, mesh: str | None) -> str | None:
     if kind == "Mesh" and len(name) > MAX_MESH_NAME:
         return (f"a mesh name may have at most {MAX_MESH_NAME} characters (its CA's common name is '<mesh> CA', "
                 f"which X.509 limits to 64), got {len(name)}")
+    if kind == "MeshExternalService" and len(name) > MAX_EXTERNAL_NAME:
+        return f"must not be longer than {MAX_EXTERNAL_NAME} characters (Kuma's limit), got {len(name)}"
     if kind == "MeshExternalService" and mesh is not None and len(names.external_sni(mesh, name)) > MAX_SNI:
         return (f"too long: the TLS server name of this external service, {names.external_sni(mesh, '<name>')}, "
                 f"may have at most {MAX_SNI} characters")
