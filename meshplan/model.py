@@ -88,6 +88,16 @@ class ZoneEgress:
 class Endpoint:
     address: str
     port: int
+    priority: int | None = None  # Envoy locality priority (0 is tried first); None when the file does not set it
+
+
+@dataclass(frozen=True)
+class SANMatch:
+    """One `tls.verification.subjectAltNames` entry: the certificate's DNS or IP SAN equals (`Exact`) or starts with
+    (`Prefix`) `value`."""
+
+    type: str  # Exact | Prefix
+    value: str
 
 
 @dataclass(frozen=True)
@@ -96,7 +106,12 @@ class ExternalTLS:
     server_name: str | None = None
     verification: str = "Secured"  # Secured | SkipSAN | SkipCA | SkipAll
     ca_cert_file: str | None = None
-    subject_alt_names: tuple[str, ...] = ()
+    subject_alt_names: tuple[SANMatch, ...] = ()
+    # the CA certificate (public data) written in the file: ("inline_bytes", base64) or ("inline_string", PEM text)
+    ca_cert_inline: tuple[str, str] | None = None
+    min_version: str | None = None  # TLSAuto | TLS10 | TLS11 | TLS12 | TLS13, as written
+    max_version: str | None = None
+    allow_renegotiation: bool = False
 
 
 @dataclass(frozen=True)

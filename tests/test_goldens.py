@@ -112,6 +112,13 @@ def resources_of(proxy: str) -> View:
     return view
 
 
+def clusters_of(proxy: str) -> View:
+    def view(proxies: Proxies, root: Path) -> str:
+        return json.dumps(proxies[proxy].clusters, indent=2) + "\n"
+
+    return view
+
+
 CASES: dict[str, View] = {
     "access_log": what_policies_touched,
     "circuit_breaker": clusters_of_web_and_egress,
@@ -119,6 +126,7 @@ CASES: dict[str, View] = {
     "demo-backend-2": resources_of("backend-2"),
     "demo-egress": resources_of("egress"),
     "demo-web": resources_of("web"),
+    "external_tls": clusters_of("egress"),
     "fault_injection": inbound_side("backend", "reports", "ledger", "egress"),
     "health_check": what_policies_touched,
     "http_route-every-field": web_with_origins,

@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 
 from meshplan.cli import app
 from meshplan.envoy import names
-from meshplan.validate.resources import MAX_MESH_NAME, MAX_PROXY_NAME, MAX_SNI
+from meshplan.validate.infra_rules import MAX_EXTERNAL_NAME, MAX_SNI
+from meshplan.validate.resources import MAX_MESH_NAME, MAX_PROXY_NAME
 from tests.test_validate import BASE, write
 
 
@@ -31,7 +32,7 @@ def renamed(file: str, old: str, new: str) -> dict[str, str | None]:
 LONGEST_MESH = "m" * MAX_MESH_NAME
 LONGEST_PROXY = "p" * MAX_PROXY_NAME
 LONGEST_SERVICE = "s" * (MAX_SNI - len(names.service_sni(LONGEST_MESH, "")))
-LONGEST_EXTERNAL = "e" * (MAX_SNI - len(names.external_sni(LONGEST_MESH, "")))
+LONGEST_EXTERNAL = "e" * MAX_EXTERNAL_NAME  # Kuma's limit; its server name, <name>.<mesh>.mes, then fits in 255
 
 
 def longest_names(root: Path) -> None:
@@ -64,8 +65,8 @@ def test_the_longest_names_validate_pass_envoy_and_make_certificates(tmp_path: P
      f"mesh.yaml:2: name: a mesh name may have at most {MAX_MESH_NAME} characters"),
     ("backend.yaml", "kuma.io/service: backend", f"kuma.io/service: {'s' * 250}",
      "backend.yaml:10: networking.inbound[0].tags.kuma.io/service: too long: the TLS server name of this service"),
-    ("external.yaml", "name: httpbin", f"name: {'e' * 250}",
-     "external.yaml:3: name: too long: the TLS server name of this external service"),
+    ("external.yaml", "name: httpbin", f"name: {LONGEST_EXTERNAL}x",
+     f"external.yaml:3: name: must not be longer than {MAX_EXTERNAL_NAME} characters (Kuma's limit)"),
 ], ids=["proxy", "egress", "mesh", "service", "external service"])
 def test_names_too_long_for_a_certificate_or_a_server_name(tmp_path: Path, file: str, old: str, new: str,
                                                            expected: str) -> None:

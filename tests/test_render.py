@@ -124,8 +124,10 @@ def test_external_tls_origination(tmp_path: Path) -> None:
     assert cluster["type"] == "STRICT_DNS"
     tls = cluster["transport_socket"]["typed_config"]
     assert tls["sni"] == "api.example.com"
+    # As Kuma: the server name, as a DNS or an IP SAN.
     assert tls["common_tls_context"]["validation_context"]["match_typed_subject_alt_names"] == [
-        {"san_type": "DNS", "matcher": {"exact": "api.example.com"}}
+        {"san_type": "DNS", "matcher": {"exact": "api.example.com"}},
+        {"san_type": "IP_ADDRESS", "matcher": {"exact": "api.example.com"}},
     ]
 
 

@@ -42,9 +42,11 @@ EXTRA = [
         name: secure
         spec:
           match: {type: HostnameGenerator, port: 443, protocol: http}
-          endpoints: [{address: httpbin.org, port: 443}]
+          endpoints: [{address: httpbin.org, port: 443, priority: 1}]
           tls:
             enabled: true
+            allowRenegotiation: false
+            version: {min: TLS12, max: TLS13}
             verification:
               mode: Secured
               serverName: httpbin.org
@@ -175,8 +177,6 @@ UNSUPPORTED = [
     ("backend.yaml", "  gateway: {type: BUILTIN, tags: {kuma.io/service: gw}}\n", "networking.gateway"),
     ("backend.yaml", "  transparentProxying: {redirectPortInbound: 15006}\n", "networking.transparentProxying"),
     ("egress.yaml", "  advertisedPort: 10003\n", "networking.advertisedPort"),
-    ("external.yaml", "  extension: {type: Lambda}\n", "spec.extension"),
-    ("external.yaml", "  tls: {enabled: true, version: {min: TLS13}}\n", "spec.tls.version"),
 ]
 
 

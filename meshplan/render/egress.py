@@ -9,7 +9,7 @@ from meshplan.envoy import names
 from meshplan.envoy import types as t
 from meshplan.match.matcher import Destination
 from meshplan.match.result import ProxyMatch
-from meshplan.model import EGRESS, Desired, MeshExternalService, ZoneEgress
+from meshplan.model import EGRESS, Desired, MeshExternalService, SANMatch, ZoneEgress
 from meshplan.policies.base import InboundPoint, OutboundPoint, ProxyBuild
 from meshplan.render.sidecar import CONNECT_TIMEOUT
 
@@ -79,7 +79,7 @@ def _external_cluster(mes: MeshExternalService) -> t.Json:
         "name": name,
         "type": "STATIC" if by_ip else "STRICT_DNS",
         "connect_timeout": CONNECT_TIMEOUT,
-        "load_assignment": t.load_assignment(name, endpoints),
+        "load_assignment": _load_assignment(name, mes),
     }
     if not by_ip:
         cluster["dns_lookup_family"] = "V4_ONLY"
@@ -89,21 +89,62 @@ def _external_cluster(mes: MeshExternalService) -> t.Json:
     return cluster
 
 
+def _load_assignment(name: str, mes: MeshExternalService) -> t.Json:
+    """One locality for all endpoints; with `priority` on any endpoint, one locality per priority as Kuma makes them
+    (sub zone `priority-<n>`, an endpoint without one at priority 0): Envoy sends to a lower priority only while the
+    higher ones are not healthy enough."""
+    if all(ep.priority is None for ep in mes.endpoints):
+        return t.load_assignment(name, [(ep.address, ep.port) for ep in mes.endpoints])
+    by_priority: dict[int, list[t.Json]] = {}
+    for ep in mes.endpoints:
+        by_priority.setdefault(ep.priority or 0, []).append({"endpoint": {"address": t.socket_address(ep.address, ep.port)}})
+    localities: list[t.Json] = []
+    for priority in sorted(by_priority):
+        locality: t.Json = {"locality": {"sub_zone": f"priority-{priority}"}, "lb_endpoints": by_priority[priority]}
+        if priority:
+            locality["priority"] = priority
+        localities.append(locality)
+    return {"cluster_name": name, "endpoints": localities}
+
+
+ENVOY_TLS_VERSIONS = {"TLSAuto": "TLS_AUTO", "TLS10": "TLSv1_0", "TLS11": "TLSv1_1", "TLS12": "TLSv1_2", "TLS13": "TLSv1_3"}
+
+
 def _origination(mes: MeshExternalService) -> t.Json:
-    """TLS from the egress to the external service, verified as `tls.verification.mode` says."""
+    """TLS from the egress to the external service, verified as `tls.verification.mode` says, with Kuma's meaning:
+    Secured checks the chain against the CA (`caCert`, else the system bundle) and the names; SkipSAN the chain only;
+    SkipCA and SkipAll nothing (validate refuses names or a CA with them, which would go unused)."""
     tls = mes.tls
-    hostnames = [ep.address for ep in mes.endpoints if not _is_ip(ep.address)]
-    server_name = tls.server_name or (hostnames[0] if hostnames else None)
+    first = mes.endpoints[0].address if mes.endpoints else None
+    server_name = tls.server_name or (first if first is not None and not _is_ip(first) else None)  # Kuma's choice
     context: t.Json = {"@type": t.UPSTREAM_TLS, "common_tls_context": {}}
     if server_name:
         context["sni"] = server_name
+    if tls.allow_renegotiation:
+        context["allow_renegotiation"] = True
+    params: t.Json = {}
+    if tls.min_version is not None:
+        params["tls_minimum_protocol_version"] = ENVOY_TLS_VERSIONS[tls.min_version]
+    if tls.max_version is not None:
+        params["tls_maximum_protocol_version"] = ENVOY_TLS_VERSIONS[tls.max_version]
+    if params:
+        context["common_tls_context"]["tls_params"] = params
     validation: t.Json = {}
     if tls.verification in ("Secured", "SkipSAN"):
-        validation["trusted_ca"] = {"filename": tls.ca_cert_file or SYSTEM_CA_BUNDLE}
-    if tls.verification in ("Secured", "SkipCA"):
-        sans = list(tls.subject_alt_names) or ([server_name] if server_name else [])
-        if sans:
-            validation["match_typed_subject_alt_names"] = [{"san_type": "DNS", "matcher": {"exact": s}} for s in sans]
+        if tls.ca_cert_inline is not None:
+            kind, value = tls.ca_cert_inline
+            validation["trusted_ca"] = {kind: value}
+        else:
+            validation["trusted_ca"] = {"filename": tls.ca_cert_file or SYSTEM_CA_BUNDLE}
+    if tls.verification == "Secured":
+        # As Kuma: the server name (else the first endpoint's address) exactly, or any of `subjectAltNames`; each
+        # as a DNS or an IP SAN.
+        expected = server_name or first
+        matches = ([SANMatch("Exact", expected)] if expected else []) + list(tls.subject_alt_names)
+        validation["match_typed_subject_alt_names"] = [
+            {"san_type": san_type, "matcher": {"exact" if m.type == "Exact" else "prefix": m.value}}
+            for san_type in ("DNS", "IP_ADDRESS") for m in matches
+        ]
     if validation:
         context["common_tls_context"]["validation_context"] = validation
     return context

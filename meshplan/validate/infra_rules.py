@@ -5,6 +5,7 @@ are its business.
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import re
 from typing import Any
@@ -22,6 +23,7 @@ from meshplan.model import (
     Mesh,
     MeshExternalService,
     Outbound,
+    SANMatch,
     ZoneEgress,
 )
 from meshplan.validate.addresses import endpoint_problem
@@ -29,6 +31,11 @@ from meshplan.validate.check import FieldCheck
 
 PROTOCOLS = ("tcp", "http", "http2", "grpc")
 TLS_MODES = ("Secured", "SkipSAN", "SkipCA", "SkipAll")
+TLS_VERSIONS = ("TLSAuto", "TLS10", "TLS11", "TLS12", "TLS13")  # in order, after TLSAuto (Envoy's default)
+SAN_MATCH_TYPES = ("Exact", "Prefix")
+MAX_PRIORITY = 128  # Kuma's bound on endpoints[].priority
+MAX_EXTERNAL_NAME = 63  # Kuma's bound on a MeshExternalService's name
+DNS_NAME = re.compile(r"(?=.{1,253}$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?\.?")
 DEFAULT_ADMIN_PORT = 9901
 MAX_SNI = 255  # Envoy's limit for a TLS server name, which carries service and mesh names (names.service_sni)
 TAG_VALUE = re.compile(r"[A-Za-z0-9.\-_:]+")  # tags go into certificates as kuma://<tag>/<value> URI SANs
@@ -202,7 +209,11 @@ def parse_egress(check: FieldCheck, res: RawResource) -> ZoneEgress | None:
 def parse_external(check: FieldCheck, res: RawResource, mesh: str) -> MeshExternalService | None:
     before = len(check.out)
     body = res.body
-    check.unknown(body, (), ("match", "endpoints", "tls"), ("extension",))
+    check.unknown(body, (), ("match", "endpoints", "tls", "extension"))
+    if "extension" in body:
+        # Kuma hands endpoints and TLS to an extension plugin named by `extension.type`; meshplan has none.
+        check.fail(("extension",), "not supported by meshplan: it has no MeshExternalService extensions (Kuma leaves "
+                   "`endpoints` and `tls` to the extension named by `extension.type`); use `endpoints` and `tls`")
     match = check.field(body, (), "match", dict, required=True, default={})
     check.unknown(match, ("match",), ("type", "port", "protocol"))
     match_type = check.field(match, ("match",), "type", str, default="HostnameGenerator")
@@ -221,15 +232,17 @@ def parse_external(check: FieldCheck, res: RawResource, mesh: str) -> MeshExtern
         if not isinstance(item, dict):
             check.fail(path, "must be a mapping")
             continue
-        check.unknown(item, path, ("address", "port"))
+        check.unknown(item, path, ("address", "port", "priority"))
         address = check.field(item, path, "address", str, required=True)
         problem = None if address is None else endpoint_problem(address)
         if problem is not None:
             check.fail(path + ("address",), problem)
             address = None
-        ep_port = check.port(item, path, "port", required=False, default=port)
+        # As in Kuma, every endpoint names its port: `match.port` is the port clients call, not the external one.
+        ep_port = check.port(item, path, "port")
+        priority = check.integer(item, path, "priority", minimum=0, maximum=MAX_PRIORITY)
         if address is not None and ep_port is not None:
-            endpoints.append(Endpoint(address, ep_port))
+            endpoints.append(Endpoint(address, ep_port, priority))
     tls = _external_tls(check, check.field(body, (), "tls", dict, default={}))
     if len(check.out) > before:
         return None
@@ -239,8 +252,15 @@ def parse_external(check: FieldCheck, res: RawResource, mesh: str) -> MeshExtern
 
 def _external_tls(check: FieldCheck, tls: dict[str, Any]) -> ExternalTLS:
     path: PathKey = ("tls",)
-    check.unknown(tls, path, ("enabled", "verification"), ("version", "allowRenegotiation"))
+    check.unknown(tls, path, ("enabled", "verification", "version", "allowRenegotiation"))
     enabled = check.field(tls, path, "enabled", bool, default=False)
+    if not enabled:
+        for key in ("verification", "version", "allowRenegotiation"):
+            if key in tls:
+                check.fail(path + (key,), "has no effect without `tls.enabled: true` (the egress then speaks "
+                           "plaintext to the endpoints): set `enabled: true` or remove it")
+    allow_renegotiation = check.field(tls, path, "allowRenegotiation", bool, default=False)
+    min_version, max_version = _tls_versions(check, check.field(tls, path, "version", dict, default={}))
     verification = check.field(tls, path, "verification", dict, default={})
     vpath = path + ("verification",)
     check.unknown(verification, vpath, ("mode", "serverName", "subjectAltNames", "caCert", "clientCert", "clientKey"))
@@ -248,27 +268,118 @@ def _external_tls(check: FieldCheck, tls: dict[str, Any]) -> ExternalTLS:
     if mode not in TLS_MODES:
         check.fail(vpath + ("mode",), f"must be one of {', '.join(TLS_MODES)}, got {mode!r}")
     server_name = check.field(verification, vpath, "serverName", str)
-    sans: list[str] = []
+    if server_name is not None and not DNS_NAME.fullmatch(server_name):
+        check.fail(vpath + ("serverName",), f"must be a DNS name (it is sent as the TLS server name), got {server_name!r}")
+        server_name = None
+    sans: list[SANMatch] = []
     for i, san in enumerate(check.field(verification, vpath, "subjectAltNames", list, default=[])):
         sp = vpath + ("subjectAltNames", i)
-        if not isinstance(san, dict) or not isinstance(san.get("value"), str):
-            check.fail(sp, "must be a mapping with a string `value`")
+        if not isinstance(san, dict):
+            check.fail(sp, "must be a mapping with `type` and `value`")
             continue
         check.unknown(san, sp, ("type", "value"))
-        if check.field(san, sp, "type", str, default="Exact") != "Exact":
-            check.fail(sp + ("type",), "meshplan matches subject alt names exactly: only `Exact` is supported")
-        sans.append(san["value"])
-    ca_file = None
-    ca = check.field(verification, vpath, "caCert", dict)
-    if ca is not None:
-        check.unknown(ca, vpath + ("caCert",), ("file",))
-        ca_file = check.field(ca, vpath + ("caCert",), "file", str)
-        if ca_file is None:
-            check.fail(vpath + ("caCert",), "meshplan reads the CA bundle from a file: set `caCert.file` to its path")
+        value = check.field(san, sp, "value", str, required=True)
+        kind = check.field(san, sp, "type", str, default="Exact")
+        if kind not in SAN_MATCH_TYPES:
+            check.fail(sp + ("type",), f"must be one of {', '.join(SAN_MATCH_TYPES)}, got {kind!r}")
+        elif value is not None:
+            if not value:
+                check.fail(sp + ("value",), "must not be empty (an empty prefix would match any name)")
+            sans.append(SANMatch(kind, value))
+    if sans and mode in ("SkipCA", "SkipSAN", "SkipAll"):
+        # Kuma drops subjectAltNames in these modes without a word. In SkipCA they cannot be honoured either: Envoy
+        # refuses to match SANs on a certificate whose chain it does not verify (no trusted CA), and checking names
+        # on a chain anyone can sign would prove nothing.
+        reason = {
+            "SkipSAN": "SkipSAN does not check subject alt names",
+            "SkipAll": "SkipAll checks nothing",
+            "SkipCA": "SkipCA does not verify the certificate chain, and a name on an unverified certificate proves "
+                      "nothing (Envoy refuses SAN matching without a trusted CA; Kuma drops them)",
+        }[mode]
+        check.fail(vpath + ("subjectAltNames",), f"{reason}: remove `subjectAltNames`, or use `mode: Secured` to "
+                   "check them against a trusted CA")
+    ca_file, ca_inline = _ca_cert(check, verification, vpath)
+    if (ca_file is not None or ca_inline is not None) and mode in ("SkipCA", "SkipAll"):
+        check.fail(vpath + ("caCert",), f"{mode} does not verify the certificate chain, so a CA would not be used "
+                   "(Kuma drops it): remove `caCert`, or use `mode: Secured` or `SkipSAN`")
+    for key, other in (("clientCert", "clientKey"), ("clientKey", "clientCert")):
+        if key in verification and other not in verification:
+            check.fail(vpath + (other,), f"must be defined when {key} is defined")
     for key in ("clientCert", "clientKey"):
         if key in verification:
-            check.fail(vpath + (key,), "client certificates towards external services are not supported yet")
-    return ExternalTLS(enabled, server_name, mode, ca_file, tuple(sans))
+            # A client key is a secret: it may not sit in the desired directory, and meshplan has no secret store to
+            # deliver it to the egress alone from.
+            check.fail(vpath + (key,), "client certificates towards external services are not supported: the key "
+                       "would have to be in the desired directory or a secret store meshplan does not have")
+    return ExternalTLS(enabled, server_name, mode, ca_file, tuple(sans), ca_inline, min_version, max_version,
+                       allow_renegotiation)
+
+
+def _tls_versions(check: FieldCheck, version: dict[str, Any]) -> tuple[str | None, str | None]:
+    path: PathKey = ("tls", "version")
+    check.unknown(version, path, ("min", "max"))
+    min_version = check.field(version, path, "min", str)
+    max_version = check.field(version, path, "max", str)
+    for key, value in (("min", min_version), ("max", max_version)):
+        if value is not None and value not in TLS_VERSIONS:
+            check.fail(path + (key,), f"must be one of {', '.join(TLS_VERSIONS)}, got {value!r}")
+    min_version = min_version if min_version in TLS_VERSIONS else None
+    max_version = max_version if max_version in TLS_VERSIONS else None
+    if min_version not in (None, "TLSAuto") and max_version not in (None, "TLSAuto"):
+        assert min_version is not None and max_version is not None
+        if TLS_VERSIONS.index(min_version) > TLS_VERSIONS.index(max_version):
+            check.fail(path + ("min",), f"must not be above max: {min_version} is a later version than {max_version}")
+    return min_version, max_version
+
+
+def _ca_cert(check: FieldCheck, verification: dict[str, Any], vpath: PathKey) -> tuple[str | None, tuple[str, str] | None]:
+    """`caCert`: a file on the egress's host (meshplan's own), or the certificate itself (Kuma's `inline`, base64, or
+    `inlineString`, PEM). A CA certificate is public; a private key in it is refused, as keys never sit in the desired
+    directory."""
+    ca = check.field(verification, vpath, "caCert", dict)
+    if ca is None:
+        return None, None
+    cpath = vpath + ("caCert",)
+    check.unknown(ca, cpath, ("file", "inline", "inlineString", "secret"))
+    if "secret" in ca:
+        check.fail(cpath + ("secret",), "meshplan has no secret store: give the CA certificate (public data) as "
+                   "`inline`, `inlineString` or `file`")
+    given = [key for key in ("file", "inline", "inlineString", "secret") if key in ca]
+    if len(given) > 1:
+        check.fail(cpath, f"set exactly one of file, inline, inlineString, got {', '.join(given)}")
+        return None, None
+    if not given:
+        check.fail(cpath, "set one of file, inline (base64) or inlineString (PEM)")
+        return None, None
+    if "file" in ca:
+        return check.field(ca, cpath, "file", str), None
+    if "inline" in ca:
+        text = check.field(ca, cpath, "inline", str)
+        if text is None:
+            return None, None
+        try:
+            pem = base64.b64decode(text, validate=True).decode("ascii")
+        except (ValueError, UnicodeDecodeError):
+            check.fail(cpath + ("inline",), "must be the base64 of a PEM certificate")
+            return None, None
+        return None, (("inline_bytes", text) if _pem_certificate(check, cpath + ("inline",), pem) else None)
+    if "inlineString" in ca:
+        pem = check.field(ca, cpath, "inlineString", str)
+        if pem is None:
+            return None, None
+        return None, (("inline_string", pem) if _pem_certificate(check, cpath + ("inlineString",), pem) else None)
+    return None, None
+
+
+def _pem_certificate(check: FieldCheck, path: PathKey, pem: str) -> bool:
+    if "PRIVATE KEY" in pem:
+        # Never echo any of it: this is a key.
+        check.fail(path, "holds a private key: a CA certificate is public, a key never belongs in the desired directory")
+        return False
+    if "-----BEGIN CERTIFICATE-----" not in pem or "-----END CERTIFICATE-----" not in pem:
+        check.fail(path, "must be one or more PEM certificates (-----BEGIN CERTIFICATE----- ...)")
+        return False
+    return True
 
 
 def _dataplane_labels(check: FieldCheck, res: RawResource) -> dict[str, str]:
