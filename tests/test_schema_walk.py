@@ -27,6 +27,7 @@ import yaml
 from meshplan.errors import Violation
 from meshplan.load.resources import PathKey, format_path, load_text
 from meshplan.load.yaml_documents import Budget
+from meshplan.policies.conf import ConfReader
 from meshplan.validate import resources as validate_module
 from meshplan.validate.check import FieldCheck
 from tests.fixture_corpus import resources
@@ -138,7 +139,7 @@ def valid_by_kind() -> dict[str, list[dict[str, Any]]]:
 
 @pytest.fixture
 def reads(monkeypatch: pytest.MonkeyPatch) -> set[str]:
-    """The paths validation reads (a typed read through FieldCheck), as they are; reset for each resource."""
+    """The paths validation reads (a typed read through FieldCheck, or a kind's ConfReader); reset per resource."""
     monkeypatch.setattr(validate_module, "_check_references", lambda *args: None)
     seen: set[str] = set()
     original = FieldCheck.field
@@ -149,7 +150,15 @@ def reads(monkeypatch: pytest.MonkeyPatch) -> set[str]:
             seen.update({full, "spec." + full})  # policy checks see paths from the spec, others from the top
         return original(self, obj, path, key, *args, **kwargs)
 
+    def recording_setting(self: ConfReader, key: str, value: Any) -> Any:
+        if value is not None:  # a kind's typed read that converts the value itself (a percentage, a number)
+            full = format_path(self.path + (key,))
+            seen.update({full, "spec." + full})
+        return original_setting(self, key, value)
+
+    original_setting = ConfReader._setting
     monkeypatch.setattr(FieldCheck, "field", recording)
+    monkeypatch.setattr(ConfReader, "_setting", recording_setting)
     return seen
 
 
@@ -185,7 +194,7 @@ def test_every_kuma_field_is_read_or_refused(valid_by_kind: dict[str, list[dict[
         outcomes[outcome].append(f"{field.kind} {field.target} = {value!r}")
         read_per_kind[field.kind] += outcome == "read"
     assert outcomes["ignored"] == [], "accepted and ignored"
-    assert outcomes["unknown"] == [], "Kuma's fields refused as if they were typos"
+    assert outcomes["unknown"] == [], "Kuma's fields refused as if they were typos: " + "; ".join(outcomes["unknown"])
     assert {kind for kind in {f.kind for f in fields} if read_per_kind[kind] < MIN_READ} == set(), read_per_kind
     assert len(outcomes["read"]) > 300 and len(outcomes["refused"]) > 100, {k: len(v) for k, v in outcomes.items()}
 

@@ -50,6 +50,16 @@ BACKEND_KINDS = (MESH_SERVICE, MESH_SERVICE_SUBSET, MESH_EXTERNAL_SERVICE)
 # Kuma: a route's `to` item names the destination whose outbound it routes, never a group of them.
 TO_KINDS = (MESH_SERVICE, MESH_EXTERNAL_SERVICE)
 _REF_FIELDS = ("kind", "name", "tags", "weight", "port")
+# Kuma's backendRef fields that meshplan's model has no place for, each refused with why (a service here is its
+# `kuma.io/service` tag, in the proxy's one mesh).
+_KUMA_ONLY = {
+    "labels": "a backend is picked by `name` (its kuma.io/service); meshplan has no MeshService resources to select "
+              "by labels",
+    "mesh": "a backend is in the proxy's own mesh; meshplan renders no cross-mesh traffic",
+    "namespace": "meshplan does not model Kubernetes namespaces",
+    "sectionName": "meshplan's services have no named ports: give the port number as `port`",
+    "proxyTypes": "it selects gateway backends, and meshplan has no gateways",
+}
 
 DEFAULT_WEIGHT = 1
 MAX_TOTAL_WEIGHT = 2**32 - 1  # Envoy sums the weights of a split into a uint32
@@ -152,7 +162,9 @@ def validate_backend_ref(ref: Any, path: PathKey, check: FieldCheck, row: Policy
         check.fail(path, f"must be a mapping, got {_describe(ref)}")
         return None
     before = len(check.out)
-    check.unknown(ref, path, _REF_FIELDS)
+    for key in ref.keys() & _KUMA_ONLY.keys():
+        check.fail(path + (key,), f"not supported by meshplan: {_KUMA_ONLY[key]}")
+    check.unknown({k: v for k, v in ref.items() if k not in _KUMA_ONLY}, path, _REF_FIELDS)
     if not weighted and "weight" in ref:
         check.fail(path + ("weight",), "takes no weight here: a mirror copies the requests its percentage picks")
     kind = check.choice(ref, path, "kind", BACKEND_KINDS, required=True)

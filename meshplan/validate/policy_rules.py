@@ -144,7 +144,11 @@ def parse_policy(check: FieldCheck, res: RawResource, mesh: str) -> Policy | Non
                 continue
             ref = target_ref(check, item, path, top=False)
             payload_key = "rules" if res.kind in ROUTE_KINDS else "default"
-            check.unknown(item, path, ("targetRef", payload_key))
+            if res.kind == "MeshHTTPRoute" and "hostnames" in item:
+                check.fail(path + ("hostnames",), "not supported by meshplan: hostnames match on a MeshGateway's "
+                           "listeners, and meshplan has no gateways")
+            check.unknown({k: v for k, v in item.items() if k != "hostnames" or res.kind != "MeshHTTPRoute"}, path,
+                          ("targetRef", payload_key))
             if res.kind in ROUTE_KINDS:
                 rules = check.field(item, path, "rules", list, required=True, default=[])
                 payload: dict[str, Any] = {"rules": rules}
