@@ -13,6 +13,7 @@ gets a message that says meshplan does not support it (and why, where the kind's
 
 from __future__ import annotations
 
+import ast
 import copy
 import re
 from collections import Counter
@@ -212,3 +213,29 @@ def test_the_walk_finds_a_field_accepted_and_not_read(valid_by_kind: dict[str, l
     fields = [Field("MeshTimeout", "spec.to[].default.zzIgnored", "string", (), False),
               Field("MeshTimeout", "spec.to[].default.idleTimeout", "string", (), False)]
     assert [outcome for _, _, outcome in _walk(fields, valid_by_kind, reads)] == ["ignored", "read"]
+
+
+# Conf fields that are read and deliberately change nothing in Envoy, with why (docs/policies.md says so too).
+MEANINGLESS_HERE = {
+    "load_balancing.Conf.locality_disabled": "meshplan renders one zone, where locality awareness changes nothing",
+}
+
+
+def test_every_field_of_every_typed_conf_is_used() -> None:
+    """The walk shows each field read into its kind's typed conf; each field of the conf is then used somewhere
+    beyond its own declaration (the Envoy side, or a method that writes Envoy's form) — a parsed value that nothing
+    reads would be ignored all the same."""
+    root = Path(__file__).resolve().parents[1] / "meshplan"
+    source = "\n".join(p.read_text() for p in sorted(root.rglob("*.py")))
+    unused, declared = [], set()
+    for api in sorted((root / "policies").glob("*/api.py")):
+        for node in ast.parse(api.read_text()).body:
+            if isinstance(node, ast.ClassDef) and any("dataclass" in ast.unparse(d) for d in node.decorator_list):
+                for item in node.body:
+                    if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
+                        name = f"{api.parent.name}.{node.name}.{item.target.id}"
+                        declared.add(name)
+                        if not re.search(rf"\.{item.target.id}\b", source) and name not in MEANINGLESS_HERE:
+                            unused.append(name)
+    assert unused == []
+    assert declared >= MEANINGLESS_HERE.keys() and len(declared) > 200
