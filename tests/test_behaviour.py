@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from meshplan.match.behaviour import Change, Fact, changes, facts
+from meshplan.match.behaviour import ASPECTS, Change, Fact, changes, facts
 from meshplan.match.result import match_proxy
 from meshplan.policies.registry import KINDS
 from meshplan.validate.resources import load_and_parse
@@ -21,18 +21,26 @@ def _all_facts(directory: Path) -> list[Fact]:
     return [f for p in [*desired.dataplanes, *desired.egresses] for f in facts(desired, match_proxy(desired, p, KINDS), p)]
 
 
-@pytest.mark.parametrize(("case", "aspect"), [
+EVERY_KIND = [
     ("access_log", "access-log"), ("circuit_breaker", "circuit-breaker"), ("fault_injection", "fault"),
     ("health_check", "health-check"), ("http_route-every-field", "route"), ("load_balancing", "load-balancing"),
     ("rate_limit", "rate-limit"), ("retry", "retry"), ("tcp_route", "route"), ("timeout", "timeout"),
-    ("traffic_permission", "permission"),
-])
+    ("traffic_permission", "permission"), ("trace", "trace"), ("metric", "metrics"), ("proxy_patch", "patch"),
+]
+
+
+@pytest.mark.parametrize(("case", "aspect"), EVERY_KIND)
 def test_every_kind_says_what_it_means(case: str, aspect: str) -> None:
     found = [f for f in _all_facts(TESTDATA / f"{case}.input") if f.aspect == aspect]
     assert found, f"no {aspect} fact in {case}"
     for fact in found:
         assert fact.origins and all("/" in o and ":" in o for o in fact.origins)  # Kind/name (file:line)
         assert fact.value not in (None, {}, [])
+
+
+def test_the_table_covers_every_kind() -> None:
+    assert {aspect for _, aspect in EVERY_KIND} == set(ASPECTS.values())
+    assert set(ASPECTS) == set(KINDS)
 
 
 def test_the_demo_permissions_per_client() -> None:
