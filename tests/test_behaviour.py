@@ -11,6 +11,7 @@ from meshplan.match.behaviour import ASPECTS, Change, Fact, changes, facts
 from meshplan.match.result import match_proxy
 from meshplan.policies.registry import KINDS
 from meshplan.validate.resources import load_and_parse
+from tests.builders import FixedAddresses, Service, write_mesh
 
 ROOT = Path(__file__).parent.parent
 TESTDATA = ROOT / "tests" / "testdata"
@@ -70,3 +71,27 @@ def test_changes_between_two_applies() -> None:
 def test_a_fact_round_trips_through_json() -> None:
     fact = _fact("admin", {"action": "Deny"})
     assert Fact.from_json(fact.to_json()) == fact
+
+
+def test_a_rule_for_some_instances_of_a_client_service_names_that_subset(tmp_path: Path) -> None:
+    """A client's tags are all of its instance's inbounds' tags (what its certificate carries): a rule for
+    `version: v2` shows under the subset it picks, and the rest of the service keeps its own fact."""
+    policy = """
+type: MeshTrafficPermission
+name: no-v2
+mesh: default
+spec:
+  targetRef: {kind: MeshService, name: backend}
+  from:
+    - targetRef: {kind: Mesh}
+      default: {action: Allow}
+    - targetRef: {kind: MeshSubset, tags: {kuma.io/service: web, version: v2}}
+      default: {action: Deny}
+"""
+    services = [Service("web", tags={"version": "v1"}, calls=("backend",), instance="web-1"),
+                Service("web", tags={"version": "v2"}, calls=("backend",), instance="web-2"),
+                Service("admin", calls=("backend",)), Service("backend")]
+    files = write_mesh(tmp_path, FixedAddresses(), services, policies=policy)
+    permission = {f.client: f.value for f in _all_facts(files.root) if f.aspect == "permission"}
+    allow, deny = {"action": "Allow"}, {"action": "Deny"}
+    assert permission == {"admin": allow, "backend": allow, "web (version=v1)": allow, "web (version=v2)": deny}

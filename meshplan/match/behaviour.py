@@ -4,8 +4,9 @@ compares (`admin → backend: permission Allow → Deny`), read from the one mat
 A fact is (client, destination, aspect) with the merged value and the policies that set it. `to` kinds: the client
 is the proxy's own service (its inbounds' `kuma.io/service`; the egress: `egress`), the destination the service or
 external service it calls. `from` kinds: the destination is the inbound's service (on the egress, the external
-service), and there is one fact per client service of the mesh, with the rule that client's `kuma.io/service` tag
-picks (a client's other tags, such as `version`, are not looked at: a rule for `version: v2` shows under no client).
+service), and there is one fact per client service of the mesh, with the rule the client's tags pick (those of all of
+its instance's inbounds, as its certificate carries them); when a rule treats some instances of a service apart (a
+MeshSubset `version: v2`), each subset gets its own fact, named by the tags that set it apart: `web (version=v2)`.
 The single-item kinds (MeshTrace: `trace`, MeshMetric: `metrics`) apply to the whole proxy: destination `*`.
 """
 
@@ -84,12 +85,18 @@ def facts(desired: Desired, match: ProxyMatch, proxy: Dataplane | ZoneEgress) ->
             label, mesh = target.service, proxy.mesh
         else:
             label, mesh = target.name, target.mesh
-        clients = desired.services(mesh) if inbound.from_ else []
+        clients = _client_tags(desired, mesh) if inbound.from_ else {}
         for from_kind in inbound.from_:
-            for service in clients:
-                rule = rule_for(list(from_kind.rules), {SERVICE_TAG: service})
-                if rule is not None and not rule.merged.empty:
-                    _add(found, Fact(service, label, ASPECTS.get(from_kind.kind, from_kind.kind), rule.merged.conf,
+            for service, tag_sets in clients.items():
+                picked = []
+                for tags in tag_sets:
+                    rule = rule_for(list(from_kind.rules), tags)
+                    if rule is not None and not rule.merged.empty:
+                        picked.append((tags, rule))
+                apart = len({json.dumps(rule.merged.conf, sort_keys=True) for _, rule in picked}) > 1
+                for tags, rule in picked:
+                    who = _subset_name(service, tags, tag_sets) if apart else service
+                    _add(found, Fact(who, label, ASPECTS.get(from_kind.kind, from_kind.kind), rule.merged.conf,
                                      _origins(rule.merged)))
     for single in match.singles:
         _add(found, Fact(client, WHOLE_PROXY, ASPECTS.get(single.kind, single.kind), single.merged.conf,
@@ -103,6 +110,28 @@ def facts(desired: Desired, match: ProxyMatch, proxy: Dataplane | ZoneEgress) ->
             # patched differently each keep their fact.
             _add(found, Fact(client, f"(proxy {proxy.name})", ASPECTS["MeshProxyPatch"], value, origins))
     return tuple(found[key] for key in sorted(found))
+
+
+def _client_tags(desired: Desired, mesh: str) -> dict[str, list[dict[str, str]]]:
+    """Per client service of the mesh, the distinct tag sets its instances present: a dataplane's certificate carries
+    the tags of all of its inbounds (policies/clients.py), so that is what a `from` rule is matched against."""
+    found: dict[str, list[dict[str, str]]] = {}
+    for dp in desired.dataplanes:
+        if dp.mesh != mesh:
+            continue
+        union = {k: v for inbound in dp.inbounds for k, v in inbound.tags.items() if k != SERVICE_TAG}
+        for service in dp.services:
+            tags = {**union, SERVICE_TAG: service}
+            if tags not in found.setdefault(service, []):
+                found[service].append(tags)
+    return dict(sorted(found.items()))
+
+
+def _subset_name(service: str, tags: dict[str, str], tag_sets: list[dict[str, str]]) -> str:
+    """A client subset a rule treats apart from the rest of its service: `web (version=v2)`, by the tags whose
+    values differ among the service's instances."""
+    differing = sorted(k for k in tags if k != SERVICE_TAG and len({t.get(k) for t in tag_sets}) > 1)
+    return f"{service} ({', '.join(f'{k}={tags[k]}' for k in differing)})" if differing else service
 
 
 def proxy_patches(desired: Desired, proxy: Dataplane) -> list[Policy]:
