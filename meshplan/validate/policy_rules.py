@@ -15,8 +15,17 @@ from meshplan.validate.check import FieldCheck
 PROXY_TYPES = (SIDECAR, GATEWAY, EGRESS)
 TARGET_KINDS = ("Mesh", "MeshSubset", "MeshService", "MeshServiceSubset", "Dataplane", "MeshExternalService")
 
+# Kinds a `to` item may not select, per policy kind (as Kuma v2.14.3's validators): a subset of a service's
+# endpoints is not a destination these kinds configure, so such an item would apply to nothing.
+TO_KINDS_REFUSED = {
+    "MeshTimeout": ("MeshSubset", "MeshServiceSubset"),
+    "MeshRetry": ("MeshSubset", "MeshServiceSubset"),
+    "MeshCircuitBreaker": ("MeshSubset", "MeshServiceSubset"),
+}
 
-def target_ref(check: FieldCheck, obj: dict[str, Any], path: PathKey, *, top: bool) -> TargetRef | None:
+
+def target_ref(check: FieldCheck, obj: dict[str, Any], path: PathKey, *, top: bool,
+               refused: tuple[str, ...] = ()) -> TargetRef | None:
     ref = check.field(obj, path, "targetRef", dict, required=not top)
     if ref is None:
         return TargetRef("Mesh") if top else None
@@ -29,6 +38,10 @@ def target_ref(check: FieldCheck, obj: dict[str, Any], path: PathKey, *, top: bo
         return None
     if kind not in TARGET_KINDS:
         check.fail(rp + ("kind",), f"unknown targetRef kind {kind!r} (expected one of: {', '.join(TARGET_KINDS)})")
+        return None
+    if kind in refused:
+        check.fail(rp + ("kind",), f"value {kind!r} is not supported here: a subset of a service's endpoints is not a "
+                                   "destination this kind configures")
         return None
     name = check.field(ref, rp, "name", str, required=kind in ("MeshService", "MeshServiceSubset", "Dataplane", "MeshExternalService"))
     tags = check.tags(ref, rp, "tags", required=kind in ("MeshSubset", "MeshServiceSubset"))
@@ -64,6 +77,12 @@ def parse_policy(check: FieldCheck, res: RawResource, mesh: str) -> Policy | Non
             check.fail((section,), f"{res.kind} does not support `{section}`: use {only}{why}")
     check.unknown(body, (), tuple(known + [s for s in (TO, FROM) if s not in known]))
     items: dict[str, list[PolicyItem]] = {TO: [], FROM: []}
+    sections = [s for s in (TO, FROM) if s in kind.sections]
+    if sections and SINGLE not in kind.sections and not any(body.get(s) for s in sections):
+        # As Kuma: a policy that configures nothing is a mistake, not a no-op.
+        listed = " or ".join(f"`{s}`" for s in sections)
+        check.fail((), f"at least one of {listed} has to be defined (and not be empty)" if len(sections) > 1
+                   else f"{listed} has to be defined and not be empty")
     for section in (TO, FROM):
         if section not in kind.sections:
             continue
@@ -72,11 +91,13 @@ def parse_policy(check: FieldCheck, res: RawResource, mesh: str) -> Policy | Non
             if not isinstance(item, dict):
                 check.fail(path, "must be a mapping")
                 continue
-            ref = target_ref(check, item, path, top=False)
+            refused = TO_KINDS_REFUSED.get(res.kind, ()) if section == TO else ()
+            ref = target_ref(check, item, path, top=False, refused=refused)
             payload_key = "rules" if res.kind in ROUTE_KINDS else "default"
             check.unknown(item, path, ("targetRef", payload_key))
             if res.kind in ROUTE_KINDS:
-                rules = check.field(item, path, "rules", list, required=True, default=[])
+                # As Kuma: no `rules` is the same as none listed, the `to` destination itself.
+                rules = check.field(item, path, "rules", list, default=[])
                 payload: dict[str, Any] = {"rules": rules}
             else:
                 payload = check.field(item, path, "default", dict, required=True, default={})

@@ -246,8 +246,7 @@ def _parse_grpc(grpc: ConfReader) -> GrpcCheck:
     service_name = grpc.text("serviceName")
     authority = grpc.text("authority")
     if authority is not None and not authority.value.strip():
-        grpc.fail("must not be empty", "authority")
-        authority = None
+        authority = None  # as Kuma: an empty authority is unset, and Envoy then sends the cluster's name
     return GrpcCheck(disabled, service_name, authority)
 
 
