@@ -1,5 +1,6 @@
 """The rules every policy shares: the shape of its top-level and item `targetRef`s, `proxyType`, which of `to` /
-`from` its kind has, and the seed's placement table for external services. A kind's own fields are its module's.
+`from` its kind has (and, as Kuma, that a policy sets one of them, and which kinds a `to` item may not select), and the
+seed's placement table for external services. A kind's own fields are its module's.
 """
 
 from __future__ import annotations
@@ -78,7 +79,9 @@ def parse_policy(check: FieldCheck, res: RawResource, mesh: str) -> Policy | Non
     check.unknown(body, (), tuple(known + [s for s in (TO, FROM) if s not in known]))
     items: dict[str, list[PolicyItem]] = {TO: [], FROM: []}
     sections = [s for s in (TO, FROM) if s in kind.sections]
-    if sections and SINGLE not in kind.sections and not any(body.get(s) for s in sections):
+    if sections and SINGLE not in kind.sections and res.kind not in ROUTE_KINDS and not any(body.get(s) for s in (TO, FROM)):
+        # (a section the kind lacks is reported above, on its own; a route with no `to` is valid in Kuma: it routes
+        # nothing)
         # As Kuma: a policy that configures nothing is a mistake, not a no-op.
         listed = " or ".join(f"`{s}`" for s in sections)
         check.fail((), f"at least one of {listed} has to be defined (and not be empty)" if len(sections) > 1

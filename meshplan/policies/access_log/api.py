@@ -12,7 +12,8 @@ inbound, one entry per backend:
     backends[].file.path                  access_log[i] {name: envoy.access_loggers.file,
                                             typed_config: FileAccessLog {path, log_format}}
     file.format.plain                     log_format.text_format_source.inline_string (a newline appended, as Kuma)
-    file.format.json [{key, value}]       log_format.json_format {key: value, ...}
+    file.format.json [{key, value}]       log_format.json_format {key: value, ...}; as Kuma, `{"key": "value"}`
+                                          written as it stands must be a valid JSON object
     file.format.omitEmptyValues           log_format.omit_empty_values
 
 Defaults: without `format`, Kuma's default line for the protocol (HTTP_FORMAT or TCP_FORMAT below). Kuma's own
