@@ -17,7 +17,8 @@ from meshplan.load import files as desired_files
 from meshplan.load.resources import load_dir
 from tests.test_validate import write
 
-POLICY = "type: MeshTimeout\nmesh: default\nname: {name}\nspec:\n  targetRef:\n    kind: Mesh\n"
+POLICY = ("type: MeshTimeout\nmesh: default\nname: {name}\nspec:\n  targetRef:\n    kind: Mesh\n"
+          "  to: [{{targetRef: {{kind: Mesh}}, default: {{idleTimeout: 1m}}}}]\n")
 
 
 def validate(directory: Path) -> tuple[int, str]:

@@ -74,13 +74,14 @@ GOOD = [
             localOriginFailures: {consecutive: 7}
             successRate: {standardDeviationFactor: "1.9"}
         """),
-    ("disabled outlier detection", "outlierDetection: {disabled: true}"),
-    ("only an interval (detectors from another policy)", "outlierDetection: {interval: 1s}"),
+    ("disabled outlier detection", "outlierDetection: {disabled: true, detectors: {totalFailures: {consecutive: 5}}}"),
 ]
 
 # (id, body with the offending line marked, or a line number when the violation is on `default:` itself,
 #  the path under spec.to[0].default, a fragment of the message)
 BAD: list[tuple[str, str, int | None, str, str]] = [
+    ("outlier detection without detectors (as Kuma)", f"outlierDetection: {{interval: 1s}} {MARK}", None,
+     ".outlierDetection.detectors", "must be defined"),
     ("empty", "{}", BODY_LINE - 1, "", "at least one of `connectionPool` (or `connectionLimits`) or `outlierDetection`"),
     ("both pool spellings", f"connectionPool: {{maxConnections: 1}}\nconnectionLimits: {{maxRetries: 1}} {MARK}", None,
      ".connectionLimits", "`connectionPool` and `connectionLimits` are two spellings of one field: set only one"),
@@ -220,6 +221,9 @@ POLICIES = """
           default:
             outlierDetection:
               disabled: true
+              detectors:
+                totalFailures:
+                  consecutive: 5
     ---
     # The seed's egress example: for an external service the breaker is on the egress.
     type: MeshCircuitBreaker

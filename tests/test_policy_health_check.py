@@ -153,9 +153,9 @@ BAD: list[tuple[str, str, list[tuple[str, str, str]]]] = [
         (".tcp.receive[0]", "must not be empty", "receive:"),
         (".tcp.receive[1]", "must be a base64 string", "receive:"),
     ]),
-    ("grpc", "grpc:\n  serviceName: 5\n  authority: ''\n  disabled: no way", [
+    ("grpc", "grpc:\n  serviceName: 5\n  authority: 7\n  disabled: no way", [
         (".grpc.serviceName", "must be a string", "serviceName:"),
-        (".grpc.authority", "must not be empty", "authority:"),
+        (".grpc.authority", "must be a string", "authority:"),
         (".grpc.disabled", "must be a boolean", "disabled:"),
     ]),
 ]

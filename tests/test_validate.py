@@ -223,7 +223,8 @@ CASES: list[tuple[str, dict[str, str | None], list[str]]] = [
             kind: MeshSubset
         """}, ["p.yaml:6: spec.targetRef: `tags` is required"]),
     ("duplicate key", {"p.yaml": "type: MeshTimeout\nname: t\nname: u\nspec: {}\n"}, ["p.yaml:3: name: duplicate key"]),
-    ("undefined mesh", {"p.yaml": "type: MeshTimeout\nmesh: other\nname: t\nspec: {}\n"},
+    ("undefined mesh", {"p.yaml": "type: MeshTimeout\nmesh: other\nname: t\n"
+                                         "spec: {to: [{targetRef: {kind: Mesh}, default: {idleTimeout: 1m}}]}\n"},
      ["p.yaml:2: mesh: mesh 'other' is not defined: add a Mesh resource named 'other'"]),
     ("missing CA backend", {"mesh.yaml": BASE["mesh.yaml"].replace("enabledBackend: ca-1", "enabledBackend: ca-2")},
      ["mesh.yaml:4: mtls.enabledBackend: no backend named 'ca-2' in mtls.backends"]),

@@ -1,5 +1,6 @@
 """The rules every policy shares: the shape of its top-level and item `targetRef`s, `proxyType`, which of `to` /
-`from` its kind has, and the seed's placement table for external services. A kind's own fields are its module's.
+`from` its kind has (and, as Kuma, that a policy sets one of them, and which kinds a `to` item may not select), and the
+seed's placement table for external services. A kind's own fields are its module's.
 """
 
 from __future__ import annotations
@@ -19,10 +20,19 @@ TOP_LEVEL_RULES = ("MeshTimeout", "MeshFaultInjection", "MeshRateLimit", "MeshTr
                    "MeshCircuitBreaker")
 TARGET_KINDS = ("Mesh", "MeshSubset", "MeshService", "MeshServiceSubset", "Dataplane", "MeshExternalService")
 
+# Kinds a `to` item may not select, per policy kind (as Kuma v2.14.3's validators): a subset of a service's
+# endpoints is not a destination these kinds configure, so such an item would apply to nothing.
+TO_KINDS_REFUSED = {
+    "MeshTimeout": ("MeshSubset", "MeshServiceSubset"),
+    "MeshRetry": ("MeshSubset", "MeshServiceSubset"),
+    "MeshCircuitBreaker": ("MeshSubset", "MeshServiceSubset"),
+}
 
-def target_ref(check: FieldCheck, obj: dict[str, Any], path: PathKey, *, top: bool, inbound_policy: bool = False) -> TargetRef | None:
+
+def target_ref(check: FieldCheck, obj: dict[str, Any], path: PathKey, *, top: bool, inbound_policy: bool = False,
+               refused: tuple[str, ...] = ()) -> TargetRef | None:
     """A targetRef, checked. `inbound_policy`: the policy has `from` items, so a top-level `sectionName` may pick one
-    of the inbounds it configures (Kuma allows `sectionName` only there)."""
+    of the inbounds it configures (Kuma allows `sectionName` only there). `refused`: kinds this place does not take."""
     ref = check.field(obj, path, "targetRef", dict, required=not top)
     if ref is None:
         return TargetRef("Mesh") if top else None
@@ -39,6 +49,10 @@ def target_ref(check: FieldCheck, obj: dict[str, Any], path: PathKey, *, top: bo
         return None
     if kind not in TARGET_KINDS:
         check.fail(rp + ("kind",), f"unknown targetRef kind {kind!r} (expected one of: {', '.join(TARGET_KINDS)})")
+        return None
+    if kind in refused:
+        check.fail(rp + ("kind",), f"value {kind!r} is not supported here: a subset of a service's endpoints is not a "
+                                   "destination this kind configures")
         return None
     dataplane_top = top and kind == "Dataplane"
     service_by_labels = kind == "MeshService" and not top and "labels" in ref
@@ -134,6 +148,14 @@ def parse_policy(check: FieldCheck, res: RawResource, mesh: str) -> Policy | Non
     check.unknown({k: v for k, v in body.items() if not (k == "rules" and res.kind in TOP_LEVEL_RULES)}, (),
                   tuple(known + [s for s in (TO, FROM) if s not in known]))
     items: dict[str, list[PolicyItem]] = {TO: [], FROM: []}
+    sections = [s for s in (TO, FROM) if s in kind.sections]
+    if sections and SINGLE not in kind.sections and res.kind not in ROUTE_KINDS and not any(body.get(s) for s in (TO, FROM)):
+        # (a section the kind lacks is reported above, on its own; a route with no `to` is valid in Kuma: it routes
+        # nothing)
+        # As Kuma: a policy that configures nothing is a mistake, not a no-op.
+        listed = " or ".join(f"`{s}`" for s in sections)
+        check.fail((), f"at least one of {listed} has to be defined (and not be empty)" if len(sections) > 1
+                   else f"{listed} has to be defined and not be empty")
     for section in (TO, FROM):
         if section not in kind.sections:
             continue
@@ -142,7 +164,8 @@ def parse_policy(check: FieldCheck, res: RawResource, mesh: str) -> Policy | Non
             if not isinstance(item, dict):
                 check.fail(path, "must be a mapping")
                 continue
-            ref = target_ref(check, item, path, top=False)
+            refused = TO_KINDS_REFUSED.get(res.kind, ()) if section == TO else ()
+            ref = target_ref(check, item, path, top=False, refused=refused)
             payload_key = "rules" if res.kind in ROUTE_KINDS else "default"
             if res.kind == "MeshHTTPRoute" and "hostnames" in item:
                 check.fail(path + ("hostnames",), "not supported by meshplan: hostnames match on a MeshGateway's "
@@ -150,7 +173,8 @@ def parse_policy(check: FieldCheck, res: RawResource, mesh: str) -> Policy | Non
             check.unknown({k: v for k, v in item.items() if k != "hostnames" or res.kind != "MeshHTTPRoute"}, path,
                           ("targetRef", payload_key))
             if res.kind in ROUTE_KINDS:
-                rules = check.field(item, path, "rules", list, required=True, default=[])
+                # As Kuma: no `rules` is the same as none listed, the `to` destination itself.
+                rules = check.field(item, path, "rules", list, default=[])
                 payload: dict[str, Any] = {"rules": rules}
             else:
                 payload = check.field(item, path, "default", dict, required=True, default={})

@@ -12,7 +12,8 @@ inbound, one entry per backend:
     backends[].file.path                  access_log[i] {name: envoy.access_loggers.file,
                                             typed_config: FileAccessLog {path, log_format}}
     file.format.plain                     log_format.text_format_source.inline_string (a newline appended, as Kuma)
-    file.format.json [{key, value}]       log_format.json_format {key: value, ...}
+    file.format.json [{key, value}]       log_format.json_format {key: value, ...}; as Kuma, `{"key": "value"}`
+                                          written as it stands must be a valid JSON object
     file.format.omitEmptyValues           log_format.omit_empty_values
 
 Defaults: without `format`, Kuma's default line for the protocol (HTTP_FORMAT or TCP_FORMAT below). Kuma's own
@@ -38,6 +39,7 @@ list's (a list is set whole by one policy). Placeholders are kept as written and
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -191,10 +193,21 @@ def _parse_format(fmt: ConfReader) -> Format | None:
             if not value.value:
                 field.fail("must not be empty", "value")
             _placeholders(field, value.value, "value")
+        if key is not None and value is not None and not _json_object(key.value, value.value):
+            # Kuma's rule: the pair, written into a JSON object as it stands (no escaping), must be valid JSON.
+            field.fail(f"is not a valid JSON object: {{\"{key.value}\": \"{value.value}\"}}")
         return None if key is None or value is None else JsonField(key.value, value.value)
 
     fields = fmt.entries("json", json_field, not_a_mapping="must be a mapping with `key` and `value`")
     return None if fields is None else Format(None, fields.value, omit_empty_values)
+
+
+def _json_object(key: str, value: str) -> bool:
+    try:
+        json.loads(f'{{"{key}": "{value}"}}')
+    except ValueError:
+        return False
+    return True
 
 
 def _placeholders(at: ConfReader, text: str, key: str) -> None:

@@ -46,9 +46,8 @@ ejection time (30s) and max ejection percent (10%).
 Validation (as Kuma, where the seed is silent): a `default` has connectionPool or outlierDetection; limits and
 detector counts are greater than zero; percentages (maxEjectionPercent, failurePercentage.threshold,
 healthyPanicThreshold) are 0-100; interval and baseEjectionTime are greater than zero; standardDeviationFactor is a
-number (or a decimal string) greater than zero; `detectors`, when written, names at least one detector, and a nested
-detector has `consecutive`. Unlike Kuma, `detectors` may be left out of one item, so that a more specific policy can
-change only, say, the interval.
+number (or a decimal string) greater than zero; an outlierDetection has `detectors` (as Kuma; the seed is silent),
+which names at least one detector, and a nested detector has `consecutive`.
 
 One `parse(reader)` reads a `default` (both spellings, for `validate`) and a merged conf (normalised) alike, into
 the frozen `Conf` dataclasses; rendering reads those, with the policies that set each value, never the raw dict.
@@ -222,3 +221,8 @@ def _uint(conf: ConfReader, key: str, *, minimum: int = 0, maximum: int = UINT32
 
 def validate(default: Json, path: PathKey, check: FieldCheck, section: str) -> None:
     parse(ConfReader(default, path, check))
+    outlier = default.get("outlierDetection")
+    if isinstance(outlier, dict) and "detectors" not in outlier:
+        # As Kuma: an outlier detection says what ejects a host; the seed is silent here.
+        check.fail(path + ("outlierDetection", "detectors"), "must be defined (an outlier detection names the "
+                   "detectors that eject a host: one of " + ", ".join(_DETECTORS) + ")")

@@ -19,6 +19,7 @@ Envoy fields, on the destination's cluster (proto field names):
           requestHeadersToAdd {add, set}}     request_headers_to_add (APPEND_IF_EXISTS_OR_ADD / OVERWRITE_...)}
     tcp {send, receive}                   health_checks[0].tcp_health_check {send, receive} (hex payloads)
     grpc {serviceName, authority}         health_checks[0].grpc_health_check {service_name, authority}
+                                          (an empty authority is unset, as Kuma: Envoy sends the cluster's name)
     healthyPanicThreshold                 common_lb_config.healthy_panic_threshold.value
     failTrafficOnPanic                    common_lb_config.zone_aware_lb_config.fail_traffic_on_panic
 
@@ -246,8 +247,7 @@ def _parse_grpc(grpc: ConfReader) -> GrpcCheck:
     service_name = grpc.text("serviceName")
     authority = grpc.text("authority")
     if authority is not None and not authority.value.strip():
-        grpc.fail("must not be empty", "authority")
-        authority = None
+        authority = None  # as Kuma: an empty authority is unset, and Envoy then sends the cluster's name
     return GrpcCheck(disabled, service_name, authority)
 
 

@@ -35,7 +35,8 @@ at least 1; retryOn items are the documented conditions or HTTP status codes; ba
 are greater than zero and maxInterval is not below baseInterval (25ms when not given; in each item: two items
 may still merge to a backOff Envoy refuses, which is rendered as it is); rateLimitedBackOff has
 resetHeaders, each with a name and a format (Seconds or UnixTimestamp); OmitHostsWithTags needs tags,
-OmitPreviousPriorities an updateFrequency above zero and appears once.
+OmitPreviousPriorities an updateFrequency above zero and appears once; a `to` item may not select a MeshSubset or
+MeshServiceSubset (validate/policy_rules.py).
 """
 
 from __future__ import annotations
