@@ -15,9 +15,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from meshplan.match.matcher import Merged, rule_for
+from meshplan.match.matcher import Contribution, FromRule, Merged, rule_for
 from meshplan.match.result import ProxyMatch
 from meshplan.model import SERVICE_TAG, Dataplane, Desired, Inbound, ZoneEgress
+from meshplan.policies import RULES
 
 ASPECTS = {
     "MeshTrafficPermission": "permission", "MeshTimeout": "timeout", "MeshRetry": "retry",
@@ -83,12 +84,48 @@ def facts(desired: Desired, match: ProxyMatch, proxy: Dataplane | ZoneEgress) ->
             label, mesh = target.name, target.mesh
         clients = desired.services(mesh) if inbound.from_ else []
         for from_kind in inbound.from_:
+            written = _permission_rules(from_kind.kind, list(from_kind.rules))
             for service in clients:
+                if written:
+                    action, origins = _rules_decide(written, f"spiffe://{mesh}/{service}")
+                    _add(found, Fact(service, label, ASPECTS.get(from_kind.kind, from_kind.kind), {"action": action},
+                                     origins))
+                    continue
                 rule = rule_for(list(from_kind.rules), {SERVICE_TAG: service})
                 if rule is not None and not rule.merged.empty:
                     _add(found, Fact(service, label, ASPECTS.get(from_kind.kind, from_kind.kind), rule.merged.conf,
                                      _origins(rule.merged)))
     return tuple(found[key] for key in sorted(found))
+
+
+def _permission_rules(kind: str, rules: list[FromRule]) -> list[Contribution]:
+    """A MeshTrafficPermission's top-level `rules` items on an inbound, once each (they decide alone, as in Kuma)."""
+    if kind != "MeshTrafficPermission":
+        return []
+    out: dict[tuple[str, int], Contribution] = {}
+    for rule in rules:
+        for c in rule.merged.contributions:
+            if c.item.written_as == RULES:
+                out.setdefault((c.policy.name, c.item.index), c)
+    return list(out.values())
+
+
+def _rules_decide(written: list[Contribution], san: str) -> tuple[str, tuple[str, ...]]:
+    """What the RBAC of traffic_permission/envoy.py decides for a client with this URI SAN: any deny match denies,
+    else any allow (or allowWithShadowDeny) match allows, else denied; with the rules that decided it."""
+
+    def hits(key: str) -> list[Contribution]:
+        return [c for c in written for m in c.item.default.get(key) or []
+                if (san == m["spiffeID"]["value"] if m["spiffeID"]["type"] == "Exact"
+                    else san.startswith(m["spiffeID"]["value"]))]
+
+    for key, action in (("deny", "Deny"), ("allowWithShadowDeny", "AllowWithShadowDeny"), ("allow", "Allow")):
+        found = hits(key)
+        if found:
+            if key == "allowWithShadowDeny" and hits("allow"):
+                action = "Allow"
+            return action, tuple(sorted({str(c.origin()) for c in found}))
+    return "Deny", tuple(sorted({str(c.origin()) for c in written}))
 
 
 def changes(before: Iterable[Fact], after: Iterable[Fact]) -> list[Change]:
