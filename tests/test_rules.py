@@ -17,6 +17,7 @@ import yaml
 from conftest import Loopback
 
 from meshplan.match.explain import explain_proxy, render_text
+from meshplan.match.unused import warnings
 from meshplan.render.proxies import render_all
 from meshplan.validate.resources import load_and_parse
 from tests.builders import (
@@ -319,3 +320,18 @@ def test_permission_rules_deny_and_allow_real_traffic(running_rules: MeshFiles, 
     assert (denied.status_code, denied.text) == (403, "RBAC: access denied")
     allowed = http.get(running_rules.url("admin", "backend", "/status/200"))
     assert allowed.status_code == 200 and allowed.json()["service"] == "backend"
+
+
+def test_a_from_permission_beside_rules_is_warned_about_not_ignored(tmp_path: Path) -> None:
+    files = rules_mesh(tmp_path, FixedAddresses())
+    files.write({"more.yaml": "type: MeshTrafficPermission\nmesh: default\nname: old-style\nspec:\n  targetRef: {kind: Mesh}\n"
+                 "  from:\n    - targetRef: {kind: MeshService, name: web}\n      default: {action: Allow}\n"})
+    found = warnings(files.load())
+    assert [w.removeprefix(f"{tmp_path}/") for w in found] == [
+        "more.yaml:6: MeshTrafficPermission/old-style: takes no part on dataplane 'backend-1' inbound :"
+        + files.inbound["backend-1"].rpartition(":")[2] + ": MeshTrafficPermission/backend-callers selects it with "
+        "top-level `rules`, and then, as in Kuma, only `rules` decide who may connect"]
+    # and indeed: web stays denied
+    facts = {(f["client"], f["destination"]): f["value"] for f in files.proxies()["backend-1"].behaviour
+             if f["aspect"] == "permission"}
+    assert facts[("web", "backend")] == {"action": "Deny"}
