@@ -301,8 +301,9 @@ def test_permission_rules_render_kumas_rbac(tmp_path: Path) -> None:
         ]}}]}}}
     assert "shadow_rules" not in rbac
     origins = [who for paths in backend.origins["listener"].values() for who in paths.values()]
-    assert any(w.startswith("MeshTrafficPermission/backend-callers (") and "policies.yaml:9)" in w
-               for who in origins for w in who), origins
+    written = sorted(w.split("policies.yaml:")[1][:3] for who in origins for w in who
+                     if w.startswith("MeshTrafficPermission/backend-callers ("))
+    assert written == ["10)", "12)"], origins  # the deny and allow lists, each at its line
     # The plan's meaning per client: web denied, admin allowed.
     facts = {(f["client"], f["destination"]): f["value"] for f in backend.behaviour if f["aspect"] == "permission"}
     assert facts == {("admin", "backend"): {"action": "Allow"}, ("backend", "backend"): {"action": "Allow"},

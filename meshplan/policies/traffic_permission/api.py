@@ -34,6 +34,12 @@ principal being that rule's clients minus those an earlier (more specific) allow
 Deny, `rules.action: ALLOW` lists the allowing rules the same way. Policies are named `<action> <clients>`
 (`Deny MeshService:web`); every `permissions` is `any: true`.
 
+Top-level `rules` (Kuma 2.12+): `rules[].default` holds `deny` / `allow` / `allowWithShadowDeny` lists of
+`spiffeID: {type: Exact|Prefix, value}` matches (`validate_rule`). Where a `rules`-form permission selects an
+inbound, its RBAC is built from the rules alone, as Kuma's RBAC for inbound rules: any deny match denies, else any
+allow / allowWithShadowDeny match allows, else denied (envoy._permit_rules; `principal_name` exact or prefix on the
+certificate's URI SAN, `spiffe://<mesh>/<service>`).
+
 The conf: `parse` (policies/conf.py) is the one reader of `action`, for an item's `default` (validate) and for what
 a rule's items merged to (render, which reads each rule's `Conf` with its origins, never the raw dict).
 """

@@ -26,6 +26,7 @@ from meshplan.policies.traffic_permission.api import (
     ALLOW_WITH_SHADOW_DENY,
     DENY,
     KIND,
+    RULE_LISTS,
     _merged_conf,
     rule_principal,
 )
@@ -61,7 +62,8 @@ def _permit_rules(build: ProxyBuild, point: InboundPoint, written: list[Contribu
         if key not in seen:
             seen.add(key)
             unique.append(c)
-    origins = sorted({str(c.origin()) for c in unique})
+    # Each list at its own line, as explain shows the merged fields.
+    origins = sorted({str(c.origin((key,))) for c in unique for key in RULE_LISTS if key in c.item.default})
     config: Json = {"@type": HTTP_RBAC}
     manager = hcm(point.chain)
     if manager is None:
