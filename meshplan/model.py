@@ -142,6 +142,9 @@ class PolicyItem:
     target_ref: TargetRef
     default: dict[str, Any]
     index: int
+    # The section as written when it is not the one the item acts as: "rules" for a top-level `rules[i]` (Kuma 2.12+),
+    # which meshplan reads as a `from` item of kind Mesh. Origins and `explain` name `rules[i]`.
+    written_as: str = ""
 
 
 @dataclass(frozen=True)

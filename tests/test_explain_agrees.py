@@ -43,7 +43,7 @@ ROOT = Path(__file__).parent.parent
 DEMO = ROOT / "examples" / "demo"
 
 _LINE = re.compile(r":\d+\)$")
-_POLICY = re.compile(r"^(\S+/\S+)(?: \S+\[\d+\])? \((.*)\)$")
+_POLICY = re.compile(r"^(\S+/\S+)(?: \S+\[\d+\])? \((.*?)\)(?: \[[^]]*\])?$")  # an optional selector: [targetRef ...]
 
 
 def policy_of(origin: str) -> str:

@@ -306,23 +306,6 @@ def test_a_mesh_service_by_its_display_name_label_is_that_service(tmp_path: Path
     assert render_all(desired) == render_all(load_and_parse(tmp_path / "b"))
 
 
-@pytest.mark.parametrize("kind", ["MeshTimeout", "MeshTrafficPermission", "MeshRateLimit"])
-def test_top_level_rules_are_refused_with_what_to_write_instead(tmp_path: Path, kind: str) -> None:
-    write(tmp_path, f"""\
-        type: {kind}
-        mesh: default
-        name: r
-        spec:
-          targetRef: {{kind: Dataplane, name: web-1}}
-          rules:
-            - default: {{}}
-        """)
-    assert violations(tmp_path) == [
-        "policies.yaml:6: spec.rules: top-level `rules` (Kuma 2.12+) is not implemented by meshplan (it would be "
-        "ignored): write the inbound policy with `from` items; `from: [{targetRef: {kind: Mesh}, default: ...}]` "
-        "applies to every client, as a rule without `matches` does"]
-
-
 def test_two_inbounds_answering_to_one_section_name_are_refused(tmp_path: Path) -> None:
     (tmp_path / "dp.yaml").write_text(DATAPLANES.split("---")[0].replace("    - port: 20004", "    - name: main\n      port: 20004"))
     found = violations(tmp_path)

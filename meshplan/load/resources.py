@@ -37,6 +37,7 @@ class RawResource:
     source: Source  # the document's first line
     lines: dict[PathKey, int] = field(compare=False, repr=False)
     labels: dict[str, Any] = field(default_factory=dict)  # Kubernetes form: `metadata.labels` as written
+    namespace: Any = None  # Kubernetes form: `metadata.namespace` as written (policy_rules decides what it means)
 
     def at(self, path: PathKey) -> Source:
         """The source of a field path inside `body`, or of its nearest written ancestor."""
@@ -171,7 +172,8 @@ def _kubernetes(
     if not isinstance(body, dict):
         problems.append(Violation(at(("spec",)), "spec", f"must be a mapping, got {_type_name(body)}"))
         body = {}
-    return RawResource(kind, mesh, name, "kubernetes", body, ("spec",), start, lines, resource_labels), problems
+    namespace = metadata.get("namespace") if isinstance(metadata, dict) else None
+    return RawResource(kind, mesh, name, "kubernetes", body, ("spec",), start, lines, resource_labels, namespace), problems
 
 
 def _unknown(obj: dict[str, Any], path: PathKey, known: tuple[str, ...], at: Any) -> list[Violation]:

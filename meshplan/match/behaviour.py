@@ -17,9 +17,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from meshplan.match.matcher import KIND_ORDER, Merged, rule_for, selects
+from meshplan.match.matcher import KIND_ORDER, Contribution, FromRule, Merged, rule_for, selects
 from meshplan.match.result import ProxyMatch
 from meshplan.model import SERVICE_TAG, Dataplane, Desired, Inbound, Policy, ZoneEgress
+from meshplan.policies import RULES
 
 ASPECTS = {
     "MeshTrafficPermission": "permission", "MeshTimeout": "timeout", "MeshRetry": "retry",
@@ -87,7 +88,13 @@ def facts(desired: Desired, match: ProxyMatch, proxy: Dataplane | ZoneEgress) ->
             label, mesh = target.name, target.mesh
         clients = _client_tags(desired, mesh) if inbound.from_ else {}
         for from_kind in inbound.from_:
+            written = _permission_rules(from_kind.kind, list(from_kind.rules))
             for service, tag_sets in clients.items():
+                if written:
+                    action, origins = _rules_decide(written, f"spiffe://{mesh}/{service}")
+                    _add(found, Fact(service, label, ASPECTS.get(from_kind.kind, from_kind.kind), {"action": action},
+                                     origins))
+                    continue
                 picked = []
                 for tags in tag_sets:
                     rule = rule_for(list(from_kind.rules), tags)
@@ -142,6 +149,36 @@ def proxy_patches(desired: Desired, proxy: Dataplane) -> list[Policy]:
     found = [p for p in desired.policies if p.kind == "MeshProxyPatch" and selects(p, proxy)]
     by_name = sorted(found, key=lambda p: p.name, reverse=True)  # as every merge: the smallest name goes last
     return sorted(by_name, key=lambda p: rank.get(p.target_ref.kind, len(rank)))
+
+
+def _permission_rules(kind: str, rules: list[FromRule]) -> list[Contribution]:
+    """A MeshTrafficPermission's top-level `rules` items on an inbound, once each (they decide alone, as in Kuma)."""
+    if kind != "MeshTrafficPermission":
+        return []
+    out: dict[tuple[str, int], Contribution] = {}
+    for rule in rules:
+        for c in rule.merged.contributions:
+            if c.item.written_as == RULES:
+                out.setdefault((c.policy.name, c.item.index), c)
+    return list(out.values())
+
+
+def _rules_decide(written: list[Contribution], san: str) -> tuple[str, tuple[str, ...]]:
+    """What the RBAC of traffic_permission/envoy.py decides for a client with this URI SAN: any deny match denies,
+    else any allow (or allowWithShadowDeny) match allows, else denied; with the rules that decided it."""
+
+    def hits(key: str) -> list[Contribution]:
+        return [c for c in written for m in c.item.default.get(key) or []
+                if (san == m["spiffeID"]["value"] if m["spiffeID"]["type"] == "Exact"
+                    else san.startswith(m["spiffeID"]["value"]))]
+
+    for key, action in (("deny", "Deny"), ("allowWithShadowDeny", "AllowWithShadowDeny"), ("allow", "Allow")):
+        found = hits(key)
+        if found:
+            if key == "allowWithShadowDeny" and hits("allow"):
+                action = "Allow"
+            return action, tuple(sorted({str(c.origin()) for c in found}))
+    return "Deny", tuple(sorted({str(c.origin()) for c in written}))
 
 
 def changes(before: Iterable[Fact], after: Iterable[Fact]) -> list[Change]:

@@ -104,19 +104,24 @@ class Contribution:
     section: str  # TO | FROM
 
     @property
+    def written_section(self) -> str:
+        """The section as written: `to`, `from`, or `rules` for a top-level rule (which acts as a `from` item)."""
+        return self.item.written_as or self.section
+
+    @property
     def path(self) -> str:
-        """The item as written: `spec.to[0]` (for a single-item kind, the policy's spec itself)."""
+        """The item as written: `spec.to[0]`, `spec.rules[1]` (for a single-item kind, the policy's spec itself)."""
         if self.section == SINGLE:
             return self.policy.spec_path
         prefix = f"{self.policy.spec_path}." if self.policy.spec_path else ""
-        return f"{prefix}{self.section}[{self.item.index}]"
+        return f"{prefix}{self.written_section}[{self.item.index}]"
 
     @property
     def payload_path(self) -> str:
         # Route kinds carry `rules` in the item itself; every other kind has a `default` block.
         if self.section == SINGLE:
             return f"{self.policy.spec_path}.default" if self.policy.spec_path else "default"
-        raw = self.policy.spec.get(self.section)
+        raw = self.policy.spec.get(self.written_section)
         if isinstance(raw, list) and self.item.index < len(raw):
             written = raw[self.item.index]
             if isinstance(written, dict) and "default" not in written:
@@ -145,7 +150,7 @@ class Contribution:
 
     def __str__(self) -> str:
         shown = selector(self.policy.target_ref)
-        return (f"{self.policy.kind}/{self.policy.name} {self.section}[{self.item.index}] ({self.source})"
+        return (f"{self.policy.kind}/{self.policy.name} {self.written_section}[{self.item.index}] ({self.source})"
                 + (f" [{shown}]" if shown else ""))
 
 

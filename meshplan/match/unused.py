@@ -8,7 +8,7 @@ import difflib
 from collections.abc import Iterable
 
 from meshplan.errors import Source
-from meshplan.match.matcher import selects
+from meshplan.match.matcher import selects, why_not_from
 from meshplan.model import (
     Dataplane,
     Desired,
@@ -16,6 +16,7 @@ from meshplan.model import (
     TargetRef,
     ZoneEgress,
 )
+from meshplan.policies import RULES
 
 # targetRef kinds whose `name` is a service (kuma.io/service of some inbound), a Dataplane, or an external service
 SERVICE_KINDS = ("MeshService", "MeshServiceSubset")
@@ -39,8 +40,30 @@ def warnings(desired: Desired) -> list[str]:
                 miss = _name_miss(item.target_ref, set(desired.services(policy.mesh)), dataplanes, externals)
                 if miss is not None:
                     found.append((_line(policy, f"{section}[{item.index}].targetRef.name"), f"{label}: {miss}"))
+    found += _permissions_set_aside(desired)
     found.sort(key=lambda pair: (pair[0].file, pair[0].line))
     return [f"{source}: {message}" for source, message in found]
+
+
+def _permissions_set_aside(desired: Desired) -> list[tuple[Source, str]]:
+    """A `from`-form MeshTrafficPermission on an inbound that a `rules`-form one also selects takes no part there: as
+    in Kuma, the inbound's RBAC is built from the rules alone (traffic_permission/envoy.py)."""
+    out: list[tuple[Source, str]] = []
+    permissions = [p for p in desired.policies if p.kind == "MeshTrafficPermission"]
+    with_rules = [p for p in permissions if any(i.written_as == RULES for i in p.from_)]
+    if not with_rules:
+        return out
+    for dp in desired.dataplanes:
+        for inbound in dp.inbounds:
+            ruled = [p for p in with_rules if why_not_from(p, dp, inbound) is None]
+            if not ruled:
+                continue
+            for policy in permissions:
+                if policy not in with_rules and why_not_from(policy, dp, inbound) is None:
+                    out.append((_line(policy, "from"), f"{policy.kind}/{policy.name}: takes no part on dataplane "
+                                f"{dp.name!r} inbound :{inbound.port}: {ruled[0].kind}/{ruled[0].name} selects it with "
+                                "top-level `rules`, and then, as in Kuma, only `rules` decide who may connect"))
+    return out
 
 
 def _name_miss(ref: TargetRef, services: set[str], dataplanes: set[str], externals: set[str]) -> str | None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 TO = "to"
 FROM = "from"
 SINGLE = "single"  # a policy with one top-level `default`, no to/from
+RULES = "rules"  # Kuma 2.12+'s top-level inbound `rules`: read as `from` items of kind Mesh (PolicyItem.written_as)
 
 EGRESS_TO = 'Egress (to + proxyType: ["egress"])'
 EGRESS_FROM = 'Egress (kind: MeshExternalService, from, proxyType: ["egress"])'

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from meshplan.errors import Source, Violation
 from meshplan.load.resources import PathKey, RawResource, format_path
 from meshplan.model import EGRESS, GATEWAY, SIDECAR, Policy, PolicyItem, TargetRef
-from meshplan.policies import FROM, ROUTE_KINDS, SINGLE, TO
+from meshplan.policies import FROM, ROUTE_KINDS, RULES, SINGLE, TO
 from meshplan.policies.registry import BY_KIND, KINDS
 from meshplan.validate.check import FieldCheck
 
@@ -18,6 +19,10 @@ DISPLAY_NAME = "kuma.io/display-name"
 # The kinds with a top-level `rules` list for inbound traffic in Kuma v2.14.3 (each api/v1alpha1 Spec's `Rules`).
 TOP_LEVEL_RULES = ("MeshTimeout", "MeshFaultInjection", "MeshRateLimit", "MeshTrafficPermission", "MeshAccessLog",
                    "MeshCircuitBreaker")
+# Of those, the kinds whose `rules[i].default` is the same conf as a `from` item's: meshplan reads a rule as a `from`
+# item of kind Mesh (all inbound traffic of the selected inbounds), as Kuma's inbound rules do for a rule without
+# `matches`. Kuma also forbids `to` beside `rules` in all of them but MeshFaultInjection (which has no `to` here).
+RULES_AS_FROM = ("MeshTimeout", "MeshFaultInjection", "MeshRateLimit", "MeshAccessLog")
 TARGET_KINDS = ("Mesh", "MeshSubset", "MeshService", "MeshServiceSubset", "Dataplane", "MeshExternalService")
 
 # Kinds a `to` item may not select, per policy kind (as Kuma v2.14.3's validators): a subset of a service's
@@ -99,6 +104,11 @@ def target_ref(check: FieldCheck, obj: dict[str, Any], path: PathKey, *, top: bo
         if not top:
             check.fail(rp + (key,), "proxyType is only allowed on the top-level targetRef")
             continue
+        if kind == "Dataplane" and ref.get(key):
+            # Kuma: "must not be set with kind Dataplane" (a Dataplane targetRef selects sidecars by what they are).
+            check.fail(rp + (key,), "must not be set with kind Dataplane (as Kuma: a Dataplane targetRef selects "
+                       "dataplanes, never the egress or a gateway); remove it")
+            continue
         values = check.field(ref, rp, key, list, default=[])
         for i, value in enumerate(values):
             if not isinstance(value, str) or value.lower() not in PROXY_TYPES:
@@ -128,11 +138,34 @@ def _service_by_display_name(check: FieldCheck, ref: dict[str, Any], rp: PathKey
     return labels[DISPLAY_NAME]
 
 
+SYSTEM_NAMESPACE = "kuma-system"  # Kuma's default system namespace: a policy there applies to the whole mesh
+
+
+def _check_namespace(check: FieldCheck, res: RawResource) -> None:
+    """A Kubernetes policy's `metadata.namespace`. In Kuma a policy in the system namespace (kuma-system) applies to
+    the whole mesh; one in any other namespace applies only to dataplanes of that namespace (and, as a producer
+    policy, to clients of that namespace's services). meshplan's dataplanes have no namespace, so a policy in another
+    namespace cannot be scoped as Kuma scopes it: it is refused rather than applied mesh-wide."""
+    if res.namespace is None:
+        return
+    at = Source(res.source.file, res.lines.get(("metadata", "namespace"), res.source.line))
+    if not isinstance(res.namespace, str):
+        check.out.append(Violation(at, "metadata.namespace", "must be a string"))
+    elif res.namespace != SYSTEM_NAMESPACE:
+        check.out.append(Violation(at, "metadata.namespace", f"not supported by meshplan (it would be ignored): in Kuma "
+                                   f"a policy in namespace {res.namespace!r} applies only to the dataplanes of that "
+                                   f"namespace, and meshplan's dataplanes have no namespace; put the policy in "
+                                   f"{SYSTEM_NAMESPACE} (the whole mesh, as Kuma) or omit the namespace"))
+
+
 def parse_policy(check: FieldCheck, res: RawResource, mesh: str) -> Policy | None:
     before = len(check.out)
+    _check_namespace(check, res)
     kind = KINDS[res.kind]
     body = res.body
-    top = target_ref(check, body, (), top=True, inbound_policy=FROM in kind.sections and bool(body.get(FROM)))
+    has_rules = res.kind in TOP_LEVEL_RULES and bool(body.get(RULES))
+    top = target_ref(check, body, (), top=True,
+                     inbound_policy=(FROM in kind.sections and bool(body.get(FROM))) or has_rules)
     known = ["targetRef"] + [s for s in (TO, FROM) if s in kind.sections] + (["default"] if SINGLE in kind.sections else [])
     if res.kind == "MeshHTTPRoute" or res.kind == "MeshTCPRoute":
         known.append("rules")
@@ -141,15 +174,14 @@ def parse_policy(check: FieldCheck, res: RawResource, mesh: str) -> Policy | Non
             only = " and ".join(f"`{s}`" for s in sorted(kind.sections & {TO, FROM})) or "a single `default`"
             why = " (the seeds make it outbound-only)" if res.kind in ("MeshCircuitBreaker", "MeshRetry") else ""
             check.fail((section,), f"{res.kind} does not support `{section}`: use {only}{why}")
-    if "rules" in body and res.kind in TOP_LEVEL_RULES:
-        check.fail(("rules",), "top-level `rules` (Kuma 2.12+) is not implemented by meshplan (it would be ignored): "
-                   "write the inbound policy with `from` items; `from: [{targetRef: {kind: Mesh}, default: ...}]` "
-                   "applies to every client, as a rule without `matches` does")
-    check.unknown({k: v for k, v in body.items() if not (k == "rules" and res.kind in TOP_LEVEL_RULES)}, (),
+    check.unknown({k: v for k, v in body.items() if not (k == RULES and res.kind in TOP_LEVEL_RULES)}, (),
                   tuple(known + [s for s in (TO, FROM) if s not in known]))
     items: dict[str, list[PolicyItem]] = {TO: [], FROM: []}
-    sections = [s for s in (TO, FROM) if s in kind.sections]
-    if sections and SINGLE not in kind.sections and res.kind not in ROUTE_KINDS and not any(body.get(s) for s in (TO, FROM)):
+    if RULES in body and res.kind in TOP_LEVEL_RULES:
+        items[FROM].extend(_top_level_rules(check, res, body, mesh))
+    sections = [s for s in (TO, FROM) if s in kind.sections] + ([RULES] if res.kind in TOP_LEVEL_RULES else [])
+    if (sections and SINGLE not in kind.sections and res.kind not in ROUTE_KINDS
+            and not any(body.get(s) for s in sections) and not any(s in body for s in (TO, FROM) if s not in sections)):
         # (a section the kind lacks is reported above, on its own; a route with no `to` is valid in Kuma: it routes
         # nothing)
         # As Kuma: a policy that configures nothing is a mistake, not a no-op.
@@ -197,6 +229,90 @@ def parse_policy(check: FieldCheck, res: RawResource, mesh: str) -> Policy | Non
     lines = {format_path(k): v for k, v in res.lines.items()}
     return Policy(res.kind, res.name, mesh, top, tuple(items[TO]), tuple(items[FROM]), body, res.source,
                   format_path(res.body_path), lines)
+
+
+def _top_level_rules(check: FieldCheck, res: RawResource, body: dict[str, Any], mesh: str) -> list[PolicyItem]:
+    """Kuma 2.12+'s top-level `rules` (inbound policies), checked as Kuma's validators check them (same field paths),
+    each rule read as a `from` item of kind Mesh: all inbound traffic of the selected inbounds. Rules merge in the
+    order written, after the policies ordered before this one and before those ordered after it, as Kuma's inbound
+    rules merge a policy's rules (`written_as` keeps `rules[i]` for origins)."""
+    rules = check.field(body, (), RULES, list, default=[])
+    if res.kind == "MeshCircuitBreaker":
+        check.fail((RULES,), "MeshCircuitBreaker does not support `rules`: they configure inbounds, and the seeds make "
+                   "MeshCircuitBreaker outbound-only; use `to`")
+        return []
+    if rules and (body.get(TO) or body.get(FROM)):
+        check.fail((), "field 'from' must be empty when 'rules' is defined"
+                   if res.kind in ("MeshFaultInjection", "MeshTrafficPermission")
+                   else "fields 'to' and 'from' must be empty when 'rules' is defined")
+    if res.kind == "MeshRateLimit" and rules and _includes_gateways(body.get("targetRef")):
+        check.fail((RULES,), "must not be defined: the top-level targetRef (kind Mesh or MeshSubset without proxyTypes "
+                   "excluding Gateway) includes gateways, as Kuma refuses; set proxyTypes: [Sidecar] or select "
+                   "kind Dataplane")
+        return []
+    module = BY_KIND.get(res.kind)
+    items = []
+    for i, rule in enumerate(rules):
+        path: PathKey = (RULES, i)
+        if not isinstance(rule, dict):
+            check.fail(path, "must be a mapping")
+            continue
+        if res.kind == "MeshTrafficPermission":
+            # Its rules have no `matches`: their `default` lists the clients, by SPIFFE ID.
+            check.unknown(rule, path, ("default",))
+            payload = check.field(rule, path, "default", dict, required=True, default={})
+            if module is not None and isinstance(payload, dict):
+                module.validate(payload, path + ("default",), check, RULES)
+            items.append(PolicyItem(TargetRef("Mesh"), payload, i, RULES))
+            continue
+        check.unknown(rule, path, ("matches", "default"))
+        matches = check.field(rule, path, "matches", list, default=[])
+        _check_matches(check, res.kind, path, matches)
+        payload = check.field(rule, path, "default", dict, required=True, default={})
+        if module is not None and isinstance(payload, dict):
+            module.validate(payload, path + ("default",), check, FROM)
+        items.append(PolicyItem(TargetRef("Mesh"), payload, i, RULES))
+    return items
+
+
+def _check_matches(check: FieldCheck, kind: str, path: PathKey, matches: list[Any]) -> None:
+    """A rule's `matches` as Kuma checks them (spiffeID or sni; spiffeID `type` Exact or Prefix), then refused: a
+    matched rule applies to some clients only, by the SPIFFE ID (or SNI) of their certificate, and meshplan does not
+    yet render an inbound conf conditioned on one (a rule without `matches` applies to every client)."""
+    for j, match in enumerate(matches):
+        mp = path + ("matches", j)
+        if not isinstance(match, dict):
+            check.fail(mp, "must be a mapping")
+            continue
+        check.unknown(match, mp, ("spiffeID", "sni"))
+        if "spiffeID" not in match and "sni" not in match:
+            check.fail(mp, "must specify at least one of 'spiffeID' or 'sni'")
+            continue
+        spiffe = match.get("spiffeID")
+        if isinstance(spiffe, dict):
+            check.unknown(spiffe, mp + ("spiffeID",), ("type", "value"))
+            kind_of = spiffe.get("type")
+            if kind_of in (None, ""):
+                check.fail(mp + ("spiffeID", "type"), "must be set")
+            elif kind_of not in ("Exact", "Prefix"):
+                check.fail(mp + ("spiffeID", "type"), f"unrecognized type {kind_of!r}, supported values are: Exact, Prefix")
+            check.field(spiffe, mp + ("spiffeID",), "value", str, required=True)
+        elif "spiffeID" in match:
+            check.fail(mp + ("spiffeID",), "must be a mapping")
+    if matches:
+        check.fail(path + ("matches",), f"not implemented by meshplan (it would be ignored): a rule with `matches` "
+                   f"applies only to clients whose certificate SPIFFE ID (or SNI) matches, and meshplan's {kind} "
+                   "inbound conf is not conditioned on one yet; drop `matches` to apply the rule to every client")
+
+
+def _includes_gateways(ref: Any) -> bool:
+    """Kuma's IncludesGateways for a top-level targetRef as written: kind Mesh or MeshSubset with no proxyTypes, or
+    with Gateway among them."""
+    if not isinstance(ref, dict):
+        return True  # no targetRef: kind Mesh, every proxy type
+    types = ref.get("proxyTypes", ref.get("proxyType")) or []
+    named = {t.lower() for t in types if isinstance(t, str)} if isinstance(types, list) else set()
+    return ref.get("kind") in ("Mesh", "MeshSubset") and (not named or GATEWAY in named)
 
 
 def check_placement(check: FieldCheck, kind_name: str, top: TargetRef, to: list[PolicyItem], from_: list[PolicyItem],

@@ -34,17 +34,24 @@ principal being that rule's clients minus those an earlier (more specific) allow
 Deny, `rules.action: ALLOW` lists the allowing rules the same way. Policies are named `<action> <clients>`
 (`Deny MeshService:web`); every `permissions` is `any: true`.
 
+Top-level `rules` (Kuma 2.12+): `rules[].default` holds `deny` / `allow` / `allowWithShadowDeny` lists of
+`spiffeID: {type: Exact|Prefix, value}` matches (`validate_rule`). Where a `rules`-form permission selects an
+inbound, its RBAC is built from the rules alone, as Kuma's RBAC for inbound rules: any deny match denies, else any
+allow / allowWithShadowDeny match allows, else denied (envoy._permit_rules; `principal_name` exact or prefix on the
+certificate's URI SAN, `spiffe://<mesh>/<service>`).
+
 The conf: `parse` (policies/conf.py) is the one reader of `action`, for an item's `default` (validate) and for what
 a rule's items merged to (render, which reads each rule's `Conf` with its origins, never the raw dict).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from meshplan.load.resources import PathKey
 from meshplan.match.matcher import FromRule
-from meshplan.policies import EGRESS_FROM, FROM, placement_row
+from meshplan.policies import EGRESS_FROM, FROM, RULES, placement_row
 from meshplan.policies.base import Json
 from meshplan.policies.conf import ConfReader, Setting
 from meshplan.validate.check import FieldCheck
@@ -83,4 +90,68 @@ def _merged_conf(rule: FromRule) -> Conf:
 
 
 def validate(default: Json, path: PathKey, check: FieldCheck, section: str) -> None:
+    if section == RULES:  # a top-level rule's `default`: SPIFFE ID lists, not an action
+        validate_rule(default, path, check, check.res.mesh or "default")
+        return
     parse(ConfReader(default, path, check))
+
+
+# --- top-level `rules` (Kuma 2.12+) ------------------------------------------------------------------------------
+
+RULE_LISTS = ("deny", "allow", "allowWithShadowDeny")  # Kuma's order of evaluation: any deny first, then any allow
+_SPIFFE = re.compile(r"spiffe://[a-z0-9._-]+(/[A-Za-z0-9._-]+)*")
+
+
+def validate_rule(default: Json, path: PathKey, check: FieldCheck, mesh: str) -> None:
+    """A `rules[i].default` as Kuma's validator checks it (at least one list; each match a valid SPIFFE ID), and
+    refused where meshplan's certificates could never match it: they carry `spiffe://<mesh>/<service>`
+    (xds/pki.py), so an ID of another trust domain (e.g. Kuma's MeshIdentity `spiffe://<td>/ns/<ns>/sa/<sa>`) would
+    silently match no client."""
+    check.unknown(default, path, RULE_LISTS)
+    if not any(default.get(key) for key in RULE_LISTS):
+        check.fail(path[:-1], "at least one of 'allow', 'allowWithShadowDeny', 'deny' has to be defined")
+    ours = f"spiffe://{mesh}/"
+    for key in RULE_LISTS:
+        for j, match in enumerate(check.field(default, path, key, list, default=[])):
+            mp = path + (key, j)
+            if not isinstance(match, dict):
+                check.fail(mp, "must be a mapping")
+                continue
+            check.unknown(match, mp, ("spiffeID", "sni"))
+            if "sni" in match:
+                check.fail(mp + ("sni",), "not supported by meshplan (it would be ignored): an SNI match needs the "
+                           "TLS inspector on the inbound and meshplan's inbounds do not read the client's SNI; match "
+                           "the client by spiffeID")
+            if "spiffeID" not in match:
+                if "sni" not in match:
+                    check.fail(mp, "must specify 'spiffeID'")
+                continue
+            spiffe = check.field(match, mp, "spiffeID", dict, default={})
+            sp = mp + ("spiffeID",)
+            check.unknown(spiffe, sp, ("type", "value"))
+            kind = spiffe.get("type")
+            if kind in (None, ""):
+                check.fail(sp + ("type",), "must be set")
+            elif kind not in ("Exact", "Prefix"):
+                check.fail(sp + ("type",), f"unrecognized type {kind!r}, supported values are: Exact, Prefix")
+            value = check.field(spiffe, sp, "value", str, required=True)
+            if value is None:
+                continue
+            if not _SPIFFE.fullmatch(value):
+                check.fail(sp, f"must be a valid Spiffe ID, got {value!r} (spiffe://<trust domain>/<path>)")
+            elif not (value + "/").startswith(ours) and not (kind == "Prefix" and ours.startswith(value)):
+                check.fail(sp + ("value",), f"matches no client: meshplan's certificates carry "
+                           f"spiffe://{mesh}/<service> (the mesh is the trust domain, as Kuma's mTLS without "
+                           f"MeshIdentity), not {value!r}")
+
+
+def rule_principal(default: Json, keys: tuple[str, ...]) -> list[Json]:
+    """The RBAC principals (envoy.config.rbac.v3.Principal) of a rule's match lists: `principal_name` is checked
+    against each URI SAN of the client's certificate, exactly or by prefix."""
+    out = []
+    for key in keys:
+        for match in default.get(key) or []:
+            spiffe = match["spiffeID"]
+            how = "exact" if spiffe["type"] == "Exact" else "prefix"
+            out.append({"authenticated": {"principal_name": {how: spiffe["value"]}}})
+    return out

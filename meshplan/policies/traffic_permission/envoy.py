@@ -4,8 +4,9 @@ the proxy's resources."""
 from __future__ import annotations
 
 from meshplan.envoy.types import HTTP_RBAC, HTTP_RBAC_NAME, NETWORK_RBAC, NETWORK_RBAC_NAME
-from meshplan.match.matcher import Destination, FromRule
+from meshplan.match.matcher import Contribution, Destination, FromRule
 from meshplan.model import Desired
+from meshplan.policies import RULES
 from meshplan.policies.base import InboundPoint, Json, ProxyBuild, hcm
 from meshplan.policies.clients import (
     NONE,
@@ -20,7 +21,15 @@ from meshplan.policies.clients import (
     stat_scope,
 )
 from meshplan.policies.conf import Setting
-from meshplan.policies.traffic_permission.api import ALLOW, ALLOW_WITH_SHADOW_DENY, DENY, KIND, _merged_conf
+from meshplan.policies.traffic_permission.api import (
+    ALLOW,
+    ALLOW_WITH_SHADOW_DENY,
+    DENY,
+    KIND,
+    RULE_LISTS,
+    _merged_conf,
+    rule_principal,
+)
 
 # --- rendering ------------------------------------------------------------------------------------------------
 
@@ -34,7 +43,51 @@ def apply(build: ProxyBuild) -> None:
         forbidding = isinstance(point.target, Destination) and build.desired.mesh(mesh).forbid_external_by_default
         if not rules and not forbidding:
             continue
+        written = [c for rule in rules for c in rule.merged.contributions if c.item.written_as == RULES]
+        if written:
+            _permit_rules(build, point, written)
+            continue
         _permit(build, point, mesh, rules, DENY if forbidding else ALLOW)
+
+
+def _permit_rules(build: ProxyBuild, point: InboundPoint, written: list[Contribution]) -> None:
+    """Top-level `rules` (Kuma 2.12+), as Kuma's RBAC for inbound rules: a client matching any `deny` of any rule is
+    denied; otherwise one matching any `allow` or `allowWithShadowDeny` is allowed; every other client is denied.
+    Kuma then builds this from the rules only: a `from`-form permission selecting the same inbound takes no part
+    (docs/policies.md). The shadow rules count `allowWithShadowDeny` as denied (stat `rbac.shadow_denied`)."""
+    seen: set[tuple[str, int]] = set()
+    unique = []
+    for c in written:  # the Mesh rule and the more specific ones all hold the same rules items
+        key = (f"{c.policy.kind}/{c.policy.name}", c.item.index)
+        if key not in seen:
+            seen.add(key)
+            unique.append(c)
+    # Each list at its own line, as explain shows the merged fields.
+    origins = sorted({str(c.origin((key,))) for c in unique for key in RULE_LISTS if key in c.item.default})
+    config: Json = {"@type": HTTP_RBAC}
+    manager = hcm(point.chain)
+    if manager is None:
+        config = {"@type": NETWORK_RBAC, "stat_prefix": f"{stat_scope(point.chain, point.listener)}."}
+    build.set(config, "rules", _allowing(unique, ("allow", "allowWithShadowDeny"), ("deny",)), origins)
+    if any(c.item.default.get("allowWithShadowDeny") for c in unique):
+        shadow = _allowing(unique, ("allow",), ("deny", "allowWithShadowDeny"))
+        build.set(config, "shadow_rules", shadow, origins)
+    if manager is not None:
+        manager["http_filters"].insert(0, {"name": HTTP_RBAC_NAME, "typed_config": config})
+    else:
+        point.chain["filters"].insert(0, {"name": NETWORK_RBAC_NAME, "typed_config": config})
+
+
+def _allowing(written: list[Contribution], allow: tuple[str, ...], deny: tuple[str, ...]) -> Json:
+    """An ALLOW RBAC: the clients any rule allows minus those any rule denies; nobody else."""
+    allowed = [p for c in written for p in rule_principal(c.item.default, allow)]
+    denied = [p for c in written for p in rule_principal(c.item.default, deny)]
+    if not allowed:
+        return {"action": "ALLOW", "policies": {}}
+    who: Json = {"or_ids": {"ids": allowed}}
+    if denied:
+        who = {"and_ids": {"ids": [who, {"not_id": {"or_ids": {"ids": denied}}}]}}
+    return {"action": "ALLOW", "policies": {"rules": {"permissions": [{"any": True}], "principals": [who]}}}
 
 
 def _permit(build: ProxyBuild, point: InboundPoint, mesh: str, rules: list[FromRule], default: str) -> None:
