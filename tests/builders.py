@@ -84,8 +84,10 @@ class FixedAddresses:
 # --- desired meshes, written as YAML ---------------------------------------------------------------------------
 
 
-# The mesh `default`, with mTLS from a builtin CA.
-MESH = "type: Mesh\nname: default\nmtls:\n  enabledBackend: ca-1\n  backends:\n    - name: ca-1\n      type: builtin\n"
+# The mesh `default`, with mTLS from a builtin CA, and none of Kuma's initial default policies (a test is about the
+# policies it writes; MESH_WITH_DEFAULTS is the mesh a Kuma user gets).
+MESH_WITH_DEFAULTS = "type: Mesh\nname: default\nmtls:\n  enabledBackend: ca-1\n  backends:\n    - name: ca-1\n      type: builtin\n"
+MESH = MESH_WITH_DEFAULTS + 'skipCreatingInitialPolicies: ["*"]\n'
 
 
 def dataplane(name: str, address: str, service: str, *, admin: int = 9901, port: int = 8080, app: int = 18080,
