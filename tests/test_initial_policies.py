@@ -4,8 +4,11 @@ show (origin `Kind/name (default)`, no file)."""
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from typer.testing import CliRunner
 
@@ -14,7 +17,17 @@ from meshplan.match.explain import explain_policy, explain_proxy, render_text
 from meshplan.match.unused import warnings
 from meshplan.render.proxies import render_all
 from meshplan.validate.resources import load_and_parse
-from tests.builders import FixedAddresses, assert_violation_reported, violations, web_calling, write_mesh
+from tests.builders import (
+    Addresses,
+    FixedAddresses,
+    MeshFiles,
+    assert_violation_reported,
+    running_mesh,
+    stats,
+    violations,
+    web_calling,
+    write_mesh,
+)
 
 ALL = ["MeshCircuitBreaker/mesh-circuit-breaker-all-default", "MeshRetry/mesh-retry-all-default",
        "MeshTimeout/mesh-timeout-all-default"]
@@ -129,3 +142,30 @@ def test_defaults_are_not_warned_about_and_are_counted_apart(tmp_path: Path) -> 
     result = CliRunner(env={"COLUMNS": "300", "NO_COLOR": "1"}).invoke(app, ["validate", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert "(1 proxy, 0 external services, 0 policies, 6 Kuma default policies)" in result.output
+
+
+# --- on real Envoys -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def kuma_mesh(tmp_path_factory: pytest.TempPathFactory, loopback: Addresses) -> Iterator[MeshFiles]:
+    """A mesh as a Kuma user gets it, with no policy of its own, on real Envoys."""
+    root = tmp_path_factory.mktemp("initial-policies")
+    yield from running_mesh(root, lambda d: write_mesh(d, loopback, web_calling(), skip_initial_policies=None))
+
+
+@pytest.mark.envoy
+def test_the_default_retry_retries_a_gateway_error(kuma_mesh: MeshFiles, http: httpx.Client) -> None:
+    # mesh-retry-all-default: 5 retries on gateway-error, connect-failure, refused-stream (Kuma's plugin default)
+    answer = http.get(kuma_mesh.url("web", "backend", f"/flaky/3/{uuid.uuid4().hex}"))
+    assert answer.status_code == 200
+    assert answer.json()["attempt"] == 4
+    answer = http.get(kuma_mesh.url("web", "backend", f"/flaky/9/{uuid.uuid4().hex}"))
+    assert (answer.status_code, answer.json()["attempt"]) == (503, 6)  # one try and numRetries: 5
+
+
+@pytest.mark.envoy
+def test_every_cluster_publishes_its_remaining_resources(kuma_mesh: MeshFiles, http: httpx.Client) -> None:
+    # track_remaining (and mesh-circuit-breaker-all-default's 1024 connections) on web's cluster to backend
+    found = stats(http, kuma_mesh.admin["web"], r"^cluster\.backend\.circuit_breakers\.default\.remaining_cx$")
+    assert 0 < found["cluster.backend.circuit_breakers.default.remaining_cx"] <= 1024
