@@ -150,10 +150,13 @@ def validate(
                 console.print(f"Error: Envoy rejected {len(failed)} of {len(proxies)} proxies.", markup=False)
                 return EXIT_ERROR
         count = len(desired.dataplanes) + len(desired.egresses)
+        defaults = sum(1 for p in desired.policies if p.kuma_default)
         console.print(
             printable(f"{directory}: valid ({count} prox{'y' if count == 1 else 'ies'}, "
                       f"{_count(len(desired.external_services), 'external service')}, "
-                      f"{_count(len(desired.policies), 'policy', 'policies')})"),
+                      f"{_count(len(desired.policies) - defaults, 'policy', 'policies')}"
+                      + (f", {_count(defaults, 'Kuma default policy', 'Kuma default policies')}" if defaults else "")
+                      + ")"),
             markup=False,
         )
         from meshplan.match.unused import warnings

@@ -17,13 +17,18 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Source:
-    """Where something was written: a file and a 1-based line."""
+    """Where something was written: a file and a 1-based line; or, with line 0, a resource no file holds (Kuma's
+    initial default policies, `KUMA_DEFAULT`), shown by `file` alone."""
 
     file: str
     line: int
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}"
+        return self.file if self.line == 0 else f"{self.file}:{self.line}"
+
+
+# Where Kuma's initial default policies (validate/initial_policies.py) come from: no file, shown as `default`.
+KUMA_DEFAULT = Source("default", 0)
 
 
 @dataclass(frozen=True)

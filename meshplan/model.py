@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from meshplan.errors import Source
+from meshplan.errors import KUMA_DEFAULT, Source
 from meshplan.validate.addresses import http_url
 
 SERVICE_TAG = "kuma.io/service"
@@ -23,6 +23,8 @@ class Mesh:
     source: Source | None  # None for the implicit `default` mesh
     zone_egress: bool = True
     forbid_external_by_default: bool = False
+    # `skipCreatingInitialPolicies`: kinds of Kuma's initial default policies not created for this mesh, or "*"
+    skip_initial_policies: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -159,6 +161,11 @@ class Policy:
     source: Source
     spec_path: str  # how the spec is spelled in the file, "spec"
     lines: dict[str, int] = field(default_factory=dict, compare=False, repr=False)  # field path -> line
+
+    @property
+    def kuma_default(self) -> bool:
+        """One of Kuma's initial default policies (validate/initial_policies.py), which no file holds."""
+        return self.source == KUMA_DEFAULT
 
 
 @dataclass

@@ -84,8 +84,10 @@ class FixedAddresses:
 # --- desired meshes, written as YAML ---------------------------------------------------------------------------
 
 
-# The mesh `default`, with mTLS from a builtin CA.
-MESH = "type: Mesh\nname: default\nmtls:\n  enabledBackend: ca-1\n  backends:\n    - name: ca-1\n      type: builtin\n"
+# The mesh `default`, with mTLS from a builtin CA, and none of Kuma's initial default policies (a test is about the
+# policies it writes; MESH_WITH_DEFAULTS is the mesh a Kuma user gets).
+MESH_WITH_DEFAULTS = "type: Mesh\nname: default\nmtls:\n  enabledBackend: ca-1\n  backends:\n    - name: ca-1\n      type: builtin\n"
+MESH = MESH_WITH_DEFAULTS + 'skipCreatingInitialPolicies: ["*"]\n'
 
 
 def dataplane(name: str, address: str, service: str, *, admin: int = 9901, port: int = 8080, app: int = 18080,
@@ -169,15 +171,18 @@ def write_mesh(
     policies: str = "",
     forbid_external: bool = False,
     external_endpoints: int = 1,
+    skip_initial_policies: str | None = '["*"]',
 ) -> MeshFiles:
     """A mesh with mTLS (mesh.yaml), the services' dataplanes (dataplanes.yaml), an egress with the external services
     (external.yaml; each with `external_endpoints` endpoints on an address of its own) and, if given, policies
-    (policies.yaml) under `root`."""
+    (policies.yaml) under `root`. The Mesh skips Kuma's initial default policies as `skip_initial_policies` says (YAML;
+    None: the mesh a Kuma user gets, with all of them)."""
     root.mkdir(parents=True, exist_ok=True)
     files = MeshFiles(root)
     forbid = "true" if forbid_external else "false"
     routing = f"routing:\n  zoneEgress: true\n  defaultForbidMeshExternalServiceAccess: {forbid}\n"
-    (root / "mesh.yaml").write_text(MESH + routing)
+    skip = "" if skip_initial_policies is None else f"skipCreatingInitialPolicies: {skip_initial_policies}\n"
+    (root / "mesh.yaml").write_text(MESH_WITH_DEFAULTS + skip + routing)
     docs = []
     for service in services:
         name = service.instance or service.name

@@ -290,17 +290,18 @@ def test_a_hand_edit_shows_as_changed_outside_meshplan_not_as_a_policy_change(
     assert [p for p, doc in proxies.items() if doc["outside"]] == ["backend-1"]
     (outside,) = proxies["backend-1"]["outside"]
     assert (outside["action"], outside["name"]) == ("update", local["name"])
-    assert outside["fields"] == [{"path": "connect_timeout", "before": "5s", "after": "0.250s"}]  # delivered -> runs
+    assert outside["fields"] == [{"path": "connect_timeout", "before": local["connect_timeout"], "after": "0.250s"}]
     (change,) = proxies["backend-1"]["changes"]
     assert [(f["path"], f["before"], f["after"], f["origins"]) for f in change["fields"]] == [
-        ("connect_timeout", "0.250s", "5s", ["reverts a change made outside meshplan"])]
+        ("connect_timeout", "0.250s", local["connect_timeout"], ["reverts a change made outside meshplan"])]
 
     _, human, _ = meshplan("plan", str(demo.path), "--state", str(sandbox_state))
     section, planned = human.split("meshplan will perform the following actions:")
     assert section.startswith("Changed outside meshplan:")
-    assert '~ connect_timeout = "5s" -> "0.250s"' in section
+    before = local["connect_timeout"]  # the inbound's, from Kuma's default MeshTimeout in the demo's mesh
+    assert f'~ connect_timeout = "{before}" -> "0.250s"' in section
     assert (f'  # reverts a change made outside meshplan\n  ~ resource "cluster" "{local["name"]}" {{\n'
-            '      ~ connect_timeout = "0.250s" -> "5s"\n') in planned
+            f'      ~ connect_timeout = "0.250s" -> "{before}"\n') in planned
 
     code, out, _ = meshplan("drift", str(demo.path), "--state", str(sandbox_state), "--json")
     assert code == 3

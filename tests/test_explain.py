@@ -25,9 +25,13 @@ def section(text: str, head: str) -> str:
 def test_merge_order_and_overrides_on_a_sidecar() -> None:
     text = explain("web")
     timeout = section(text, "MeshTimeout to outbound 127.0.1.1:10001 -> backend")
-    assert timeout.index("MeshTimeout/mesh-defaults to[0]") < timeout.index("MeshTimeout/web-to-backend to[0]")
+    # Kuma's initial default policy first (least specific, no file), then the demo's own
+    assert (timeout.index("MeshTimeout/mesh-timeout-all-default to[0] (default)")
+            < timeout.index("MeshTimeout/mesh-defaults to[0]") < timeout.index("MeshTimeout/web-to-backend to[0]"))
     assert (f'http.requestTimeout: "5s"  # MeshTimeout/web-to-backend ({DEMO}/policies/timeout.yaml:30); '
-            f"overrides MeshTimeout/mesh-defaults ({DEMO}/policies/timeout.yaml:15)") in timeout
+            "overrides MeshTimeout/mesh-timeout-all-default (default), "
+            f"MeshTimeout/mesh-defaults ({DEMO}/policies/timeout.yaml:15)") in timeout
+    assert 'http.streamIdleTimeout: "30m"  # MeshTimeout/mesh-timeout-all-default (default)\n' in timeout
     assert 'connectionTimeout: "2s"  # MeshTimeout/mesh-defaults' in timeout
     # seed placement: no circuit breaker for the external service on the sidecar, retries only there
     assert "MeshCircuitBreaker to outbound 127.0.1.1:10002" not in text

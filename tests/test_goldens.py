@@ -122,6 +122,8 @@ def clusters_of(proxy: str) -> View:
 CASES: dict[str, View] = {
     "access_log": what_policies_touched,
     "circuit_breaker": clusters_of_web_and_egress,
+    "defaults": every_proxy_with_origins,
+    "defaults-skip-retry": every_proxy_with_origins,
     "demo-backend-1": resources_of("backend-1"),
     "demo-backend-2": resources_of("backend-2"),
     "demo-egress": resources_of("egress"),

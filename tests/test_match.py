@@ -493,9 +493,16 @@ def test_origins_from_a_loaded_yaml_file(tmp_path: Path) -> None:
     raws, problems = load_file(tmp_path / "cb.yaml", "cb.yaml")
     desired, more = parse(raws)
     assert problems == more == [] and desired is not None
-    merged = merge_to(desired.policies, WEB, BACKEND)
+    # the implicit mesh `default` has Kuma's initial policies: the circuit breaker among them merges first
+    breakers = [p for p in desired.policies if p.kind == "MeshCircuitBreaker"]
+    assert [p.name for p in breakers] == ["cb", "mesh-circuit-breaker-all-default"]
+    merged = merge_to(breakers, WEB, BACKEND)
     assert str(merged.origins["connectionPool.maxConnections"].set_by) == "MeshCircuitBreaker/cb (cb.yaml:12)"
-    assert str(merged.contributions[0].source) == "cb.yaml:8"
+    assert [str(o) for o in merged.origins["connectionPool.maxConnections"].overridden] == [
+        "MeshCircuitBreaker/mesh-circuit-breaker-all-default (default)"]
+    assert str(merged.origins["connectionPool.maxRetries"].set_by) == (
+        "MeshCircuitBreaker/mesh-circuit-breaker-all-default (default)")
+    assert str(merged.contributions[1].source) == "cb.yaml:8"
 
 
 # --- the "from" side --------------------------------------------------------------------------------------------

@@ -160,7 +160,7 @@ def test_a_change_behind_meshplans_back_shows_in_the_plan(tmp_path: Path, sandbo
     assert list(changed) == ["backend-1"]
     (change,) = changed["backend-1"]
     assert (change["action"], change["name"]) == ("update", local["name"])
-    assert [(f["path"], f["before"], f["after"]) for f in change["fields"]] == [("connect_timeout", "0.250s", "5s")]
+    assert [(f["path"], f["before"], f["after"]) for f in change["fields"]] == [("connect_timeout", "0.250s", local["connect_timeout"])]
 
 
 def test_a_dead_proxy_is_reported_and_the_others_are_planned(tmp_path: Path, sandbox_state: Path) -> None:

@@ -319,6 +319,22 @@ def test_both_spellings_merge_field_by_field(tmp_path: Path) -> None:
     assert "outlier_detection" not in quiet and quiet["circuit_breakers"]["thresholds"][0]["max_connections"] == 1024
 
 
+# What Kuma's plugin writes on every cluster of every proxy, a MeshCircuitBreaker or not.
+TRACK_REMAINING_ONLY = {"thresholds": [{"priority": "DEFAULT", "track_remaining": True}]}
+
+
+def test_every_cluster_tracks_its_remaining_resources(tmp_path: Path) -> None:
+    mesh = write_mesh(tmp_path / "desired", FixedAddresses(per_address=True),
+                      web_calling(http=("backend",), externals=("httpbin",)), externals={"httpbin": "http"})
+    proxies = {p.name: p for p in mesh.render()}
+    assert sorted(proxies) == ["backend-1", "egress", "web"]
+    for name, proxy in proxies.items():
+        for cluster in proxy.clusters:
+            assert cluster["circuit_breakers"] == TRACK_REMAINING_ONLY, (name, cluster["name"])
+            # not a policy's doing: no origin, so a plan names no policy for it
+            assert not any(path[0] == "circuit_breakers" for path in proxy.origins["cluster"].get(cluster["name"], {}))
+
+
 def test_external_service_breaker_is_on_the_egress_and_on_no_sidecar(tmp_path: Path) -> None:
     _, proxies = render_mesh(tmp_path / "desired")
     (on_egress,) = proxies["egress"].clusters
@@ -327,7 +343,8 @@ def test_external_service_breaker_is_on_the_egress_and_on_no_sidecar(tmp_path: P
     assert on_egress["outlier_detection"]["consecutive_5xx"] == 10
     # Even the Mesh-wide `to: Mesh` policy skips the sidecar's cluster to the external service (it leads to the egress).
     to_egress = clusters(proxies["web"])["mes:default:httpbin"]
-    assert "circuit_breakers" not in to_egress and "outlier_detection" not in to_egress
+    assert "outlier_detection" not in to_egress
+    assert to_egress["circuit_breakers"] == TRACK_REMAINING_ONLY
 
 
 def test_an_egress_only_breaker_touches_no_sidecar(tmp_path: Path) -> None:
@@ -335,7 +352,7 @@ def test_an_egress_only_breaker_touches_no_sidecar(tmp_path: Path) -> None:
     _, proxies = render_mesh(tmp_path / "desired", egress_only)
     for name, proxy in proxies.items():
         for cluster in proxy.clusters:
-            on = "circuit_breakers" in cluster
+            on = cluster["circuit_breakers"] != TRACK_REMAINING_ONLY
             assert on == (name == "egress"), (name, cluster["name"])
     for resource in proxies["egress"].clusters + proxies["web"].clusters:
         canonical(resource)

@@ -226,7 +226,9 @@ def test_where_each_field_lands(tmp_path: Path) -> None:
     (local,) = [c for c in backend.clusters if c["name"].startswith("local:")]
     assert local["connect_timeout"] == "1s"
     common = local["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
-    assert common["common_http_protocol_options"] == {"idle_timeout": "300s"}
+    # what the `from` leaves unset gets Kuma's default (0s: off)
+    assert common["common_http_protocol_options"] == {"idle_timeout": "300s", "max_stream_duration": "0s",
+                                                      "max_connection_duration": "0s"}
     (inbound,) = backend.listeners
     assert route_of(inbound)["timeout"] == "0.300s"
     assert inbound["filter_chains"][0]["filters"][0]["typed_config"]["request_headers_timeout"] == "1s"

@@ -357,10 +357,12 @@ def _one_kind(policies: Iterable[Policy]) -> list[Policy]:
 
 
 def _ordered(contributions: list[Contribution]) -> list[Contribution]:
-    """Top-level kind, then the item's kind, then name descending; a policy's own items keep their written order."""
+    """Top-level kind, then Kuma's initial default policies before the user's (they are Kuma's `system` role, which
+    every user policy outranks on Kubernetes), then the item's kind, then name descending; a policy's own items keep
+    their written order."""
     by_name = sorted(contributions, key=lambda c: c.policy.name, reverse=True)  # stable, even reversed
     return sorted(by_name, key=lambda c: (_rank(c.policy.target_ref.kind), _dataplane_rank(c.policy.target_ref),
-                                          _rank(c.item.target_ref.kind)))
+                                          not c.policy.kuma_default, _rank(c.item.target_ref.kind)))
 
 
 def _dataplane_rank(ref: TargetRef) -> tuple[int, int]:

@@ -29,6 +29,8 @@ def warnings(desired: Desired) -> list[str]:
     proxies: list[Dataplane | ZoneEgress] = [*desired.dataplanes, *desired.egresses]
     found: list[tuple[Source, str]] = []
     for policy in desired.policies:
+        if policy.kuma_default:
+            continue  # Kuma's initial policies are in every mesh, used or not: nothing to warn the user about
         label = f"{policy.kind}/{policy.name}"
         top = _name_miss(policy.target_ref, set(desired.services(policy.mesh)), dataplanes, externals)
         if top is not None:

@@ -30,6 +30,10 @@ from meshplan.validate.addresses import endpoint_problem
 from meshplan.validate.check import FieldCheck
 
 PROTOCOLS = ("tcp", "http", "http2", "grpc")
+# The kinds of Kuma's initial default policies (validate/initial_policies.py), and the old-API kinds Kuma creates only
+# when its control plane is configured to (`defaults.createMeshRoutingResources`), which meshplan never creates.
+INITIAL_POLICY_KINDS = ("MeshTimeout", "MeshRetry", "MeshCircuitBreaker")
+OLD_API_KINDS = ("TrafficPermission", "TrafficRoute")
 TLS_MODES = ("Secured", "SkipSAN", "SkipCA", "SkipAll")
 TLS_VERSIONS = ("TLSAuto", "TLS10", "TLS11", "TLS12", "TLS13")  # in order, after TLSAuto (Envoy's default)
 SAN_MATCH_TYPES = ("Exact", "Prefix")
@@ -44,7 +48,6 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 def parse_mesh(check: FieldCheck, res: RawResource) -> Mesh | None:
     body = res.body
-    # meshplan creates no initial policies, so `skipCreatingInitialPolicies` is honoured whatever it says.
     check.unknown(body, (), ("mtls", "routing", "skipCreatingInitialPolicies"),
                   ("networking", "meshServices", "logging", "tracing", "metrics", "constraints"))
     mtls = check.field(body, (), "mtls", dict, default={})
@@ -70,8 +73,27 @@ def parse_mesh(check: FieldCheck, res: RawResource) -> Mesh | None:
                   ("localityAwareLoadBalancing",))
     zone_egress = check.field(routing, ("routing",), "zoneEgress", bool, default=True)
     forbid = check.field(routing, ("routing",), "defaultForbidMeshExternalServiceAccess", bool, default=False)
+    skip = _skip_initial_policies(check, body)
     assert res.name is not None
-    return Mesh(res.name, mtls=bool(enabled), source=res.source, zone_egress=zone_egress, forbid_external_by_default=forbid)
+    return Mesh(res.name, mtls=bool(enabled), source=res.source, zone_egress=zone_egress,
+                forbid_external_by_default=forbid, skip_initial_policies=skip)
+
+
+def _skip_initial_policies(check: FieldCheck, body: dict[str, Any]) -> frozenset[str]:
+    """`skipCreatingInitialPolicies`: "*" or the kinds (Kuma's resource type names) whose initial default policies
+    (validate/initial_policies.py) this mesh does not get. Kuma's old-API kinds, which meshplan never creates, are
+    accepted; any other word is an error rather than a skip that silently skips nothing."""
+    values = check.field(body, (), "skipCreatingInitialPolicies", list, default=[])
+    known = ("*", *INITIAL_POLICY_KINDS, *OLD_API_KINDS)
+    skip: set[str] = set()
+    for i, value in enumerate(values):
+        if not isinstance(value, str) or value not in known:
+            check.fail(("skipCreatingInitialPolicies", i),
+                       f"{value!r} names no kind of Kuma's initial policies (expected \"*\" or one of: "
+                       f"{', '.join(INITIAL_POLICY_KINDS + OLD_API_KINDS)})")
+            continue
+        skip.add(value)
+    return frozenset(skip)
 
 
 def parse_dataplane(check: FieldCheck, res: RawResource, mesh: str) -> Dataplane | None:

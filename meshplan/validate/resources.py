@@ -31,6 +31,7 @@ from meshplan.validate.infra_rules import (
     parse_external,
     parse_mesh,
 )
+from meshplan.validate.initial_policies import initial_policies
 from meshplan.validate.policy_rules import parse_policy
 
 INFRA_KINDS = ("Mesh", "Dataplane", "ZoneEgress", "MeshExternalService")
@@ -121,6 +122,10 @@ def parse(raws: list[RawResource]) -> tuple[Desired | None, list[Violation]]:
                 kept.append((res, policy))
 
     meshes.setdefault(DEFAULT_MESH, Mesh(DEFAULT_MESH, mtls=False, source=None))
+    if not out:
+        taken = {(kind, mesh, name) for kind, mesh, name in seen if mesh is not None}
+        for mesh in meshes.values():
+            policies.extend(initial_policies(mesh, taken))
     desired = Desired(meshes, dataplanes, egresses, externals, policies)
     _check_references(desired, kept, out)
     return (None if out else desired), out

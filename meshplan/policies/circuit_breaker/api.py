@@ -37,8 +37,8 @@ Policy field -> Envoy field (proto names) on the cluster:
 
 Defaults: a `connectionPool` (even `{}`, the seed's minimal policy) renders the DEFAULT threshold with the seed's
 defaults for what it does not set — maxConnections 1024, maxPendingRequests 1024, maxRequests 1024, maxRetries 3
-(Envoy's own defaults too, so only the plan changes) — and `track_remaining: true` as Kuma does, so that Envoy
-publishes the `remaining_*` gauges; maxConnectionPools has no default (unlimited). An outlier detection enforces
+(Envoy's own defaults too, so only the plan changes). Every cluster of every proxy, a MeshCircuitBreaker or not,
+gets `track_remaining: true` in that threshold as Kuma's plugin does, so that Envoy publishes the `remaining_*` gauges; maxConnectionPools has no default (unlimited). An outlier detection enforces
 exactly the detectors the merged conf names: as in Kuma, every other detector gets `enforcing_* 0` (Envoy would
 otherwise enforce consecutive 5xx and success rate by default). Envoy's defaults hold for interval (10s), base
 ejection time (30s) and max ejection percent (10%).

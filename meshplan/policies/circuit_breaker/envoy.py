@@ -17,14 +17,24 @@ def apply(build: ProxyBuild) -> None:
             _thresholds(build, conf.pool, out.cluster)
         if conf.outlier_detection is not None:
             _outlier_detection(build, conf.outlier_detection, out.cluster)
+    # Kuma's plugin tracks the remaining resources of every cluster of every proxy, whether or not a
+    # MeshCircuitBreaker applies (its `applyTrackRemaining`): the stats `remaining_*` then exist everywhere.
+    for cluster in build.clusters.values():
+        _default_thresholds(cluster).setdefault("track_remaining", True)
 
 
-def _thresholds(build: ProxyBuild, pool: Pool, cluster: Json) -> None:
+def _default_thresholds(cluster: Json) -> Json:
+    """The cluster's circuit-breaker thresholds of priority DEFAULT, created if need be."""
     thresholds: list[Json] = cluster.setdefault("circuit_breakers", {}).setdefault("thresholds", [])
     default = next((t for t in thresholds if t.get("priority", "DEFAULT") == "DEFAULT"), None)
     if default is None:
         default = {"priority": "DEFAULT"}
         thresholds.append(default)
+    return default
+
+
+def _thresholds(build: ProxyBuild, pool: Pool, cluster: Json) -> None:
+    default = _default_thresholds(cluster)
     written = list(pool.written_by)
     for setting, envoy_key, fallback in ((pool.max_connections, "max_connections", 1024),
                                          (pool.max_pending_requests, "max_pending_requests", 1024),

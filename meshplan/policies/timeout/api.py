@@ -22,11 +22,13 @@ The HttpProtocolOptions keep any `explicit_http_config` already there (HTTP/2 fo
 one is added as `explicit_http_config: {http_protocol_options: {}}` (HTTP/1.1, what the cluster spoke before),
 since Envoy requires one. The `http` section does nothing on TCP traffic.
 
-Defaults: only what the merged conf holds is set. Kuma fills in, whenever any MeshTimeout applies, connectionTimeout
-5s, idleTimeout 1h, http.requestTimeout 15s, http.streamIdleTimeout 30m, and 0 (disabled) for maxStreamDuration,
-maxConnectionDuration and requestHeadersTimeout; meshplan does not, so that a plan shows only what a policy says.
-Envoy's own defaults then hold for the rest (connect_timeout is rendered as 5s by the base, Envoy's route timeout is
-15s, its idle timeouts 1h), which matches Kuma's for every field but the stream idle timeout (Envoy: 5m).
+Defaults (as Kuma's plugin): wherever a MeshTimeout applies, what no policy set is filled with Kuma's default, the
+filled fields' origin being the MeshTimeouts that apply there: connect_timeout 5s, the cluster idle_timeout 3600s,
+max_stream_duration and max_connection_duration 0s, route timeout 15s and idle_timeout 1800s, the connection
+manager's request_headers_timeout 0s, tcp_proxy idle_timeout 3600s; and the connection manager's
+common_http_protocol_options.idle_timeout (the downstream connection idle timeout) is always 0s (off). Kuma's initial
+policy `mesh-timeout-all-<mesh>` (validate/initial_policies.py) makes that everywhere unless the mesh skips it.
+Kuma writes no cluster HTTP options for gRPC; meshplan does (docs/policies.md "Kuma's defaults").
 
 Validation (as Kuma): a `default` sets at least one timeout, and an `http` section at least one of its own;
 connectionTimeout is greater than zero; every other timeout is zero (disabled) or more; `from` items select every
