@@ -131,19 +131,8 @@ def _check_application(raw: object, at: ConfReader) -> None:
 
 def _parse_backend(backend: ConfReader) -> Prometheus | None:
     backend.unknown(("type",) + tuple(BACKEND_TYPES.values()))
-    blocks = [b for b in BACKEND_TYPES.values() if b in backend.raw]
-    kind = backend.choice("type", tuple(BACKEND_TYPES))
-    if kind is None and isinstance(backend.raw.get("type"), str):
-        return None
-    block = BACKEND_TYPES[kind.value] if kind is not None else (blocks[0] if len(blocks) == 1 else None)
+    block = backend.typed_block(BACKEND_TYPES, "backend")
     if block is None:
-        backend.fail("must have exactly one of `prometheus` or `openTelemetry`")
-        return None
-    for other in blocks:
-        if other != block:
-            backend.fail(f"`{other}` is not used by a backend of type {kind.value if kind else None}", other)
-    if block not in backend.raw:
-        backend.fail("must be defined", block)
         return None
     if block == "openTelemetry":
         backend.fail(f"OpenTelemetry backends are not supported: {KUMA_DP} (it reads Envoy's metrics and pushes them "
