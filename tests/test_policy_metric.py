@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -29,8 +30,7 @@ KIND = "MeshMetric"
 SERVICES = [Service("backend", instance="backend-1"), Service("web", calls=("backend",))]
 
 
-def policy(default: str, *, name: str = "metrics", top: str = "kind: Mesh") -> str:
-    return single_default_policy(KIND, default, name=name, top=top)
+policy = partial(single_default_policy, KIND, name="metrics")  # policy(default, name=..., top=...)
 
 
 def write(directory: Path, files: dict[str, str]) -> Path:

@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -38,8 +39,7 @@ SERVICES = [Service("backend", instance="backend-1"), Service("db", "tcp", insta
             Service("web", calls=("backend", "db"))]
 
 
-def policy(default: str, *, name: str = "trace", top: str = "kind: Mesh") -> str:
-    return single_default_policy(KIND, default, name=name, top=top)
+policy = partial(single_default_policy, KIND, name="trace")  # policy(default, name=..., top=...)
 
 
 def write(directory: Path, files: dict[str, str]) -> Path:
