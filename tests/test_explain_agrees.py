@@ -170,13 +170,18 @@ def test_explain_lists_what_render_records(case: str) -> None:
 
 # --- the two disagreements explain had ------------------------------------------------------------------------
 
-ADMIN_ROUTE = route("MeshHTTPRoute", "backend-admin", "backend", """
-    - matches:
-        - path: {type: PathPrefix, value: /admin}
-      default:
-        backendRefs:
-          - {kind: MeshServiceSubset, name: backend, tags: {version: v1}}
-    """)
+def _to_v1(name: str, service: str, prefix: str) -> str:
+    """web's MeshHTTPRoute `name` sending `service`'s requests under `prefix` to its version=v1 instances."""
+    return route("MeshHTTPRoute", name, service, f"""
+        - matches:
+            - path: {{type: PathPrefix, value: {prefix}}}
+          default:
+            backendRefs:
+              - {{kind: MeshServiceSubset, name: {service}, tags: {{version: v1}}}}
+        """)
+
+
+ADMIN_ROUTE = _to_v1("backend-admin", "backend", "/admin")
 
 
 def _demo_with(tmp_path: Path, files: dict[str, str]) -> Path:
@@ -241,13 +246,7 @@ def test_the_check_sees_a_policy_explain_leaves_out(tmp_path: Path, monkeypatch:
     assert any("render records MeshTimeout/mesh-defaults" in p for p in disagreements(desired))
 
 
-DB_ROUTE = route("MeshHTTPRoute", "db-http", "db", """
-    - matches:
-        - path: {type: PathPrefix, value: /x}
-      default:
-        backendRefs:
-          - {kind: MeshServiceSubset, name: db, tags: {version: v1}}
-    """)
+DB_ROUTE = _to_v1("db-http", "db", "/x")
 
 TCP_BESIDE_HTTP = route("MeshTCPRoute", "backend-tcp", "backend", """
     - default:
