@@ -279,11 +279,14 @@ class ConfReader:
 
     # --- a typed union (MeshAccessLog, MeshTrace, MeshMetric backends and formats) ---
 
-    def typed_block(self, blocks: dict[str, str], noun: str, *, written_here: bool = True) -> str | None:
+    def typed_block(self, blocks: dict[str, str], noun: str, *, also: tuple[str, ...] = (),
+                    written_here: bool = True) -> str | None:
         """Which block of a typed union this mapping uses: the one its `type` names (`blocks` maps each type to its
-        block's key), or, with no `type`, the only block written. Reports an unknown type, no block or several,
-        every block that does not go with the type, and (`written_here`) the chosen block missing ("must be
-        defined"); None when no block can be chosen (or it is missing)."""
+        block's key), or, with no `type`, the only block written. Reports every field but `type`, the blocks and
+        `also`; an unknown type; no block or several; every block that does not go with the type; and
+        (`written_here`) the chosen block missing ("must be defined"). None when no block can be chosen (or it is
+        missing)."""
+        self.unknown(("type",) + tuple(blocks.values()) + also)
         written = [b for b in blocks.values() if b in self.raw]
         kind = self.choice("type", tuple(blocks))
         if kind is None and isinstance(self.raw.get("type"), str):

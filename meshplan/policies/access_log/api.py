@@ -115,7 +115,6 @@ def parse(conf: ConfReader) -> Conf | None:
 
 
 def _parse_backend(backend: ConfReader) -> FileBackend | None:
-    backend.unknown(("type",) + tuple(BACKEND_TYPES.values()))
     block = backend.typed_block(BACKEND_TYPES, "backend", written_here=False)
     if block is None:
         return None
@@ -139,10 +138,9 @@ def _parse_file(file: ConfReader) -> FileBackend | None:
 
 
 def _parse_format(fmt: ConfReader) -> Format | None:
-    fmt.unknown(("type", "plain", "json", "omitEmptyValues"))
     omit = fmt.boolean("omitEmptyValues")
     omit_empty_values = omit is not None and omit.value
-    block = fmt.typed_block(FORMAT_TYPES, "format", written_here=False)
+    block = fmt.typed_block(FORMAT_TYPES, "format", also=("omitEmptyValues",), written_here=False)
     if block is None:
         return None
     if block == "plain":

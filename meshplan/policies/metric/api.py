@@ -130,7 +130,6 @@ def _check_application(raw: object, at: ConfReader) -> None:
 
 
 def _parse_backend(backend: ConfReader) -> Prometheus | None:
-    backend.unknown(("type",) + tuple(BACKEND_TYPES.values()))
     block = backend.typed_block(BACKEND_TYPES, "backend")
     if block is None:
         return None

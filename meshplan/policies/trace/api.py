@@ -143,7 +143,6 @@ def _parse_header(header: ConfReader) -> tuple[str, str | None] | None:
 
 
 def _parse_backend(backend: ConfReader) -> Backend | None:
-    backend.unknown(("type",) + tuple(BACKEND_TYPES.values()))
     block = backend.typed_block(BACKEND_TYPES, "backend")
     if block is None:
         return None
