@@ -58,9 +58,11 @@ Write = Callable[[Path, dict[str, str]], Path]  # files (name: text) into a mesh
 
 
 def validation_table_tests(write: Write, policy: Spec, good: dict[str, str],
-                           bad: list[tuple[str, str, list[tuple[str, str, str]]]]) -> tuple[Any, Any]:
+                           bad: list[tuple[str, str, list[tuple[str, str, str]]]],
+                           section: str = "spec.to[0].default") -> tuple[Any, Any]:
     """A kind's two validation-table tests, for its module to bind under their names: every `good` spec passes, and
-    every `bad` one reports each expected violation (path, message, its line's text) at its file and line."""
+    every `bad` one reports each expected violation (path below `section`, message, its line's text) at its file
+    and line."""
 
     @pytest.mark.parametrize("case", sorted(good))
     def test_good_specs_pass(tmp_path: Path, case: str) -> None:
@@ -71,6 +73,6 @@ def validation_table_tests(write: Write, policy: Spec, good: dict[str, str],
         tmp_path: Path, default: str, expected: list[tuple[str, str, str]]
     ) -> None:
         directory = write(tmp_path, {"policy.yaml": policy(default)})
-        assert_violations_point_at(directory, "policy.yaml", expected, section="spec.default")
+        assert_violations_point_at(directory, "policy.yaml", expected, section=section)
 
     return test_good_specs_pass, test_bad_specs_report_every_violation_with_file_line_and_path

@@ -120,7 +120,7 @@ BAD: list[tuple[str, str, list[tuple[str, str, str]]]] = [
 
 
 test_good_specs_pass, test_bad_specs_report_every_violation_with_file_line_and_path = validation_table_tests(
-    write, policy, GOOD, BAD)
+    write, policy, GOOD, BAD, section="spec.default")
 
 
 def test_the_egress_is_refused_with_the_placement_words(tmp_path: Path) -> None:
