@@ -17,6 +17,7 @@ import os
 import random
 import re
 import resource
+import tempfile
 import time
 import tracemalloc
 from dataclasses import dataclass
@@ -150,6 +151,14 @@ def directories(draw: st.DrawFn) -> list[Entry]:
     return entries
 
 
+def write_text(base: Path, text: str) -> Path:
+    """The desired directory `base/desired` with one file, `resource.yaml`, holding `text` (lone surrogates kept)."""
+    root = base / "desired"
+    root.mkdir()
+    (root / "resource.yaml").write_text(text, encoding="utf-8", errors="surrogatepass")
+    return root
+
+
 def write_directory(base: Path, entries: list[Entry]) -> Path:
     """The desired directory `base/desired`, with `base/outside.yaml` and `base/outside/` next to it."""
     (base / "outside.yaml").write_text(SEEDS[0])
@@ -244,3 +253,15 @@ def check_validate(root: Path, *, trace: bool, rss_before: int) -> Outcome:
     assert peak is None or peak < MAX_PEAK_BYTES, peak
     assert max_rss_bytes() < rss_before + MAX_RSS_GROWTH, (max_rss_bytes(), rss_before)
     return Outcome(exit_code, errors, seconds, peak)
+
+
+def check_text(text: str, *, trace: bool, rss_before: int) -> Outcome:
+    """`check_validate` on a fresh temporary desired directory whose one file holds `text` (`write_text`)."""
+    with tempfile.TemporaryDirectory(prefix="meshplan-fuzz-") as base:
+        return check_validate(write_text(Path(base), text), trace=trace, rss_before=rss_before)
+
+
+def check_directory(entries: list[Entry], *, trace: bool, rss_before: int) -> Outcome:
+    """`check_validate` on a fresh temporary desired directory made of `entries` (`write_directory`)."""
+    with tempfile.TemporaryDirectory(prefix="meshplan-fuzz-") as base:
+        return check_validate(write_directory(Path(base), entries), trace=trace, rss_before=rss_before)

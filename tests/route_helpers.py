@@ -4,6 +4,7 @@ Envoy says of their render, and what running Envoys report."""
 from __future__ import annotations
 
 import asyncio
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,14 @@ from tests.policy_render import envoy_validates
 def dataplane(name: str, address: str, service: str, *, version: str = "v1", **rest: Any) -> str:
     """tests/builders.py's dataplane, tagged with a `version` (v1 unless said) for the routes to select."""
     return builders.dataplane(name, address, service, tags={"version": version}, **rest)
+
+
+def route(kind: str, name: str, to: str, rules: str, *, source: str = "web") -> str:
+    """A MeshHTTPRoute or MeshTCPRoute `name` from the MeshService `source` to the MeshService `to`; `rules` is the
+    YAML list of its rules (any indentation)."""
+    head = (f"type: {kind}\nmesh: default\nname: {name}\nspec:\n  targetRef: {{kind: MeshService, name: {source}}}\n"
+            f"  to:\n    - targetRef: {{kind: MeshService, name: {to}}}\n      rules:\n")
+    return head + textwrap.indent(textwrap.dedent(rules).strip("\n") + "\n", " " * 8)
 
 
 def write_desired(root: Path, files: dict[str, str]) -> Path:

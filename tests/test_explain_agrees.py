@@ -37,7 +37,7 @@ from meshplan.match.explain import (
 from meshplan.model import Desired, Inbound, ZoneEgress
 from meshplan.render.proxies import applied, build_proxy
 from meshplan.validate.resources import load_and_parse
-from tests.route_helpers import dataplane, write_desired
+from tests.route_helpers import dataplane, route, write_desired
 
 ROOT = Path(__file__).parent.parent
 DEMO = ROOT / "examples" / "demo"
@@ -170,30 +170,18 @@ def test_explain_lists_what_render_records(case: str) -> None:
 
 # --- the two disagreements explain had ------------------------------------------------------------------------
 
-ADMIN_ROUTE = """
-    type: MeshHTTPRoute
-    mesh: default
-    name: backend-admin
-    spec:
-      targetRef:
-        kind: MeshService
-        name: web
-      to:
-        - targetRef:
-            kind: MeshService
-            name: backend
-          rules:
-            - matches:
-                - path:
-                    type: PathPrefix
-                    value: /admin
-              default:
-                backendRefs:
-                  - kind: MeshServiceSubset
-                    name: backend
-                    tags:
-                      version: v1
-    """
+def _to_v1(name: str, service: str, prefix: str) -> str:
+    """web's MeshHTTPRoute `name` sending `service`'s requests under `prefix` to its version=v1 instances."""
+    return route("MeshHTTPRoute", name, service, f"""
+        - matches:
+            - path: {{type: PathPrefix, value: {prefix}}}
+          default:
+            backendRefs:
+              - {{kind: MeshServiceSubset, name: {service}, tags: {{version: v1}}}}
+        """)
+
+
+ADMIN_ROUTE = _to_v1("backend-admin", "backend", "/admin")
 
 
 def _demo_with(tmp_path: Path, files: dict[str, str]) -> Path:
@@ -227,17 +215,11 @@ FAULT_ON_TCP = """
     mesh: default
     name: db-faults
     spec:
-      targetRef:
-        kind: MeshService
-        name: db
+      targetRef: {kind: MeshService, name: db}
       from:
-        - targetRef:
-            kind: Mesh
+        - targetRef: {kind: Mesh}
           default:
-            http:
-              - abort:
-                  httpStatus: 500
-                  percentage: 50
+            http: [{abort: {httpStatus: 500, percentage: 50}}]
     """
 
 
@@ -264,49 +246,12 @@ def test_the_check_sees_a_policy_explain_leaves_out(tmp_path: Path, monkeypatch:
     assert any("render records MeshTimeout/mesh-defaults" in p for p in disagreements(desired))
 
 
-DB_ROUTE = """
-    type: MeshHTTPRoute
-    mesh: default
-    name: db-http
-    spec:
-      targetRef:
-        kind: MeshService
-        name: web
-      to:
-        - targetRef:
-            kind: MeshService
-            name: db
-          rules:
-            - matches:
-                - path:
-                    type: PathPrefix
-                    value: /x
-              default:
-                backendRefs:
-                  - kind: MeshServiceSubset
-                    name: db
-                    tags:
-                      version: v1
-    """
+DB_ROUTE = _to_v1("db-http", "db", "/x")
 
-TCP_BESIDE_HTTP = """
-    type: MeshTCPRoute
-    mesh: default
-    name: backend-tcp
-    spec:
-      targetRef:
-        kind: MeshService
-        name: web
-      to:
-        - targetRef:
-            kind: MeshService
-            name: backend
-          rules:
-            - default:
-                backendRefs:
-                  - kind: MeshService
-                    name: admin
-    """
+TCP_BESIDE_HTTP = route("MeshTCPRoute", "backend-tcp", "backend", """
+    - default:
+        backendRefs: [{kind: MeshService, name: admin}]
+    """)
 
 WEB_TO_HTTPBIN = "    - address: 127.0.1.1\n      port: 10002\n"
 WEB_TO_DB = "    - address: 127.0.1.1\n      port: 10005\n      tags:\n        kuma.io/service: db\n"

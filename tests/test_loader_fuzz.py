@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import functools
 import itertools
-import tempfile
-from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 
 from tests.loader_fuzz import (
     Entry,
-    check_validate,
+    check_directory,
+    check_text,
     directories,
     max_rss_bytes,
-    write_directory,
     yaml_texts,
 )
 
@@ -43,15 +41,10 @@ def _trace() -> bool:
 @SUITE
 @given(text=yaml_texts)
 def test_odd_yaml_texts(text: str) -> None:
-    with tempfile.TemporaryDirectory(prefix="meshplan-fuzz-") as base:
-        root = Path(base) / "desired"
-        root.mkdir()
-        (root / "resource.yaml").write_text(text, encoding="utf-8", errors="surrogatepass")
-        check_validate(root, trace=_trace(), rss_before=_rss_before())
+    check_text(text, trace=_trace(), rss_before=_rss_before())
 
 
 @settings(SUITE, max_examples=1000)
 @given(entries=directories())
 def test_odd_directories(entries: list[Entry]) -> None:
-    with tempfile.TemporaryDirectory(prefix="meshplan-fuzz-") as base:
-        check_validate(write_directory(Path(base), entries), trace=_trace(), rss_before=_rss_before())
+    check_directory(entries, trace=_trace(), rss_before=_rss_before())

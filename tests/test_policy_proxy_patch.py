@@ -23,7 +23,7 @@ from tests.builders import (
     FixedAddresses,
     MeshFiles,
     assert_violation_reported,
-    running_sandbox,
+    running_mesh,
     table_cases,
     violations,
     web_calling,
@@ -281,13 +281,9 @@ TRAFFIC_POLICIES = """
     mesh: default
     name: deny-all
     spec:
-      targetRef:
-        kind: Mesh
+      targetRef: {kind: Mesh}
       from:
-        - targetRef:
-            kind: Mesh
-          default:
-            action: Deny
+        - {targetRef: {kind: Mesh}, default: {action: Deny}}
     ---
     type: MeshProxyPatch
     mesh: default
@@ -334,15 +330,15 @@ TRAFFIC_POLICIES = """
     """
 
 
+def _traffic_mesh(desired: Path, loopback: Addresses) -> MeshFiles:
+    mesh = write_mesh(desired, loopback, web_calling(http=("backend", "other")))
+    mesh.write_policies(TRAFFIC_POLICIES)
+    return mesh
+
+
 @pytest.fixture(scope="module")
 def traffic(tmp_path_factory: pytest.TempPathFactory, loopback: Addresses) -> Iterator[MeshFiles]:
-    root = tmp_path_factory.mktemp("patch-traffic")
-    mesh = write_mesh(root / "desired", loopback, web_calling(http=("backend", "other")))
-    mesh.write_policies(TRAFFIC_POLICIES)
-    state = root / "state"
-    state.mkdir()
-    with running_sandbox(load_and_parse(mesh.root), state):
-        yield mesh
+    yield from running_mesh(tmp_path_factory.mktemp("patch-traffic"), lambda desired: _traffic_mesh(desired, loopback))
 
 
 def dynamic(http: httpx.Client, admin: str, section: str) -> list[dict[str, Any]]:

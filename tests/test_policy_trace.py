@@ -5,11 +5,11 @@ Zipkin collector."""
 from __future__ import annotations
 
 import json
-import textwrap
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -26,23 +26,20 @@ from tests.builders import (
     FixedAddresses,
     MeshFiles,
     Service,
-    assert_violations_point_at,
     running_sandbox,
     split_violation,
-    table_cases,
     violations,
     write_mesh,
 )
 from tests.policy_render import envoy_validates
+from tests.policy_tables import single_default_policy, validation_table_tests
 
 KIND = "MeshTrace"
 SERVICES = [Service("backend", instance="backend-1"), Service("db", "tcp", instance="db-1"),
             Service("web", calls=("backend", "db"))]
 
 
-def policy(default: str, *, name: str = "trace", top: str = "kind: Mesh") -> str:
-    body = textwrap.indent(textwrap.dedent(default).strip(), " " * 4)
-    return f"type: {KIND}\nmesh: default\nname: {name}\nspec:\n  targetRef:\n    {top}\n  default:\n{body}\n"
+policy = partial(single_default_policy, KIND, name="trace")  # policy(default, name=..., top=...)
 
 
 def write(directory: Path, files: dict[str, str]) -> Path:
@@ -122,17 +119,8 @@ BAD: list[tuple[str, str, list[tuple[str, str, str]]]] = [
 ]
 
 
-@pytest.mark.parametrize("case", sorted(GOOD))
-def test_good_specs_pass(tmp_path: Path, case: str) -> None:
-    assert violations(write(tmp_path, {"policy.yaml": policy(GOOD[case])})) == []
-
-
-@pytest.mark.parametrize(("default", "expected"), table_cases(BAD))
-def test_bad_specs_report_every_violation_with_file_line_and_path(
-    tmp_path: Path, default: str, expected: list[tuple[str, str, str]]
-) -> None:
-    directory = write(tmp_path, {"policy.yaml": policy(default)})
-    assert_violations_point_at(directory, "policy.yaml", expected, section="spec.default")
+test_good_specs_pass, test_bad_specs_report_every_violation_with_file_line_and_path = validation_table_tests(
+    write, policy, GOOD, BAD, section="spec.default")
 
 
 def test_the_egress_is_refused_with_the_placement_words(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from meshplan.apply.deliver import (
     unchanged,
 )
 from meshplan.envoy.binary import validate_configs
+from meshplan.envoy.types import json_fields
 from meshplan.errors import ApplyError, MeshplanError
 from meshplan.plan.model import Plan, read_plan_file
 from meshplan.plan.workflow import Selection, compute_plan, fetch_live
@@ -164,21 +165,7 @@ def _preflight(plan: Plan, err: Console) -> None:
 
 
 def _files(resources: Sequence[object]) -> list[str]:
-    found: list[str] = []
-
-    def walk(node: object) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                if key == "filename" and isinstance(value, str):
-                    found.append(value)
-                else:
-                    walk(value)
-        elif isinstance(node, list):
-            for item in node:
-                walk(item)
-
-    walk(list(resources))
-    return found
+    return [value for key, value in json_fields(list(resources)) if key == "filename" and isinstance(value, str)]
 
 
 def _progress(err: Console, result: ProxyResult, counter: str = "") -> None:

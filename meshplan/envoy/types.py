@@ -9,7 +9,7 @@ parses; tests/test_envoy_names.py checks that every type resolves there.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from meshplan.envoy import names
@@ -192,25 +192,26 @@ def cluster_endpoints(cluster: Json) -> list[tuple[str, int]]:
     return [a for a in found if a is not None]
 
 
+def json_fields(node: Any) -> Iterator[tuple[str, Any]]:
+    """Every (key, value) of every mapping inside `node` (JSON: dicts and lists), depth first, in order."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield key, value
+            yield from json_fields(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from json_fields(item)
+
+
 def secret_names(resources: Iterable[Json]) -> set[str]:
     """The SDS secrets some resources refer to (by name)."""
     found: set[str] = set()
-
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                if key == "tls_certificate_sds_secret_configs" and isinstance(value, list):
-                    found.update(v["name"] for v in value if isinstance(v, dict) and isinstance(v.get("name"), str))
-                elif key == "validation_context_sds_secret_config" and isinstance(value, dict):
-                    if isinstance(value.get("name"), str):
-                        found.add(value["name"])
-                else:
-                    walk(value)
-        elif isinstance(node, list):
-            for item in node:
-                walk(item)
-
-    walk(list(resources))
+    for key, value in json_fields(list(resources)):
+        if key == "tls_certificate_sds_secret_configs" and isinstance(value, list):
+            found.update(v["name"] for v in value if isinstance(v, dict) and isinstance(v.get("name"), str))
+        elif key == "validation_context_sds_secret_config" and isinstance(value, dict):
+            if isinstance(value.get("name"), str):
+                found.add(value["name"])
     return found
 
 

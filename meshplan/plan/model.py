@@ -225,10 +225,8 @@ def _resource_plan(proxy: ProxyConfig, change: ResourceChange) -> ResourcePlan:
 _STEP = re.compile(r'\.?([A-Za-z_@][\w@]*)|\[(\d+)\]|\[("(?:[^"\\]|\\.)*")\]')
 
 
-def steps_of(path: str, resource: Mapping[str, Any] | None) -> tuple[str | int, ...] | None:
-    """A diff path (`filter_chains["inbound:..."].filters[0]`) as keys and positions in `resource`: a `["name"]`
-    step names a list element by its `name` (or a map key)."""
-    node: Any = resource
+def path_steps(path: str) -> list[str | int] | None:
+    """A plan path's steps: a field name, a position (int), or a quoted name or map key (kept quoted, as JSON)."""
     steps: list[str | int] = []
     pos = 0
     while pos < len(path):
@@ -236,12 +234,21 @@ def steps_of(path: str, resource: Mapping[str, Any] | None) -> tuple[str | int, 
         if m is None:
             return None
         pos = m.end()
-        if m.group(1) is not None:
-            step: str | int = m.group(1)
-        elif m.group(2) is not None:
-            step = int(m.group(2))
-        else:
-            key = json.loads(m.group(3))
+        steps.append(m.group(1) if m.group(1) is not None else int(m.group(2)) if m.group(2) is not None else m.group(3))
+    return steps
+
+
+def steps_of(path: str, resource: Mapping[str, Any] | None) -> tuple[str | int, ...] | None:
+    """A diff path (`filter_chains["inbound:..."].filters[0]`) as keys and positions in `resource`: a `["name"]`
+    step names a list element by its `name` (or a map key)."""
+    written = path_steps(path)
+    if written is None:
+        return None
+    node: Any = resource
+    steps: list[str | int] = []
+    for step in written:
+        if isinstance(step, str) and step.startswith('"'):
+            key = json.loads(step)
             step = key
             if isinstance(node, list):
                 index = next((i for i, item in enumerate(node) if isinstance(item, dict) and item.get("name") == key), None)

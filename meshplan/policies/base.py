@@ -127,6 +127,15 @@ class ProxyBuild:
             if conf is not None:
                 yield out, conf
 
+    def sidecar_conf(self, kind: str, parse: Callable[[ConfReader], C | None]) -> tuple[Dataplane, C] | None:
+        """For a kind with one top-level `default` (MeshTrace, MeshMetric): this sidecar and the typed conf of what
+        its policies merged to; None on the egress, where none selects it, or where the conf is None."""
+        merged = self.match.single(kind)
+        if merged.empty or not isinstance(self.proxy, Dataplane):
+            return None
+        conf = parse(ConfReader.of_merged(merged))
+        return None if conf is None else (self.proxy, conf)
+
     def set(self, container: Json, key: str, value: Any, origins: Iterable[str]) -> None:
         """Set `container[key]` and remember who set it (shown beside the field in a plan)."""
         container[key] = value
@@ -189,6 +198,16 @@ class ProxyBuild:
         elif isinstance(node, list):
             for i, item in enumerate(node):
                 yield from self._paths(item, prefix + (i,))
+
+
+def validator(parse: Callable[[ConfReader], object]) -> Callable[[Json, PathKey, FieldCheck, str], None]:
+    """The `validate` of a kind whose parse of one item's `default` reports every violation (the section does not
+    change what it checks)."""
+
+    def validate(default: Json, path: PathKey, check: FieldCheck, section: str) -> None:
+        parse(ConfReader(default, path, check))
+
+    return validate
 
 
 def network_filter(chain: Json, name: str) -> Json | None:

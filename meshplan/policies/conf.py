@@ -277,6 +277,34 @@ class ConfReader:
         """A TCP port, 1 to 65535 ("must be a port between 1 and 65535"); None when it is not set."""
         return self._setting(key, self.check.port(self.raw, self.path, key, required=False))
 
+    # --- a typed union (MeshAccessLog, MeshTrace, MeshMetric backends and formats) ---
+
+    def typed_block(self, blocks: dict[str, str], noun: str, *, also: tuple[str, ...] = (),
+                    written_here: bool = True) -> str | None:
+        """Which block of a typed union this mapping uses: the one its `type` names (`blocks` maps each type to its
+        block's key), or, with no `type`, the only block written. Reports every field but `type`, the blocks and
+        `also`; an unknown type; no block or several; every block that does not go with the type; and
+        (`written_here`) the chosen block missing ("must be defined"). None when no block can be chosen (or it is
+        missing)."""
+        self.unknown(("type",) + tuple(blocks.values()) + also)
+        written = [b for b in blocks.values() if b in self.raw]
+        kind = self.choice("type", tuple(blocks))
+        if kind is None and isinstance(self.raw.get("type"), str):
+            return None  # an unknown type (reported); one that is not a string is reported and read from the block
+        block = blocks[kind.value] if kind is not None else (written[0] if len(written) == 1 else None)
+        if block is None:
+            keys = [f"`{b}`" for b in blocks.values()]
+            got = f", got {len(written)}" if written else ""
+            self.fail(f"must have exactly one of {', '.join(keys[:-1])} or {keys[-1]}{got}")
+            return None
+        for other in written:
+            if other != block:
+                self.fail(f"`{other}` is not used by a {noun} of type {kind.value if kind else None}", other)
+        if written_here and block not in self.raw:
+            self.fail("must be defined", block)
+            return None
+        return block
+
 
 class _Strict(FieldCheck):
     """The check of a merged conf: its items were validated, so any violation is a bug, raised at once."""

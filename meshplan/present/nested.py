@@ -37,11 +37,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from meshplan.plan.model import FieldPlan
+from meshplan.plan.model import FieldPlan, path_steps
 
 Line = tuple[str, str]  # the text, and the style of its marker ("" for none; "dim" for a comment)
 
-_STEP = re.compile(r'\.?([A-Za-z_@][\w@]*)|\[(\d+)\]|\[("(?:[^"\\]|\\.)*")\]')
 _IDENT = re.compile(r"[A-Za-z_][\w]*")
 _STYLES = {"+": "green", "~": "yellow", "-": "red"}
 _STEP_INDENT = 4
@@ -77,19 +76,6 @@ class _Node:
     def leaves(self) -> list[FieldPlan]:
         own = [self.leaf] if self.leaf is not None else []
         return own + [f for child in self.children.values() for f in child.leaves()]
-
-
-def _steps(path: str) -> list[str | int] | None:
-    """A plan path's steps: a field name, a position (int), or a quoted name or map key (kept quoted)."""
-    steps: list[str | int] = []
-    pos = 0
-    while pos < len(path):
-        m = _STEP.match(path, pos)
-        if m is None:
-            return None
-        pos = m.end()
-        steps.append(m.group(1) if m.group(1) is not None else int(m.group(2)) if m.group(2) is not None else m.group(3))
-    return steps
 
 
 def _is_element(step: str | int) -> bool:
@@ -149,7 +135,7 @@ def _label(list_field: str, step: str | int, element: Any) -> str:
 def _tree(fields: Sequence[FieldPlan], resource: Mapping[str, Any] | None) -> _Node:
     root = _Node("", resource)
     for change in fields:
-        steps = _steps(change.path)
+        steps = path_steps(change.path)
         if not steps:
             steps = [change.path]
         node = root

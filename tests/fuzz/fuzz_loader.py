@@ -14,7 +14,6 @@ import argparse
 import collections
 import resource
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -25,10 +24,10 @@ from hypothesis import HealthCheck, given, seed, settings  # noqa: E402
 from tests.loader_fuzz import (  # noqa: E402
     Entry,
     Outcome,
-    check_validate,
+    check_directory,
+    check_text,
     directories,
     max_rss_bytes,
-    write_directory,
     yaml_texts,
 )
 
@@ -62,17 +61,12 @@ def main(argv: list[str]) -> int:
     @run(args.texts)
     @given(text=yaml_texts)
     def texts(text: str) -> None:
-        with tempfile.TemporaryDirectory(prefix="meshplan-fuzz-") as base:
-            root = Path(base) / "desired"
-            root.mkdir()
-            (root / "resource.yaml").write_text(text, encoding="utf-8", errors="surrogatepass")
-            record(check_validate(root, trace=trace(), rss_before=rss_before))
+        record(check_text(text, trace=trace(), rss_before=rss_before))
 
     @run(args.directories)
     @given(entries=directories())
     def trees(entries: list[Entry]) -> None:
-        with tempfile.TemporaryDirectory(prefix="meshplan-fuzz-") as base:
-            record(check_validate(write_directory(Path(base), entries), trace=trace(), rss_before=rss_before))
+        record(check_directory(entries, trace=trace(), rss_before=rss_before))
 
     started = time.monotonic()
     for name, test, count in (("texts", texts, args.texts), ("directories", trees, args.directories)):

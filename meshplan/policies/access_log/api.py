@@ -117,19 +117,9 @@ def parse(conf: ConfReader) -> Conf | None:
 
 
 def _parse_backend(backend: ConfReader) -> FileBackend | None:
-    backend.unknown(("type",) + tuple(BACKEND_TYPES.values()))
-    blocks = [b for b in BACKEND_TYPES.values() if b in backend.raw]
-    kind = backend.choice("type", tuple(BACKEND_TYPES))
-    if kind is None and isinstance(backend.raw.get("type"), str):
-        return None  # an unknown type (reported); one that is not a string is reported and read from the block
-    block = BACKEND_TYPES[kind.value] if kind is not None else (blocks[0] if len(blocks) == 1 else None)
+    block = backend.typed_block(BACKEND_TYPES, "backend", written_here=False)
     if block is None:
-        got = f", got {len(blocks)}" if blocks else ""
-        backend.fail(f"must have exactly one of `file`, `tcp` or `openTelemetry`{got}")
         return None
-    for other in blocks:
-        if other != block:
-            backend.fail(f"`{other}` is not used by a backend of type {kind.value if kind else None}", other)
     if block != "file":
         backend.fail(f"`{block}` backends are not supported: Kuma implements them with kuma-dp (a log forwarder and "
                      "an OpenTelemetry pipe), which plain Envoy has not; use a `file` backend", block)  # fmt: skip
@@ -150,21 +140,11 @@ def _parse_file(file: ConfReader) -> FileBackend | None:
 
 
 def _parse_format(fmt: ConfReader) -> Format | None:
-    fmt.unknown(("type", "plain", "json", "omitEmptyValues"))
     omit = fmt.boolean("omitEmptyValues")
     omit_empty_values = omit is not None and omit.value
-    blocks = [b for b in FORMAT_TYPES.values() if b in fmt.raw]
-    kind = fmt.choice("type", tuple(FORMAT_TYPES))
-    if kind is None and isinstance(fmt.raw.get("type"), str):
-        return None  # an unknown type (reported)
-    block = FORMAT_TYPES[kind.value] if kind is not None else (blocks[0] if len(blocks) == 1 else None)
+    block = fmt.typed_block(FORMAT_TYPES, "format", also=("omitEmptyValues",), written_here=False)
     if block is None:
-        got = f", got {len(blocks)}" if blocks else ""
-        fmt.fail(f"must have exactly one of `plain` or `json`{got}")
         return None
-    for other in blocks:
-        if other != block:
-            fmt.fail(f"`{other}` is not used by a format of type {kind.value if kind else None}", other)
     if block == "plain":
         plain = fmt.text("plain", required=True)
         if plain is None:

@@ -53,7 +53,7 @@ def parse(conf: ConfReader) -> Conf:
     conf.unknown(("sidecar", "applications", "backends"))
     sidecar = conf.section("sidecar", _parse_sidecar)
     if conf.has("applications"):
-        conf.list_of("applications", _check_application)
+        conf.entries("applications", _check_application, not_a_mapping="must be a mapping with `path` and `port`")
         if conf.raw["applications"]:
             conf.fail(f"scraping applications is not supported: {KUMA_DP} (it scrapes each application and merges "
                       "their metrics with Envoy's on one endpoint)", "applications")  # fmt: skip
@@ -76,74 +76,47 @@ def _parse_sidecar(sidecar: ConfReader) -> Setting[bool] | None:
 
 def _parse_profiles(profiles: ConfReader) -> None:
     profiles.unknown(("appendProfiles", "exclude", "include"))
-
-    def profile(raw: object, at: ConfReader) -> str | None:
-        if not isinstance(raw, dict):
-            at.fail("must be a mapping with `name`")
-            return None
-        at.unknown(("name",))
-        name = at.text("name", required=True)
-        if name is None:
-            return None
-        if name.value not in PROFILES:
-            at.fail(f"unrecognized profile name {name.value!r} - 'All', 'None', 'Basic' are supported", "name")
-        elif name.value != "All":
-            at.fail(f"profile {name.value!r} is not supported: {KUMA_DP} (it filters Envoy's metrics to the "
-                    "profile); Envoy's admin serves every metric, which is the All profile", "name")  # fmt: skip
-        return name.value
-
-    profiles.list_of("appendProfiles", profile)
+    profiles.entries("appendProfiles", _check_profile, not_a_mapping="must be a mapping with `name`")
     for key in ("exclude", "include"):
-
-        def selector(raw: object, at: ConfReader, key: str = key) -> str | None:
-            if not isinstance(raw, dict):
-                at.fail("must be a mapping with `type` and `match`")
-                return None
-            at.unknown(("type", "match"))
-            kind = at.text("type", required=True)
-            match = at.text("match", required=True)
-            if kind is not None and kind.value not in SELECTOR_TYPES:
-                at.fail(f"unrecognized type {kind.value!r} - 'Regex', 'Prefix', 'Exact', 'Contains' are supported",
-                        "type")
-            elif kind is not None and kind.value == "Regex" and match is not None:
-                try:
-                    re.compile(match.value)
-                except re.error:
-                    at.fail("invalid regex", "match")
-            return None
-
-        profiles.list_of(key, selector)
+        profiles.entries(key, _check_selector, not_a_mapping="must be a mapping with `type` and `match`")
         if profiles.raw.get(key):
             profiles.fail(f"`{key}` selectors are not supported: {KUMA_DP} (it filters Envoy's metrics by them)", key)
 
 
-def _check_application(raw: object, at: ConfReader) -> None:
-    if not isinstance(raw, dict):
-        at.fail("must be a mapping with `path` and `port`")
-        return None
+def _check_profile(at: ConfReader) -> None:
+    at.unknown(("name",))
+    name = at.text("name", required=True)
+    if name is not None and name.value not in PROFILES:
+        at.fail(f"unrecognized profile name {name.value!r} - 'All', 'None', 'Basic' are supported", "name")
+    elif name is not None and name.value != "All":
+        at.fail(f"profile {name.value!r} is not supported: {KUMA_DP} (it filters Envoy's metrics to the "
+                "profile); Envoy's admin serves every metric, which is the All profile", "name")  # fmt: skip
+
+
+def _check_selector(at: ConfReader) -> None:
+    at.unknown(("type", "match"))
+    kind = at.text("type", required=True)
+    match = at.text("match", required=True)
+    if kind is not None and kind.value not in SELECTOR_TYPES:
+        at.fail(f"unrecognized type {kind.value!r} - 'Regex', 'Prefix', 'Exact', 'Contains' are supported", "type")
+    elif kind is not None and kind.value == "Regex" and match is not None:
+        try:
+            re.compile(match.value)
+        except re.error:
+            at.fail("invalid regex", "match")
+
+
+def _check_application(at: ConfReader) -> None:
     at.unknown(("name", "path", "address", "port"))
     at.text("name")
     at.text("path")
     at.text("address")
     at.port("port") if at.has("port") else at.fail("`port` is required")
-    return None
 
 
 def _parse_backend(backend: ConfReader) -> Prometheus | None:
-    backend.unknown(("type",) + tuple(BACKEND_TYPES.values()))
-    blocks = [b for b in BACKEND_TYPES.values() if b in backend.raw]
-    kind = backend.choice("type", tuple(BACKEND_TYPES))
-    if kind is None and isinstance(backend.raw.get("type"), str):
-        return None
-    block = BACKEND_TYPES[kind.value] if kind is not None else (blocks[0] if len(blocks) == 1 else None)
+    block = backend.typed_block(BACKEND_TYPES, "backend")
     if block is None:
-        backend.fail("must have exactly one of `prometheus` or `openTelemetry`")
-        return None
-    for other in blocks:
-        if other != block:
-            backend.fail(f"`{other}` is not used by a backend of type {kind.value if kind else None}", other)
-    if block not in backend.raw:
-        backend.fail("must be defined", block)
         return None
     if block == "openTelemetry":
         backend.fail(f"OpenTelemetry backends are not supported: {KUMA_DP} (it reads Envoy's metrics and pushes them "

@@ -18,7 +18,6 @@ from meshplan.envoy import names
 from meshplan.envoy import types as t
 from meshplan.model import Dataplane
 from meshplan.policies.base import Json, ProxyBuild
-from meshplan.policies.conf import ConfReader
 from meshplan.policies.metric.api import Prometheus, parse
 
 KIND = "MeshMetric"
@@ -27,11 +26,10 @@ CONNECT_TIMEOUT = "5s"
 
 
 def apply(build: ProxyBuild) -> None:
-    proxy = build.proxy
-    merged = build.match.single(KIND)
-    if merged.empty or not isinstance(proxy, Dataplane):
+    found = build.sidecar_conf(KIND, parse)
+    if found is None:
         return
-    conf = parse(ConfReader.of_merged(merged))
+    proxy, conf = found
     if conf.backends is None or not conf.backends.value:
         return
     used_only = conf.include_unused is None or not conf.include_unused.value

@@ -7,13 +7,11 @@
 
 from __future__ import annotations
 
-from meshplan.load.resources import PathKey
 from meshplan.model import Policy
 from meshplan.policies import OUT_OF_SCOPE, SINGLE, placement_row
-from meshplan.policies.base import Json, ProxyBuild
+from meshplan.policies.base import ProxyBuild, validator
 from meshplan.policies.conf import ConfReader
 from meshplan.policies.proxy_patch import api, envoy
-from meshplan.validate.check import FieldCheck
 
 KIND = "MeshProxyPatch"
 # Run order on a proxy (registry.py): last of all, as Kuma applies it after every other plugin, so a patch sees
@@ -33,8 +31,7 @@ def conf_of(policy: Policy) -> api.Conf:
     return conf
 
 
-def validate(default: Json, path: PathKey, check: FieldCheck, section: str) -> None:
-    api.parse(ConfReader(default, path, check))
+validate = validator(api.parse)
 
 
 def apply(build: ProxyBuild) -> None:

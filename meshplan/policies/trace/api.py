@@ -143,21 +143,8 @@ def _parse_header(header: ConfReader) -> tuple[str, str | None] | None:
 
 
 def _parse_backend(backend: ConfReader) -> Backend | None:
-    backend.unknown(("type",) + tuple(BACKEND_TYPES.values()))
-    blocks = [b for b in BACKEND_TYPES.values() if b in backend.raw]
-    kind = backend.choice("type", tuple(BACKEND_TYPES))
-    if kind is None and isinstance(backend.raw.get("type"), str):
-        return None  # an unknown type (reported)
-    block = BACKEND_TYPES[kind.value] if kind is not None else (blocks[0] if len(blocks) == 1 else None)
+    block = backend.typed_block(BACKEND_TYPES, "backend")
     if block is None:
-        got = f", got {len(blocks)}" if blocks else ""
-        backend.fail(f"must have exactly one of `zipkin`, `datadog` or `openTelemetry`{got}")
-        return None
-    for other in blocks:
-        if other != block:
-            backend.fail(f"`{other}` is not used by a backend of type {kind.value if kind else None}", other)
-    if block not in backend.raw:
-        backend.fail("must be defined", block)
         return None
     if block == "zipkin":
         return backend.section("zipkin", _parse_zipkin)

@@ -24,9 +24,7 @@ from typing import Any
 
 from meshplan.envoy import names
 from meshplan.envoy import types as t
-from meshplan.model import Dataplane
 from meshplan.policies.base import Json, ProxyBuild, hcm
-from meshplan.policies.conf import ConfReader
 from meshplan.policies.trace.api import (
     Backend,
     Collector,
@@ -44,12 +42,11 @@ UNKNOWN = "unknown"
 
 
 def apply(build: ProxyBuild) -> None:
-    proxy = build.proxy
-    merged = build.match.single(KIND)
-    if merged.empty or not isinstance(proxy, Dataplane):
+    found = build.sidecar_conf(KIND, parse)
+    if found is None:
         return
-    conf = parse(ConfReader.of_merged(merged))
-    if conf is None or conf.backend.value is None:
+    proxy, conf = found
+    if conf.backend.value is None:
         return  # `backends: []`: tracing off
     backend = conf.backend.value
     service = proxy.services[0] if proxy.services else UNKNOWN
