@@ -28,6 +28,7 @@ from tests.builders import (
     web_calling,
     write_mesh,
 )
+from tests.policy_tables import policy_file
 
 ALL = ["MeshCircuitBreaker/mesh-circuit-breaker-all-default", "MeshRetry/mesh-retry-all-default",
        "MeshTimeout/mesh-timeout-all-default"]
@@ -78,24 +79,14 @@ def test_an_unknown_word_in_the_skip_list_is_an_error(tmp_path: Path) -> None:
     assert_violation_reported(found, "mesh.yaml", 6, "skipCreatingInitialPolicies[2]", "expected \"*\" or one of")
 
 
-USER_TIMEOUT = """\
-type: MeshTimeout
-mesh: default
-name: {name}
-spec:
-  targetRef:
-    kind: Mesh
-  to:
-    - targetRef:
-        kind: Mesh
-      default:
-        connectionTimeout: 2s
-"""
+def user_timeout(name: str) -> str:
+    """A user's MeshTimeout for every destination, named `name`."""
+    return policy_file("MeshTimeout", "connectionTimeout: 2s").replace("name: p\n", f"name: {name}\n", 1)
 
 
 def test_a_user_policy_of_the_same_name_replaces_the_default(tmp_path: Path) -> None:
     write_mesh(tmp_path, FixedAddresses(), web_calling(), skip_initial_policies=None,
-               policies=USER_TIMEOUT.format(name="mesh-timeout-all-default"))
+               policies=user_timeout("mesh-timeout-all-default"))
     desired = load_and_parse(tmp_path)
     (timeout,) = [p for p in desired.policies if p.kind == "MeshTimeout"]
     assert not timeout.kuma_default and str(timeout.source) == f"{tmp_path}/policies.yaml:1"
@@ -112,7 +103,7 @@ def test_a_user_policy_of_the_same_name_replaces_the_default(tmp_path: Path) -> 
 @pytest.mark.parametrize("name", ["a-timeout", "zz-timeout"])
 def test_a_user_policy_on_the_mesh_merges_over_the_default_whatever_its_name(tmp_path: Path, name: str) -> None:
     write_mesh(tmp_path, FixedAddresses(), web_calling(), skip_initial_policies=None,
-               policies=USER_TIMEOUT.format(name=name))
+               policies=user_timeout(name))
     desired = load_and_parse(tmp_path)
     text = render_text(explain_proxy(desired, "web"))
     section = text[text.index("MeshTimeout to outbound"):]

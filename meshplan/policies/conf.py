@@ -30,6 +30,15 @@ class Setting(Generic[T]):
     origins: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class Header:
+    """A header's name and value (Kuma's HeaderValue), as MeshHealthCheck, MeshRateLimit and MeshHTTPRoute write
+    the headers they set or add."""
+
+    name: str
+    value: str
+
+
 class MergedConfError(AssertionError):
     """A merged conf that a kind's parse refuses although every item it came from was valid: a bug in the kind."""
 

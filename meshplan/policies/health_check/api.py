@@ -57,7 +57,7 @@ from typing import Any
 from meshplan.load.resources import PathKey
 from meshplan.policies import EGRESS_TO, TO, placement_row
 from meshplan.policies.base import Json
-from meshplan.policies.conf import ConfReader, Setting
+from meshplan.policies.conf import ConfReader, Header, Setting
 from meshplan.validate.check import FieldCheck
 
 KIND = "MeshHealthCheck"
@@ -72,12 +72,6 @@ HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+\-.^_`|~]+$")
 
 
 # --- the conf ---------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Header:
-    name: str
-    value: str
 
 
 @dataclass(frozen=True)

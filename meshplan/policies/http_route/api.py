@@ -38,7 +38,7 @@ from meshplan.policies import SIDECAR_TO, TO, placement_row
 from meshplan.policies import backend_refs as refs
 from meshplan.policies.backend_refs import Backend
 from meshplan.policies.base import Json
-from meshplan.policies.conf import ConfReader, Setting
+from meshplan.policies.conf import ConfReader, Header, Setting
 from meshplan.validate.check import FieldCheck
 
 KIND = "MeshHTTPRoute"
@@ -240,15 +240,9 @@ def _query_match(param: Any, at: ConfReader, seen: set[str]) -> QueryMatch | Non
 
 
 @dataclass(frozen=True)
-class HeaderChange:
-    name: str
-    value: str
-
-
-@dataclass(frozen=True)
 class HeaderModifier:
-    set: tuple[HeaderChange, ...]
-    add: tuple[HeaderChange, ...]
+    set: tuple[Header, ...]
+    add: tuple[Header, ...]
     remove: tuple[str, ...]
 
 
@@ -387,8 +381,8 @@ def _header_modifier(spec: ConfReader) -> HeaderModifier:
         if isinstance(items, list) and len(items) > MAX_MODIFIED_HEADERS:
             spec.fail(f"at most {MAX_MODIFIED_HEADERS} headers, got {len(items)}", action)
 
-    def changes(action: str) -> tuple[HeaderChange, ...]:
-        def read(item: Any, at: ConfReader) -> HeaderChange | None:
+    def changes(action: str) -> tuple[Header, ...]:
+        def read(item: Any, at: ConfReader) -> Header | None:
             if not isinstance(item, dict):
                 at.fail(f"must be a mapping with `name` and `value`, got {_describe(item)}")
                 return None
@@ -399,7 +393,7 @@ def _header_modifier(spec: ConfReader) -> HeaderModifier:
             value = at.text("value", required=True)
             if value is not None and any(c in value.value for c in "\r\n\0"):
                 at.fail("a header value cannot contain line breaks or NUL", "value")
-            return None if name is None or value is None else HeaderChange(name.value, value.value)
+            return None if name is None or value is None else Header(name.value, value.value)
 
         at_most(action)
         found = spec.list_of(action, read)

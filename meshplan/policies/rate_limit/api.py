@@ -49,7 +49,7 @@ from typing import Any
 from meshplan.load.resources import PathKey
 from meshplan.policies import EGRESS_FROM, FROM, placement_row
 from meshplan.policies.base import Json
-from meshplan.policies.conf import ConfReader, Setting
+from meshplan.policies.conf import ConfReader, Header, Setting
 from meshplan.validate.check import FieldCheck, duration_json, parse_duration
 
 KIND = "MeshRateLimit"
@@ -75,12 +75,6 @@ ADD_ACTION = "APPEND_IF_EXISTS_OR_ADD"
 class Rate:
     num: int  # requests (or connections) per interval
     interval: str  # as Envoy writes a Duration (`1s`, `0.051s`)
-
-
-@dataclass(frozen=True)
-class Header:
-    name: str
-    value: str
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,8 @@ from meshplan.policies.clients import (
     stat_label,
     stat_scope,
 )
-from meshplan.policies.conf import ConfReader
-from meshplan.policies.rate_limit.api import ADD_ACTION, KIND, SET_ACTION, Header, HttpLimit, Rate, TcpLimit, parse
+from meshplan.policies.conf import ConfReader, Header
+from meshplan.policies.rate_limit.api import ADD_ACTION, KIND, SET_ACTION, HttpLimit, Rate, TcpLimit, parse
 
 
 def apply(build: ProxyBuild) -> None:
