@@ -118,7 +118,10 @@ def parse_policy(check: FieldCheck, res: RawResource, mesh: str) -> Policy | Non
     before = len(check.out)
     kind = KINDS[res.kind]
     body = res.body
-    top = target_ref(check, body, (), top=True, inbound_policy=FROM in kind.sections and bool(body.get(FROM)))
+    # Top-level `rules` (Kuma 2.12+) configure inbounds too: they are refused on their own, and a `sectionName`
+    # beside them is what Kuma's docs write, so it is not reported a second time.
+    inbound = FROM in kind.sections and (bool(body.get(FROM)) or "rules" in body)
+    top = target_ref(check, body, (), top=True, inbound_policy=inbound)
     known = ["targetRef"] + [s for s in (TO, FROM) if s in kind.sections] + (["default"] if SINGLE in kind.sections else [])
     if res.kind == "MeshHTTPRoute" or res.kind == "MeshTCPRoute":
         known.append("rules")
