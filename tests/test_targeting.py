@@ -243,6 +243,12 @@ REFUSED = [
      "policies.yaml:7: spec.targetRef.labels.replicas: tag values must be strings"),
     ("empty sectionName", MTP, "    kind: Dataplane\n    sectionName: ''",
      "policies.yaml:7: spec.targetRef.sectionName: must not be empty"),
+    # Kuma's docs (meshretry.md, gRPC example) write `tags` beside kind Dataplane: ignored, it selected every dataplane.
+    ("tags with kind Dataplane", MTP, "    kind: Dataplane\n    tags: {app: web}",
+     "policies.yaml:7: spec.targetRef.tags: must not be set with kind Dataplane (as Kuma: tags select only with "
+     "MeshSubset and MeshServiceSubset); a Dataplane targetRef selects by `labels`"),
+    ("tags with kind Mesh", MTP, "    kind: Mesh\n    tags: {app: web}",
+     "policies.yaml:7: spec.targetRef.tags: must not be set with kind Mesh"),
 ]
 
 
