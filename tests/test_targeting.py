@@ -247,6 +247,9 @@ REFUSED = [
     ("tags with kind Dataplane", MTP, "    kind: Dataplane\n    tags: {app: web}",
      "policies.yaml:7: spec.targetRef.tags: must not be set with kind Dataplane (as Kuma: tags select only with "
      "MeshSubset and MeshServiceSubset); a Dataplane targetRef selects by `labels`"),
+    # Kuma's docs (meshfaultinjection.md) write `name: default` beside kind Mesh in a `from` item; Kuma refuses it.
+    ("name with kind Mesh", MTP, "    kind: Mesh\n    name: default",
+     "policies.yaml:7: spec.targetRef.name: must not be set with kind Mesh (as Kuma"),
     ("tags with kind Mesh", MTP, "    kind: Mesh\n    tags: {app: web}",
      "policies.yaml:7: spec.targetRef.tags: must not be set with kind Mesh"),
 ]
