@@ -17,7 +17,7 @@ from meshplan.match.result import match_proxy
 from meshplan.policies.access_log import api as access_log
 from meshplan.policies.backend_refs import Backend
 from meshplan.policies.circuit_breaker import api as circuit_breaker
-from meshplan.policies.conf import ConfReader, MergedConfError, Setting
+from meshplan.policies.conf import ConfReader, Header, MergedConfError, Setting
 from meshplan.policies.fault_injection import api as fault_injection
 from meshplan.policies.health_check import api as health_check
 from meshplan.policies.http_route import api as http_route_api
@@ -345,7 +345,7 @@ def test_a_merged_http_route_rule_reads_its_default_typed() -> None:
     assert conf.backend_refs == (Backend("MeshServiceSubset", "backend", {"version": "v2"}, None, 0),
                                  Backend("MeshService", "other"))
     assert conf.filters.request_headers == http_route_api.HeaderModifier(
-        (http_route_api.HeaderChange("x-a", "b"),), (), ("x-c",))
+        (Header("x-a", "b"),), (), ("x-c",))
     assert conf.filters.rewrite == http_route_api.Rewrite(
         None, http_route_api.PathRewrite("ReplacePrefixMatch", "/v2"))
     assert conf.filters.mirrors == (http_route_api.Mirror(Backend("MeshService", "shadow"), Decimal("12.5")),)

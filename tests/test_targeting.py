@@ -191,7 +191,7 @@ def test_labels_load_from_both_forms_and_select(tmp_path: Path) -> None:
     assert by_name["web-1"].labels == {"app": "web", "env": "prod"}
     assert by_name["web-2"].labels == {"app": "web", "env": "dev", }
     assert [i.section_name for i in by_name["web-1"].inbounds] == ["main", "20004"]
-    (p,) = desired.policies
+    (p,) = [p for p in desired.policies if not p.kuma_default]
     assert [i.port for i in by_name["web-1"].inbounds if why_not_from(p, by_name["web-1"], i) is None] == [20002]
     assert why_not(p, by_name["web-2"]) is not None
     # explain names the selector beside the policy, on the inbound it lands on and nowhere else
@@ -243,6 +243,15 @@ REFUSED = [
      "policies.yaml:7: spec.targetRef.labels.replicas: tag values must be strings"),
     ("empty sectionName", MTP, "    kind: Dataplane\n    sectionName: ''",
      "policies.yaml:7: spec.targetRef.sectionName: must not be empty"),
+    # Kuma's docs (meshretry.md, gRPC example) write `tags` beside kind Dataplane: ignored, it selected every dataplane.
+    ("tags with kind Dataplane", MTP, "    kind: Dataplane\n    tags: {app: web}",
+     "policies.yaml:7: spec.targetRef.tags: must not be set with kind Dataplane (as Kuma: tags select only with "
+     "MeshSubset and MeshServiceSubset); a Dataplane targetRef selects by `labels`"),
+    # Kuma's docs (meshfaultinjection.md) write `name: default` beside kind Mesh in a `from` item; Kuma refuses it.
+    ("name with kind Mesh", MTP, "    kind: Mesh\n    name: default",
+     "policies.yaml:7: spec.targetRef.name: must not be set with kind Mesh (as Kuma"),
+    ("tags with kind Mesh", MTP, "    kind: Mesh\n    tags: {app: web}",
+     "policies.yaml:7: spec.targetRef.tags: must not be set with kind Mesh"),
 ]
 
 
@@ -299,7 +308,7 @@ def test_a_mesh_service_by_its_display_name_label_is_that_service(tmp_path: Path
         write(tmp_path / sub, policies)
         (tmp_path / sub / "dataplanes.yaml").write_text(DATAPLANES + outbound)
     desired = load_and_parse(tmp_path / "a")
-    (labelled,) = desired.policies
+    (labelled,) = [p for p in desired.policies if not p.kuma_default]
     assert labelled.to[0].target_ref == TargetRef("MeshService", "web-admin")
     web2 = next(d for d in desired.dataplanes if d.name == "web-2")
     assert merge_to([labelled], web2, Destination("default", "web-admin")).conf == {"idleTimeout": "5s"}

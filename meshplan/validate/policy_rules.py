@@ -63,7 +63,16 @@ def target_ref(check: FieldCheck, obj: dict[str, Any], path: PathKey, *, top: bo
     service_by_labels = kind == "MeshService" and not top and "labels" in ref
     name = check.field(ref, rp, "name", str,
                        required=kind in ("MeshService", "MeshServiceSubset", "MeshExternalService") and not service_by_labels)
+    if kind == "Mesh" and "name" in ref:
+        check.fail(rp + ("name",), "must not be set with kind Mesh (as Kuma: \"using name with kind Mesh is not yet "
+                   "supported\"); kind Mesh is the policy's own mesh")
     tags = check.tags(ref, rp, "tags", required=kind in ("MeshSubset", "MeshServiceSubset"))
+    if "tags" in ref and kind not in ("MeshSubset", "MeshServiceSubset"):
+        # Ignored, the tags would widen the selection (a Dataplane targetRef without a name is every dataplane).
+        hint = "; a Dataplane targetRef selects by `labels`" if kind == "Dataplane" else ""
+        check.fail(rp + ("tags",), f"must not be set with kind {kind} (as Kuma: tags select only with MeshSubset and "
+                   f"MeshServiceSubset){hint}")
+        tags = {}
     labels: dict[str, str] | None = None
     if "labels" in ref:
         if dataplane_top:
