@@ -26,7 +26,8 @@ def _id(case: dict[str, Any]) -> str:
 
 
 def _policy(case: dict[str, Any]) -> str:
-    return yaml.safe_dump({"type": case["kind"], "mesh": "default", "name": "parity", "spec": case["spec"]},
+    return yaml.safe_dump({"type": case["kind"], "mesh": "default", "name": case.get("name", "parity"),
+                           "spec": case["spec"]},
                           sort_keys=False)
 
 
@@ -54,7 +55,7 @@ def test_the_table_is_well_formed() -> None:
     docs = " ".join(DOCS.read_text().split())  # titles may wrap
     assert len(CASES) >= 100
     for case in CASES:
-        assert set(case) <= {"kuma", "kind", "note", "verdict", "fields", "spec", "deviation", "kuma_verdict",
+        assert set(case) <= {"kuma", "kind", "name", "note", "verdict", "fields", "spec", "deviation", "kuma_verdict",
                              "kuma_fields"}, case
         file, title = case["kuma"]
         assert file.endswith(("validator_test.go", "validation_test.go")) and title, case
