@@ -31,6 +31,7 @@ TO_KINDS_REFUSED = {
     "MeshTimeout": ("MeshSubset", "MeshServiceSubset"),
     "MeshRetry": ("MeshSubset", "MeshServiceSubset"),
     "MeshCircuitBreaker": ("MeshSubset", "MeshServiceSubset"),
+    "MeshLoadBalancingStrategy": ("MeshSubset", "MeshServiceSubset"),
 }
 
 

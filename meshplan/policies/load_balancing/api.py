@@ -28,6 +28,9 @@ or `maglev`, and are applied whatever the type (Envoy ignores a hash with a non-
 A route gets the hash policies of the cluster it sends to (for weighted clusters, of the first that has any); routes
 of a TCP destination have none (Kuma does not set `tcp_proxy.hash_policy` either).
 
+A `to` item may not select a MeshSubset or MeshServiceSubset (as Kuma v2.14.3: a subset of a service's endpoints is
+not a destination with a cluster of its own; validate/policy_rules.py).
+
 `localityAwareness`: meshplan renders one zone and no endpoint priorities, so `disabled` (true or false) is accepted
 and changes nothing; `localZone` and `crossZone` are rejected as not supported.
 
