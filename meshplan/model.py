@@ -167,6 +167,11 @@ class Policy:
         """One of Kuma's initial default policies (validate/initial_policies.py), which no file holds."""
         return self.source == KUMA_DEFAULT
 
+    def source_at(self, path: str) -> Source | None:
+        """The line of the field at `path` (as the file spells it: `spec.to[0].default`), if it is written."""
+        line = self.lines.get(path)
+        return None if line is None else Source(self.source.file, line)
+
 
 @dataclass
 class Desired:

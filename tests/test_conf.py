@@ -17,7 +17,7 @@ from meshplan.match.result import match_proxy
 from meshplan.policies.access_log import api as access_log
 from meshplan.policies.backend_refs import Backend
 from meshplan.policies.circuit_breaker import api as circuit_breaker
-from meshplan.policies.conf import ConfReader, Header, MergedConfError, Setting
+from meshplan.policies.conf import ConfReader, Header, HeaderMatch, MergedConfError, Setting
 from meshplan.policies.fault_injection import api as fault_injection
 from meshplan.policies.health_check import api as health_check
 from meshplan.policies.http_route import api as http_route_api
@@ -99,7 +99,7 @@ def test_retry_lists_read_as_typed_items() -> None:
     assert conf.http.retry_on is not None
     assert conf.http.retry_on.value == (("on", "5xx"), ("status", "503"), ("method", "GET"))
     assert conf.http.retriable_response_headers is not None
-    assert conf.http.retriable_response_headers.value == (retry.HeaderMatch("x-a", "Prefix", "y"),)
+    assert conf.http.retriable_response_headers.value == (HeaderMatch("x-a", "Prefix", "y"),)
     assert conf.http.host_selection is not None
     assert conf.http.host_selection.value == (retry.HostPredicate("OmitHostsWithTags", {"version": "v1"}, None),)
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meshplan.envoy import names
-from meshplan.errors import MeshplanError, Source
+from meshplan.errors import MeshplanError
 from meshplan.match import matcher as match
 from meshplan.match.behaviour import proxy_patches
 from meshplan.match.matcher import Destination, FieldOrigin, Merged
@@ -214,8 +214,8 @@ def _patch_sections(build: ProxyBuild, proxy: Dataplane) -> list[Section]:
     fields = []
     for policy in patches:
         for index, raw in enumerate(policy.spec["default"]["appendModifications"]):
-            line = policy.lines.get(f"{policy.spec_path}.default.appendModifications[{index}]")
-            origin = f"{policy.kind}/{policy.name} ({policy.source if line is None else Source(policy.source.file, line)})"
+            where = policy.source_at(f"{policy.spec_path}.default.appendModifications[{index}]") or policy.source
+            origin = f"{policy.kind}/{policy.name} ({where})"
             removes = any(isinstance(body, dict) and body.get("operation") == "Remove" for body in raw.values())
             fields.append(FieldLine(f"appendModifications[{index}]", raw, origin, written=origin in carried or removes))
     applied = tuple(f"{p.kind}/{p.name} ({p.source})" for p in patches)

@@ -131,8 +131,7 @@ class Contribution:
     @property
     def source(self) -> Source:
         """The item's own line (`- targetRef:`)."""
-        line = self.policy.lines.get(self.path)
-        return self.policy.source if line is None else Source(self.policy.source.file, line)
+        return self.policy.source_at(self.path) or self.policy.source
 
     def source_of(self, path: Path) -> Source:
         """The line of a field of this item's payload, or of its nearest written ancestor, or of the policy."""

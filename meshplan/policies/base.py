@@ -40,7 +40,7 @@ from meshplan.model import (
     ZoneEgress,
 )
 from meshplan.policies import PolicyKind
-from meshplan.policies.conf import ConfReader
+from meshplan.policies.conf import ConfReader, HeaderMatch
 from meshplan.validate.check import FieldCheck
 
 Json = dict[str, Any]
@@ -239,3 +239,21 @@ def insert_http_filter(manager: Json, http_filter: Json) -> None:
     """Add an HTTP filter before the router (which must stay last)."""
     filters: list[Json] = manager["http_filters"]
     filters.insert(len(filters) - 1, http_filter)
+
+
+def header_matcher(header: HeaderMatch) -> Json:
+    """A header match as Envoy's route HeaderMatcher (a Prefix with an empty value matches presence, as Kuma)."""
+    if header.type == "Present" or (header.type == "Prefix" and not header.value):
+        return {"name": header.name, "present_match": True}
+    if header.type == "Absent":
+        return {"name": header.name, "present_match": False}
+    return {"name": header.name, "string_match": string_match(header.type, header.value or "")}
+
+
+def string_match(kind: str, value: str) -> Json:
+    """Envoy's StringMatcher for a Kuma match type (Exact, Prefix, RegularExpression)."""
+    if kind == "RegularExpression":
+        return {"safe_regex": {"regex": value}}
+    if kind == "Prefix":
+        return {"prefix": value}
+    return {"exact": value}

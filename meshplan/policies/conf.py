@@ -39,6 +39,17 @@ class Header:
     value: str
 
 
+# Kuma's header match types (common_api HeaderMatch), as MeshHTTPRoute and MeshRetry read them.
+HEADER_MATCH_TYPES = ("Exact", "Present", "RegularExpression", "Absent", "Prefix")
+
+
+@dataclass(frozen=True)
+class HeaderMatch:
+    name: str
+    type: str  # one of HEADER_MATCH_TYPES; Exact when not written
+    value: str | None
+
+
 class MergedConfError(AssertionError):
     """A merged conf that a kind's parse refuses although every item it came from was valid: a bug in the kind."""
 

@@ -38,7 +38,7 @@ from meshplan.policies import SIDECAR_TO, TO, placement_row
 from meshplan.policies import backend_refs as refs
 from meshplan.policies.backend_refs import Backend
 from meshplan.policies.base import Json
-from meshplan.policies.conf import ConfReader, Header, Setting
+from meshplan.policies.conf import HEADER_MATCH_TYPES, ConfReader, Header, HeaderMatch, Setting
 from meshplan.validate.check import FieldCheck
 
 KIND = "MeshHTTPRoute"
@@ -58,7 +58,6 @@ FILTER_FIELDS = {
 }
 PATH_TYPES = ("Exact", "PathPrefix", "RegularExpression")
 METHODS = ("CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE")
-HEADER_MATCH_TYPES = ("Exact", "Present", "RegularExpression", "Absent", "Prefix")
 QUERY_MATCH_TYPES = ("Exact", "RegularExpression")
 REWRITE_TYPES = ("ReplaceFullPath", "ReplacePrefixMatch")
 REWRITE_FIELDS = {"ReplaceFullPath": "replaceFullPath", "ReplacePrefixMatch": "replacePrefixMatch"}
@@ -143,13 +142,6 @@ def prefixes_only(matches: Any) -> bool:
 class PathMatch:
     type: str  # one of PATH_TYPES
     value: str
-
-
-@dataclass(frozen=True)
-class HeaderMatch:
-    name: str
-    type: str  # one of HEADER_MATCH_TYPES; Exact when not written
-    value: str | None
 
 
 @dataclass(frozen=True)

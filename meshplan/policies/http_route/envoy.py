@@ -56,11 +56,10 @@ from decimal import Decimal
 from meshplan.match.matcher import Merged
 from meshplan.match.result import Rule
 from meshplan.policies import backend_refs as refs
-from meshplan.policies.base import Json, OutboundPoint, ProxyBuild, hcm
+from meshplan.policies.base import Json, OutboundPoint, ProxyBuild, hcm, header_matcher, string_match
 from meshplan.policies.conf import ConfReader
 from meshplan.policies.http_route.api import (
     KIND,
-    HeaderMatch,
     HeaderModifier,
     Match,
     Mirror,
@@ -263,8 +262,8 @@ def envoy_matches(match: Match) -> list[tuple[Json, str]]:
     headers: list[Json] = []
     if match.method:
         headers.append({"name": ":method", "string_match": {"exact": match.method}})
-    headers += [_header_matcher(h) for h in match.headers]
-    query = [{"name": q.name, "string_match": _string_match(q.type, q.value)} for q in match.query_params]
+    headers += [header_matcher(h) for h in match.headers]
+    query = [{"name": q.name, "string_match": string_match(q.type, q.value)} for q in match.query_params]
 
     def with_conditions(path_spec: Json) -> Json:
         out = dict(path_spec)
@@ -289,19 +288,3 @@ def envoy_matches(match: Match) -> list[tuple[Json, str]]:
     return [(with_conditions({"path": trimmed}), PREFIX_PATH), (with_conditions({"prefix": trimmed + "/"}), PREFIX)]
 
 
-def _header_matcher(header: HeaderMatch) -> Json:
-    kind = header.type
-    value = header.value
-    if kind == "Present" or (kind == "Prefix" and not value):
-        return {"name": header.name, "present_match": True}
-    if kind == "Absent":
-        return {"name": header.name, "present_match": False}
-    return {"name": header.name, "string_match": _string_match(kind, value or "")}
-
-
-def _string_match(kind: str, value: str) -> Json:
-    if kind == "RegularExpression":
-        return {"safe_regex": {"regex": value}}
-    if kind == "Prefix":
-        return {"prefix": value}
-    return {"exact": value}

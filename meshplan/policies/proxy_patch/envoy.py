@@ -97,11 +97,7 @@ def modification_source(policy: Policy, index: int, *rest: str | int) -> Source:
     base = f"{policy.spec_path}.default.appendModifications[{index}]"
     candidates = [base + "".join(f"[{r}]" if isinstance(r, int) else f".{r}" for r in rest[:n])
                   for n in range(len(rest), -1, -1)]
-    for candidate in candidates:
-        line = policy.lines.get(candidate)
-        if line is not None:
-            return Source(policy.source.file, line)
-    return policy.source
+    return next((found for c in candidates if (found := policy.source_at(c)) is not None), policy.source)
 
 
 class _Patcher:

@@ -50,7 +50,7 @@ from typing import Any, TypeVar
 from meshplan.load.resources import PathKey
 from meshplan.policies import SIDECAR_TO, TO, placement_row
 from meshplan.policies.base import Json
-from meshplan.policies.conf import ConfReader, Setting
+from meshplan.policies.conf import HEADER_MATCH_TYPES, ConfReader, HeaderMatch, Setting
 from meshplan.validate.check import FieldCheck
 
 KIND = "MeshRetry"
@@ -80,7 +80,6 @@ GRPC_RETRY_ON = {
     "Unavailable": "unavailable",
 }
 RESET_FORMATS = {"Seconds": "SECONDS", "UnixTimestamp": "UNIX_TIMESTAMP"}
-HEADER_MATCH_TYPES = ("Exact", "Present", "RegularExpression", "Absent", "Prefix")
 PREDICATES = ("OmitPreviousHosts", "OmitHostsWithTags", "OmitPreviousPriorities")
 # Kuma's header name rule (lower case, RFC 7230 token characters), plus HTTP/2 pseudo-headers such as `:authority`.
 HEADER_NAME = re.compile(r"^:?[a-z0-9!#$%&'*+\-.^_`|~]{1,256}$")
@@ -99,13 +98,6 @@ T = TypeVar("T")
 # --- the conf -------------------------------------------------------------------------------------------------
 
 RetryOn = tuple[str, str]  # ("on", Envoy's condition), ("status", code) or ("method", METHOD)
-
-
-@dataclass(frozen=True)
-class HeaderMatch:
-    name: str
-    type: str  # one of HEADER_MATCH_TYPES; Exact when not written
-    value: str | None
 
 
 @dataclass(frozen=True)

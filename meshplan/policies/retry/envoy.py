@@ -6,9 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 from meshplan.envoy import types as t
-from meshplan.policies.base import Json, ProxyBuild, routes, tcp_proxy
+from meshplan.policies.base import Json, ProxyBuild, header_matcher, routes, tcp_proxy
 from meshplan.policies.conf import Setting
-from meshplan.policies.retry.api import DEFAULT_BASE_INTERVAL, KIND, HeaderMatch, HostPredicate, Retry, RetryOn, parse
+from meshplan.policies.retry.api import DEFAULT_BASE_INTERVAL, KIND, HostPredicate, Retry, RetryOn, parse
 
 HTTP_RETRY_ON_DEFAULT = "gateway-error,connect-failure,refused-stream"
 GRPC_RETRY_ON_DEFAULT = "cancelled,connect-failure,gateway-error,refused-stream,reset,resource-exhausted,unavailable"
@@ -79,13 +79,13 @@ def _configure_route(build: ProxyBuild, conf: Retry, action: Json, default_on: s
     if codes:
         build.set(policy, "retriable_status_codes", [int(code) for code in codes], _origins(conf.retry_on))
     written_headers = conf.retriable_request_headers.value if conf.retriable_request_headers else ()
-    request_headers = [_method_matcher(m) for m in methods] + [_header_matcher(h) for h in written_headers]
+    request_headers = [_method_matcher(m) for m in methods] + [header_matcher(h) for h in written_headers]
     if request_headers:
         build.set(policy, "retriable_request_headers", request_headers,
                   _origins(conf.retry_on, conf.retriable_request_headers) if methods
                   else _origins(conf.retriable_request_headers))
     if conf.retriable_response_headers is not None and conf.retriable_response_headers.value:
-        build.set(policy, "retriable_headers", [_header_matcher(h) for h in conf.retriable_response_headers.value],
+        build.set(policy, "retriable_headers", [header_matcher(h) for h in conf.retriable_response_headers.value],
                   _origins(conf.retriable_response_headers))
     if conf.host_selection is not None:
         _host_selection(build, policy, conf.host_selection.value, _origins(conf.host_selection))
@@ -117,20 +117,6 @@ def _split_retry_on(items: tuple[RetryOn, ...]) -> tuple[list[str], list[str], l
 def _method_matcher(method: str) -> Json:
     return {"name": ":method", "string_match": {"exact": method}}
 
-
-def _header_matcher(header: HeaderMatch) -> Json:
-    matcher: Json = {"name": header.name}
-    if header.type == "Present":
-        matcher["present_match"] = True
-    elif header.type == "Absent":
-        matcher["present_match"] = False
-    elif header.type == "Prefix":
-        matcher["string_match"] = {"prefix": header.value}
-    elif header.type == "RegularExpression":
-        matcher["string_match"] = {"safe_regex": {"regex": header.value}}
-    else:
-        matcher["string_match"] = {"exact": header.value or ""}
-    return matcher
 
 
 def _host_selection(build: ProxyBuild, policy: Json, predicates: tuple[HostPredicate, ...], origins: list[str]) -> None:
