@@ -3,15 +3,19 @@ targetRef kind, then name descending, as every merge), each policy's in written 
 kind left.
 
     cluster        Add (replaces one of the same name) | Patch | Remove    clusters matched by name / origin
-    listener       Add | Patch | Remove                                    listeners matched by name / origin
+    listener       Add | Patch | Remove                                    listeners matched by name / origin / tags
     networkFilter  AddFirst | AddLast | AddBefore | AddAfter | Patch | Remove, in every filter chain of the
-                   listeners matched by listenerName / origin; filters by name
+                   listeners matched by listenerName / origin / listenerTags; filters by name
     httpFilter     the same, in the HTTP connection manager of those chains
     virtualHost    Add | Patch | Remove, in the inline route configuration of those chains' HTTP connection
                    managers (matched by routeConfigurationName); virtual hosts by name
 
 Origins: `inbound` is a sidecar's inbound listeners and its local clusters (`local:...`), `outbound` its outbound
-listeners and every other cluster. A `value` Patch merges as protobuf does (fields replaced, messages merged, lists
+listeners and every other cluster. Listener tags are the tags Kuma writes in a listener's `io.kuma.tags` metadata:
+an inbound listener's are its inbound's tags, an outbound listener's the outbound's `tags` without `kuma.io/mesh`
+(an outbound written with a `backendRef` has none: Kuma tags it with the destination's KRI, no `kuma.io/service`);
+a listener that carries `metadata.filter_metadata["io.kuma.tags"]` itself (one a patch added) has those. A listener
+matches when it has every tag of the match with its value, or any value for `*` (Kuma's TagSelector). A `value` Patch merges as protobuf does (fields replaced, messages merged, lists
 appended; a typed `Any` is replaced whole); `jsonPatches` are RFC 6902 on the resource's proto JSON, where a camelCase
 step that is not a key is read as its proto field name (`/connectTimeout` is `connect_timeout`). Every field a
 modification writes is attributed to it (`MeshProxyPatch/<name> (file:line of the modification)`). A JSON patch
@@ -26,6 +30,7 @@ import re
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
+from meshplan.envoy import names
 from meshplan.envoy.typed_json import TYPE_URLS, envoy_form
 from meshplan.envoy.types import HCM_NAME
 from meshplan.errors import LoadError, Source, Violation
@@ -35,6 +40,8 @@ from meshplan.policies.base import ProxyBuild
 
 Json = dict[str, Any]
 KIND = "MeshProxyPatch"
+TAGS_METADATA = "io.kuma.tags"  # Kuma's listener metadata key for the listener's tags
+MESH_TAG = "kuma.io/mesh"
 CLUSTER, LISTENER, NETWORK_FILTER, HTTP_FILTER, VIRTUAL_HOST = (
     "cluster", "listener", "networkFilter", "httpFilter", "virtualHost")
 
@@ -64,6 +71,8 @@ class Match(Protocol):
     def listener_name(self) -> str | None: ...
     @property
     def route_configuration_name(self) -> str | None: ...
+    @property
+    def listener_tags(self) -> dict[str, str] | None: ...
 
 
 class Modification(Protocol):
@@ -91,6 +100,22 @@ def selected(build: ProxyBuild) -> list[Policy]:
 def modify(build: ProxyBuild, policy: Policy, modification: Modification) -> None:
     """One modification of `policy` on the proxy."""
     _Patcher(build, policy, modification).run()
+
+
+def listener_tags(proxy: object, name: str, listener: Json) -> dict[str, str]:
+    """The tags Kuma's `io.kuma.tags` listener metadata would carry for this listener of the sidecar `proxy`."""
+    written = listener.get("metadata", {}).get("filter_metadata", {}).get(TAGS_METADATA)
+    if isinstance(written, dict):
+        return {str(k): str(v) for k, v in written.items()}
+    if not isinstance(proxy, Dataplane):
+        return {}
+    for inbound in proxy.inbounds:
+        if name == names.inbound_listener(inbound.address, inbound.port):
+            return dict(inbound.tags)
+    for outbound in proxy.outbounds:
+        if name == names.outbound_listener(outbound.address, outbound.port):
+            return {k: v for k, v in outbound.tags.items() if k != MESH_TAG}
+    return {}
 
 
 def modification_source(policy: Policy, index: int, *rest: str | int) -> Source:
@@ -142,6 +167,8 @@ class _Patcher:
                 continue
             if match.origin is not None and self._origin_of(mod.target, name) != match.origin:
                 continue
+            if mod.target == LISTENER and not self._tags_match(name, resources[name]):
+                continue
             if mod.operation == "Remove":
                 del resources[name]
             else:
@@ -154,7 +181,16 @@ class _Patcher:
                 continue
             if match.origin is not None and self._origin_of(LISTENER, name) != match.origin:
                 continue
+            if not self._tags_match(name, self.build.listeners[name]):
+                continue
             yield self.build.listeners[name]
+
+    def _tags_match(self, name: str, listener: Json) -> bool:
+        selector = self.mod.match.listener_tags
+        if not selector:
+            return True
+        tags = listener_tags(self.build.proxy, name, listener)
+        return all(key in tags and (value == "*" or tags[key] == value) for key, value in selector.items())
 
     def _chains(self) -> Iterator[Json]:
         for listener in self._listeners():
