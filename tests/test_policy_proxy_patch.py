@@ -305,6 +305,28 @@ def test_a_patch_that_breaks_the_resource_is_an_error(base_mesh: MeshFiles) -> N
         in str(raised.value)
 
 
+
+def test_a_filter_patch_merges_into_the_filters_typed_config(base_mesh: MeshFiles) -> None:
+    """As Kuma's MergeAnys: a filter's `typed_config` of the same type is merged into, not replaced (the TCP proxy
+    keeps its cluster and stat prefix); of another type, the patch is an error at its line."""
+    body = ("- networkFilter:\n    operation: Patch\n    match: {name: envoy.filters.network.tcp_proxy}\n"
+            "    value: |\n      name: envoy.filters.network.tcp_proxy\n      typedConfig:\n"
+            "        '@type': type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy\n"
+            "        idleTimeout: 11s")
+    before = next(li for li in base_mesh.proxies()["web"].listeners
+                  if li["filter_chains"][0]["filters"][0]["name"] == "envoy.filters.network.tcp_proxy")
+    web = render_with(base_mesh, body)["web"]
+    after = next(li for li in web.listeners if li["name"] == before["name"])
+    config = after["filter_chains"][0]["filters"][0]["typed_config"]
+    assert config == {**before["filter_chains"][0]["filters"][0]["typed_config"], "idle_timeout": "11s"}
+    other = body.replace("tcp_proxy.v3.TcpProxy", "http_connection_manager.v3.HttpConnectionManager").replace(
+        "idleTimeout: 11s", "statPrefix: x")
+    with pytest.raises(LoadError) as raised:
+        render_with(base_mesh, other)
+    assert f"{base_mesh.root}/p.yaml:9: cannot patch networkFilter 'envoy.filters.network.tcp_proxy': its " \
+        "typed_config is a type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy" \
+        in str(raised.value)
+
 # --- real Envoys ----------------------------------------------------------------------------------------------
 
 TRAFFIC_POLICIES = """

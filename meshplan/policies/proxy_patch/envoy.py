@@ -13,14 +13,16 @@ kind left.
 Origins: `inbound` is a sidecar's inbound listeners and its local clusters (`local:...`), `outbound` its outbound
 listeners and every other cluster. Listener tags are the tags Kuma writes in a listener's `io.kuma.tags` metadata:
 an inbound listener's are its inbound's tags, an outbound listener's the outbound's `tags` without `kuma.io/mesh`
-(an outbound written with a `backendRef` has none: Kuma tags it with the destination's KRI, no `kuma.io/service`);
-a listener that carries `metadata.filter_metadata["io.kuma.tags"]` itself (one a patch added) has those. A listener
-matches when it has every tag of the match with its value, or any value for `*` (Kuma's TagSelector). A `value` Patch merges as protobuf does (fields replaced, messages merged, lists
-appended; a typed `Any` is replaced whole); `jsonPatches` are RFC 6902 on the resource's proto JSON, where a camelCase
-step that is not a key is read as its proto field name (`/connectTimeout` is `connect_timeout`). Every field a
-modification writes is attributed to it (`MeshProxyPatch/<name> (file:line of the modification)`). A JSON patch
-that cannot apply stops the render with an error at that patch's file:line; a result that is no longer a valid
-Envoy resource, at the modification's.
+(an outbound written with a `backendRef` has none: Kuma tags it with the destination's KRI, no `kuma.io/service`); a
+listener that carries `metadata.filter_metadata["io.kuma.tags"]` itself (one a patch added) has those. A listener
+matches when it has every tag of the match with its value, or any value for `*` (Kuma's TagSelector). A `value`
+Patch merges as protobuf does (fields replaced, messages merged, lists appended; a typed `Any` is replaced whole,
+but for a filter's own `typed_config`, which Kuma merges into the filter's when both are the same type, and refuses
+when they are not); `jsonPatches` are RFC 6902 on the resource's proto JSON, where a camelCase step that is not a
+key is read as its proto field name (`/connectTimeout` is `connect_timeout`). Every field a modification writes is
+attributed to it (`MeshProxyPatch/<name> (file:line of the modification)`). A JSON patch that cannot apply stops the
+render with an error at that patch's file:line; a result that is no longer a valid Envoy resource, at the
+modification's.
 """
 
 from __future__ import annotations
@@ -247,7 +249,18 @@ class _Patcher:
 
     def _patched(self, resource: Json) -> Json:
         if self.mod.value is not None:
-            _merge(resource, self.mod.value, self._mark)
+            value = self.mod.value
+            typed, old = value.get("typed_config"), resource.get("typed_config")
+            if self.mod.target in (NETWORK_FILTER, HTTP_FILTER) and isinstance(typed, dict) and isinstance(old, dict):
+                # Kuma merges a filter's typed config into the filter's own (MergeAnys): same type only.
+                if typed.get("@type") != old.get("@type"):
+                    raise LoadError([Violation(modification_source(self.policy, self.mod.index), "",
+                                               f"cannot patch {self.mod.target} {resource.get('name', '')!r}: its "
+                                               f"typed_config is a {old.get('@type')}, the patch's a "
+                                               f"{typed.get('@type')} (a patch merges into the same type only)")])
+                _merge(old, {k: v for k, v in typed.items() if k != "@type"}, self._mark)
+                value = {k: v for k, v in value.items() if k != "typed_config"}
+            _merge(resource, value, self._mark)
             out = resource
         else:
             out = resource
