@@ -262,6 +262,18 @@ def test_listener_tags_match_what_kuma_tags_each_listener_with(base_mesh: MeshFi
                if li["name"].startswith("inbound:"))
 
 
+def test_an_added_cluster_is_of_neither_origin(base_mesh: MeshFiles) -> None:
+    """Kuma gives an added resource the origin `proxy-template-modifications`: a later `origin: outbound` patch
+    reaches the service clusters but not the added one, which a match by name alone does reach."""
+    body = ("- cluster:\n    operation: Add\n    value: |\n      name: extra\n      connect_timeout: 1s\n"
+            "- cluster:\n    operation: Patch\n    match: {origin: outbound}\n    value: 'connect_timeout: 8s'\n"
+            "- cluster:\n    operation: Patch\n    match: {name: extra}\n    value: 'alt_stat_name: extra-stats'")
+    web = render_with(base_mesh, body)["web"]
+    clusters = {c["name"]: c for c in web.clusters}
+    assert clusters["extra"]["connect_timeout"] == "1s" and clusters["extra"]["alt_stat_name"] == "extra-stats"
+    assert clusters["backend"]["connect_timeout"] == "8s"
+
+
 def test_merge_appends_lists_and_replaces_an_any(base_mesh: MeshFiles) -> None:
     body = ("- virtualHost:\n    operation: Patch\n    match: {routeConfigurationName: 'outbound:backend'}\n"
             "    value: |\n      domains: [extra.local]\n")

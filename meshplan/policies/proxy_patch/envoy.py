@@ -11,18 +11,19 @@ kind left.
                    managers (matched by routeConfigurationName); virtual hosts by name
 
 Origins: `inbound` is a sidecar's inbound listeners and its local clusters (`local:...`), `outbound` its outbound
-listeners and every other cluster. Listener tags are the tags Kuma writes in a listener's `io.kuma.tags` metadata:
-an inbound listener's are its inbound's tags, an outbound listener's the outbound's `tags` without `kuma.io/mesh`
-(an outbound written with a `backendRef` has none: Kuma tags it with the destination's KRI, no `kuma.io/service`); a
-listener that carries `metadata.filter_metadata["io.kuma.tags"]` itself (one a patch added) has those. A listener
-matches when it has every tag of the match with its value, or any value for `*` (Kuma's TagSelector). A `value`
-Patch merges as protobuf does (fields replaced, messages merged, lists appended; a typed `Any` is replaced whole,
-but for a filter's own `typed_config`, which Kuma merges into the filter's when both are the same type, and refuses
-when they are not); `jsonPatches` are RFC 6902 on the resource's proto JSON, where a camelCase step that is not a
-key is read as its proto field name (`/connectTimeout` is `connect_timeout`). Every field a modification writes is
-attributed to it (`MeshProxyPatch/<name> (file:line of the modification)`). A JSON patch that cannot apply stops the
-render with an error at that patch's file:line; a result that is no longer a valid Envoy resource, at the
-modification's.
+listeners and every other cluster; a cluster or listener a modification added has Kuma's origin for it,
+`proxy-template-modifications`, which an inbound or outbound match does not reach. Listener tags are the tags Kuma
+writes in a listener's `io.kuma.tags` metadata: an inbound listener's are its inbound's tags, an outbound listener's
+the outbound's `tags` without `kuma.io/mesh` (an outbound written with a `backendRef` has none: Kuma tags it with
+the destination's KRI, no `kuma.io/service`); a listener that carries `metadata.filter_metadata["io.kuma.tags"]`
+itself (one a patch added) has those. A listener matches when it has every tag of the match with its value, or any
+value for `*` (Kuma's TagSelector). A `value` Patch merges as protobuf does (fields replaced, messages merged, lists
+appended; a typed `Any` is replaced whole, but for a filter's own `typed_config`, which Kuma merges into the
+filter's when both are the same type, and refuses when they are not); `jsonPatches` are RFC 6902 on the resource's
+proto JSON, where a camelCase step that is not a key is read as its proto field name (`/connectTimeout` is
+`connect_timeout`). Every field a modification writes is attributed to it (`MeshProxyPatch/<name> (file:line of the
+modification)`). A JSON patch that cannot apply stops the render with an error at that patch's file:line; a result
+that is no longer a valid Envoy resource, at the modification's.
 """
 
 from __future__ import annotations
@@ -99,9 +100,14 @@ def selected(build: ProxyBuild) -> list[Policy]:
     return proxy_patches(build.desired, build.proxy)
 
 
-def modify(build: ProxyBuild, policy: Policy, modification: Modification) -> None:
-    """One modification of `policy` on the proxy."""
-    _Patcher(build, policy, modification).run()
+ADDED_ORIGIN = "proxy-template-modifications"  # Kuma's origin of a cluster or listener a modification added
+
+
+def modify(build: ProxyBuild, policy: Policy, modification: Modification, added: set[tuple[str, str]]) -> None:
+    """One modification of `policy` on the proxy. `added` is the (cluster | listener, name) of every resource the
+    proxy's modifications added so far (this one adds to it): their origin is Kuma's ADDED_ORIGIN, neither inbound
+    nor outbound."""
+    _Patcher(build, policy, modification, added).run()
 
 
 def listener_tags(proxy: object, name: str, listener: Json) -> dict[str, str]:
@@ -128,8 +134,8 @@ def modification_source(policy: Policy, index: int, *rest: str | int) -> Source:
 
 
 class _Patcher:
-    def __init__(self, build: ProxyBuild, policy: Policy, mod: Modification) -> None:
-        self.build, self.policy, self.mod = build, policy, mod
+    def __init__(self, build: ProxyBuild, policy: Policy, mod: Modification, added: set[tuple[str, str]]) -> None:
+        self.build, self.policy, self.mod, self.added = build, policy, mod, added
         self.origin = f"{KIND}/{policy.name} ({modification_source(policy, mod.index)})"
 
     def run(self) -> None:
@@ -152,6 +158,8 @@ class _Patcher:
     # --- what matches ---
 
     def _origin_of(self, kind: str, name: str) -> str:
+        if (kind, name) in self.added:
+            return ADDED_ORIGIN
         if kind == CLUSTER:
             return "inbound" if name.startswith("local:") else "outbound"
         return "inbound" if name.startswith("inbound:") else "outbound"
@@ -162,6 +170,7 @@ class _Patcher:
             assert mod.value is not None
             added = {"@type": TYPE_URLS[mod.target], **copy.deepcopy(mod.value)}  # as meshplan writes its own
             resources[str(added.get("name", ""))] = added
+            self.added.add((mod.target, str(added.get("name", ""))))
             self._mark_all(added)
             return
         for name in sorted(resources):
