@@ -97,6 +97,7 @@ GOOD = {
                 connection:
                   sourceIP: true
               - type: SourceIP
+                connection: {}
               - type: QueryParameter
                 queryParameter:
                   name: user
@@ -104,7 +105,7 @@ GOOD = {
                 filterState:
                   key: io.example.key
         """,
-    "maglev": "loadBalancer:\n  type: Maglev\n  maglev:\n    tableSize: 65537\n    hashPolicies:\n      - type: SourceIP",
+    "maglev": "loadBalancer:\n  type: Maglev\n  maglev:\n    tableSize: 65537\n    hashPolicies:\n      - type: SourceIP\n        connection: {sourceIP: true}",
     "top-level-hash-policies": "hashPolicies:\n  - type: Header\n    header:\n      name: x-user\nloadBalancer:\n  type: RingHash",
     "locality-disabled": "localityAwareness:\n  disabled: true",
 }
@@ -157,6 +158,10 @@ BAD: list[tuple[str, str, list[tuple[str, str, str]]]] = [
               name: x-user
           - type: Random
           - type: Connection
+          - type: SourceIP
+          - type: SourceIP
+            connection:
+              sourceIP: false
         """, [
         (".hashPolicies[0]", "`type` is required", "- header:"),
         (".hashPolicies[1]", "`header` is required", "- type: Header"),
@@ -166,15 +171,21 @@ BAD: list[tuple[str, str, list[tuple[str, str, str]]]] = [
         (".hashPolicies[4].cookie", "is not used by a hash policy of type Header", "cookie:"),
         (".hashPolicies[5].type", "must be one of Header, Cookie", "type: Random"),
         (".hashPolicies[6]", "`connection` is required", "- type: Connection"),
+        # As Kuma's validator: SourceIP needs its `connection` block too, and it always hashes on the source IP.
+        (".hashPolicies[7]", "`connection` is required", "- type: SourceIP"),
+        (".hashPolicies[8].connection.sourceIP", "type SourceIP hashes on the source IP: `sourceIP: false` "
+         "contradicts it", "sourceIP: false"),
     ]),
     ("hash policies twice", """
         hashPolicies:
           - type: SourceIP
+            connection: {}
         loadBalancer:
           type: RingHash
           ringHash:
             hashPolicies:
               - type: SourceIP
+                connection: {}
         """, [(".loadBalancer.ringHash.hashPolicies", "already specified in the root level", "hashPolicies:")]),
     ("locality", "localityAwareness:\n  disabled: maybe\n  localZone:\n    affinityTags:\n      - key: k8s.io/node", [
         (".localityAwareness.disabled", "must be a boolean", "disabled: maybe"),

@@ -21,9 +21,9 @@ Envoy fields (proto field names):
 
 Defaults: none of our own; an unset field keeps Envoy's default (round robin; least request choiceCount 2; ring hash
 XX_HASH, rings 1024..8M; maglev table 65537). As in Kuma, the top-level `hashPolicies` win over those in `ringHash`
-or `maglev`, and are applied whatever the type (Envoy ignores a hash with a non-hashing balancer). `SourceIP` needs no
-`connection` block (it hashes on the source IP); `Connection` hashes on the source IP only with
-`connection.sourceIP: true`, as in Kuma.
+or `maglev`, and are applied whatever the type (Envoy ignores a hash with a non-hashing balancer). `Connection` and
+`SourceIP` both need their `connection` block, as Kuma's validator says; `Connection` hashes on the source IP only
+with `connection.sourceIP: true`, as in Kuma, and `SourceIP` always does (so `sourceIP: false` there is refused).
 
 A route gets the hash policies of the cluster it sends to (for weighted clusters, of the first that has any); routes
 of a TCP destination have none (Kuma does not set `tcp_proxy.hash_policy` either).
@@ -229,13 +229,11 @@ def _parse_hash_policy(policy: ConfReader) -> HashPolicy | None:
             policy.fail(f"`{block}` is not used by a hash policy of type {kind}", block)
     if kind is None or wanted is None:
         return None
-    if kind != "SourceIP" and not policy.has(wanted):
+    if not policy.has(wanted):
         policy.fail(f"`{wanted}` is required")
     body = policy.section(wanted, lambda r: _parse_hash_body(r, kind))
     if body is None:
-        if kind != "SourceIP":
-            return None
-        body = HashPolicy(kind, None, None, None, True, False)
+        return None
     return HashPolicy(kind, body.name, body.ttl, body.path, kind == "SourceIP" or body.source_ip,
                       bool(terminal and terminal.value))
 
@@ -258,6 +256,9 @@ def _parse_hash_body(body: ConfReader, kind: str) -> HashPolicy:
         body.unknown(("sourceIP",))
         flag = body.boolean("sourceIP")
         source_ip = flag is not None and flag.value
+        if kind == "SourceIP" and flag is not None and not flag.value:
+            body.fail("type SourceIP hashes on the source IP: `sourceIP: false` contradicts it (use type Connection "
+                      "to turn it off)", "sourceIP")
     else:  # FilterState
         body.unknown(("key",))
         name = _name(body, "key")
