@@ -107,6 +107,8 @@ GOOD = {
     "maglev": "loadBalancer:\n  type: Maglev\n  maglev:\n    tableSize: 65537\n    hashPolicies:\n      - type: SourceIP",
     "top-level-hash-policies": "hashPolicies:\n  - type: Header\n    header:\n      name: x-user\nloadBalancer:\n  type: RingHash",
     "locality-disabled": "localityAwareness:\n  disabled: true",
+    "local-zone": "localityAwareness:\n  localZone: {}",
+    "local-zone-no-affinity-tags": "localityAwareness:\n  disabled: false\n  localZone:\n    affinityTags: []",
 }
 
 # (case, default, [(path under spec.to[0].default, message fragment, text on the line the violation points at)])
@@ -178,7 +180,12 @@ BAD: list[tuple[str, str, list[tuple[str, str, str]]]] = [
         """, [(".loadBalancer.ringHash.hashPolicies", "already specified in the root level", "hashPolicies:")]),
     ("locality", "localityAwareness:\n  disabled: maybe\n  localZone:\n    affinityTags:\n      - key: k8s.io/node", [
         (".localityAwareness.disabled", "must be a boolean", "disabled: maybe"),
-        (".localityAwareness.localZone", "`localZone` is not supported", "localZone:"),
+        (".localityAwareness.localZone.affinityTags", "`affinityTags` are not supported", "affinityTags:"),
+    ]),
+    ("local zone", "localityAwareness:\n  localZone:\n    affinityTags: {}\n    nodes: 2\n  crossZone:\n    failover: []", [
+        (".localityAwareness.crossZone", "`crossZone` is not supported", "crossZone:"),
+        (".localityAwareness.localZone.affinityTags", "must be a list", "affinityTags: {}"),
+        (".localityAwareness.localZone.nodes", "unknown field", "nodes: 2"),
     ]),
 ]
 
@@ -207,6 +214,31 @@ def test_placement_external_service_needs_the_egress(tmp_path: Path) -> None:
 # --- render -----------------------------------------------------------------------------------------------------
 
 
+def test_local_zone_sets_the_overprovisioning_factor_and_keeps_every_endpoint(tmp_path: Path) -> None:
+    """`localZone` without affinity tags, in one zone: Kuma's overprovisioning factor (200) on the load assignment of
+    the clusters it selects, the endpoints unchanged (all in the local zone); other clusters untouched."""
+    plain = {p.name: p for p in render_all(load_and_parse(write(tmp_path / "plain", {})))}
+    files = {"policy.yaml": policy("localityAwareness:\n  localZone: {}") + "---\n"
+             + policy("localityAwareness:\n  localZone:\n    affinityTags: []", name="lb-egress", to=TO_HTTPBIN,
+                      top=EGRESS_TOP)}
+    directory = write(tmp_path / "zoned", files)
+    zoned = {p.name: p for p in render_all(load_and_parse(directory))}
+    changed = {(proxy, name) for proxy in zoned for name, c in _clusters(zoned[proxy]).items()
+               if c != _clusters(plain[proxy])[name]}
+    assert changed == {("web", "backend"), ("egress", "mes:default:httpbin")}
+    for proxy, name in sorted(changed):
+        before, after = _clusters(plain[proxy])[name], _clusters(zoned[proxy])[name]
+        assert after["load_assignment"].pop("policy") == {"overprovisioning_factor": 200}
+        assert after == before
+        origins = zoned[proxy].origins["cluster"][name][("load_assignment", "policy", "overprovisioning_factor")]
+        assert [o.split(" (")[0] for o in origins] == [f"{KIND}/{'lb' if proxy == 'web' else 'lb-egress'}"]
+
+
+def _clusters(proxy: ProxyConfig) -> dict[str, Any]:
+    return {c["name"]: c for c in proxy.clusters}
+
+
+
 def _route_action(proxy: ProxyConfig, listener_prefix: str) -> dict[str, Any]:
     listener = next(item for item in proxy.listeners if item["name"].startswith(listener_prefix))
     manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
@@ -232,6 +264,8 @@ def test_each_good_spec_passes_envoy_validation(tmp_path: Path, case: str) -> No
 
 # --- real traffic -----------------------------------------------------------------------------------------------
 
+# With `localZone` (no affinity tags): the clusters carry Kuma's overprovisioning factor, and every instance still takes
+# traffic (test_different_header_values_spread_over_instances).
 RING_HASH_ON_USER = """
     loadBalancer:
       type: RingHash
@@ -240,6 +274,8 @@ RING_HASH_ON_USER = """
           - type: Header
             header:
               name: x-user
+    localityAwareness:
+      localZone: {}
     """
 TRAFFIC_POLICIES = policy(RING_HASH_ON_USER) + "---\n" + policy(RING_HASH_ON_USER, name="lb-egress", to=TO_HTTPBIN, top=EGRESS_TOP)
 
@@ -289,3 +325,18 @@ def test_different_header_values_spread_over_instances(running: Running, outboun
     first = _hits(running, outbound, users)
     assert len(first) >= 2, first  # 3 instances: all 20 users on one would be a 1 in 3**19 chance
     assert _hits(running, outbound, users) == first  # and each user stays where it went
+
+
+@pytest.mark.envoy
+def test_running_envoys_hold_the_local_zone_overprovisioning_factor(running: Running) -> None:
+    """What the sandbox's Envoys run (their /config_dump): the sidecar's and the egress's selected clusters carry
+    Kuma's overprovisioning factor for `localZone`; the egress's cluster back to the sidecar's service does not."""
+    def clusters(proxy: str) -> dict[str, Any]:
+        dump = running.client.get(f"{running.mesh.admin[proxy]}/config_dump",
+                                  params={"resource": "dynamic_active_clusters"}).json()
+        return {entry["cluster"]["name"]: entry["cluster"] for entry in dump["configs"]}
+
+    web, egress = clusters("web"), clusters("egress")
+    assert web["backend"]["load_assignment"]["policy"]["overprovisioning_factor"] == 200
+    assert egress["mes:default:httpbin"]["load_assignment"]["policy"]["overprovisioning_factor"] == 200
+    assert "policy" not in web["mes:default:httpbin"].get("load_assignment", {})

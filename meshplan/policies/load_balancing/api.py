@@ -32,7 +32,10 @@ A `to` item may not select a MeshSubset or MeshServiceSubset (as Kuma v2.14.3: a
 not a destination with a cluster of its own; validate/policy_rules.py).
 
 `localityAwareness`: meshplan renders one zone and no endpoint priorities, so `disabled` (true or false) is accepted
-and changes nothing; `localZone` and `crossZone` are rejected as not supported.
+and changes nothing. `localZone` without `affinityTags` (absent or `[]`) keeps traffic in the local zone and spreads it
+equally over its endpoints, which in one zone is every endpoint: as Kuma, the cluster's load assignment gets
+`policy.overprovisioning_factor: 200` and its endpoints stay as they are. `localZone.affinityTags` (endpoint
+localities by tag, weighted) and `crossZone` (failover to other zones) are rejected as not supported.
 
 The checks between fields (no block of another type, minRingSize not above maxRingSize, hashPolicies at one level
 only) are made on each item: items may still merge to a conf that breaks them, which is rendered as it is (the
@@ -133,6 +136,7 @@ class Conf:
     load_balancer: LoadBalancer | None
     hash_policies: Setting[tuple[HashPolicy, ...]] | None  # the top-level ones
     locality_disabled: Setting[bool] | None  # changes nothing (one zone)
+    local_zone: Setting[bool] | None  # localZone set (without affinity tags): the load assignment's overprovisioning
 
 
 def parse(conf: ConfReader) -> Conf:
@@ -143,17 +147,28 @@ def parse(conf: ConfReader) -> Conf:
     top_hash = _hash_policies(conf)
     lb = conf.section("loadBalancer", lambda r: _parse_load_balancer(r, top_level_hash=top_hash is not None))
     locality = conf.section("localityAwareness", _parse_locality)
-    return Conf(lb, top_hash, locality)
+    disabled, local_zone = (None, None) if locality is None else locality
+    return Conf(lb, top_hash, disabled, local_zone)
 
 
-def _parse_locality(locality: ConfReader) -> Setting[bool] | None:
+def _parse_locality(locality: ConfReader) -> tuple[Setting[bool] | None, Setting[bool] | None]:
     locality.unknown(("disabled", "localZone", "crossZone"))
     disabled = locality.boolean("disabled")
-    for key in ("localZone", "crossZone"):
-        if key in locality.raw:
-            locality.fail(f"`{key}` is not supported: meshplan renders a single zone without endpoint priorities "
-                          "(only `localityAwareness.disabled` is accepted)", key)
-    return disabled
+    if "crossZone" in locality.raw:
+        locality.fail("`crossZone` is not supported: meshplan renders a single zone, with no other zone to fail over "
+                      "to (`localityAwareness.disabled` and `localZone` without `affinityTags` are accepted)",
+                      "crossZone")
+    local_zone = locality.section("localZone", _parse_local_zone)
+    return disabled, None if local_zone is None else Setting(True, locality.origins("localZone"))
+
+
+def _parse_local_zone(zone: ConfReader) -> bool:
+    zone.unknown(("affinityTags",))
+    tags = zone.check.field(zone.raw, zone.path, "affinityTags", list)
+    if tags:
+        zone.fail("`affinityTags` are not supported: meshplan does not render endpoint localities by tag (one "
+                  "locality per zone, unweighted); `localZone` without them, or with `[]`, is accepted", "affinityTags")
+    return True
 
 
 def _parse_load_balancer(lb: ConfReader, *, top_level_hash: bool) -> LoadBalancer:

@@ -9,6 +9,8 @@ from meshplan.policies.base import Json, ProxyBuild, routes
 from meshplan.policies.conf import Setting
 from meshplan.policies.load_balancing.api import KIND, Conf, HashPolicy, LoadBalancer, parse
 
+OVERPROVISIONING_FACTOR = 200  # Kuma v2.14.3 meshloadbalancingstrategy's defaultOverprovisioningFactor
+
 # --- rendering --------------------------------------------------------------------------------------------------
 
 
@@ -18,6 +20,10 @@ def apply(build: ProxyBuild) -> None:
     for point, conf in build.outbound_confs(KIND, parse):
         if conf.load_balancer is not None and conf.load_balancer.lb_policy is not None:
             _configure_cluster(build, point.cluster, conf.load_balancer)
+        if conf.local_zone is not None and "load_assignment" in point.cluster:
+            # Kuma's overprovisioning factor once a locality group is set; the one zone's endpoints stay as they are.
+            policy = point.cluster["load_assignment"].setdefault("policy", {})
+            _set(build, policy, "overprovisioning_factor", OVERPROVISIONING_FACTOR, conf.local_zone)
         found = _chosen_hash_policies(conf)
         if found is not None and point.protocol != "tcp":
             hashing[point.cluster["name"]] = ([_hash_policy(p) for p in found.value], list(found.origins))
