@@ -111,7 +111,8 @@ GOOD = {
     "locality-disabled": "localityAwareness:\n  disabled: true",
     "local-zone": "localityAwareness:\n  localZone: {}",
     "local-zone-no-affinity-tags": "localityAwareness:\n  disabled: false\n  localZone:\n    affinityTags: []",
-    "affinity-tags": "localityAwareness:\n  localZone:\n    affinityTags:\n      - key: example.com/rack\n      - key: kuma.io/zone",
+    "affinity-tags": ("localityAwareness:\n  localZone:\n    affinityTags:\n      - key: example.com/rack\n"
+                      "      - key: kuma.io/zone"),
     "affinity-tags-weighted-ring-hash": """
         loadBalancer:
           type: RingHash
@@ -213,15 +214,18 @@ BAD: list[tuple[str, str, list[tuple[str, str, str]]]] = [
         (".localityAwareness.localZone.affinityTags[3]", "`key` is required", "- weight: 2"),
         (".localityAwareness.localZone.affinityTags[3].zone", "unknown field", "zone: a"),
     ]),
-    ("affinity weights all or none", "localityAwareness:\n  localZone:\n    affinityTags:\n      - key: a\n        weight: 3\n      - key: b",
+    ("affinity weights all or none",
+     "localityAwareness:\n  localZone:\n    affinityTags:\n      - key: a\n        weight: 3\n      - key: b",
      [(".localityAwareness.localZone.affinityTags", "all or none affinity tags should have weight", "affinityTags:")]),
     ("affinity default weights overflow", "localityAwareness:\n  localZone:\n    affinityTags:\n"
      + "".join(f"      - key: tag-{i}\n" for i in range(10)),
-     [(".localityAwareness.localZone.affinityTags", "at most 9 affinity tags without weights, got 10", "affinityTags:")]),
+     [(".localityAwareness.localZone.affinityTags", "at most 9 affinity tags without weights, got 10",
+       "affinityTags:")]),
     ("affinity weights overflow", "localityAwareness:\n  localZone:\n    affinityTags:\n"
      "      - key: a\n        weight: 4294967295\n      - key: b\n        weight: 1",
      [(".localityAwareness.localZone.affinityTags", "must add up to less than 4294967295", "affinityTags:")]),
-    ("local zone", "localityAwareness:\n  localZone:\n    affinityTags: {}\n    nodes: 2\n  crossZone:\n    failover: []", [
+    ("local zone",
+     "localityAwareness:\n  localZone:\n    affinityTags: {}\n    nodes: 2\n  crossZone:\n    failover: []", [
         (".localityAwareness.crossZone", "`crossZone` is not supported", "crossZone:"),
         (".localityAwareness.localZone.affinityTags", "must be a list", "affinityTags: {}"),
         (".localityAwareness.localZone.nodes", "unknown field", "nodes: 2"),
@@ -323,7 +327,8 @@ def test_affinity_tags_weigh_the_clients_localities(tmp_path: Path) -> None:
 def test_affinity_tags_first_shared_tag_wins_with_written_or_default_weights(tmp_path: Path) -> None:
     """An endpoint goes to the first tag whose value it shares with the client: rack before room; weights as written,
     else Kuma's 9 * 10^(n-i-1) (90 and 9 for two tags); a Dataplane label stands in for a tag the inbound lacks."""
-    two = "localityAwareness:\n  localZone:\n    affinityTags:\n      - key: example.com/rack\n      - key: example.com/room"
+    two = ("localityAwareness:\n  localZone:\n    affinityTags:\n      - key: example.com/rack\n"
+           "      - key: example.com/room")
     mesh = affinity_mesh(tmp_path / "default", policy(two))
     web = _clusters({p.name: p for p in render_all(load_and_parse(mesh.root))}["web"])["backend"]
     assert _localities(web, mesh) == [({}, 1, ["backend-2"]),
@@ -332,7 +337,8 @@ def test_affinity_tags_first_shared_tag_wins_with_written_or_default_weights(tmp
     weighted = two.replace("rack\n", "rack\n        weight: 5\n").replace("room", "room\n        weight: 50")
     mesh = affinity_mesh(tmp_path / "weighted", policy(weighted))
     dataplanes = mesh.root / "dataplanes.yaml"  # backend-2's room as a label, not a tag
-    dataplanes.write_text(dataplanes.read_text().replace("name: backend-2\n", "name: backend-2\nlabels:\n  example.com/room: r1\n", 1))
+    labelled = "name: backend-2\nlabels:\n  example.com/room: r1\n"
+    dataplanes.write_text(dataplanes.read_text().replace("name: backend-2\n", labelled, 1))
     web = _clusters({p.name: p for p in render_all(load_and_parse(mesh.root))}["web"])["backend"]
     assert _localities(web, mesh) == [({"sub_zone": "example.com/rack=a"}, 5, ["backend-1"]),
                                       ({"sub_zone": "example.com/room=r1"}, 50, ["backend-2", "backend-3"])]
