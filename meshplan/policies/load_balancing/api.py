@@ -32,7 +32,22 @@ A `to` item may not select a MeshSubset or MeshServiceSubset (as Kuma v2.14.3: a
 not a destination with a cluster of its own; validate/policy_rules.py).
 
 `localityAwareness`: meshplan renders one zone and no endpoint priorities, so `disabled` (true or false) is accepted
-and changes nothing; `localZone` and `crossZone` are rejected as not supported.
+and changes nothing. `localZone` keeps traffic in the local zone, which in one zone is every endpoint: as Kuma, the
+cluster's load assignment gets `policy.overprovisioning_factor: 200`. Its `affinityTags` (Kuma's
+`locality_aware.go`/`priority.go`) prefer the endpoints that share a tag value with the client, on a sidecar's cluster
+to a mesh service:
+
+    for each affinity tag, in order:     the client's value: the first (sorted) value of that tag on its inbounds,
+                                           else its Dataplane label of that name; a tag the client lacks is skipped
+    each endpoint                          goes to the locality of the first such tag whose value it shares (its
+                                           inbound's tag, else its Dataplane's label): `sub_zone: "<key>=<value>"`,
+                                           `load_balancing_weight` the tag's `weight`, or Kuma's 9 * 10^(n-i-1) for
+                                           the i-th of n tags; the others to one locality of weight 1
+    the cluster                          `common_lb_config.locality_weighted_lb_config: {}`
+
+so with one tag (weight 9) the endpoints sharing the client's value take 90% of the requests. On the egress (a
+MeshExternalService's cluster) the client has no tags, so only the overprovisioning factor is set. `crossZone`
+(failover to other zones) is rejected: there is no other zone.
 
 The checks between fields (no block of another type, minRingSize not above maxRingSize, hashPolicies at one level
 only) are made on each item: items may still merge to a conf that breaks them, which is rendered as it is (the
@@ -133,6 +148,13 @@ class Conf:
     load_balancer: LoadBalancer | None
     hash_policies: Setting[tuple[HashPolicy, ...]] | None  # the top-level ones
     locality_disabled: Setting[bool] | None  # changes nothing (one zone)
+    local_zone: Setting[tuple[AffinityTag, ...]] | None  # localZone set: its affinity tags (possibly none)
+
+
+@dataclass(frozen=True)
+class AffinityTag:
+    key: str
+    weight: int  # as written, or Kuma's default for its position
 
 
 def parse(conf: ConfReader) -> Conf:
@@ -143,17 +165,58 @@ def parse(conf: ConfReader) -> Conf:
     top_hash = _hash_policies(conf)
     lb = conf.section("loadBalancer", lambda r: _parse_load_balancer(r, top_level_hash=top_hash is not None))
     locality = conf.section("localityAwareness", _parse_locality)
-    return Conf(lb, top_hash, locality)
+    disabled, local_zone = (None, None) if locality is None else locality
+    return Conf(lb, top_hash, disabled, local_zone)
 
 
-def _parse_locality(locality: ConfReader) -> Setting[bool] | None:
+def _parse_locality(locality: ConfReader) -> tuple[Setting[bool] | None, Setting[tuple[AffinityTag, ...]] | None]:
     locality.unknown(("disabled", "localZone", "crossZone"))
     disabled = locality.boolean("disabled")
-    for key in ("localZone", "crossZone"):
-        if key in locality.raw:
-            locality.fail(f"`{key}` is not supported: meshplan renders a single zone without endpoint priorities "
-                          "(only `localityAwareness.disabled` is accepted)", key)
-    return disabled
+    if "crossZone" in locality.raw:
+        locality.fail("`crossZone` is not supported: meshplan renders a single zone, with no other zone to fail over "
+                      "to (`localityAwareness.disabled` and `localZone` are accepted)", "crossZone")
+    local_zone = locality.section("localZone", _parse_local_zone)
+    return disabled, None if local_zone is None else Setting(local_zone, locality.origins("localZone"))
+
+
+MAX_WEIGHT = 2**32 - 1  # Envoy's locality weights are uint32, and so must be their sum
+
+
+def _parse_local_zone(zone: ConfReader) -> tuple[AffinityTag, ...]:
+    zone.unknown(("affinityTags",))
+    found = zone.entries("affinityTags", _parse_affinity_tag, not_a_mapping="must be a mapping with a `key`")
+    raw = zone.raw.get("affinityTags")
+    written = [t for t in raw if isinstance(t, dict)] if isinstance(raw, list) else []
+    weighted = sum(1 for t in written if t.get("weight") is not None)
+    if weighted and weighted != len(written):
+        zone.fail("all or none affinity tags should have weight (as Kuma)", "affinityTags")
+        return ()
+    if found is None or len(found.value) != len(written):
+        return ()
+    count = len(found.value)
+    if not weighted and count > 9:
+        zone.fail(f"at most 9 affinity tags without weights, got {count} (Kuma's default weight of the first, 9 * "
+                  f"10^(n-1), would not fit Envoy's 32-bit locality weight)", "affinityTags")
+        return ()
+    tags = tuple(AffinityTag(key, weight if weight is not None else 9 * 10 ** (count - i - 1))
+                 for i, (key, weight) in enumerate(found.value))
+    if sum(t.weight for t in tags) + 1 > MAX_WEIGHT:  # + the locality of weight 1 for the other endpoints
+        zone.fail(f"the affinity tags' weights must add up to less than {MAX_WEIGHT} (Envoy's limit on the sum of "
+                  "locality weights)", "affinityTags")
+        return ()
+    return tags
+
+
+def _parse_affinity_tag(tag: ConfReader) -> tuple[str, int | None] | None:
+    tag.unknown(("key", "weight"))
+    key = tag.text("key", required=True)
+    if key is not None and not key.value:
+        tag.fail("must not be empty", "key")
+        key = None
+    weight = tag.integer("weight", minimum=1, maximum=MAX_WEIGHT)
+    if key is None or (weight is None and tag.raw.get("weight") is not None):
+        return None
+    return key.value, None if weight is None else weight.value
 
 
 def _parse_load_balancer(lb: ConfReader, *, top_level_hash: bool) -> LoadBalancer:
