@@ -236,9 +236,8 @@ REFUSED = [
      "policies.yaml:7: spec.targetRef.sectionName: not allowed here"),
     ("labels with kind MeshSubset", MTP, "    kind: MeshSubset\n    tags: {a: b}\n    labels: {app: web}",
      "policies.yaml:8: spec.targetRef.labels: not allowed with kind MeshSubset"),
-    ("namespace", MTP, "    kind: Dataplane\n    name: web-1\n    namespace: prod",
-     "policies.yaml:8: spec.targetRef.namespace: not supported by meshplan (it would be ignored): meshplan does not "
-     "model Kubernetes namespaces"),
+    ("namespace without a name", MTP, "    kind: Dataplane\n    namespace: prod",
+     "policies.yaml:7: spec.targetRef.namespace: selects no dataplane in Kuma without a `name`"),
     ("label values are strings", MTP, "    kind: Dataplane\n    labels: {replicas: 3}",
      "policies.yaml:7: spec.targetRef.labels.replicas: tag values must be strings"),
     ("empty sectionName", MTP, "    kind: Dataplane\n    sectionName: ''",
