@@ -365,6 +365,70 @@ def test_the_plan_names_the_namespace_and_role_in_its_origins(tmp_path: Path) ->
     assert f"MeshTimeout/shop-calls ({tmp_path}/policies.yaml:11) [namespace 'shop' consumer]" in text, text[:3000]
 
 
+def test_a_mesh_service_by_labels_may_name_its_namespace(tmp_path: Path) -> None:
+    def by_labels(namespace: str) -> str:
+        return TO_BACKEND.replace("name: backend}", "labels: {k8s.kuma.io/service-name: catalog, "
+                                  f"k8s.kuma.io/namespace: {namespace}}}}}")
+
+    right = load_and_parse(write(tmp_path / "right", timeout_policy("t", "shop", by_labels("blog"))))
+    timeouts = request_timeouts(right)
+    assert (timeouts[("shop-web", "catalog")], timeouts[("blog-web", "catalog")]) == ("2s", None)
+    assert user_policies(right)["t"].role == "consumer"
+    wrong = load_and_parse(write(tmp_path / "wrong", timeout_policy("t", "shop", by_labels("shop"))))
+    assert all(value is None for value in request_timeouts(wrong).values())
+    assert [w.split(": ", 1)[1] for w in warnings(wrong)] == [
+        "MeshTimeout/t: targetRef names MeshService 'catalog' in namespace 'shop', and MeshService 'catalog' is in "
+        "namespace 'blog', so it selects nothing"]
+
+
+def idle_timeouts(desired: Desired, destination: str) -> dict[str, str | None]:
+    """Each dataplane calling `destination`: the upstream idle timeout of its cluster for it."""
+    found: dict[str, str | None] = {}
+    for proxy in render_all(desired):
+        for cluster in proxy.clusters:
+            if cluster["name"] == destination:
+                options = cluster.get("typed_extension_protocol_options", {})
+                http = next(iter(options.values()), {}).get("common_http_protocol_options", {})
+                found[proxy.name] = http.get("idle_timeout")
+    return found
+
+
+def test_kumas_producer_and_consumer_example(tmp_path: Path) -> None:
+    """Kuma's docs (app/_src/policies/introduction.md, "producer and consumer policies"), in our own words: client1
+    in ns1, client2 and the server in ns2. The producer policy of ns2 gives both clients its idle timeout; a consumer
+    policy selecting the server by Kuma's `k8s.kuma.io/service-name` label overrides it for its own namespace's
+    client only."""
+    dataplanes = "---\n".join([k8s_dataplane("server-1", "ns2", "server", "10.0.1.1"),
+                               k8s_dataplane("client1", "ns1", "client1", "10.0.1.2", ("server",)),
+                               k8s_dataplane("client2", "ns2", "client2", "10.0.1.3", ("server",))])
+    producer = timeout_policy("producer-policy", "ns2", """\
+        to:
+          - targetRef: {kind: MeshService, name: server}
+            default: {idleTimeout: 20s}
+        """)
+
+    def consumer(namespace: str, timeout: str) -> str:
+        return timeout_policy(f"consumer-{namespace}", namespace, f"""\
+            to:
+              - targetRef:
+                  kind: MeshService
+                  labels: {{k8s.kuma.io/service-name: server}}
+                default: {{idleTimeout: {timeout}}}
+            """)
+
+    def desired(*policies: str) -> Desired:
+        root = write(tmp_path / str(len(policies)), *policies)
+        (root / "dataplanes.yaml").write_text(dataplanes)
+        return load_and_parse(root)
+
+    assert idle_timeouts(desired(producer), "server") == {"client1": "20s", "client2": "20s"}
+    assert idle_timeouts(desired(producer, consumer("ns1", "30s")), "server") == {"client1": "30s", "client2": "20s"}
+    assert idle_timeouts(desired(producer, consumer("ns1", "30s"), consumer("ns2", "40s")), "server") == {
+        "client1": "30s", "client2": "40s"}
+    roles = {name: p.role for name, p in user_policies(desired(producer, consumer("ns1", "30s"))).items()}
+    assert roles == {"producer-policy": "producer", "consumer-ns1": "consumer"}
+
+
 # --- on real Envoys ---------------------------------------------------------------------------------------------
 
 ENVOY_POLICIES = """\

@@ -25,6 +25,8 @@ from meshplan.validate.namespaces import DNS_LABEL, policy_namespace, policy_rol
 
 PROXY_TYPES = (SIDECAR, GATEWAY, EGRESS)
 DISPLAY_NAME = "kuma.io/display-name"
+SERVICE_NAME_LABEL = "k8s.kuma.io/service-name"  # Kuma's label of a MeshService with its Kubernetes Service's name
+SERVICE_LABELS = (DISPLAY_NAME, SERVICE_NAME_LABEL, NAMESPACE_TAG)  # what a `to` MeshService's labels may hold
 # The kinds with a top-level `rules` list for inbound traffic in Kuma v2.14.3 (each api/v1alpha1 Spec's `Rules`).
 TOP_LEVEL_RULES = ("MeshTimeout", "MeshFaultInjection", "MeshRateLimit", "MeshTrafficPermission", "MeshAccessLog",
                    "MeshCircuitBreaker")
@@ -97,7 +99,7 @@ def target_ref(check: FieldCheck, obj: dict[str, Any], path: PathKey, *, top: bo
         elif kind == "Dataplane":
             check.fail(rp + ("labels",), "`labels` selects dataplanes only in the top-level targetRef")
         elif service_by_labels:
-            name = _service_by_display_name(check, ref, rp, name)
+            name, namespace = _service_by_display_name(check, ref, rp, name)
         elif kind in ("MeshService", "MeshExternalService"):
             check.fail(rp + ("labels",), f"not supported by meshplan (it would be ignored): labels select {kind} "
                        "resources, and meshplan's services are kuma.io/service tags, not labelled resources; use `name`")
@@ -174,27 +176,40 @@ def _ref_namespace(check: FieldCheck, ref: dict[str, Any], rp: PathKey, kind: st
                        f"MeshExternalServices in the system namespace only, so it would select nothing: write "
                        f"namespace: {SYSTEM_NAMESPACE}")
         return None  # meshplan's MeshExternalServices are the system namespace's: mesh-wide
-    return resolved if named else None
+    return resolved if named and kind in ("Dataplane", "MeshService") else None
 
 
-def _service_by_display_name(check: FieldCheck, ref: dict[str, Any], rp: PathKey, name: str | None) -> str | None:
+def _service_by_display_name(check: FieldCheck, ref: dict[str, Any], rp: PathKey,
+                             name: str | None) -> tuple[str | None, str | None]:
     """A `to` item's `{kind: MeshService, labels: {kuma.io/display-name: backend}}`: the MeshService named backend, as
-    Kuma's docs write it. Any other label selects MeshService resources by labels meshplan's services (kuma.io/service
-    tags) do not have, so it is refused rather than matched against nothing."""
+    Kuma's docs write it; `k8s.kuma.io/service-name` names it too (on Kubernetes Kuma labels each MeshService with
+    its Service's name, which is its display name), and `k8s.kuma.io/namespace` narrows it to that namespace's (as
+    Kuma's docs write a consumer policy). Returns the name and that namespace. Any other label selects MeshService
+    resources by labels meshplan's services (kuma.io/service tags) do not have, so it is refused rather than matched
+    against nothing."""
     labels = check.tags(ref, rp, "labels")
     if name is not None:
         check.fail(rp + ("labels",), "set either `labels` or `name`, not both (as Kuma)")
-        return name
-    others = sorted(set(labels) - {DISPLAY_NAME})
+        return name, None
+    others = sorted(set(labels) - set(SERVICE_LABELS))
     if others:
         check.fail(rp + ("labels",), f"not supported by meshplan (it would be ignored): {', '.join(others)}: meshplan's "
-                   f"services are kuma.io/service tags, not labelled MeshService resources; only {DISPLAY_NAME} "
-                   "(the service's name) can be matched")
-        return None
-    if DISPLAY_NAME not in labels:
+                   f"services are kuma.io/service tags, not labelled MeshService resources; only {DISPLAY_NAME} or "
+                   f"{SERVICE_NAME_LABEL} (the service's name) and {NAMESPACE_TAG} (its namespace) can be matched")
+        return None, None
+    names = {labels[key] for key in (DISPLAY_NAME, SERVICE_NAME_LABEL) if key in labels}
+    if not names:
         check.fail(rp + ("labels",), f"must name the service: {DISPLAY_NAME}: <name> (or use `name`)")
-        return None
-    return labels[DISPLAY_NAME]
+        return None, None
+    if len(names) > 1:
+        check.fail(rp + ("labels",), f"{DISPLAY_NAME} and {SERVICE_NAME_LABEL} name different services, so no "
+                   "MeshService has both")
+        return None, None
+    namespace = labels.get(NAMESPACE_TAG)
+    if namespace is not None and not DNS_LABEL.fullmatch(namespace):
+        check.fail(rp + ("labels", NAMESPACE_TAG), f"{namespace!r} is not a Kubernetes namespace name")
+        return None, None
+    return names.pop(), namespace
 
 
 def parse_policy(check: FieldCheck, res: RawResource, mesh: str) -> Policy | None:
