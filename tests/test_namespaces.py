@@ -215,6 +215,14 @@ REFUSED = [
         """), ["policies.yaml:10: spec.to[0].targetRef.name: names a MeshExternalService in namespace 'shop' (the "
                "policy's namespace (it has no `namespace`)), and Kuma keeps MeshExternalServices in the system "
                "namespace only"]),
+    ("a role label that is not the computed one", timeout_policy("t", "shop", TO_MESH).replace(
+        "labels: {kuma.io/mesh: default}", "labels: {kuma.io/mesh: default, kuma.io/policy-role: producer}"),
+     ["policies.yaml:6: metadata.labels.kuma.io/policy-role: Kuma computes this label as the policy's role, from its "
+      "namespace and spec, which is 'consumer', not 'producer': remove it"]),
+    ("a namespace label on a system policy", timeout_policy("t", None, TO_MESH).replace(
+        "labels: {kuma.io/mesh: default}", f"labels: {{kuma.io/mesh: default, {NAMESPACE_TAG}: shop}}"),
+     [f"policies.yaml:5: metadata.labels.{NAMESPACE_TAG}: Kuma computes this label as the policy's namespace, from "
+      "metadata.namespace, which is unset (a system policy), not 'shop': remove it"]),
 ]
 
 
@@ -225,6 +233,13 @@ def test_namespaces_meshplan_cannot_honour_are_refused_at_their_line(tmp_path: P
     assert len(found) == len(expected), found
     for line, want in zip(found, expected, strict=True):
         assert line.startswith(want), found
+
+
+def test_same_names_in_two_namespaces_are_refused_with_why(tmp_path: Path) -> None:
+    found = violations(write(tmp_path, timeout_policy("t", "shop", TO_MESH), timeout_policy("t", "blog", TO_MESH)))
+    assert found == [f"policies.yaml:13: duplicate MeshTimeout 't' in mesh 'default': first defined at "
+                     f"{tmp_path}/policies.yaml:1 (in namespace 'shop'; meshplan's names are unique per kind and mesh, "
+                     "whatever the namespace)"], found
 
 
 @pytest.mark.parametrize("kind, namespace, expected", [

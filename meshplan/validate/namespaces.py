@@ -31,6 +31,7 @@ from meshplan.policies import FROM, TO
 
 # A Kubernetes namespace name: an RFC 1123 DNS label.
 DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+ROLE_LABEL = "kuma.io/policy-role"  # Kuma computes it on every policy
 # targetRef kinds whose `name` and `namespace` make a `to` item a producer item (Kuma's isProducerItem).
 PRODUCER_KINDS = ("MeshService", "MeshHTTPRoute")
 
@@ -117,3 +118,17 @@ def _producer_item(item: Any, namespace: str) -> bool:
     if not isinstance(ref, dict) or ref.get("kind") not in PRODUCER_KINDS or not ref.get("name"):
         return False
     return ref.get("namespace") in (None, "", namespace)
+
+
+def check_policy_labels(out: list[Violation], res: RawResource, namespace: str | None, role: str) -> None:
+    """The labels Kuma computes on a policy, written by hand in `metadata.labels`: they must say what Kuma computes
+    (the role from the namespace and spec, the namespace from `metadata.namespace`), or they would be ignored."""
+    for key, computed, what in ((ROLE_LABEL, role, "the policy's role, from its namespace and spec"),
+                                (NAMESPACE_TAG, namespace, "the policy's namespace, from metadata.namespace")):
+        written = res.labels.get(key)
+        if written is None or written == computed:
+            continue
+        line = res.lines.get(("metadata", "labels", key), res.source.line)
+        says = f"{computed!r}" if computed is not None else "unset (a system policy)"
+        out.append(Violation(Source(res.source.file, line), f"metadata.labels.{key}",
+                             f"Kuma computes this label as {what}, which is {says}, not {written!r}: remove it"))

@@ -21,7 +21,7 @@ from meshplan.model import (
 from meshplan.policies import FROM, ROUTE_KINDS, RULES, SINGLE, TO
 from meshplan.policies.registry import BY_KIND, KINDS
 from meshplan.validate.check import FieldCheck
-from meshplan.validate.namespaces import DNS_LABEL, policy_namespace, policy_role
+from meshplan.validate.namespaces import DNS_LABEL, check_policy_labels, policy_namespace, policy_role
 
 PROXY_TYPES = (SIDECAR, GATEWAY, EGRESS)
 DISPLAY_NAME = "kuma.io/display-name"
@@ -220,6 +220,7 @@ def parse_policy(check: FieldCheck, res: RawResource, mesh: str) -> Policy | Non
     role, no_role = policy_role(body, namespace, kind.sections)
     if no_role is not None:
         check.fail((), no_role)
+    check_policy_labels(check.out, res, namespace, role)
     has_rules = res.kind in TOP_LEVEL_RULES and bool(body.get(RULES))
     top = target_ref(check, body, (), top=True,
                      inbound_policy=(FROM in kind.sections and bool(body.get(FROM))) or has_rules,

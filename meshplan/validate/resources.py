@@ -93,8 +93,12 @@ def parse(raws: list[RawResource]) -> tuple[Desired | None, list[Violation]]:
         key = (res.kind, mesh_name, res.name)
         if key in seen:
             first = seen[key]
+            # Kuma tells apart same-named resources of different namespaces; meshplan's names are per kind and mesh.
+            namespaces = (f" (in namespace {first.namespace!r}; meshplan's names are unique per kind and mesh, "
+                          "whatever the namespace)" if first.namespace != res.namespace else "")
             out.append(Violation(res.source, "", f"duplicate {res.kind} {res.name!r}"
-                                 f"{' in mesh ' + repr(mesh_name) if mesh_name else ''}: first defined at {first.source}"))
+                                 f"{' in mesh ' + repr(mesh_name) if mesh_name else ''}: first defined at {first.source}"
+                                 f"{namespaces}"))
             continue
         seen[key] = res
         if res.kind in ("Mesh", "ZoneEgress", "MeshExternalService"):
