@@ -11,6 +11,15 @@ from meshplan.validate.addresses import http_url
 SERVICE_TAG = "kuma.io/service"
 PROTOCOL_TAG = "kuma.io/protocol"
 
+NAMESPACE_TAG = "k8s.kuma.io/namespace"  # Kuma's label (and inbound tag) for a Kubernetes dataplane's namespace
+SYSTEM_NAMESPACE = "kuma-system"  # Kuma's default system namespace: a policy there applies to the whole mesh
+# Kuma's policy roles (`kuma.io/policy-role`), in merge order: a later role wins over an earlier one.
+SYSTEM_ROLE = "system"
+PRODUCER_ROLE = "producer"
+CONSUMER_ROLE = "consumer"
+WORKLOAD_OWNER_ROLE = "workload-owner"
+ROLE_ORDER = (SYSTEM_ROLE, PRODUCER_ROLE, CONSUMER_ROLE, WORKLOAD_OWNER_ROLE)
+
 SIDECAR = "sidecar"
 GATEWAY = "gateway"
 EGRESS = "egress"
@@ -71,6 +80,9 @@ class Dataplane:
     # The resource's labels (universal: top-level `labels`; Kubernetes: `metadata.labels`): what a Dataplane
     # targetRef's `labels` match.
     labels: dict[str, str] = field(default_factory=dict)
+    # Kubernetes form: `metadata.namespace` (Kuma also sets it as the `k8s.kuma.io/namespace` label and inbound tag,
+    # and so does meshplan); None in universal form, which has no namespaces.
+    namespace: str | None = None
 
     @property
     def services(self) -> list[str]:
@@ -135,6 +147,9 @@ class TargetRef:
     proxy_types: frozenset[str] = frozenset()  # lower-case; empty means sidecars and gateways
     labels: dict[str, str] | None = None  # kind Dataplane: the dataplanes whose resource labels include all of these
     section_name: str | None = None  # kind Dataplane: one inbound, by its name or (unnamed) its port
+    # Dataplane, MeshService by name: the namespace the named resource must be in, as Kuma resolves a name: the
+    # targetRef's own `namespace`, else (in a policy outside the system namespace) the policy's. None: mesh-wide.
+    namespace: str | None = None
 
 
 @dataclass(frozen=True)
@@ -161,6 +176,21 @@ class Policy:
     source: Source
     spec_path: str  # how the spec is spelled in the file, "spec"
     lines: dict[str, int] = field(default_factory=dict, compare=False, repr=False)  # field path -> line
+    # Kubernetes form: `metadata.namespace` outside the system namespace (None: the system namespace, no namespace,
+    # or universal form), and Kuma's policy role (`kuma.io/policy-role`) computed from it and the spec.
+    namespace: str | None = None
+    role: str = SYSTEM_ROLE
+
+    @property
+    def scoped(self) -> bool:
+        """A consumer or workload-owner policy: it configures only the dataplanes of its own namespace (Kuma's
+        `dppSelectedByNamespace`). System and producer policies configure every dataplane their targetRef selects."""
+        return self.role in (CONSUMER_ROLE, WORKLOAD_OWNER_ROLE)
+
+    @property
+    def scope(self) -> str:
+        """The namespace and role in words for origins and `explain`; empty for a system policy."""
+        return "" if self.namespace is None else f"namespace {self.namespace!r} {self.role}"
 
     @property
     def kuma_default(self) -> bool:
@@ -198,6 +228,11 @@ class Desired:
     def instances(self, mesh: str, service: str) -> list[tuple[Dataplane, Inbound]]:
         """Every inbound of the service in the mesh, with its dataplane (indexed once: render asks per outbound)."""
         return list(self._index().get((mesh, service), []))
+
+    def service_namespace(self, mesh: str, service: str) -> str | None:
+        """The namespace of the service's dataplanes (validation keeps it one); None without namespaces or instances."""
+        instances = self._index().get((mesh, service), [])
+        return instances[0][0].namespace if instances else None
 
     def services(self, mesh: str) -> list[str]:
         """Every service of the mesh (its dataplanes' inbounds' `kuma.io/service`), sorted."""

@@ -231,12 +231,13 @@ def kubernetes_policy(namespace: str | None) -> str:
 @pytest.mark.parametrize(("namespace", "expected"), [
     pytest.param(None, [], id="no namespace: the whole mesh"),
     pytest.param("kuma-system", [], id="the system namespace: the whole mesh, as Kuma"),
-    pytest.param("shop", ["policies.yaml:5: metadata.namespace: not supported by meshplan (it would be ignored): in "
-                          "Kuma a policy in namespace 'shop' applies only to the dataplanes of that namespace"],
-                 id="another namespace is refused, not applied mesh-wide"),
+    # a workload-owner policy of shop's dataplanes, not the whole mesh (tests/test_namespaces.py)
+    pytest.param("shop", [], id="another namespace: Kuma's namespace-scoped policy"),
+    pytest.param("Shop", ["policies.yaml:5: metadata.namespace: 'Shop' is not a Kubernetes namespace name"],
+                 id="not a namespace name"),
     pytest.param("[a]", ["policies.yaml:5: metadata.namespace: must be a string"], id="not a string"),
 ])
-def test_a_policy_namespace_is_kumas_system_namespace_or_refused(tmp_path: Path, namespace: str | None,
+def test_a_policy_namespace_is_read_or_refused(tmp_path: Path, namespace: str | None,
                                                                  expected: list[str]) -> None:
     shutil.copytree(RULES_CASE, tmp_path, dirs_exist_ok=True)
     (tmp_path / "policies.yaml").write_text(kubernetes_policy(namespace))

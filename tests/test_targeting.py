@@ -236,9 +236,8 @@ REFUSED = [
      "policies.yaml:7: spec.targetRef.sectionName: not allowed here"),
     ("labels with kind MeshSubset", MTP, "    kind: MeshSubset\n    tags: {a: b}\n    labels: {app: web}",
      "policies.yaml:8: spec.targetRef.labels: not allowed with kind MeshSubset"),
-    ("namespace", MTP, "    kind: Dataplane\n    name: web-1\n    namespace: prod",
-     "policies.yaml:8: spec.targetRef.namespace: not supported by meshplan (it would be ignored): meshplan does not "
-     "model Kubernetes namespaces"),
+    ("namespace without a name", MTP, "    kind: Dataplane\n    namespace: prod",
+     "policies.yaml:7: spec.targetRef.namespace: selects no dataplane in Kuma without a `name`"),
     ("label values are strings", MTP, "    kind: Dataplane\n    labels: {replicas: 3}",
      "policies.yaml:7: spec.targetRef.labels.replicas: tag values must be strings"),
     ("empty sectionName", MTP, "    kind: Dataplane\n    sectionName: ''",
@@ -279,8 +278,8 @@ def test_item_target_refs_refuse_what_meshplan_cannot_select(tmp_path: Path) -> 
         """)
     assert violations(tmp_path) == [
         "policies.yaml:6: spec.to[0].targetRef.labels: not supported by meshplan (it would be ignored): team: meshplan's "
-        "services are kuma.io/service tags, not labelled MeshService resources; only kuma.io/display-name (the service's "
-        "name) can be matched",
+        "services are kuma.io/service tags, not labelled MeshService resources; only kuma.io/display-name or "
+        "k8s.kuma.io/service-name (the service's name) and k8s.kuma.io/namespace (its namespace) can be matched",
         "policies.yaml:8: spec.to[1].targetRef.sectionName: not supported by meshplan (it would be ignored): it picks one "
         "port of a MeshService resource, and meshplan's services are kuma.io/service tags with no named ports",
         "policies.yaml:10: spec.to[2].targetRef.labels: must name the service: kuma.io/display-name: <name> (or use `name`)",

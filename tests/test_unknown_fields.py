@@ -195,7 +195,8 @@ def test_kuma_fields_meshplan_would_ignore_are_refused(tmp_path: Path, file: str
 @pytest.mark.parametrize("extra, path, message", [
     ("sectionName: http", "spec.to[0].targetRef.sectionName", "not supported by meshplan"),
     ("labels: {app: backend}", "spec.to[0].targetRef.labels", "set either `labels` or `name`, not both"),
-    ("namespace: other", "spec.to[0].targetRef.namespace", "not supported by meshplan"),
+    # a namespace is read (tests/test_namespaces.py); one that cannot be a namespace is refused, never dropped
+    ("namespace: Other", "spec.to[0].targetRef.namespace", "'Other' is not a Kubernetes namespace name"),
 ])
 def test_target_ref_fields_that_would_widen_a_policy_are_refused(tmp_path: Path, extra: str, path: str,
                                                                   message: str) -> None:
@@ -219,7 +220,7 @@ def test_unknown_keys_beside_the_spec_are_violations(tmp_path: Path, document: s
 
 @pytest.mark.parametrize("extra, section, path", [
     ("labels: {team: dev}", "from", "spec.targetRef.labels"),
-    ("namespace: other", "from", "spec.targetRef.namespace"),
+    ("namespace: Other", "from", "spec.targetRef.namespace"),  # read where valid (tests/test_namespaces.py)
     ("sectionName: main", "to", "spec.targetRef.sectionName"),
 ])
 def test_a_named_dataplane_target_ref_never_drops_a_narrowing_field(tmp_path: Path, extra: str, section: str,

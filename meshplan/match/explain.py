@@ -65,6 +65,7 @@ class Explanation:
     proxy: str
     type: str
     mesh: str | None
+    namespace: str | None = None  # a Kubernetes dataplane's namespace (what namespaced policies are scoped by)
     sections: tuple[Section, ...] = ()
     lands: tuple[str, ...] = field(default=())  # for --policy: where it applies
     misses: tuple[str, ...] = field(default=())  # for --policy: where it does not, and why
@@ -201,7 +202,7 @@ def explain_proxy(desired: Desired, name: str) -> Explanation:
     if isinstance(proxy, Dataplane):
         sections += _patch_sections(build, proxy)
     return Explanation(proxy.name, "egress" if isinstance(proxy, ZoneEgress) else "sidecar",
-                       getattr(proxy, "mesh", None), tuple(sections))
+                       getattr(proxy, "mesh", None), getattr(proxy, "namespace", None), tuple(sections))
 
 
 def _patch_sections(build: ProxyBuild, proxy: Dataplane) -> list[Section]:
@@ -265,11 +266,12 @@ def explain_policy(desired: Desired, name: str, ref: str) -> Explanation:
                 (misses if why else lands).append(f"{where}{': ' + why if why else ''}")
     mine = f"{policy.kind}/{policy.name} "
     sections = tuple(s for s in base.sections if s.kind == policy.kind and any(a.startswith(mine) for a in s.applied))
-    return Explanation(base.proxy, base.type, base.mesh, sections, tuple(lands), tuple(misses))
+    return Explanation(base.proxy, base.type, base.mesh, base.namespace, sections, tuple(lands), tuple(misses))
 
 
 def render_text(e: Explanation) -> str:
-    lines = [f"{e.proxy} [{e.type}]" + (f" mesh {e.mesh}" if e.mesh else "")]
+    lines = [f"{e.proxy} [{e.type}]" + (f" mesh {e.mesh}" if e.mesh else "")
+             + (f" namespace {e.namespace}" if e.namespace else "")]
     if e.lands or e.misses:
         lines.append("")
         lines += [f"  lands on {w}" for w in e.lands] or ["  lands nowhere on this proxy"]

@@ -22,6 +22,8 @@ from typing import Any
 from meshplan.errors import Source
 from meshplan.model import (
     EGRESS,
+    NAMESPACE_TAG,
+    ROLE_ORDER,
     SERVICE_TAG,
     SIDECAR,
     Dataplane,
@@ -54,6 +56,9 @@ class Destination:
     name: str
     external: bool = False
     tags: dict[str, str] = field(default_factory=dict)
+    # The service's namespace (its dataplanes'), which `match.result` fills in from the desired directory: what a
+    # `to` item naming a service in a namespace compares. Not part of the destination's identity.
+    namespace: str | None = field(default=None, compare=False)
 
     @classmethod
     def of_outbound(cls, dp: Dataplane, outbound: Outbound) -> Destination:
@@ -68,12 +73,14 @@ class Destination:
 
     @property
     def all_tags(self) -> dict[str, str]:
-        return {**self.tags, SERVICE_TAG: self.name}
+        namespace = {NAMESPACE_TAG: self.namespace} if self.namespace is not None else {}
+        return {**self.tags, **namespace, SERVICE_TAG: self.name}
 
     def __str__(self) -> str:
         if self.external:
             return f"MeshExternalService {self.name!r}"
-        return f"MeshService {self.name!r}" + (f" {_tags(self.tags)}" if self.tags else "")
+        return (f"MeshService {self.name!r}" + (f" {_tags(self.tags)}" if self.tags else "")
+                + (f" (namespace {self.namespace!r})" if self.namespace is not None else ""))
 
 
 @dataclass(frozen=True)
@@ -145,10 +152,10 @@ class Contribution:
             candidate = candidate[: max(candidate.rfind("."), len(self.path))]
 
     def origin(self, path: Path = ()) -> Origin:
-        return Origin(self.policy.kind, self.policy.name, self.source_of(path), selector(self.policy.target_ref))
+        return Origin(self.policy.kind, self.policy.name, self.source_of(path), policy_selector(self.policy))
 
     def __str__(self) -> str:
-        shown = selector(self.policy.target_ref)
+        shown = policy_selector(self.policy)
         return (f"{self.policy.kind}/{self.policy.name} {self.written_section}[{self.item.index}] ({self.source})"
                 + (f" [{shown}]" if shown else ""))
 
@@ -184,9 +191,16 @@ class FromRule:
 def selector(ref: TargetRef) -> str:
     """A top-level targetRef in words for origins and `explain` when a Dataplane one selects by labels, by
     sectionName, or every dataplane (a name, a tag or a service already shows in the policy's name and `explain`)."""
-    if ref.kind != "Dataplane" or (ref.labels is None and ref.section_name is None and ref.name is not None):
+    if ref.kind != "Dataplane" or (ref.labels is None and ref.section_name is None and ref.name is not None
+                                   and ref.namespace is None):
         return ""
     return f"targetRef {_describe(ref)}"
+
+
+def policy_selector(policy: Policy) -> str:
+    """What origins and `explain` show beside a policy: its namespace and Kuma role (outside the system namespace),
+    and its top-level targetRef where the name alone does not say it (`selector`)."""
+    return "; ".join(part for part in (policy.scope, selector(policy.target_ref)) if part)
 
 
 # --- selection ------------------------------------------------------------------------------------------------
@@ -204,6 +218,9 @@ def why_not(policy: Policy, proxy: Proxy) -> str | None:
     """
     ref = policy.target_ref
     if isinstance(proxy, ZoneEgress):
+        if policy.namespace is not None:
+            return (f"a {policy.role} policy in namespace {policy.namespace!r} configures dataplanes; the egress "
+                    "lives in the system namespace")
         if EGRESS not in ref.proxy_types:
             if not ref.proxy_types:
                 return ("targetRef has no proxyType, which selects sidecars and gateways but never the egress: "
@@ -215,6 +232,10 @@ def why_not(policy: Policy, proxy: Proxy) -> str | None:
         return None
     if policy.mesh != proxy.mesh:
         return f"the policy is in mesh {policy.mesh!r}, dataplane {proxy.name!r} is in mesh {proxy.mesh!r}"
+    if policy.scoped and proxy.namespace != policy.namespace:
+        where = f"in namespace {proxy.namespace!r}" if proxy.namespace is not None else "in no namespace"
+        return (f"a {policy.role} policy in namespace {policy.namespace!r} configures only the dataplanes of its "
+                f"namespace (as Kuma), and dataplane {proxy.name!r} is {where}")
     if ref.kind == "MeshExternalService":
         return 'targetRef kind MeshExternalService selects only the egress (with proxyType: ["Egress"]), never a sidecar'
     if ref.proxy_types and SIDECAR not in ref.proxy_types:
@@ -356,12 +377,14 @@ def _one_kind(policies: Iterable[Policy]) -> list[Policy]:
 
 
 def _ordered(contributions: list[Contribution]) -> list[Contribution]:
-    """Top-level kind, then Kuma's initial default policies before the user's (they are Kuma's `system` role, which
-    every user policy outranks on Kubernetes), then the item's kind, then name descending; a policy's own items keep
+    """Top-level kind, then Kuma's policy role (system, producer, consumer, workload-owner: Kuma's SortByTargetRef),
+    then Kuma's initial default policies before the user's system ones (on Kubernetes they are the system namespace's
+    own, which every user policy outranks), then the item's kind, then name descending; a policy's own items keep
     their written order."""
     by_name = sorted(contributions, key=lambda c: c.policy.name, reverse=True)  # stable, even reversed
     return sorted(by_name, key=lambda c: (_rank(c.policy.target_ref.kind), _dataplane_rank(c.policy.target_ref),
-                                          not c.policy.kuma_default, _rank(c.item.target_ref.kind)))
+                                          ROLE_ORDER.index(c.policy.role), not c.policy.kuma_default,
+                                          _rank(c.item.target_ref.kind)))
 
 
 def _dataplane_rank(ref: TargetRef) -> tuple[int, int]:
@@ -444,7 +467,8 @@ def _ref_tags(ref: TargetRef) -> dict[str, str] | None:
     if ref.kind == "MeshSubset":
         return dict(ref.tags)
     if ref.kind == "MeshService" and ref.name is not None:
-        return {SERVICE_TAG: ref.name}
+        # by name in a namespace: the service's dataplanes carry it as Kuma's k8s.kuma.io/namespace tag
+        return {SERVICE_TAG: ref.name, **({NAMESPACE_TAG: ref.namespace} if ref.namespace is not None else {})}
     if ref.kind == "MeshServiceSubset" and ref.name is not None:
         return {SERVICE_TAG: ref.name, **ref.tags}  # as Kuma: the tags are copied over the name
     return None
@@ -517,6 +541,9 @@ def _dataplane_miss_of(ref: TargetRef, dp: Dataplane) -> str | None:
     """Why a Dataplane targetRef (by name, by labels, or neither: every dataplane) misses the dataplane; None if not."""
     if ref.name is not None and ref.name != dp.name:
         return f"targetRef selects Dataplane {ref.name!r}, not {dp.name!r}"
+    if ref.name is not None and ref.namespace is not None and ref.namespace != dp.namespace:
+        where = f"namespace {dp.namespace!r}" if dp.namespace is not None else "no namespace"
+        return f"targetRef selects Dataplane {ref.name!r} in namespace {ref.namespace!r}, and {dp.name!r} is in {where}"
     if ref.labels is not None:
         missing = [f"{key}={value}" for key, value in sorted(ref.labels.items()) if dp.labels.get(key) != value]
         if missing:
@@ -567,6 +594,7 @@ def _inbound_name(inbound: Inbound) -> str:
 
 def _describe(ref: TargetRef) -> str:
     name = f" {ref.name!r}" if ref.name is not None else ""
+    name += f" namespace {ref.namespace!r}" if ref.namespace is not None else ""
     tags = f" {_tags(ref.tags)}" if ref.tags else ""
     labels = f" labels {_tags(ref.labels)}" if ref.labels is not None else ""
     section = f" sectionName {ref.section_name!r}" if ref.section_name is not None else ""

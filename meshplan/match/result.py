@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from meshplan.match.matcher import (
@@ -192,16 +192,24 @@ def match_proxy(desired: Desired, proxy: Proxy, kinds: Placements) -> ProxyMatch
     for policy in desired.policies:
         by_kind.setdefault(policy.kind, []).append(NORMALISERS.get(policy.kind, _same)(policy))
     found: list[DestinationMatch] = []
-    for destination in _destinations(desired, proxy):
+    for destination in [_in_namespace(desired, d) for d in _destinations(desired, proxy)]:
         if not any(d.destination == destination for d in found):
             found_to = _to(kinds, by_kind, proxy, destination, routes=True)
             if isinstance(proxy, Dataplane):  # routes live on the sidecar (the placement table)
                 found_to = _routes_in_effect(found_to, destination_protocol(desired, destination))
             found.append(DestinationMatch(destination, found_to))
     for destination, named_by in _backends(proxy, found):
+        destination = _in_namespace(desired, destination)
         found.append(DestinationMatch(destination, _to(kinds, by_kind, proxy, destination, routes=False), named_by))
     inbounds = tuple(InboundMatch(target, _from(kinds, by_kind, proxy, target)) for target in _inbounds(desired, proxy))
     return ProxyMatch(proxy.name, tuple(found), inbounds, _singles(kinds, by_kind, proxy))
+
+
+def _in_namespace(desired: Desired, destination: Destination) -> Destination:
+    """The destination with its service's namespace, which a `to` item naming a service in a namespace compares."""
+    if destination.external:
+        return destination
+    return replace(destination, namespace=desired.service_namespace(destination.mesh, destination.name))
 
 
 def _singles(kinds: Placements, by_kind: dict[str, list[Policy]], proxy: Proxy) -> tuple[KindTo, ...]:

@@ -5,7 +5,7 @@ says where it was written and, when a name is close to one that exists, which on
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from meshplan.errors import Source
 from meshplan.match.matcher import selects, why_not_from
@@ -32,14 +32,16 @@ def warnings(desired: Desired) -> list[str]:
         if policy.kuma_default:
             continue  # Kuma's initial policies are in every mesh, used or not: nothing to warn the user about
         label = f"{policy.kind}/{policy.name}"
-        top = _name_miss(policy.target_ref, set(desired.services(policy.mesh)), dataplanes, externals)
+        namespaces = _namespaces(desired, policy.mesh)
+        top = _name_miss(policy.target_ref, set(desired.services(policy.mesh)), dataplanes, externals, namespaces)
         if top is not None:
             found.append((_line(policy, "targetRef.name"), f"{label}: {top}"))
         elif not any(selects(policy, proxy) for proxy in proxies):
             found.append((_line(policy, "targetRef"), f"{label}: selects no proxy, so it changes nothing"))
         for section, items in (("to", policy.to), ("from", policy.from_)):
             for item in items:
-                miss = _name_miss(item.target_ref, set(desired.services(policy.mesh)), dataplanes, externals)
+                miss = _name_miss(item.target_ref, set(desired.services(policy.mesh)), dataplanes, externals,
+                                  namespaces)
                 if miss is not None:
                     found.append((_line(policy, f"{section}[{item.index}].targetRef.name"), f"{label}: {miss}"))
     found += _permissions_set_aside(desired)
@@ -68,7 +70,21 @@ def _permissions_set_aside(desired: Desired) -> list[tuple[Source, str]]:
     return out
 
 
-def _name_miss(ref: TargetRef, services: set[str], dataplanes: set[str], externals: set[str]) -> str | None:
+def _namespace_miss(ref: TargetRef, namespaces: Mapping[tuple[str, str], str | None]) -> str | None:
+    """A name resolved in a namespace (Kuma: the targetRef's `namespace`, else the policy's) that is somewhere else."""
+    if ref.namespace is None or ref.kind not in SERVICE_KINDS + ("Dataplane",):
+        return None
+    what = "Dataplane" if ref.kind == "Dataplane" else "MeshService"
+    there = namespaces.get((what, ref.name or ""))
+    if there == ref.namespace:
+        return None
+    where = f"in namespace {there!r}" if there is not None else "in no namespace"
+    return (f"targetRef names {ref.kind} {ref.name!r} in namespace {ref.namespace!r}, and {what} {ref.name!r} is "
+            f"{where}, so it selects nothing")
+
+
+def _name_miss(ref: TargetRef, services: set[str], dataplanes: set[str], externals: set[str],
+               namespaces: Mapping[tuple[str, str], str | None]) -> str | None:
     if ref.name is None:
         return None
     if ref.kind in SERVICE_KINDS:
@@ -80,8 +96,16 @@ def _name_miss(ref: TargetRef, services: set[str], dataplanes: set[str], externa
     else:
         return None
     if ref.name in known:
-        return None
+        return _namespace_miss(ref, namespaces)
     return f"targetRef names {ref.kind} {ref.name!r}, a {what}{_did_you_mean(ref.name, known)}"
+
+
+def _namespaces(desired: Desired, mesh: str) -> dict[tuple[str, str], str | None]:
+    """("MeshService" | "Dataplane", name) -> its namespace, in one mesh."""
+    found: dict[tuple[str, str], str | None] = {("MeshService", service): desired.service_namespace(mesh, service)
+                                                for service in desired.services(mesh)}
+    found.update({("Dataplane", dp.name): dp.namespace for dp in desired.dataplanes if dp.mesh == mesh})
+    return found
 
 
 def _did_you_mean(name: str, known: Iterable[str]) -> str:

@@ -56,7 +56,8 @@ _KUMA_ONLY = {
     "labels": "a backend is picked by `name` (its kuma.io/service); meshplan has no MeshService resources to select "
               "by labels",
     "mesh": "a backend is in the proxy's own mesh; meshplan renders no cross-mesh traffic",
-    "namespace": "meshplan does not model Kubernetes namespaces",
+    "namespace": "a backend is picked by `name` (its kuma.io/service, mesh-wide); meshplan resolves route backends in "
+                 "no namespace (only targetRefs: docs/policies.md, Namespaces)",
     "sectionName": "meshplan's services have no named ports: give the port number as `port`",
     "proxyTypes": "it selects gateway backends, and meshplan has no gateways",
 }

@@ -14,6 +14,7 @@ from meshplan.envoy import names
 from meshplan.errors import Source, Violation
 from meshplan.load.resources import PathKey, RawResource
 from meshplan.model import (
+    NAMESPACE_TAG,
     PROTOCOL_TAG,
     SERVICE_TAG,
     Dataplane,
@@ -28,6 +29,7 @@ from meshplan.model import (
 )
 from meshplan.validate.addresses import endpoint_problem
 from meshplan.validate.check import FieldCheck
+from meshplan.validate.namespaces import dataplane_namespace
 
 PROTOCOLS = ("tcp", "http", "http2", "grpc")
 # The kinds of Kuma's initial default policies (validate/initial_policies.py), and the old-API kinds Kuma creates only
@@ -100,6 +102,7 @@ def parse_dataplane(check: FieldCheck, res: RawResource, mesh: str) -> Dataplane
     before = len(check.out)
     check.unknown(res.body, (), ("networking", "labels") if res.form == "universal" else ("networking",))
     labels = _dataplane_labels(check, res)
+    namespace = dataplane_namespace(check.out, res, labels)
     net = check.field(res.body, (), "networking", dict, required=True, default={})
     np: PathKey = ("networking",)
     check.unknown(net, np, ("address", "admin", "inbound", "outbound"), ("advertisedAddress", "transparentProxying", "gateway"))
@@ -129,6 +132,12 @@ def parse_dataplane(check: FieldCheck, res: RawResource, mesh: str) -> Dataplane
             if not TAG_VALUE.fullmatch(value):
                 # tags go into certificates as kuma://<tag>/<value> URI SANs
                 check.fail(path + ("tags", tag), f"tag value {value!r} may hold only letters, digits, '.', '-', '_' and ':'")
+        if namespace is not None:
+            # Kuma tags every inbound of a Kubernetes dataplane with its namespace (a `from` MeshSubset can select
+            # clients by it); written by hand, the tag must agree.
+            if tags.setdefault(NAMESPACE_TAG, namespace) != namespace:
+                check.fail(path + ("tags", NAMESPACE_TAG), f"Kuma sets this tag to the dataplane's namespace, and "
+                           f"metadata.namespace is {namespace!r}: remove it")
         service = tags.get(SERVICE_TAG)
         if service is not None and len(names.service_sni(mesh, service)) > MAX_SNI:
             check.fail(path + ("tags", SERVICE_TAG), f"too long: the TLS server name of this service, "
@@ -174,7 +183,8 @@ def parse_dataplane(check: FieldCheck, res: RawResource, mesh: str) -> Dataplane
     assert res.name is not None
     if len(inbounds) == len(raw_inbounds):
         _check_section_names(check, np, inbounds)
-    dp = Dataplane(res.name, mesh, address, admin_port, tuple(inbounds), tuple(outbounds), res.source, labels)
+    dp = Dataplane(res.name, mesh, address, admin_port, tuple(inbounds), tuple(outbounds), res.source, labels,
+                   namespace)
     _check_sockets(check, _dataplane_sockets(dp))
     return dp if len(check.out) == before else None
 

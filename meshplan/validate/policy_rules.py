@@ -7,15 +7,26 @@ from __future__ import annotations
 
 from typing import Any
 
-from meshplan.errors import Source, Violation
 from meshplan.load.resources import PathKey, RawResource, format_path
-from meshplan.model import EGRESS, GATEWAY, SIDECAR, Policy, PolicyItem, TargetRef
+from meshplan.model import (
+    EGRESS,
+    GATEWAY,
+    NAMESPACE_TAG,
+    SIDECAR,
+    SYSTEM_NAMESPACE,
+    Policy,
+    PolicyItem,
+    TargetRef,
+)
 from meshplan.policies import FROM, ROUTE_KINDS, RULES, SINGLE, TO
 from meshplan.policies.registry import BY_KIND, KINDS
 from meshplan.validate.check import FieldCheck
+from meshplan.validate.namespaces import DNS_LABEL, check_policy_labels, policy_namespace, policy_role
 
 PROXY_TYPES = (SIDECAR, GATEWAY, EGRESS)
 DISPLAY_NAME = "kuma.io/display-name"
+SERVICE_NAME_LABEL = "k8s.kuma.io/service-name"  # Kuma's label of a MeshService with its Kubernetes Service's name
+SERVICE_LABELS = (DISPLAY_NAME, SERVICE_NAME_LABEL, NAMESPACE_TAG)  # what a `to` MeshService's labels may hold
 # The kinds with a top-level `rules` list for inbound traffic in Kuma v2.14.3 (each api/v1alpha1 Spec's `Rules`).
 TOP_LEVEL_RULES = ("MeshTimeout", "MeshFaultInjection", "MeshRateLimit", "MeshTrafficPermission", "MeshAccessLog",
                    "MeshCircuitBreaker")
@@ -23,6 +34,8 @@ TOP_LEVEL_RULES = ("MeshTimeout", "MeshFaultInjection", "MeshRateLimit", "MeshTr
 # item of kind Mesh (all inbound traffic of the selected inbounds), as Kuma's inbound rules do for a rule without
 # `matches`. Kuma also forbids `to` beside `rules` in all of them but MeshFaultInjection (which has no `to` here).
 RULES_AS_FROM = ("MeshTimeout", "MeshFaultInjection", "MeshRateLimit", "MeshAccessLog")
+# The top-level targetRef kinds Kuma's validators allow a policy outside the system namespace (its non-system roles).
+NAMESPACED_TOP_KINDS = ("Mesh", "Dataplane", "MeshSubset", "MeshService", "MeshServiceSubset")
 TARGET_KINDS = ("Mesh", "MeshSubset", "MeshService", "MeshServiceSubset", "Dataplane", "MeshExternalService")
 
 # Kinds a `to` item may not select, per policy kind (as Kuma v2.14.3's validators): a subset of a service's
@@ -36,20 +49,21 @@ TO_KINDS_REFUSED = {
 
 
 def target_ref(check: FieldCheck, obj: dict[str, Any], path: PathKey, *, top: bool, inbound_policy: bool = False,
-               refused: tuple[str, ...] = ()) -> TargetRef | None:
+               refused: tuple[str, ...] = (), policy_namespace: str | None = None) -> TargetRef | None:
     """A targetRef, checked. `inbound_policy`: the policy has `from` items, so a top-level `sectionName` may pick one
-    of the inbounds it configures (Kuma allows `sectionName` only there). `refused`: kinds this place does not take."""
+    of the inbounds it configures (Kuma allows `sectionName` only there). `refused`: kinds this place does not take.
+    `policy_namespace`: the policy's namespace outside the system one, where Kuma resolves a `name` written without a
+    `namespace` (given for the top-level targetRef and `to` items; a `from` item's name selects clients by tags)."""
     ref = check.field(obj, path, "targetRef", dict, required=not top)
     if ref is None:
         return TargetRef("Mesh") if top else None
     rp = path + ("targetRef",)
-    # `namespace` and `mesh` would move what a targetRef selects: ignoring them would apply a policy where it was not
-    # meant to go, so they are refused; `labels` and `sectionName` are read below where meshplan has their meaning.
+    # `mesh` would move what a targetRef selects: ignoring it would apply a policy where it was not meant to go, so it
+    # is refused; `labels`, `sectionName` and `namespace` are read below where meshplan has their meaning.
     check.unknown(ref, rp, ("kind", "name", "tags", "proxyType", "proxyTypes", "labels", "sectionName", "namespace", "mesh"))
-    for key, why in (("namespace", "meshplan does not model Kubernetes namespaces, so it cannot select by one"),
-                     ("mesh", "a targetRef selects within the policy's own mesh in meshplan (Kuma reserves it too)")):
-        if key in ref:
-            check.fail(rp + (key,), f"not supported by meshplan (it would be ignored): {why}; remove it")
+    if "mesh" in ref:
+        check.fail(rp + ("mesh",), "not supported by meshplan (it would be ignored): a targetRef selects within the "
+                   "policy's own mesh in meshplan (Kuma reserves it too); remove it")
     kind = check.field(ref, rp, "kind", str, required=True)
     if kind is None:
         return None
@@ -60,6 +74,7 @@ def target_ref(check: FieldCheck, obj: dict[str, Any], path: PathKey, *, top: bo
         check.fail(rp + ("kind",), f"value {kind!r} is not supported here: a subset of a service's endpoints is not a "
                                    "destination this kind configures")
         return None
+    namespace = _ref_namespace(check, ref, rp, kind, top=top, policy_namespace=policy_namespace)
     dataplane_top = top and kind == "Dataplane"
     service_by_labels = kind == "MeshService" and not top and "labels" in ref
     name = check.field(ref, rp, "name", str,
@@ -84,7 +99,7 @@ def target_ref(check: FieldCheck, obj: dict[str, Any], path: PathKey, *, top: bo
         elif kind == "Dataplane":
             check.fail(rp + ("labels",), "`labels` selects dataplanes only in the top-level targetRef")
         elif service_by_labels:
-            name = _service_by_display_name(check, ref, rp, name)
+            name, namespace = _service_by_display_name(check, ref, rp, name)
         elif kind in ("MeshService", "MeshExternalService"):
             check.fail(rp + ("labels",), f"not supported by meshplan (it would be ignored): labels select {kind} "
                        "resources, and meshplan's services are kuma.io/service tags, not labelled resources; use `name`")
@@ -125,57 +140,93 @@ def target_ref(check: FieldCheck, obj: dict[str, Any], path: PathKey, *, top: bo
                 check.fail(rp + (key, i), f"unknown proxy type {value!r} (expected one of: Sidecar, Gateway, Egress)")
             else:
                 proxy_types.add(value.lower())
-    return TargetRef(kind, name, tags, frozenset(proxy_types), labels, section or None)
+    return TargetRef(kind, name, tags, frozenset(proxy_types), labels, section or None,
+                     namespace if name is not None else None)
 
 
-def _service_by_display_name(check: FieldCheck, ref: dict[str, Any], rp: PathKey, name: str | None) -> str | None:
+def _ref_namespace(check: FieldCheck, ref: dict[str, Any], rp: PathKey, kind: str, *, top: bool,
+                   policy_namespace: str | None) -> str | None:
+    """The namespace a targetRef's `name` is resolved in, as Kuma's TargetRefToKRI: its own `namespace`, else the
+    policy's (outside the system namespace); None where meshplan resolves the name mesh-wide (a system policy)."""
+    written = check.field(ref, rp, "namespace", str) if "namespace" in ref else None
+    named = isinstance(ref.get("name"), str)
+    if "namespace" in ref and kind in ("Mesh", "MeshSubset", "MeshServiceSubset"):
+        check.fail(rp + ("namespace",), f"must not be set with kind {kind} (as Kuma: it names no resource)")
+        return None
+    if written is not None and not DNS_LABEL.fullmatch(written):
+        check.fail(rp + ("namespace",), f"{written!r} is not a Kubernetes namespace name")
+        return None
+    if written is not None and "labels" in ref:
+        check.fail(rp + ("labels",), "either labels or name and namespace must be specified (as Kuma)")
+        return None
+    if written is not None and not named:
+        if kind == "Dataplane" and top:
+            check.fail(rp + ("namespace",), f"selects no dataplane in Kuma without a `name` (a Dataplane targetRef "
+                       f"by namespace alone matches none); to select a namespace's dataplanes write labels: "
+                       f"{{{NAMESPACE_TAG}: {written}}}")
+        return None
+    if "namespace" in ref and kind == "Dataplane" and not top:
+        return None  # (a Dataplane item is refused on its own)
+    resolved = written if written is not None else policy_namespace
+    if kind == "MeshExternalService":
+        if resolved not in (None, SYSTEM_NAMESPACE):
+            how = "its `namespace`" if written is not None else "the policy's namespace (it has no `namespace`)"
+            check.fail(rp + ("namespace",) if written is not None else rp + ("name",),
+                       f"names a MeshExternalService in namespace {resolved!r} ({how}), and Kuma keeps "
+                       f"MeshExternalServices in the system namespace only, so it would select nothing: write "
+                       f"namespace: {SYSTEM_NAMESPACE}")
+        return None  # meshplan's MeshExternalServices are the system namespace's: mesh-wide
+    return resolved if named and kind in ("Dataplane", "MeshService") else None
+
+
+def _service_by_display_name(check: FieldCheck, ref: dict[str, Any], rp: PathKey,
+                             name: str | None) -> tuple[str | None, str | None]:
     """A `to` item's `{kind: MeshService, labels: {kuma.io/display-name: backend}}`: the MeshService named backend, as
-    Kuma's docs write it. Any other label selects MeshService resources by labels meshplan's services (kuma.io/service
-    tags) do not have, so it is refused rather than matched against nothing."""
+    Kuma's docs write it; `k8s.kuma.io/service-name` names it too (on Kubernetes Kuma labels each MeshService with
+    its Service's name, which is its display name), and `k8s.kuma.io/namespace` narrows it to that namespace's (as
+    Kuma's docs write a consumer policy). Returns the name and that namespace. Any other label selects MeshService
+    resources by labels meshplan's services (kuma.io/service tags) do not have, so it is refused rather than matched
+    against nothing."""
     labels = check.tags(ref, rp, "labels")
     if name is not None:
         check.fail(rp + ("labels",), "set either `labels` or `name`, not both (as Kuma)")
-        return name
-    others = sorted(set(labels) - {DISPLAY_NAME})
+        return name, None
+    others = sorted(set(labels) - set(SERVICE_LABELS))
     if others:
         check.fail(rp + ("labels",), f"not supported by meshplan (it would be ignored): {', '.join(others)}: meshplan's "
-                   f"services are kuma.io/service tags, not labelled MeshService resources; only {DISPLAY_NAME} "
-                   "(the service's name) can be matched")
-        return None
-    if DISPLAY_NAME not in labels:
+                   f"services are kuma.io/service tags, not labelled MeshService resources; only {DISPLAY_NAME} or "
+                   f"{SERVICE_NAME_LABEL} (the service's name) and {NAMESPACE_TAG} (its namespace) can be matched")
+        return None, None
+    names = {labels[key] for key in (DISPLAY_NAME, SERVICE_NAME_LABEL) if key in labels}
+    if not names:
         check.fail(rp + ("labels",), f"must name the service: {DISPLAY_NAME}: <name> (or use `name`)")
-        return None
-    return labels[DISPLAY_NAME]
-
-
-SYSTEM_NAMESPACE = "kuma-system"  # Kuma's default system namespace: a policy there applies to the whole mesh
-
-
-def _check_namespace(check: FieldCheck, res: RawResource) -> None:
-    """A Kubernetes policy's `metadata.namespace`. In Kuma a policy in the system namespace (kuma-system) applies to
-    the whole mesh; one in any other namespace applies only to dataplanes of that namespace (and, as a producer
-    policy, to clients of that namespace's services). meshplan's dataplanes have no namespace, so a policy in another
-    namespace cannot be scoped as Kuma scopes it: it is refused rather than applied mesh-wide."""
-    if res.namespace is None:
-        return
-    at = Source(res.source.file, res.lines.get(("metadata", "namespace"), res.source.line))
-    if not isinstance(res.namespace, str):
-        check.out.append(Violation(at, "metadata.namespace", "must be a string"))
-    elif res.namespace != SYSTEM_NAMESPACE:
-        check.out.append(Violation(at, "metadata.namespace", f"not supported by meshplan (it would be ignored): in Kuma "
-                                   f"a policy in namespace {res.namespace!r} applies only to the dataplanes of that "
-                                   f"namespace, and meshplan's dataplanes have no namespace; put the policy in "
-                                   f"{SYSTEM_NAMESPACE} (the whole mesh, as Kuma) or omit the namespace"))
+        return None, None
+    if len(names) > 1:
+        check.fail(rp + ("labels",), f"{DISPLAY_NAME} and {SERVICE_NAME_LABEL} name different services, so no "
+                   "MeshService has both")
+        return None, None
+    namespace = labels.get(NAMESPACE_TAG)
+    if namespace is not None and not DNS_LABEL.fullmatch(namespace):
+        check.fail(rp + ("labels", NAMESPACE_TAG), f"{namespace!r} is not a Kubernetes namespace name")
+        return None, None
+    return names.pop(), namespace
 
 
 def parse_policy(check: FieldCheck, res: RawResource, mesh: str) -> Policy | None:
     before = len(check.out)
-    _check_namespace(check, res)
+    namespace = policy_namespace(check.out, res)
     kind = KINDS[res.kind]
     body = res.body
+    role, no_role = policy_role(body, namespace, kind.sections)
+    if no_role is not None:
+        check.fail((), no_role)
+    check_policy_labels(check.out, res, namespace, role)
     has_rules = res.kind in TOP_LEVEL_RULES and bool(body.get(RULES))
     top = target_ref(check, body, (), top=True,
-                     inbound_policy=(FROM in kind.sections and bool(body.get(FROM))) or has_rules)
+                     inbound_policy=(FROM in kind.sections and bool(body.get(FROM))) or has_rules,
+                     policy_namespace=namespace)
+    if top is not None and namespace is not None:
+        _check_scoped_top(check, top, role, namespace)
     known = ["targetRef"] + [s for s in (TO, FROM) if s in kind.sections] + (["default"] if SINGLE in kind.sections else [])
     if res.kind == "MeshHTTPRoute" or res.kind == "MeshTCPRoute":
         known.append("rules")
@@ -207,7 +258,8 @@ def parse_policy(check: FieldCheck, res: RawResource, mesh: str) -> Policy | Non
                 check.fail(path, "must be a mapping")
                 continue
             refused = TO_KINDS_REFUSED.get(res.kind, ()) if section == TO else ()
-            ref = target_ref(check, item, path, top=False, refused=refused)
+            ref = target_ref(check, item, path, top=False, refused=refused,
+                             policy_namespace=namespace if section == TO else None)
             payload_key = "rules" if res.kind in ROUTE_KINDS else "default"
             if res.kind == "MeshHTTPRoute" and "hostnames" in item:
                 check.fail(path + ("hostnames",), "not supported by meshplan: hostnames match on a MeshGateway's "
@@ -238,7 +290,20 @@ def parse_policy(check: FieldCheck, res: RawResource, mesh: str) -> Policy | Non
     assert res.name is not None
     lines = {format_path(k): v for k, v in res.lines.items()}
     return Policy(res.kind, res.name, mesh, top, tuple(items[TO]), tuple(items[FROM]), body, res.source,
-                  format_path(res.body_path), lines)
+                  format_path(res.body_path), lines, namespace, role)
+
+
+def _check_scoped_top(check: FieldCheck, top: TargetRef, role: str, namespace: str) -> None:
+    """A policy outside the system namespace: Kuma's validators take only Mesh, Dataplane, MeshSubset, MeshService and
+    MeshServiceSubset as its top-level kind; and it never configures the egress, which lives in the system namespace
+    (Kuma scopes a consumer or workload-owner policy to its namespace's dataplanes)."""
+    if top.kind not in NAMESPACED_TOP_KINDS:
+        check.fail(("targetRef", "kind"), f"value {top.kind!r} is not supported in a policy outside "
+                   f"{SYSTEM_NAMESPACE} (Kuma allows {', '.join(NAMESPACED_TOP_KINDS)}); put the policy in "
+                   f"{SYSTEM_NAMESPACE}")
+    elif EGRESS in top.proxy_types:
+        check.fail(("targetRef",), f"a {role} policy in namespace {namespace!r} cannot configure the egress: the "
+                   f"ZoneEgress lives in {SYSTEM_NAMESPACE}; put the policy in {SYSTEM_NAMESPACE}")
 
 
 def _top_level_rules(check: FieldCheck, res: RawResource, body: dict[str, Any], mesh: str) -> list[PolicyItem]:

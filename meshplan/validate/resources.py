@@ -32,6 +32,7 @@ from meshplan.validate.infra_rules import (
     parse_mesh,
 )
 from meshplan.validate.initial_policies import initial_policies
+from meshplan.validate.namespaces import mesh_wide_namespace
 from meshplan.validate.policy_rules import parse_policy
 
 INFRA_KINDS = ("Mesh", "Dataplane", "ZoneEgress", "MeshExternalService")
@@ -92,10 +93,16 @@ def parse(raws: list[RawResource]) -> tuple[Desired | None, list[Violation]]:
         key = (res.kind, mesh_name, res.name)
         if key in seen:
             first = seen[key]
+            # Kuma tells apart same-named resources of different namespaces; meshplan's names are per kind and mesh.
+            namespaces = (f" (in namespace {first.namespace!r}; meshplan's names are unique per kind and mesh, "
+                          "whatever the namespace)" if first.namespace != res.namespace else "")
             out.append(Violation(res.source, "", f"duplicate {res.kind} {res.name!r}"
-                                 f"{' in mesh ' + repr(mesh_name) if mesh_name else ''}: first defined at {first.source}"))
+                                 f"{' in mesh ' + repr(mesh_name) if mesh_name else ''}: first defined at {first.source}"
+                                 f"{namespaces}"))
             continue
         seen[key] = res
+        if res.kind in ("Mesh", "ZoneEgress", "MeshExternalService"):
+            mesh_wide_namespace(out, res)
         if res.kind == "Mesh":
             mesh = parse_mesh(check, res)
             if mesh is not None:
@@ -150,9 +157,11 @@ def _name_too_long(kind: str, name: str, mesh: str | None) -> str | None:
 
 def _check_references(desired: Desired, kept: list[tuple[RawResource, Any]], out: list[Violation]) -> None:
     services: dict[tuple[str, str], set[str]] = {}
+    namespaces: dict[tuple[str, str], Dataplane] = {}  # the first dataplane of each service: its namespace
     for dp in desired.dataplanes:
         for inbound in dp.inbounds:
             services.setdefault((dp.mesh, inbound.service), set()).add(inbound.protocol)
+            namespaces.setdefault((dp.mesh, inbound.service), dp)
     externals = {(m.mesh, m.name) for m in desired.external_services}
     proxies: dict[str, RawResource] = {}
     for res, obj in kept:
@@ -186,6 +195,16 @@ def _check_references(desired: Desired, kept: list[tuple[RawResource, Any]], out
                 if len(protocols) > 1:
                     check.fail(("networking", "inbound", i, "tags"),
                                f"service {inbound.service!r} is declared with different protocols: {', '.join(sorted(protocols))}")
+                first = namespaces[(obj.mesh, inbound.service)]
+                if first.namespace != obj.namespace:
+                    # A service's namespace is its dataplanes': what a policy naming it in a namespace compares, and
+                    # where Kuma scopes a producer policy. In Kuma one kuma.io/service lives in one namespace.
+                    theirs = f"namespace {first.namespace!r}" if first.namespace is not None else "no namespace"
+                    ours = f"namespace {obj.namespace!r}" if obj.namespace is not None else "no namespace"
+                    check.fail(("networking", "inbound", i, "tags", "kuma.io/service"),
+                               f"service {inbound.service!r} has dataplanes in {theirs} ({first.name!r}) and here in "
+                               f"{ours}: a service's dataplanes must share one namespace (in Kuma a service lives in "
+                               "one namespace)")
         if isinstance(obj, MeshExternalService):
             mesh = desired.meshes[obj.mesh]
             if not mesh.mtls:
