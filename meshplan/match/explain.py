@@ -189,6 +189,11 @@ def explain_proxy(desired: Desired, name: str) -> Explanation:
                 written = written_to(build, found.destination)
                 sections.append(Section(kind_name, where, TO, applied=_applied(kind_to.merged),
                                         fields=_to_fields(kind_to, written)))
+            for route in found.routes:
+                if route.kind == kind_name:  # the Envoy routes of a MeshHTTPRoute that a policy targets
+                    sections.append(Section(kind_name, f"{where}, {route.describe()}", TO,
+                                            applied=_applied(route.merged),
+                                            fields=_fields(route.merged, written_to(build, found.destination))))
         for where, target in ins:
             written = written_from(build, target)
             for rule in build.match.from_(kind_name, target):
@@ -242,8 +247,12 @@ def explain_policy(desired: Desired, name: str, ref: str) -> Explanation:
     lands: list[str] = []
     misses: list[str] = []
     reason = match.why_not(policy, proxy)
+    on_routes = [f"{where}, {route.describe()}" for where, found in destinations(build) for route in found.routes
+                 if route.kind == policy.kind and any(c.policy == policy for c in route.merged.contributions)]
+    lands += on_routes
     if reason is not None:
-        misses.append(f"{proxy.name}: {reason}")
+        if not on_routes:
+            misses.append(f"{proxy.name}: {reason}")
     else:
         if TO in kind.sections:
             for where, found in destinations(build):

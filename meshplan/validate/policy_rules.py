@@ -23,7 +23,24 @@ TOP_LEVEL_RULES = ("MeshTimeout", "MeshFaultInjection", "MeshRateLimit", "MeshTr
 # item of kind Mesh (all inbound traffic of the selected inbounds), as Kuma's inbound rules do for a rule without
 # `matches`. Kuma also forbids `to` beside `rules` in all of them but MeshFaultInjection (which has no `to` here).
 RULES_AS_FROM = ("MeshTimeout", "MeshFaultInjection", "MeshRateLimit", "MeshAccessLog")
-TARGET_KINDS = ("Mesh", "MeshSubset", "MeshService", "MeshServiceSubset", "Dataplane", "MeshExternalService")
+TARGET_KINDS = ("Mesh", "MeshSubset", "MeshService", "MeshServiceSubset", "Dataplane", "MeshExternalService",
+                "MeshHTTPRoute")
+HTTP_ROUTE = "MeshHTTPRoute"
+
+# Policies that target a MeshHTTPRoute (Kuma v2.14.3's validators): as the top-level targetRef (Kuma's older form,
+# its `to` items then kind Mesh) and as a `to` item's targetRef. Per kind, the fields of a `default` that take effect
+# on the Envoy routes that route makes (Kuma's plugins read nothing else there); the kinds Kuma accepts that meshplan
+# does not implement on a route are refused with the reason (docs/policies.md).
+ROUTE_FIELDS = {
+    "MeshTimeout": ("http.requestTimeout", "http.streamIdleTimeout"),
+    "MeshRetry": ("http", "grpc"),
+}
+# What Kuma's validator itself refuses under a top-level MeshHTTPRoute (the rest it accepts and does not apply).
+KUMA_REFUSED_UNDER_ROUTE = {
+    "MeshTimeout": ("connectionTimeout", "idleTimeout", "http.maxStreamDuration", "http.maxConnectionDuration"),
+}
+ROUTE_TOP_KINDS = ("MeshTimeout", "MeshRetry", "MeshRateLimit")  # Kuma: a top-level MeshHTTPRoute
+ROUTE_TO_KINDS = ("MeshTimeout", "MeshRetry", "MeshAccessLog", "MeshLoadBalancingStrategy")  # Kuma: in `to`
 
 # Kinds a `to` item may not select, per policy kind (as Kuma v2.14.3's validators): a subset of a service's
 # endpoints is not a destination these kinds configure, so such an item would apply to nothing.
@@ -36,9 +53,10 @@ TO_KINDS_REFUSED = {
 
 
 def target_ref(check: FieldCheck, obj: dict[str, Any], path: PathKey, *, top: bool, inbound_policy: bool = False,
-               refused: tuple[str, ...] = ()) -> TargetRef | None:
+               refused: tuple[str, ...] = (), policy_kind: str = "", item_section: str = TO) -> TargetRef | None:
     """A targetRef, checked. `inbound_policy`: the policy has `from` items, so a top-level `sectionName` may pick one
-    of the inbounds it configures (Kuma allows `sectionName` only there). `refused`: kinds this place does not take."""
+    of the inbounds it configures (Kuma allows `sectionName` only there). `refused`: kinds this place does not take.
+    `policy_kind` and `item_section`: whether a MeshHTTPRoute may be targeted here."""
     ref = check.field(obj, path, "targetRef", dict, required=not top)
     if ref is None:
         return TargetRef("Mesh") if top else None
@@ -60,6 +78,8 @@ def target_ref(check: FieldCheck, obj: dict[str, Any], path: PathKey, *, top: bo
         check.fail(rp + ("kind",), f"value {kind!r} is not supported here: a subset of a service's endpoints is not a "
                                    "destination this kind configures")
         return None
+    if kind == HTTP_ROUTE:
+        return _route_ref(check, ref, rp, "top" if top else item_section, policy_kind)
     dataplane_top = top and kind == "Dataplane"
     service_by_labels = kind == "MeshService" and not top and "labels" in ref
     name = check.field(ref, rp, "name", str,
@@ -148,6 +168,60 @@ def _service_by_display_name(check: FieldCheck, ref: dict[str, Any], rp: PathKey
     return labels[DISPLAY_NAME]
 
 
+def _route_ref(check: FieldCheck, ref: dict[str, Any], rp: PathKey, place: str, policy_kind: str) -> TargetRef | None:
+    """A targetRef of kind MeshHTTPRoute: by `name`, or by `labels: {kuma.io/display-name: <name>}` (Kuma's checks:
+    no tags, proxyTypes, sectionName or mesh; name or labels, not both)."""
+    where = {"top": "the top-level targetRef", TO: "a `to` item"}.get(place, f"a `{place}` item")
+    kuma_allows = policy_kind in {"top": ROUTE_TOP_KINDS, TO: ROUTE_TO_KINDS}.get(place, ())
+    if policy_kind not in ROUTE_FIELDS or not kuma_allows:
+        if kuma_allows:
+            check.fail(rp + ("kind",), f"not implemented by meshplan (it would be ignored): {policy_kind} on the routes "
+                       f"of a MeshHTTPRoute ({where}); target the route's destination (MeshService) instead")
+        else:
+            check.fail(rp + ("kind",), f"value 'MeshHTTPRoute' is not supported: {policy_kind} cannot target a "
+                       f"MeshHTTPRoute in {where} (as Kuma)")
+        return None
+    for key in ("tags", "proxyTypes", "proxyType", "sectionName"):
+        if key in ref:
+            check.fail(rp + (key,), "must not be set with kind MeshHTTPRoute")
+    name = check.field(ref, rp, "name", str)
+    if "labels" in ref:
+        name = _service_by_display_name(check, ref, rp, name)
+    elif name is None:
+        check.fail(rp, "name or labels must be set when kind is MeshHTTPRoute")
+    if name is None or any(key in ref for key in ("tags", "proxyTypes", "proxyType", "sectionName")):
+        return None
+    return TargetRef(HTTP_ROUTE, name)
+
+
+def _route_default(check: FieldCheck, kind: str, default: Any, path: PathKey, top_level: bool) -> None:
+    """A `default` that applies on a MeshHTTPRoute's routes sets only what takes effect per route (ROUTE_FIELDS):
+    Kuma refuses the rest under a top-level MeshHTTPRoute, and in a `to` item it accepts them and ignores them, which
+    meshplan refuses rather than ignore."""
+    if not isinstance(default, dict):
+        return
+    allowed = ROUTE_FIELDS[kind]
+    per_route = f"per route, {kind} sets only {', '.join(allowed)}"
+
+    def refuse(at: PathKey) -> None:
+        dotted = ".".join(str(k) for k in at[len(path):])
+        if top_level and dotted in KUMA_REFUSED_UNDER_ROUTE.get(kind, ()):
+            check.fail(at, f"can't be specified when top-level TargetRef is referencing MeshHTTPRoute ({per_route})")
+        else:
+            check.fail(at, f"not supported on a MeshHTTPRoute's routes (Kuma accepts it and ignores it there); {per_route}")
+
+    for key, value in default.items():
+        if key in allowed:
+            continue
+        inner = [a.split(".", 1)[1] for a in allowed if a.startswith(key + ".")]
+        if inner and isinstance(value, dict):
+            for sub in value:
+                if sub not in inner:
+                    refuse(path + (key, sub))
+            continue
+        refuse(path + (key,))
+
+
 SYSTEM_NAMESPACE = "kuma-system"  # Kuma's default system namespace: a policy there applies to the whole mesh
 
 
@@ -175,7 +249,13 @@ def parse_policy(check: FieldCheck, res: RawResource, mesh: str) -> Policy | Non
     body = res.body
     has_rules = res.kind in TOP_LEVEL_RULES and bool(body.get(RULES))
     top = target_ref(check, body, (), top=True,
-                     inbound_policy=(FROM in kind.sections and bool(body.get(FROM))) or has_rules)
+                     inbound_policy=(FROM in kind.sections and bool(body.get(FROM))) or has_rules, policy_kind=res.kind)
+    top_route = top is not None and top.kind == HTTP_ROUTE
+    if top_route:
+        for section in (FROM, RULES):
+            if body.get(section):
+                check.fail((section,), "must not be defined: a top-level MeshHTTPRoute targetRef configures that "
+                           "route's outbound traffic (`to` items of kind Mesh)")
     known = ["targetRef"] + [s for s in (TO, FROM) if s in kind.sections] + (["default"] if SINGLE in kind.sections else [])
     if res.kind == "MeshHTTPRoute" or res.kind == "MeshTCPRoute":
         known.append("rules")
@@ -207,7 +287,13 @@ def parse_policy(check: FieldCheck, res: RawResource, mesh: str) -> Policy | Non
                 check.fail(path, "must be a mapping")
                 continue
             refused = TO_KINDS_REFUSED.get(res.kind, ()) if section == TO else ()
-            ref = target_ref(check, item, path, top=False, refused=refused)
+            ref = target_ref(check, item, path, top=False, refused=refused, policy_kind=res.kind, item_section=section)
+            if top_route and section == TO and ref is not None and ref.kind != "Mesh":
+                check.fail(path + ("targetRef", "kind"), f"value {ref.kind!r} is not supported: under a top-level "
+                           "MeshHTTPRoute targetRef a `to` item is kind Mesh (the route's own destinations)")
+                ref = None
+            if ref is not None and section == TO and (top_route or ref.kind == HTTP_ROUTE):
+                _route_default(check, res.kind, item.get("default"), path + ("default",), top_route)
             payload_key = "rules" if res.kind in ROUTE_KINDS else "default"
             if res.kind == "MeshHTTPRoute" and "hostnames" in item:
                 check.fail(path + ("hostnames",), "not supported by meshplan: hostnames match on a MeshGateway's "
