@@ -34,6 +34,11 @@ HTTP_ROUTE = "MeshHTTPRoute"
 ROUTE_FIELDS = {
     "MeshTimeout": ("http.requestTimeout", "http.streamIdleTimeout"),
     "MeshRetry": ("http", "grpc"),
+    "MeshLoadBalancingStrategy": ("hashPolicies",),
+}
+# Where Kuma's validator itself refuses the other fields of a `to` item of kind MeshHTTPRoute, its words.
+KUMA_REFUSED_ON_ROUTE = {
+    "MeshLoadBalancingStrategy": "field is not allowed when targetRef.kind is MeshHTTPRoute, only hashPolicies is supported",
 }
 # What Kuma's validator itself refuses under a top-level MeshHTTPRoute (the rest it accepts and does not apply).
 KUMA_REFUSED_UNDER_ROUTE = {
@@ -196,8 +201,8 @@ def _route_ref(check: FieldCheck, ref: dict[str, Any], rp: PathKey, place: str, 
 
 def _route_default(check: FieldCheck, kind: str, default: Any, path: PathKey, top_level: bool) -> None:
     """A `default` that applies on a MeshHTTPRoute's routes sets only what takes effect per route (ROUTE_FIELDS):
-    Kuma refuses the rest under a top-level MeshHTTPRoute, and in a `to` item it accepts them and ignores them, which
-    meshplan refuses rather than ignore."""
+    Kuma refuses some of the rest (KUMA_REFUSED_UNDER_ROUTE, KUMA_REFUSED_ON_ROUTE) and accepts the others and
+    ignores them there, which meshplan refuses rather than ignore."""
     if not isinstance(default, dict):
         return
     allowed = ROUTE_FIELDS[kind]
@@ -207,6 +212,8 @@ def _route_default(check: FieldCheck, kind: str, default: Any, path: PathKey, to
         dotted = ".".join(str(k) for k in at[len(path):])
         if top_level and dotted in KUMA_REFUSED_UNDER_ROUTE.get(kind, ()):
             check.fail(at, f"can't be specified when top-level TargetRef is referencing MeshHTTPRoute ({per_route})")
+        elif not top_level and kind in KUMA_REFUSED_ON_ROUTE:
+            check.fail(at, KUMA_REFUSED_ON_ROUTE[kind])
         else:
             check.fail(at, f"not supported on a MeshHTTPRoute's routes (Kuma accepts it and ignores it there); {per_route}")
 
@@ -250,7 +257,8 @@ def parse_policy(check: FieldCheck, res: RawResource, mesh: str) -> Policy | Non
     has_rules = res.kind in TOP_LEVEL_RULES and bool(body.get(RULES))
     top = target_ref(check, body, (), top=True,
                      inbound_policy=(FROM in kind.sections and bool(body.get(FROM))) or has_rules, policy_kind=res.kind)
-    top_route = top is not None and top.kind == HTTP_ROUTE
+    written_top = body.get("targetRef")
+    top_route = isinstance(written_top, dict) and written_top.get("kind") == HTTP_ROUTE
     if top_route:
         for section in (FROM, RULES):
             if body.get(section):
@@ -288,11 +296,13 @@ def parse_policy(check: FieldCheck, res: RawResource, mesh: str) -> Policy | Non
                 continue
             refused = TO_KINDS_REFUSED.get(res.kind, ()) if section == TO else ()
             ref = target_ref(check, item, path, top=False, refused=refused, policy_kind=res.kind, item_section=section)
-            if top_route and section == TO and ref is not None and ref.kind != "Mesh":
+            on_route = section == TO and res.kind in ROUTE_FIELDS and (
+                (top is not None and top.kind == HTTP_ROUTE) or (ref is not None and ref.kind == HTTP_ROUTE))
+            if on_route and top_route and ref is not None and ref.kind != "Mesh":
                 check.fail(path + ("targetRef", "kind"), f"value {ref.kind!r} is not supported: under a top-level "
                            "MeshHTTPRoute targetRef a `to` item is kind Mesh (the route's own destinations)")
                 ref = None
-            if ref is not None and section == TO and (top_route or ref.kind == HTTP_ROUTE):
+            if on_route:
                 _route_default(check, res.kind, item.get("default"), path + ("default",), top_route)
             payload_key = "rules" if res.kind in ROUTE_KINDS else "default"
             if res.kind == "MeshHTTPRoute" and "hostnames" in item:
