@@ -36,6 +36,7 @@ class Example:
     selects: list[str] | None  # accepted: the proxies the policy applies to (None: not asserted)
     egress: bool  # the mesh has a zone egress (for a MeshExternalService example)
     inbound_names: dict[str, str]  # dataplane -> the name of its inbound (for a sectionName)
+    context: str = ""  # another resource of the example (universal form), e.g. the MeshHTTPRoute a policy targets
 
 
 def load_examples() -> list[Example]:
@@ -45,7 +46,7 @@ def load_examples() -> list[Example]:
             examples.append(Example(path.stem, doc["page"], doc["heading"], doc["policy"], doc["services"],
                                     doc.get("labels", {}), doc.get("refused", ""), doc.get("violations", []),
                                     doc.get("selects"), doc.get("egress", False),
-                                    doc.get("inbound_names", {})))
+                                    doc.get("inbound_names", {}), doc.get("context", "")))
     return examples
 
 
@@ -76,6 +77,9 @@ def build(tmp_path: Path, example: Example, form: str) -> tuple[Path, str]:
         egress_only = (files.root / "external.yaml").read_text().split("---\n")[0]
         (files.root / "external.yaml").write_text(egress_only)
     (files.root / "policies.yaml").write_text(text)
+    if example.context:  # in the same form as the policy, in a file of its own
+        context = example.context if form == "universal" else kubernetes_form(example.context)
+        (files.root / "context.yaml").write_text(context)
     dataplanes = files.root / "dataplanes.yaml"
     written = dataplanes.read_text()
     for name, labels in example.labels.items():
