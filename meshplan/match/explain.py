@@ -58,6 +58,7 @@ class Section:
     client: str = ""  # for from: which clients the rule is for
     applied: tuple[str, ...] = ()  # the contributing items, least to most specific
     fields: tuple[FieldLine, ...] = ()
+    route: str = ""  # for to: the Envoy routes of one MeshHTTPRoute rule that a policy targets (else the whole place)
 
 
 @dataclass(frozen=True)
@@ -191,9 +192,9 @@ def explain_proxy(desired: Desired, name: str) -> Explanation:
                                         fields=_to_fields(kind_to, written)))
             for route in found.routes:
                 if route.kind == kind_name:  # the Envoy routes of a MeshHTTPRoute that a policy targets
-                    sections.append(Section(kind_name, f"{where}, {route.describe()}", TO,
-                                            applied=_applied(route.merged),
-                                            fields=_fields(route.merged, written_to(build, found.destination))))
+                    sections.append(Section(kind_name, where, TO, applied=_applied(route.merged),
+                                            fields=_fields(route.merged, written_to(build, found.destination)),
+                                            route=route.describe()))
         for where, target in ins:
             written = written_from(build, target)
             for rule in build.match.from_(kind_name, target):
@@ -285,7 +286,8 @@ def render_text(e: Explanation) -> str:
         lines += [f"  not on {w}" for w in e.misses]
     for s in e.sections:
         lines.append("")
-        lines.append(f"{s.kind} {s.side} {s.where}" + (f", for {s.client}" if s.client else ""))
+        lines.append(f"{s.kind} {s.side} {s.where}" + (f", {s.route}" if s.route else "")
+                     + (f", for {s.client}" if s.client else ""))
         lines.append("  applied, least to most specific (last wins):")
         lines += [f"    {a}" for a in s.applied]
         lines.append("  result:")

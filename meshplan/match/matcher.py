@@ -6,6 +6,8 @@ silent this follows Kuma 2.x (pkg/plugins/policies/core/matchers and rules).
 - `why_not(policy, proxy)` / `selects`: the top-level targetRef and proxyType against a sidecar or the egress.
 - `merge_to(policies, proxy, destination)`: one policy kind's `to` items for one outbound destination.
 - `merge_from(policies, proxy, inbound)`: one policy kind's `from` items for one inbound, as rules per client subset.
+- `merge_route(policies, proxy, destination, routes)`: one kind's settings on the Envoy routes of a MeshHTTPRoute rule,
+  where a policy targets a route that wrote it (docs/policies.md "Policies that target a MeshHTTPRoute").
 - `merge_patch(a, b)`: RFC 7396. Every merged leaf (a list is a leaf: lists are replaced) keeps a `FieldOrigin`.
 
 The seed's placement table (which kinds apply to a MeshExternalService where) is not the matcher's: `match.result`

@@ -39,7 +39,7 @@ from meshplan.model import (
     Policy,
     ZoneEgress,
 )
-from meshplan.policies import FROM, ROUTE_KINDS, SINGLE, TO, PolicyKind
+from meshplan.policies import FROM, ROUTE_FIELDS, ROUTE_KINDS, SINGLE, TO, PolicyKind
 
 # The seed's placement table (`policies.registry.KINDS`), given by the caller: the registry sits above this stage.
 Placements = Mapping[str, PolicyKind]
@@ -264,8 +264,28 @@ def _route_targets(kinds: Placements, by_kind: dict[str, list[Policy]], proxy: P
             writers = tuple(dict.fromkeys(c.policy.name for c, _ in rule.writers))
             merged = merge_route(policies, proxy, destination, writers)
             if not merged.empty:
-                out.append(RouteTo(kind, rule.matches, writers, merged))
+                out.append(RouteTo(kind, rule.matches, writers, _only(merged, ROUTE_FIELDS.get(kind, ()))))
     return tuple(out)
+
+
+def _only(merged: Merged, fields: tuple[str, ...]) -> Merged:
+    """A merge cut down to the fields that take effect on a route (the destination's items may set others, which
+    stay the destination's)."""
+
+    def kept(path: str) -> bool:
+        return any(path == f or path.startswith(f + ".") or f.startswith(path + ".") for f in fields)
+
+    def prune(conf: Json, prefix: str) -> Json:
+        out: Json = {}
+        for key, value in conf.items():
+            path = f"{prefix}{key}"
+            if not kept(path):
+                continue
+            out[key] = prune(value, path + ".") if isinstance(value, dict) and path not in fields else value
+        return out
+
+    return Merged(prune(merged.conf, ""), {k: v for k, v in merged.origins.items() if kept(k)}, merged.contributions,
+                  {k: v for k, v in merged.removed.items() if kept(k)})
 
 
 def _targets_route(policy: Policy) -> bool:

@@ -10,7 +10,7 @@ from typing import Any
 from meshplan.errors import Source, Violation
 from meshplan.load.resources import PathKey, RawResource, format_path
 from meshplan.model import EGRESS, GATEWAY, SIDECAR, Policy, PolicyItem, TargetRef
-from meshplan.policies import FROM, ROUTE_KINDS, RULES, SINGLE, TO
+from meshplan.policies import FROM, ROUTE_FIELDS, ROUTE_KINDS, RULES, SINGLE, TO
 from meshplan.policies.registry import BY_KIND, KINDS
 from meshplan.validate.check import FieldCheck
 
@@ -28,14 +28,9 @@ TARGET_KINDS = ("Mesh", "MeshSubset", "MeshService", "MeshServiceSubset", "Datap
 HTTP_ROUTE = "MeshHTTPRoute"
 
 # Policies that target a MeshHTTPRoute (Kuma v2.14.3's validators): as the top-level targetRef (Kuma's older form,
-# its `to` items then kind Mesh) and as a `to` item's targetRef. Per kind, the fields of a `default` that take effect
-# on the Envoy routes that route makes (Kuma's plugins read nothing else there); the kinds Kuma accepts that meshplan
-# does not implement on a route are refused with the reason (docs/policies.md).
-ROUTE_FIELDS = {
-    "MeshTimeout": ("http.requestTimeout", "http.streamIdleTimeout"),
-    "MeshRetry": ("http", "grpc"),
-    "MeshLoadBalancingStrategy": ("hashPolicies",),
-}
+# its `to` items then kind Mesh) and as a `to` item's targetRef; per kind, what takes effect on the route is
+# `policies.ROUTE_FIELDS`. The kinds Kuma accepts that meshplan does not implement on a route are refused with the
+# reason (docs/policies.md).
 # Where Kuma's validator itself refuses the other fields of a `to` item of kind MeshHTTPRoute, its words.
 KUMA_REFUSED_ON_ROUTE = {
     "MeshLoadBalancingStrategy": "field is not allowed when targetRef.kind is MeshHTTPRoute, only hashPolicies is supported",
@@ -191,10 +186,19 @@ def _route_ref(check: FieldCheck, ref: dict[str, Any], rp: PathKey, place: str, 
             check.fail(rp + (key,), "must not be set with kind MeshHTTPRoute")
     name = check.field(ref, rp, "name", str)
     if "labels" in ref:
-        name = _service_by_display_name(check, ref, rp, name)
+        labels = check.tags(ref, rp, "labels")
+        if name is not None:
+            check.fail(rp + ("labels",), "either labels or name must be specified (as Kuma)")
+        elif set(labels) != {DISPLAY_NAME}:
+            check.fail(rp + ("labels",), f"not supported by meshplan (it would be ignored): a MeshHTTPRoute is selected "
+                       f"by its name; write `labels: {{{DISPLAY_NAME}: <route name>}}` (Kuma sets that label on every "
+                       "route) or `name`")
+        else:
+            name = labels[DISPLAY_NAME]
     elif name is None:
         check.fail(rp, "name or labels must be set when kind is MeshHTTPRoute")
-    if name is None or any(key in ref for key in ("tags", "proxyTypes", "proxyType", "sectionName")):
+    if name is None or any(key in ref for key in ("tags", "proxyTypes", "proxyType", "sectionName")) or (
+            "labels" in ref and "name" in ref):
         return None
     return TargetRef(HTTP_ROUTE, name)
 
