@@ -330,3 +330,38 @@ def test_route_retry_retries_its_path_only(running: MeshFiles, http: httpx.Clien
     plain = http.get(running.url("web-1", "backend", "/flaky/2/elsewhere"))
     assert plain.status_code == 503 and plain.json()["attempt"] == 1
     assert stat(http, running.admin["web-1"], "cluster.backend.upstream_rq_retry") == 2
+
+
+def test_a_route_policy_the_placement_keeps_off_the_sidecar_is_refused(tmp_path: Path) -> None:
+    """A route to a MeshExternalService lives on the sidecar; MeshLoadBalancingStrategy for an external service is
+    the egress's (the seed's placement table), so on that route's Envoy routes it would change nothing."""
+    services = [Service("web", calls=("mes:httpbin",), instance="web-1")]
+    policies = """\
+type: MeshHTTPRoute
+mesh: default
+name: to-httpbin
+spec:
+  targetRef: {kind: Mesh, proxyTypes: [Sidecar]}
+  to:
+    - targetRef: {kind: MeshExternalService, name: httpbin}
+      rules:
+        - matches: [{path: {type: PathPrefix, value: /get}}]
+          default:
+            filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-a, value: b}]}}]
+---
+type: MeshLoadBalancingStrategy
+mesh: default
+name: sticky
+spec:
+  to:
+    - targetRef: {kind: MeshHTTPRoute, name: to-httpbin}
+      default:
+        hashPolicies: [{type: Header, header: {name: x-user}}]
+"""
+    files = write_mesh(tmp_path / "mesh", FixedAddresses(), services, externals={"httpbin": "http"}, policies=policies)
+    found = [v for v in violations(files.root) if "policies.yaml" in v]
+    line = line_of(policies, "targetRef: {kind: MeshHTTPRoute, name: to-httpbin}")
+    assert found == [f"policies.yaml:{line}: spec.to[0].targetRef: MeshHTTPRoute 'to-httpbin' routes to "
+                     "MeshExternalService httpbin on the sidecar, where MeshLoadBalancingStrategy for a "
+                     "MeshExternalService is not implemented: the placement table says Egress (to + proxyType: "
+                     '["egress"])'], found

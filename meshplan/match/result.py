@@ -260,6 +260,8 @@ def _route_targets(kinds: Placements, by_kind: dict[str, list[Policy]], proxy: P
         policies = by_kind.get(kind)
         if not policies or TO not in placement.sections or kind in ROUTE_KINDS or not any(_targets_route(p) for p in policies):
             continue
+        if placement_miss(kinds, kind, proxy, TO, destination) is not None:
+            continue  # e.g. a load balancer towards an external service lives on the egress, not on a sidecar's route
         for rule in http.rules:
             writers = tuple(dict.fromkeys(c.policy.name for c, _ in rule.writers))
             merged = merge_route(policies, proxy, destination, writers)

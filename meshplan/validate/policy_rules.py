@@ -9,7 +9,7 @@ from typing import Any
 
 from meshplan.errors import Source, Violation
 from meshplan.load.resources import PathKey, RawResource, format_path
-from meshplan.model import EGRESS, GATEWAY, SIDECAR, Policy, PolicyItem, TargetRef
+from meshplan.model import EGRESS, GATEWAY, SIDECAR, Desired, Policy, PolicyItem, TargetRef
 from meshplan.policies import FROM, ROUTE_FIELDS, ROUTE_KINDS, RULES, SINGLE, TO
 from meshplan.policies.registry import BY_KIND, KINDS
 from meshplan.validate.check import FieldCheck
@@ -459,3 +459,25 @@ def check_placement(check: FieldCheck, kind_name: str, top: TargetRef, to: list[
         check.fail(at, f"{kind_name} is not implemented on the egress; {answer}")
     if EGRESS in top.proxy_types and from_ and not kind.external_from and TO in kind.sections:
         check.fail((FROM,), f"{kind_name} `from` is not implemented on the egress; {answer}")
+
+
+def check_route_placement(policy: Policy, desired: Desired, check: FieldCheck) -> None:
+    """A policy on a MeshHTTPRoute's routes lives where those routes are, on the sidecar: where the route sends to a
+    MeshExternalService and the seed's placement table keeps the kind off the sidecar for one (MeshLoadBalancingStrategy:
+    egress only), it would change nothing there, so it is refused (checked once every resource is known)."""
+    kind = KINDS[policy.kind]
+    if SIDECAR in kind.external_to:
+        return
+    targets: list[tuple[PathKey, TargetRef]] = (
+        [(("targetRef",), policy.target_ref)] if policy.target_ref.kind == HTTP_ROUTE else [])
+    targets += [((TO, item.index, "targetRef"), item.target_ref) for item in policy.to
+                if item.target_ref.kind == HTTP_ROUTE]
+    for path, ref in targets:
+        for route in desired.policies:
+            if route.kind != HTTP_ROUTE or route.name != ref.name or route.mesh != policy.mesh:
+                continue
+            external = sorted({i.target_ref.name or "" for i in route.to if i.target_ref.kind == "MeshExternalService"})
+            if external:
+                check.fail(path, f"MeshHTTPRoute {ref.name!r} routes to MeshExternalService {', '.join(external)} on the "
+                           f"sidecar, where {policy.kind} for a MeshExternalService is not implemented: the placement "
+                           f"table says {kind.placement}")

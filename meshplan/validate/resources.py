@@ -32,7 +32,7 @@ from meshplan.validate.infra_rules import (
     parse_mesh,
 )
 from meshplan.validate.initial_policies import initial_policies
-from meshplan.validate.policy_rules import parse_policy
+from meshplan.validate.policy_rules import check_route_placement, parse_policy
 
 INFRA_KINDS = ("Mesh", "Dataplane", "ZoneEgress", "MeshExternalService")
 DEFAULT_MESH = "default"
@@ -168,6 +168,7 @@ def _check_references(desired: Desired, kept: list[tuple[RawResource, Any]], out
             check_references = REFERENCES.get(obj.kind)
             if check_references is not None:
                 check_references(obj, desired, check)
+            check_route_placement(obj, desired, check)
         if isinstance(obj, (Dataplane, ZoneEgress)):
             if obj.name in proxies:
                 out.append(Violation(res.source, "", f"proxy name {obj.name!r} is already used by {proxies[obj.name].ref} "
