@@ -31,6 +31,8 @@ HTTP_ROUTE = "MeshHTTPRoute"
 # its `to` items then kind Mesh) and as a `to` item's targetRef; per kind, what takes effect on the route is
 # `policies.ROUTE_FIELDS`. The kinds Kuma accepts that meshplan does not implement on a route are refused with the
 # reason (docs/policies.md).
+ROUTE_TOP_KINDS = ("MeshTimeout", "MeshRetry", "MeshRateLimit")  # Kuma: a top-level MeshHTTPRoute
+ROUTE_TO_KINDS = ("MeshTimeout", "MeshRetry", "MeshAccessLog", "MeshLoadBalancingStrategy")  # Kuma: in `to`
 # Where Kuma's validator itself refuses the other fields of a `to` item of kind MeshHTTPRoute, its words.
 KUMA_REFUSED_ON_ROUTE = {
     "MeshLoadBalancingStrategy": "field is not allowed when targetRef.kind is MeshHTTPRoute, only hashPolicies is supported",
@@ -39,8 +41,6 @@ KUMA_REFUSED_ON_ROUTE = {
 KUMA_REFUSED_UNDER_ROUTE = {
     "MeshTimeout": ("connectionTimeout", "idleTimeout", "http.maxStreamDuration", "http.maxConnectionDuration"),
 }
-ROUTE_TOP_KINDS = ("MeshTimeout", "MeshRetry", "MeshRateLimit")  # Kuma: a top-level MeshHTTPRoute
-ROUTE_TO_KINDS = ("MeshTimeout", "MeshRetry", "MeshAccessLog", "MeshLoadBalancingStrategy")  # Kuma: in `to`
 
 # Kinds a `to` item may not select, per policy kind (as Kuma v2.14.3's validators): a subset of a service's
 # endpoints is not a destination these kinds configure, so such an item would apply to nothing.
