@@ -253,6 +253,10 @@ BAD = [
      "type: MeshTimeout\nspec:\n  targetRef: {kind: MeshHTTPRoute, name: slow}\n  from:\n    - targetRef: {kind: Mesh}\n"
      "      default: {http: {requestTimeout: 1s}}\n",
      [("spec.from", "must not be defined")]),
+    ("no top-level rules under a top-level MeshHTTPRoute",
+     "type: MeshTimeout\nspec:\n  targetRef: {kind: MeshHTTPRoute, name: slow}\n  rules:\n"
+     "    - default: {http: {requestTimeout: 1s}}\n",
+     [("spec.rules", "must not be defined")]),
     ("a MeshHTTPRoute targetRef takes no sectionName, tags or proxyTypes, and a name or labels",
      "type: MeshRetry\nspec:\n  to:\n    - targetRef: {kind: MeshHTTPRoute, name: slow, sectionName: x}\n"
      "      default: {http: {numRetries: 1}}\n    - targetRef: {kind: MeshHTTPRoute}\n"
