@@ -34,7 +34,8 @@ TIMEOUT = 300
 
 def cases(tree: Path) -> dict[str, Path]:
     found = {"examples/demo": tree / "examples" / "demo"}
-    found |= {f"tests/data/{p.name}": p for p in sorted((tree / "tests" / "data").glob("*")) if p.is_dir()}
+    # (a directory of tests/data that is test data rather than a desired mesh, e.g. kuma-docs, has no Dataplane)
+    found |= {f"tests/data/{p.name}": p for p in sorted((tree / "tests" / "data").glob("*")) if p.is_dir() and _has_proxies(p)}
     found |= {f"tests/testdata/{p.name}": p for p in sorted((tree / "tests" / "testdata").glob("*.input"))}
     return {name: path for name, path in found.items() if path.is_dir() and _has_mesh(path)}
 
@@ -43,6 +44,12 @@ def _has_mesh(directory: Path) -> bool:
     """A desired directory holds a Mesh resource (tests/data also holds data that is not a mesh, e.g. kuma-docs)."""
     return any(re.search(r"^(type|kind): Mesh\s*$", p.read_text(errors="replace"), re.MULTILINE)
                for p in directory.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file())
+
+
+def _has_proxies(directory: Path) -> bool:
+    """Whether some file of the directory holds a Dataplane document (its `type:` or `kind:` at the top level)."""
+    return any(re.search(r"^(type|kind): Dataplane\s*$", path.read_text(), re.MULTILINE)
+               for path in directory.rglob("*.y*ml"))
 
 
 def meshplan(tree: Path, *args: str) -> subprocess.CompletedProcess[str]:

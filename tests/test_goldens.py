@@ -138,6 +138,7 @@ CASES: dict[str, View] = {
     "metric": what_policies_touched,
     "proxy_patch": what_policies_touched,
     "rate_limit": inbound_side("backend", "ledger", "egress"),
+    "route_targets": listeners_of_web,
     "rules": inbound_side("orders-1"),
     "retry": listeners_of_web,
     "tcp_route": web_with_origins,

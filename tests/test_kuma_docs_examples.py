@@ -39,6 +39,7 @@ class Example:
     egress: bool  # the mesh has a zone egress (for a MeshExternalService example)
     inbound_names: dict[str, str]  # dataplane -> the name of its inbound (for a sectionName)
     renders: list[list[Any]]  # accepted: [proxy, cluster | listener, name (a glob), dotted path (`*` maps), value]
+    context: str = ""  # another resource of the example (universal form), e.g. the MeshHTTPRoute a policy targets
 
 
 def load_examples() -> list[Example]:
@@ -48,7 +49,8 @@ def load_examples() -> list[Example]:
             examples.append(Example(path.stem, doc["page"], doc["heading"], doc["policy"], doc["services"],
                                     doc.get("labels", {}), doc.get("refused", ""), doc.get("violations", []),
                                     doc.get("selects"), doc.get("egress", False),
-                                    doc.get("inbound_names", {}), doc.get("renders", [])))
+                                    doc.get("inbound_names", {}), doc.get("renders", []),
+                                    doc.get("context", "")))
     return examples
 
 
@@ -79,6 +81,9 @@ def build(tmp_path: Path, example: Example, form: str) -> tuple[Path, str]:
         egress_only = (files.root / "external.yaml").read_text().split("---\n")[0]
         (files.root / "external.yaml").write_text(egress_only)
     (files.root / "policies.yaml").write_text(text)
+    if example.context:  # in the same form as the policy, in a file of its own
+        context = example.context if form == "universal" else kubernetes_form(example.context)
+        (files.root / "context.yaml").write_text(context)
     dataplanes = files.root / "dataplanes.yaml"
     written = dataplanes.read_text()
     for name, labels in example.labels.items():

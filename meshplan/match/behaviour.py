@@ -79,6 +79,9 @@ def facts(desired: Desired, match: ProxyMatch, proxy: Dataplane | ZoneEgress) ->
                 value = [{"matches": list(r.matches), "default": r.default} for r in kind.rules]
                 origins = tuple(sorted({o for r in kind.rules for o in r.origins()}))
             _add(found, Fact(client, label, ASPECTS.get(kind.kind, kind.kind), value, origins))
+        for route in destination.routes:  # a policy that targets a MeshHTTPRoute: that route's own meaning
+            _add(found, Fact(client, f"{label} ({route.describe()})", ASPECTS.get(route.kind, route.kind),
+                             route.merged.conf, _origins(route.merged)))
     for inbound in match.inbounds:
         target = inbound.target
         if isinstance(target, Inbound):  # a sidecar's inbound; the egress's are its external services

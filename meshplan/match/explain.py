@@ -58,6 +58,7 @@ class Section:
     client: str = ""  # for from: which clients the rule is for
     applied: tuple[str, ...] = ()  # the contributing items, least to most specific
     fields: tuple[FieldLine, ...] = ()
+    route: str = ""  # for to: the Envoy routes of one MeshHTTPRoute rule that a policy targets (else the whole place)
 
 
 @dataclass(frozen=True)
@@ -190,6 +191,11 @@ def explain_proxy(desired: Desired, name: str) -> Explanation:
                 written = written_to(build, found.destination)
                 sections.append(Section(kind_name, where, TO, applied=_applied(kind_to.merged),
                                         fields=_to_fields(kind_to, written)))
+            for route in found.routes:
+                if route.kind == kind_name:  # the Envoy routes of a MeshHTTPRoute that a policy targets
+                    sections.append(Section(kind_name, where, TO, applied=_applied(route.merged),
+                                            fields=_fields(route.merged, written_to(build, found.destination)),
+                                            route=route.describe()))
         for where, target in ins:
             written = written_from(build, target)
             for rule in build.match.from_(kind_name, target):
@@ -243,8 +249,12 @@ def explain_policy(desired: Desired, name: str, ref: str) -> Explanation:
     lands: list[str] = []
     misses: list[str] = []
     reason = match.why_not(policy, proxy)
+    on_routes = [f"{where}, {route.describe()}" for where, found in destinations(build) for route in found.routes
+                 if route.kind == policy.kind and any(c.policy == policy for c in route.merged.contributions)]
+    lands += on_routes
     if reason is not None:
-        misses.append(f"{proxy.name}: {reason}")
+        if not on_routes:
+            misses.append(f"{proxy.name}: {reason}")
     else:
         if TO in kind.sections:
             for where, found in destinations(build):
@@ -278,7 +288,8 @@ def render_text(e: Explanation) -> str:
         lines += [f"  not on {w}" for w in e.misses]
     for s in e.sections:
         lines.append("")
-        lines.append(f"{s.kind} {s.side} {s.where}" + (f", for {s.client}" if s.client else ""))
+        lines.append(f"{s.kind} {s.side} {s.where}" + (f", {s.route}" if s.route else "")
+                     + (f", for {s.client}" if s.client else ""))
         lines.append("  applied, least to most specific (last wins):")
         lines += [f"    {a}" for a in s.applied]
         lines.append("  result:")

@@ -6,6 +6,8 @@ silent this follows Kuma 2.x (pkg/plugins/policies/core/matchers and rules).
 - `why_not(policy, proxy)` / `selects`: the top-level targetRef and proxyType against a sidecar or the egress.
 - `merge_to(policies, proxy, destination)`: one policy kind's `to` items for one outbound destination.
 - `merge_from(policies, proxy, inbound)`: one policy kind's `from` items for one inbound, as rules per client subset.
+- `merge_route(policies, proxy, destination, routes)`: one kind's settings on the Envoy routes of a MeshHTTPRoute rule,
+  where a policy targets a route that wrote it (docs/policies.md "Policies that target a MeshHTTPRoute").
 - `merge_patch(a, b)`: RFC 7396. Every merged leaf (a list is a leaf: lists are replaced) keeps a `FieldOrigin`.
 
 The seed's placement table (which kinds apply to a MeshExternalService where) is not the matcher's: `match.result`
@@ -44,7 +46,9 @@ FROM = "from"
 SINGLE = "single"  # a kind with one top-level `default` (MeshTrace, MeshMetric): the whole policy is its one item
 
 # Least to most specific; later wins (DESIGN.md, the same order as Kuma's TargetRefKind.Compare).
-KIND_ORDER = ("Mesh", "Dataplane", "MeshSubset", "MeshService", "MeshExternalService", "MeshServiceSubset")
+KIND_ORDER = ("Mesh", "Dataplane", "MeshSubset", "MeshService", "MeshExternalService", "MeshServiceSubset",
+              "MeshHTTPRoute")
+HTTP_ROUTE = "MeshHTTPRoute"
 _RANK = {kind: i for i, kind in enumerate(KIND_ORDER)}
 
 
@@ -238,6 +242,9 @@ def why_not(policy: Policy, proxy: Proxy) -> str | None:
                 f"namespace (as Kuma), and dataplane {proxy.name!r} is {where}")
     if ref.kind == "MeshExternalService":
         return 'targetRef kind MeshExternalService selects only the egress (with proxyType: ["Egress"]), never a sidecar'
+    if ref.kind == HTTP_ROUTE:
+        return (f"targetRef MeshHTTPRoute {ref.name!r} selects that route's Envoy routes, on the proxies the route "
+                "applies to, not a proxy's destinations or inbounds as a whole")
     if ref.proxy_types and SIDECAR not in ref.proxy_types:
         return f"targetRef proxyType {_types(ref)} does not include sidecar"
     if any(_selects_inbound(ref, proxy, inbound) for inbound in proxy.inbounds):
@@ -290,6 +297,27 @@ def merge_to(policies: Iterable[Policy], proxy: Proxy, destination: Destination)
         if _targets(item.target_ref, destination)
     ]
     return _merge(_ordered(contributions))
+
+
+def merge_route(policies: Iterable[Policy], proxy: Proxy, destination: Destination, routes: Iterable[str]) -> Merged:
+    """One kind's settings for the Envoy routes that one MeshHTTPRoute rule made on this destination, where `routes`
+    are the MeshHTTPRoute policies that wrote the rule: the items that apply to the destination, and the items that
+    target one of those routes (a top-level `targetRef: {kind: MeshHTTPRoute}` with `to` items of kind Mesh, or a `to`
+    item of kind MeshHTTPRoute in a policy that selects the proxy), merged in Kuma's order, where MeshHTTPRoute is the
+    most specific kind. Empty when no item targets those routes (the routes then take the destination's merge)."""
+    named = set(routes)
+    listed = _one_kind(policies)
+    on_route = [
+        Contribution(policy, item, TO)
+        for policy in listed
+        if policy.mesh == destination.mesh
+        for item in policy.to
+        if (policy.target_ref.kind == HTTP_ROUTE and policy.target_ref.name in named and item.target_ref.kind == "Mesh")
+        or (item.target_ref.kind == HTTP_ROUTE and item.target_ref.name in named and why_not(policy, proxy) is None)
+    ]
+    if not on_route:
+        return Merged({}, {}, ())
+    return _merge(_ordered(list(merge_to(listed, proxy, destination).contributions) + on_route))
 
 
 def merge_single(policies: Iterable[Policy], proxy: Proxy) -> Merged:

@@ -24,6 +24,7 @@ from meshplan.match.matcher import (
     Merged,
     merge_from,
     merge_patch,
+    merge_route,
     merge_single,
     merge_to,
 )
@@ -38,7 +39,7 @@ from meshplan.model import (
     Policy,
     ZoneEgress,
 )
-from meshplan.policies import FROM, ROUTE_KINDS, SINGLE, TO, PolicyKind
+from meshplan.policies import FROM, ROUTE_FIELDS, ROUTE_KINDS, SINGLE, TO, PolicyKind
 
 # The seed's placement table (`policies.registry.KINDS`), given by the caller: the registry sits above this stage.
 Placements = Mapping[str, PolicyKind]
@@ -86,6 +87,23 @@ class KindTo:
 
 
 @dataclass(frozen=True)
+class RouteTo:
+    """One kind's settings on the Envoy routes one merged MeshHTTPRoute rule made on a destination, where a policy
+    targets a MeshHTTPRoute that wrote the rule (`matcher.merge_route`): what those routes take instead of the
+    destination's merge."""
+
+    kind: str
+    matches: tuple[Json, ...]  # the rule's matches: which rule of the destination's MeshHTTPRoute KindTo
+    routes: tuple[str, ...]  # the MeshHTTPRoute policies that wrote the rule
+    merged: Merged
+
+    def describe(self) -> str:
+        """The rule in words, for explain: its matches, and the routes that wrote it."""
+        shown = json.dumps(list(self.matches), sort_keys=True) if self.matches else "(no matches: every request)"
+        return f"route {shown} of {', '.join(f'{HTTP_ROUTE}/{r}' for r in self.routes)}"
+
+
+@dataclass(frozen=True)
 class KindFrom:
     """One kind's `from` rules on one inbound, most specific client subset first (`matcher.rule_for` picks)."""
 
@@ -101,6 +119,7 @@ class DestinationMatch:
     destination: Destination
     to: tuple[KindTo, ...]  # in the placement table's order, only kinds whose merge has contributions
     backend_of: tuple[str, ...] = ()
+    routes: tuple[RouteTo, ...] = ()  # per kind and MeshHTTPRoute rule, where a policy targets the route
 
 
 @dataclass(frozen=True)
@@ -138,6 +157,14 @@ class ProxyMatch:
         """One kind's merged `to` items on a destination (empty when none applies)."""
         found = self.kind_to(kind, destination)
         return NOTHING if found is None else found.merged
+
+    def route_to(self, kind: str, destination: Destination, rule: Rule) -> Merged | None:
+        """One kind's settings on the Envoy routes a MeshHTTPRoute rule made on a destination, where a policy targets
+        a route that wrote the rule; None where none does (the routes take the destination's merge)."""
+        found = self.destination(destination)
+        if found is None:
+            return None
+        return next((r.merged for r in found.routes if r.kind == kind and r.matches == rule.matches), None)
 
     def from_(self, kind: str, target: Inbound | Destination) -> list[FromRule]:
         """One kind's `from` rules on an inbound, most specific first (empty when none applies)."""
@@ -195,9 +222,11 @@ def match_proxy(desired: Desired, proxy: Proxy, kinds: Placements) -> ProxyMatch
     for destination in [_in_namespace(desired, d) for d in _destinations(desired, proxy)]:
         if not any(d.destination == destination for d in found):
             found_to = _to(kinds, by_kind, proxy, destination, routes=True)
+            routes: tuple[RouteTo, ...] = ()
             if isinstance(proxy, Dataplane):  # routes live on the sidecar (the placement table)
                 found_to = _routes_in_effect(found_to, destination_protocol(desired, destination))
-            found.append(DestinationMatch(destination, found_to))
+                routes = _route_targets(kinds, by_kind, proxy, destination, found_to)
+            found.append(DestinationMatch(destination, found_to, routes=routes))
     for destination, named_by in _backends(proxy, found):
         destination = _in_namespace(desired, destination)
         found.append(DestinationMatch(destination, _to(kinds, by_kind, proxy, destination, routes=False), named_by))
@@ -225,6 +254,52 @@ def _singles(kinds: Placements, by_kind: dict[str, list[Policy]], proxy: Proxy) 
             if not merged.empty:
                 out.append(KindTo(kind, merged))
     return tuple(out)
+
+
+def _route_targets(kinds: Placements, by_kind: dict[str, list[Policy]], proxy: Proxy, destination: Destination,
+                   found_to: tuple[KindTo, ...]) -> tuple[RouteTo, ...]:
+    """For each kind that has policies targeting a MeshHTTPRoute, its settings on the routes each merged rule of the
+    destination's MeshHTTPRoutes made, where such a policy targets a route that wrote the rule."""
+    http = next((k for k in found_to if k.kind == HTTP_ROUTE), None)
+    if http is None:
+        return ()
+    out = []
+    for kind, placement in kinds.items():
+        policies = by_kind.get(kind)
+        if not policies or TO not in placement.sections or kind in ROUTE_KINDS or not any(_targets_route(p) for p in policies):
+            continue
+        if placement_miss(kinds, kind, proxy, TO, destination) is not None:
+            continue  # e.g. a load balancer towards an external service lives on the egress, not on a sidecar's route
+        for rule in http.rules:
+            writers = tuple(dict.fromkeys(c.policy.name for c, _ in rule.writers))
+            merged = merge_route(policies, proxy, destination, writers)
+            if not merged.empty:
+                out.append(RouteTo(kind, rule.matches, writers, _only(merged, ROUTE_FIELDS.get(kind, ()))))
+    return tuple(out)
+
+
+def _only(merged: Merged, fields: tuple[str, ...]) -> Merged:
+    """A merge cut down to the fields that take effect on a route (the destination's items may set others, which
+    stay the destination's)."""
+
+    def kept(path: str) -> bool:
+        return any(path == f or path.startswith(f + ".") or f.startswith(path + ".") for f in fields)
+
+    def prune(conf: Json, prefix: str) -> Json:
+        out: Json = {}
+        for key, value in conf.items():
+            path = f"{prefix}{key}"
+            if not kept(path):
+                continue
+            out[key] = prune(value, path + ".") if isinstance(value, dict) and path not in fields else value
+        return out
+
+    return Merged(prune(merged.conf, ""), {k: v for k, v in merged.origins.items() if kept(k)}, merged.contributions,
+                  {k: v for k, v in merged.removed.items() if kept(k)})
+
+
+def _targets_route(policy: Policy) -> bool:
+    return policy.target_ref.kind == HTTP_ROUTE or any(i.target_ref.kind == HTTP_ROUTE for i in policy.to)
 
 
 def _same(policy: Policy) -> Policy:

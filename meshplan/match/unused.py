@@ -8,7 +8,7 @@ import difflib
 from collections.abc import Iterable, Mapping
 
 from meshplan.errors import Source
-from meshplan.match.matcher import selects, why_not_from
+from meshplan.match.matcher import HTTP_ROUTE, selects, why_not_from
 from meshplan.model import (
     Dataplane,
     Desired,
@@ -32,16 +32,20 @@ def warnings(desired: Desired) -> list[str]:
         if policy.kuma_default:
             continue  # Kuma's initial policies are in every mesh, used or not: nothing to warn the user about
         label = f"{policy.kind}/{policy.name}"
+        routes = {p.name for p in desired.policies if p.kind == HTTP_ROUTE and p.mesh == policy.mesh}
         namespaces = _namespaces(desired, policy.mesh)
-        top = _name_miss(policy.target_ref, set(desired.services(policy.mesh)), dataplanes, externals, namespaces)
+        top = _name_miss(policy.target_ref, set(desired.services(policy.mesh)), dataplanes, externals, namespaces,
+                         routes)
         if top is not None:
             found.append((_line(policy, "targetRef.name"), f"{label}: {top}"))
+        elif policy.target_ref.kind == HTTP_ROUTE:
+            pass  # it goes where that route goes: the route's own warning says when that is nowhere
         elif not any(selects(policy, proxy) for proxy in proxies):
             found.append((_line(policy, "targetRef"), f"{label}: selects no proxy, so it changes nothing"))
         for section, items in (("to", policy.to), ("from", policy.from_)):
             for item in items:
                 miss = _name_miss(item.target_ref, set(desired.services(policy.mesh)), dataplanes, externals,
-                                  namespaces)
+                                  namespaces, routes)
                 if miss is not None:
                     found.append((_line(policy, f"{section}[{item.index}].targetRef.name"), f"{label}: {miss}"))
     found += _permissions_set_aside(desired)
@@ -84,7 +88,7 @@ def _namespace_miss(ref: TargetRef, namespaces: Mapping[tuple[str, str], str | N
 
 
 def _name_miss(ref: TargetRef, services: set[str], dataplanes: set[str], externals: set[str],
-               namespaces: Mapping[tuple[str, str], str | None]) -> str | None:
+               namespaces: Mapping[tuple[str, str], str | None], routes: set[str]) -> str | None:
     if ref.name is None:
         return None
     if ref.kind in SERVICE_KINDS:
@@ -93,6 +97,8 @@ def _name_miss(ref: TargetRef, services: set[str], dataplanes: set[str], externa
         known, what = dataplanes, "Dataplane that does not exist"
     elif ref.kind == "MeshExternalService":
         known, what = externals, "MeshExternalService that does not exist"
+    elif ref.kind == HTTP_ROUTE:
+        known, what = routes, "MeshHTTPRoute that does not exist in the policy's mesh, so the policy changes nothing"
     else:
         return None
     if ref.name in known:

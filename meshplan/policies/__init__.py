@@ -42,3 +42,11 @@ def placement_row(name: str, sections: set[str], external_to: set[str], external
 
 # Route kinds carry `rules` in their `to` items instead of a `default`.
 ROUTE_KINDS = frozenset({"MeshHTTPRoute", "MeshTCPRoute"})
+
+# What a policy that targets a MeshHTTPRoute sets on that route's Envoy routes, per kind (Kuma v2.14.3's plugins read
+# nothing else there): the fields of a `default`, dotted. Validation refuses the rest; the match keeps only these.
+ROUTE_FIELDS: dict[str, tuple[str, ...]] = {
+    "MeshTimeout": ("http.requestTimeout", "http.streamIdleTimeout"),
+    "MeshRetry": ("http", "grpc"),
+    "MeshLoadBalancingStrategy": ("hashPolicies",),
+}

@@ -28,7 +28,7 @@ from typing import Any, Protocol, TypeVar
 from meshplan.envoy.types import HCM_NAME, TCP_PROXY_NAME
 from meshplan.load.resources import PathKey
 from meshplan.match.matcher import Destination, Merged
-from meshplan.match.result import ProxyMatch
+from meshplan.match.result import ProxyMatch, Rule
 from meshplan.model import (
     Dataplane,
     Desired,
@@ -103,6 +103,19 @@ class ProxyBuild:
     _marks: dict[tuple[int, str], list[str]] = field(default_factory=dict)
     _keep: list[Any] = field(default_factory=list)  # keeps marked dicts alive, so their ids stay theirs
     _made_by: dict[int, str] = field(default_factory=dict)  # id of a dict inside a resource -> who it comes from
+    _route_rules: dict[int, Rule] = field(default_factory=dict)  # id of an Envoy route -> the MeshHTTPRoute rule it is
+
+    def route_made(self, route: Json, rule: Rule) -> None:
+        """Record that an Envoy route (of an outbound's route configuration) is what a merged MeshHTTPRoute rule made:
+        the kinds that can target a MeshHTTPRoute find their settings for it with `route_merged`."""
+        self._route_rules[id(route)] = rule
+        self._keep.append(route)
+
+    def route_merged(self, kind: str, out: OutboundPoint, route: Json) -> Merged | None:
+        """What the `kind` policies that target the MeshHTTPRoute behind this Envoy route merged to on it, or None
+        where none targets it (or the route is no MeshHTTPRoute's): the route then takes the destination's merge."""
+        rule = self._route_rules.get(id(route))
+        return None if rule is None else self.match.route_to(kind, out.destination, rule)
 
     def made_by(self, node: Json, resource: Dataplane | ZoneEgress | MeshExternalService | Mesh) -> None:
         """Record which desired resource `node` (a resource, a filter chain, an endpoint) comes from."""

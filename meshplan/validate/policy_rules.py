@@ -14,11 +14,12 @@ from meshplan.model import (
     NAMESPACE_TAG,
     SIDECAR,
     SYSTEM_NAMESPACE,
+    Desired,
     Policy,
     PolicyItem,
     TargetRef,
 )
-from meshplan.policies import FROM, ROUTE_KINDS, RULES, SINGLE, TO
+from meshplan.policies import FROM, ROUTE_FIELDS, ROUTE_KINDS, RULES, SINGLE, TO
 from meshplan.policies.registry import BY_KIND, KINDS
 from meshplan.validate.check import FieldCheck
 from meshplan.validate.namespaces import DNS_LABEL, check_policy_labels, policy_namespace, policy_role
@@ -36,7 +37,24 @@ TOP_LEVEL_RULES = ("MeshTimeout", "MeshFaultInjection", "MeshRateLimit", "MeshTr
 RULES_AS_FROM = ("MeshTimeout", "MeshFaultInjection", "MeshRateLimit", "MeshAccessLog")
 # The top-level targetRef kinds Kuma's validators allow a policy outside the system namespace (its non-system roles).
 NAMESPACED_TOP_KINDS = ("Mesh", "Dataplane", "MeshSubset", "MeshService", "MeshServiceSubset")
-TARGET_KINDS = ("Mesh", "MeshSubset", "MeshService", "MeshServiceSubset", "Dataplane", "MeshExternalService")
+TARGET_KINDS = ("Mesh", "MeshSubset", "MeshService", "MeshServiceSubset", "Dataplane", "MeshExternalService",
+                "MeshHTTPRoute")
+HTTP_ROUTE = "MeshHTTPRoute"
+
+# Policies that target a MeshHTTPRoute (Kuma v2.14.3's validators): as the top-level targetRef (Kuma's older form,
+# its `to` items then kind Mesh) and as a `to` item's targetRef; per kind, what takes effect on the route is
+# `policies.ROUTE_FIELDS`. The kinds Kuma accepts that meshplan does not implement on a route are refused with the
+# reason (docs/policies.md).
+ROUTE_TOP_KINDS = ("MeshTimeout", "MeshRetry", "MeshRateLimit")  # Kuma: a top-level MeshHTTPRoute
+ROUTE_TO_KINDS = ("MeshTimeout", "MeshRetry", "MeshAccessLog", "MeshLoadBalancingStrategy")  # Kuma: in `to`
+# Where Kuma's validator itself refuses the other fields of a `to` item of kind MeshHTTPRoute, its words.
+KUMA_REFUSED_ON_ROUTE = {
+    "MeshLoadBalancingStrategy": "field is not allowed when targetRef.kind is MeshHTTPRoute, only hashPolicies is supported",
+}
+# What Kuma's validator itself refuses under a top-level MeshHTTPRoute (the rest it accepts and does not apply).
+KUMA_REFUSED_UNDER_ROUTE = {
+    "MeshTimeout": ("connectionTimeout", "idleTimeout", "http.maxStreamDuration", "http.maxConnectionDuration"),
+}
 
 # Kinds a `to` item may not select, per policy kind (as Kuma v2.14.3's validators): a subset of a service's
 # endpoints is not a destination these kinds configure, so such an item would apply to nothing.
@@ -49,11 +67,13 @@ TO_KINDS_REFUSED = {
 
 
 def target_ref(check: FieldCheck, obj: dict[str, Any], path: PathKey, *, top: bool, inbound_policy: bool = False,
-               refused: tuple[str, ...] = (), policy_namespace: str | None = None) -> TargetRef | None:
+               refused: tuple[str, ...] = (), policy_namespace: str | None = None, policy_kind: str = "",
+               item_section: str = TO) -> TargetRef | None:
     """A targetRef, checked. `inbound_policy`: the policy has `from` items, so a top-level `sectionName` may pick one
     of the inbounds it configures (Kuma allows `sectionName` only there). `refused`: kinds this place does not take.
     `policy_namespace`: the policy's namespace outside the system one, where Kuma resolves a `name` written without a
-    `namespace` (given for the top-level targetRef and `to` items; a `from` item's name selects clients by tags)."""
+    `namespace` (given for the top-level targetRef and `to` items; a `from` item's name selects clients by tags).
+    `policy_kind` and `item_section`: whether a MeshHTTPRoute may be targeted here."""
     ref = check.field(obj, path, "targetRef", dict, required=not top)
     if ref is None:
         return TargetRef("Mesh") if top else None
@@ -74,6 +94,8 @@ def target_ref(check: FieldCheck, obj: dict[str, Any], path: PathKey, *, top: bo
         check.fail(rp + ("kind",), f"value {kind!r} is not supported here: a subset of a service's endpoints is not a "
                                    "destination this kind configures")
         return None
+    if kind == HTTP_ROUTE:
+        return _route_ref(check, ref, rp, "top" if top else item_section, policy_kind)
     namespace = _ref_namespace(check, ref, rp, kind, top=top, policy_namespace=policy_namespace)
     dataplane_top = top and kind == "Dataplane"
     service_by_labels = kind == "MeshService" and not top and "labels" in ref
@@ -212,6 +234,74 @@ def _service_by_display_name(check: FieldCheck, ref: dict[str, Any], rp: PathKey
     return names.pop(), namespace
 
 
+def _route_ref(check: FieldCheck, ref: dict[str, Any], rp: PathKey, place: str, policy_kind: str) -> TargetRef | None:
+    """A targetRef of kind MeshHTTPRoute: by `name`, or by `labels: {kuma.io/display-name: <name>}` (Kuma's checks:
+    no tags, proxyTypes, sectionName or mesh; name or labels, not both)."""
+    where = {"top": "the top-level targetRef", TO: "a `to` item"}.get(place, f"a `{place}` item")
+    kuma_allows = policy_kind in {"top": ROUTE_TOP_KINDS, TO: ROUTE_TO_KINDS}.get(place, ())
+    if policy_kind not in ROUTE_FIELDS or not kuma_allows:
+        if kuma_allows:
+            check.fail(rp + ("kind",), f"not implemented by meshplan (it would be ignored): {policy_kind} on the routes "
+                       f"of a MeshHTTPRoute ({where}); target the route's destination (MeshService) instead")
+        else:
+            check.fail(rp + ("kind",), f"value 'MeshHTTPRoute' is not supported: {policy_kind} cannot target a "
+                       f"MeshHTTPRoute in {where} (as Kuma)")
+        return None
+    for key in ("tags", "proxyTypes", "proxyType", "sectionName"):
+        if key in ref:
+            check.fail(rp + (key,), "must not be set with kind MeshHTTPRoute")
+    if "namespace" in ref:
+        check.fail(rp + ("namespace",), "not supported by meshplan (it would be ignored): meshplan names a "
+                   "MeshHTTPRoute by its name in the mesh; remove `namespace`")
+    name = check.field(ref, rp, "name", str)
+    if "labels" in ref:
+        labels = check.tags(ref, rp, "labels")
+        if name is not None:
+            check.fail(rp + ("labels",), "either labels or name must be specified (as Kuma)")
+        elif set(labels) != {DISPLAY_NAME}:
+            check.fail(rp + ("labels",), f"not supported by meshplan (it would be ignored): a MeshHTTPRoute is selected "
+                       f"by its name; write `labels: {{{DISPLAY_NAME}: <route name>}}` (Kuma sets that label on every "
+                       "route) or `name`")
+        else:
+            name = labels[DISPLAY_NAME]
+    elif name is None:
+        check.fail(rp, "name or labels must be set when kind is MeshHTTPRoute")
+    if name is None or any(key in ref for key in ("tags", "proxyTypes", "proxyType", "sectionName", "namespace")) or (
+            "labels" in ref and "name" in ref):
+        return None
+    return TargetRef(HTTP_ROUTE, name)
+
+
+def _route_default(check: FieldCheck, kind: str, default: Any, path: PathKey, top_level: bool) -> None:
+    """A `default` that applies on a MeshHTTPRoute's routes sets only what takes effect per route (ROUTE_FIELDS):
+    Kuma refuses some of the rest (KUMA_REFUSED_UNDER_ROUTE, KUMA_REFUSED_ON_ROUTE) and accepts the others and
+    ignores them there, which meshplan refuses rather than ignore."""
+    if not isinstance(default, dict):
+        return
+    allowed = ROUTE_FIELDS[kind]
+    per_route = f"per route, {kind} sets only {', '.join(allowed)}"
+
+    def refuse(at: PathKey) -> None:
+        dotted = ".".join(str(k) for k in at[len(path):])
+        if top_level and dotted in KUMA_REFUSED_UNDER_ROUTE.get(kind, ()):
+            check.fail(at, f"can't be specified when top-level TargetRef is referencing MeshHTTPRoute ({per_route})")
+        elif not top_level and kind in KUMA_REFUSED_ON_ROUTE:
+            check.fail(at, KUMA_REFUSED_ON_ROUTE[kind])
+        else:
+            check.fail(at, f"not supported on a MeshHTTPRoute's routes (Kuma accepts it and ignores it there); {per_route}")
+
+    for key, value in default.items():
+        if key in allowed:
+            continue
+        inner = [a.split(".", 1)[1] for a in allowed if a.startswith(key + ".")]
+        if inner and isinstance(value, dict):
+            for sub in value:
+                if sub not in inner:
+                    refuse(path + (key, sub))
+            continue
+        refuse(path + (key,))
+
+
 def parse_policy(check: FieldCheck, res: RawResource, mesh: str) -> Policy | None:
     before = len(check.out)
     namespace = policy_namespace(check.out, res)
@@ -224,9 +314,16 @@ def parse_policy(check: FieldCheck, res: RawResource, mesh: str) -> Policy | Non
     has_rules = res.kind in TOP_LEVEL_RULES and bool(body.get(RULES))
     top = target_ref(check, body, (), top=True,
                      inbound_policy=(FROM in kind.sections and bool(body.get(FROM))) or has_rules,
-                     policy_namespace=namespace)
+                     policy_namespace=namespace, policy_kind=res.kind)
     if top is not None and namespace is not None:
         _check_scoped_top(check, top, role, namespace)
+    written_top = body.get("targetRef")
+    top_route = isinstance(written_top, dict) and written_top.get("kind") == HTTP_ROUTE
+    if top_route:
+        for section in (FROM, RULES):
+            if body.get(section):
+                check.fail((section,), "must not be defined: a top-level MeshHTTPRoute targetRef configures that "
+                           "route's outbound traffic (`to` items of kind Mesh)")
     known = ["targetRef"] + [s for s in (TO, FROM) if s in kind.sections] + (["default"] if SINGLE in kind.sections else [])
     if res.kind == "MeshHTTPRoute" or res.kind == "MeshTCPRoute":
         known.append("rules")
@@ -259,7 +356,16 @@ def parse_policy(check: FieldCheck, res: RawResource, mesh: str) -> Policy | Non
                 continue
             refused = TO_KINDS_REFUSED.get(res.kind, ()) if section == TO else ()
             ref = target_ref(check, item, path, top=False, refused=refused,
-                             policy_namespace=namespace if section == TO else None)
+                             policy_namespace=namespace if section == TO else None,
+                             policy_kind=res.kind, item_section=section)
+            on_route = section == TO and res.kind in ROUTE_FIELDS and (
+                (top is not None and top.kind == HTTP_ROUTE) or (ref is not None and ref.kind == HTTP_ROUTE))
+            if on_route and top_route and ref is not None and ref.kind != "Mesh":
+                check.fail(path + ("targetRef", "kind"), f"value {ref.kind!r} is not supported: under a top-level "
+                           "MeshHTTPRoute targetRef a `to` item is kind Mesh (the route's own destinations)")
+                ref = None
+            if on_route:
+                _route_default(check, res.kind, item.get("default"), path + ("default",), top_route)
             payload_key = "rules" if res.kind in ROUTE_KINDS else "default"
             if res.kind == "MeshHTTPRoute" and "hostnames" in item:
                 check.fail(path + ("hostnames",), "not supported by meshplan: hostnames match on a MeshGateway's "
@@ -424,3 +530,25 @@ def check_placement(check: FieldCheck, kind_name: str, top: TargetRef, to: list[
         check.fail(at, f"{kind_name} is not implemented on the egress; {answer}")
     if EGRESS in top.proxy_types and from_ and not kind.external_from and TO in kind.sections:
         check.fail((FROM,), f"{kind_name} `from` is not implemented on the egress; {answer}")
+
+
+def check_route_placement(policy: Policy, desired: Desired, check: FieldCheck) -> None:
+    """A policy on a MeshHTTPRoute's routes lives where those routes are, on the sidecar: where the route sends to a
+    MeshExternalService and the seed's placement table keeps the kind off the sidecar for one (MeshLoadBalancingStrategy:
+    egress only), it would change nothing there, so it is refused (checked once every resource is known)."""
+    kind = KINDS[policy.kind]
+    if SIDECAR in kind.external_to:
+        return
+    targets: list[tuple[PathKey, TargetRef]] = (
+        [(("targetRef",), policy.target_ref)] if policy.target_ref.kind == HTTP_ROUTE else [])
+    targets += [((TO, item.index, "targetRef"), item.target_ref) for item in policy.to
+                if item.target_ref.kind == HTTP_ROUTE]
+    for path, ref in targets:
+        for route in desired.policies:
+            if route.kind != HTTP_ROUTE or route.name != ref.name or route.mesh != policy.mesh:
+                continue
+            external = sorted({i.target_ref.name or "" for i in route.to if i.target_ref.kind == "MeshExternalService"})
+            if external:
+                check.fail(path, f"MeshHTTPRoute {ref.name!r} routes to MeshExternalService {', '.join(external)} on the "
+                           f"sidecar, where {policy.kind} for a MeshExternalService is not implemented: the placement "
+                           f"table says {kind.placement}")

@@ -33,7 +33,7 @@ from meshplan.validate.infra_rules import (
 )
 from meshplan.validate.initial_policies import initial_policies
 from meshplan.validate.namespaces import mesh_wide_namespace
-from meshplan.validate.policy_rules import parse_policy
+from meshplan.validate.policy_rules import check_route_placement, parse_policy
 
 INFRA_KINDS = ("Mesh", "Dataplane", "ZoneEgress", "MeshExternalService")
 DEFAULT_MESH = "default"
@@ -177,6 +177,7 @@ def _check_references(desired: Desired, kept: list[tuple[RawResource, Any]], out
             check_references = REFERENCES.get(obj.kind)
             if check_references is not None:
                 check_references(obj, desired, check)
+            check_route_placement(obj, desired, check)
         if isinstance(obj, (Dataplane, ZoneEgress)):
             if obj.name in proxies:
                 out.append(Violation(res.source, "", f"proxy name {obj.name!r} is already used by {proxies[obj.name].ref} "

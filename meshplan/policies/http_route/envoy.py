@@ -112,9 +112,10 @@ def _route(build: ProxyBuild, point: OutboundPoint, manager: Json, rules: list[R
             route: Json = {}
             build.set(route, "match", envoy_match, rule.origins())
             if _act(build, point, route, rule, conf, part):
+                build.route_made(route, rule)
                 routes.append(route)
-    if catch_all_rule is not None:
-        _act(build, point, catch_all, catch_all_rule[0], catch_all_rule[1], PREFIX)
+    if catch_all_rule is not None and _act(build, point, catch_all, catch_all_rule[0], catch_all_rule[1], PREFIX):
+        build.route_made(catch_all, catch_all_rule[0])
     routes.append(catch_all)
     build.set(vhost, "routes", routes, sorted({o for rule in rules for o in rule.origins()}))
 

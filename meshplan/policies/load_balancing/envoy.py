@@ -7,7 +7,7 @@ from typing import Any
 
 from meshplan.model import Dataplane
 from meshplan.policies.base import Json, OutboundPoint, ProxyBuild, routes
-from meshplan.policies.conf import Setting
+from meshplan.policies.conf import ConfReader, Setting
 from meshplan.policies.load_balancing.api import KIND, AffinityTag, Conf, HashPolicy, LoadBalancer, parse
 
 OVERPROVISIONING_FACTOR = 200  # Kuma v2.14.3 meshloadbalancingstrategy's defaultOverprovisioningFactor
@@ -30,13 +30,19 @@ def apply(build: ProxyBuild) -> None:
         found = _chosen_hash_policies(conf)
         if found is not None and point.protocol != "tcp":
             hashing[point.cluster["name"]] = ([_hash_policy(p) for p in found.value], list(found.origins))
-    if not hashing:
-        return
     for point in build.outbounds:
         for route in routes(point.chain):
             action = route.get("route")
             if not isinstance(action, dict):
                 continue  # a redirect or a direct response sends nowhere
+            # A route a MeshHTTPRoute made, where a MeshLoadBalancingStrategy targets that route: its own hashPolicies
+            # (the only field Kuma takes there), over those of the cluster it sends to.
+            own = build.route_merged(KIND, point, route)
+            own_conf = None if own is None else parse(ConfReader.of_merged(own))
+            own_hash = None if own_conf is None else _chosen_hash_policies(own_conf)
+            if own_hash is not None:
+                build.set(action, "hash_policy", [_hash_policy(p) for p in own_hash.value], list(own_hash.origins))
+                continue
             targets = [action["cluster"]] if "cluster" in action else [
                 c["name"] for c in action.get("weighted_clusters", {}).get("clusters", [])
             ]

@@ -7,7 +7,7 @@ from typing import Any
 
 from meshplan.envoy import types as t
 from meshplan.policies.base import Json, ProxyBuild, header_matcher, routes, tcp_proxy
-from meshplan.policies.conf import Setting
+from meshplan.policies.conf import ConfReader, Setting
 from meshplan.policies.retry.api import DEFAULT_BASE_INTERVAL, KIND, HostPredicate, Retry, RetryOn, parse
 
 HTTP_RETRY_ON_DEFAULT = "gateway-error,connect-failure,refused-stream"
@@ -23,22 +23,26 @@ PREVIOUS_PRIORITIES = (t.PREVIOUS_PRIORITIES_NAME, t.PREVIOUS_PRIORITIES)
 
 def apply(build: ProxyBuild) -> None:
     # The seed: MeshRetry is implemented on the sidecar only (match.result applies the placement).
-    for out, conf in build.outbound_confs(KIND, parse):
+    for out in build.outbounds:
+        merged = build.match.to(KIND, out.destination)
+        conf = None if merged.empty else parse(ConfReader.of_merged(merged))
         if out.protocol == "tcp":
             proxy = tcp_proxy(out.chain)
-            attempts = conf.tcp.max_connect_attempt if conf.tcp else None
+            attempts = conf.tcp.max_connect_attempt if conf is not None and conf.tcp else None
             if proxy is not None and attempts is not None:
                 _set(build, proxy, "max_connect_attempts", attempts.value, attempts)
-            continue
-        retry = conf.grpc if out.protocol == "grpc" else conf.http
-        if retry is None:
             continue
         for route in routes(out.chain):
             action = route.get("route")
             if action is None:
                 continue  # redirects and direct responses are never retried
-            _configure_route(build, retry, action,
-                             GRPC_RETRY_ON_DEFAULT if out.protocol == "grpc" else HTTP_RETRY_ON_DEFAULT)
+            # A route a MeshHTTPRoute made, where a MeshRetry targets that route, takes its own merge.
+            own = build.route_merged(KIND, out, route)
+            here = conf if own is None else parse(ConfReader.of_merged(own))
+            retry = None if here is None else here.grpc if out.protocol == "grpc" else here.http
+            if retry is not None:
+                _configure_route(build, retry, action,
+                                 GRPC_RETRY_ON_DEFAULT if out.protocol == "grpc" else HTTP_RETRY_ON_DEFAULT)
 
 
 def _configure_route(build: ProxyBuild, conf: Retry, action: Json, default_on: str) -> None:
