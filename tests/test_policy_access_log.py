@@ -121,9 +121,8 @@ GOOD = {
                     - key: flags
                       value:
                         arrayValue:
-                          values: [{boolValue: true}, {intValue: 7}, {intValue: "-8"}, {doubleValue: 2.5},
-                                   {bytesValue: bWVzaA==}, "plain"]
-                    - key: nothing
+                          values: [{stringValue: "%DURATION%"}, "plain", {kvlistValue: {values: []}},
+                                   {arrayValue: {}}]
         """,
     "open telemetry, a string body": "backends:\n  - openTelemetry:\n      endpoint: otel:4317\n      body: '%KUMA_MESH% %RESPONSE_CODE%'",
 }
@@ -198,11 +197,10 @@ BAD: list[tuple[str, str, list[tuple[str, str, str]]]] = [
                 kvlistValue:
                   values:
                     - key: a
-                      value: {intValue: 1.5}
+                      value: {intValue: 15}
                     - key: b
-                      value: {boolValue: "yes"}
+                      value: {stringValue: 7}
                     - key: c
-                      value: {bytesValue: "not base64!"}
                     - key: d
                       value: {stringValue: "%KUMA_REGION%"}
                     - key: e
@@ -215,10 +213,12 @@ BAD: list[tuple[str, str, list[tuple[str, str, str]]]] = [
               endpoint: otel:4317
               body: {textValue: x}
         """, [
-        (".backends[0].openTelemetry.body.kvlistValue.values[0].value.intValue", "must be an integer", "intValue: 1.5"),
-        (".backends[0].openTelemetry.body.kvlistValue.values[1].value.boolValue", "must be a boolean", "boolValue:"),
-        (".backends[0].openTelemetry.body.kvlistValue.values[2].value.bytesValue", "must be base64-encoded bytes",
-         "bytesValue:"),
+        (".backends[0].openTelemetry.body.kvlistValue.values[0].value.intValue",
+         "`intValue` is not supported in an access log body: Envoy's OpenTelemetry access logger takes only",
+         "intValue: 15"),
+        (".backends[0].openTelemetry.body.kvlistValue.values[1].value.stringValue", "must be a string", "stringValue: 7"),
+        (".backends[0].openTelemetry.body.kvlistValue.values[2]", "must be a mapping with a string `key` and a `value`",
+         "- key: c"),
         (".backends[0].openTelemetry.body.kvlistValue.values[3].value.stringValue", "unknown placeholder %KUMA_REGION%",
          "stringValue: \"%KUMA_REGION%\""),
         (".backends[0].openTelemetry.body.kvlistValue.values[4].value", "must be a string or an OTLP AnyValue",

@@ -35,9 +35,10 @@ Envoy reject the listener (and `envoy --mode validate` fail), so meshplan only c
                                             the cluster: HTTP/2 (gRPC) to host:port (4317 when the port is left
                                             out), STRICT_DNS for a name or STATIC for an IP, connect timeout 5s;
                                             <n> numbers a proxy's distinct endpoints in the order it meets them
-    openTelemetry.body                    body: an OTLP AnyValue (stringValue, boolValue, intValue, doubleValue,
-                                            bytesValue, arrayValue {values}, kvlistValue {values [{key, value}]});
-                                            a string is a stringValue; without `body`, Kuma's default line
+    openTelemetry.body                    body: an OTLP AnyValue of the kinds Envoy's logger takes (stringValue,
+                                            arrayValue {values}, kvlistValue {values [{key, value}]}; a bool, int,
+                                            double or bytes value Envoy refuses, so it is an error here); a string
+                                            is a stringValue; without `body`, Kuma's default line
     openTelemetry.attributes [{key, value}]  attributes {values [{key, value {string_value}}]}; keys are static
                                             OpenTelemetry names (Kuma's grammar), values may hold placeholders
     (always)                              resource_attributes {kuma.mesh: <mesh>}, as Kuma writes them
@@ -58,8 +59,6 @@ list's (a list is set whole by one policy). Placeholders are kept as written and
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import re
 from dataclasses import dataclass
@@ -167,8 +166,7 @@ OTEL_DEFAULT_PORT = 4317  # Kuma's, for an endpoint written without a port
 # Kuma's attribute key grammar (validators.ValidateOtelAttributeName): lowercase letters and digits, single `.` or
 # `_` between them, starting with a letter; `otel.` is reserved; placeholders are for values only.
 _OTEL_KEY = re.compile(r"^[a-z](?:[a-z0-9]|[._][a-z0-9])*$")
-_ANY_SCALARS = ("stringValue", "boolValue", "intValue", "doubleValue", "bytesValue")
-_ANY_VALUES = (*_ANY_SCALARS, "arrayValue", "kvlistValue")
+_ANY_VALUES = ("stringValue", "boolValue", "intValue", "doubleValue", "bytesValue", "arrayValue", "kvlistValue")
 _MAX_BODY_DEPTH = 16  # a body nests at most this deep (bounded recursion)
 
 
@@ -245,26 +243,19 @@ def _any_value(at: ConfReader, value: Any, path: tuple[str | int, ...], depth: i
         fail(f"nests deeper than {_MAX_BODY_DEPTH} levels")
         return None
     kind, inner = next(iter(value.items()))
-    bad = {
-        "stringValue": not isinstance(inner, str),
-        "boolValue": not isinstance(inner, bool),
-        "intValue": isinstance(inner, bool) or not (isinstance(inner, int) or (isinstance(inner, str)
-                                                                                and re.fullmatch(r"-?\d+", inner))),
-        "doubleValue": isinstance(inner, bool) or not isinstance(inner, int | float),
-        "bytesValue": not isinstance(inner, str) or not _base64(inner),
-    }
-    if kind in bad:
-        if bad[kind]:
-            fail({"stringValue": "must be a string", "boolValue": "must be a boolean", "intValue": "must be an integer",
-                  "doubleValue": "must be a number", "bytesValue": "must be base64-encoded bytes"}[kind] +
-                 f", got {inner!r}", kind)  # fmt: skip
+    if kind == "stringValue":
+        if not isinstance(inner, str):
+            fail(f"must be a string, got {inner!r}", kind)
             return None
-        if kind == "stringValue":
-            _placeholders(at, inner, path + (kind,))
-        if kind == "intValue" and not -(2**63) <= int(inner) < 2**63:
-            fail(f"must be a 64-bit integer, got {inner!r}", kind)
-            return None
-        return {_SNAKE[kind]: str(int(inner)) if kind == "intValue" else inner}
+        _placeholders(at, inner, path + (kind,))
+        return {"string_value": inner}
+    if kind not in ("arrayValue", "kvlistValue"):
+        # Envoy refuses the logger's config ("Only string values, nested key value lists and array values are
+        # supported"): Kuma renders it, and the proxy rejects its listener.
+        fail(f"`{kind}` is not supported in an access log body: Envoy's OpenTelemetry access logger takes only "
+             "stringValue, arrayValue and kvlistValue (a number or a boolean can be written as a string, e.g. "
+             "stringValue: \"%RESPONSE_CODE%\")", kind)  # fmt: skip
+        return None
     if not isinstance(inner, dict) or set(inner) - {"values"} or not isinstance(inner.get("values", []), list):
         fail("must be a mapping with a list `values`", kind)
         return None
@@ -283,25 +274,16 @@ def _any_value(at: ConfReader, value: Any, path: tuple[str | int, ...], depth: i
 
 
 def _key_value(at: ConfReader, element: Any, path: tuple[str | int, ...], depth: int) -> Json | None:
-    if not isinstance(element, dict) or not isinstance(element.get("key"), str) or set(element) - {"key", "value"}:
+    if (not isinstance(element, dict) or not isinstance(element.get("key"), str) or element.get("value") is None
+            or set(element) - {"key", "value"}):
         at.check.fail(at.path + path, "must be a mapping with a string `key` and a `value`")
         return None
     _placeholders(at, element["key"], path + ("key",))
-    value = _any_value(at, element["value"], path + ("value",), depth + 1) if element.get("value") is not None else {}
+    value = _any_value(at, element["value"], path + ("value",), depth + 1)
     return None if value is None else {"key": element["key"], "value": value}
 
 
-_SNAKE = {"stringValue": "string_value", "boolValue": "bool_value", "intValue": "int_value",
-          "doubleValue": "double_value", "bytesValue": "bytes_value", "arrayValue": "array_value",
-          "kvlistValue": "kvlist_value"}  # fmt: skip
-
-
-def _base64(text: str) -> bool:
-    try:
-        base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        return False
-    return True
+_SNAKE = {"arrayValue": "array_value", "kvlistValue": "kvlist_value"}
 
 
 def _parse_file(file: ConfReader) -> FileBackend | None:
