@@ -236,8 +236,11 @@ def _any_value(at: ConfReader, value: Any, path: tuple[str | int, ...], depth: i
     if isinstance(value, str):
         _placeholders(at, value, path)
         return {"string_value": value}
-    if not isinstance(value, dict) or len(value) != 1 or next(iter(value)) not in _ANY_VALUES:
-        fail("must be a string or an OTLP AnyValue: a mapping with exactly one of " + ", ".join(_ANY_VALUES))
+    if isinstance(value, dict):
+        at.check.unknown(value, at.path + path, _ANY_VALUES)
+    if not isinstance(value, dict) or [k for k in value if k in _ANY_VALUES] != list(value) or len(value) != 1:
+        if not isinstance(value, dict) or all(k in _ANY_VALUES for k in value):  # an unknown key is reported as such
+            fail("must be a string or an OTLP AnyValue: a mapping with exactly one of " + ", ".join(_ANY_VALUES))
         return None
     if depth >= _MAX_BODY_DEPTH:
         fail(f"nests deeper than {_MAX_BODY_DEPTH} levels")
@@ -256,8 +259,11 @@ def _any_value(at: ConfReader, value: Any, path: tuple[str | int, ...], depth: i
              "stringValue, arrayValue and kvlistValue (a number or a boolean can be written as a string, e.g. "
              "stringValue: \"%RESPONSE_CODE%\")", kind)  # fmt: skip
         return None
+    if isinstance(inner, dict):
+        at.check.unknown(inner, at.path + path + (kind,), ("values",))
     if not isinstance(inner, dict) or set(inner) - {"values"} or not isinstance(inner.get("values", []), list):
-        fail("must be a mapping with a list `values`", kind)
+        if not isinstance(inner, dict) or not isinstance(inner.get("values", []), list):
+            fail("must be a mapping with a list `values`", kind)
         return None
     values: list[Json] = []
     ok = True
@@ -274,9 +280,12 @@ def _any_value(at: ConfReader, value: Any, path: tuple[str | int, ...], depth: i
 
 
 def _key_value(at: ConfReader, element: Any, path: tuple[str | int, ...], depth: int) -> Json | None:
-    if (not isinstance(element, dict) or not isinstance(element.get("key"), str) or element.get("value") is None
-            or set(element) - {"key", "value"}):
+    if isinstance(element, dict):
+        at.check.unknown(element, at.path + path, ("key", "value"))
+    if not isinstance(element, dict) or not isinstance(element.get("key"), str) or element.get("value") is None:
         at.check.fail(at.path + path, "must be a mapping with a string `key` and a `value`")
+        return None
+    if set(element) - {"key", "value"}:
         return None
     _placeholders(at, element["key"], path + ("key",))
     value = _any_value(at, element["value"], path + ("value",), depth + 1)
