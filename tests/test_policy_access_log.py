@@ -227,6 +227,7 @@ BAD: list[tuple[str, str, list[tuple[str, str, str]]]] = [
          "- value:"),
         (".backends[0].openTelemetry.body.kvlistValue.values[6].value.arrayValue", "must be a mapping with a list `values`",
          "arrayValue: [x]"),
+        (".backends[1].openTelemetry.body", "must be a string or an OTLP AnyValue", "body:"),
         (".backends[1].openTelemetry.body.textValue", "unknown field (expected one of: stringValue,", "body:"),
     ]),
     ("type and block differ", "backends:\n  - type: File\n    tcp:\n      address: 127.0.0.1:5000", [

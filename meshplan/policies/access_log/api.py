@@ -1,4 +1,5 @@
-"""MeshAccessLog (`to` and `from`): a line per request (HTTP) or connection (TCP), written by Envoy to a file.
+"""MeshAccessLog (`to` and `from`): a record per request (HTTP) or connection (TCP), written by Envoy to a file or
+exported by Envoy to an OpenTelemetry collector.
 
 Where (the seed's placement table: "Sidecar (to), Egress (to + proxyType: ["egress"])"):
 - `to`: a sidecar's outbound listener for the destination; on the egress (proxyType Egress), the filter chain of
@@ -238,8 +239,9 @@ def _any_value(at: ConfReader, value: Any, path: tuple[str | int, ...], depth: i
         return {"string_value": value}
     if isinstance(value, dict):
         at.check.unknown(value, at.path + path, _ANY_VALUES)
-    if not isinstance(value, dict) or [k for k in value if k in _ANY_VALUES] != list(value) or len(value) != 1:
-        if not isinstance(value, dict) or all(k in _ANY_VALUES for k in value):  # an unknown key is reported as such
+    if not isinstance(value, dict) or len(value) != 1 or next(iter(value)) not in _ANY_VALUES:
+        # Beside one value an unknown key is reported as such (above); otherwise it is not an AnyValue at all.
+        if not isinstance(value, dict) or len([k for k in value if k in _ANY_VALUES]) != 1:
             fail("must be a string or an OTLP AnyValue: a mapping with exactly one of " + ", ".join(_ANY_VALUES))
         return None
     if depth >= _MAX_BODY_DEPTH:
