@@ -27,6 +27,7 @@ from meshplan.model import (
     ProxyConfig,
 )
 from tests.builders import MeshBuilder, bring_down, pid_running
+from tests.otlp_collector import Collector, running_collector
 
 
 class Loopback:
@@ -67,6 +68,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 @pytest.fixture(scope="session")
 def loopback() -> Loopback:
     return Loopback()
+
+
+@pytest.fixture(scope="module")
+def otlp_collector(loopback: Loopback) -> Iterator[Collector]:
+    """A stand-in OpenTelemetry collector (OTLP/gRPC) on a loopback address of its own, for a module's tests; its
+    `address` is what a policy's `endpoint` names (tests/otlp_collector.py)."""
+    ip = loopback.ip()
+    with running_collector(ip, loopback.port(ip)) as collector:
+        yield collector
 
 
 @pytest.fixture

@@ -183,7 +183,9 @@ def test_every_kind_has_examples() -> None:
 
 
 ENVOY_ACCEPTS = [("meshproxypatch", "Cluster"), ("meshproxypatch", "HTTP Filter"), ("meshproxypatch", "lua filter"),
-                 ("meshtrace", "Zipkin (full example)"), ("meshaccesslog", "Format / JSON")]
+                 ("meshtrace", "Zipkin (full example)"), ("meshaccesslog", "Format / JSON"),
+                 ("meshaccesslog", "Backends / OpenTelemetry")] + [
+                    ("meshaccesslog", f"Body / {value}Value") for value in ("string", "array", "kvlist")]
 
 
 @pytest.mark.envoy

@@ -1,6 +1,6 @@
 """MeshTrace: its validation table (Kuma's verdicts, our inputs), its placement (never the egress), `envoy --mode
-validate` of its render (the golden is tests/testdata/trace.input), and a real request whose spans reach a stand-in
-Zipkin collector."""
+validate` of its render (the golden is tests/testdata/trace.input), and real requests whose spans reach a stand-in
+Zipkin collector and a stand-in OpenTelemetry collector (OTLP/gRPC, tests/otlp_collector.py)."""
 
 from __future__ import annotations
 
@@ -31,10 +31,12 @@ from tests.builders import (
     violations,
     write_mesh,
 )
+from tests.otlp_collector import Collector as OtlpCollector
 from tests.policy_render import envoy_validates
 from tests.policy_tables import single_default_policy, validation_table_tests
 
 KIND = "MeshTrace"
+SERVER, CLIENT = 2, 3  # OTLP's SpanKind
 SERVICES = [Service("backend", instance="backend-1"), Service("db", "tcp", instance="db-1"),
             Service("web", calls=("backend", "db"))]
 
@@ -280,3 +282,52 @@ def test_a_request_through_the_sidecars_produces_spans_at_the_collector(running:
     # One trace: the server span on backend continues the client span web started.
     traces = {s["traceId"] for s in client_spans} & {s["traceId"] for s in server_spans}
     assert traces, (client_spans, server_spans)
+
+
+# --- real traffic: spans reach a stand-in OpenTelemetry collector (OTLP/gRPC) -----------------------------------
+
+
+@pytest.fixture(scope="module")
+def running_otel(loopback: Loopback, otlp_collector: OtlpCollector,
+                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshFiles]:
+    root = tmp_path_factory.mktemp("trace-otel")
+    mesh = write_mesh(root / "desired", loopback, [Service("backend", instance="backend-1"), Service("web", calls=("backend",))])
+    mesh.write({"policy.yaml": policy(f"""
+        backends:
+          - type: OpenTelemetry
+            openTelemetry:
+              endpoint: {otlp_collector.address}
+        tags:
+          - name: team
+            literal: payments
+          - name: agent
+            header:
+              name: user-agent
+        """)})
+    with running_sandbox(load_and_parse(mesh.root), root / "state"):
+        yield mesh
+
+
+@pytest.mark.envoy
+def test_a_request_through_the_sidecars_produces_opentelemetry_spans(running_otel: MeshFiles,
+                                                                     otlp_collector: OtlpCollector) -> None:
+    with httpx.Client(trust_env=False, timeout=5.0) as client:
+        # Envoy's OpenTelemetry tracer exports after 5 spans or 5 seconds: send enough that both sidecars flush soon.
+        for i in range(6):
+            answer = client.get(running_otel.url("web", "backend", f"/status/20{i}"), headers={"user-agent": "otlp/9"})
+            assert answer.status_code == 200 + i
+
+    def ours(kind: int) -> Any:
+        return lambda span: span.kind == kind and span.attributes.get("agent") == "otlp/9"
+
+    client_spans = otlp_collector.wait_for_span(ours(CLIENT))
+    server_spans = otlp_collector.wait_for_span(ours(SERVER))
+    assert client_spans, f"no client span from web's outbound at the collector: {otlp_collector.spans}"
+    assert server_spans, f"no server span from backend's inbound at the collector: {otlp_collector.spans}"
+    span = client_spans[0]
+    assert span.attributes["team"] == "payments" and span.attributes["kuma.mesh"] == "default"
+    assert span.resource["service.name"] == "web"  # the tracer's service_name: the sidecar's service
+    assert {s.resource["service.name"] for s in server_spans} == {"backend"}
+    assert any(s.attributes.get("http.url", "").endswith("/status/200") for s in client_spans), client_spans
+    # One trace: the server span on backend continues the client span web started.
+    assert {s.trace_id for s in client_spans} & {s.trace_id for s in server_spans}, (client_spans, server_spans)

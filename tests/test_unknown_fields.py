@@ -78,7 +78,8 @@ def _mappings(value: Any, path: PathKey = ()) -> Iterator[PathKey]:
 
 
 def _free_form(document: dict[str, Any], path: PathKey) -> bool:
-    return bool(path) and path[-1] in FREE_FORM
+    # A MeshAccessLog OpenTelemetry body's kvlist `value` is an OTLP AnyValue, whose keys are fields.
+    return bool(path) and path[-1] in FREE_FORM and "body" not in path
 
 
 def _violations(document: dict[str, Any]) -> list[Violation]:

@@ -79,6 +79,11 @@ def trace_cluster(provider: str) -> str:
     return f"meshtrace:{provider}"
 
 
+def access_log_cluster(index: int) -> str:
+    """The cluster of a MeshAccessLog OpenTelemetry collector: Kuma numbers a proxy's distinct endpoints from 0."""
+    return f"meshaccesslog:opentelemetry:{index}"
+
+
 def metrics_listener(client_id: str) -> str:
     """The listener of a MeshMetric Prometheus endpoint, one per backend (by its clientId)."""
     return f"_kuma:metrics:prometheus:{client_id}"

@@ -80,6 +80,9 @@ HTTP_PROTOCOL_OPTIONS = _message(HTTP_PROTOCOL_OPTIONS_NAME, "http_protocol_opti
 
 FILE_ACCESS_LOG = _message("envoy.extensions.access_loggers.file.v3.FileAccessLog", "file")
 FILE_ACCESS_LOG_NAME = "envoy.access_loggers.file"
+OTEL_ACCESS_LOG = _message("envoy.extensions.access_loggers.open_telemetry.v3.OpenTelemetryAccessLogConfig",
+                           "logs_service")
+OTEL_ACCESS_LOG_NAME = "envoy.access_loggers.open_telemetry"
 
 # MeshTrace: the tracer of an HTTP connection manager's `tracing.provider`
 ZIPKIN_TRACER = _message("envoy.config.trace.v3.ZipkinConfig", "zipkin")
