@@ -15,6 +15,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -35,7 +36,13 @@ def cases(tree: Path) -> dict[str, Path]:
     found = {"examples/demo": tree / "examples" / "demo"}
     found |= {f"tests/data/{p.name}": p for p in sorted((tree / "tests" / "data").glob("*")) if p.is_dir()}
     found |= {f"tests/testdata/{p.name}": p for p in sorted((tree / "tests" / "testdata").glob("*.input"))}
-    return {name: path for name, path in found.items() if path.is_dir()}
+    return {name: path for name, path in found.items() if path.is_dir() and _has_mesh(path)}
+
+
+def _has_mesh(directory: Path) -> bool:
+    """A desired directory holds a Mesh resource (tests/data also holds data that is not a mesh, e.g. kuma-docs)."""
+    return any(re.search(r"^(type|kind): Mesh\s*$", p.read_text(errors="replace"), re.MULTILINE)
+               for p in directory.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file())
 
 
 def meshplan(tree: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -112,7 +112,7 @@ def test_a_merged_retry_conf_that_parse_refuses_is_a_bug() -> None:
 def test_a_load_balancer_merged_from_two_items_is_rendered_as_it_is() -> None:
     # One item's block of another type, hashPolicies at both levels and a ring of min above max are refused in one
     # item; items may still merge to them: the type's own block and the top-level hashPolicies count.
-    merged = Merged({"hashPolicies": [{"type": "SourceIP"}],
+    merged = Merged({"hashPolicies": [{"type": "SourceIP", "connection": {}}],
                      "loadBalancer": {"type": "LeastRequest", "leastRequest": {"activeRequestBias": "1.5"},
                                       "ringHash": {"minRingSize": 2048, "maxRingSize": 1024,
                                                    "hashPolicies": [{"type": "Header", "header": {"name": "x-a"}}]}}},

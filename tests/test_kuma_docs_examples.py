@@ -5,12 +5,14 @@ value shapes) with our own names and values, and cites the page and heading it f
 Each example is written in universal form and, as the docs' `policy_yaml` tag derives its Kubernetes tab from the same
 YAML (type -> kind, name -> metadata.name, the namespace, mesh -> the `kuma.io/mesh` label), in Kubernetes form too,
 into a small desired mesh whose services carry the names the example refers to. Each is loaded, validated and
-rendered: either accepted (and, where it selects by `labels`, applied to exactly the proxies Kuma selects) or refused
-with the exact violations (file:line, field path, reason) of a difference docs/policies.md lists."""
+rendered: either accepted (and, where it selects by `labels`, applied to exactly the proxies Kuma selects; where it
+says `renders`, with those fields in the rendered configuration) or refused with the exact violations (file:line,
+field path, reason) of a difference docs/policies.md lists."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,7 @@ class Example:
     selects: list[str] | None  # accepted: the proxies the policy applies to (None: not asserted)
     egress: bool  # the mesh has a zone egress (for a MeshExternalService example)
     inbound_names: dict[str, str]  # dataplane -> the name of its inbound (for a sectionName)
+    renders: list[list[Any]]  # accepted: [proxy, cluster | listener, name (a glob), dotted path (`*` maps), value]
 
 
 def load_examples() -> list[Example]:
@@ -45,7 +48,7 @@ def load_examples() -> list[Example]:
             examples.append(Example(path.stem, doc["page"], doc["heading"], doc["policy"], doc["services"],
                                     doc.get("labels", {}), doc.get("refused", ""), doc.get("violations", []),
                                     doc.get("selects"), doc.get("egress", False),
-                                    doc.get("inbound_names", {})))
+                                    doc.get("inbound_names", {}), doc.get("renders", [])))
     return examples
 
 
@@ -115,6 +118,27 @@ def applied_to(root: Path, ref: str) -> list[str]:
     return sorted(found)
 
 
+def rendered_field(root: Path, proxy: str, kind: str, name: str, path: str) -> Any:
+    """One field of one resource (the one whose name matches the glob `name`) of a proxy's rendered configuration;
+    a `*` step maps the rest of the path over a list."""
+    from meshplan.render.proxies import render_all
+    from meshplan.validate.resources import load_and_parse
+
+    config = next(p for p in render_all(load_and_parse(root)) if p.name == proxy)
+    resources = [r for r in (config.clusters if kind == "cluster" else config.listeners) if fnmatch(r["name"], name)]
+    assert len(resources) == 1, f"{proxy}: {kind} {name!r} matches {[r['name'] for r in resources]}"
+
+    def walk(node: Any, steps: list[str]) -> Any:
+        if not steps:
+            return node
+        step, rest = steps[0], steps[1:]
+        if step == "*":
+            return [walk(item, rest) for item in node]
+        return walk(node[int(step)] if isinstance(node, list) else node.get(step), rest)
+
+    return walk(resources[0], path.split(".") if path else [])
+
+
 CASES = [pytest.param(e, form, id=f"{e.kind}:{e.heading}:{form}") for e in EXAMPLES for form in FORMS]
 
 
@@ -129,6 +153,8 @@ def test_docs_example(tmp_path: Path, example: Example, form: str) -> None:
             assert applied == sorted(example.selects)
         else:
             assert applied, "accepted but applied to no proxy"
+        for proxy, kind, name, path, value in example.renders:
+            assert rendered_field(root, proxy, kind, name, path) == value, (proxy, kind, name, path)
         return
     lines = text.splitlines()
     assert len(found) == len(example.expected), "\n".join(found)
@@ -149,3 +175,21 @@ def test_every_kind_has_examples() -> None:
                      "MeshExternalService"}  # fmt: skip
     for example in EXAMPLES:
         assert example.page.startswith("app/_src/") and example.heading, example
+
+
+ENVOY_ACCEPTS = [("meshproxypatch", "Cluster"), ("meshproxypatch", "HTTP Filter"), ("meshproxypatch", "lua filter"),
+                 ("meshtrace", "Zipkin (full example)"), ("meshaccesslog", "Format / JSON")]
+
+
+@pytest.mark.envoy
+@pytest.mark.parametrize("kind, heading", ENVOY_ACCEPTS)
+def test_docs_example_renders_what_envoy_accepts(tmp_path: Path, kind: str, heading: str) -> None:
+    """Examples whose whole render is a working configuration: a real `envoy --mode validate` accepts every proxy's
+    (the docs' other MeshProxyPatch examples show each operation at once, e.g. a filter after the terminal one)."""
+    from meshplan.validate.resources import load_and_parse
+    from tests.policy_render import envoy_validates
+
+    example = next(e for e in EXAMPLES if (e.kind, e.heading) == (kind, heading))
+    root, _ = build(tmp_path, example, "universal")
+    desired = load_and_parse(root)
+    assert envoy_validates(desired, tmp_path / "state") == dict.fromkeys(desired.proxy_names())

@@ -127,10 +127,11 @@ BAD: list[tuple[str, str, int | None, str, str]] = [
      "spec.default.appendModifications[0].cluster.match.origin", "no Prometheus endpoint"),
     ("unknown origin", f"- listener:\n    operation: Remove\n    match: {{origin: mesh-trace}} {MARK}", None,
      "spec.default.appendModifications[0].listener.match.origin", "has no meaning here"),
-    ("listener tags", f"- listener:\n    operation: Remove\n    match: {{tags: {{a: b}}}} {MARK}", None,
-     "spec.default.appendModifications[0].listener.match.tags", "no io.kuma.tags metadata"),
-    ("listener tags on a filter", f"- httpFilter:\n    operation: Remove\n    match: {{listenerTags: {{a: b}}}} {MARK}",
-     None, "spec.default.appendModifications[0].httpFilter.match.listenerTags", "no io.kuma.tags metadata"),
+    ("listener tags not a mapping", f"- listener:\n    operation: Remove\n    match: {{tags: [a]}} {MARK}", None,
+     "spec.default.appendModifications[0].listener.match.tags", "must be a mapping"),
+    ("listener tag value not a string", f"- httpFilter:\n    operation: Remove\n    match:\n"
+                                        f"      listenerTags: {{port: 8080}} {MARK}",
+     None, "spec.default.appendModifications[0].httpFilter.match.listenerTags.port", "tag values must be strings"),
     ("cluster match field of listeners", f"- cluster:\n    operation: Remove\n    match: {{listenerName: x}} {MARK}",
      None, "spec.default.appendModifications[0].cluster.match.listenerName", "unknown field"),
     ("bad json patch op", f"- cluster:\n    operation: Patch\n    jsonPatches:\n      - {{op: merge, path: /a}} {MARK}",
@@ -231,6 +232,48 @@ def test_filters_are_placed_and_removed_by_name(base_mesh: MeshFiles) -> None:
     assert _filters(outbound_to(web, "backend")) == ["envoy.filters.http.router"]
 
 
+def test_listener_tags_match_what_kuma_tags_each_listener_with(base_mesh: MeshFiles) -> None:
+    """Kuma's `io.kuma.tags`: an inbound listener has its inbound's tags, an outbound listener its outbound's tags
+    (kuma.io/service of the destination); `*` matches any value of a tag the listener has."""
+    body = (f"- httpFilter:\n    operation: AddFirst\n    match: {{listenerTags: {{kuma.io/service: web}}}}\n"
+            f"    value: {FILTER}\n"
+            "- listener:\n    operation: Patch\n    match: {tags: {kuma.io/service: backend}}\n"
+            "    value: 'per_connection_buffer_limit_bytes: 4096'\n"
+            "- networkFilter:\n    operation: Patch\n    match:\n      name: envoy.filters.network.tcp_proxy\n"
+            "      listenerTags: {kuma.io/service: '*'}\n"
+            "    jsonPatches: [{op: add, path: /typedConfig/idleTimeout, value: 7s}]\n"
+            "- listener:\n    operation: Patch\n    match: {tags: {kuma.io/service: nobody}}\n"
+            "    value: 'per_connection_buffer_limit_bytes: 1'")
+    proxies = render_with(base_mesh, body)
+    web = proxies["web"]
+    inbound = next(li for li in web.listeners if li["name"].startswith("inbound:"))
+    assert _filters(inbound)[0] == "envoy.filters.http.header_mutation"  # web's inbound carries kuma.io/service: web
+    assert all(_filters(li)[0] != "envoy.filters.http.header_mutation"
+               for li in web.listeners if li["name"].startswith("outbound:")
+               and "http_filters" in li["filter_chains"][0]["filters"][0]["typed_config"])
+    buffers = {li["name"]: li.get("per_connection_buffer_limit_bytes") for li in web.listeners}
+    assert [n for n, b in buffers.items() if b is not None] == [outbound_to(web, "backend")["name"]]
+    assert buffers[outbound_to(web, "backend")["name"]] == 4096
+    tcp = [li for li in web.listeners
+           if li["filter_chains"][0]["filters"][0]["name"] == "envoy.filters.network.tcp_proxy"]
+    assert tcp and all(li["filter_chains"][0]["filters"][0]["typed_config"]["idle_timeout"] == "7s" for li in tcp)
+    backend = proxies["backend-1"]
+    assert all(_filters(li)[0] != "envoy.filters.http.header_mutation" for li in backend.listeners
+               if li["name"].startswith("inbound:"))
+
+
+def test_an_added_cluster_is_of_neither_origin(base_mesh: MeshFiles) -> None:
+    """Kuma gives an added resource the origin `proxy-template-modifications`: a later `origin: outbound` patch
+    reaches the service clusters but not the added one, which a match by name alone does reach."""
+    body = ("- cluster:\n    operation: Add\n    value: |\n      name: extra\n      connect_timeout: 1s\n"
+            "- cluster:\n    operation: Patch\n    match: {origin: outbound}\n    value: 'connect_timeout: 8s'\n"
+            "- cluster:\n    operation: Patch\n    match: {name: extra}\n    value: 'alt_stat_name: extra-stats'")
+    web = render_with(base_mesh, body)["web"]
+    clusters = {c["name"]: c for c in web.clusters}
+    assert clusters["extra"]["connect_timeout"] == "1s" and clusters["extra"]["alt_stat_name"] == "extra-stats"
+    assert clusters["backend"]["connect_timeout"] == "8s"
+
+
 def test_merge_appends_lists_and_replaces_an_any(base_mesh: MeshFiles) -> None:
     body = ("- virtualHost:\n    operation: Patch\n    match: {routeConfigurationName: 'outbound:backend'}\n"
             "    value: |\n      domains: [extra.local]\n")
@@ -273,6 +316,28 @@ def test_a_patch_that_breaks_the_resource_is_an_error(base_mesh: MeshFiles) -> N
     assert f"{base_mesh.root}/p.yaml:9: the patched cluster 'backend' is no longer a valid Envoy resource" \
         in str(raised.value)
 
+
+
+def test_a_filter_patch_merges_into_the_filters_typed_config(base_mesh: MeshFiles) -> None:
+    """As Kuma's MergeAnys: a filter's `typed_config` of the same type is merged into, not replaced (the TCP proxy
+    keeps its cluster and stat prefix); of another type, the patch is an error at its line."""
+    body = ("- networkFilter:\n    operation: Patch\n    match: {name: envoy.filters.network.tcp_proxy}\n"
+            "    value: |\n      name: envoy.filters.network.tcp_proxy\n      typedConfig:\n"
+            "        '@type': type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy\n"
+            "        idleTimeout: 11s")
+    before = next(li for li in base_mesh.proxies()["web"].listeners
+                  if li["filter_chains"][0]["filters"][0]["name"] == "envoy.filters.network.tcp_proxy")
+    web = render_with(base_mesh, body)["web"]
+    after = next(li for li in web.listeners if li["name"] == before["name"])
+    config = after["filter_chains"][0]["filters"][0]["typed_config"]
+    assert config == {**before["filter_chains"][0]["filters"][0]["typed_config"], "idle_timeout": "11s"}
+    other = body.replace("tcp_proxy.v3.TcpProxy", "http_connection_manager.v3.HttpConnectionManager").replace(
+        "idleTimeout: 11s", "statPrefix: x")
+    with pytest.raises(LoadError) as raised:
+        render_with(base_mesh, other)
+    assert f"{base_mesh.root}/p.yaml:9: cannot patch networkFilter 'envoy.filters.network.tcp_proxy': its " \
+        "typed_config is a type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy" \
+        in str(raised.value)
 
 # --- real Envoys ----------------------------------------------------------------------------------------------
 

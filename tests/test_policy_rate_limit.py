@@ -1,5 +1,6 @@
-"""MeshRateLimit: validation, local rate limit rendering (per client on HTTP, per inbound on TCP, per external
-service on the egress), `envoy --mode validate`, and real requests: N pass, the next get the configured answer."""
+"""MeshRateLimit: validation, local rate limit rendering (one bucket per inbound, shared by its clients, on HTTP and
+TCP; per external service on the egress), `envoy --mode validate`, and real requests: N pass, the next get the
+configured answer."""
 
 from __future__ import annotations
 
@@ -64,17 +65,6 @@ POLICIES = """\
                     add:
                       - name: x-limit
                         value: 3-per-hour
-        - targetRef:
-            kind: MeshService
-            name: admin
-          default:
-            local:
-              http:
-                requestRate:
-                  num: 2
-                  interval: 1h
-                onRateLimit:
-                  status: 429
     ---
     type: MeshRateLimit
     name: ledger
@@ -149,8 +139,8 @@ GOOD = {
     "http and tcp": local("http:\n  requestRate: {num: 10, interval: 1s}\n  onRateLimit:\n    status: 429\n"
                           "    headers:\n      set: [{name: x-a, value: b}]\n      add: [{name: x-c, value: d}]\n"
                           "tcp:\n  connectionRate: {num: 5, interval: 51ms}\n"),
-    "only onRateLimit for a client": local("http:\n  onRateLimit: {status: 503}\n", CLIENT),
-    "disabled for a client": local("http:\n  disabled: true\n", CLIENT),
+    "only onRateLimit": local("http:\n  onRateLimit: {status: 503}\n"),
+    "disabled": local("http:\n  disabled: true\n"),
     "tcp disabled": local("tcp:\n  disabled: true\n"),
 }
 
@@ -186,9 +176,17 @@ BAD: list[tuple[str, str, list[str]]] = [
      local("http:\n  onRateLimit:\n    headers:\n      set: [" + ", ".join(f"{{name: x-{i}, value: v}}" for i in range(17))
            + "]"),
      ["policies.yaml:16: spec.from[0].default.local.http.onRateLimit.headers.set: at most 16 headers, got 17"]),
-    ("tcp for one client", local("tcp:\n  connectionRate: {num: 1, interval: 1s}", CLIENT),
-     ["policies.yaml:14: spec.from[0].default.local.tcp: a TCP connection is limited when it is accepted, before its "
-      "client is known, so it cannot depend on the client: set `local.tcp` in a `from` item of kind Mesh, not MeshService"]),
+    # As Kuma v2.14.3: one limit for every client of the inbound; a `from` item of another kind is refused, whatever
+    # its conf (a per-client HTTP bucket, or a TCP rate, which could not tell clients apart anyway).
+    ("a limit for one client", local("http:\n  requestRate: {num: 1, interval: 1s}", CLIENT),
+     ["policies.yaml:10: spec.from[0].targetRef.kind: value 'MeshService' is not supported (as Kuma: a MeshRateLimit "
+      "`from` item takes kind Mesh only, one limit shared by every client of the inbound; a limit per client is not "
+      "part of MeshRateLimit)"]),
+    ("a tcp limit for one client", local("tcp:\n  connectionRate: {num: 1, interval: 1s}", CLIENT),
+     ["policies.yaml:10: spec.from[0].targetRef.kind: value 'MeshService' is not supported"]),
+    ("a limit for a subset", local("http:\n  disabled: true", HEAD.replace(
+        "        kind: Mesh\n", "        kind: MeshSubset\n        tags: {team: ops}\n")),
+     ["policies.yaml:10: spec.from[0].targetRef.kind: value 'MeshSubset' is not supported"]),
     ("tcp empty", local("tcp: {}"),
      ["policies.yaml:13: spec.from[0].default.local.tcp: needs at least one of `disabled`, `connectionRate`"]),
     ("every violation at once", local("http:\n  disabled: 'no'\n  requestRate: {num: -1, interval: 1s, burst: 2}\n"
@@ -220,26 +218,16 @@ def test_every_proxy_passes_envoy_validate(tmp_path: Path) -> None:
     assert envoy_validates(desired, tmp_path / "state") == dict.fromkeys(["admin", "backend", "ledger", "web", "egress"])
 
 
-def test_each_client_rule_gets_its_own_bucket_and_skips_the_others(tmp_path: Path) -> None:
+def test_one_bucket_for_every_client_of_the_inbound(tmp_path: Path) -> None:
     manager = chain_filters(proxies_of(tmp_path)["backend"])[-1]["typed_config"]
-    admin, mesh, router = manager["http_filters"]
+    limit, router = manager["http_filters"]
     assert router["name"] == "envoy.filters.http.router"
-    assert (admin["name"], mesh["name"]) == ("envoy.filters.http.local_ratelimit:MeshService:admin",
-                                             "envoy.filters.http.local_ratelimit:Mesh")
-    admin_limit = admin["typed_config"]["extension_config"]["typed_config"]
-    assert admin_limit["token_bucket"] == {"max_tokens": 2, "tokens_per_fill": 2, "fill_interval": "3600s"}
-    # admin's own status, and the headers it inherits from the Mesh item (RFC 7396 merge).
-    assert admin_limit["status"] == {"code": 429}
-    assert [h["header"]["key"] for h in admin_limit["response_headers_to_add"]] == ["x-rate-limited", "x-limit"]
-    sans = {"single_predicate": {
-        "input": {"name": "envoy.matching.inputs.uri_san",
-                  "typed_config": {"@type": "type.googleapis.com/envoy.extensions.matching.common_inputs.ssl.v3.UriSanInput"}},
-        "value_match": {"safe_regex": {"google_re2": {}, "regex": "(.*,)?spiffe://default/admin(,.*)?"}}}}
-    (skip_admin,) = admin["typed_config"]["xds_matcher"]["matcher_list"]["matchers"]
-    assert skip_admin["predicate"] == {"not_matcher": sans}  # skipped for everyone but admin
-    (skip_mesh,) = mesh["typed_config"]["xds_matcher"]["matcher_list"]["matchers"]
-    assert skip_mesh["predicate"] == sans  # skipped for admin, which has its own
-    assert skip_mesh["on_match"]["action"]["typed_config"]["@type"].endswith("SkipFilter")
+    assert limit["name"] == "envoy.filters.http.local_ratelimit:Mesh"
+    config = limit["typed_config"]  # not wrapped in a client matcher: the rule is every client's
+    assert config["@type"].endswith("local_ratelimit.v3.LocalRateLimit")
+    assert config["token_bucket"] == {"max_tokens": 3, "tokens_per_fill": 3, "fill_interval": "3600s"}
+    assert config["status"] == {"code": 503}
+    assert [h["header"]["key"] for h in config["response_headers_to_add"]] == ["x-rate-limited", "x-limit"]
 
 
 def test_a_rule_for_every_client_alone_is_not_wrapped(tmp_path: Path) -> None:
@@ -255,15 +243,10 @@ def test_a_rule_for_every_client_alone_is_not_wrapped(tmp_path: Path) -> None:
     assert "status" not in config  # Envoy's 429
 
 
-def test_disabled_for_a_client_removes_its_limit(tmp_path: Path) -> None:
-    body = local("http:\n  requestRate: {num: 5, interval: 1s}") + (
-        "    - targetRef:\n        kind: MeshService\n        name: web\n      default:\n"
-        "        local:\n          http:\n            disabled: true\n")
+def test_disabled_sets_no_limit(tmp_path: Path) -> None:
+    body = local("http:\n  disabled: true\n  requestRate: {num: 5, interval: 1s}")
     manager = chain_filters(proxies_of(tmp_path, policy(body))["backend"])[-1]["typed_config"]
-    (mesh, _router) = manager["http_filters"]
-    assert mesh["name"] == "envoy.filters.http.local_ratelimit:Mesh"
-    (skip,) = mesh["typed_config"]["xds_matcher"]["matcher_list"]["matchers"]
-    assert "spiffe://default/web" in skip["predicate"]["single_predicate"]["value_match"]["safe_regex"]["regex"]
+    assert [f["name"] for f in manager["http_filters"]] == ["envoy.filters.http.router"]
 
 
 def test_tcp_connection_rate_goes_before_the_terminal_filter(tmp_path: Path) -> None:
@@ -294,14 +277,12 @@ def test_on_a_sidecar_n_pass_then_the_configured_status_and_headers(running: Mes
     assert [a.status_code for a in web] == [200, 200, 200, 503, 503]
     assert [a.json()["path"] for a in web[:3]] == ["/web/0", "/web/1", "/web/2"]
     assert web[3].headers["x-rate-limited"] == "true" and web[3].headers["x-limit"] == "3-per-hour"
-    # admin has a bucket of its own: web emptied the Mesh one, admin's two still pass.
-    admin = [http.get(running.url("admin", "backend", f"/admin/{i}")) for i in range(3)]
-    assert [a.status_code for a in admin] == [200, 200, 429]
-    assert admin[2].headers["x-rate-limited"] == "true"
+    # One bucket for every client of the inbound (as Kuma): web emptied it, so admin is limited too.
+    admin = [http.get(running.url("admin", "backend", f"/admin/{i}")) for i in range(2)]
+    assert [(a.status_code, a.headers.get("x-rate-limited")) for a in admin] == [(503, "true"), (503, "true")]
     scope = next(n for n in stats(http, running.admin["backend"], r"rate_limit\.mesh\.http_local_rate_limit\.ok$"))
     prefix = scope.removesuffix(".mesh.http_local_rate_limit.ok").replace(".", r"\.")
-    assert limited(http, running.admin["backend"], prefix + r"\.mesh") == {"ok": 3, "rate_limited": 2}
-    assert limited(http, running.admin["backend"], prefix + r"\.meshservice_admin") == {"ok": 2, "rate_limited": 1}
+    assert limited(http, running.admin["backend"], prefix + r"\.mesh") == {"ok": 3, "rate_limited": 4}
 
 
 @pytest.mark.envoy

@@ -266,6 +266,12 @@ def parse_external(check: FieldCheck, res: RawResource, mesh: str) -> MeshExtern
             continue
         check.unknown(item, path, ("address", "port", "priority"))
         address = check.field(item, path, "address", str, required=True)
+        if address is not None and address.startswith("unix://"):
+            # Kuma takes a unix domain socket here (and no port); meshplan's endpoints are a host and a port, on the
+            # egress's cluster and for the sandbox's stand-ins.
+            check.fail(path + ("address",), "unix domain socket endpoints are not supported by meshplan (an endpoint "
+                       "is a host and a port): give the IP address or host name and port the service listens on")
+            continue
         problem = None if address is None else endpoint_problem(address)
         if problem is not None:
             check.fail(path + ("address",), problem)

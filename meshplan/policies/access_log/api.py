@@ -28,8 +28,10 @@ Envoy opens each file when it loads the listener: a path whose directory does no
 Envoy reject the listener (and `envoy --mode validate` fail), so meshplan only checks that the path is absolute.
 
 `type` on a backend (File | Tcp | OpenTelemetry) and on a format (Plain | Json) may be left out, as in Kuma before
-2.3; when given it must match the block. `tcp` and `openTelemetry` backends are not supported: Kuma implements them
-with kuma-dp (a log forwarder on a unix socket, an OTel collector pipe), which plain Envoy does not have.
+2.3; when given it must match the block. `tcp` and `openTelemetry` backends are not supported: Kuma implements `tcp`
+with kuma-dp (a log forwarder on a unix socket), which plain Envoy has not; `openTelemetry` Kuma renders as Envoy's
+OpenTelemetry access logger with a cluster to the collector (or through kuma-dp for a `backendRef`), which meshplan
+does not render yet.
 
 The conf (policies/conf.py): `parse` is the one reader of a `default`, for validation (every violation at its path;
 the `from` targetRef rule is checked by `validate`, after the default's own fields) and for render, which reads what
@@ -121,8 +123,11 @@ def _parse_backend(backend: ConfReader) -> FileBackend | None:
     if block is None:
         return None
     if block != "file":
-        backend.fail(f"`{block}` backends are not supported: Kuma implements them with kuma-dp (a log forwarder and "
-                     "an OpenTelemetry pipe), which plain Envoy has not; use a `file` backend", block)  # fmt: skip
+        why = ("Kuma implements them with kuma-dp (a log forwarder on a unix socket), which plain Envoy has not"
+               if block == "tcp" else
+               "meshplan does not render Envoy's OpenTelemetry access logger (Kuma v2.14.3 sends an `endpoint`'s logs "
+               "from Envoy over a cluster it adds, and a `backendRef`'s through kuma-dp)")
+        backend.fail(f"`{block}` backends are not supported: {why}; use a `file` backend", block)
         return None
     if not backend.required("file"):
         return None

@@ -21,9 +21,9 @@ Envoy fields (proto field names):
 
 Defaults: none of our own; an unset field keeps Envoy's default (round robin; least request choiceCount 2; ring hash
 XX_HASH, rings 1024..8M; maglev table 65537). As in Kuma, the top-level `hashPolicies` win over those in `ringHash`
-or `maglev`, and are applied whatever the type (Envoy ignores a hash with a non-hashing balancer). `SourceIP` needs no
-`connection` block (it hashes on the source IP); `Connection` hashes on the source IP only with
-`connection.sourceIP: true`, as in Kuma.
+or `maglev`, and are applied whatever the type (Envoy ignores a hash with a non-hashing balancer). `Connection` and
+`SourceIP` both need their `connection` block, as Kuma's validator says; `Connection` hashes on the source IP only
+with `connection.sourceIP: true`, as in Kuma, and `SourceIP` always does (so `sourceIP: false` there is refused).
 
 A route gets the hash policies of the cluster it sends to (for weighted clusters, of the first that has any); routes
 of a TCP destination have none (Kuma does not set `tcp_proxy.hash_policy` either).
@@ -32,7 +32,22 @@ A `to` item may not select a MeshSubset or MeshServiceSubset (as Kuma v2.14.3: a
 not a destination with a cluster of its own; validate/policy_rules.py).
 
 `localityAwareness`: meshplan renders one zone and no endpoint priorities, so `disabled` (true or false) is accepted
-and changes nothing; `localZone` and `crossZone` are rejected as not supported.
+and changes nothing. `localZone` keeps traffic in the local zone, which in one zone is every endpoint: as Kuma, the
+cluster's load assignment gets `policy.overprovisioning_factor: 200`. Its `affinityTags` (Kuma's
+`locality_aware.go`/`priority.go`) prefer the endpoints that share a tag value with the client, on a sidecar's cluster
+to a mesh service:
+
+    for each affinity tag, in order:     the client's value: the first (sorted) value of that tag on its inbounds,
+                                           else its Dataplane label of that name; a tag the client lacks is skipped
+    each endpoint                          goes to the locality of the first such tag whose value it shares (its
+                                           inbound's tag, else its Dataplane's label): `sub_zone: "<key>=<value>"`,
+                                           `load_balancing_weight` the tag's `weight`, or Kuma's 9 * 10^(n-i-1) for
+                                           the i-th of n tags; the others to one locality of weight 1
+    the cluster                          `common_lb_config.locality_weighted_lb_config: {}`
+
+so with one tag (weight 9) the endpoints sharing the client's value take 90% of the requests. On the egress (a
+MeshExternalService's cluster) the client has no tags, so only the overprovisioning factor is set. `crossZone`
+(failover to other zones) is rejected: there is no other zone.
 
 The checks between fields (no block of another type, minRingSize not above maxRingSize, hashPolicies at one level
 only) are made on each item: items may still merge to a conf that breaks them, which is rendered as it is (the
@@ -133,6 +148,13 @@ class Conf:
     load_balancer: LoadBalancer | None
     hash_policies: Setting[tuple[HashPolicy, ...]] | None  # the top-level ones
     locality_disabled: Setting[bool] | None  # changes nothing (one zone)
+    local_zone: Setting[tuple[AffinityTag, ...]] | None  # localZone set: its affinity tags (possibly none)
+
+
+@dataclass(frozen=True)
+class AffinityTag:
+    key: str
+    weight: int  # as written, or Kuma's default for its position
 
 
 def parse(conf: ConfReader) -> Conf:
@@ -143,17 +165,58 @@ def parse(conf: ConfReader) -> Conf:
     top_hash = _hash_policies(conf)
     lb = conf.section("loadBalancer", lambda r: _parse_load_balancer(r, top_level_hash=top_hash is not None))
     locality = conf.section("localityAwareness", _parse_locality)
-    return Conf(lb, top_hash, locality)
+    disabled, local_zone = (None, None) if locality is None else locality
+    return Conf(lb, top_hash, disabled, local_zone)
 
 
-def _parse_locality(locality: ConfReader) -> Setting[bool] | None:
+def _parse_locality(locality: ConfReader) -> tuple[Setting[bool] | None, Setting[tuple[AffinityTag, ...]] | None]:
     locality.unknown(("disabled", "localZone", "crossZone"))
     disabled = locality.boolean("disabled")
-    for key in ("localZone", "crossZone"):
-        if key in locality.raw:
-            locality.fail(f"`{key}` is not supported: meshplan renders a single zone without endpoint priorities "
-                          "(only `localityAwareness.disabled` is accepted)", key)
-    return disabled
+    if "crossZone" in locality.raw:
+        locality.fail("`crossZone` is not supported: meshplan renders a single zone, with no other zone to fail over "
+                      "to (`localityAwareness.disabled` and `localZone` are accepted)", "crossZone")
+    local_zone = locality.section("localZone", _parse_local_zone)
+    return disabled, None if local_zone is None else Setting(local_zone, locality.origins("localZone"))
+
+
+MAX_WEIGHT = 2**32 - 1  # Envoy's locality weights are uint32, and so must be their sum
+
+
+def _parse_local_zone(zone: ConfReader) -> tuple[AffinityTag, ...]:
+    zone.unknown(("affinityTags",))
+    found = zone.entries("affinityTags", _parse_affinity_tag, not_a_mapping="must be a mapping with a `key`")
+    raw = zone.raw.get("affinityTags")
+    written = [t for t in raw if isinstance(t, dict)] if isinstance(raw, list) else []
+    weighted = sum(1 for t in written if t.get("weight") is not None)
+    if weighted and weighted != len(written):
+        zone.fail("all or none affinity tags should have weight (as Kuma)", "affinityTags")
+        return ()
+    if found is None or len(found.value) != len(written):
+        return ()
+    count = len(found.value)
+    if not weighted and count > 9:
+        zone.fail(f"at most 9 affinity tags without weights, got {count} (Kuma's default weight of the first, 9 * "
+                  f"10^(n-1), would not fit Envoy's 32-bit locality weight)", "affinityTags")
+        return ()
+    tags = tuple(AffinityTag(key, weight if weight is not None else 9 * 10 ** (count - i - 1))
+                 for i, (key, weight) in enumerate(found.value))
+    if sum(t.weight for t in tags) + 1 > MAX_WEIGHT:  # + the locality of weight 1 for the other endpoints
+        zone.fail(f"the affinity tags' weights must add up to less than {MAX_WEIGHT} (Envoy's limit on the sum of "
+                  "locality weights)", "affinityTags")
+        return ()
+    return tags
+
+
+def _parse_affinity_tag(tag: ConfReader) -> tuple[str, int | None] | None:
+    tag.unknown(("key", "weight"))
+    key = tag.text("key", required=True)
+    if key is not None and not key.value:
+        tag.fail("must not be empty", "key")
+        key = None
+    weight = tag.integer("weight", minimum=1, maximum=MAX_WEIGHT)
+    if key is None or (weight is None and tag.raw.get("weight") is not None):
+        return None
+    return key.value, None if weight is None else weight.value
 
 
 def _parse_load_balancer(lb: ConfReader, *, top_level_hash: bool) -> LoadBalancer:
@@ -229,13 +292,11 @@ def _parse_hash_policy(policy: ConfReader) -> HashPolicy | None:
             policy.fail(f"`{block}` is not used by a hash policy of type {kind}", block)
     if kind is None or wanted is None:
         return None
-    if kind != "SourceIP" and not policy.has(wanted):
+    if not policy.has(wanted):
         policy.fail(f"`{wanted}` is required")
     body = policy.section(wanted, lambda r: _parse_hash_body(r, kind))
     if body is None:
-        if kind != "SourceIP":
-            return None
-        body = HashPolicy(kind, None, None, None, True, False)
+        return None
     return HashPolicy(kind, body.name, body.ttl, body.path, kind == "SourceIP" or body.source_ip,
                       bool(terminal and terminal.value))
 
@@ -258,6 +319,9 @@ def _parse_hash_body(body: ConfReader, kind: str) -> HashPolicy:
         body.unknown(("sourceIP",))
         flag = body.boolean("sourceIP")
         source_ip = flag is not None and flag.value
+        if kind == "SourceIP" and flag is not None and not flag.value:
+            body.fail("type SourceIP hashes on the source IP: `sourceIP: false` contradicts it (use type Connection "
+                      "to turn it off)", "sourceIP")
     else:  # FilterState
         body.unknown(("key",))
         name = _name(body, "key")

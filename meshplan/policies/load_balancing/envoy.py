@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from meshplan.policies.base import Json, ProxyBuild, routes
+from meshplan.model import Dataplane
+from meshplan.policies.base import Json, OutboundPoint, ProxyBuild, routes
 from meshplan.policies.conf import Setting
-from meshplan.policies.load_balancing.api import KIND, Conf, HashPolicy, LoadBalancer, parse
+from meshplan.policies.load_balancing.api import KIND, AffinityTag, Conf, HashPolicy, LoadBalancer, parse
+
+OVERPROVISIONING_FACTOR = 200  # Kuma v2.14.3 meshloadbalancingstrategy's defaultOverprovisioningFactor
 
 # --- rendering --------------------------------------------------------------------------------------------------
 
@@ -18,6 +21,12 @@ def apply(build: ProxyBuild) -> None:
     for point, conf in build.outbound_confs(KIND, parse):
         if conf.load_balancer is not None and conf.load_balancer.lb_policy is not None:
             _configure_cluster(build, point.cluster, conf.load_balancer)
+        if conf.local_zone is not None and "load_assignment" in point.cluster:
+            # Kuma's overprovisioning factor once a locality group is set; in one zone every endpoint is local.
+            policy = point.cluster["load_assignment"].setdefault("policy", {})
+            _set(build, policy, "overprovisioning_factor", OVERPROVISIONING_FACTOR, conf.local_zone)
+            if conf.local_zone.value and isinstance(build.proxy, Dataplane) and not point.destination.external:
+                _prefer_affinity(build, build.proxy, point, conf.local_zone)
         found = _chosen_hash_policies(conf)
         if found is not None and point.protocol != "tcp":
             hashing[point.cluster["name"]] = ([_hash_policy(p) for p in found.value], list(found.origins))
@@ -34,6 +43,41 @@ def apply(build: ProxyBuild) -> None:
             chosen = next((hashing[t] for t in targets if t in hashing), None)
             if chosen is not None:
                 build.set(action, "hash_policy", chosen[0], chosen[1])
+
+
+def _prefer_affinity(build: ProxyBuild, client: Dataplane, point: OutboundPoint,
+                     tags: Setting[tuple[AffinityTag, ...]]) -> None:
+    """Kuma's localities by affinity tag (api.py's docstring): the endpoints sharing the client's value of a tag in
+    a locality of that tag's weight, the rest in one of weight 1, and locality-weighted balancing on the cluster."""
+    groups = []  # (key, the client's value, weight), in the tags' order
+    for tag in tags.value:
+        values = sorted({inbound.tags[tag.key] for inbound in client.inbounds if tag.key in inbound.tags})
+        value = values[0] if values else client.labels.get(tag.key)
+        if value is not None:
+            groups.append((tag.key, value, tag.weight))
+    of_endpoint = {(inbound.address, inbound.port): (inbound.tags, dp.labels)
+                   for dp, inbound in build.desired.instances(client.mesh, point.destination.name)}
+    assignment = point.cluster["load_assignment"]
+    localities: dict[str, Json] = {}
+    for group in assignment["endpoints"]:
+        for endpoint in group["lb_endpoints"]:
+            address = endpoint["endpoint"]["address"]["socket_address"]
+            endpoint_tags, labels = of_endpoint.get((address["address"], address["port_value"]), ({}, {}))
+            sub_zone, weight = "", 1
+            for key, value, group_weight in groups:
+                if endpoint_tags.get(key, labels.get(key)) == value:
+                    sub_zone, weight = f"{key}={value}", group_weight
+                    break
+            locality = localities.setdefault(sub_zone, {
+                "locality": {"sub_zone": sub_zone} if sub_zone else {},
+                "lb_endpoints": [],
+                "load_balancing_weight": weight,
+            })
+            locality["lb_endpoints"].append(endpoint)
+    origins = list(tags.origins)
+    build.set(assignment, "endpoints", [localities[name] for name in sorted(localities)], origins)
+    common = point.cluster.setdefault("common_lb_config", {})
+    build.set(common, "locality_weighted_lb_config", {}, origins)
 
 
 def _configure_cluster(build: ProxyBuild, cluster: Json, lb: LoadBalancer) -> None:

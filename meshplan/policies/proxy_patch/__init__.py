@@ -35,6 +35,7 @@ validate = validator(api.parse)
 
 
 def apply(build: ProxyBuild) -> None:
+    added: set[tuple[str, str]] = set()  # what the modifications added, across the proxy's policies
     for policy in envoy.selected(build):
         for modification in conf_of(policy).modifications.value:
-            envoy.modify(build, policy, modification)
+            envoy.modify(build, policy, modification, added)

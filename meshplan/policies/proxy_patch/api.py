@@ -6,9 +6,10 @@ modification; the operations each allows; `value` required for an add and forbid
 exactly one of `value` and `jsonPatches`; AddBefore / AddAfter / a filter Patch name the filter (`match.name`); an
 Add of a cluster or listener has no `match`. A `value` must parse as the Envoy resource it is (xds-protos, with
 every extension type), and is kept in proto-JSON form with proto field names, so it merges into meshplan's own
-resources. meshplan differs where it has nothing to match: `match.origin` is `inbound` or `outbound` (the other
-origins Kuma knows name resources meshplan never renders), and listener tags (`tags`, `listenerTags`) are rejected
-(meshplan's listeners carry no `io.kuma.tags` metadata).
+resources. Listener tags (`listener.match.tags`, the filters' `match.listenerTags`) are a mapping of tag names to
+values (`*`: any value), matched as Kuma matches a listener's `io.kuma.tags` (envoy.py says which tags a listener
+has). meshplan differs where it has nothing to match: `match.origin` is `inbound` or `outbound` (the other
+origins Kuma knows name resources meshplan never renders).
 """
 
 from __future__ import annotations
@@ -40,8 +41,6 @@ MATCH_FIELDS = {
     HTTP_FILTER: ("name", "origin", "listenerName", "listenerTags"),
     VIRTUAL_HOST: ("name", "origin", "routeConfigurationName"),
 }
-_NO_TAGS = ("not supported: meshplan's listeners carry no io.kuma.tags metadata to match; "
-            "match the listener by `{name}` (inbound:<address>:<port> or outbound:<address>:<port>)")
 
 # Kuma's `origin` names the generator of a resource. meshplan's sidecar resources are its inbound listeners and
 # local clusters (`inbound`), and its outbound listeners and clusters to services (`outbound`).
@@ -73,6 +72,7 @@ class Match:
     origin: str | None
     listener_name: str | None
     route_configuration_name: str | None
+    listener_tags: dict[str, str] | None = None  # `tags` (listener) or `listenerTags` (filters)
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,7 @@ def _one(target: str, index: int, at: ConfReader) -> Modification | None:
     operation = at.choice("operation", OPERATIONS[target]) if at.has("operation") else None
     if not at.has("operation"):
         at.fail("`operation` is required", None)
-    match = at.section("match", lambda m: _match(target, m)) or Match(None, None, None, None)
+    match = at.section("match", lambda m: _match(target, m)) or Match(None, None, None, None, None)
     has_value, has_patches = at.has("value"), at.has("jsonPatches")
     value: Json | None = None
     patches: tuple[JsonPatch, ...] = ()
@@ -170,9 +170,10 @@ def _one(target: str, index: int, at: ConfReader) -> Modification | None:
 def _match(target: str, at: ConfReader) -> Match:
     known = MATCH_FIELDS[target]
     at.unknown(known)
-    for tags in ("tags", "listenerTags"):
-        if tags in known and at.has(tags):
-            at.fail(_NO_TAGS.format(name="name" if tags == "tags" else "listenerName"), tags)
+    tags = None
+    for key in ("tags", "listenerTags"):
+        if key in known and at.has(key):
+            tags = at.tags(key)
     origin = at.text("origin")
     if origin is not None and origin.value not in ORIGINS:
         why = _ELSEWHERE.get(origin.value, "not an origin of any resource meshplan renders")
@@ -183,7 +184,8 @@ def _match(target: str, at: ConfReader) -> Match:
     listener = at.text("listenerName") if "listenerName" in known else None
     route = at.text("routeConfigurationName") if "routeConfigurationName" in known else None
     return Match(None if name is None else name.value, None if origin is None else origin.value,
-                 None if listener is None else listener.value, None if route is None else route.value)
+                 None if listener is None else listener.value, None if route is None else route.value,
+                 None if tags is None else tags.value)
 
 
 def _value(target: str, at: ConfReader) -> Json | None:

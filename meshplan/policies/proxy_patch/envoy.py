@@ -3,20 +3,27 @@ targetRef kind, then name descending, as every merge), each policy's in written 
 kind left.
 
     cluster        Add (replaces one of the same name) | Patch | Remove    clusters matched by name / origin
-    listener       Add | Patch | Remove                                    listeners matched by name / origin
+    listener       Add | Patch | Remove                                    listeners matched by name / origin / tags
     networkFilter  AddFirst | AddLast | AddBefore | AddAfter | Patch | Remove, in every filter chain of the
-                   listeners matched by listenerName / origin; filters by name
+                   listeners matched by listenerName / origin / listenerTags; filters by name
     httpFilter     the same, in the HTTP connection manager of those chains
     virtualHost    Add | Patch | Remove, in the inline route configuration of those chains' HTTP connection
                    managers (matched by routeConfigurationName); virtual hosts by name
 
 Origins: `inbound` is a sidecar's inbound listeners and its local clusters (`local:...`), `outbound` its outbound
-listeners and every other cluster. A `value` Patch merges as protobuf does (fields replaced, messages merged, lists
-appended; a typed `Any` is replaced whole); `jsonPatches` are RFC 6902 on the resource's proto JSON, where a camelCase
-step that is not a key is read as its proto field name (`/connectTimeout` is `connect_timeout`). Every field a
-modification writes is attributed to it (`MeshProxyPatch/<name> (file:line of the modification)`). A JSON patch
-that cannot apply stops the render with an error at that patch's file:line; a result that is no longer a valid
-Envoy resource, at the modification's.
+listeners and every other cluster; a cluster or listener a modification added has Kuma's origin for it,
+`proxy-template-modifications`, which an inbound or outbound match does not reach. Listener tags are the tags Kuma
+writes in a listener's `io.kuma.tags` metadata: an inbound listener's are its inbound's tags, an outbound listener's
+the outbound's `tags` without `kuma.io/mesh` (an outbound written with a `backendRef` has none: Kuma tags it with
+the destination's KRI, no `kuma.io/service`); a listener that carries `metadata.filter_metadata["io.kuma.tags"]`
+itself (one a patch added) has those. A listener matches when it has every tag of the match with its value, or any
+value for `*` (Kuma's TagSelector). A `value` Patch merges as protobuf does (fields replaced, messages merged, lists
+appended; a typed `Any` is replaced whole, but for a filter's own `typed_config`, which Kuma merges into the
+filter's when both are the same type, and refuses when they are not); `jsonPatches` are RFC 6902 on the resource's
+proto JSON, where a camelCase step that is not a key is read as its proto field name (`/connectTimeout` is
+`connect_timeout`). Every field a modification writes is attributed to it (`MeshProxyPatch/<name> (file:line of the
+modification)`). A JSON patch that cannot apply stops the render with an error at that patch's file:line; a result
+that is no longer a valid Envoy resource, at the modification's.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import re
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
+from meshplan.envoy import names
 from meshplan.envoy.typed_json import TYPE_URLS, envoy_form
 from meshplan.envoy.types import HCM_NAME
 from meshplan.errors import LoadError, Source, Violation
@@ -35,6 +43,8 @@ from meshplan.policies.base import ProxyBuild
 
 Json = dict[str, Any]
 KIND = "MeshProxyPatch"
+TAGS_METADATA = "io.kuma.tags"  # Kuma's listener metadata key for the listener's tags
+MESH_TAG = "kuma.io/mesh"
 CLUSTER, LISTENER, NETWORK_FILTER, HTTP_FILTER, VIRTUAL_HOST = (
     "cluster", "listener", "networkFilter", "httpFilter", "virtualHost")
 
@@ -64,6 +74,8 @@ class Match(Protocol):
     def listener_name(self) -> str | None: ...
     @property
     def route_configuration_name(self) -> str | None: ...
+    @property
+    def listener_tags(self) -> dict[str, str] | None: ...
 
 
 class Modification(Protocol):
@@ -88,9 +100,30 @@ def selected(build: ProxyBuild) -> list[Policy]:
     return proxy_patches(build.desired, build.proxy)
 
 
-def modify(build: ProxyBuild, policy: Policy, modification: Modification) -> None:
-    """One modification of `policy` on the proxy."""
-    _Patcher(build, policy, modification).run()
+ADDED_ORIGIN = "proxy-template-modifications"  # Kuma's origin of a cluster or listener a modification added
+
+
+def modify(build: ProxyBuild, policy: Policy, modification: Modification, added: set[tuple[str, str]]) -> None:
+    """One modification of `policy` on the proxy. `added` is the (cluster | listener, name) of every resource the
+    proxy's modifications added so far (this one adds to it): their origin is Kuma's ADDED_ORIGIN, neither inbound
+    nor outbound."""
+    _Patcher(build, policy, modification, added).run()
+
+
+def listener_tags(proxy: object, name: str, listener: Json) -> dict[str, str]:
+    """The tags Kuma's `io.kuma.tags` listener metadata would carry for this listener of the sidecar `proxy`."""
+    written = listener.get("metadata", {}).get("filter_metadata", {}).get(TAGS_METADATA)
+    if isinstance(written, dict):
+        return {str(k): str(v) for k, v in written.items()}
+    if not isinstance(proxy, Dataplane):
+        return {}
+    for inbound in proxy.inbounds:
+        if name == names.inbound_listener(inbound.address, inbound.port):
+            return dict(inbound.tags)
+    for outbound in proxy.outbounds:
+        if name == names.outbound_listener(outbound.address, outbound.port):
+            return {k: v for k, v in outbound.tags.items() if k != MESH_TAG}
+    return {}
 
 
 def modification_source(policy: Policy, index: int, *rest: str | int) -> Source:
@@ -101,8 +134,8 @@ def modification_source(policy: Policy, index: int, *rest: str | int) -> Source:
 
 
 class _Patcher:
-    def __init__(self, build: ProxyBuild, policy: Policy, mod: Modification) -> None:
-        self.build, self.policy, self.mod = build, policy, mod
+    def __init__(self, build: ProxyBuild, policy: Policy, mod: Modification, added: set[tuple[str, str]]) -> None:
+        self.build, self.policy, self.mod, self.added = build, policy, mod, added
         self.origin = f"{KIND}/{policy.name} ({modification_source(policy, mod.index)})"
 
     def run(self) -> None:
@@ -125,6 +158,8 @@ class _Patcher:
     # --- what matches ---
 
     def _origin_of(self, kind: str, name: str) -> str:
+        if (kind, name) in self.added:
+            return ADDED_ORIGIN
         if kind == CLUSTER:
             return "inbound" if name.startswith("local:") else "outbound"
         return "inbound" if name.startswith("inbound:") else "outbound"
@@ -135,12 +170,15 @@ class _Patcher:
             assert mod.value is not None
             added = {"@type": TYPE_URLS[mod.target], **copy.deepcopy(mod.value)}  # as meshplan writes its own
             resources[str(added.get("name", ""))] = added
+            self.added.add((mod.target, str(added.get("name", ""))))
             self._mark_all(added)
             return
         for name in sorted(resources):
             if match.name is not None and name != match.name:
                 continue
             if match.origin is not None and self._origin_of(mod.target, name) != match.origin:
+                continue
+            if mod.target == LISTENER and not self._tags_match(name, resources[name]):
                 continue
             if mod.operation == "Remove":
                 del resources[name]
@@ -154,7 +192,16 @@ class _Patcher:
                 continue
             if match.origin is not None and self._origin_of(LISTENER, name) != match.origin:
                 continue
+            if not self._tags_match(name, self.build.listeners[name]):
+                continue
             yield self.build.listeners[name]
+
+    def _tags_match(self, name: str, listener: Json) -> bool:
+        selector = self.mod.match.listener_tags
+        if not selector:
+            return True
+        tags = listener_tags(self.build.proxy, name, listener)
+        return all(key in tags and (value == "*" or tags[key] == value) for key, value in selector.items())
 
     def _chains(self) -> Iterator[Json]:
         for listener in self._listeners():
@@ -211,7 +258,18 @@ class _Patcher:
 
     def _patched(self, resource: Json) -> Json:
         if self.mod.value is not None:
-            _merge(resource, self.mod.value, self._mark)
+            value = self.mod.value
+            typed, old = value.get("typed_config"), resource.get("typed_config")
+            if self.mod.target in (NETWORK_FILTER, HTTP_FILTER) and isinstance(typed, dict) and isinstance(old, dict):
+                # Kuma merges a filter's typed config into the filter's own (MergeAnys): same type only.
+                if typed.get("@type") != old.get("@type"):
+                    raise LoadError([Violation(modification_source(self.policy, self.mod.index), "",
+                                               f"cannot patch {self.mod.target} {resource.get('name', '')!r}: its "
+                                               f"typed_config is a {old.get('@type')}, the patch's a "
+                                               f"{typed.get('@type')} (a patch merges into the same type only)")])
+                _merge(old, {k: v for k, v in typed.items() if k != "@type"}, self._mark)
+                value = {k: v for k, v in value.items() if k != "typed_config"}
+            _merge(resource, value, self._mark)
             out = resource
         else:
             out = resource

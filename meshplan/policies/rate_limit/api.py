@@ -12,7 +12,7 @@ Fields of `from[].default` (as Kuma's MeshRateLimit):
         onRateLimit:
           status: int                        default 429 (Envoy's); 400..599, one of Envoy's StatusCode values
           headers: {set: [{name, value}], add: [{name, value}]}   at most 16 each, names lower-case tokens
-      tcp:                                   only in a `from` item of kind Mesh (see below)
+      tcp:
         disabled: bool                       default false
         connectionRate: {num, interval}      connections per interval
 
@@ -24,14 +24,12 @@ APPEND_IF_EXISTS_OR_ADD), stats under `<inbound>.rate_limit.<clients>.http_local
 before the chain's terminal filter, on HTTP and TCP inbounds alike (a connection is a connection), stats under
 `<inbound>.tcp_rate_limit`.
 
-Clients: every `from` rule (a client subset, most specific first, first match: match.merge_from) gets its own
-filter and so its own bucket, shared by all the clients that take that rule; the filter of a rule for some clients
-is wrapped in an ExtensionWithMatcher that skips it for every other client, on the peer certificate's URI SANs
-(policies/clients.py). So `from: Mesh` alone is one bucket for the whole inbound (or external service), and adding
-`from: MeshService web` gives web a bucket of its own while every other client keeps sharing the Mesh one.
-A TCP connection is counted when it is accepted, before the TLS handshake that names its client, so a connection
-rate cannot depend on the client: validation allows `local.tcp` only in a `from` item of kind Mesh (Kuma rejects it
-for any client-conditioned rule for the same reason), and only the rule for every client sets it.
+Clients: as Kuma v2.14.3, a `from` item selects every client (`targetRef.kind: Mesh`; any other kind is refused at
+`from[i].targetRef.kind`), so each inbound (or external service on the egress) has one bucket that all its clients
+share; top-level `rules` are read as such an item (a rule with `matches` is refused, policy_rules.py). The Envoy side
+goes through the same per-rule machinery as the other inbound kinds (policies/clients.py), which for a rule for
+every client puts the filter in place unwrapped. A TCP connection is counted when it is accepted, before the TLS
+handshake that names its client; with one rule for every client, `local.tcp` is that rule's.
 
 The conf: `parse` (policies/conf.py) is the one reader of these fields, for an item's `default` (validate) and for
 what a rule's items merged to (render): the Envoy side reads its `Conf` dataclasses (the interval already in Envoy's
@@ -57,6 +55,9 @@ PLACEMENT = placement_row(KIND, {FROM}, set(), True, EGRESS_FROM)  # the seed's 
 
 MIN_INTERVAL = Decimal("0.05")  # Kuma: an interval must be greater than 50ms (Envoy refuses a fill below 50ms)
 MAX_UINT32 = 2**32 - 1
+# As Kuma v2.14.3: a `from` item takes kind Mesh only. The targetRef kinds meshplan reads besides Mesh are refused
+# here (one not known at all is reported where the targetRef is read, validate/policy_rules.py).
+REFUSED_FROM_KINDS = ("MeshSubset", "MeshService", "MeshServiceSubset", "Dataplane", "MeshExternalService")
 MAX_HEADERS = 16  # Kuma's limit per list
 # Envoy's envoy.type.v3.StatusCode values from 400 on: `status.code` must be one of them, and Envoy answers 429 in
 # place of anything below 400.
@@ -222,14 +223,12 @@ def _header_reader(key: str) -> Callable[[ConfReader], Header | None]:
 
 
 def validate(default: Json, path: PathKey, check: FieldCheck, section: str) -> None:
-    conf = parse(ConfReader(default, path, check))
-    if conf is None or conf.local.tcp is None:
-        return
-    kind = _from_kind(check, path)
-    if kind is not None and kind != "Mesh":
-        check.fail(path + ("local", "tcp"),
-                   f"a TCP connection is limited when it is accepted, before its client is known, so it cannot "
-                   f"depend on the client: set `local.tcp` in a `from` item of kind Mesh, not {kind}")
+    parse(ConfReader(default, path, check))
+    kind = _from_kind(check, path) if section == FROM else None
+    if kind in REFUSED_FROM_KINDS:
+        check.fail(path[:-1] + ("targetRef", "kind"),
+                   f"value {kind!r} is not supported (as Kuma: a MeshRateLimit `from` item takes kind Mesh only, one "
+                   f"limit shared by every client of the inbound; a limit per client is not part of MeshRateLimit)")
 
 
 def _from_kind(check: FieldCheck, path: PathKey) -> str | None:
