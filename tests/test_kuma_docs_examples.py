@@ -11,6 +11,7 @@ field path, reason) of a difference docs/policies.md lists."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from fnmatch import fnmatch
 from pathlib import Path
@@ -38,6 +39,7 @@ class Example:
     selects: list[str] | None  # accepted: the proxies the policy applies to (None: not asserted)
     egress: bool  # the mesh has a zone egress (for a MeshExternalService example)
     inbound_names: dict[str, str]  # dataplane -> the name of its inbound (for a sectionName)
+    inbound_ports: dict[str, int]  # dataplane -> the port of its inbound (for a backendRef's `port`)
     renders: list[list[Any]]  # accepted: [proxy, cluster | listener, name (a glob), dotted path (`*` maps), value]
 
 
@@ -48,7 +50,8 @@ def load_examples() -> list[Example]:
             examples.append(Example(path.stem, doc["page"], doc["heading"], doc["policy"], doc["services"],
                                     doc.get("labels", {}), doc.get("refused", ""), doc.get("violations", []),
                                     doc.get("selects"), doc.get("egress", False),
-                                    doc.get("inbound_names", {}), doc.get("renders", [])))
+                                    doc.get("inbound_names", {}), doc.get("inbound_ports", {}),
+                                    doc.get("renders", [])))
     return examples
 
 
@@ -85,6 +88,11 @@ def build(tmp_path: Path, example: Example, form: str) -> tuple[Path, str]:
         block = "".join(f"  {key}: {value!r}\n".replace("'", '"') for key, value in labels.items())
         assert f"name: {name}\n" in written, name
         written = written.replace(f"name: {name}\n", f"name: {name}\nlabels:\n{block}", 1)
+    for name, port in example.inbound_ports.items():  # each dataplane has an address of its own
+        docs = written.split("---\n")
+        docs = [re.sub(r"    - port: \d+\n", f"    - port: {port}\n", d, count=1) if f"name: {name}\n" in d else d
+                for d in docs]  # fmt: skip
+        written = "---\n".join(docs)
     for name, inbound in example.inbound_names.items():
         docs = written.split("---\n")
         docs = [d.replace("    - port: ", f"    - name: {inbound}\n      port: ", 1) if f"name: {name}\n" in d else d
