@@ -24,6 +24,7 @@ from tests.builders import FixedAddresses, Service, split_violation, violations,
 
 DATA = Path(__file__).parent / "data" / "kuma-docs"
 FORMS = ("universal", "kubernetes")
+SYSTEM = "kuma-system"
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class Example:
     inbound_names: dict[str, str]  # dataplane -> the name of its inbound (for a sectionName)
     inbound_ports: dict[str, int]  # dataplane -> the port of its inbound (for a backendRef's `port`)
     renders: list[list[Any]]  # accepted: [proxy, cluster | listener, name (a glob), dotted path (`*` maps), value]
+    namespace: str  # the docs' `policy_yaml namespace=`: the Kubernetes form's, its dataplanes' too
 
 
 def load_examples() -> list[Example]:
@@ -51,17 +53,23 @@ def load_examples() -> list[Example]:
                                     doc.get("labels", {}), doc.get("refused", ""), doc.get("violations", []),
                                     doc.get("selects"), doc.get("egress", False),
                                     doc.get("inbound_names", {}), doc.get("inbound_ports", {}),
-                                    doc.get("renders", [])))
+                                    doc.get("renders", []), doc.get("namespace", SYSTEM)))
     return examples
 
 
 EXAMPLES = load_examples()
 
 
-def kubernetes_form(universal: str, namespace: str = "kuma-system") -> str:
+def kubernetes_form(universal: str, namespace: str = SYSTEM) -> str:
     """The Kubernetes tab the docs derive from the universal YAML: the resource's type becomes `kind`, its name and
-    the namespace go into `metadata`, its mesh into the `kuma.io/mesh` label; `spec` is unchanged."""
+    the namespace go into `metadata`, its mesh into the `kuma.io/mesh` label; `spec` is unchanged but for a `to`
+    MeshService with `sectionName`, which names its namespace (the website's MeshServiceTargetRefTransformer)."""
     doc = yaml.safe_load(universal)
+    for item in doc["spec"].get("to", []) if namespace != SYSTEM else []:
+        ref = item.get("targetRef", {})
+        if ref.get("kind") == "MeshService" and "sectionName" in ref:
+            item["targetRef"] = {"kind": ref["kind"], "name": ref["name"], "namespace": namespace,
+                                 **{k: v for k, v in ref.items() if k not in ("kind", "name")}}
     labels = dict(doc.get("labels", {}))
     labels["kuma.io/mesh"] = doc["mesh"]
     metadata = {"name": doc["name"], "namespace": namespace, "labels": labels}
@@ -73,7 +81,7 @@ def build(tmp_path: Path, example: Example, form: str) -> tuple[Path, str]:
     """The example's small mesh with the policy in `form`; returns the directory and the policy's text."""
     services = [Service(s["name"], s.get("protocol", "http"), dict(s.get("tags", {})), tuple(s.get("calls", ())),
                         s.get("instance")) for s in example.services]  # fmt: skip
-    text = example.policy if form == "universal" else kubernetes_form(example.policy)
+    text = example.policy if form == "universal" else kubernetes_form(example.policy, example.namespace)
     externals = {}
     if example.egress:  # write_mesh's egress, with the example's MeshExternalService in place of its own
         externals = {c[4:]: "http" for s in services for c in s.calls if c.startswith("mes:")}
@@ -98,8 +106,18 @@ def build(tmp_path: Path, example: Example, form: str) -> tuple[Path, str]:
         docs = [d.replace("    - port: ", f"    - name: {inbound}\n      port: ", 1) if f"name: {name}\n" in d else d
                 for d in docs]  # fmt: skip
         written = "---\n".join(docs)
+    if form == "kubernetes" and example.namespace != SYSTEM:  # the example's services live in its namespace
+        written = yaml.safe_dump_all([kubernetes_dataplane(d, example.namespace) for d in yaml.safe_load_all(written)],
+                                     sort_keys=False)
     dataplanes.write_text(written)
     return files.root, text
+
+
+def kubernetes_dataplane(doc: dict[str, Any], namespace: str) -> dict[str, Any]:
+    labels = {**doc.get("labels", {}), "kuma.io/mesh": doc["mesh"]}
+    return {"apiVersion": "kuma.io/v1alpha1", "kind": "Dataplane",
+            "metadata": {"name": doc["name"], "namespace": namespace, "labels": labels},
+            "spec": {"networking": doc["networking"]}}
 
 
 def policy_ref(text: str) -> str:
