@@ -203,6 +203,22 @@ def test_every_kind_has_examples() -> None:
         assert example.page.startswith("app/_src/") and example.heading, example
 
 
+def test_namespaced_examples_load_in_their_namespace(tmp_path: Path) -> None:
+    """The examples the docs write with `policy_yaml namespace=kuma-demo`: in Kubernetes form, the policy is in that
+    namespace with the role Kuma gives it, and the example's dataplanes are there too."""
+    from meshplan.model import SYSTEM_ROLE
+    from meshplan.validate.resources import load_and_parse
+
+    namespaced = [e for e in EXAMPLES if e.namespace != SYSTEM and not e.refused]
+    assert len(namespaced) >= 30
+    for i, example in enumerate(namespaced):
+        root, text = build(tmp_path / str(i), example, "kubernetes")
+        desired = load_and_parse(root)
+        (policy,) = [p for p in desired.policies if f"{p.kind}/{p.name}" == policy_ref(text)]
+        assert (policy.namespace, policy.role != SYSTEM_ROLE) == (example.namespace, True), example.heading
+        assert {dp.namespace for dp in desired.dataplanes} == {example.namespace}, example.heading
+
+
 ENVOY_ACCEPTS = [("meshproxypatch", "Cluster"), ("meshproxypatch", "HTTP Filter"), ("meshproxypatch", "lua filter"),
                  ("meshtrace", "Zipkin (full example)"), ("meshaccesslog", "Format / JSON")]
 
