@@ -146,7 +146,9 @@ class TargetRef:
     tags: dict[str, str] = field(default_factory=dict)
     proxy_types: frozenset[str] = frozenset()  # lower-case; empty means sidecars and gateways
     labels: dict[str, str] | None = None  # kind Dataplane: the dataplanes whose resource labels include all of these
-    section_name: str | None = None  # kind Dataplane: one inbound, by its name or (unnamed) its port
+    # kind Dataplane: one inbound, by its name or (unnamed) its port; a `to` MeshService: one port of the service,
+    # named as Kuma names a MeshService's ports (its inbounds' name, or the port number when unnamed)
+    section_name: str | None = None
     # Dataplane, MeshService by name: the namespace the named resource must be in, as Kuma resolves a name: the
     # targetRef's own `namespace`, else (in a policy outside the system namespace) the policy's. None: mesh-wide.
     namespace: str | None = None
@@ -233,6 +235,17 @@ class Desired:
         """The namespace of the service's dataplanes (validation keeps it one); None without namespaces or instances."""
         instances = self._index().get((mesh, service), [])
         return instances[0][0].namespace if instances else None
+
+    def service_ports(self, mesh: str, service: str) -> list[tuple[str, int]]:
+        """The ports of a service as Kuma v2.14.3 generates its MeshService from the Dataplanes' inbounds (universal):
+        each inbound's port, named by the inbound's `name` or else by its number; distinct, sorted by name."""
+        return sorted({(inbound.section_name, inbound.port) for _, inbound in self._index().get((mesh, service), [])})
+
+    def service_section(self, mesh: str, service: str) -> str | None:
+        """The name of the service's one port, which every outbound to it reaches; None when it has none or several
+        (an outbound carries every port of a service, in one cluster)."""
+        names = {name for name, _ in self.service_ports(mesh, service)}
+        return next(iter(names)) if len(names) == 1 else None
 
     def services(self, mesh: str) -> list[str]:
         """Every service of the mesh (its dataplanes' inbounds' `kuma.io/service`), sorted."""

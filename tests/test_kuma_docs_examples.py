@@ -11,6 +11,7 @@ field path, reason) of a difference docs/policies.md lists."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from fnmatch import fnmatch
 from pathlib import Path
@@ -23,6 +24,7 @@ from tests.builders import FixedAddresses, Service, split_violation, violations,
 
 DATA = Path(__file__).parent / "data" / "kuma-docs"
 FORMS = ("universal", "kubernetes")
+SYSTEM = "kuma-system"
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,9 @@ class Example:
     selects: list[str] | None  # accepted: the proxies the policy applies to (None: not asserted)
     egress: bool  # the mesh has a zone egress (for a MeshExternalService example)
     inbound_names: dict[str, str]  # dataplane -> the name of its inbound (for a sectionName)
+    inbound_ports: dict[str, int]  # dataplane -> the port of its inbound (for a backendRef's `port`)
     renders: list[list[Any]]  # accepted: [proxy, cluster | listener, name (a glob), dotted path (`*` maps), value]
+    namespace: str  # the docs' `policy_yaml namespace=`: the Kubernetes form's, its dataplanes' too
     context: str = ""  # another resource of the example (universal form), e.g. the MeshHTTPRoute a policy targets
 
 
@@ -49,18 +53,24 @@ def load_examples() -> list[Example]:
             examples.append(Example(path.stem, doc["page"], doc["heading"], doc["policy"], doc["services"],
                                     doc.get("labels", {}), doc.get("refused", ""), doc.get("violations", []),
                                     doc.get("selects"), doc.get("egress", False),
-                                    doc.get("inbound_names", {}), doc.get("renders", []),
-                                    doc.get("context", "")))
+                                    doc.get("inbound_names", {}), doc.get("inbound_ports", {}),
+                                    doc.get("renders", []), doc.get("namespace", SYSTEM), doc.get("context", "")))
     return examples
 
 
 EXAMPLES = load_examples()
 
 
-def kubernetes_form(universal: str, namespace: str = "kuma-system") -> str:
+def kubernetes_form(universal: str, namespace: str = SYSTEM) -> str:
     """The Kubernetes tab the docs derive from the universal YAML: the resource's type becomes `kind`, its name and
-    the namespace go into `metadata`, its mesh into the `kuma.io/mesh` label; `spec` is unchanged."""
+    the namespace go into `metadata`, its mesh into the `kuma.io/mesh` label; `spec` is unchanged but for a `to`
+    MeshService with `sectionName`, which names its namespace (the website's MeshServiceTargetRefTransformer)."""
     doc = yaml.safe_load(universal)
+    for item in doc["spec"].get("to", []) if namespace != SYSTEM else []:
+        ref = item.get("targetRef", {})
+        if ref.get("kind") == "MeshService" and "sectionName" in ref:
+            item["targetRef"] = {"kind": ref["kind"], "name": ref["name"], "namespace": namespace,
+                                 **{k: v for k, v in ref.items() if k not in ("kind", "name")}}
     labels = dict(doc.get("labels", {}))
     labels["kuma.io/mesh"] = doc["mesh"]
     metadata = {"name": doc["name"], "namespace": namespace, "labels": labels}
@@ -72,7 +82,7 @@ def build(tmp_path: Path, example: Example, form: str) -> tuple[Path, str]:
     """The example's small mesh with the policy in `form`; returns the directory and the policy's text."""
     services = [Service(s["name"], s.get("protocol", "http"), dict(s.get("tags", {})), tuple(s.get("calls", ())),
                         s.get("instance")) for s in example.services]  # fmt: skip
-    text = example.policy if form == "universal" else kubernetes_form(example.policy)
+    text = example.policy if form == "universal" else kubernetes_form(example.policy, example.namespace)
     externals = {}
     if example.egress:  # write_mesh's egress, with the example's MeshExternalService in place of its own
         externals = {c[4:]: "http" for s in services for c in s.calls if c.startswith("mes:")}
@@ -90,13 +100,28 @@ def build(tmp_path: Path, example: Example, form: str) -> tuple[Path, str]:
         block = "".join(f"  {key}: {value!r}\n".replace("'", '"') for key, value in labels.items())
         assert f"name: {name}\n" in written, name
         written = written.replace(f"name: {name}\n", f"name: {name}\nlabels:\n{block}", 1)
+    for name, port in example.inbound_ports.items():  # each dataplane has an address of its own
+        docs = written.split("---\n")
+        docs = [re.sub(r"    - port: \d+\n", f"    - port: {port}\n", d, count=1) if f"name: {name}\n" in d else d
+                for d in docs]  # fmt: skip
+        written = "---\n".join(docs)
     for name, inbound in example.inbound_names.items():
         docs = written.split("---\n")
         docs = [d.replace("    - port: ", f"    - name: {inbound}\n      port: ", 1) if f"name: {name}\n" in d else d
                 for d in docs]  # fmt: skip
         written = "---\n".join(docs)
+    if form == "kubernetes" and example.namespace != SYSTEM:  # the example's services live in its namespace
+        written = yaml.safe_dump_all([kubernetes_dataplane(d, example.namespace) for d in yaml.safe_load_all(written)],
+                                     sort_keys=False)
     dataplanes.write_text(written)
     return files.root, text
+
+
+def kubernetes_dataplane(doc: dict[str, Any], namespace: str) -> dict[str, Any]:
+    labels = {**doc.get("labels", {}), "kuma.io/mesh": doc["mesh"]}
+    return {"apiVersion": "kuma.io/v1alpha1", "kind": "Dataplane",
+            "metadata": {"name": doc["name"], "namespace": namespace, "labels": labels},
+            "spec": {"networking": doc["networking"]}}
 
 
 def policy_ref(text: str) -> str:
@@ -180,6 +205,22 @@ def test_every_kind_has_examples() -> None:
                      "MeshExternalService"}  # fmt: skip
     for example in EXAMPLES:
         assert example.page.startswith("app/_src/") and example.heading, example
+
+
+def test_namespaced_examples_load_in_their_namespace(tmp_path: Path) -> None:
+    """The examples the docs write with `policy_yaml namespace=kuma-demo`: in Kubernetes form, the policy is in that
+    namespace with the role Kuma gives it, and the example's dataplanes are there too."""
+    from meshplan.model import SYSTEM_ROLE
+    from meshplan.validate.resources import load_and_parse
+
+    namespaced = [e for e in EXAMPLES if e.namespace != SYSTEM and not e.refused]
+    assert len(namespaced) >= 30
+    for i, example in enumerate(namespaced):
+        root, text = build(tmp_path / str(i), example, "kubernetes")
+        desired = load_and_parse(root)
+        (policy,) = [p for p in desired.policies if f"{p.kind}/{p.name}" == policy_ref(text)]
+        assert (policy.namespace, policy.role != SYSTEM_ROLE) == (example.namespace, True), example.heading
+        assert {dp.namespace for dp in desired.dataplanes} == {example.namespace}, example.heading
 
 
 ENVOY_ACCEPTS = [("meshproxypatch", "Cluster"), ("meshproxypatch", "HTTP Filter"), ("meshproxypatch", "lua filter"),

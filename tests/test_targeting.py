@@ -271,8 +271,6 @@ def test_item_target_refs_refuse_what_meshplan_cannot_select(tmp_path: Path) -> 
           to:
             - targetRef: {kind: MeshService, labels: {kuma.io/display-name: web, team: a}}
               default: {idleTimeout: 5s}
-            - targetRef: {kind: MeshService, name: web, sectionName: http}
-              default: {idleTimeout: 5s}
             - targetRef: {kind: MeshService, labels: {}}
               default: {idleTimeout: 5s}
         """)
@@ -280,9 +278,7 @@ def test_item_target_refs_refuse_what_meshplan_cannot_select(tmp_path: Path) -> 
         "policies.yaml:6: spec.to[0].targetRef.labels: not supported by meshplan (it would be ignored): team: meshplan's "
         "services are kuma.io/service tags, not labelled MeshService resources; only kuma.io/display-name or "
         "k8s.kuma.io/service-name (the service's name) and k8s.kuma.io/namespace (its namespace) can be matched",
-        "policies.yaml:8: spec.to[1].targetRef.sectionName: not supported by meshplan (it would be ignored): it picks one "
-        "port of a MeshService resource, and meshplan's services are kuma.io/service tags with no named ports",
-        "policies.yaml:10: spec.to[2].targetRef.labels: must name the service: kuma.io/display-name: <name> (or use `name`)",
+        "policies.yaml:8: spec.to[1].targetRef.labels: must name the service: kuma.io/display-name: <name> (or use `name`)",
     ]
 
 

@@ -194,7 +194,8 @@ def test_kuma_fields_meshplan_would_ignore_are_refused(tmp_path: Path, file: str
 
 
 @pytest.mark.parametrize("extra, path, message", [
-    ("sectionName: http", "spec.to[0].targetRef.sectionName", "not supported by meshplan"),
+    # a port of the service, read (tests/test_sections.py); one the service lacks is refused, never dropped
+    ("sectionName: http", "spec.to[0].targetRef.sectionName", "names no port of MeshService 'backend'"),
     ("labels: {app: backend}", "spec.to[0].targetRef.labels", "set either `labels` or `name`, not both"),
     # a namespace is read (tests/test_namespaces.py); one that cannot be a namespace is refused, never dropped
     ("namespace: Other", "spec.to[0].targetRef.namespace", "'Other' is not a Kubernetes namespace name"),

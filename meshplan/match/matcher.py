@@ -63,6 +63,9 @@ class Destination:
     # The service's namespace (its dataplanes'), which `match.result` fills in from the desired directory: what a
     # `to` item naming a service in a namespace compares. Not part of the destination's identity.
     namespace: str | None = field(default=None, compare=False)
+    # The name of the service's port the outbound reaches (its one port; None with several): what a `to` item's
+    # `sectionName` compares. Filled in by `match.result` as the namespace is; not part of the identity either.
+    section: str | None = field(default=None, compare=False)
 
     @classmethod
     def of_outbound(cls, dp: Dataplane, outbound: Outbound) -> Destination:
@@ -156,10 +159,17 @@ class Contribution:
             candidate = candidate[: max(candidate.rfind("."), len(self.path))]
 
     def origin(self, path: Path = ()) -> Origin:
-        return Origin(self.policy.kind, self.policy.name, self.source_of(path), policy_selector(self.policy))
+        return Origin(self.policy.kind, self.policy.name, self.source_of(path), self.selector)
+
+    @property
+    def selector(self) -> str:
+        """The policy's selector (`policy_selector`), and a `to` item's port of a service (`sectionName`)."""
+        section = self.item.target_ref.section_name if self.section == TO else None
+        item = f"{self.written_section}[{self.item.index}] sectionName {section!r}" if section is not None else ""
+        return "; ".join(part for part in (policy_selector(self.policy), item) if part)
 
     def __str__(self) -> str:
-        shown = policy_selector(self.policy)
+        shown = self.selector
         return (f"{self.policy.kind}/{self.policy.name} {self.written_section}[{self.item.index}] ({self.source})"
                 + (f" [{shown}]" if shown else ""))
 
@@ -266,7 +276,7 @@ def why_not_to(policy: Policy, proxy: Proxy, destination: Destination) -> str | 
     if any(_targets(item.target_ref, destination) for item in policy.to):
         return None
     misses = "; ".join(f"to[{i.index}] targets {_describe(i.target_ref)}{_subset_note(i.target_ref, destination)}"
-                       for i in policy.to)
+                       f"{_section_note(i.target_ref, destination)}" for i in policy.to)
     return f"no `to` item targets {destination}: {misses}"
 
 
@@ -407,12 +417,18 @@ def _one_kind(policies: Iterable[Policy]) -> list[Policy]:
 def _ordered(contributions: list[Contribution]) -> list[Contribution]:
     """Top-level kind, then Kuma's policy role (system, producer, consumer, workload-owner: Kuma's SortByTargetRef),
     then Kuma's initial default policies before the user's system ones (on Kubernetes they are the system namespace's
-    own, which every user policy outranks), then the item's kind, then name descending; a policy's own items keep
-    their written order."""
+    own, which every user policy outranks), then the item's kind, then (a `to` MeshService) without `sectionName`
+    before with it, then name descending; a policy's own items keep their written order."""
     by_name = sorted(contributions, key=lambda c: c.policy.name, reverse=True)  # stable, even reversed
     return sorted(by_name, key=lambda c: (_rank(c.policy.target_ref.kind), _dataplane_rank(c.policy.target_ref),
                                           ROLE_ORDER.index(c.policy.role), not c.policy.kuma_default,
-                                          _rank(c.item.target_ref.kind)))
+                                          _rank(c.item.target_ref.kind), _section_rank(c)))
+
+
+def _section_rank(c: Contribution) -> int:
+    """As Kuma's CompareByToEntry: among `to` MeshService items, one port of the service (`sectionName`) after the
+    whole service (later wins)."""
+    return 1 if c.section == TO and c.item.target_ref.kind == "MeshService" and c.item.target_ref.section_name else 0
 
 
 def _dataplane_rank(ref: TargetRef) -> tuple[int, int]:
@@ -539,6 +555,8 @@ def _targets(ref: TargetRef, destination: Destination) -> bool:
         return True
     if ref.kind == "MeshExternalService":
         return destination.external and ref.name == destination.name
+    if ref.kind == "MeshService" and ref.section_name is not None and ref.section_name != destination.section:
+        return False  # one port of the service: the outbound reaches another one
     wanted = _ref_tags(ref)
     return not destination.external and wanted is not None and _has_all(destination.all_tags, wanted)
 
@@ -614,6 +632,14 @@ def _subset_note(ref: TargetRef, destination: Destination) -> str:
     if wanted.get(SERVICE_TAG, destination.name) == destination.name:
         return f" (only some instances of {destination}, so not its whole cluster)"
     return ""
+
+
+def _section_note(ref: TargetRef, destination: Destination) -> str:
+    if ref.kind != "MeshService" or ref.section_name is None or destination.external or ref.name != destination.name:
+        return ""
+    if destination.section is None:
+        return " (the outbound reaches every port of the service)"
+    return f" (the outbound reaches its port {destination.section!r})"
 
 
 def _inbound_name(inbound: Inbound) -> str:

@@ -235,10 +235,12 @@ def match_proxy(desired: Desired, proxy: Proxy, kinds: Placements) -> ProxyMatch
 
 
 def _in_namespace(desired: Desired, destination: Destination) -> Destination:
-    """The destination with its service's namespace, which a `to` item naming a service in a namespace compares."""
+    """The destination with its service's namespace and its one port's name, which a `to` item naming a service in a
+    namespace, or one port of it (`sectionName`), compares."""
     if destination.external:
         return destination
-    return replace(destination, namespace=desired.service_namespace(destination.mesh, destination.name))
+    return replace(destination, namespace=desired.service_namespace(destination.mesh, destination.name),
+                   section=desired.service_section(destination.mesh, destination.name))
 
 
 def _singles(kinds: Placements, by_kind: dict[str, list[Policy]], proxy: Proxy) -> tuple[KindTo, ...]:

@@ -58,7 +58,8 @@ _KUMA_ONLY = {
     "mesh": "a backend is in the proxy's own mesh; meshplan renders no cross-mesh traffic",
     "namespace": "a backend is picked by `name` (its kuma.io/service, mesh-wide); meshplan resolves route backends in "
                  "no namespace (only targetRefs: docs/policies.md, Namespaces)",
-    "sectionName": "meshplan's services have no named ports: give the port number as `port`",
+    "sectionName": "meshplan picks a backend's port by its number: give it as `port` (ports are named only in a `to` "
+                   "targetRef's sectionName: docs/policies.md, A MeshService's ports)",
     "proxyTypes": "it selects gateway backends, and meshplan has no gateways",
 }
 

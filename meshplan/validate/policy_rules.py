@@ -68,9 +68,10 @@ TO_KINDS_REFUSED = {
 
 def target_ref(check: FieldCheck, obj: dict[str, Any], path: PathKey, *, top: bool, inbound_policy: bool = False,
                refused: tuple[str, ...] = (), policy_namespace: str | None = None, policy_kind: str = "",
-               item_section: str = TO) -> TargetRef | None:
+               item_section: str = TO, destination: bool = False) -> TargetRef | None:
     """A targetRef, checked. `inbound_policy`: the policy has `from` items, so a top-level `sectionName` may pick one
-    of the inbounds it configures (Kuma allows `sectionName` only there). `refused`: kinds this place does not take.
+    of the inbounds it configures (Kuma allows `sectionName` only there). `destination`: a `to` item's, where a
+    MeshService's `sectionName` picks one of its ports. `refused`: kinds this place does not take.
     `policy_namespace`: the policy's namespace outside the system one, where Kuma resolves a `name` written without a
     `namespace` (given for the top-level targetRef and `to` items; a `from` item's name selects clients by tags).
     `policy_kind` and `item_section`: whether a MeshHTTPRoute may be targeted here."""
@@ -137,9 +138,15 @@ def target_ref(check: FieldCheck, obj: dict[str, Any], path: PathKey, *, top: bo
             section = check.field(ref, rp, "sectionName", str)
             if section == "":
                 check.fail(rp + ("sectionName",), "must not be empty")
+        elif kind == "MeshService" and destination:
+            # One port of the service (Kuma: the port's name, or its number when unnamed); which ports the service
+            # has is checked once every Dataplane is known (`section_problem`).
+            section = check.field(ref, rp, "sectionName", str)
+            if section == "":
+                check.fail(rp + ("sectionName",), "must not be empty")
         elif kind == "MeshService":
-            check.fail(rp + ("sectionName",), "not supported by meshplan (it would be ignored): it picks one port of a "
-                       "MeshService resource, and meshplan's services are kuma.io/service tags with no named ports")
+            check.fail(rp + ("sectionName",), "not allowed here: sectionName picks one port of a destination "
+                       "MeshService, in a `to` item; a `from` item selects clients by their tags")
         else:
             check.fail(rp + ("sectionName",), f"not allowed here: sectionName picks one inbound of a top-level "
                        f"Dataplane targetRef{'' if top else ', and this is an item targetRef'} (kind {kind})")
@@ -357,7 +364,7 @@ def parse_policy(check: FieldCheck, res: RawResource, mesh: str) -> Policy | Non
             refused = TO_KINDS_REFUSED.get(res.kind, ()) if section == TO else ()
             ref = target_ref(check, item, path, top=False, refused=refused,
                              policy_namespace=namespace if section == TO else None,
-                             policy_kind=res.kind, item_section=section)
+                             policy_kind=res.kind, item_section=section, destination=section == TO)
             on_route = section == TO and res.kind in ROUTE_FIELDS and (
                 (top is not None and top.kind == HTTP_ROUTE) or (ref is not None and ref.kind == HTTP_ROUTE))
             if on_route and top_route and ref is not None and ref.kind != "Mesh":

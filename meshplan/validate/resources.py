@@ -20,6 +20,7 @@ from meshplan.model import (
     Mesh,
     MeshExternalService,
     Policy,
+    TargetRef,
     ZoneEgress,
 )
 from meshplan.policies.registry import KINDS, REFERENCES
@@ -138,6 +139,26 @@ def parse(raws: list[RawResource]) -> tuple[Desired | None, list[Violation]]:
     return (None if out else desired), out
 
 
+def section_problem(desired: Desired, mesh: str, ref: TargetRef) -> str | None:
+    """Why a `to` MeshService's `sectionName` picks no port meshplan can configure apart; None if it picks one. The
+    ports are those Kuma v2.14.3 gives the service's MeshService (`Desired.service_ports`). A service with no
+    instances (or in another namespace) is reported where its name is."""
+    if ref.kind != "MeshService" or ref.section_name is None or ref.name is None:
+        return None
+    ports = desired.service_ports(mesh, ref.name)
+    if not ports or (ref.namespace is not None and desired.service_namespace(mesh, ref.name) != ref.namespace):
+        return None
+    listed = ", ".join(f"{name!r} (port {port})" for name, port in ports)
+    if ref.section_name not in {name for name, _ in ports}:
+        return (f"names no port of MeshService {ref.name!r} (its ports: {listed}; as Kuma names them, an inbound's "
+                "`name`, or its port number when it has none), so it would select nothing")
+    if len({name for name, _ in ports}) > 1:
+        return (f"MeshService {ref.name!r} has several ports ({listed}), and meshplan sends an outbound to every port "
+                "of a service through one cluster, so one port cannot be configured apart from the others; give each "
+                "port its own kuma.io/service")
+    return None
+
+
 def _name_too_long(kind: str, name: str, mesh: str | None) -> str | None:
     """Names pass into certificates and TLS server names, which have length limits of their own."""
     if kind in ("Dataplane", "ZoneEgress") and len(name) > MAX_PROXY_NAME:
@@ -178,6 +199,10 @@ def _check_references(desired: Desired, kept: list[tuple[RawResource, Any]], out
             if check_references is not None:
                 check_references(obj, desired, check)
             check_route_placement(obj, desired, check)
+            for item in obj.to:
+                problem = section_problem(desired, obj.mesh, item.target_ref)
+                if problem is not None:
+                    check.fail(("to", item.index, "targetRef", "sectionName"), problem)
         if isinstance(obj, (Dataplane, ZoneEgress)):
             if obj.name in proxies:
                 out.append(Violation(res.source, "", f"proxy name {obj.name!r} is already used by {proxies[obj.name].ref} "
