@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from meshplan.compare.canonical import canonical
+from meshplan.match.unused import warnings
 from meshplan.model import ProxyConfig
 from meshplan.validate.resources import load_and_parse
 from tests.builders import (
@@ -367,3 +368,21 @@ def test_zero_retries_means_none(traffic: MeshFiles, http: httpx.Client) -> None
     assert answer.status_code == 503
     assert (answer.json()["service"], answer.json()["attempt"]) == ("other", 1)
     assert stat(http, web, "cluster.other.upstream_rq_retry") == 0
+
+
+@pytest.mark.parametrize("kind", ["MeshRetry", "MeshLoadBalancingStrategy"])
+def test_an_empty_to_is_valid_configures_nothing_and_is_warned_about(tmp_path: Path, kind: str) -> None:
+    """Kuma v2.14.3 accepts `to: []` for these kinds ("an override to disable inherited rules"); its rules, as
+    meshplan's merge, take each `to` item on its own, so it clears nothing: accepted, unchanged render, a warning."""
+    files = write_mesh(tmp_path / "desired", FixedAddresses(), web_calling())
+    before = {name: (p.clusters, p.listeners) for name, p in files.proxies().items()}
+    files.write({"empty.yaml": f"type: {kind}\nmesh: default\nname: web-override\nspec:\n"
+                 "  targetRef: {kind: Dataplane, labels: {app: web}}\n  to: []\n"})
+    desired = files.load()
+    assert [p.name for p in desired.policies if p.kind == kind] == ["web-override"]
+    assert {name: (p.clusters, p.listeners) for name, p in files.proxies().items()} == before
+    found = [w for w in warnings(desired) if f"{kind}/web-override" in w]
+    assert found == [f"{files.root / 'empty.yaml'}:6: {kind}/web-override: `to` is empty, so it configures nothing. "
+                     "Kuma accepts an empty `to` as an override, but its rules, as meshplan's merge, take each `to` "
+                     "item on its own: it clears no other policy's settings (to turn them off, set the values in a "
+                     "`to` item)"]

@@ -16,7 +16,7 @@ from meshplan.model import (
     TargetRef,
     ZoneEgress,
 )
-from meshplan.policies import RULES
+from meshplan.policies import EMPTY_TO_KINDS, RULES
 
 # targetRef kinds whose `name` is a service (kuma.io/service of some inbound), a Dataplane, or an external service
 SERVICE_KINDS = ("MeshService", "MeshServiceSubset")
@@ -32,6 +32,11 @@ def warnings(desired: Desired) -> list[str]:
         if policy.kuma_default:
             continue  # Kuma's initial policies are in every mesh, used or not: nothing to warn the user about
         label = f"{policy.kind}/{policy.name}"
+        if not policy.to and not policy.from_ and policy.kind in EMPTY_TO_KINDS:
+            found.append((_line(policy, "to"), f"{label}: `to` is empty, so it configures nothing. Kuma accepts an "
+                          "empty `to` as an override, but its rules, as meshplan's merge, take each `to` item on its "
+                          "own: it clears no other policy's settings (to turn them off, set the values in a `to` item)"))
+            continue
         routes = {p.name for p in desired.policies if p.kind == HTTP_ROUTE and p.mesh == policy.mesh}
         namespaces = _namespaces(desired, policy.mesh)
         top = _name_miss(policy.target_ref, set(desired.services(policy.mesh)), dataplanes, externals, namespaces,

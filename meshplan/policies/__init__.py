@@ -40,6 +40,11 @@ def placement_row(name: str, sections: set[str], external_to: set[str], external
     return PolicyKind(name, frozenset(sections), frozenset(external_to), external_from, placement)
 
 
+# The kinds whose Kuma v2.14.3 validators accept an empty `to` list (kumahq/kuma#16212, "an override to disable
+# inherited rules"): valid, and it configures nothing, since Kuma's rules (and meshplan's merge) take each `to` item
+# on its own; `match.unused` warns about it rather than let it pass as if it cleared anything.
+EMPTY_TO_KINDS = frozenset({"MeshRetry", "MeshLoadBalancingStrategy"})
+
 # Route kinds carry `rules` in their `to` items instead of a `default`.
 ROUTE_KINDS = frozenset({"MeshHTTPRoute", "MeshTCPRoute"})
 

@@ -19,7 +19,7 @@ from meshplan.model import (
     PolicyItem,
     TargetRef,
 )
-from meshplan.policies import FROM, ROUTE_FIELDS, ROUTE_KINDS, RULES, SINGLE, TO
+from meshplan.policies import EMPTY_TO_KINDS, FROM, ROUTE_FIELDS, ROUTE_KINDS, RULES, SINGLE, TO
 from meshplan.policies.registry import BY_KIND, KINDS
 from meshplan.validate.check import FieldCheck
 from meshplan.validate.namespaces import DNS_LABEL, check_policy_labels, policy_namespace, policy_role
@@ -345,7 +345,8 @@ def parse_policy(check: FieldCheck, res: RawResource, mesh: str) -> Policy | Non
     if RULES in body and res.kind in TOP_LEVEL_RULES:
         items[FROM].extend(_top_level_rules(check, res, body, mesh))
     sections = [s for s in (TO, FROM) if s in kind.sections] + ([RULES] if res.kind in TOP_LEVEL_RULES else [])
-    if (sections and SINGLE not in kind.sections and res.kind not in ROUTE_KINDS
+    empty_to_allowed = res.kind in EMPTY_TO_KINDS and body.get(TO) == [] and not any(body.get(s) for s in sections)
+    if (sections and SINGLE not in kind.sections and res.kind not in ROUTE_KINDS and not empty_to_allowed
             and not any(body.get(s) for s in sections) and not any(s in body for s in (TO, FROM) if s not in sections)):
         # (a section the kind lacks is reported above, on its own; a route with no `to` is valid in Kuma: it routes
         # nothing)
