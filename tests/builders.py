@@ -530,6 +530,23 @@ def wait_for_stat(client: httpx.Client, admin_url: str, name: str, at_least: int
     return value
 
 
+def assert_timed_out(http: httpx.Client, files: MeshFiles, client: str, target: str, path: str = "/delay/1500") -> None:
+    """A request from `client`'s sidecar to `target` that a route timeout shorter than the app's delay cut: Envoy's
+    own 504 (the route's 15 s default would have let it answer) and the proxy's timeout counter for that cluster. No
+    wall-clock bound: the 504 already says the timeout came first, on however busy a machine."""
+    answer = http.get(files.url(client, target, path))
+    assert (answer.status_code, answer.text) == (504, "upstream request timeout"), client
+    assert wait_for_stat(http, files.admin[client], f"cluster.{target}.upstream_rq_timeout", 1) >= 1, client
+
+
+def assert_answered_slowly(http: httpx.Client, files: MeshFiles, client: str, target: str,
+                           path: str = "/delay/1500") -> None:
+    """The same request where no short timeout applies: the app's answer after its delay, no timeout counted."""
+    answer = http.get(files.url(client, target, path))
+    assert answer.status_code == 200 and answer.json()["delay_ms"] == int(path.rpartition("/")[2]), client
+    assert stat(http, files.admin[client], f"cluster.{target}.upstream_rq_timeout") == 0, client
+
+
 def split_violation(reported: str) -> tuple[str, int, str, str]:
     """One line of `violations()` as (file, line, path, message)."""
     where, path, message = reported.split(": ", 2)

@@ -6,7 +6,6 @@ merges after one without (rules/outbound/sort.go). Our own inputs; on real Envoy
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,10 +23,10 @@ from tests.builders import (
     FixedAddresses,
     MeshFiles,
     Service,
+    assert_answered_slowly,
+    assert_timed_out,
     running_mesh,
-    stat,
     violations,
-    wait_for_stat,
     write_mesh,
 )
 
@@ -160,11 +159,5 @@ def running(tmp_path_factory: pytest.TempPathFactory, loopback: Loopback) -> Ite
 def test_the_section_timeout_cuts_that_port_only(running: MeshFiles, http: httpx.Client) -> None:
     """web's outbound to backend's `http` port gets the section's 300ms (over the whole service's 5s, which would win
     by name); its outbound to reports, which no policy names, has no request timeout."""
-    began = time.monotonic()
-    cut = http.get(running.url("web", "backend", "/delay/1500"))
-    assert (cut.status_code, cut.text) == (504, "upstream request timeout")
-    assert time.monotonic() - began < 1.2
-    assert wait_for_stat(http, running.admin["web"], "cluster.backend.upstream_rq_timeout", 1) == 1
-    slow = http.get(running.url("web", "reports", "/delay/1500"))
-    assert slow.status_code == 200 and slow.json()["delay_ms"] == 1500
-    assert stat(http, running.admin["web"], "cluster.reports.upstream_rq_timeout") == 0
+    assert_timed_out(http, running, "web", "backend")
+    assert_answered_slowly(http, running, "web", "reports")

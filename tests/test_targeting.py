@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import textwrap
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,11 +31,11 @@ from tests.builders import (
     Addresses,
     MeshFiles,
     Service,
+    assert_answered_slowly,
+    assert_timed_out,
     running_mesh,
-    stat,
     table_cases,
     violations,
-    wait_for_stat,
     write_mesh,
 )
 from tests.test_match import BACKEND, MESH, policy
@@ -386,14 +385,8 @@ def test_section_name_denies_exactly_one_inbound(running: MeshFiles, http: httpx
 
 @pytest.mark.envoy
 def test_labels_select_the_labelled_proxy_only(running: MeshFiles, http: httpx.Client) -> None:
-    began = time.monotonic()
-    cut = http.get(running.url("web-prod", "backend-admin", "/delay/1500"))
-    assert (cut.status_code, cut.text) == (504, "upstream request timeout")
-    assert time.monotonic() - began < 1.2
-    assert wait_for_stat(http, running.admin["web-prod"], "cluster.backend-admin.upstream_rq_timeout", 1) == 1
-    slow = http.get(running.url("web-dev", "backend-admin", "/delay/1500"))
-    assert slow.status_code == 200 and slow.json()["delay_ms"] == 1500
-    assert stat(http, running.admin["web-dev"], "cluster.backend-admin.upstream_rq_timeout") == 0
+    assert_timed_out(http, running, "web-prod", "backend-admin")
+    assert_answered_slowly(http, running, "web-dev", "backend-admin")
     # and in what the Envoys run: the route's timeout is on web-prod's outbound only
     routes = {name: json.dumps(http.get(f"{running.admin[name]}/config_dump").json()) for name in ("web-prod", "web-dev")}
     assert '"timeout": "0.300s"' in routes["web-prod"] and '"timeout": "0.300s"' not in routes["web-dev"]
