@@ -9,6 +9,7 @@ parses; tests/test_envoy_names.py checks that every type resolves there.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -271,3 +272,17 @@ def upstream_protocol_options(protocol: str) -> Json:
 def stat_name(name: str) -> str:
     """A stat prefix from a resource name: Envoy splits stat names on dots."""
     return name.replace(".", "_").replace(":", "_")
+
+
+def is_ip(host: str) -> bool:
+    """An endpoint host that is an IP address (v4 or v6), not a name to resolve."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def discovery_type(hosts: Iterable[str]) -> str:
+    """A cluster's discovery type for its endpoints' hosts: STATIC when every one is an IP, else STRICT_DNS."""
+    return "STATIC" if all(is_ip(host) for host in hosts) else "STRICT_DNS"

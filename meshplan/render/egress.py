@@ -3,8 +3,6 @@ external service, chosen by SNI."""
 
 from __future__ import annotations
 
-import ipaddress
-
 from meshplan.envoy import names
 from meshplan.envoy import types as t
 from meshplan.match.matcher import Destination
@@ -62,18 +60,11 @@ def _filter_chain(mes: MeshExternalService) -> t.Json:
     }
 
 
-def _is_ip(address: str) -> bool:
-    try:
-        ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return True
-
 
 def _external_cluster(mes: MeshExternalService) -> t.Json:
     name = names.external_cluster(mes.mesh, mes.name)
     endpoints = [(ep.address, ep.port) for ep in mes.endpoints]
-    by_ip = all(_is_ip(a) for a, _ in endpoints)
+    by_ip = t.discovery_type(a for a, _ in endpoints) == "STATIC"
     cluster: t.Json = {
         "@type": t.CLUSTER,
         "name": name,
@@ -116,7 +107,7 @@ def _origination(mes: MeshExternalService) -> t.Json:
     SkipCA and SkipAll nothing (validate refuses names or a CA with them, which would go unused)."""
     tls = mes.tls
     first = mes.endpoints[0].address if mes.endpoints else None
-    server_name = tls.server_name or (first if first is not None and not _is_ip(first) else None)  # Kuma's choice
+    server_name = tls.server_name or (first if first is not None and not t.is_ip(first) else None)  # Kuma's choice
     context: t.Json = {"@type": t.UPSTREAM_TLS, "common_tls_context": {}}
     if server_name:
         context["sni"] = server_name

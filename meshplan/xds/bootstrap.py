@@ -12,7 +12,6 @@ certificates are not here: the server sends them as SDS secrets.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 from pathlib import Path
 from typing import Any
@@ -42,13 +41,6 @@ def split_address(xds: str, option: str = "--xds") -> tuple[str, int]:
     return host, int(port)
 
 
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
 
 def bootstrap(proxy: ProxyConfig, xds: str, host_dir: Path) -> dict[str, Any]:
     host, port = split_address(xds)
@@ -67,7 +59,7 @@ def bootstrap(proxy: ProxyConfig, xds: str, host_dir: Path) -> dict[str, Any]:
     }
     cluster = {
         "name": XDS_CLUSTER,
-        "type": "STATIC" if _is_ip(host) else "STRICT_DNS",
+        "type": t.discovery_type([host]),
         "connect_timeout": "1s",
         "load_assignment": t.load_assignment(XDS_CLUSTER, [(host, port)]),
         "typed_extension_protocol_options": t.upstream_protocol_options("grpc")["typed_extension_protocol_options"],

@@ -3,7 +3,6 @@ the proxy's resources."""
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Any
 
 from meshplan.envoy import names
@@ -94,7 +93,7 @@ def _collector(build: ProxyBuild, backend: OtelBackend, origins: tuple[str, ...]
                     == t.socket_address(backend.host, backend.port)), None)  # fmt: skip
     if cluster is None:
         name = names.access_log_cluster(len(taken))
-        cluster = {"@type": t.CLUSTER, "name": name, "type": "STATIC" if _is_ip(backend.host) else "STRICT_DNS",
+        cluster = {"@type": t.CLUSTER, "name": name, "type": t.discovery_type([backend.host]),
                    "connect_timeout": CONNECT_TIMEOUT,
                    "load_assignment": t.load_assignment(name, [(backend.host, backend.port)]),
                    **t.upstream_protocol_options("grpc")}  # fmt: skip
@@ -104,13 +103,6 @@ def _collector(build: ProxyBuild, backend: OtelBackend, origins: tuple[str, ...]
     build.mark(cluster, "load_assignment", origins)
     return str(cluster["name"])
 
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def _otel_logger(otel: OtelBackend, default_format: str, values: dict[str, str], cluster: str) -> Json:

@@ -15,7 +15,6 @@ it is because Kuma would render a config Envoy rejects or silently change the va
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 from decimal import Decimal
 from urllib.parse import SplitResult, urlsplit
@@ -34,14 +33,6 @@ class Collector:
     host: str
     port: int
     tls: bool = False
-
-    @property
-    def is_ip(self) -> bool:
-        try:
-            ipaddress.ip_address(self.host)
-        except ValueError:
-            return False
-        return True
 
 
 @dataclass(frozen=True)

@@ -115,7 +115,7 @@ def _cluster(backend: Backend) -> Json:
     cluster: Json = {
         "@type": t.CLUSTER,
         "name": name,
-        "type": "STATIC" if collector.is_ip else "STRICT_DNS",
+        "type": t.discovery_type([collector.host]),
         "connect_timeout": CONNECT_TIMEOUT,
         "load_assignment": t.load_assignment(name, [(collector.host, collector.port)]),
     }
