@@ -52,10 +52,10 @@ ROUTE_TOP_KINDS = ("MeshTimeout", "MeshRetry", "MeshRateLimit")  # Kuma: a top-l
 # configure the gateway is refused there (`GATEWAY_ONLY_TO`); a `from` or `rules` under it is refused as Kuma does.
 ROUTE_TOP_GATEWAY_ONLY = ("MeshRateLimit",)
 GATEWAY_ONLY_TO = {
-    "MeshRateLimit": "MeshRateLimit `to` configures MeshGateways only (Kuma v2.14.3: its validator takes `to` only where "
-                     "the top-level targetRef includes gateways, a MeshHTTPRoute included, and its plugin applies `to` "
-                     "to gateway routes; on a sidecar it configures nothing), and meshplan has no gateways; limit on the "
-                     "destination's inbound with `from` or `rules` instead",
+    "MeshRateLimit": "MeshRateLimit `to` configures MeshGateways only (Kuma v2.14.3: its validator takes `to` only "
+                     "where the top-level targetRef includes gateways, a MeshHTTPRoute included, and its plugin "
+                     "applies `to` to gateway routes; on a sidecar it configures nothing), and meshplan has no "
+                     "gateways; limit on the destination's inbound with `from` or `rules` instead",
 }
 ROUTE_TO_KINDS = ("MeshTimeout", "MeshRetry", "MeshAccessLog", "MeshLoadBalancingStrategy")  # Kuma: in `to`
 # Where Kuma's validator itself refuses the other fields of a `to` item of kind MeshHTTPRoute, its words.
