@@ -268,6 +268,19 @@ BAD = [
      "type: MeshAccessLog\nspec:\n  to:\n    - targetRef: {kind: MeshHTTPRoute, name: slow}\n"
      "      default: {backends: [{type: File, file: {path: /tmp/a.log}}]}\n",
      [("spec.to[0].targetRef.kind", "not implemented by meshplan (it would be ignored): MeshAccessLog on the routes")]),
+    ("MeshRateLimit under a top-level MeshHTTPRoute: Kuma configures it on MeshGateways only, and meshplan has none",
+     "type: MeshRateLimit\nspec:\n  targetRef: {kind: MeshHTTPRoute, name: slow}\n  to:\n    - targetRef: {kind: Mesh}\n"
+     "      default: {local: {http: {requestRate: {num: 2, interval: 10s}}}}\n",
+     [("spec.to", "not supported by meshplan: MeshRateLimit `to` configures MeshGateways only")]),
+    ("MeshRateLimit `from` under a top-level MeshHTTPRoute, refused as Kuma at `from` alone",
+     "type: MeshRateLimit\nspec:\n  targetRef: {kind: MeshHTTPRoute, name: slow}\n  from:\n    - targetRef: {kind: Mesh}\n"
+     "      default: {local: {http: {requestRate: {num: 2, interval: 10s}}}}\n",
+     [("spec.from", "must not be defined: a top-level MeshHTTPRoute targetRef configures a route's traffic on a "
+       "MeshGateway")]),
+    ("MeshRateLimit on a route in a `to` item, which Kuma never allows",
+     "type: MeshRateLimit\nspec:\n  targetRef: {kind: Mesh, proxyTypes: [Sidecar]}\n  to:\n"
+     "    - targetRef: {kind: MeshHTTPRoute, name: slow}\n      default: {local: {http: {requestRate: {num: 2, interval: 10s}}}}\n",
+     [("spec.to", "MeshRateLimit `to` configures MeshGateways only")]),
     ("kinds Kuma never allows on a route",
      "type: MeshCircuitBreaker\nspec:\n  to:\n    - targetRef: {kind: MeshHTTPRoute, name: slow}\n"
      "      default: {connectionLimits: {maxConnections: 2}}\n",

@@ -46,6 +46,17 @@ HTTP_ROUTE = "MeshHTTPRoute"
 # `policies.ROUTE_FIELDS`. The kinds Kuma accepts that meshplan does not implement on a route are refused with the
 # reason (docs/policies.md).
 ROUTE_TOP_KINDS = ("MeshTimeout", "MeshRetry", "MeshRateLimit")  # Kuma: a top-level MeshHTTPRoute
+# Kinds whose top-level MeshHTTPRoute Kuma v2.14.3 accepts, but configures only on MeshGateways: MeshRateLimit (its
+# plugin applies `to` rules to gateway routes only, and its validator takes `to` only where the top-level targetRef
+# includes gateways). meshplan has no gateways: the targetRef itself is read as Kuma reads it, and the `to` that would
+# configure the gateway is refused there (`GATEWAY_ONLY_TO`); a `from` or `rules` under it is refused as Kuma does.
+ROUTE_TOP_GATEWAY_ONLY = ("MeshRateLimit",)
+GATEWAY_ONLY_TO = {
+    "MeshRateLimit": "MeshRateLimit `to` configures MeshGateways only (Kuma v2.14.3: its validator takes `to` only "
+                     "where the top-level targetRef includes gateways, a MeshHTTPRoute included, and its plugin "
+                     "applies `to` to gateway routes; on a sidecar it configures nothing), and meshplan has no "
+                     "gateways; limit on the destination's inbound with `from` or `rules` instead",
+}
 ROUTE_TO_KINDS = ("MeshTimeout", "MeshRetry", "MeshAccessLog", "MeshLoadBalancingStrategy")  # Kuma: in `to`
 # Where Kuma's validator itself refuses the other fields of a `to` item of kind MeshHTTPRoute, its words.
 KUMA_REFUSED_ON_ROUTE = {
@@ -246,7 +257,8 @@ def _route_ref(check: FieldCheck, ref: dict[str, Any], rp: PathKey, place: str, 
     no tags, proxyTypes, sectionName or mesh; name or labels, not both)."""
     where = {"top": "the top-level targetRef", TO: "a `to` item"}.get(place, f"a `{place}` item")
     kuma_allows = policy_kind in {"top": ROUTE_TOP_KINDS, TO: ROUTE_TO_KINDS}.get(place, ())
-    if policy_kind not in ROUTE_FIELDS or not kuma_allows:
+    gateway_only = place == "top" and policy_kind in ROUTE_TOP_GATEWAY_ONLY  # its `to` is refused where it stands
+    if (policy_kind not in ROUTE_FIELDS or not kuma_allows) and not gateway_only:
         if kuma_allows:
             check.fail(rp + ("kind",), f"not implemented by meshplan (it would be ignored): {policy_kind} on the routes "
                        f"of a MeshHTTPRoute ({where}); target the route's destination (MeshService) instead")
@@ -329,8 +341,9 @@ def parse_policy(check: FieldCheck, res: RawResource, mesh: str) -> Policy | Non
     if top_route:
         for section in (FROM, RULES):
             if body.get(section):
-                check.fail((section,), "must not be defined: a top-level MeshHTTPRoute targetRef configures that "
-                           "route's outbound traffic (`to` items of kind Mesh)")
+                what = ("a route's traffic on a MeshGateway, not an inbound" if res.kind in ROUTE_TOP_GATEWAY_ONLY
+                        else "that route's outbound traffic (`to` items of kind Mesh)")
+                check.fail((section,), f"must not be defined: a top-level MeshHTTPRoute targetRef configures {what}")
     known = ["targetRef"] + [s for s in (TO, FROM) if s in kind.sections] + (["default"] if SINGLE in kind.sections else [])
     if res.kind == "MeshHTTPRoute" or res.kind == "MeshTCPRoute":
         known.append("rules")
@@ -338,7 +351,10 @@ def parse_policy(check: FieldCheck, res: RawResource, mesh: str) -> Policy | Non
         if section in body and section not in kind.sections:
             only = " and ".join(f"`{s}`" for s in sorted(kind.sections & {TO, FROM})) or "a single `default`"
             why = " (the seeds make it outbound-only)" if res.kind in ("MeshCircuitBreaker", "MeshRetry") else ""
-            check.fail((section,), f"{res.kind} does not support `{section}`: use {only}{why}")
+            if section == TO and res.kind in GATEWAY_ONLY_TO:
+                check.fail((section,), f"not supported by meshplan: {GATEWAY_ONLY_TO[res.kind]}")
+            else:
+                check.fail((section,), f"{res.kind} does not support `{section}`: use {only}{why}")
     check.unknown({k: v for k, v in body.items() if not (k == RULES and res.kind in TOP_LEVEL_RULES)}, (),
                   tuple(known + [s for s in (TO, FROM) if s not in known]))
     items: dict[str, list[PolicyItem]] = {TO: [], FROM: []}
