@@ -34,6 +34,7 @@ from tests.builders import (
     write_mesh,
 )
 from tests.golden import TESTDATA
+from tests.policy_render import envoy_validates
 
 RULES_CASE = TESTDATA / "rules.input"
 
@@ -463,3 +464,39 @@ def test_permission_sni_rules_decide_real_traffic(running_sni: MeshFiles, http: 
         assert (response.status_code, response.text) == (403, "RBAC: access denied")
     else:
         assert response.status_code == 200 and response.json()["service"] == target
+
+
+def test_an_sni_no_meshplan_sidecar_sends_there_is_warned_about(tmp_path: Path) -> None:
+    """Valid, as in Kuma, but it matches none of meshplan's clients: stock's callers send stock.default.mesh."""
+    files = sni_mesh(tmp_path, FixedAddresses())
+    assert [w.removeprefix(f"{tmp_path}/") for w in warnings(files.load())] == [
+        "policies.yaml:22: MeshTrafficPermission/stock-by-sni: `sni` 'backend.default.mesh' is no server name "
+        "meshplan's sidecars send to the inbounds it selects (they send stock.default.mesh), so that match matches no "
+        "meshplan client"]
+    files.write({"policies.yaml": MTP_SNI.split("---")[0].replace("value: backend.default.mesh}\n        allow",
+                                                                  "value: backnd.default.mesh}\n        allow")})
+    assert [w.removeprefix(f"{tmp_path}/") for w in warnings(files.load())] == [
+        "policies.yaml:10: MeshTrafficPermission/backend-by-sni: `sni` 'backnd.default.mesh' is no server name "
+        "meshplan's sidecars send to the inbounds it selects (they send backend.default.mesh), so that match matches "
+        "no meshplan client (did you mean 'backend.default.mesh'?)"]
+
+
+@pytest.mark.envoy
+def test_sni_rules_on_a_tcp_inbound_are_a_network_rbac_envoy_accepts(tmp_path: Path) -> None:
+    """A TCP inbound: the same policies in Envoy's network RBAC (before tcp_proxy), with the TLS inspector; two
+    server names named make the `rules other sni` permission a `not_rule` of an `or_rules`; Envoy accepts it all."""
+    services = [Service("backend", protocol="tcp", instance="backend-1"), Service("web", calls=("backend",))]
+    files = write_mesh(tmp_path / "desired", FixedAddresses(), services, policies=MTP_SNI.split("---")[0].replace(
+        "          - sni: {type: Exact, value: backend.default.mesh}",
+        "          - sni: {type: Exact, value: other.default.mesh}\n"
+        "          - spiffeID: {type: Prefix, value: \"spiffe://default\"}"))
+    listener = the_listener(files.proxies()["backend-1"])
+    assert [f["name"] for f in listener["listener_filters"]] == ["envoy.filters.listener.tls_inspector"]
+    filters = listener["filter_chains"][0]["filters"]
+    assert [f["name"] for f in filters] == ["envoy.filters.network.rbac", "envoy.filters.network.tcp_proxy"]
+    policies = filters[0]["typed_config"]["rules"]["policies"]
+    assert sorted(policies) == ["rules other sni", "rules sni backend.default.mesh", "rules sni other.default.mesh"]
+    assert policies["rules other sni"]["permissions"] == [{"not_rule": {"or_rules": {"rules": [
+        {"requested_server_name": {"exact": "backend.default.mesh"}},
+        {"requested_server_name": {"exact": "other.default.mesh"}}]}}}]
+    assert envoy_validates(files.load(), tmp_path / "state") == {"backend-1": None, "web": None}
