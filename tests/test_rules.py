@@ -416,9 +416,9 @@ def test_permission_sni_rules_render_one_policy_per_server_name(tmp_path: Path) 
         "rules sni backend.default.mesh": {"permissions": [backend_sni], "principals": [{"any": True}]},
         "rules sni stock.default.mesh": {"permissions": [stock_sni], "principals": [{"or_ids": {"ids": [web]}}]}}}
     for name in ("backend-1", "stock"):
+        inspector_type = "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"
         assert the_listener(proxies[name])["listener_filters"] == [{
-            "name": "envoy.filters.listener.tls_inspector",
-            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"}}]
+            "name": "envoy.filters.listener.tls_inspector", "typed_config": {"@type": inspector_type}}]
         inspector = proxies[name].origins["listener"][the_listener(proxies[name])["name"]]
         assert any("listener_filters" in str(path) and any("-by-sni (" in who for who in whos)
                    for path, whos in inspector.items()), inspector
