@@ -10,6 +10,7 @@ import shutil
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -18,6 +19,7 @@ from conftest import Loopback
 
 from meshplan.match.explain import explain_proxy, render_text
 from meshplan.match.unused import warnings
+from meshplan.model import ProxyConfig
 from meshplan.render.proxies import render_all
 from meshplan.validate.resources import load_and_parse
 from tests.builders import (
@@ -32,6 +34,7 @@ from tests.builders import (
     write_mesh,
 )
 from tests.golden import TESTDATA
+from tests.policy_render import envoy_validates
 
 RULES_CASE = TESTDATA / "rules.input"
 
@@ -167,9 +170,19 @@ REFUSED = [
      TOP + "rules:\n- default: {deny: [{spiffeID: {type: Prefix, value: 'spiffe://default.zone-1.mesh.local/ns/x'}}]}\n",
      ["policies.yaml:7: spec.rules[0].default.deny[0].spiffeID.value: matches no client: meshplan's certificates carry "
       "spiffe://default/<service>"]),
-    ("an SNI match", "MeshTrafficPermission",
-     TOP + "rules:\n- default: {allow: [{sni: {type: Exact, value: a.b}}]}\n",
-     ["policies.yaml:7: spec.rules[0].default.allow[0].sni: not supported by meshplan (it would be ignored)"]),
+    ("SNI matches as Kuma checks them", "MeshTrafficPermission",
+     TOP + "rules:\n- default:\n    allow: [{sni: {type: Prefix, value: Web.default.mesh}}]\n"
+     "    deny: [{sni: {value: ''}}, {sni: {type: Exact, value: 'a_b.mesh', port: 1}}, {sni: [x]}, {}]\n",
+     ["policies.yaml:8: spec.rules[0].default.allow[0].sni.type: unrecognized type 'Prefix', supported values are: "
+      "Exact",
+      "policies.yaml:8: spec.rules[0].default.allow[0].sni.value: 'Web.default.mesh' is not a lowercase RFC 1123 "
+      "subdomain",
+      "policies.yaml:9: spec.rules[0].default.deny[0].sni.type: must be set",
+      "policies.yaml:9: spec.rules[0].default.deny[0].sni.value: must be set",
+      "policies.yaml:9: spec.rules[0].default.deny[1].sni.port: unknown field",
+      "policies.yaml:9: spec.rules[0].default.deny[1].sni.value: 'a_b.mesh' is not a lowercase RFC 1123 subdomain",
+      "policies.yaml:9: spec.rules[0].default.deny[2].sni: must be a mapping",
+      "policies.yaml:9: spec.rules[0].default.deny[3]: must specify at least one of 'spiffeID' or 'sni'"]),
     ("a spiffeID type MeshTrafficPermission does not know", "MeshTrafficPermission",
      TOP + "rules:\n- default: {allow: [{spiffeID: {type: Regex, value: 'spiffe://default/web'}}]}\n",
      ["policies.yaml:7: spec.rules[0].default.allow[0].spiffeID.type: unrecognized type 'Regex'"]),
@@ -202,6 +215,9 @@ ACCEPTED = [
      "targetRef: {kind: Dataplane, labels: {app: orders}, sectionName: api}\nrules:\n- default:\n"
      "    deny: [{spiffeID: {type: Exact, value: 'spiffe://default/stock'}}]\n"
      "    allow: [{spiffeID: {type: Prefix, value: 'spiffe://default'}}]\n"),
+    ("MeshTrafficPermission SNI matches, alone and with a SPIFFE ID (AND)", "MeshTrafficPermission",
+     TOP + "rules:\n- default:\n    deny: [{sni: {type: Exact, value: orders.default.mesh}}]\n"
+     "    allow: [{spiffeID: {type: Exact, value: 'spiffe://default/web'}, sni: {type: Exact, value: a.b}}]\n"),
     ("MeshRateLimit rules on sidecars of the whole mesh", "MeshRateLimit",
      "targetRef: {kind: Mesh, proxyTypes: [Sidecar]}\nrules:\n- default: {local: {http: {requestRate: {num: 1, interval: 1s}}}}\n"),
     ("rules with sectionName", "MeshTimeout", "targetRef: {kind: Dataplane, name: orders-1, sectionName: api}\nrules:\n" + TIMEOUT),
@@ -337,3 +353,150 @@ def test_a_from_permission_beside_rules_is_warned_about_not_ignored(tmp_path: Pa
     facts = {(f["client"], f["destination"]): f["value"] for f in files.proxies()["backend-1"].behaviour
              if f["aspect"] == "permission"}
     assert facts[("web", "backend")] == {"action": "Deny"}
+
+
+# --- MeshTrafficPermission `rules` matching by `sni`, alone and with a SPIFFE ID ------------------------------------
+
+# A sidecar calling a service sends that service's name as its TLS server name: `<service>.<mesh>.mesh`
+# (names.service_sni), so backend's clients send backend.default.mesh and stock's send stock.default.mesh.
+MTP_SNI = """\
+type: MeshTrafficPermission
+mesh: default
+name: backend-by-sni
+spec:
+  targetRef: {kind: Dataplane, name: backend-1}
+  rules:
+    - default:
+        deny:
+          - spiffeID: {type: Exact, value: "spiffe://default/web"}
+            sni: {type: Exact, value: backend.default.mesh}
+        allow:
+          - sni: {type: Exact, value: backend.default.mesh}
+---
+type: MeshTrafficPermission
+mesh: default
+name: stock-by-sni
+spec:
+  targetRef: {kind: Dataplane, name: stock}
+  rules:
+    - default:
+        allow:
+          - sni: {type: Exact, value: backend.default.mesh}
+          - spiffeID: {type: Exact, value: "spiffe://default/web"}
+            sni: {type: Exact, value: stock.default.mesh}
+"""
+
+
+def sni_mesh(root: Path, addresses: Addresses) -> MeshFiles:
+    """web and admin each call backend (backend-1) and stock; MTP_SNI: web → backend denied (a deny whose SPIFFE ID
+    and SNI both match), admin → backend allowed (by SNI alone); web → stock allowed (both parts match), admin →
+    stock denied (stock's clients send stock.default.mesh, not the backend.default.mesh its sni-only allow names)."""
+    services = [Service("backend", instance="backend-1"), Service("stock"),
+                Service("web", calls=("backend", "stock")), Service("admin", calls=("backend", "stock"))]
+    return write_mesh(root, addresses, services, policies=MTP_SNI)
+
+
+def _rbac(proxy: ProxyConfig) -> dict[str, Any]:
+    chain = the_listener(proxy)["filter_chains"][0]
+    return dict(next(f for f in chain["filters"][0]["typed_config"]["http_filters"]
+                     if f["name"] == "envoy.filters.http.rbac")["typed_config"])
+
+
+def test_permission_sni_rules_render_one_policy_per_server_name(tmp_path: Path) -> None:
+    """An `sni` is an RBAC permission (`requested_server_name`), a SPIFFE ID a principal: the rules are split by
+    server name; the inbound gets the TLS inspector, without which Envoy sees no server name."""
+    proxies = sni_mesh(tmp_path, FixedAddresses()).proxies()
+    web = {"authenticated": {"principal_name": {"exact": "spiffe://default/web"}}}
+    backend_sni = {"requested_server_name": {"exact": "backend.default.mesh"}}
+    stock_sni = {"requested_server_name": {"exact": "stock.default.mesh"}}
+    assert _rbac(proxies["backend-1"])["rules"] == {"action": "ALLOW", "policies": {
+        "rules sni backend.default.mesh": {"permissions": [backend_sni], "principals": [
+            {"and_ids": {"ids": [{"any": True}, {"not_id": {"or_ids": {"ids": [web]}}}]}}]}}}
+    assert _rbac(proxies["stock"])["rules"] == {"action": "ALLOW", "policies": {
+        "rules sni backend.default.mesh": {"permissions": [backend_sni], "principals": [{"any": True}]},
+        "rules sni stock.default.mesh": {"permissions": [stock_sni], "principals": [{"or_ids": {"ids": [web]}}]}}}
+    for name in ("backend-1", "stock"):
+        inspector_type = "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"
+        assert the_listener(proxies[name])["listener_filters"] == [{
+            "name": "envoy.filters.listener.tls_inspector", "typed_config": {"@type": inspector_type}}]
+        inspector = proxies[name].origins["listener"][the_listener(proxies[name])["name"]]
+        assert any("listener_filters" in str(path) and any("-by-sni (" in who for who in whos)
+                   for path, whos in inspector.items()), inspector
+    for name in ("web", "admin"):  # no rule, no inspector
+        assert "listener_filters" not in the_listener(proxies[name])
+    # The plan's meaning per client, with the server name each client sends.
+    facts = {(f["client"], f["destination"]): f["value"]["action"] for p in proxies.values() for f in p.behaviour
+             if f["aspect"] == "permission" and f["client"] in ("web", "admin")}
+    assert facts == {("web", "backend"): "Deny", ("admin", "backend"): "Allow",
+                     ("web", "stock"): "Allow", ("admin", "stock"): "Deny"}
+
+
+def test_a_permission_sni_for_every_other_server_name(tmp_path: Path) -> None:
+    """Matches without `sni` beside ones with it: they hold for every server name, the named ones and the rest."""
+    files = sni_mesh(tmp_path, FixedAddresses())
+    files.write({"policies.yaml": MTP_SNI.split("---")[0].replace(
+        "          - sni: {type: Exact, value: backend.default.mesh}",
+        "          - spiffeID: {type: Prefix, value: \"spiffe://default\"}")})
+    rbac = _rbac(files.proxies()["backend-1"])
+    web = {"authenticated": {"principal_name": {"exact": "spiffe://default/web"}}}
+    everyone = {"or_ids": {"ids": [{"authenticated": {"principal_name": {"prefix": "spiffe://default"}}}]}}
+    assert rbac["rules"]["policies"] == {
+        "rules sni backend.default.mesh": {
+            "permissions": [{"requested_server_name": {"exact": "backend.default.mesh"}}],
+            "principals": [{"and_ids": {"ids": [everyone, {"not_id": {"or_ids": {"ids": [web]}}}]}}]},
+        "rules other sni": {
+            "permissions": [{"not_rule": {"requested_server_name": {"exact": "backend.default.mesh"}}}],
+            "principals": [everyone]}}
+
+
+@pytest.fixture(scope="module")
+def running_sni(tmp_path_factory: pytest.TempPathFactory, loopback: Loopback) -> Iterator[MeshFiles]:
+    yield from running_mesh(tmp_path_factory.mktemp("sni"), lambda d: sni_mesh(d, loopback))
+
+
+@pytest.mark.envoy
+@pytest.mark.parametrize(("client", "target", "status"), [
+    ("web", "backend", 403), ("admin", "backend", 200), ("web", "stock", 200), ("admin", "stock", 403)])
+def test_permission_sni_rules_decide_real_traffic(running_sni: MeshFiles, http: httpx.Client, client: str,
+                                                  target: str, status: int) -> None:
+    response = http.get(running_sni.url(client, target, "/status/200"))
+    if status == 403:
+        assert (response.status_code, response.text) == (403, "RBAC: access denied")
+    else:
+        assert response.status_code == 200 and response.json()["service"] == target
+
+
+def test_an_sni_no_meshplan_sidecar_sends_there_is_warned_about(tmp_path: Path) -> None:
+    """Valid, as in Kuma, but it matches none of meshplan's clients: stock's callers send stock.default.mesh."""
+    files = sni_mesh(tmp_path, FixedAddresses())
+    assert [w.removeprefix(f"{tmp_path}/") for w in warnings(files.load())] == [
+        "policies.yaml:22: MeshTrafficPermission/stock-by-sni: `sni` 'backend.default.mesh' is no server name "
+        "meshplan's sidecars send to the inbounds it selects (they send stock.default.mesh), so that match matches no "
+        "meshplan client"]
+    files.write({"policies.yaml": MTP_SNI.split("---")[0].replace("value: backend.default.mesh}\n        allow",
+                                                                  "value: backnd.default.mesh}\n        allow")})
+    assert [w.removeprefix(f"{tmp_path}/") for w in warnings(files.load())] == [
+        "policies.yaml:10: MeshTrafficPermission/backend-by-sni: `sni` 'backnd.default.mesh' is no server name "
+        "meshplan's sidecars send to the inbounds it selects (they send backend.default.mesh), so that match matches "
+        "no meshplan client (did you mean 'backend.default.mesh'?)"]
+
+
+@pytest.mark.envoy
+def test_sni_rules_on_a_tcp_inbound_are_a_network_rbac_envoy_accepts(tmp_path: Path) -> None:
+    """A TCP inbound: the same policies in Envoy's network RBAC (before tcp_proxy), with the TLS inspector; two
+    server names named make the `rules other sni` permission a `not_rule` of an `or_rules`; Envoy accepts it all."""
+    services = [Service("backend", protocol="tcp", instance="backend-1"), Service("web", calls=("backend",))]
+    files = write_mesh(tmp_path / "desired", FixedAddresses(), services, policies=MTP_SNI.split("---")[0].replace(
+        "          - sni: {type: Exact, value: backend.default.mesh}",
+        "          - sni: {type: Exact, value: other.default.mesh}\n"
+        "          - spiffeID: {type: Prefix, value: \"spiffe://default\"}"))
+    listener = the_listener(files.proxies()["backend-1"])
+    assert [f["name"] for f in listener["listener_filters"]] == ["envoy.filters.listener.tls_inspector"]
+    filters = listener["filter_chains"][0]["filters"]
+    assert [f["name"] for f in filters] == ["envoy.filters.network.rbac", "envoy.filters.network.tcp_proxy"]
+    policies = filters[0]["typed_config"]["rules"]["policies"]
+    assert sorted(policies) == ["rules other sni", "rules sni backend.default.mesh", "rules sni other.default.mesh"]
+    assert policies["rules other sni"]["permissions"] == [{"not_rule": {"or_rules": {"rules": [
+        {"requested_server_name": {"exact": "backend.default.mesh"}},
+        {"requested_server_name": {"exact": "other.default.mesh"}}]}}}]
+    assert envoy_validates(files.load(), tmp_path / "state") == {"backend-1": None, "web": None}

@@ -17,10 +17,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from meshplan.envoy import names
 from meshplan.match.matcher import KIND_ORDER, Contribution, FromRule, Merged, rule_for, selects
 from meshplan.match.result import ProxyMatch
 from meshplan.model import SERVICE_TAG, Dataplane, Desired, Inbound, Policy, ZoneEgress
 from meshplan.policies import RULES
+from meshplan.policies.clients import rule_matches
 
 ASPECTS = {
     "MeshTrafficPermission": "permission", "MeshTimeout": "timeout", "MeshRetry": "retry",
@@ -90,11 +92,14 @@ def facts(desired: Desired, match: ProxyMatch, proxy: Dataplane | ZoneEgress) ->
         else:
             label, mesh = target.name, target.mesh
         clients = _client_tags(desired, mesh) if inbound.from_ else {}
+        # The server name a client sends here (render/sidecar.py: each outbound cluster's TLS `sni`).
+        server_name = (names.service_sni(mesh, label) if isinstance(target, Inbound)
+                       else names.external_sni(mesh, label))
         for from_kind in inbound.from_:
             written = _permission_rules(from_kind.kind, list(from_kind.rules))
             for service, tag_sets in clients.items():
                 if written:
-                    action, origins = _rules_decide(written, f"spiffe://{mesh}/{service}")
+                    action, origins = _rules_decide(written, names.spiffe_id(mesh, service), server_name)
                     _add(found, Fact(service, label, ASPECTS.get(from_kind.kind, from_kind.kind), {"action": action},
                                      origins))
                     continue
@@ -166,14 +171,13 @@ def _permission_rules(kind: str, rules: list[FromRule]) -> list[Contribution]:
     return list(out.values())
 
 
-def _rules_decide(written: list[Contribution], san: str) -> tuple[str, tuple[str, ...]]:
-    """What the RBAC of traffic_permission/envoy.py decides for a client with this URI SAN: any deny match denies,
-    else any allow (or allowWithShadowDeny) match allows, else denied; with the rules that decided it."""
+def _rules_decide(written: list[Contribution], san: str, server_name: str) -> tuple[str, tuple[str, ...]]:
+    """What the RBAC of traffic_permission/envoy.py decides for a client with this URI SAN that sends this server
+    name: any deny match denies, else any allow (or allowWithShadowDeny) match allows, else denied; with the rules
+    that decided it."""
 
     def hits(key: str) -> list[Contribution]:
-        return [c for c in written for m in c.item.default.get(key) or []
-                if (san == m["spiffeID"]["value"] if m["spiffeID"]["type"] == "Exact"
-                    else san.startswith(m["spiffeID"]["value"]))]
+        return [c for c in written if any(m.matches(san, server_name) for m in rule_matches(c.item.default, (key,)))]
 
     for key, action in (("deny", "Deny"), ("allowWithShadowDeny", "AllowWithShadowDeny"), ("allow", "Allow")):
         found = hits(key)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable, Mapping
 
+from meshplan.envoy import names
 from meshplan.errors import Source
 from meshplan.match.matcher import HTTP_ROUTE, selects, why_not_from
 from meshplan.model import (
@@ -54,6 +55,7 @@ def warnings(desired: Desired) -> list[str]:
                 if miss is not None:
                     found.append((_line(policy, f"{section}[{item.index}].targetRef.name"), f"{label}: {miss}"))
     found += _permissions_set_aside(desired)
+    found += _server_names_never_sent(desired)
     found.sort(key=lambda pair: (pair[0].file, pair[0].line))
     return [f"{source}: {message}" for source, message in found]
 
@@ -77,6 +79,43 @@ def _permissions_set_aside(desired: Desired) -> list[tuple[Source, str]]:
                                 f"{dp.name!r} inbound :{inbound.port}: {ruled[0].kind}/{ruled[0].name} selects it with "
                                 "top-level `rules`, and then, as in Kuma, only `rules` decide who may connect"))
     return out
+
+
+def _server_names_never_sent(desired: Desired) -> list[tuple[Source, str]]:
+    """A MeshTrafficPermission rule's `sni` that no meshplan sidecar sends to the inbounds the policy selects: each
+    sends `<service>.<mesh>.mesh` to a service (`names.service_sni`; `<name>.<mesh>.mes` to an external service
+    through the egress), so such a match matches none of them. Valid (Kuma accepts any server name), most often a
+    typo or the wrong service."""
+    out: list[tuple[Source, str]] = []
+    for policy in desired.policies:
+        rules = [i for i in policy.from_ if i.written_as == RULES] if policy.kind == "MeshTrafficPermission" else []
+        if not rules:
+            continue
+        if policy.target_ref.kind == "MeshExternalService":
+            sent = {names.external_sni(policy.mesh, policy.target_ref.name or "")}
+        else:
+            sent = {names.service_sni(dp.mesh, inbound.service) for dp in desired.dataplanes for inbound in dp.inbounds
+                    if why_not_from(policy, dp, inbound) is None}
+        if not sent:
+            continue  # it selects nothing: said on its own
+        for item in rules:
+            for key in ("deny", "allow", "allowWithShadowDeny"):
+                for j, match in enumerate(item.default.get(key) or []):
+                    value = (match.get("sni") or {}).get("value")
+                    if value is None or value in sent:
+                        continue
+                    out.append((_line(policy, f"rules[{item.index}].default.{key}[{j}].sni.value"),
+                                f"{policy.kind}/{policy.name}: `sni` {value!r} is no server name meshplan's sidecars "
+                                f"send to the inbounds it selects (they send {', '.join(sorted(sent))}), so that "
+                                f"match matches no meshplan client{_closest_server_name(value, sent)}"))
+    return out
+
+
+def _closest_server_name(value: str, sent: set[str]) -> str:
+    """`_did_you_mean` by the service part (the first label): the `.<mesh>.mesh` they share would make any two close."""
+    by_service = {name.split(".")[0]: name for name in sent}
+    close = difflib.get_close_matches(value.split(".")[0], sorted(by_service), n=1, cutoff=0.6)
+    return f" (did you mean {by_service[close[0]]!r}?)" if close else ""
 
 
 def _namespace_miss(ref: TargetRef, namespaces: Mapping[tuple[str, str], str | None]) -> str | None:

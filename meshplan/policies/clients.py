@@ -247,3 +247,39 @@ def mesh_of(proxy: Dataplane | ZoneEgress, target: Inbound | Destination) -> str
         return target.mesh
     assert isinstance(proxy, Dataplane)
     return proxy.mesh
+
+
+# --- top-level `rules` matches (MeshTrafficPermission) ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RuleMatch:
+    """One match of a rule's list, as Kuma reads it: every part it names must match (AND)."""
+
+    sni: str | None  # the server name of the client's TLS handshake, exactly; None: any
+    principal: Json | None  # an RBAC principal on the client certificate's URI SANs; None: any client
+
+    def matches(self, san: str, sni: str) -> bool:
+        """Whether a client whose certificate carries `san`, connecting with server name `sni`, matches."""
+        if self.sni is not None and sni != self.sni:
+            return False
+        if self.principal is None:
+            return True
+        how, value = next(iter(self.principal["authenticated"]["principal_name"].items()))
+        return san == value if how == "exact" else san.startswith(value)
+
+
+def rule_matches(default: Json, keys: tuple[str, ...]) -> list[RuleMatch]:
+    """The matches of a rule's lists: `principal_name` is checked against each URI SAN of the client's certificate,
+    exactly or by prefix; `sni` against the server name the client sent (Envoy's `requested_server_name`)."""
+    out = []
+    for key in keys:
+        for match in default.get(key) or []:
+            principal = None
+            spiffe = match.get("spiffeID")
+            if spiffe is not None:
+                how = "exact" if spiffe["type"] == "Exact" else "prefix"
+                principal = {"authenticated": {"principal_name": {how: spiffe["value"]}}}
+            sni = match.get("sni")
+            out.append(RuleMatch(None if sni is None else sni["value"], principal))
+    return out

@@ -34,11 +34,13 @@ principal being that rule's clients minus those an earlier (more specific) allow
 Deny, `rules.action: ALLOW` lists the allowing rules the same way. Policies are named `<action> <clients>`
 (`Deny MeshService:web`); every `permissions` is `any: true`.
 
-Top-level `rules` (Kuma 2.12+): `rules[].default` holds `deny` / `allow` / `allowWithShadowDeny` lists of
-`spiffeID: {type: Exact|Prefix, value}` matches (`validate_rule`). Where a `rules`-form permission selects an
-inbound, its RBAC is built from the rules alone, as Kuma's RBAC for inbound rules: any deny match denies, else any
-allow / allowWithShadowDeny match allows, else denied (envoy._permit_rules; `principal_name` exact or prefix on the
-certificate's URI SAN, `spiffe://<mesh>/<service>`).
+Top-level `rules` (Kuma 2.12+): `rules[].default` holds `deny` / `allow` / `allowWithShadowDeny` lists of matches,
+each `spiffeID: {type: Exact|Prefix, value}`, `sni: {type: Exact, value}` or both (AND) (`validate_rule`). Where a
+`rules`-form permission selects an inbound, its RBAC is built from the rules alone, as Kuma's RBAC for inbound
+rules: any deny match denies, else any allow / allowWithShadowDeny match allows, else denied (envoy._permit_rules;
+`principal_name` exact or prefix on the certificate's URI SAN, `spiffe://<mesh>/<service>`; an `sni` is the
+permission `requested_server_name`, which Envoy fills only with the TLS inspector on the listener, so the inbound
+gets it, as Kuma adds it). meshplan's sidecars send `<service>.<mesh>.mesh` (names.service_sni).
 
 The conf: `parse` (policies/conf.py) is the one reader of `action`, for an item's `default` (validate) and for what
 a rule's items merged to (render, which reads each rule's `Conf` with its origins, never the raw dict).
@@ -119,12 +121,10 @@ def validate_rule(default: Json, path: PathKey, check: FieldCheck, mesh: str) ->
                 continue
             check.unknown(match, mp, ("spiffeID", "sni"))
             if "sni" in match:
-                check.fail(mp + ("sni",), "not supported by meshplan (it would be ignored): an SNI match needs the "
-                           "TLS inspector on the inbound and meshplan's inbounds do not read the client's SNI; match "
-                           "the client by spiffeID")
+                _validate_sni(match, mp, check)
             if "spiffeID" not in match:
                 if "sni" not in match:
-                    check.fail(mp, "must specify 'spiffeID'")
+                    check.fail(mp, "must specify at least one of 'spiffeID' or 'sni'")
                 continue
             spiffe = check.field(match, mp, "spiffeID", dict, default={})
             sp = mp + ("spiffeID",)
@@ -145,13 +145,30 @@ def validate_rule(default: Json, path: PathKey, check: FieldCheck, mesh: str) ->
                            f"MeshIdentity), not {value!r}")
 
 
-def rule_principal(default: Json, keys: tuple[str, ...]) -> list[Json]:
-    """The RBAC principals (envoy.config.rbac.v3.Principal) of a rule's match lists: `principal_name` is checked
-    against each URI SAN of the client's certificate, exactly or by prefix."""
-    out = []
-    for key in keys:
-        for match in default.get(key) or []:
-            spiffe = match["spiffeID"]
-            how = "exact" if spiffe["type"] == "Exact" else "prefix"
-            out.append({"authenticated": {"principal_name": {how: spiffe["value"]}}})
-    return out
+_DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+_DNS_SUBDOMAIN = re.compile(rf"{_DNS_LABEL}(\.{_DNS_LABEL})*")
+MAX_SUBDOMAIN = 253
+
+
+def _validate_sni(match: Json, mp: PathKey, check: FieldCheck) -> None:
+    """An `sni` match as Kuma's ValidateMatch checks it: `type` Exact (the only one), `value` a lowercase RFC 1123
+    subdomain (the server name a client's TLS handshake carries; meshplan's sidecars send names.service_sni)."""
+    sni = check.field(match, mp, "sni", dict)
+    if sni is None:  # a wrong type is reported by check.field
+        if match.get("sni") is None:
+            check.fail(mp + ("sni",), "must be a mapping with `type` and `value`")
+        return
+    sp = mp + ("sni",)
+    check.unknown(sni, sp, ("type", "value"))
+    kind = check.field(sni, sp, "type", str)
+    if kind in (None, "") and sni.get("type") in (None, ""):
+        check.fail(sp + ("type",), "must be set")
+    elif kind is not None and kind != "Exact":
+        check.fail(sp + ("type",), f"unrecognized type {kind!r}, supported values are: Exact")
+    value = check.field(sni, sp, "value", str)
+    if value in (None, "") and sni.get("value") in (None, ""):
+        check.fail(sp + ("value",), "must be set")
+    elif value is not None and (len(value) > MAX_SUBDOMAIN or not _DNS_SUBDOMAIN.fullmatch(value)):
+        check.fail(sp + ("value",), f"{value!r} is not a lowercase RFC 1123 subdomain of at most {MAX_SUBDOMAIN} "
+                   "characters (lower case alphanumeric characters, '-' or '.', starting and ending with an "
+                   "alphanumeric character, e.g. 'backend.default.mesh')")

@@ -3,7 +3,14 @@ the proxy's resources."""
 
 from __future__ import annotations
 
-from meshplan.envoy.types import HTTP_RBAC, HTTP_RBAC_NAME, NETWORK_RBAC, NETWORK_RBAC_NAME
+from meshplan.envoy.types import (
+    HTTP_RBAC,
+    HTTP_RBAC_NAME,
+    NETWORK_RBAC,
+    NETWORK_RBAC_NAME,
+    TLS_INSPECTOR,
+    TLS_INSPECTOR_NAME,
+)
 from meshplan.match.matcher import Contribution, Destination, FromRule
 from meshplan.model import Desired
 from meshplan.policies import RULES
@@ -11,6 +18,7 @@ from meshplan.policies.base import InboundPoint, Json, ProxyBuild, hcm
 from meshplan.policies.clients import (
     NONE,
     Clients,
+    RuleMatch,
     all_of,
     any_of,
     label,
@@ -18,6 +26,7 @@ from meshplan.policies.clients import (
     negate,
     principal,
     rule_clients,
+    rule_matches,
     stat_scope,
 )
 from meshplan.policies.conf import Setting
@@ -28,7 +37,6 @@ from meshplan.policies.traffic_permission.api import (
     KIND,
     RULE_LISTS,
     _merged_conf,
-    rule_principal,
 )
 
 # --- rendering ------------------------------------------------------------------------------------------------
@@ -76,18 +84,61 @@ def _permit_rules(build: ProxyBuild, point: InboundPoint, written: list[Contribu
         manager["http_filters"].insert(0, {"name": HTTP_RBAC_NAME, "typed_config": config})
     else:
         point.chain["filters"].insert(0, {"name": NETWORK_RBAC_NAME, "typed_config": config})
+    _read_server_name(build, point, unique)
+
+
+def _read_server_name(build: ProxyBuild, point: InboundPoint, written: list[Contribution]) -> None:
+    """Where a rule matches by `sni`, the inbound listener gets Envoy's TLS inspector, as Kuma adds it: without it
+    Envoy leaves a connection's requested server name empty even though its TLS transport socket terminated the
+    handshake, and no `sni` match would ever match. (The egress listener has it already: it picks an external
+    service's filter chain by server name.)"""
+    origins = sorted({str(c.origin((key,))) for c in written for key in RULE_LISTS
+                      if any(m.get("sni") is not None for m in c.item.default.get(key) or [])})
+    listener = build.listeners[point.listener]
+    if not origins or any(f.get("name") == TLS_INSPECTOR_NAME for f in listener.get("listener_filters", [])):
+        return
+    inspector = {"name": TLS_INSPECTOR_NAME, "typed_config": {"@type": TLS_INSPECTOR}}
+    build.set(listener, "listener_filters", [*listener.get("listener_filters", []), inspector], origins)
 
 
 def _allowing(written: list[Contribution], allow: tuple[str, ...], deny: tuple[str, ...]) -> Json:
-    """An ALLOW RBAC: the clients any rule allows minus those any rule denies; nobody else."""
-    allowed = [p for c in written for p in rule_principal(c.item.default, allow)]
-    denied = [p for c in written for p in rule_principal(c.item.default, deny)]
-    if not allowed:
-        return {"action": "ALLOW", "policies": {}}
-    who: Json = {"or_ids": {"ids": allowed}}
+    """An ALLOW RBAC: the clients any rule allows minus those any rule denies; nobody else.
+
+    A match may name the client's certificate (a principal) and the server name it sent (`sni`, an RBAC permission
+    `requested_server_name`), both to match. One RBAC policy is (any permission) AND (any principal), so the rules
+    are split by server name, which a connection has one of: a policy per `sni` value the rules name, whose clients
+    are what the matches without `sni` or with that one allow, minus what they deny; and one for every other server
+    name, from the matches without `sni`. Without any `sni` that last one is the single policy `rules`."""
+    allowed = [m for c in written for m in rule_matches(c.item.default, allow)]
+    denied = [m for c in written for m in rule_matches(c.item.default, deny)]
+    names = sorted({m.sni for m in allowed + denied if m.sni is not None})
+    policies: Json = {}
+    for name in names:
+        who = _who([m for m in allowed if m.sni in (None, name)], [m for m in denied if m.sni in (None, name)])
+        if who is not None:
+            policies[f"rules sni {name}"] = {"permissions": [{"requested_server_name": {"exact": name}}],
+                                             "principals": [who]}
+    who = _who([m for m in allowed if m.sni is None], [m for m in denied if m.sni is None])
+    if who is not None and not names:
+        policies["rules"] = {"permissions": [{"any": True}], "principals": [who]}
+    elif who is not None:
+        named = [{"requested_server_name": {"exact": name}} for name in names]
+        other = named[0] if len(named) == 1 else {"or_rules": {"rules": named}}
+        policies["rules other sni"] = {"permissions": [{"not_rule": other}], "principals": [who]}
+    return {"action": "ALLOW", "policies": policies}
+
+
+def _who(allowed: list[RuleMatch], denied: list[RuleMatch]) -> Json | None:
+    """The principal of the clients `allowed` takes and `denied` does not (their server name already decided);
+    None: nobody."""
+    if not allowed or any(m.principal is None for m in denied):
+        return None
+    who: Json = {"any": True}
+    if all(m.principal is not None for m in allowed):
+        who = {"or_ids": {"ids": [m.principal for m in allowed]}}
     if denied:
-        who = {"and_ids": {"ids": [who, {"not_id": {"or_ids": {"ids": denied}}}]}}
-    return {"action": "ALLOW", "policies": {"rules": {"permissions": [{"any": True}], "principals": [who]}}}
+        who = {"and_ids": {"ids": [who, {"not_id": {"or_ids": {"ids": [m.principal for m in denied]}}}]}}
+    return who
 
 
 def _permit(build: ProxyBuild, point: InboundPoint, mesh: str, rules: list[FromRule], default: str) -> None:
