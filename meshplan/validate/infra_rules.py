@@ -267,10 +267,11 @@ def parse_external(check: FieldCheck, res: RawResource, mesh: str) -> MeshExtern
         check.unknown(item, path, ("address", "port", "priority"))
         address = check.field(item, path, "address", str, required=True)
         if address is not None and address.startswith("unix://"):
-            # Kuma takes a unix domain socket here (and no port); meshplan's endpoints are a host and a port, on the
-            # egress's cluster and for the sandbox's stand-ins.
-            check.fail(path + ("address",), "unix domain socket endpoints are not supported by meshplan (an endpoint "
-                       "is a host and a port): give the IP address or host name and port the service listens on")
+            # Kuma v2.14.3 refuses a unix domain socket here ("address has to be a valid IP or hostname"): its support
+            # was removed in Kuma 2.9 (kumahq/kuma#11350, UPGRADE.md); the website's "Endpoints" snippet predates that.
+            check.fail(path + ("address",), "unix domain socket endpoints are not supported: Kuma v2.14.3 refuses "
+                       "them too (its support was removed in Kuma 2.9; an endpoint is a valid IP or host name and a "
+                       "port): give the IP address or host name and port the service listens on")
             continue
         problem = None if address is None else endpoint_problem(address)
         if problem is not None:
