@@ -5,6 +5,7 @@ Zipkin collector and a stand-in OpenTelemetry collector (OTLP/gRPC, tests/otlp_c
 from __future__ import annotations
 
 import json
+import textwrap
 import threading
 import time
 from collections.abc import Iterator
@@ -240,33 +241,47 @@ class Running:
     collector: Collector
 
 
-@pytest.fixture(scope="module")
-def running(loopback: Loopback, collector: Collector, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
-    root = tmp_path_factory.mktemp("trace")
+def traced_mesh(tmp_path_factory: pytest.TempPathFactory, loopback: Loopback, name: str,
+                backend: str) -> Iterator[MeshFiles]:
+    """web calling backend, both sidecars tracing to `backend` (one `backends` entry, indented as a list item) with a
+    literal tag and a header tag, running."""
+    root = tmp_path_factory.mktemp(name)
     mesh = write_mesh(root / "desired", loopback, [Service("backend", instance="backend-1"), Service("web", calls=("backend",))])
-    mesh.write({"policy.yaml": policy(f"""
-        backends:
-          - type: Zipkin
-            zipkin:
-              url: {collector.url}
+    mesh.write({"policy.yaml": policy(textwrap.dedent(backend) + textwrap.dedent("""\
         tags:
           - name: team
             literal: payments
           - name: agent
             header:
               name: user-agent
-        """)})
+        """))})
     with running_sandbox(load_and_parse(mesh.root), root / "state"):
+        yield mesh
+
+
+def send_six(mesh: MeshFiles, agent: str) -> None:
+    """Six requests web -> backend: Envoy's Zipkin and OpenTelemetry tracers flush after 5 spans or 5 seconds, so
+    both sidecars flush soon."""
+    with httpx.Client(trust_env=False, timeout=5.0) as client:
+        for i in range(6):
+            answer = client.get(mesh.url("web", "backend", f"/status/20{i}"), headers={"user-agent": agent})
+            assert answer.status_code == 200 + i
+
+
+@pytest.fixture(scope="module")
+def running(loopback: Loopback, collector: Collector, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    for mesh in traced_mesh(tmp_path_factory, loopback, "trace", f"""\
+            backends:
+              - type: Zipkin
+                zipkin:
+                  url: {collector.url}
+            """):
         yield Running(mesh, collector)
 
 
 @pytest.mark.envoy
 def test_a_request_through_the_sidecars_produces_spans_at_the_collector(running: Running) -> None:
-    with httpx.Client(trust_env=False, timeout=5.0) as client:
-        # Envoy's Zipkin tracer flushes after 5 spans or 5 seconds: send enough that both sidecars flush soon.
-        for i in range(6):
-            answer = client.get(running.mesh.url("web", "backend", f"/status/20{i}"), headers={"user-agent": "probe/7"})
-            assert answer.status_code == 200 + i
+    send_six(running.mesh, "probe/7")
 
     def ours(kind: str) -> Any:
         return lambda span: span.get("kind") == kind and span.get("tags", {}).get("agent") == "probe/7"
@@ -290,32 +305,18 @@ def test_a_request_through_the_sidecars_produces_spans_at_the_collector(running:
 @pytest.fixture(scope="module")
 def running_otel(loopback: Loopback, otlp_collector: OtlpCollector,
                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshFiles]:
-    root = tmp_path_factory.mktemp("trace-otel")
-    mesh = write_mesh(root / "desired", loopback, [Service("backend", instance="backend-1"), Service("web", calls=("backend",))])
-    mesh.write({"policy.yaml": policy(f"""
+    yield from traced_mesh(tmp_path_factory, loopback, "trace-otel", f"""\
         backends:
           - type: OpenTelemetry
             openTelemetry:
               endpoint: {otlp_collector.address}
-        tags:
-          - name: team
-            literal: payments
-          - name: agent
-            header:
-              name: user-agent
-        """)})
-    with running_sandbox(load_and_parse(mesh.root), root / "state"):
-        yield mesh
+        """)
 
 
 @pytest.mark.envoy
 def test_a_request_through_the_sidecars_produces_opentelemetry_spans(running_otel: MeshFiles,
                                                                      otlp_collector: OtlpCollector) -> None:
-    with httpx.Client(trust_env=False, timeout=5.0) as client:
-        # Envoy's OpenTelemetry tracer exports after 5 spans or 5 seconds: send enough that both sidecars flush soon.
-        for i in range(6):
-            answer = client.get(running_otel.url("web", "backend", f"/status/20{i}"), headers={"user-agent": "otlp/9"})
-            assert answer.status_code == 200 + i
+    send_six(running_otel, "otlp/9")
 
     def ours(kind: int) -> Any:
         return lambda span: span.kind == kind and span.attributes.get("agent") == "otlp/9"
