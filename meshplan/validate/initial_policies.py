@@ -17,6 +17,7 @@ in Kuma, which never overwrites an existing resource with its default.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from meshplan.errors import KUMA_DEFAULT, Violation
@@ -69,18 +70,10 @@ def initial_policies(mesh: Mesh, taken: set[tuple[str, str, str]]) -> list[Polic
         name = name_of(prefix, mesh.name)
         if kind in mesh.skip_initial_policies or (kind, mesh.name, name) in taken:
             continue
-        res = RawResource(kind, mesh.name, name, "universal", _copy(spec), ("spec",), KUMA_DEFAULT, {})
+        res = RawResource(kind, mesh.name, name, "universal", copy.deepcopy(spec), ("spec",), KUMA_DEFAULT, {})
         out: list[Violation] = []
         policy = parse_policy(FieldCheck(res, out), res, mesh.name)
         if out or policy is None:  # they are constants: a violation is a bug in this module
             raise AssertionError(f"Kuma's default {kind} {name!r} does not validate: {out}")
         made.append(policy)
     return made
-
-
-def _copy(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _copy(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_copy(v) for v in value]
-    return value
