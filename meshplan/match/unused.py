@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 from meshplan.envoy import names
 from meshplan.errors import Source
@@ -25,9 +26,8 @@ SERVICE_KINDS = ("MeshService", "MeshServiceSubset")
 
 def warnings(desired: Desired) -> list[str]:
     """Every warning, as `file:line: Kind/name: message`, in file order."""
-    dataplanes = {dp.name for dp in desired.dataplanes}
-    externals = {mes.name for mes in desired.external_services}
     proxies: list[Dataplane | ZoneEgress] = [*desired.dataplanes, *desired.egresses]
+    by_mesh: dict[str, _Names] = {}
     found: list[tuple[Source, str]] = []
     for policy in desired.policies:
         if policy.kuma_default:
@@ -35,13 +35,14 @@ def warnings(desired: Desired) -> list[str]:
         label = f"{policy.kind}/{policy.name}"
         if not policy.to and not policy.from_ and policy.kind in EMPTY_TO_KINDS:
             found.append((_line(policy, "to"), f"{label}: `to` is empty, so it configures nothing. Kuma accepts an "
-                          "empty `to` as an override, but its rules, as meshplan's merge, take each `to` item on its "
-                          "own: it clears no other policy's settings (to turn them off, set the values in a `to` item)"))
+                          "empty `to` as an override, but its rules, as meshplan's merge, take each `to` item on "
+                          "its own: it clears no other policy's settings (to turn them off, set the values in a "
+                          "`to` item)"))
             continue
-        routes = {p.name for p in desired.policies if p.kind == HTTP_ROUTE and p.mesh == policy.mesh}
-        namespaces = _namespaces(desired, policy.mesh)
-        top = _name_miss(policy.target_ref, set(desired.services(policy.mesh)), dataplanes, externals, namespaces,
-                         routes)
+        if policy.mesh not in by_mesh:
+            by_mesh[policy.mesh] = _Names.of(desired, policy.mesh)
+        known = by_mesh[policy.mesh]
+        top = _name_miss(policy.target_ref, known)
         if top is not None:
             found.append((_line(policy, "targetRef.name"), f"{label}: {top}"))
         elif policy.target_ref.kind == HTTP_ROUTE:
@@ -50,8 +51,7 @@ def warnings(desired: Desired) -> list[str]:
             found.append((_line(policy, "targetRef"), f"{label}: selects no proxy, so it changes nothing"))
         for section, items in (("to", policy.to), ("from", policy.from_)):
             for item in items:
-                miss = _name_miss(item.target_ref, set(desired.services(policy.mesh)), dataplanes, externals,
-                                  namespaces, routes)
+                miss = _name_miss(item.target_ref, known)
                 if miss is not None:
                     found.append((_line(policy, f"{section}[{item.index}].targetRef.name"), f"{label}: {miss}"))
     found += _permissions_set_aside(desired)
@@ -118,6 +118,27 @@ def _closest_server_name(value: str, sent: set[str]) -> str:
     return f" (did you mean {by_service[close[0]]!r}?)" if close else ""
 
 
+@dataclass(frozen=True)
+class _Names:
+    """What a targetRef `name` may name in one mesh (built once per mesh): services, Dataplanes, MeshExternalServices
+    (mesh-wide, as before), MeshHTTPRoutes, and the namespace of each service and Dataplane."""
+
+    services: frozenset[str]
+    dataplanes: frozenset[str]
+    externals: frozenset[str]
+    routes: frozenset[str]
+    namespaces: dict[tuple[str, str], str | None]  # ("MeshService" | "Dataplane", name) -> its namespace
+
+    @classmethod
+    def of(cls, desired: Desired, mesh: str) -> _Names:
+        namespaces: dict[tuple[str, str], str | None] = {
+            ("MeshService", service): desired.service_namespace(mesh, service) for service in desired.services(mesh)}
+        namespaces.update({("Dataplane", dp.name): dp.namespace for dp in desired.dataplanes if dp.mesh == mesh})
+        return cls(frozenset(desired.services(mesh)), frozenset(dp.name for dp in desired.dataplanes),
+                   frozenset(mes.name for mes in desired.external_services),
+                   frozenset(p.name for p in desired.policies if p.kind == HTTP_ROUTE and p.mesh == mesh), namespaces)
+
+
 def _namespace_miss(ref: TargetRef, namespaces: Mapping[tuple[str, str], str | None]) -> str | None:
     """A name resolved in a namespace (Kuma: the targetRef's `namespace`, else the policy's) that is somewhere else."""
     if ref.namespace is None or ref.kind not in SERVICE_KINDS + ("Dataplane",):
@@ -131,31 +152,24 @@ def _namespace_miss(ref: TargetRef, namespaces: Mapping[tuple[str, str], str | N
             f"{where}, so it selects nothing")
 
 
-def _name_miss(ref: TargetRef, services: set[str], dataplanes: set[str], externals: set[str],
-               namespaces: Mapping[tuple[str, str], str | None], routes: set[str]) -> str | None:
+def _name_miss(ref: TargetRef, names_in: _Names) -> str | None:
     if ref.name is None:
         return None
+    known: frozenset[str]
     if ref.kind in SERVICE_KINDS:
-        known, what = services, "service that no Dataplane inbound provides"
+        known, what = names_in.services, "service that no Dataplane inbound provides"
     elif ref.kind == "Dataplane":
-        known, what = dataplanes, "Dataplane that does not exist"
+        known, what = names_in.dataplanes, "Dataplane that does not exist"
     elif ref.kind == "MeshExternalService":
-        known, what = externals, "MeshExternalService that does not exist"
+        known, what = names_in.externals, "MeshExternalService that does not exist"
     elif ref.kind == HTTP_ROUTE:
-        known, what = routes, "MeshHTTPRoute that does not exist in the policy's mesh, so the policy changes nothing"
+        known = names_in.routes
+        what = "MeshHTTPRoute that does not exist in the policy's mesh, so the policy changes nothing"
     else:
         return None
     if ref.name in known:
-        return _namespace_miss(ref, namespaces)
+        return _namespace_miss(ref, names_in.namespaces)
     return f"targetRef names {ref.kind} {ref.name!r}, a {what}{_did_you_mean(ref.name, known)}"
-
-
-def _namespaces(desired: Desired, mesh: str) -> dict[tuple[str, str], str | None]:
-    """("MeshService" | "Dataplane", name) -> its namespace, in one mesh."""
-    found: dict[tuple[str, str], str | None] = {("MeshService", service): desired.service_namespace(mesh, service)
-                                                for service in desired.services(mesh)}
-    found.update({("Dataplane", dp.name): dp.namespace for dp in desired.dataplanes if dp.mesh == mesh})
-    return found
 
 
 def _did_you_mean(name: str, known: Iterable[str]) -> str:
